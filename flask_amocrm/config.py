@@ -1,0 +1,272 @@
+"""The ``AMOCRM_*`` configuration keys: their defaults, and validation at ``init_app``.
+
+Configuration is read once, when the extension is registered on an application. A key
+this package does not know, a value of the wrong kind, or two settings that contradict
+each other raise :class:`RuntimeError` with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Flask
+
+#: Delivery modes: ``rq`` hands events to RQ workers, ``inline`` delivers in the web
+#: process after the response, ``deferred`` only stores them for ``flask amocrm process``
+#: or the scheduler.
+DELIVERY_MODES = ("rq", "inline", "deferred")
+
+#: Every key this package reads, with its default. ``None`` means "not set".
+DEFAULTS: dict[str, Any] = {
+    "AMOCRM_BASE_URL": None,
+    "AMOCRM_TOKEN": None,
+    "AMOCRM_CLIENT_ID": None,
+    "AMOCRM_CLIENT_SECRET": None,
+    "AMOCRM_REDIRECT_URI": None,
+    "AMOCRM_DATABASE_URI": None,
+    "AMOCRM_REDIS_URL": None,
+    "AMOCRM_QUEUE": "amocrm",
+    "AMOCRM_DELIVERY": None,
+    "AMOCRM_BATCH_SIZE": 50,
+    "AMOCRM_AGENT_INTERVAL": 300,
+    "AMOCRM_RATE_LIMIT": 7,
+    "AMOCRM_RULES": None,
+    "AMOCRM_SITE_NAME": None,
+    "AMOCRM_ADMIN_EMAILS": (),
+    "AMOCRM_LOG_REQUESTS": True,
+    "AMOCRM_RETENTION_DAYS": 90,
+    "AMOCRM_PHONE_REGION": "RU",
+    "AMOCRM_UTM_COOKIE": "amocrm_utm",
+    "AMOCRM_UTM_COOKIE_DAYS": 90,
+    "AMOCRM_TIMEOUT": 15,
+    "AMOCRM_RETRY_MAX_DELAY": 3600,
+}
+
+_HOST_SUFFIXES = (".amocrm.ru", ".kommo.com", ".amocrm.com")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one application."""
+
+    base_url: str
+    token: str | None
+    client_id: str | None
+    client_secret: str | None
+    redirect_uri: str | None
+    database_uri: str
+    redis_url: str | None
+    queue: str
+    delivery: str
+    batch_size: int
+    agent_interval: int
+    rate_limit: float
+    rules: dict[str, Any]
+    site_name: str | None
+    admin_emails: tuple[str, ...]
+    log_requests: bool
+    retention_days: int
+    phone_region: str
+    utm_cookie: str
+    utm_cookie_days: int
+    timeout: float
+    retry_max_delay: int
+
+
+def _fail(key: str, problem: str) -> RuntimeError:
+    return RuntimeError(f"{key} {problem}")
+
+
+def _int(config: dict[str, Any], key: str, minimum: int = 0) -> int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _fail(key, f"must be a whole number, not {value!r}.")
+    try:
+        number = int(value)
+    except ValueError:
+        raise _fail(key, f"must be a whole number, not {value!r}.") from None
+    if number < minimum:
+        raise _fail(key, f"must be at least {minimum}, not {number}.")
+    return number
+
+
+def _bool(config: dict[str, Any], key: str) -> bool:
+    value = config[key]
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+        raise _fail(key, f"must be true or false, not {value!r}.")
+    return bool(value)
+
+
+def validate_base_url(url: Any) -> str:
+    """Return the account URL without a trailing slash, or raise naming the key."""
+    key = "AMOCRM_BASE_URL"
+    if not url:
+        raise _fail(
+            key,
+            "is not set. Set it to your account's address, for example "
+            "'https://example.amocrm.ru', or to the bundled sandbox "
+            "('python -m flask_amocrm.sandbox' prints its address).",
+        )
+    if not isinstance(url, str):
+        raise _fail(key, f"must be a string, not {url!r}.")
+    parts = urlsplit(url.strip())
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise _fail(key, f"must be an http(s) address such as "
+                         f"'https://example.amocrm.ru', not {url!r}.")
+    host = parts.hostname
+    is_account = host.endswith(_HOST_SUFFIXES)
+    if is_account and parts.scheme != "https":
+        raise _fail(key, f"must use https for an amoCRM account, not {url!r}.")
+    if host in {"www.amocrm.ru", "www.kommo.com", "www.amocrm.com"}:
+        raise _fail(key, "must be your account's own host (https://SUBDOMAIN.amocrm.ru), "
+                         "not www.")
+    if parts.path.rstrip("/") or parts.query:
+        raise _fail(key, f"must be the account's address only, without a path: "
+                         f"{parts.scheme}://{parts.netloc}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def load_rules(value: Any) -> dict[str, Any]:
+    """Read ``AMOCRM_RULES``: a mapping, or a path to a TOML or JSON file."""
+    key = "AMOCRM_RULES"
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str | os.PathLike):
+        path = os.fspath(value)
+        try:
+            with open(path, "rb") as fp:
+                raw = fp.read()
+        except OSError as exc:
+            raise _fail(key, f"names a file that cannot be read: {exc}") from None
+        try:
+            if path.endswith(".toml"):
+                import tomllib
+
+                return tomllib.loads(raw.decode("utf-8"))
+            return json.loads(raw)
+        except ValueError as exc:
+            raise _fail(key, f"file {path!r} is not valid: {exc}") from None
+    raise _fail(key, f"must be a dict or a path to a TOML or JSON file, not {value!r}.")
+
+
+def read_settings(app: Flask) -> Settings:
+    """Apply the defaults to ``app.config`` and return the validated settings."""
+    for key, default in DEFAULTS.items():
+        app.config.setdefault(key, default)
+    unknown = sorted(
+        key for key in app.config if key.startswith("AMOCRM_") and key not in DEFAULTS
+    )
+    if unknown:
+        raise _fail(
+            unknown[0],
+            "is not a Flask-AmoCRM setting. Known keys: "
+            + ", ".join(sorted(DEFAULTS)) + ".",
+        )
+    config = app.config
+
+    base_url = validate_base_url(config["AMOCRM_BASE_URL"])
+    token = config["AMOCRM_TOKEN"] or None
+    client_id = config["AMOCRM_CLIENT_ID"] or None
+    client_secret = config["AMOCRM_CLIENT_SECRET"] or None
+    redirect_uri = config["AMOCRM_REDIRECT_URI"] or None
+    if token and (client_id or client_secret):
+        raise _fail(
+            "AMOCRM_TOKEN",
+            "and AMOCRM_CLIENT_ID/AMOCRM_CLIENT_SECRET are both set: use a long-lived "
+            "token or OAuth, not both.",
+        )
+    if not token and not client_id:
+        raise _fail(
+            "AMOCRM_TOKEN",
+            "is not set. Set AMOCRM_TOKEN to a long-lived token of a private "
+            "integration, or set AMOCRM_CLIENT_ID, AMOCRM_CLIENT_SECRET and "
+            "AMOCRM_REDIRECT_URI for OAuth.",
+        )
+    if client_id and not (client_secret and redirect_uri):
+        missing = "AMOCRM_CLIENT_SECRET" if not client_secret else "AMOCRM_REDIRECT_URI"
+        raise _fail(missing, "is required when AMOCRM_CLIENT_ID is set (OAuth).")
+
+    redis_url = config["AMOCRM_REDIS_URL"] or None
+    if redis_url is not None and not str(redis_url).startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise _fail("AMOCRM_REDIS_URL", f"must be a redis:// URL, not {redis_url!r}.")
+    delivery = config["AMOCRM_DELIVERY"] or ("rq" if redis_url else "inline")
+    if delivery not in DELIVERY_MODES:
+        raise _fail(
+            "AMOCRM_DELIVERY",
+            f"must be one of {', '.join(DELIVERY_MODES)}, not {delivery!r}.",
+        )
+    if delivery == "rq" and not redis_url:
+        raise _fail(
+            "AMOCRM_DELIVERY",
+            "is 'rq' but AMOCRM_REDIS_URL is not set: RQ needs Redis. Set "
+            "AMOCRM_REDIS_URL, or use 'inline' or 'deferred'.",
+        )
+
+    database_uri = config["AMOCRM_DATABASE_URI"] or (
+        "sqlite:///" + os.path.join(app.instance_path, "amocrm.sqlite3")
+    )
+
+    rate_limit = config["AMOCRM_RATE_LIMIT"]
+    if isinstance(rate_limit, bool) or not isinstance(rate_limit, int | float):
+        raise _fail("AMOCRM_RATE_LIMIT", f"must be a number, not {rate_limit!r}.")
+    if not 0 < rate_limit <= 50:
+        raise _fail(
+            "AMOCRM_RATE_LIMIT",
+            f"must be above 0 and at most 50 requests per second, not {rate_limit}.",
+        )
+
+    emails = config["AMOCRM_ADMIN_EMAILS"] or ()
+    if isinstance(emails, str):
+        emails = [e for e in emails.replace(";", ",").split(",")]
+    emails = tuple(e.strip() for e in emails if e and e.strip())
+    for email in emails:
+        if "@" not in email or any(c in email for c in "\r\n,<>"):
+            raise _fail("AMOCRM_ADMIN_EMAILS", f"has an invalid address: {email!r}.")
+
+    queue = config["AMOCRM_QUEUE"]
+    if not isinstance(queue, str) or not queue or not all(
+        c.isalnum() or c in "_-." for c in queue
+    ):
+        raise _fail("AMOCRM_QUEUE", f"must be a plain queue name, not {queue!r}.")
+
+    timeout = config["AMOCRM_TIMEOUT"]
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise _fail("AMOCRM_TIMEOUT", f"must be a positive number, not {timeout!r}.")
+
+    return Settings(
+        base_url=base_url,
+        token=token,
+        client_id=client_id,
+        client_secret=client_secret,
+        redirect_uri=redirect_uri,
+        database_uri=database_uri,
+        redis_url=redis_url,
+        queue=queue,
+        delivery=delivery,
+        batch_size=_int(config, "AMOCRM_BATCH_SIZE", 1),
+        agent_interval=_int(config, "AMOCRM_AGENT_INTERVAL", 1),
+        rate_limit=float(rate_limit),
+        rules=load_rules(config["AMOCRM_RULES"]),
+        site_name=config["AMOCRM_SITE_NAME"],
+        admin_emails=emails,
+        log_requests=_bool(config, "AMOCRM_LOG_REQUESTS"),
+        retention_days=_int(config, "AMOCRM_RETENTION_DAYS", 1),
+        phone_region=str(config["AMOCRM_PHONE_REGION"]).upper(),
+        utm_cookie=str(config["AMOCRM_UTM_COOKIE"]),
+        utm_cookie_days=_int(config, "AMOCRM_UTM_COOKIE_DAYS", 1),
+        timeout=float(timeout),
+        retry_max_delay=_int(config, "AMOCRM_RETRY_MAX_DELAY", 1),
+    )

@@ -1,0 +1,193 @@
+"""Capture the visit's context for an event: campaign tags, page, site and client.
+
+Campaign tags (UTM and ad click ids) are read from the query string of the current
+request and from a cookie that :func:`remember_campaign` sets on the landing request, so
+a form posted three pages later still carries the landing's tags. The cookie keeps both
+the first touch (the visit that first brought tags) and the last touch (the latest one).
+
+The client IP is ``request.remote_addr`` and nothing else: headers such as
+``X-Forwarded-For`` are set by the client and cannot be trusted. Behind a proxy, wrap
+the app in :class:`werkzeug.middleware.proxy_fix.ProxyFix` so that ``remote_addr`` is
+the visitor's address.
+
+Outside a request (a mail sent from a CLI command or a worker) the context holds what
+exists: the site's name and address, and the time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from functools import lru_cache
+from typing import Any
+
+from flask import Request, Response, has_request_context, request
+
+#: Query parameters and cookies that describe where a visitor came from.
+CAMPAIGN_KEYS = (
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_content",
+    "utm_term",
+    "utm_referrer",
+    "gclid",
+    "yclid",
+    "fbclid",
+    "roistat",
+    "_ym_uid",
+    "_ym_counter",
+    "openstat_service",
+    "openstat_campaign",
+    "openstat_ad",
+    "openstat_source",
+    "from",
+)
+
+#: Cookies set by analytics services, read when the query string lacks the value.
+_ANALYTICS_COOKIES = {"_ym_uid": "_ym_uid", "roistat": "roistat_visit"}
+#: Where the amoCRM site tracker's visitor id may be found.
+_VISITOR_UID_KEYS = ("visitor_uid", "amo_visitor_uid")
+
+#: Cookies never copied into an event: they authenticate the visitor to the site.
+_PRIVATE_COOKIE = re.compile(r"sess|csrf|xsrf|token|auth|remember|login", re.I)
+
+_MAX_VALUE = 250  # no campaign tag is longer; a longer one is garbage or an attack
+_MAX_COOKIES = 30
+
+
+def _clean(value: Any, limit: int = _MAX_VALUE) -> str:
+    text = str(value)
+    text = "".join(ch for ch in text if ch.isprintable())
+    return text[:limit]
+
+
+@lru_cache(maxsize=1)
+def server_ip() -> str | None:
+    """The address of this machine, as the site's IP (looked up once per process)."""
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return None
+
+
+def campaign_from_query(req: Request) -> dict[str, str]:
+    """The campaign tags present in the request's query string."""
+    return {
+        key: _clean(req.args[key])
+        for key in CAMPAIGN_KEYS
+        if req.args.get(key, "").strip()
+    }
+
+
+def read_campaign_cookie(req: Request, cookie: str) -> dict[str, dict[str, str]]:
+    """Return ``{"first": {...}, "last": {...}}`` from the campaign cookie, or empties."""
+    raw = req.cookies.get(cookie)
+    empty: dict[str, dict[str, str]] = {"first": {}, "last": {}}
+    if not raw:
+        return empty
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return empty
+    if not isinstance(value, dict):
+        return empty
+    result = {}
+    for touch in ("first", "last"):
+        part = value.get(touch)
+        result[touch] = (
+            {str(k): _clean(v) for k, v in part.items() if isinstance(v, str | int)}
+            if isinstance(part, dict)
+            else {}
+        )
+    return result
+
+
+def remember_campaign(response: Response, cookie: str, days: int) -> Response:
+    """Store this request's campaign tags in the cookie (first touch is kept).
+
+    Registered as an ``after_request`` handler; does nothing on requests without tags.
+    """
+    tags = campaign_from_query(request)
+    if not tags:
+        return response
+    stored = read_campaign_cookie(request, cookie)
+    touch = dict(tags)
+    touch["landing"] = _clean(request.base_url, 500)
+    if request.referrer:
+        touch["referrer"] = _clean(request.referrer, 500)
+    touch["at"] = str(int(time.time()))
+    value = {"first": stored["first"] or touch, "last": touch}
+    response.set_cookie(
+        cookie,
+        json.dumps(value, separators=(",", ":")),
+        max_age=days * 86400,
+        httponly=True,
+        samesite="Lax",
+        secure=request.is_secure,
+    )
+    return response
+
+
+def capture(
+    *, site_name: str | None, cookie: str, data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Build the context of an event from the current request, if there is one."""
+    context: dict[str, Any] = {
+        "site": {"name": site_name, "domain": None, "ip": server_ip()},
+        "utm": {},
+        "utm_first": {},
+        "page": {},
+        "client": {},
+        "cookies": {},
+        "captured_at": int(time.time()),
+    }
+    data = data or {}
+    if not has_request_context():
+        context["client"]["visitor_uid"] = _visitor_uid(data, {})
+        return context
+
+    stored = read_campaign_cookie(request, cookie)
+    query = campaign_from_query(request)
+    cookies = {
+        name: _clean(value)
+        for name, value in list(request.cookies.items())[:_MAX_COOKIES]
+        if name != cookie and not _PRIVATE_COOKIE.search(name)
+    }
+    last: dict[str, str] = {k: v for k, v in stored["last"].items() if k in CAMPAIGN_KEYS}
+    last.update(query)
+    for key, cookie_name in _ANALYTICS_COOKIES.items():
+        if key not in last and cookies.get(cookie_name):
+            last[key] = cookies[cookie_name]
+    first = {k: v for k, v in stored["first"].items() if k in CAMPAIGN_KEYS} or dict(
+        query
+    )
+
+    context["site"]["domain"] = request.host.split(":")[0]
+    context["site"]["ip"] = request.environ.get("SERVER_ADDR") or server_ip()
+    context["utm"] = last
+    context["utm_first"] = first
+    context["page"] = {
+        "url": _clean(request.url, 2000),
+        "referrer": _clean(request.referrer, 2000) if request.referrer else None,
+        "title": _clean(data["page_title"], 500) if data.get("page_title") else None,
+        "landing": stored["first"].get("landing"),
+        "landing_referrer": stored["first"].get("referrer"),
+    }
+    context["client"] = {
+        "ip": request.remote_addr,
+        "user_agent": _clean(request.user_agent.string, 500),
+        "visitor_uid": _visitor_uid(data, cookies),
+    }
+    context["cookies"] = cookies
+    return context
+
+
+def _visitor_uid(data: dict[str, Any], cookies: dict[str, str]) -> str | None:
+    for key in _VISITOR_UID_KEYS:
+        value = data.get(key) or cookies.get(key)
+        if value:
+            return _clean(value, 100)
+    return None

@@ -1,0 +1,99 @@
+"""Exceptions raised by Flask-AmoCRM.
+
+Configuration mistakes raise :class:`RuntimeError` at ``init_app``, as the Pallets
+extensions do. Everything that goes wrong while talking to amoCRM or applying a rule is an
+:class:`AmoCRMError`; its ``retryable`` attribute says whether trying the same thing
+again later can succeed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AmoCRMError(Exception):
+    """Base class of every error this package raises about amoCRM or a rule."""
+
+    #: Whether the same call may succeed later without anybody changing anything.
+    retryable: bool = False
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RuleError(AmoCRMError):
+    """A rule is invalid or could not be rendered for an event (permanent)."""
+
+
+class APIError(AmoCRMError):
+    """amoCRM answered with a status that is not a success."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, body: Any = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.body = body
+
+
+class TransportError(APIError):
+    """The request did not complete: connection refused or dropped, or a timeout.
+
+    ``sent`` tells whether the request may have reached amoCRM (a read timeout) or
+    certainly did not (a refused connection).
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class AuthError(APIError):
+    """401: the token is missing, expired, revoked, or the client is not authorised."""
+
+    retryable = True  # a person reconnecting, or a refresh, fixes it: events wait
+
+
+class PaymentRequiredError(APIError):
+    """402: the account is not paid, or its plan lacks the feature."""
+
+    retryable = True
+
+
+class AccountBlockedError(APIError):
+    """403: the account or IP is blocked (often an HTML page), or rights are missing."""
+
+    retryable = True
+
+
+class NotFoundError(APIError):
+    """404: the entity or endpoint does not exist."""
+
+
+class ValidationError(APIError):
+    """400: amoCRM rejected the data. ``errors`` holds the parsed ``validation-errors``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = 400,
+        body: Any = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message, status=status, body=body)
+        self.errors = errors or []
+
+
+class RateLimitError(APIError):
+    """429: too many requests per second."""
+
+    retryable = True
+
+
+class ServerError(APIError):
+    """5xx: amoCRM failed; 504 on a batch means the batch was too large or slow."""
+
+    retryable = True

@@ -1,0 +1,166 @@
+"""The tables of Flask-AmoCRM: the event outbox, delivery attempts, the API log and
+stored OAuth tokens.
+
+They are declared on their own :data:`metadata` with names prefixed ``amocrm_``. An app
+that passes its Flask-SQLAlchemy ``db`` gets them added to ``db.metadata`` as well, so
+``db.create_all()`` and Flask-Migrate see them; otherwise ``flask amocrm init-db`` (or
+the first use) creates them in the embedded database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+#: Event statuses. ``pending``: stored, not yet tried; ``processing``: a worker holds it;
+#: ``retrying``: a transient failure, tried again at ``next_attempt_at``; ``delivered``;
+#: ``failed``: a permanent failure that waits for a person; ``ignored``: no rule matched.
+PENDING = "pending"
+PROCESSING = "processing"
+RETRYING = "retrying"
+DELIVERED = "delivered"
+FAILED = "failed"
+IGNORED = "ignored"
+STATUSES = (PENDING, PROCESSING, RETRYING, DELIVERED, FAILED, IGNORED)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def utcnow() -> datetime:
+    """The current time as a naive UTC datetime, as stored in every column."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+class Event(Base):
+    """One thing that happened on the site and must reach amoCRM (the outbox row)."""
+
+    __tablename__ = "amocrm_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: A random id that travels with the event into amoCRM, to find it again.
+    uid: Mapped[str] = mapped_column(
+        String(32), unique=True, default=lambda: uuid.uuid4().hex
+    )
+    #: ``form`` or ``mail``.
+    kind: Mapped[str] = mapped_column(String(10))
+    #: The form id or mail event name; the rule is looked up by it.
+    source: Mapped[str] = mapped_column(String(200))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: ``[{"field": ..., "name": ..., "url": ...}]``: files are passed as links.
+    files: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(12), default=PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: While a worker holds the event (status ``processing``), until when.
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: What amoCRM created for it: ``{"lead_id": ..., "contact_id": ..., ...}``.
+    remote: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Warnings and remarks gathered while delivering (rounded prices, unknown labels).
+    log: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: A key that makes capture idempotent (an import row, a mail's Message-ID).
+    dedupe_key: Mapped[str | None] = mapped_column(
+        String(200), unique=True, nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime, default=utcnow, onupdate=utcnow
+    )
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    attempt_rows: Mapped[list[EventAttempt]] = relationship(
+        back_populates="event",
+        cascade="all, delete-orphan",
+        order_by="EventAttempt.id",
+    )
+
+    __table_args__ = (Index("ix_amocrm_events_due", "status", "next_attempt_at"),)
+
+    def __repr__(self) -> str:
+        return f"<Event {self.id} {self.kind}:{self.source} {self.status}>"
+
+
+class EventAttempt(Base):
+    """One try at delivering an event, with its outcome."""
+
+    __tablename__ = "amocrm_event_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[int] = mapped_column(
+        ForeignKey("amocrm_events.id", ondelete="CASCADE"), index=True
+    )
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: ``delivered``, ``retrying``, ``failed`` or ``ignored``.
+    outcome: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+    event: Mapped[Event] = relationship(back_populates="attempt_rows")
+
+
+class ApiLog(Base):
+    """One request to amoCRM and its answer, without credentials."""
+
+    __tablename__ = "amocrm_api_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    event_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    method: Mapped[str] = mapped_column(String(10))
+    path: Mapped[str] = mapped_column(String(2000))
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    duration_ms: Mapped[float | None] = mapped_column(nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    request_body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    response_body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Token(Base):
+    """The OAuth token pair of one amoCRM account (one row per account host)."""
+
+    __tablename__ = "amocrm_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_url: Mapped[str] = mapped_column(String(300), unique=True)
+    access_token: Mapped[str] = mapped_column(Text)
+    refresh_token: Mapped[str | None] = mapped_column(Text, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: Bumped on every refresh: a compare-and-swap guard against a lost lock.
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    #: Set when amoCRM said the refresh token was revoked; a person must reconnect.
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime, default=utcnow, onupdate=utcnow
+    )
+
+    def __repr__(self) -> str:  # never show the tokens themselves
+        return f"<Token {self.base_url} v{self.version}>"

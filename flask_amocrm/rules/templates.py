@@ -1,0 +1,52 @@
+"""Rendering rule values: Jinja2 templates in a sandboxed environment.
+
+Rules are written by site owners but filled with visitors' input, so templates run in
+:class:`jinja2.sandbox.SandboxedEnvironment` (no ``{{ ''.__class__ }}`` escapes, no
+``str.format`` tricks) with :class:`jinja2.StrictUndefined`: a misspelt variable is an
+error on the event, not an empty value. Use ``{{ data.x | default('') }}`` for optional
+fields.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+
+from ..errors import RuleError
+
+_MAX_OUTPUT = 100_000
+
+_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+@lru_cache(maxsize=512)
+def _compile(source: str) -> Any:
+    return _env.from_string(source)
+
+
+def render(source: str, variables: dict[str, Any], *, where: str = "") -> str:
+    """Render one template string, raising :class:`RuleError` with ``where`` on error."""
+    if "{" not in source:
+        return source
+    try:
+        text = _compile(source).render(variables)
+    except TemplateError as exc:
+        label = f" in {where}" if where else ""
+        raise RuleError(f"template error{label}: {exc} (template: {source!r})") from None
+    return text[:_MAX_OUTPUT]
+
+
+def render_value(value: Any, variables: dict[str, Any], *, where: str = "") -> Any:
+    """Render strings inside lists and dicts; leave numbers and booleans as they are."""
+    if isinstance(value, str):
+        return render(value, variables, where=where)
+    if isinstance(value, list):
+        return [render_value(v, variables, where=f"{where}[{i}]")
+                for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: render_value(v, variables, where=f"{where}.{k}")
+                for k, v in value.items()}
+    return value

@@ -1,0 +1,76 @@
+"""Putting events on the RQ queue. Only the event's id travels through Redis."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from rq import Queue
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+
+if TYPE_CHECKING:
+    from ..extension import _State
+
+log = logging.getLogger("flask_amocrm.worker")
+
+#: Kept briefly after success; a failed job (a crash, not an amoCRM error: those are
+#: handled on the event) is kept a week for inspection.
+RESULT_TTL = 60
+FAILURE_TTL = 7 * 86400
+JOB_TIMEOUT = 600
+
+_WAITING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED,
+            JobStatus.DEFERRED}
+
+
+def job_id(event_id: int) -> str:
+    """The RQ job id of an event: one job per event at a time."""
+    return f"amocrm-event-{event_id}"
+
+
+def get_queue(state: _State, *, for_worker: bool = False) -> Queue:
+    """The RQ queue of this app (``AMOCRM_QUEUE``)."""
+    from .job_class import AppJob
+
+    return Queue(
+        state.settings.queue,
+        connection=state.redis(for_worker=for_worker),
+        job_class=AppJob,
+    )
+
+
+def enqueue_event(state: _State, event_id: int, *, at: datetime | None = None) -> bool:
+    """Queue delivery of an event; ``False`` if a job for it is already waiting.
+
+    Raises the Redis error if Redis cannot be reached: the caller keeps the event
+    ``pending`` and the sweeper queues it later.
+    """
+    queue = get_queue(state)
+    jid = job_id(event_id)
+    for _ in range(2):
+        try:
+            options = dict(
+                job_id=jid,
+                unique=True,
+                result_ttl=RESULT_TTL,
+                failure_ttl=FAILURE_TTL,
+                job_timeout=JOB_TIMEOUT,
+                description=f"deliver amoCRM event {event_id}",
+            )
+            if at is None:
+                queue.enqueue("flask_amocrm.worker.jobs.deliver", event_id, **options)
+            else:
+                queue.enqueue_at(at, "flask_amocrm.worker.jobs.deliver", event_id,
+                                 **options)
+            return True
+        except DuplicateJobError:
+            try:
+                old = Job.fetch(jid, connection=queue.connection)
+            except NoSuchJobError:
+                continue  # it ended between the two calls
+            if old.get_status(refresh=False) in _WAITING:
+                return False
+            old.delete()  # a finished or failed job of an earlier attempt
+    return False
