@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_UTM_COOKIE_DAYS": 90,
     "AMOCRM_TIMEOUT": 15,
     "AMOCRM_RETRY_MAX_DELAY": 3600,
+    "AMOCRM_METADATA_TTL": 3600,
+    "AMOCRM_ADMIN_AUTH": None,
+    "AMOCRM_KEEPALIVE_DAYS": 14,
 }
 
 _HOST_SUFFIXES = (".amocrm.ru", ".kommo.com", ".amocrm.com")
@@ -75,6 +79,14 @@ class Settings:
     utm_cookie_days: int
     timeout: float
     retry_max_delay: int
+    #: Seconds the cached account metadata (pipelines, users, fields) is kept.
+    metadata_ttl: int = 3600
+    #: ``callable() -> bool`` that allows the current user into the admin views;
+    #: ``None``: the admin views are not registered.
+    admin_auth: Callable[[], bool] | None = None
+    #: Refresh the OAuth tokens when the refresh token is older than this many days
+    #: (keeps a quiet site inside amoCRM's three-month refresh-token lifetime).
+    keepalive_days: int = 14
 
 
 def _fail(key: str, problem: str) -> RuntimeError:
@@ -269,4 +281,16 @@ def read_settings(app: Flask) -> Settings:
         utm_cookie_days=_int(config, "AMOCRM_UTM_COOKIE_DAYS", 1),
         timeout=float(timeout),
         retry_max_delay=_int(config, "AMOCRM_RETRY_MAX_DELAY", 1),
+        metadata_ttl=_int(config, "AMOCRM_METADATA_TTL", 1),
+        admin_auth=_admin_auth(config["AMOCRM_ADMIN_AUTH"]),
+        keepalive_days=_int(config, "AMOCRM_KEEPALIVE_DAYS", 1),
     )
+
+
+def _admin_auth(value: Any) -> Callable[[], bool] | None:
+    if value is None:
+        return None
+    if not callable(value):
+        raise _fail("AMOCRM_ADMIN_AUTH", f"must be a callable returning True for "
+                                         f"allowed users, not {value!r}.")
+    return value  # type: ignore[no-any-return]

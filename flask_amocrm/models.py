@@ -164,3 +164,17 @@ class Token(Base):
 
     def __repr__(self) -> str:  # never show the tokens themselves
         return f"<Token {self.base_url} v{self.version}>"
+
+
+class AccountMetadataRow(Base):
+    """The cached account metadata (pipelines, users, fields) where there is no Redis.
+
+    With Redis the snapshot lives there instead; see :mod:`flask_amocrm.amo.metadata`.
+    """
+
+    __tablename__ = "amocrm_metadata"
+
+    base_url: Mapped[str] = mapped_column(String(300), primary_key=True)
+    #: The snapshot as JSON text (:meth:`AccountMetadata.to_json`).
+    data: Mapped[str] = mapped_column(Text)
+    fetched_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
