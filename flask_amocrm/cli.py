@@ -57,7 +57,11 @@ def process_command(limit: int | None, everything: bool) -> None:
     from .worker.sweeper import process
 
     state = get_state()
-    counts = process(None if everything else (limit or state.settings.batch_size))
+    if everything:
+        limit = None
+    elif limit is None:
+        limit = state.settings.batch_size
+    counts = process(limit)
     click.echo(json.dumps(counts, sort_keys=True))
 
 

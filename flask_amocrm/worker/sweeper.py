@@ -36,7 +36,7 @@ def due_event_ids(state: _State, limit: int | None = None,
     query = select(Event.id).where(_claimable(now)).order_by(Event.id)
     if not include_fresh:
         query = query.where(Event.created_at < now - _GRACE)
-    if limit:
+    if limit is not None:
         query = query.limit(limit)
     with state.session() as session:
         return list(session.scalars(query))

@@ -1,0 +1,52 @@
+# The two commands a new user needs: `make demo` and `make test`.
+# Both create .venv, install the package with what it needs, and start a Redis
+# server where none answers on 127.0.0.1:6379.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test bench redis clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# Start redis-server where none answers; install Debian's package first if it is
+# missing and we may (root with apt). Never fails: the demo then falls back to
+# inline delivery, and the tests say clearly that Redis is missing.
+redis: $(STAMP)
+	@if $(PY) -c "import redis; redis.Redis(socket_connect_timeout=1).ping()" 2>/dev/null; then \
+		echo "redis: answering on 127.0.0.1:6379"; \
+	else \
+		if ! command -v redis-server >/dev/null 2>&1; then \
+			if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+				echo "redis: installing Debian's redis-server"; \
+				(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null 2>&1 || true; \
+			else \
+				echo "redis: redis-server is not installed (apt-get install redis-server)"; \
+			fi; \
+		fi; \
+		if command -v redis-server >/dev/null 2>&1; then \
+			redis-server --daemonize yes --save "" --appendonly no --port 6379 --bind 127.0.0.1 >/dev/null && \
+			for i in 1 2 3 4 5 6 7 8 9 10; do \
+				$(PY) -c "import redis; redis.Redis(socket_connect_timeout=1).ping()" 2>/dev/null && break; sleep 0.3; \
+			done; \
+			echo "redis: started redis-server on 127.0.0.1:6379"; \
+		fi; \
+	fi
+
+demo: redis
+	$(PY) -m example_app.demo
+
+test: redis
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: redis
+	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) *.egg-info build dist

@@ -1,0 +1,156 @@
+"""``make demo``: the main job end to end, on the embedded defaults.
+
+Starts the bundled amoCRM sandbox, the example site and an RQ worker, submits sample
+forms over HTTP (one arriving with UTM tags), waits for delivery, prints what the
+sandbox holds, stops everything and exits 0 only if every form became a lead.
+Without Redis it says so and delivers inline instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import requests
+
+BIN = os.path.dirname(sys.executable)
+TOKEN = "demo-token"
+FORMS = [
+    ("/?utm_source=yandex&utm_medium=cpc&utm_campaign=sofas",
+     {"name": "Anna Petrova", "phone": "+7 912 345-67-89", "email": "anna@example.com"}),
+    ("/", {"name": "Boris Ivanov", "phone": "8 (916) 000-11-22", "email": ""}),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_available(url: str) -> bool:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        return False
+    return True
+
+
+def wait_for(url: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise SystemExit(f"demo: {url} did not come up")
+
+
+def submit(site: str, path: str, fields: dict[str, str]) -> None:
+    session = requests.Session()
+    page = session.get(site + path, timeout=10)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text)
+    if not token:
+        raise SystemExit("demo: the landing page has no CSRF token")
+    answer = session.post(site + "/", data={"csrf_token": token.group(1), **fields},
+                          timeout=10, allow_redirects=False)
+    if answer.status_code != 302:
+        raise SystemExit(f"demo: the form answered {answer.status_code}")
+    print(f"  submitted {fields['name']!r} via {path}")
+
+
+def show(state: dict[str, Any]) -> None:
+    contacts = {c["id"]: c for c in state["contacts"]}
+    for lead in state["leads"]:
+        fields = {f.get("field_code") or f.get("field_name"): f["values"][0]["value"]
+                  for f in lead.get("custom_fields_values") or []}
+        tags = [t["name"] for t in lead.get("_embedded", {}).get("tags", [])]
+        print(f"  lead #{lead['id']}: {lead['name']}  tags={tags}"
+              f"  UTM_SOURCE={fields.get('UTM_SOURCE', '-')}")
+        for link in lead.get("_embedded", {}).get("contacts", []):
+            contact = contacts.get(link["id"], {})
+            values = [v["value"] for f in contact.get("custom_fields_values") or []
+                      for v in f["values"]]
+            print(f"      contact #{link['id']}: {contact.get('name')}  {values}")
+
+
+def main() -> int:
+    redis_url = os.environ.get("DEMO_REDIS_URL", "redis://127.0.0.1:6379/13")
+    use_rq = redis_available(redis_url)
+    if not use_rq:
+        print(f"demo: no Redis answers at {redis_url}; delivering inline instead "
+              "(install redis-server to see the RQ worker)")
+    processes: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="amocrm-demo-") as tmp:
+        sandbox_port, site_port = free_port(), free_port()
+        sandbox = f"http://127.0.0.1:{sandbox_port}"
+        site = f"http://127.0.0.1:{site_port}"
+        env = dict(
+            os.environ,
+            AMOCRM_BASE_URL=sandbox,
+            AMOCRM_TOKEN=TOKEN,
+            AMOCRM_DELIVERY="rq" if use_rq else "inline",
+            AMOCRM_QUEUE="amocrm-demo",
+            EXAMPLE_INSTANCE_PATH=tmp,
+            FLASK_APP="example_app.site",
+        )
+        if use_rq:
+            env["AMOCRM_REDIS_URL"] = redis_url
+            import redis
+
+            redis.Redis.from_url(redis_url).delete("rq:queue:amocrm-demo")
+        try:
+            print(f"demo: amoCRM sandbox at {sandbox}")
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "flask_amocrm.sandbox", "--port",
+                 str(sandbox_port), "--token", TOKEN], stdout=subprocess.DEVNULL))
+            wait_for(sandbox + "/_sandbox/state")
+            print(f"demo: example site at {site}")
+            processes.append(subprocess.Popen(
+                [f"{BIN}/flask", "run", "--port", str(site_port)], env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            wait_for(site + "/thanks")
+            if use_rq:
+                print("demo: RQ worker on queue amocrm-demo")
+                processes.append(subprocess.Popen(
+                    [f"{BIN}/flask", "amocrm", "worker", "--with-scheduler"], env=env,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            print("demo: a visitor fills in the callback form")
+            for path, fields in FORMS:
+                submit(site, path, fields)
+            deadline = time.monotonic() + 60
+            state: dict[str, Any] = {"leads": []}
+            while time.monotonic() < deadline:
+                state = requests.get(sandbox + "/_sandbox/state", timeout=5).json()
+                if len(state["leads"]) >= len(FORMS):
+                    break
+                time.sleep(0.3)
+            print("demo: the sandbox amoCRM now holds")
+            show(state)
+            if len(state["leads"]) != len(FORMS):
+                print(f"demo: FAILED: {len(state['leads'])} of {len(FORMS)} leads "
+                      "arrived")
+                return 1
+            print("demo: every form became a lead with its contact. Done.")
+            return 0
+        finally:
+            for process in reversed(processes):
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
