@@ -1,4 +1,4 @@
-"""Delivering one event: claim it, plan it, send it, record the outcome.
+"""Delivering events: claim them, plan them, send them together, record outcomes.
 
 An event is claimed with a lease (an atomic ``UPDATE ... WHERE``), so a second job for
 the same event, or a second worker, does nothing. The ids amoCRM returns are committed
@@ -15,8 +15,9 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, or_, select, update
 
+from ..amo.apilog import event_context
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, AuthError, RuleError
 from ..extension import _State, get_state
@@ -33,6 +34,7 @@ from ..models import (
 )
 from ..rules.schema import find_rule
 from ..signals import event_delivered, event_failed
+from .execute import Delivery, execute
 from .plan import build_plan
 
 log = logging.getLogger("flask_amocrm.worker")
@@ -86,91 +88,111 @@ def deliver_event(event_id: int) -> str:
 
     Returns ``"skipped"`` when the event is not due or another worker holds it.
     """
+    return deliver_events([event_id]).get(event_id, "skipped")
+
+
+def deliver_events(event_ids: list[int]) -> dict[int, str]:
+    """Deliver a batch of events of the current app together.
+
+    Returns the status each claimed event ended in; events that were not due or that
+    another worker holds are left out.
+    """
     state = get_state()
-    if not claim(state, event_id):
-        return "skipped"
+    claimed = [i for i in dict.fromkeys(event_ids) if claim(state, i)]
+    if not claimed:
+        return {}
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     worker = f"{socket.gethostname()}:{os.getpid()}"
+    outcomes: dict[int, tuple[str, str | None]] = {}
     with state.session() as session:
-        event = session.get(Event, event_id)
-        assert event is not None  # claimed just now
-        attempt = EventAttempt(event_id=event.id, worker=worker)
-        session.add(attempt)
+        events = list(session.scalars(
+            select(Event).where(Event.id.in_(claimed)).order_by(Event.id)))
+        attempts = {e.id: EventAttempt(event_id=e.id, worker=worker) for e in events}
+        session.add_all(attempts.values())
         session.commit()
-        error: str | None = None
-        try:
-            outcome = _send(state, session, event)
-        except RuleError as exc:
-            outcome, error = FAILED, f"rule error: {exc}"
-        except AmoCRMError as exc:
-            outcome = RETRYING if exc.retryable else FAILED
-            error = f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # a bug or a database hiccup: keep trying, loudly
-            log.exception("Unexpected error delivering event %s", event_id)
-            outcome, error = RETRYING, f"unexpected {type(exc).__name__}: {exc}"
+
+        deliveries: list[Delivery] = []
+        for event in events:
+            try:
+                delivery = _prepare(state, session, event)
+            except RuleError as exc:
+                outcomes[event.id] = (FAILED, f"rule error: {exc}")
+                continue
+            if delivery is None:
+                outcomes[event.id] = (
+                    (DELIVERED, None) if event.remote.get("lead_id") else (IGNORED, None)
+                )
+                continue
+            deliveries.append(delivery)
+
+        if deliveries:
+            batch_error: tuple[str, str] | None = None
+            try:
+                with event_context(deliveries[0].event.id if len(deliveries) == 1
+                                   else None):
+                    execute(make_client(state), deliveries)
+            except AmoCRMError as exc:
+                batch_error = (RETRYING if exc.retryable else FAILED,
+                               f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug or a database hiccup: keep trying, loudly
+                log.exception("Unexpected error delivering events %s", claimed)
+                batch_error = (RETRYING, f"unexpected {type(exc).__name__}: {exc}")
+            for delivery in deliveries:
+                event = delivery.event
+                if delivery.error is not None:
+                    exc = delivery.error
+                    outcomes[event.id] = (RETRYING if exc.retryable else FAILED,
+                                          f"{type(exc).__name__}: {exc}")
+                elif event.remote.get("lead_id"):
+                    outcomes[event.id] = (DELIVERED, None)
+                else:
+                    outcomes[event.id] = batch_error or (
+                        RETRYING, "nothing was created; trying again")
 
         now = utcnow()
-        event.status = outcome
-        event.locked_until = None
-        event.last_error = error
-        if outcome == RETRYING:
-            delay = retry_delay(event.attempts, state.settings.retry_max_delay)
-            event.next_attempt_at = now + timedelta(seconds=delay)
-        else:
-            event.next_attempt_at = None
-        if outcome == DELIVERED:
-            event.delivered_at = now
-        attempt.finished_at = now
-        attempt.outcome = outcome
-        attempt.error = error
+        for event in events:
+            outcome, error = outcomes[event.id]
+            event.status = outcome
+            event.locked_until = None
+            event.last_error = error
+            if outcome == RETRYING:
+                delay = retry_delay(event.attempts, state.settings.retry_max_delay)
+                event.next_attempt_at = now + timedelta(seconds=delay)
+            else:
+                event.next_attempt_at = None
+            if outcome == DELIVERED:
+                event.delivered_at = now
+            attempt = attempts[event.id]
+            attempt.finished_at = now
+            attempt.outcome = outcome
+            attempt.error = error
         session.commit()
 
-    if outcome == DELIVERED:
-        log.info("Event %s delivered: %s", event_id, event.remote)
-        event_delivered.send(app, event=event)
-    elif outcome == FAILED:
-        log.warning("Event %s failed: %s", event_id, error)
-        event_failed.send(app, event=event, error=error)
-    elif outcome == RETRYING:
-        log.warning("Event %s will be retried at %s: %s", event_id,
-                    event.next_attempt_at, error)
-    return outcome
+    for event in events:
+        outcome, error = outcomes[event.id]
+        if outcome == DELIVERED:
+            log.info("Event %s delivered: %s", event.id, event.remote)
+            event_delivered.send(app, event=event)
+        elif outcome == FAILED:
+            log.warning("Event %s failed: %s", event.id, error)
+            event_failed.send(app, event=event, error=error)
+        elif outcome == RETRYING:
+            log.warning("Event %s will be retried at %s: %s", event.id,
+                        event.next_attempt_at, error)
+    return {event_id: outcome for event_id, (outcome, _) in outcomes.items()}
 
 
-def _send(state: _State, session: Any, event: Event) -> str:
+def _prepare(state: _State, session: Any, event: Event) -> Delivery | None:
+    """The event's delivery, or ``None`` when there is nothing to send (already
+    delivered by an attempt that was cut off afterwards, or no rule)."""
     if event.remote.get("lead_id"):
-        return DELIVERED  # an earlier attempt got that far before it was cut off
+        return None
     rule = find_rule(state.settings.rules, event.kind, event.source)
     if rule is None:
         event.log = [*event.log, f"no rule for {event.kind} {event.source!r}"]
-        return IGNORED
+        return None
     section = "forms" if event.kind == "form" else "mails"
     plan = build_plan(rule, event, where=f"{section}.{event.source}")
     if plan.warnings:
         event.log = [*event.log, *plan.warnings]
-    item = dict(plan.lead, request_id=str(event.id))
-    answer = make_client(state).post("/api/v4/leads/complex", [item])
-    result = _complex_result(answer, str(event.id))
-    event.remote = {
-        "lead_id": result.get("id"),
-        "contact_id": result.get("contact_id"),
-        "company_id": result.get("company_id"),
-        "merged": bool(result.get("merged")),
-    }
-    session.commit()  # the ids are safe before anything else can go wrong
-    return DELIVERED
-
-
-def _complex_result(answer: Any, request_id: str) -> dict[str, Any]:
-    """Find our item in a ``leads/complex`` answer (a bare array per the docs; the
-    HAL ``_embedded.leads`` shape is accepted too)."""
-    items = answer
-    if isinstance(answer, dict):
-        items = answer.get("_embedded", {}).get("leads", [])
-    for item in items or []:
-        ids = item.get("request_id")
-        ids = ids if isinstance(ids, list) else [ids]
-        if request_id in [str(i) for i in ids]:
-            return item  # type: ignore[no-any-return]
-    raise AmoCRMError(f"leads/complex answered without our item {request_id}: "
-                      f"{str(answer)[:300]}")
+    return Delivery(event=event, plan=plan, save=session.commit)

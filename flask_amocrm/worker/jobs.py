@@ -8,13 +8,24 @@ from .job_class import job_app
 
 
 def deliver(event_id: int) -> str:
-    """Deliver one event (``amocrm-event-<id>`` jobs). Returns its status."""
-    from .deliver import deliver_event
-
+    """Deliver an event (``amocrm-event-<id>`` jobs), together with other due events
+    up to ``AMOCRM_BATCH_SIZE``, so a burst shares API calls. Returns its status."""
     if has_app_context():  # AppJob pushed a fresh one
-        return deliver_event(event_id)
+        return _deliver(event_id)
     with job_app().app_context():  # plain ``rq worker`` with FLASK_APP set
-        return deliver_event(event_id)
+        return _deliver(event_id)
+
+
+def _deliver(event_id: int) -> str:
+    from ..extension import get_state
+    from .deliver import deliver_events
+    from .sweeper import due_event_ids
+
+    state = get_state()
+    others = due_event_ids(state, state.settings.batch_size)
+    batch = [event_id] + [i for i in others if i != event_id]
+    outcomes = deliver_events(batch[: state.settings.batch_size])
+    return outcomes.get(event_id, "skipped")
 
 
 def sweep() -> int:

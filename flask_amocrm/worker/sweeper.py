@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from ..extension import _State, get_state
 from ..models import Event, utcnow
-from .deliver import _claimable, deliver_event
+from .deliver import _claimable, deliver_events
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -68,9 +68,11 @@ def process(limit: int | None = None) -> dict[str, int]:
     """Deliver due events in this process (``flask amocrm process``, cron, tests)."""
     state = get_state()
     counts: dict[str, int] = {"spooled": load_spool(state)}
-    for event_id in due_event_ids(state, limit):
-        outcome = deliver_event(event_id)
-        counts[outcome] = counts.get(outcome, 0) + 1
+    ids = due_event_ids(state, limit)
+    size = state.settings.batch_size
+    for start in range(0, len(ids), size):
+        for outcome in deliver_events(ids[start : start + size]).values():
+            counts[outcome] = counts.get(outcome, 0) + 1
     return counts
 
 
