@@ -1,0 +1,162 @@
+"""Control endpoints outside ``/api/v4``: ``/_sandbox/...`` for tests and demos.
+
+They are never rate limited, never faulted and never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from .records import ENTITIES, render
+from .views.common import link
+from .views.notes import render_note
+from .views.tasks import render_task
+from .views.unsorted import render_unsorted
+
+bp = Blueprint("sandbox_control", __name__, url_prefix="/_sandbox")
+
+# Enough for long benchmark runs without unbounded memory.
+LOG_SIZE = 100_000
+CONFIG_KEYS = {"rate_limit", "latency_ms", "access_token_ttl", "block_after",
+               "block_seconds", "duplicate_control"}
+
+
+class RequestLog:
+    """Every API request received: method, path, query, status, time, token, body."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: deque[dict[str, Any]] = deque(maxlen=LOG_SIZE)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._items.append(entry)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._items)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False), status=status,
+                    mimetype="application/json")
+
+
+def _sandbox() -> Any:
+    return current_app.extensions["amocrm_sandbox"]
+
+
+@bp.post("/reset")
+def reset() -> Response:
+    """Restore the seed; clear the log, faults, rate-limit state and blocks."""
+    _sandbox().reset()
+    return _json({"ok": True})
+
+
+@bp.post("/faults")
+def faults() -> Response:
+    """Add a fault (``{"status": 503, "count": 3}``) or clear them (``{"clear": true}``)."""
+    spec = request.get_json(silent=True)
+    if not isinstance(spec, dict):
+        return _json({"error": "send a JSON object"}, 400)
+    sbx = _sandbox()
+    if spec.get("clear"):
+        sbx.faults.clear()
+        rest = {k: v for k, v in spec.items() if k != "clear"}
+        if not rest:
+            return _json({"faults": []})
+        spec = rest
+    try:
+        sbx.faults.add(spec)
+    except (TypeError, ValueError) as exc:
+        return _json({"error": str(exc)}, 400)
+    return _json({"faults": sbx.faults.list()})
+
+
+@bp.get("/faults")
+def list_faults() -> Response:
+    """The active faults."""
+    return _json({"faults": _sandbox().faults.list()})
+
+
+@bp.get("/requests")
+def requests_log() -> Response:
+    """Every API request received since the last reset."""
+    return _json(_sandbox().log.list())
+
+
+@bp.delete("/requests")
+def clear_requests() -> Response:
+    """Forget the logged requests."""
+    _sandbox().log.clear()
+    return _json({"ok": True})
+
+
+@bp.route("/config", methods=["GET", "POST"])
+def config() -> Response:
+    """Read or change run-time settings: rate_limit, latency_ms, access_token_ttl,
+    block_after, block_seconds, duplicate_control."""
+    sbx = _sandbox()
+    if request.method == "POST":
+        spec = request.get_json(silent=True)
+        if not isinstance(spec, dict):
+            return _json({"error": "send a JSON object"}, 400)
+        unknown = set(spec) - CONFIG_KEYS
+        if unknown:
+            return _json({"error": f"unknown settings: {sorted(unknown)}"}, 400)
+        sbx.configure(**spec)
+    return _json(sbx.config_dict())
+
+
+@bp.post("/oauth/code")
+def oauth_code() -> Response:
+    """Issue an authorization code without the consent page (for tests)."""
+    sbx = _sandbox()
+    if sbx.auth.client_id is None:
+        return _json({"error": "OAuth is not configured"}, 400)
+    code = sbx.auth.issue_code(sbx.auth.client_id, sbx.auth.redirect_uri)
+    return _json({"code": code, "client_id": sbx.auth.client_id,
+                  "redirect_uri": sbx.auth.redirect_uri})
+
+
+@bp.get("/state")
+def state() -> Response:
+    """Everything the account holds, including deleted and hidden entities."""
+    s = _sandbox().store
+    with s.lock:
+        full = {"contacts", "leads", "companies", "loss_reason", "source_id"}
+        out: dict[str, Any] = {}
+        for entity in ENTITIES:
+            out[entity] = [
+                render(s, entity, obj, full, link)
+                for obj in sorted(s.entities(entity).values(), key=lambda o: o["id"])
+            ]
+        out["notes"] = {
+            entity: [render_note(entity, n) for n in
+                     sorted(s.data["notes"][entity].values(), key=lambda n: n["id"])]
+            for entity in ENTITIES
+        }
+        out["tasks"] = [render_task(t) for t in
+                        sorted(s.data["tasks"].values(), key=lambda t: t["id"])]
+        out["tags"] = {e: sorted(s.data["tags"][e].values(), key=lambda t: t["id"])
+                       for e in ENTITIES}
+        out["unsorted"] = []
+        for item in s.data["unsorted"].values():
+            rendered = render_unsorted(s, item)
+            rendered["status"] = item["_state"]
+            out["unsorted"].append(rendered)
+        out["links"] = s.data["links"]
+        out["settings"] = dict(s.data["settings"])
+        out["custom_fields"] = s.data["custom_fields"]
+        out["pipelines"] = s.data["pipelines"]
+        out["users"] = s.data["users"]
+        return _json(out)

@@ -1,0 +1,143 @@
+"""Run the sandbox on a real port in a background thread (tests, demos, benchmarks)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from typing import Any
+
+from flask import Flask
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from .app import create_app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr: tests read ``/_sandbox/requests`` instead."""
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class SandboxServer:
+    """A sandbox served by a threaded werkzeug server in a daemon thread.
+
+    ``SandboxServer(**create_app_kwargs, host="127.0.0.1", port=0)``; ``port=0``
+    picks a free port. Use as a context manager or call :meth:`start` and
+    :meth:`stop`. The helpers talk to the control endpoints over real HTTP.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, **kwargs: Any):
+        self.host = host
+        self.port = port
+        self.app: Flask = create_app(**kwargs)
+        self.token: str = kwargs.get("token", "sandbox-token")
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` (no trailing slash)."""
+        if self._server is None:
+            raise RuntimeError("The sandbox server is not started; call start().")
+        return f"http://{self.host}:{self._server.server_port}"
+
+    def start(self) -> SandboxServer:
+        """Bind the port and serve in a daemon thread."""
+        if self._server is not None:
+            return self
+        self._server = make_server(
+            self.host, self.port, self.app, threaded=True,
+            request_handler=_QuietHandler,
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            name=f"amocrm-sandbox-{self._server.server_port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close the socket and save the state file if any."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+        sandbox = self.app.extensions["amocrm_sandbox"]
+        if sandbox.store.state_file:
+            sandbox.store.save()
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- control helpers (over HTTP) ---------------------------------------------
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def reset(self) -> None:
+        """Restore the seeded account; clear requests, faults and limits."""
+        self._call("POST", "/_sandbox/reset", {})
+
+    def faults(self, **spec: Any) -> list[dict[str, Any]]:
+        """Add a fault, e.g. ``faults(status=503, count=3)``; ``faults(clear=True)``."""
+        return self._call("POST", "/_sandbox/faults", spec)["faults"]
+
+    def config(self, **settings: Any) -> dict[str, Any]:
+        """Change run-time settings (rate_limit, latency_ms, access_token_ttl,
+        block_after, block_seconds, duplicate_control); returns them all."""
+        if settings:
+            return self._call("POST", "/_sandbox/config", settings)
+        return self._call("GET", "/_sandbox/config")
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every API request received since the last reset."""
+        return self._call("GET", "/_sandbox/requests")
+
+    def auth_code(self) -> str:
+        """A fresh OAuth authorization code for the configured client."""
+        return self._call("POST", "/_sandbox/oauth/code", {})["code"]
+
+    def state(self) -> dict[str, Any]:
+        """Everything the account holds (``GET /_sandbox/state``)."""
+        return self._call("GET", "/_sandbox/state")
+
+    def leads(self) -> list[dict[str, Any]]:
+        """All stored leads, deleted ones included, with contacts embedded."""
+        return self.state()["leads"]
+
+    def contacts(self) -> list[dict[str, Any]]:
+        """All stored contacts, with their leads embedded."""
+        return self.state()["contacts"]
+
+    def companies(self) -> list[dict[str, Any]]:
+        """All stored companies."""
+        return self.state()["companies"]
+
+    def notes(self, entity: str = "leads") -> list[dict[str, Any]]:
+        """All notes of ``leads``, ``contacts`` or ``companies``."""
+        return self.state()["notes"][entity]
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """All tasks."""
+        return self.state()["tasks"]
+
+    def unsorted(self) -> list[dict[str, Any]]:
+        """All incoming leads, with ``status`` pending, accepted or declined."""
+        return self.state()["unsorted"]

@@ -1,0 +1,1 @@
+"""The API v4 endpoints, one module per entity group."""
