@@ -104,3 +104,47 @@ def status() -> None:
             select(Event.status, func.count()).group_by(Event.status)).all())
     for name in STATUSES:
         click.echo(f"{name:<11}{rows.get(name, 0)}")
+
+
+@amocrm_cli.command("auth")
+@click.argument("code", required=False)
+def auth_command(code: str | None) -> None:
+    """Connect amoCRM over OAuth: exchange an authorization CODE for tokens.
+
+    Without CODE, print the address where an admin allows access and gets one.
+    """
+    from .amo import authorize_url, exchange_code
+    from .errors import AmoCRMError
+
+    state = get_state()
+    settings = state.settings
+    if not settings.client_id:
+        raise click.UsageError("AMOCRM_CLIENT_ID is not set: this app uses a "
+                               "long-lived token (AMOCRM_TOKEN), nothing to connect.")
+    if not code:
+        click.echo("Open this address, allow access, and run "
+                   "'flask amocrm auth CODE' with the code you get (valid 20 minutes):")
+        click.echo(authorize_url(settings))
+        return
+    try:
+        row = exchange_code(state, code)
+    except AmoCRMError as exc:
+        raise click.ClickException(f"amoCRM refused the code: {exc}") from None
+    click.echo(f"Connected to {row.base_url}; the access token expires at "
+               f"{row.expires_at:%Y-%m-%d %H:%M} UTC and is refreshed automatically.")
+
+
+@amocrm_cli.command("sync")
+def sync_command() -> None:
+    """Fetch the account's pipelines, users, fields and task types again."""
+    from .amo import sync_metadata
+    from .errors import AmoCRMError
+
+    try:
+        meta = sync_metadata(get_state())
+    except AmoCRMError as exc:
+        raise click.ClickException(f"Could not read the account: {exc}") from None
+    fields = sum(len(meta.fields(entity)) for entity in ("leads", "contacts",
+                                                        "companies"))
+    click.echo(f"{len(meta.pipelines)} pipelines, {len(meta.users)} users, "
+               f"{fields} custom fields, {len(meta.task_types)} task types.")

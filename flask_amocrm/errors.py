@@ -63,9 +63,17 @@ class PaymentRequiredError(APIError):
 
 
 class AccountBlockedError(APIError):
-    """403: the account or IP is blocked (often an HTML page), or rights are missing."""
+    """403 with an HTML page: the account or IP is blocked for abusing the rate limit.
+
+    Retryable (events wait), but the client never retries it by itself: only amoCRM
+    support lifts the block, and hammering a blocked account makes it worse.
+    """
 
     retryable = True
+
+
+class ForbiddenError(APIError):
+    """403 with a JSON problem body: the token's user lacks the rights for this call."""
 
 
 class NotFoundError(APIError):

@@ -180,6 +180,10 @@ class AmoCRM:
 
         app.cli.add_command(amocrm_cli)
 
+        from .admin import register_admin
+
+        register_admin(app, settings)
+
     def submit(
         self,
         form: str,

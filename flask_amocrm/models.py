@@ -158,6 +158,12 @@ class Token(Base):
     version: Mapped[int] = mapped_column(Integer, default=0)
     #: Set when amoCRM said the refresh token was revoked; a person must reconnect.
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: When the pair was last obtained (code exchange or refresh): the keep-alive
+    #: refreshes before amoCRM's three-month refresh-token lifetime runs out.
+    refreshed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: Without Redis, the process refreshing the pair holds this lease (a row lock
+    #: that needs no open transaction during the HTTP call).
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime, default=utcnow, onupdate=utcnow
     )

@@ -1,15 +1,29 @@
 """A small amoCRM API v4 client on :mod:`requests`.
 
-Every non-success answer becomes a typed :class:`~flask_amocrm.errors.APIError`;
-204 is an empty result (``None``), not an error. Credentials never reach the logs.
+One :class:`AmoClient` talks to one account. Before each request it waits for its slot
+in the account's shared rate limit; it sends the token its provider gives it and, on a
+401, asks the provider once for a fresh one. Every non-success answer becomes a typed
+:class:`~flask_amocrm.errors.APIError`; 204 is an empty result (``None``).
+
+Retries, all bounded:
+
+* 429: every method, because amoCRM's gateway refused the request before it was
+  processed. The shared limiter is told to slow down, then the client sleeps with
+  jitter.
+* 5xx, timeouts, dropped connections: GET only. A POST or PATCH may have been carried
+  out, so it is retried only when the connection was never made.
+* 504 on a batch write: the batch is split in halves, each sent again (amoCRM's own
+  advice, reference 2.4).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import requests
 
@@ -17,6 +31,7 @@ from ..errors import (
     AccountBlockedError,
     APIError,
     AuthError,
+    ForbiddenError,
     NotFoundError,
     PaymentRequiredError,
     RateLimitError,
@@ -24,29 +39,93 @@ from ..errors import (
     TransportError,
     ValidationError,
 )
+from .apilog import ApiLogSink, Redactor
+from .ratelimit import RateLimiter
 
 log = logging.getLogger("flask_amocrm.amo")
 
-_CONNECT_TIMEOUT = 5.0
-_LOG_BODY = 2000
+#: Seconds to wait for a TCP connection to amoCRM.
+CONNECT_TIMEOUT = 5.0
+#: amoCRM takes at most this many entities per batch write (50 is its advice, and the
+#: limit of ``/leads/complex``).
+BATCH_SIZE = 50
+#: The API's largest page for lists.
+PAGE_LIMIT = 250
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class TokenProvider(Protocol):
+    """Where the client gets its bearer token (see :mod:`flask_amocrm.amo.auth`)."""
+
+    def access_token(self) -> str:
+        """The token to send now; raises :class:`AuthError` if there is none."""
+
+    def refresh(self, rejected: str) -> str | None:
+        """amoCRM refused ``rejected`` (401): a better token, or ``None`` if there
+        is no way to get one."""
+
+
+class StaticToken:
+    """A fixed token, such as a long-lived one: a 401 is final."""
+
+    def __init__(self, token: str | None) -> None:
+        self._token = token
+
+    def access_token(self) -> str:
+        """The token; :class:`AuthError` if none was given."""
+        if not self._token:
+            raise AuthError("amoCRM is not connected: no access token is set "
+                            "(AMOCRM_TOKEN, or 'flask amocrm auth' for OAuth)")
+        return self._token
+
+    def refresh(self, rejected: str) -> str | None:
+        """A fixed token cannot be refreshed."""
+        return None
 
 
 class AmoClient:
-    """Talk to one amoCRM account with a bearer token."""
+    """Talk to one amoCRM account.
+
+    ``token`` is a token string or a :class:`TokenProvider`. ``limiter`` is the
+    account's shared :class:`~flask_amocrm.amo.ratelimit.RateLimiter` (none: no
+    limit); ``sink`` writes the API log rows. ``retries`` bounds each kind of retry;
+    ``backoff`` is the first back-off step in seconds (doubled each time, with jitter).
+    """
 
     def __init__(
         self,
         base_url: str,
-        token: str,
+        token: str | TokenProvider | None,
         *,
         timeout: float = 15.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        limiter: RateLimiter | None = None,
+        sink: ApiLogSink | None = None,
         session: requests.Session | None = None,
+        retries: int = 3,
+        backoff: float = 0.5,
+        rate_limit_backoff: float = 1.0,
+        redactor: Redactor | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._token = token
+        self.tokens: TokenProvider = (
+            token if token is not None and not isinstance(token, str)
+            else StaticToken(token)
+        )
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.limiter = limiter
+        self.sink = sink
+        self.retries = retries
+        self.backoff = backoff
+        self.rate_limit_backoff = rate_limit_backoff
+        self.redactor = redactor or Redactor()
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = "flask-amocrm"
+        # requests would read ~/.netrc and proxies for every call otherwise.
+        self.session.trust_env = False
+
+    # -- one call ----------------------------------------------------------------------
 
     def request(
         self,
@@ -55,44 +134,301 @@ class AmoClient:
         *,
         params: dict[str, Any] | None = None,
         json_body: Any = None,
+        auth: bool = True,
+        oauth: bool = False,
     ) -> Any:
-        """Make one call; return the parsed JSON body, or ``None`` for 204."""
-        url = f"{self.base_url}{path}"
+        """Make one call, with the retries described in the module docstring; return
+        the parsed JSON body, or ``None`` for 204.
+
+        ``auth=False`` sends no token (the OAuth token endpoint); ``oauth=True`` masks
+        the OAuth secrets in the body and answer, ``code`` included.
+        """
+        method = method.upper()
+        failures = 0  # transport errors and 5xx
+        limited = 0  # 429 answers
+        refreshed = False
+        token: str | None = None
+        while True:
+            headers: dict[str, str] = {}
+            if auth:
+                token = self.tokens.access_token()
+                self.redactor.add(token)
+                headers["Authorization"] = f"Bearer {token}"
+            try:
+                response = self._exchange(method, path, params, json_body, headers,
+                                          oauth=oauth)
+            except TransportError as exc:
+                if (method in _IDEMPOTENT or not exc.sent) and failures < self.retries:
+                    failures += 1
+                    self._sleep(self.backoff, failures, f"{method} {path}: {exc}")
+                    continue
+                raise
+            status = response.status_code
+            if 200 <= status < 300:
+                return _body(response) if status != 204 else None
+            body = _body(response)
+            if status == 401 and auth and not refreshed and token is not None:
+                refreshed = True
+                if self.tokens.refresh(token) is not None:
+                    continue
+            elif status == 429:
+                if self.limiter is not None:
+                    self.limiter.penalize(self.rate_limit_backoff)
+                if limited < self.retries:
+                    limited += 1
+                    self._sleep(self.rate_limit_backoff, limited,
+                                f"{method} {path}: 429 Too Many Requests")
+                    continue
+            elif status >= 500 and method in _IDEMPOTENT and failures < self.retries:
+                failures += 1
+                self._sleep(self.backoff, failures, f"{method} {path}: HTTP {status}")
+                continue
+            raise error_for(status, body, f"{method} {path}", html=_is_html(response))
+
+    def _sleep(self, base: float, attempt: int, why: str) -> None:
+        # Half fixed, half random: never a tight loop, never all workers in step.
+        ceiling = base * 2 ** (attempt - 1)
+        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        log.warning("%s; retry %d in %.2f s", why, attempt, delay)
+        time.sleep(delay)
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        json_body: Any,
+        headers: dict[str, str],
+        *,
+        oauth: bool,
+    ) -> requests.Response:
+        """Send once (after waiting for a slot) and log what happened."""
+        if self.limiter is not None:
+            self.limiter.acquire()
+        shown = path + (f"?{self.redactor.query(params)}" if params else "")
         started = time.monotonic()
+        response: requests.Response | None = None
+        error: TransportError | None = None
         try:
             response = self.session.request(
                 method,
-                url,
+                f"{self.base_url}{path}",
                 params=params,
-                json=json_body,
-                headers={"Authorization": f"Bearer {self._token}"},
-                timeout=(_CONNECT_TIMEOUT, self.timeout),
+                data=(None if json_body is None
+                      else json.dumps(json_body, ensure_ascii=False).encode()),
+                headers={**headers, "Content-Type": "application/json"}
+                if json_body is not None else headers,
+                timeout=(self.connect_timeout, self.timeout),
+                allow_redirects=False,
             )
-        except requests.ConnectionError as exc:
-            # A refused connection never reached amoCRM; a dropped one may have.
-            sent = not _never_connected(exc)
-            log.warning("%s %s failed: %s", method, path, type(exc).__name__)
-            raise TransportError(f"{method} {path}: {type(exc).__name__}",
-                                 sent=sent) from None
         except requests.Timeout as exc:
             sent = not isinstance(exc, requests.ConnectTimeout)
-            log.warning("%s %s timed out", method, path)
-            raise TransportError(f"{method} {path}: timed out", sent=sent) from None
+            error = TransportError(f"{method} {path}: timed out", sent=sent)
+        except requests.ConnectionError as exc:
+            # A refused connection never reached amoCRM; a dropped one may have.
+            error = TransportError(f"{method} {path}: {_reason(exc)}",
+                                   sent=not _never_connected(exc))
+        except requests.RequestException as exc:
+            error = TransportError(f"{method} {path}: {type(exc).__name__}", sent=True)
         duration = (time.monotonic() - started) * 1000
-        log.info("%s %s -> %s in %.0f ms", method, path, response.status_code, duration)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("request body: %s", _short(json_body))
-            log.debug("response body: %s", response.text[:_LOG_BODY])
-        return _result(response, method, path)
+        self._record(method, shown, json_body, response, error, duration, oauth=oauth)
+        if error is not None:
+            raise error from None
+        assert response is not None
+        return response
+
+    def _record(
+        self,
+        method: str,
+        shown: str,
+        json_body: Any,
+        response: requests.Response | None,
+        error: Exception | None,
+        duration: float,
+        *,
+        oauth: bool,
+    ) -> None:
+        redact = self.redactor
+        status = response.status_code if response is not None else None
+        request_id = response.headers.get("X-Request-Id") if response is not None else None
+        if error is not None:
+            log.warning("amoCRM %s %s failed after %.0f ms: %s", method, shown,
+                        duration, error)
+        else:
+            log.info("amoCRM %s %s -> %s in %.0f ms (request id %s)", method, shown,
+                     status, duration, request_id or "-")
+        want_debug = log.isEnabledFor(logging.DEBUG)
+        if self.sink is None and not want_debug:
+            return
+        request_text = redact.dump(json_body, oauth=oauth)
+        response_text = None
+        if response is not None and response.content:
+            try:
+                response_text = redact.dump(response.json(), oauth=oauth)
+            except ValueError:
+                response_text = redact.dump(response.text, oauth=oauth)
+        if want_debug:
+            log.debug("amoCRM %s %s request body: %s", method, shown, request_text)
+            log.debug("amoCRM %s %s response body: %s", method, shown, response_text)
+        if self.sink is not None:
+            self.sink.write(
+                method=method,
+                path=shown[:2000],
+                status=status,
+                duration_ms=round(duration, 1),
+                request_id=request_id[:100] if request_id else None,
+                request_body=request_text,
+                response_body=response_text,
+                error=redact.text(str(error)) if error is not None else None,
+            )
+
+    # -- shortcuts ---------------------------------------------------------------------
 
     def get(self, path: str, **params: Any) -> Any:
+        """GET ``path`` with query ``params``; ``None`` for 204."""
         return self.request("GET", path, params=params or None)
 
     def post(self, path: str, body: Any) -> Any:
+        """POST a JSON body."""
         return self.request("POST", path, json_body=body)
 
     def patch(self, path: str, body: Any) -> Any:
+        """PATCH a JSON body."""
         return self.request("PATCH", path, json_body=body)
+
+    def delete(self, path: str) -> Any:
+        """DELETE ``path``."""
+        return self.request("DELETE", path)
+
+    def get_all(self, path: str, key: str, **params: Any) -> list[dict[str, Any]]:
+        """Every item of a list endpoint (``_embedded[key]``), page by page, until a
+        page has no ``next`` link or amoCRM answers 204."""
+        params.setdefault("limit", PAGE_LIMIT)
+        items: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            answer = self.get(path, **params, page=page)
+            if not answer:
+                break
+            items.extend((answer.get("_embedded") or {}).get(key) or [])
+            if not (answer.get("_links") or {}).get("next"):
+                break
+            page += 1
+        return items
+
+    # -- batches -----------------------------------------------------------------------
+
+    def create_many(
+        self, path: str, items: Sequence[dict[str, Any]], *, key: str,
+        chunk_size: int = BATCH_SIZE,
+    ) -> list[dict[str, Any] | None]:
+        """POST ``items`` in chunks; return amoCRM's answer item for each, in order
+        (matched by ``request_id``; ``None`` where amoCRM returned nothing for it)."""
+        return self.write_many("POST", path, items, key=key, chunk_size=chunk_size)
+
+    def update_many(
+        self, path: str, items: Sequence[dict[str, Any]], *, key: str,
+        chunk_size: int = BATCH_SIZE,
+    ) -> list[dict[str, Any] | None]:
+        """PATCH ``items`` (each with an ``id``) in chunks, as :meth:`create_many`."""
+        return self.write_many("PATCH", path, items, key=key, chunk_size=chunk_size)
+
+    def complex(
+        self, items: Sequence[dict[str, Any]], *, chunk_size: int = BATCH_SIZE
+    ) -> list[dict[str, Any] | None]:
+        """``POST /api/v4/leads/complex`` in chunks of at most 50 leads; return the
+        answer item (``id``, ``contact_id``, ``company_id``, ``merged``) per lead."""
+        return self.write_many("POST", "/api/v4/leads/complex", items, key="leads",
+                               chunk_size=min(chunk_size, BATCH_SIZE))
+
+    def write_many(
+        self,
+        method: str,
+        path: str,
+        items: Sequence[dict[str, Any]],
+        *,
+        key: str,
+        chunk_size: int = BATCH_SIZE,
+    ) -> list[dict[str, Any] | None]:
+        """Send ``items`` in chunks of ``chunk_size``; a chunk that gets 504 is split
+        in halves and sent again. Items without a ``request_id`` get their index.
+
+        A 504 may come after amoCRM did part of the work, so a split batch can create
+        an entity twice; amoCRM advises the split all the same (reference 2.4), and
+        the delivery code looks entities up before creating them again.
+        """
+        prepared = []
+        for index, item in enumerate(items):
+            rid = item.get("request_id")
+            prepared.append(dict(item, request_id=str(index if rid is None else rid)))
+        ids = [item["request_id"] for item in prepared]
+        if len(set(ids)) != len(ids):
+            raise ValueError("request_id values must be unique within one batch")
+        results: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(prepared), chunk_size):
+            self._write_chunk(method, path, prepared[start:start + chunk_size], key,
+                              results)
+        return [results.get(rid) for rid in ids]
+
+    def _write_chunk(
+        self,
+        method: str,
+        path: str,
+        chunk: list[dict[str, Any]],
+        key: str,
+        results: dict[str, dict[str, Any]],
+    ) -> None:
+        try:
+            answer = self.request(method, path, json_body=chunk)
+        except ServerError as exc:
+            if exc.status != 504 or len(chunk) < 2:
+                raise
+            half = len(chunk) // 2
+            log.warning("%s %s: 504 on %d items; sending %d and %d", method, path,
+                        len(chunk), half, len(chunk) - half)
+            self._write_chunk(method, path, chunk[:half], key, results)
+            self._write_chunk(method, path, chunk[half:], key, results)
+            return
+        for position, item in enumerate(answer_items(answer, key)):
+            rids = item.get("request_id")
+            if rids is None:
+                # Some answers (PATCH) carry no request_id: they keep the order.
+                rids = [chunk[position]["request_id"]] if position < len(chunk) else []
+            for rid in rids if isinstance(rids, list) else [rids]:
+                results[str(rid)] = item
+
+
+def answer_items(answer: Any, key: str) -> list[dict[str, Any]]:
+    """The result items of a batch answer: a bare array (``/leads/complex``) or the
+    HAL ``_embedded[key]``."""
+    if isinstance(answer, list):
+        return [item for item in answer if isinstance(item, dict)]
+    if isinstance(answer, dict):
+        return list((answer.get("_embedded") or {}).get(key) or [])
+    return []
+
+
+def _is_html(response: requests.Response) -> bool:
+    kind = response.headers.get("Content-Type", "")
+    return "html" in kind or response.text.lstrip()[:1] == "<"
+
+
+def _body(response: requests.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:2000]
+
+
+def _reason(exc: requests.ConnectionError) -> str:
+    text = str(exc.args[0] if exc.args else exc)
+    for name in ("RemoteDisconnected", "ConnectionResetError", "NewConnectionError",
+                 "ConnectionRefusedError", "ProtocolError"):
+        if name in text:
+            return name
+    return type(exc).__name__
 
 
 def _never_connected(exc: requests.ConnectionError) -> bool:
@@ -105,25 +441,7 @@ def _never_connected(exc: requests.ConnectionError) -> bool:
     return isinstance(reason, NewConnectionError)
 
 
-def _short(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)[:_LOG_BODY]
-
-
-def _result(response: requests.Response, method: str, path: str) -> Any:
-    status = response.status_code
-    if status == 204 or (200 <= status < 300 and not response.content):
-        return None
-    body: Any
-    try:
-        body = response.json()
-    except ValueError:
-        body = response.text[:_LOG_BODY]
-    if 200 <= status < 300:
-        return body
-    raise error_for(status, body, f"{method} {path}")
-
-
-def error_for(status: int, body: Any, what: str) -> APIError:
+def error_for(status: int, body: Any, what: str, *, html: bool = False) -> APIError:
     """The exception for a non-success answer."""
     detail = ""
     if isinstance(body, dict):
@@ -142,10 +460,16 @@ def error_for(status: int, body: Any, what: str) -> APIError:
             ]
             message += "; " + "; ".join(parts)
         return ValidationError(message, status=status, body=body, errors=errors or [])
+    if status == 403:
+        if html or not isinstance(body, dict):
+            return AccountBlockedError(
+                message + " (the account or this IP is blocked, most likely for too "
+                "many requests; only amoCRM support can lift it)",
+                status=status, body=body)
+        return ForbiddenError(message, status=status, body=body)
     mapping: dict[int, type[APIError]] = {
         401: AuthError,
         402: PaymentRequiredError,
-        403: AccountBlockedError,
         404: NotFoundError,
         429: RateLimitError,
     }
@@ -154,3 +478,4 @@ def error_for(status: int, body: Any, what: str) -> APIError:
     if status >= 500:
         return ServerError(message, status=status, body=body)
     return APIError(message, status=status, body=body)
+

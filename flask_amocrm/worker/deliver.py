@@ -75,12 +75,10 @@ def claim(state: _State, event_id: int) -> bool:
 
 
 def make_client(state: _State) -> AmoClient:
-    """The amoCRM client of this app."""
-    token = state.settings.token
-    if not token:
-        raise AuthError("amoCRM is not connected: no access token is stored yet "
-                        "(run 'flask amocrm auth' or connect it in the admin)")
-    return AmoClient(state.settings.base_url, token, timeout=state.settings.timeout)
+    """The amoCRM client of this app (cached per process, see :func:`amo.client_for`)."""
+    from ..amo import client_for
+
+    return client_for(state)
 
 
 def deliver_event(event_id: int) -> str:

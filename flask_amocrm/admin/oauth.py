@@ -1,0 +1,65 @@
+"""Connecting amoCRM from the admin: the OAuth 2.0 code flow (reference 1.1).
+
+``/amocrm/admin/connect`` stores a random ``state`` in the session and sends the admin
+to amoCRM's grant page (the sandbox's for a sandbox base URL). amoCRM sends the
+browser back to ``AMOCRM_REDIRECT_URI``, which must point at
+``/amocrm/admin/oauth/callback``, with ``code``, ``state`` and ``referer``; the view
+checks the state, exchanges the code and stores the tokens.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Response, redirect, session
+from flask import request
+from markupsafe import escape
+
+from ..amo.auth import authorize_url, exchange_code, new_state_value
+from ..errors import AmoCRMError
+from . import _state_settings, bp
+
+_SESSION_KEY = "_amocrm_oauth_state"
+
+
+def _page(title: str, text: str, status: int = 200) -> Response:
+    html = (f"<!doctype html><meta charset=utf-8><title>{escape(title)}</title>"
+            f"<h1>{escape(title)}</h1><p>{escape(text)}</p>")
+    return Response(html, status=status, mimetype="text/html")
+
+
+@bp.get("/connect")
+def connect() -> Response:
+    """Start the code flow: remember a state, go to the grant page."""
+    settings = _state_settings()
+    if not settings.client_id:
+        return _page("amoCRM uses a long-lived token",
+                     "OAuth is not configured (AMOCRM_CLIENT_ID is not set).", 400)
+    value = new_state_value()
+    session[_SESSION_KEY] = value
+    return redirect(authorize_url(settings, value))  # type: ignore[return-value]
+
+
+@bp.get("/oauth/callback")
+def callback() -> Response:
+    """The redirect URI: check the state, exchange the code, show the outcome."""
+    from ..extension import get_state
+
+    expected = session.pop(_SESSION_KEY, None)
+    got = request.args.get("state", "")
+    if request.args.get("error"):
+        return _page("amoCRM was not connected",
+                     f"amoCRM answered: {request.args['error']}.", 400)
+    if not expected or not hmac.compare_digest(str(expected), got):
+        return _page("amoCRM was not connected",
+                     "The request did not come from a connection started here "
+                     "(state mismatch). Start again from the admin.", 400)
+    code = request.args.get("code", "")
+    if not code:
+        return _page("amoCRM was not connected", "amoCRM sent no code.", 400)
+    try:
+        row = exchange_code(get_state(), code, referer=request.args.get("referer"))
+    except AmoCRMError as exc:
+        return _page("amoCRM was not connected", f"The code was refused: {exc}", 400)
+    return _page("amoCRM is connected",
+                 f"Connected to {row.base_url}. Waiting events will be delivered.")

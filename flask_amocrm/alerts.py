@@ -1,0 +1,133 @@
+"""E-mail alerts to the site's admins (``AMOCRM_ADMIN_EMAILS``).
+
+Mail goes through Flask-Mail when the app has it, otherwise through :mod:`smtplib`
+with the same ``MAIL_*`` keys. Every alert carries the ``X-AmoCRM-Alert: 1`` header, so
+the extension never captures its own alerts as events. Messages are built with
+:class:`email.message.EmailMessage`, which refuses CR/LF in headers; subjects are
+flattened to one line anyway, and recipients only ever come from the configuration
+(reliability 6).
+
+An alert with a ``dedupe_key`` is sent once per ``dedupe_seconds``, across all
+processes when Redis is configured (``SET NX EX``), per process otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import threading
+import time
+from email.message import EmailMessage
+from typing import Any
+
+from flask import current_app
+
+log = logging.getLogger("flask_amocrm.alerts")
+
+#: The header that marks our own mails.
+ALERT_HEADER = "X-AmoCRM-Alert"
+_sent_here: dict[str, float] = {}
+_sent_lock = threading.Lock()
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def _first_time(key: str, seconds: int) -> bool:
+    from .extension import get_state
+
+    state = get_state()
+    if state.settings.redis_url:
+        try:
+            return bool(state.redis().set(f"amocrm:alert-sent:{key}", int(time.time()),
+                                          nx=True, ex=seconds))
+        except Exception as exc:
+            log.warning("Alert de-duplication: Redis failed (%s); de-duplicating in "
+                        "this process only", type(exc).__name__)
+    now = time.monotonic()
+    with _sent_lock:
+        if _sent_here.get(key, 0) > now:
+            return False
+        _sent_here[key] = now + seconds
+        return True
+
+
+def clear_alert(key: str) -> None:
+    """Forget that the alert ``key`` was sent (the problem is over), so the next
+    occurrence alerts again."""
+    from .extension import get_state
+
+    with _sent_lock:
+        _sent_here.pop(key, None)
+    state = get_state()
+    if state.settings.redis_url:
+        state.redis().delete(f"amocrm:alert-sent:{key}")
+
+
+def send_alert(
+    subject: str,
+    body: str,
+    *,
+    dedupe_key: str | None = None,
+    dedupe_seconds: int = 3600,
+) -> bool:
+    """Mail ``subject`` and ``body`` to ``AMOCRM_ADMIN_EMAILS`` from the current app.
+
+    Returns whether a mail was sent. Never raises: a broken mail server is logged,
+    it must not hide the problem being reported.
+    """
+    from .extension import get_state
+
+    try:
+        settings = get_state().settings
+        recipients = list(settings.admin_emails)
+        subject = _one_line(f"[amoCRM] {subject}")
+        if not recipients:
+            log.warning("Alert not mailed (AMOCRM_ADMIN_EMAILS is empty): %s", subject)
+            return False
+        if dedupe_key and not _first_time(dedupe_key, dedupe_seconds):
+            log.info("Alert already sent, not repeated: %s", subject)
+            return False
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        if app.extensions.get("mail") is not None:
+            _send_flask_mail(app, subject, body, recipients)
+        else:
+            _send_smtp(app.config, subject, body, recipients)
+    except Exception:
+        log.exception("Could not send the alert %r", subject)
+        return False
+    log.warning("Alert mailed to %d admin(s): %s", len(recipients), subject)
+    return True
+
+
+def _send_flask_mail(app: Any, subject: str, body: str, recipients: list[str]) -> None:
+    from flask_mail import Message
+
+    message = Message(subject=subject, recipients=recipients, body=body,
+                      extra_headers={ALERT_HEADER: "1"})
+    app.extensions["mail"].send(message)
+
+
+def _send_smtp(
+    config: Any, subject: str, body: str, recipients: list[str]
+) -> None:
+    sender = config.get("MAIL_DEFAULT_SENDER") or "flask-amocrm@localhost"
+    if isinstance(sender, tuple | list):
+        sender = f"{sender[0]} <{sender[1]}>"
+    message = EmailMessage()
+    message["Subject"] = subject
+    message["From"] = _one_line(sender)
+    message["To"] = ", ".join(recipients)
+    message[ALERT_HEADER] = "1"
+    message.set_content(body)
+    host = config.get("MAIL_SERVER") or "localhost"
+    use_ssl = bool(config.get("MAIL_USE_SSL"))
+    port = int(config.get("MAIL_PORT") or (465 if use_ssl else 25))
+    smtp_class = smtplib.SMTP_SSL if use_ssl else smtplib.SMTP
+    with smtp_class(host, port, timeout=10) as smtp:
+        if config.get("MAIL_USE_TLS") and not use_ssl:
+            smtp.starttls()
+        if config.get("MAIL_USERNAME"):
+            smtp.login(config["MAIL_USERNAME"], config.get("MAIL_PASSWORD") or "")
+        smtp.send_message(message)

@@ -1,0 +1,400 @@
+"""Tokens: a long-lived token, or an OAuth 2.0 pair stored in the database.
+
+amoCRM's refresh tokens work once, for everybody (reference 1.2, 17.1): two workers
+refreshing together lock the account out. So exactly one process refreshes at a time,
+across all workers and machines:
+
+* with Redis, under a redis-py ``Lock`` per account;
+* without Redis, under a lease on the token row (an atomic ``UPDATE ... WHERE
+  lease_until < now``, which works the same on SQLite and PostgreSQL and holds no
+  transaction open during the HTTP call).
+
+Whoever gets the lock re-reads the row first: if another process refreshed meanwhile,
+its token is used and amoCRM is not called. The new pair is written with a
+compare-and-swap on ``version``, which fences a lock that expired during a slow call.
+
+A refresh that amoCRM refuses ("Token has been revoked", expired) marks the row
+``revoked_at``: from then on no process calls amoCRM for that account, every event
+waits as ``retrying``, and the admin gets one alert. Connecting again
+(:func:`exchange_code`) clears it and delivery resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
+
+from sqlalchemy import or_, select, update
+
+from ..errors import APIError, AuthError, TransportError
+from ..models import Token, utcnow
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..extension import _State
+    from .client import AmoClient
+
+log = logging.getLogger("flask_amocrm.amo")
+
+#: Refresh this long before the access token expires.
+REFRESH_MARGIN = timedelta(minutes=10)
+#: The longest a refresh may hold the lock (the token call has its own timeouts).
+LOCK_SECONDS = 30
+#: How long a process keeps the token it read before looking at the row again.
+LOCAL_SECONDS = 60.0
+TOKEN_PATH = "/oauth2/access_token"
+
+
+class LongLivedToken:
+    """A long-lived token of a private integration: no refresh, a 401 is final."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def access_token(self) -> str:
+        """The token."""
+        return self._token
+
+    def refresh(self, rejected: str) -> str | None:
+        """Long-lived tokens cannot be refreshed (reference 1.4)."""
+        return None
+
+
+class OAuthTokens:
+    """The OAuth pair of one account, kept in the ``amocrm_tokens`` table.
+
+    ``token_client`` is an :class:`AmoClient` for the account that sends no token; it
+    calls the token endpoint, under the same rate limit and API log as the rest.
+    """
+
+    def __init__(self, state: _State, token_client: AmoClient) -> None:
+        self.state = state
+        self.settings = state.settings
+        self.base_url = state.settings.base_url
+        self.token_client = token_client
+        self._thread_lock = threading.Lock()
+        self._held: tuple[float, str, datetime | None] | None = None
+
+    # -- the provider protocol -----------------------------------------------------
+
+    def access_token(self) -> str:
+        """The stored access token, refreshed first if it expires within 10 minutes."""
+        held = self._held
+        if held is not None and time.monotonic() - held[0] < LOCAL_SECONDS and (
+            held[2] is None or held[2] - utcnow() > REFRESH_MARGIN
+        ):
+            return held[1]
+        row = self._load()
+        if row.expires_at is not None and row.expires_at - utcnow() <= REFRESH_MARGIN:
+            return self.refresh(row.access_token) or row.access_token
+        self._held = (time.monotonic(), row.access_token, row.expires_at)
+        return row.access_token
+
+    def refresh(self, rejected: str, *, force: bool = False) -> str | None:
+        """Get a token better than ``rejected``: another process's fresh one, or a new
+        pair from amoCRM. ``force`` refreshes even if the stored token is fine (the
+        keep-alive). Raises :class:`AuthError` when the account must be reconnected."""
+        self._held = None
+        with self._thread_lock, self._lock():
+            row = self._load()
+            if not force and row.access_token != rejected and not _expiring(row):
+                log.info("amoCRM token of %s was refreshed by another process",
+                         self.base_url)
+                self._held = (time.monotonic(), row.access_token, row.expires_at)
+                return row.access_token
+            if not row.refresh_token:
+                raise AuthError("amoCRM refused the token and there is no refresh "
+                                "token: connect amoCRM again ('flask amocrm auth')")
+            return self._refresh_row(row)
+
+    def forget(self) -> None:
+        """Drop the token this process holds; the next call reads the row."""
+        self._held = None
+
+    # -- internals -----------------------------------------------------------------
+
+    def _load(self) -> Token:
+        with self.state.session() as session:
+            row = session.scalar(select(Token).where(Token.base_url == self.base_url))
+        if row is None or not row.access_token:
+            raise AuthError("amoCRM is not connected yet: run 'flask amocrm auth' or "
+                            "use 'Connect amoCRM' in the admin")
+        if row.revoked_at is not None:
+            raise AuthError(
+                f"amoCRM access was revoked at {row.revoked_at:%Y-%m-%d %H:%M} UTC; "
+                "events wait until a person connects amoCRM again "
+                "('flask amocrm auth' or 'Connect amoCRM' in the admin)")
+        return row
+
+    def _refresh_row(self, row: Token) -> str:
+        body = {
+            "client_id": self.settings.client_id,
+            "client_secret": self.settings.client_secret,
+            "grant_type": "refresh_token",
+            "refresh_token": row.refresh_token,
+            "redirect_uri": self.settings.redirect_uri,
+        }
+        self.token_client.redactor.add(row.refresh_token)
+        self.token_client.redactor.add(self.settings.client_secret)
+        try:
+            pair = self.token_client.request("POST", TOKEN_PATH, json_body=body,
+                                             auth=False, oauth=True)
+        except (TransportError, APIError) as exc:
+            if exc.retryable and not isinstance(exc, AuthError):
+                raise  # amoCRM is down or busy: try again later, the token is fine
+            return self._refused(row, exc)
+        new = store_pair(self.state, pair, expected_version=row.version)
+        self.token_client.redactor.add(new.access_token)
+        self._held = (time.monotonic(), new.access_token, new.expires_at)
+        log.info("amoCRM token of %s refreshed (version %s)", self.base_url,
+                 new.version)
+        return new.access_token
+
+    def _refused(self, row: Token, exc: APIError) -> str:
+        current = self._load()
+        if current.refresh_token != row.refresh_token:
+            # Someone else refreshed in between (a lock that expired): theirs is good.
+            return current.access_token
+        body = exc.body if isinstance(exc.body, dict) else {}
+        bad_client = "клиент" in str(body.get("title", "")).lower() or (
+            "client" in str(body.get("title", "")).lower())
+        if bad_client:
+            _alert_once(self.state, "client",
+                        "amoCRM refuses the integration's credentials",
+                        f"amoCRM refused AMOCRM_CLIENT_ID/AMOCRM_CLIENT_SECRET for "
+                        f"{self.base_url}: {exc}. Events wait until they are fixed.")
+            raise AuthError(f"amoCRM refused the client credentials: {exc}",
+                            status=exc.status, body=exc.body) from None
+        with self.state.session() as session:
+            marked = session.execute(
+                update(Token)
+                .where(Token.id == row.id, Token.version == row.version,
+                       Token.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            ).rowcount  # type: ignore[attr-defined]
+            session.commit()
+        if marked:
+            log.error("amoCRM refresh token of %s was refused (%s): delivery stops "
+                      "until amoCRM is connected again", self.base_url, exc)
+            _alert_once(
+                self.state, "revoked",
+                "amoCRM access lost: connect amoCRM again",
+                f"amoCRM refused to refresh the access of {self.base_url}: {exc}\n\n"
+                "No event is lost: they wait as 'retrying' and are delivered once "
+                "amoCRM is connected again. Run 'flask amocrm auth' or use "
+                "'Connect amoCRM' in the site's admin.",
+            )
+        raise AuthError(f"amoCRM access was revoked: {exc}; connect amoCRM again",
+                        status=exc.status, body=exc.body) from None
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        host = urlsplit(self.base_url).netloc
+        if self.settings.redis_url:
+            lock = self.state.redis().lock(
+                f"amocrm:token-lock:{host}", timeout=LOCK_SECONDS,
+                blocking_timeout=LOCK_SECONDS + 5)
+            if not lock.acquire():
+                raise AuthError("another process has been refreshing the amoCRM "
+                                "token for too long; trying again later")
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    lock.release()
+            return
+        with self._lease():
+            yield
+
+    @contextlib.contextmanager
+    def _lease(self) -> Iterator[None]:
+        deadline = time.monotonic() + LOCK_SECONDS + 5
+        while True:
+            now = utcnow()
+            until = now + timedelta(seconds=LOCK_SECONDS)
+            with self.state.session() as session:
+                got = session.execute(
+                    update(Token)
+                    .where(Token.base_url == self.base_url,
+                           or_(Token.lease_until.is_(None), Token.lease_until < now))
+                    .values(lease_until=until)
+                ).rowcount  # type: ignore[attr-defined]
+                session.commit()
+            if got:
+                break
+            if time.monotonic() > deadline:
+                raise AuthError("another process has been refreshing the amoCRM "
+                                "token for too long; trying again later")
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            with self.state.session() as session:
+                session.execute(update(Token)
+                                .where(Token.base_url == self.base_url,
+                                       Token.lease_until == until)
+                                .values(lease_until=None))
+                session.commit()
+
+
+def _expiring(row: Token) -> bool:
+    return row.expires_at is not None and row.expires_at - utcnow() <= REFRESH_MARGIN
+
+
+def store_pair(
+    state: _State, pair: dict[str, Any], *, expected_version: int | None = None
+) -> Token:
+    """Save a token pair from amoCRM. With ``expected_version`` the row is only
+    replaced if nobody else wrote it since (compare-and-swap)."""
+    access = pair.get("access_token")
+    if not access:
+        raise AuthError("amoCRM's token answer had no access_token")
+    now = utcnow()
+    expires_in = pair.get("expires_in")
+    values = {
+        "access_token": access,
+        "refresh_token": pair.get("refresh_token"),
+        "expires_at": (now + timedelta(seconds=int(expires_in))
+                       if expires_in else None),
+        "revoked_at": None,
+        "refreshed_at": now,
+        "updated_at": now,
+    }
+    base_url = state.settings.base_url
+    with state.session() as session:
+        if expected_version is not None:
+            swapped = session.execute(
+                update(Token)
+                .where(Token.base_url == base_url, Token.version == expected_version)
+                .values(version=expected_version + 1, **values)
+            ).rowcount  # type: ignore[attr-defined]
+            session.commit()
+            if not swapped:
+                log.warning("amoCRM token of %s changed while it was being refreshed; "
+                            "keeping the newer one", base_url)
+        else:
+            row = session.scalar(select(Token).where(Token.base_url == base_url))
+            if row is None:
+                session.add(Token(base_url=base_url, version=1, **values))
+            else:
+                for key, value in values.items():
+                    setattr(row, key, value)
+                row.version = (row.version or 0) + 1
+                row.lease_until = None
+            session.commit()
+        row = session.scalar(select(Token).where(Token.base_url == base_url))
+    assert row is not None
+    return row
+
+
+def exchange_code(state: _State, code: str, *, referer: str | None = None) -> Token:
+    """Exchange an authorization code for a token pair and store it; this also
+    reconnects an account whose refresh token was revoked."""
+    from . import client_for, token_client_for
+
+    settings = state.settings
+    if not settings.client_id:
+        raise AuthError("OAuth is not configured: set AMOCRM_CLIENT_ID, "
+                        "AMOCRM_CLIENT_SECRET and AMOCRM_REDIRECT_URI")
+    if referer and urlsplit(f"//{referer}").hostname != urlsplit(
+        settings.base_url
+    ).hostname:
+        log.warning("amoCRM sent the code from %s, but AMOCRM_BASE_URL is %s",
+                    referer, settings.base_url)
+    client = token_client_for(state)
+    client.redactor.add(code)
+    client.redactor.add(settings.client_secret)
+    pair = client.request("POST", TOKEN_PATH, auth=False, oauth=True, json_body={
+        "client_id": settings.client_id,
+        "client_secret": settings.client_secret,
+        "grant_type": "authorization_code",
+        "code": code.strip(),
+        "redirect_uri": settings.redirect_uri,
+    })
+    row = store_pair(state, pair)
+    tokens = client_for(state).tokens
+    if isinstance(tokens, OAuthTokens):
+        tokens.forget()
+    _clear_alert(state, "revoked")
+    _clear_alert(state, "client")
+    log.info("amoCRM connected: %s (token version %s)", settings.base_url, row.version)
+    return row
+
+
+def authorize_url(settings: Settings, state_value: str | None = None) -> str:
+    """Where to send a person to allow access (reference 1.1): amoCRM's or Kommo's
+    grant page, or the sandbox's ``/oauth`` for any other base URL."""
+    host = urlsplit(settings.base_url).hostname or ""
+    if host.endswith(".amocrm.ru"):
+        page = "https://www.amocrm.ru/oauth"
+    elif host.endswith((".kommo.com", ".amocrm.com")):
+        page = "https://www.kommo.com/oauth"
+    else:
+        page = f"{settings.base_url}/oauth"
+    query = {"client_id": settings.client_id or "", "mode": "post_message"}
+    if state_value:
+        query["state"] = state_value
+    return f"{page}?{urlencode(query)}"
+
+
+def new_state_value() -> str:
+    """A random ``state`` for the code flow."""
+    return secrets.token_urlsafe(24)
+
+
+def keep_alive(state: _State) -> bool:
+    """Refresh the OAuth pair if it was obtained more than ``AMOCRM_KEEPALIVE_DAYS``
+    ago, so a quiet site never reaches amoCRM's three-month refresh-token expiry.
+    Returns whether it refreshed. Safe to call from every scheduler at once."""
+    from . import client_for
+
+    if not state.settings.client_id:
+        return False
+    with state.session() as session:
+        row = session.scalar(select(Token).where(Token.base_url
+                                                 == state.settings.base_url))
+    if row is None or row.revoked_at is not None or not row.refresh_token:
+        return False
+    limit = timedelta(days=state.settings.keepalive_days)
+    if row.refreshed_at is not None and utcnow() - row.refreshed_at < limit:
+        return False
+    tokens = client_for(state).tokens
+    assert isinstance(tokens, OAuthTokens)
+    with tokens._thread_lock, tokens._lock():
+        fresh = tokens._load()
+        if fresh.refreshed_at is not None and utcnow() - fresh.refreshed_at < limit:
+            return False  # another scheduler did it while we waited for the lock
+        tokens._refresh_row(fresh)
+    log.info("amoCRM keep-alive refreshed the token of %s", state.settings.base_url)
+    return True
+
+
+# -- the one alert per problem ------------------------------------------------------
+
+
+def _alert_key(state: _State, what: str) -> str:
+    return f"amocrm:alert:{what}:{urlsplit(state.settings.base_url).netloc}"
+
+
+def _alert_once(state: _State, what: str, subject: str, body: str) -> None:
+    from ..alerts import send_alert
+
+    try:
+        send_alert(subject, body, dedupe_key=_alert_key(state, what),
+                   dedupe_seconds=30 * 24 * 3600)
+    except Exception:  # an alert must never hide the real error
+        log.exception("Could not send the amoCRM alert %r", subject)
+
+
+def _clear_alert(state: _State, what: str) -> None:
+    from ..alerts import clear_alert
+
+    with contextlib.suppress(Exception):
+        clear_alert(_alert_key(state, what))
