@@ -112,7 +112,8 @@ def main() -> int:
             print(f"demo: amoCRM sandbox at {sandbox}")
             processes.append(subprocess.Popen(
                 [sys.executable, "-m", "flask_amocrm.sandbox", "--port",
-                 str(sandbox_port), "--token", TOKEN], stdout=subprocess.DEVNULL))
+                 str(sandbox_port), "--token", TOKEN], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL))
             wait_for(sandbox + "/_sandbox/state")
             print(f"demo: example site at {site}")
             processes.append(subprocess.Popen(

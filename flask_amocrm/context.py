@@ -16,6 +16,7 @@ exists: the site's name and address, and the time.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import socket
@@ -89,8 +90,8 @@ def read_campaign_cookie(req: Request, cookie: str) -> dict[str, dict[str, str]]
     if not raw:
         return empty
     try:
-        value = json.loads(raw)
-    except ValueError:
+        value = json.loads(base64.urlsafe_b64decode(raw.encode("ascii")))
+    except (ValueError, UnicodeError):
         return empty
     if not isinstance(value, dict):
         return empty
@@ -122,7 +123,11 @@ def remember_campaign(response: Response, cookie: str, days: int) -> Response:
     value = {"first": stored["first"] or touch, "last": touch}
     response.set_cookie(
         cookie,
-        json.dumps(value, separators=(",", ":")),
+        # base64 keeps the value within cookie-safe characters: quoted JSON is
+        # mangled by some clients' cookie parsers.
+        base64.urlsafe_b64encode(
+            json.dumps(value, separators=(",", ":")).encode("utf-8")
+        ).decode("ascii"),
         max_age=days * 86400,
         httponly=True,
         samesite="Lax",

@@ -207,3 +207,27 @@ def test_receivers_of_event_captured_may_fail(make_app: Any) -> None:
         response = app.test_client().post("/callback", data={"name": "Ivy"})
     assert response.status_code == 200
     assert len(_stored(app)) == 1
+
+
+def test_campaign_cookie_survives_a_real_http_client(make_app: Any) -> None:
+    """Browsers and HTTP libraries parse cookies differently from the test client."""
+    import threading
+
+    import requests
+    from werkzeug.serving import make_server
+
+    app = _with_form_view(make_app())
+    server = make_server("127.0.0.1", 0, app)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        with requests.Session() as session:
+            session.get(f"{base}/?utm_source=vk&utm_content=banner").close()
+            session.get(f"{base}/about").close()
+            session.post(f"{base}/callback", data={"name": "Kim"}).close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    [event] = _stored(app)
+    assert event.context["utm"] == {"utm_source": "vk", "utm_content": "banner"}

@@ -90,6 +90,7 @@ def test_rq_mode_delivers_through_a_real_worker(
     done = subprocess.run(args, env=env, cwd=path, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
+    print("worker output:", done.stdout, done.stderr)  # shown if the test fails
     event = _assert_ann_delivered(app, sandbox)
     [lead] = sandbox.leads()
     assert _field(lead, "UTM_SOURCE") == ["newsletter"]

@@ -9,6 +9,7 @@ flask_amocrm.worker.AmoWorker amocrm`` does the same with the app named by
 
 from __future__ import annotations
 
+import os
 import weakref
 from typing import Any
 
@@ -35,7 +36,8 @@ def job_app() -> Flask:
     if _loaded is None:
         from flask.cli import ScriptInfo
 
-        _loaded = ScriptInfo().load_app()
+        # The ``flask`` command reads FLASK_APP through click; outside it we must.
+        _loaded = ScriptInfo(app_import_path=os.environ.get("FLASK_APP")).load_app()
         if "amocrm" not in _loaded.extensions:
             raise RuntimeError(
                 "The app FLASK_APP names does not use Flask-AmoCRM; RQ jobs of "
