@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-pytest_plugins = ["sandbox_fixtures"] if os.path.exists(os.path.join(os.path.dirname(__file__), "sandbox_fixtures.py")) else []  # TEMP
+pytest_plugins = ["sandbox_fixtures"]
 
 REDIS_URL = os.environ.get("AMOCRM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get(
