@@ -6,7 +6,8 @@ Register it with ``pytest_plugins = ["sandbox_fixtures"]`` in ``tests/conftest.p
   block time, so rate-limit tests stay fast.
 - ``sandbox`` (function): the same server, reset to the seed before the test.
 - ``amo``: a ``requests.Session`` bound to the sandbox with the long-lived token;
-  ``amo.url(path)`` builds API URLs.
+  ``amo.url(path)`` builds API URLs. It lifts the rate limit (tests of endpoints
+  are not tests of the limit); ``sandbox`` alone keeps the real 7 requests/s.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class AmoSession(requests.Session):
 @pytest.fixture()
 def amo(sandbox: SandboxServer) -> Iterator[AmoSession]:
     """A ``requests`` session on the reset sandbox with the long-lived token."""
+    sandbox.config(rate_limit=0)
     session = AmoSession(sandbox.url, sandbox.token)
     try:
         yield session

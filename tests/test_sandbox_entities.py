@@ -79,3 +79,189 @@ def test_create_get_update_lead(amo):
     assert lead["status_id"] == 142 and lead["closed_at"]
     assert {t["name"] for t in lead["_embedded"]["tags"]} == {"site", "won"}
     assert amo.get("/leads/999").status_code == 204
+
+
+def test_validation_errors(amo):
+    r = amo.post("/leads", json=[
+        {"name": "ok"},
+        {"name": "bad", "custom_fields_values": [
+            {"field_id": 1, "values": [{"value": "x"}]}]},
+    ])
+    assert r.status_code == 400
+    assert r.headers["Content-Type"].startswith("application/problem+json")
+    body = r.json()
+    assert {"title", "type", "status", "detail"} <= set(body)
+    [item] = body["validation-errors"]
+    assert item["request_id"] == "1"
+    assert item["errors"][0] == {
+        "code": "NotSupportedChoice", "path": "custom_fields_values.0.field_id",
+        "detail": "The value you selected is not a valid choice."}
+    assert amo.get("/leads").status_code == 204  # nothing created from the batch
+    fields = amo.get("/leads/custom_fields", params={"page": 1}).json()
+    select = next(f for f in fields["_embedded"]["custom_fields"]
+                  if f["type"] == "select")
+    r = amo.post("/leads", json=[{"request_id": "x", "custom_fields_values": [
+        {"field_id": select["id"], "values": [{"value": "courier"}]}]}])
+    err = r.json()["validation-errors"][0]
+    assert err["request_id"] == "x"
+    assert err["errors"][0]["path"] == "custom_fields_values.0.values.0.value"
+    assert err["errors"][0]["code"] == "NotSupportedChoice"
+    r = amo.post("/leads", json=[{"custom_fields_values": [
+        {"field_id": select["id"], "values": [{"value": "Courier", "color": 1}]}]}])
+    assert r.json()["validation-errors"][0]["errors"][0]["code"] == "FieldNotExpected"
+    r = amo.post("/leads", json=[{"name": "x", "bogus": 1}])
+    assert r.json()["validation-errors"][0]["errors"][0] == {
+        "code": "FieldNotExpected", "path": "bogus",
+        "detail": "This field was not expected."}
+
+
+def test_wrong_shapes_and_references(amo):
+    fields = amo.get("/leads/custom_fields", params={"page": 1}).json()
+    by_type = {f["type"]: f for f in fields["_embedded"]["custom_fields"]}
+    cases = [
+        ("numeric", [{"value": "abc"}]),
+        ("checkbox", [{"value": "yes"}]),
+        ("date", [{"value": "yesterday"}]),
+        ("text", [{"value": {"a": 1}}]),
+        ("legal_entity", [{"value": "ACME"}]),
+    ]
+    for type_, values in cases:
+        r = amo.post("/leads", json=[{"custom_fields_values": [
+            {"field_id": by_type[type_]["id"], "values": values}]}])
+        assert r.status_code == 400, type_
+    good = [
+        ("numeric", [{"value": 12.5}]),
+        ("checkbox", [{"value": True}]),
+        ("date", [{"value": "2024-01-02T00:00:00+00:00"}]),
+        ("date_time", [{"value": 1700000000}]),
+        ("multiselect", [{"value": "Doors"}, {"enum_id": by_type["multiselect"]
+                                               ["enums"][0]["id"]}]),
+        ("smart_address", [{"value": "Moscow", "enum_code": "city"}]),
+        ("legal_entity", [{"value": {"name": "ACME", "vat_id": "123"}}]),
+        ("chained_list", [{"catalog_id": 1, "catalog_element_id": 2}]),
+    ]
+    for type_, values in good:
+        r = amo.post("/leads", json=[{"custom_fields_values": [
+            {"field_id": by_type[type_]["id"], "values": values}]}])
+        assert r.status_code == 200, (type_, r.text)
+    lead = amo.get("/leads", params={"order[id]": "desc", "limit": 8}).json()
+    date_lead = lead["_embedded"]["leads"][5]
+    assert date_lead["custom_fields_values"][0]["values"][0]["value"] == 1704153600
+    for bad in ({"responsible_user_id": 1}, {"pipeline_id": 1},
+                {"status_id": 1}, {"pipeline_id": 7000002, "status_id": 7100002}):
+        r = amo.post("/leads", json=[bad])
+        assert r.status_code == 400, bad
+        assert r.json()["validation-errors"][0]["errors"][0]["code"] == \
+            "NotSupportedChoice"
+    assert amo.post("/leads", json=[{}] * 251).status_code == 400
+    assert amo.post("/leads", json={"name": "x"}).status_code == 400
+    r = amo.post("/leads", data="{not json", headers={"Content-Type":
+                                                     "application/json"})
+    assert r.status_code == 400 and r.json()["status"] == 400
+
+
+def test_pagination_and_204(amo):
+    assert amo.get("/leads").status_code == 204
+    assert amo.get("/leads").content == b""
+    amo.post("/leads", json=[{"name": f"L{i}"} for i in range(5)])
+    first = amo.get("/leads", params={"limit": 2}).json()
+    assert first["_page"] == 1 and "next" in first["_links"]
+    assert "prev" not in first["_links"]
+    last = amo.get("/leads", params={"limit": 2, "page": 3}).json()
+    assert len(last["_embedded"]["leads"]) == 1 and "next" not in last["_links"]
+    assert "prev" in last["_links"]
+    exact = amo.get("/leads", params={"limit": 5}).json()
+    assert "next" not in exact["_links"]
+    assert amo.get("/leads", params={"limit": 2, "page": 4}).status_code == 204
+    nxt = requests.get(first["_links"]["next"]["href"],
+                       headers={"Authorization": "Bearer sandbox-token"})
+    assert nxt.json()["_page"] == 2
+    nxt.close()
+    assert amo.get("/leads", params={"limit": 251}).status_code == 400
+    names = [lead["name"] for lead in
+             amo.get("/leads", params={"order[id]": "desc"}).json()["_embedded"]["leads"]]
+    assert names == ["L4", "L3", "L2", "L1", "L0"]
+
+
+def test_query_search_phones_emails_not_notes(amo):
+    c1 = _contact(amo, "Ivan", phone="+7 912 345-67-89")
+    c2 = _contact(amo, "Petr", phone="89001112233", email="Petr@Example.COM")
+    amo.post("/contacts/notes", json=[{"entity_id": c1, "note_type": "common",
+                                       "params": {"text": "call 89557776655"}}])
+
+    def found(q: str) -> set[int]:
+        r = amo.get("/contacts", params={"query": q})
+        if r.status_code == 204:
+            return set()
+        return {c["id"] for c in r.json()["_embedded"]["contacts"]}
+
+    for q in ("+7 912 345-67-89", "89123456789", "9123456789", "+79123456789"):
+        assert found(q) == {c1}, q
+    assert found("+7 (900) 111-22-33") == {c2}
+    assert found("petr@example.com") == {c2}
+    assert found("PETR@EXAMPLE.COM") == {c2}
+    assert found("89557776655") == set()
+    assert found("ivan") == {c1}
+
+
+def test_filters_and_with(amo):
+    contact = _contact(amo, "Anna", phone="111222333")
+    a = _lead(amo, name="A", price=100, _embedded={"contacts": [{"id": contact}]})
+    b = _lead(amo, name="B", price=500, pipeline_id=7000002)
+    r = amo.get("/leads", params=[("filter[id][]", a), ("filter[id][]", b)])
+    assert len(r.json()["_embedded"]["leads"]) == 2
+    r = amo.get("/leads", params={"filter[price][from]": 200, "filter[price][to]": 900})
+    assert [x["id"] for x in r.json()["_embedded"]["leads"]] == [b]
+    r = amo.get("/leads", params={"filter[statuses][0][pipeline_id]": 7000002,
+                                  "filter[statuses][0][status_id]": 7200002})
+    assert [x["id"] for x in r.json()["_embedded"]["leads"]] == [b]
+    r = amo.get("/leads", params={"filter[pipeline_id]": 7000001})
+    assert [x["id"] for x in r.json()["_embedded"]["leads"]] == [a]
+    lead = amo.get(f"/leads/{a}", params={"with": "contacts"}).json()
+    assert lead["_embedded"]["contacts"][0]["id"] == contact
+    assert lead["_embedded"]["contacts"][0]["is_main"] is True
+    assert "contacts" not in amo.get(f"/leads/{a}").json()["_embedded"]
+    c = amo.get(f"/contacts/{contact}", params={"with": "leads"}).json()
+    assert [x["id"] for x in c["_embedded"]["leads"]] == [a]
+
+
+def test_contacts_companies_patch_and_tags(amo):
+    contact = _contact(amo, "Old")
+    r = amo.patch("/contacts", json=[{"id": contact, "first_name": "New",
+                                      "last_name": "Name",
+                                      "_embedded": {"tags": [{"name": "vip"}]}}])
+    assert r.status_code == 200
+    assert r.json()["_embedded"]["contacts"][0]["request_id"] == "0"
+    got = amo.get(f"/contacts/{contact}").json()
+    assert got["first_name"] == "New" and got["_embedded"]["tags"][0]["name"] == "vip"
+    amo.patch(f"/contacts/{contact}", json={"tags_to_delete": [{"name": "vip"}]})
+    assert amo.get(f"/contacts/{contact}").json()["_embedded"]["tags"] == []
+    r = amo.post("/companies", json=[{"name": "ACME", "custom_fields_values": [
+        {"field_code": "WEB", "values": [{"value": "https://acme.test"}]},
+        {"field_code": "ADDRESS", "values": [{"value": "Moscow"}]}]}])
+    company = r.json()["_embedded"]["companies"][0]["id"]
+    assert amo.patch("/companies", json=[{"id": 1, "name": "x"}]).status_code == 400
+    r = amo.post("/companies/tags", json=[{"name": "partner"}])
+    assert r.json()["_embedded"]["tags"][0]["name"] == "partner"
+    tags = amo.get("/companies/tags", params={"filter[name]": "partner"}).json()
+    assert len(tags["_embedded"]["tags"]) == 1
+    assert amo.get("/leads/tags").status_code == 204
+    assert amo.get(f"/companies/{company}").json()["name"] == "ACME"
+
+
+def test_create_custom_field(amo):
+    r = amo.post("/leads/custom_fields", json=[{
+        "name": "Source site", "type": "select", "code": "SITE",
+        "enums": [{"value": "a.test"}, {"value": "b.test"}]}])
+    assert r.status_code == 200, r.text
+    field = r.json()["_embedded"]["custom_fields"][0]
+    assert field["code"] == "SITE" and len(field["enums"]) == 2
+    assert amo.post("/leads", json=[{"custom_fields_values": [
+        {"field_code": "SITE", "values": [{"value": "b.test"}]}]}]).status_code == 200
+    bad = amo.post("/leads/custom_fields", json=[{"name": "x", "type": "multitext"}])
+    assert bad.status_code == 400
+    total = amo.get("/leads/custom_fields").json()["_total_items"]
+    pages = [amo.get("/leads/custom_fields", params={"page": p}) for p in (1, 2)]
+    seen = sum(len(p.json()["_embedded"]["custom_fields"]) for p in pages
+               if p.status_code == 200)
+    assert seen == total
