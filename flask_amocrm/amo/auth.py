@@ -339,6 +339,9 @@ def authorize_url(settings: Settings, state_value: str | None = None) -> str:
     else:
         page = f"{settings.base_url}/oauth"
     query = {"client_id": settings.client_id or "", "mode": "post_message"}
+    if page.startswith(settings.base_url) and settings.redirect_uri:
+        # amoCRM knows the integration's redirect URI; a sandbox learns it here.
+        query["redirect_uri"] = settings.redirect_uri
     if state_value:
         query["state"] = state_value
     return f"{page}?{urlencode(query)}"

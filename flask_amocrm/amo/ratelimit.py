@@ -15,7 +15,8 @@ Redis's own ``TIME``, so the clocks of the machines never matter.
 
 After a 429 the limiter slows everybody down: the next slot moves back by the back-off
 delay and the spacing doubles (up to ``MAX_SLOWDOWN`` times) for ``SLOWDOWN_SECONDS``.
-That is what keeps a 429 storm from turning into a 403 block.
+A caller that reserved its slot before the 429 notices it when it wakes up and takes a
+new slot. That is what keeps a 429 storm from turning into a 403 block.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ SLOWDOWN_SECONDS = 60.0
 #: The most the spacing is widened after repeated 429s.
 MAX_SLOWDOWN = 8.0
 
-# KEYS[1] slot key, KEYS[2] slowdown key; ARGV[1] interval in seconds.
-# Returns the seconds to wait (a string: Lua numbers would be truncated to integers).
+# KEYS[1] slot key, KEYS[2] slowdown key, KEYS[3] penalty counter; ARGV[1] interval
+# in seconds. Returns the seconds to wait (a string: Lua numbers would be truncated to
+# integers) and the penalty counter, to notice a 429 that came while we slept.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -48,7 +50,7 @@ if tat < now then tat = now end
 local nxt = tat + interval
 redis.call('SET', KEYS[1], string.format('%.6f', nxt),
            'PX', math.ceil((nxt - now) * 1000) + 1000)
-return string.format('%.6f', tat - now)
+return {string.format('%.6f', tat - now), redis.call('GET', KEYS[3]) or '0'}
 """
 
 # KEYS as above; ARGV[1] pause in seconds, ARGV[2] max slowdown, ARGV[3] its lifetime.
@@ -63,6 +65,8 @@ redis.call('SET', KEYS[1], string.format('%.6f', tat),
 local factor = tonumber(redis.call('GET', KEYS[2]) or '1') * 2
 if factor > tonumber(ARGV[2]) then factor = tonumber(ARGV[2]) end
 redis.call('SET', KEYS[2], tostring(factor), 'PX', math.ceil(tonumber(ARGV[3]) * 1000))
+redis.call('INCR', KEYS[3])
+redis.call('PEXPIRE', KEYS[3], math.ceil(tonumber(ARGV[3]) * 1000))
 return tostring(factor)
 """
 
@@ -86,19 +90,26 @@ class LocalRateLimiter:
         self._tat = 0.0
         self._factor = 1.0
         self._slow_until = 0.0
+        self._penalties = 0
 
     def acquire(self) -> float:
         """Reserve the next slot and sleep until it."""
-        with self._lock:
-            now = time.monotonic()
-            if now >= self._slow_until:
-                self._factor = 1.0
-            slot = max(self._tat, now)
-            self._tat = slot + self.interval * self._factor
-        wait = slot - now
-        if wait > 0:
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                if now >= self._slow_until:
+                    self._factor = 1.0
+                slot = max(self._tat, now)
+                self._tat = slot + self.interval * self._factor
+                penalties = self._penalties
+            wait = slot - now
+            if wait <= 0:
+                return waited
             time.sleep(wait)
-        return max(wait, 0.0)
+            waited += wait
+            if self._penalties == penalties:
+                return waited
 
     def penalize(self, pause: float) -> None:
         """Move the next slot back and widen the spacing for a while."""
@@ -107,6 +118,7 @@ class LocalRateLimiter:
             self._tat = max(self._tat, now + pause)
             self._factor = min(self._factor * 2, MAX_SLOWDOWN)
             self._slow_until = now + SLOWDOWN_SECONDS
+            self._penalties += 1
 
 
 class RedisRateLimiter:
@@ -118,6 +130,7 @@ class RedisRateLimiter:
         self.redis = redis
         self.key = key
         self.slow_key = f"{key}:slow"
+        self.penalty_key = f"{key}:penalties"
         self.interval = 1.0 / (rate * headroom)
         self._acquire = redis.register_script(_ACQUIRE)
         self._penalize = redis.register_script(_PENALIZE)
@@ -127,9 +140,19 @@ class RedisRateLimiter:
         """Reserve the next shared slot (one EVALSHA) and sleep until it."""
         from redis.exceptions import RedisError
 
+        keys = [self.key, self.slow_key, self.penalty_key]
+        waited = 0.0
         try:
-            wait = float(self._acquire(keys=[self.key, self.slow_key],
-                                       args=[repr(self.interval)]))
+            while True:
+                wait_text, penalties = self._acquire(keys=keys,
+                                                     args=[repr(self.interval)])
+                wait = float(wait_text)
+                if wait <= 0:
+                    return waited
+                time.sleep(wait)
+                waited += wait
+                if _text(self.redis.get(self.penalty_key)) == _text(penalties):
+                    return waited
         except RedisError as exc:
             # Without Redis the RQ side is down anyway; an inline delivery still
             # deserves a limit, so keep one in this process until Redis is back.
@@ -137,19 +160,22 @@ class RedisRateLimiter:
                         type(exc).__name__)
             if self._fallback is None:
                 self._fallback = LocalRateLimiter(1.0 / self.interval, headroom=1.0)
-            return self._fallback.acquire()
-        if wait > 0:
-            time.sleep(wait)
-        return max(wait, 0.0)
+            return waited + self._fallback.acquire()
 
     def penalize(self, pause: float) -> None:
         """Move the shared next slot back and widen the shared spacing."""
         from redis.exceptions import RedisError
 
         try:
-            self._penalize(keys=[self.key, self.slow_key],
+            self._penalize(keys=[self.key, self.slow_key, self.penalty_key],
                            args=[repr(pause), repr(MAX_SLOWDOWN),
                                  repr(SLOWDOWN_SECONDS)])
         except RedisError:
             if self._fallback is not None:
                 self._fallback.penalize(pause)
+
+
+def _text(value: bytes | str | None) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return value or "0"

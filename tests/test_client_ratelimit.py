@@ -1,0 +1,110 @@
+"""The shared rate limit, measured by the sandbox's own request log."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from test_client_support import (  # noqa: F401  (fixtures)
+    amo_app,
+    app_config,
+    fast,
+    max_per_second,
+    redis14,
+    run_children,
+)
+
+from flask_amocrm.amo import client_for
+from flask_amocrm.amo.ratelimit import LocalRateLimiter
+from flask_amocrm.extension import get_state
+
+
+def test_four_processes_share_one_budget(sandbox: Any, redis14: str,
+                                         tmp_path: Any) -> None:
+    config = app_config(sandbox, str(tmp_path / "events.sqlite3"),
+                        AMOCRM_REDIS_URL=redis14, AMOCRM_LOG_REQUESTS=False)
+    results = run_children(config, str(tmp_path / "instance"), processes=4, calls=6)
+    assert all(r == ["ok"] * 6 for r in results), results
+    log = [r for r in sandbox.requests() if r["path"] == "/api/v4/account"]
+    assert len(log) == 24
+    assert {r["status"] for r in log} == {200}  # never a 429 or 403
+    busiest = max_per_second([r["time"] for r in log])
+    print(f"4 processes, 24 requests: at most {busiest} in any second")
+    assert busiest <= 7
+
+
+def test_threads_share_the_local_budget_without_redis(sandbox: Any,
+                                                      amo_app: Any) -> None:
+    app = amo_app(AMOCRM_LOG_REQUESTS=False)
+    with app.app_context():
+        client = client_for(get_state())
+        assert isinstance(client.limiter, LocalRateLimiter)
+        errors: list[Exception] = []
+
+        def work() -> None:
+            try:
+                for _ in range(3):
+                    client.get("/api/v4/account")
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    log = sandbox.requests()
+    assert {r["status"] for r in log} == {200}
+    assert max_per_second([r["time"] for r in log]) <= 7
+
+
+def test_429_storm_slows_down_without_a_block(sandbox: Any, redis14: str,
+                                              amo_app: Any) -> None:
+    # amoCRM allows less than we were told: the client must learn from the 429s
+    # before the sandbox's block (5 rejections a minute) kicks in.
+    sandbox.config(rate_limit=2)
+    app = amo_app(AMOCRM_REDIS_URL=redis14, AMOCRM_LOG_REQUESTS=False)
+    with app.app_context():
+        client = fast(client_for(get_state()))
+        client.rate_limit_backoff = 0.3
+        errors: list[Exception] = []
+
+        def work() -> None:
+            try:
+                for _ in range(2):
+                    client.get("/api/v4/account")
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    statuses = [r["status"] for r in sandbox.requests()]
+    print(f"429 storm: {statuses.count(429)} rejections, "
+          f"{time.monotonic() - started:.1f} s")
+    assert not errors, errors
+    assert 403 not in statuses
+    assert statuses.count(200) == 6
+    assert statuses.count(429) < 5
+
+
+def test_429_gives_up_with_rate_limit_error(sandbox: Any, amo_app: Any) -> None:
+    from flask_amocrm.errors import RateLimitError
+
+    sandbox.faults(status=429, count=10)
+    app = amo_app(AMOCRM_LOG_REQUESTS=False)
+    with app.app_context():
+        client = fast(client_for(get_state()))
+        try:
+            client.get("/api/v4/account")
+        except RateLimitError as exc:
+            assert exc.retryable and exc.status == 429
+        else:  # pragma: no cover
+            raise AssertionError("no RateLimitError")
+    assert len(sandbox.requests()) == 1 + client.retries
+    sandbox.faults(clear=True)

@@ -1,0 +1,146 @@
+"""Fixtures and helpers shared by the ``test_client_*`` modules (no tests here).
+
+The client's tests use Redis database 14, flushed around each test, and build apps
+against the session's sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+
+CLIENT_REDIS_URL = os.environ.get("AMOCRM_TEST_CLIENT_REDIS_URL",
+                                  "redis://127.0.0.1:6379/14")
+OAUTH = {
+    "AMOCRM_TOKEN": None,
+    "AMOCRM_CLIENT_ID": "sandbox-client",
+    "AMOCRM_CLIENT_SECRET": "sandbox-secret",
+    "AMOCRM_REDIRECT_URI": "http://localhost/amocrm/admin/oauth/callback",
+}
+
+
+@pytest.fixture()
+def redis14() -> Iterator[str]:
+    """Redis database 14, empty, for the client's keys."""
+    conn = redis.Redis.from_url(CLIENT_REDIS_URL)
+    try:
+        conn.ping()
+    except redis.ConnectionError:
+        pytest.fail(f"Redis does not answer at {CLIENT_REDIS_URL}.")
+    conn.flushdb()
+    yield CLIENT_REDIS_URL
+    conn.flushdb()
+    conn.close()
+
+
+def app_config(sandbox: Any, db_path: str, **config: Any) -> dict[str, Any]:
+    """The config of a test app on the sandbox (JSON-safe, for subprocesses too)."""
+    base = {
+        "TESTING": True,
+        "SECRET_KEY": "test",
+        "AMOCRM_BASE_URL": sandbox.url,
+        "AMOCRM_TOKEN": sandbox.token,
+        "AMOCRM_DELIVERY": "deferred",
+        "AMOCRM_DATABASE_URI": f"sqlite:///{db_path}",
+    }
+    base.update(config)
+    return base
+
+
+def build_app(config: dict[str, Any], instance: str) -> Flask:
+    """A Flask app with Flask-AmoCRM from ``config``."""
+    from flask_amocrm import AmoCRM
+
+    app = Flask("client_site", instance_path=instance)
+    app.config.update(config)
+    AmoCRM(app)
+    return app
+
+
+@pytest.fixture()
+def amo_app(sandbox: Any, tmp_path: Any) -> Callable[..., Flask]:
+    """``amo_app(**config)``: an app on the reset sandbox (long-lived token)."""
+
+    from flask_amocrm import amo
+
+    amo._local_limiters.clear()  # a 429 in one test must not slow the next one
+
+    def factory(**config: Any) -> Flask:
+        return build_app(app_config(sandbox, str(tmp_path / "events.sqlite3"),
+                                    **config), str(tmp_path / "instance"))
+
+    return factory
+
+
+def fast(client: Any) -> Any:
+    """Shorten a client's back-off so retry tests stay quick."""
+    client.backoff = 0.01
+    client.rate_limit_backoff = 0.05
+    return client
+
+
+CHILD = r"""
+import json, sys, time
+sys.path.insert(0, {tests!r})
+from test_client_support import build_app
+from flask_amocrm.amo import client_for
+from flask_amocrm.extension import get_state
+spec = json.loads(sys.argv[1])
+app = build_app(spec["config"], spec["instance"])
+with app.app_context():
+    client = client_for(get_state())
+    delay = spec["start_at"] - time.time()
+    if delay > 0:
+        time.sleep(delay)
+    results = []
+    for _ in range(spec["calls"]):
+        try:
+            client.get(spec["path"])
+            results.append("ok")
+        except Exception as exc:
+            results.append(type(exc).__name__ + ": " + str(exc))
+print(json.dumps(results))
+"""
+
+
+def run_children(
+    config: dict[str, Any], instance: str, *, processes: int, calls: int,
+    path: str = "/api/v4/account", start_in: float = 1.5,
+) -> list[list[str]]:
+    """Run ``processes`` real Python processes that each build the app and make
+    ``calls`` GETs, all starting at the same moment; return their results."""
+    spec = {"config": config, "instance": instance, "calls": calls, "path": path,
+            "start_at": time.time() + start_in}
+    code = CHILD.format(tests=os.path.dirname(__file__))
+    children = [
+        subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    results = []
+    for child in children:
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def max_per_second(times: list[float]) -> int:
+    """The most requests in any window of one second."""
+    times = sorted(times)
+    best = 0
+    start = 0
+    for end, t in enumerate(times):
+        while t - times[start] >= 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
