@@ -51,8 +51,9 @@ class AmoSession(requests.Session):
         """``/api/v4`` + path on the sandbox."""
         return f"{self.base}/api/v4{path}"
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any,
-                **kwargs: Any) -> requests.Response:
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
         if isinstance(url, str) and url.startswith("/"):
             url = self.url(url)
         return super().request(method, url, *args, **kwargs)

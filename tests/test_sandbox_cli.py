@@ -25,9 +25,22 @@ def test_cli_prints_url_and_saves_state(tmp_path):
     state = tmp_path / "state.json"
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flask_amocrm.sandbox", "--port", str(port),
-         "--token", "cli-token", "--rate-limit", "0", "--state", str(state)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "flask_amocrm.sandbox",
+            "--port",
+            str(port),
+            "--token",
+            "cli-token",
+            "--rate-limit",
+            "0",
+            "--state",
+            str(state),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
         cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     try:

@@ -16,10 +16,10 @@ import requests
 v2 = pytest.importorskip(
     "amocrm.v2", reason="the third-party client amocrm-api is not installed"
 )
-from amocrm.v2 import exceptions, interaction, tokens  # noqa: E402
-from amocrm.v2.entity.contact import Contact  # noqa: E402
-from amocrm.v2.entity.lead import Lead  # noqa: E402
-from amocrm.v2.entity.pipeline import Pipeline  # noqa: E402
+from amocrm.v2 import exceptions, interaction, tokens
+from amocrm.v2.entity.contact import Contact
+from amocrm.v2.entity.lead import Lead
+from amocrm.v2.entity.pipeline import Pipeline
 
 AMO_BASE = "https://sandbox.amocrm.ru"
 
@@ -29,7 +29,8 @@ def krukov(sandbox, monkeypatch):
     """The Krukov client configured for the sandbox through OAuth."""
     sandbox.config(rate_limit=0)
     monkeypatch.setattr(
-        interaction.BaseInteraction, "_get_url",
+        interaction.BaseInteraction,
+        "_get_url",
         lambda self, path: f"{sandbox.url}/api/v4/{path}",
     )
     real_post = requests.post
@@ -40,8 +41,12 @@ def krukov(sandbox, monkeypatch):
     monkeypatch.setattr(tokens.requests, "post", post)
     manager = tokens.default_token_manager
     monkeypatch.setattr(manager, "_storage", tokens.MemoryTokensStorage())
-    manager(client_id="sandbox-client", client_secret="sandbox-secret",
-            subdomain="sandbox", redirect_url="https://site.test/amo")
+    manager(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        subdomain="sandbox",
+        redirect_url="https://site.test/amo",
+    )
     manager.init(code=sandbox.auth_code())
     yield manager
     interaction._session.close()
@@ -83,13 +88,20 @@ def test_third_party_client_round_trip(krukov, sandbox):
 
 
 def test_third_party_client_paginates(krukov, sandbox):
-    requests.post(sandbox.url + "/api/v4/leads",
-                  headers={"Authorization": "Bearer sandbox-token"},
-                  json=[{"name": f"L{i}"} for i in range(250)]).close()
-    requests.post(sandbox.url + "/api/v4/leads",
-                  headers={"Authorization": "Bearer sandbox-token"},
-                  json=[{"name": "last"}]).close()
+    requests.post(
+        sandbox.url + "/api/v4/leads",
+        headers={"Authorization": "Bearer sandbox-token"},
+        json=[{"name": f"L{i}"} for i in range(250)],
+    ).close()
+    requests.post(
+        sandbox.url + "/api/v4/leads",
+        headers={"Authorization": "Bearer sandbox-token"},
+        json=[{"name": "last"}],
+    ).close()
     assert len(list(Lead.objects.all())) == 251
-    pages = [e["query"] for e in sandbox.requests()
-             if e["method"] == "GET" and e["path"] == "/api/v4/leads"]
+    pages = [
+        e["query"]
+        for e in sandbox.requests()
+        if e["method"] == "GET" and e["path"] == "/api/v4/leads"
+    ]
     assert len(pages) == 2

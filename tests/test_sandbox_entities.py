@@ -13,15 +13,18 @@ def _lead(amo: Any, **fields: Any) -> int:
     return r.json()["_embedded"]["leads"][0]["id"]
 
 
-def _contact(amo: Any, name: str, phone: str | None = None,
-             email: str | None = None) -> int:
+def _contact(
+    amo: Any, name: str, phone: str | None = None, email: str | None = None
+) -> int:
     cfv = []
     if phone:
-        cfv.append({"field_code": "PHONE", "values": [{"value": phone,
-                                                       "enum_code": "WORK"}]})
+        cfv.append(
+            {"field_code": "PHONE", "values": [{"value": phone, "enum_code": "WORK"}]}
+        )
     if email:
-        cfv.append({"field_code": "EMAIL", "values": [{"value": email,
-                                                       "enum_code": "WORK"}]})
+        cfv.append(
+            {"field_code": "EMAIL", "values": [{"value": email, "enum_code": "WORK"}]}
+        )
     r = amo.post("/contacts", json=[{"name": name, "custom_fields_values": cfv}])
     assert r.status_code == 200, r.text
     return r.json()["_embedded"]["contacts"][0]["id"]
@@ -53,7 +56,13 @@ def test_users_pipelines_and_fields(amo):
     fields = amo.get("/contacts/custom_fields").json()["_embedded"]["custom_fields"]
     by_code = {f["code"]: f for f in fields if f["code"]}
     assert {e["code"] for e in by_code["PHONE"]["enums"]} == {
-        "WORK", "WORKDD", "MOB", "FAX", "HOME", "OTHER"}
+        "WORK",
+        "WORKDD",
+        "MOB",
+        "FAX",
+        "HOME",
+        "OTHER",
+    }
     assert {e["code"] for e in by_code["EMAIL"]["enums"]} == {"WORK", "PRIV", "OTHER"}
     assert "POSITION" in by_code
     lead_fields = amo.get("/leads/custom_fields", params={"limit": 250}).json()
@@ -64,16 +73,27 @@ def test_users_pipelines_and_fields(amo):
 
 
 def test_create_get_update_lead(amo):
-    lead_id = _lead(amo, name="Order", price=1000,
-                    custom_fields_values=[{"field_code": "UTM_SOURCE",
-                                           "values": [{"value": "google"}]}],
-                    _embedded={"tags": [{"name": "site"}]})
+    lead_id = _lead(
+        amo,
+        name="Order",
+        price=1000,
+        custom_fields_values=[
+            {"field_code": "UTM_SOURCE", "values": [{"value": "google"}]}
+        ],
+        _embedded={"tags": [{"name": "site"}]},
+    )
     lead = amo.get(f"/leads/{lead_id}").json()
     assert lead["price"] == 1000 and lead["pipeline_id"] == 7000001
     assert lead["custom_fields_values"][0]["values"] == [{"value": "google"}]
     assert [t["name"] for t in lead["_embedded"]["tags"]] == ["site"]
-    r = amo.patch(f"/leads/{lead_id}", json={"status_id": 142, "pipeline_id": 7000001,
-                                             "tags_to_add": [{"name": "won"}]})
+    r = amo.patch(
+        f"/leads/{lead_id}",
+        json={
+            "status_id": 142,
+            "pipeline_id": 7000001,
+            "tags_to_add": [{"name": "won"}],
+        },
+    )
     assert r.status_code == 200 and r.json()["id"] == lead_id
     lead = amo.get(f"/leads/{lead_id}").json()
     assert lead["status_id"] == 142 and lead["closed_at"]
@@ -82,11 +102,16 @@ def test_create_get_update_lead(amo):
 
 
 def test_validation_errors(amo):
-    r = amo.post("/leads", json=[
-        {"name": "ok"},
-        {"name": "bad", "custom_fields_values": [
-            {"field_id": 1, "values": [{"value": "x"}]}]},
-    ])
+    r = amo.post(
+        "/leads",
+        json=[
+            {"name": "ok"},
+            {
+                "name": "bad",
+                "custom_fields_values": [{"field_id": 1, "values": [{"value": "x"}]}],
+            },
+        ],
+    )
     assert r.status_code == 400
     assert r.headers["Content-Type"].startswith("application/problem+json")
     body = r.json()
@@ -94,25 +119,50 @@ def test_validation_errors(amo):
     [item] = body["validation-errors"]
     assert item["request_id"] == "1"
     assert item["errors"][0] == {
-        "code": "NotSupportedChoice", "path": "custom_fields_values.0.field_id",
-        "detail": "The value you selected is not a valid choice."}
+        "code": "NotSupportedChoice",
+        "path": "custom_fields_values.0.field_id",
+        "detail": "The value you selected is not a valid choice.",
+    }
     assert amo.get("/leads").status_code == 204  # nothing created from the batch
     fields = amo.get("/leads/custom_fields", params={"page": 1}).json()
-    select = next(f for f in fields["_embedded"]["custom_fields"]
-                  if f["type"] == "select")
-    r = amo.post("/leads", json=[{"request_id": "x", "custom_fields_values": [
-        {"field_id": select["id"], "values": [{"value": "courier"}]}]}])
+    select = next(
+        f for f in fields["_embedded"]["custom_fields"] if f["type"] == "select"
+    )
+    r = amo.post(
+        "/leads",
+        json=[
+            {
+                "request_id": "x",
+                "custom_fields_values": [
+                    {"field_id": select["id"], "values": [{"value": "courier"}]}
+                ],
+            }
+        ],
+    )
     err = r.json()["validation-errors"][0]
     assert err["request_id"] == "x"
     assert err["errors"][0]["path"] == "custom_fields_values.0.values.0.value"
     assert err["errors"][0]["code"] == "NotSupportedChoice"
-    r = amo.post("/leads", json=[{"custom_fields_values": [
-        {"field_id": select["id"], "values": [{"value": "Courier", "color": 1}]}]}])
+    r = amo.post(
+        "/leads",
+        json=[
+            {
+                "custom_fields_values": [
+                    {
+                        "field_id": select["id"],
+                        "values": [{"value": "Courier", "color": 1}],
+                    }
+                ]
+            }
+        ],
+    )
     assert r.json()["validation-errors"][0]["errors"][0]["code"] == "FieldNotExpected"
     r = amo.post("/leads", json=[{"name": "x", "bogus": 1}])
     assert r.json()["validation-errors"][0]["errors"][0] == {
-        "code": "FieldNotExpected", "path": "bogus",
-        "detail": "This field was not expected."}
+        "code": "FieldNotExpected",
+        "path": "bogus",
+        "detail": "This field was not expected.",
+    }
 
 
 def test_wrong_shapes_and_references(amo):
@@ -126,37 +176,62 @@ def test_wrong_shapes_and_references(amo):
         ("legal_entity", [{"value": "ACME"}]),
     ]
     for type_, values in cases:
-        r = amo.post("/leads", json=[{"custom_fields_values": [
-            {"field_id": by_type[type_]["id"], "values": values}]}])
+        r = amo.post(
+            "/leads",
+            json=[
+                {
+                    "custom_fields_values": [
+                        {"field_id": by_type[type_]["id"], "values": values}
+                    ]
+                }
+            ],
+        )
         assert r.status_code == 400, type_
     good = [
         ("numeric", [{"value": 12.5}]),
         ("checkbox", [{"value": True}]),
         ("date", [{"value": "2024-01-02T00:00:00+00:00"}]),
         ("date_time", [{"value": 1700000000}]),
-        ("multiselect", [{"value": "Doors"}, {"enum_id": by_type["multiselect"]
-                                               ["enums"][0]["id"]}]),
+        (
+            "multiselect",
+            [{"value": "Doors"}, {"enum_id": by_type["multiselect"]["enums"][0]["id"]}],
+        ),
         ("smart_address", [{"value": "Moscow", "enum_code": "city"}]),
         ("legal_entity", [{"value": {"name": "ACME", "vat_id": "123"}}]),
         ("chained_list", [{"catalog_id": 1, "catalog_element_id": 2}]),
     ]
     for type_, values in good:
-        r = amo.post("/leads", json=[{"custom_fields_values": [
-            {"field_id": by_type[type_]["id"], "values": values}]}])
+        r = amo.post(
+            "/leads",
+            json=[
+                {
+                    "custom_fields_values": [
+                        {"field_id": by_type[type_]["id"], "values": values}
+                    ]
+                }
+            ],
+        )
         assert r.status_code == 200, (type_, r.text)
     lead = amo.get("/leads", params={"order[id]": "desc", "limit": 8}).json()
     date_lead = lead["_embedded"]["leads"][5]
     assert date_lead["custom_fields_values"][0]["values"][0]["value"] == 1704153600
-    for bad in ({"responsible_user_id": 1}, {"pipeline_id": 1},
-                {"status_id": 1}, {"pipeline_id": 7000002, "status_id": 7100002}):
+    for bad in (
+        {"responsible_user_id": 1},
+        {"pipeline_id": 1},
+        {"status_id": 1},
+        {"pipeline_id": 7000002, "status_id": 7100002},
+    ):
         r = amo.post("/leads", json=[bad])
         assert r.status_code == 400, bad
-        assert r.json()["validation-errors"][0]["errors"][0]["code"] == \
-            "NotSupportedChoice"
+        assert (
+            r.json()["validation-errors"][0]["errors"][0]["code"]
+            == "NotSupportedChoice"
+        )
     assert amo.post("/leads", json=[{}] * 251).status_code == 400
     assert amo.post("/leads", json={"name": "x"}).status_code == 400
-    r = amo.post("/leads", data="{not json", headers={"Content-Type":
-                                                     "application/json"})
+    r = amo.post(
+        "/leads", data="{not json", headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["status"] == 400
 
 
@@ -173,21 +248,35 @@ def test_pagination_and_204(amo):
     exact = amo.get("/leads", params={"limit": 5}).json()
     assert "next" not in exact["_links"]
     assert amo.get("/leads", params={"limit": 2, "page": 4}).status_code == 204
-    nxt = requests.get(first["_links"]["next"]["href"],
-                       headers={"Authorization": "Bearer sandbox-token"})
+    nxt = requests.get(
+        first["_links"]["next"]["href"],
+        headers={"Authorization": "Bearer sandbox-token"},
+    )
     assert nxt.json()["_page"] == 2
     nxt.close()
     assert amo.get("/leads", params={"limit": 251}).status_code == 400
-    names = [lead["name"] for lead in
-             amo.get("/leads", params={"order[id]": "desc"}).json()["_embedded"]["leads"]]
+    names = [
+        lead["name"]
+        for lead in amo.get("/leads", params={"order[id]": "desc"}).json()["_embedded"][
+            "leads"
+        ]
+    ]
     assert names == ["L4", "L3", "L2", "L1", "L0"]
 
 
 def test_query_search_phones_emails_not_notes(amo):
     c1 = _contact(amo, "Ivan", phone="+7 912 345-67-89")
     c2 = _contact(amo, "Petr", phone="89001112233", email="Petr@Example.COM")
-    amo.post("/contacts/notes", json=[{"entity_id": c1, "note_type": "common",
-                                       "params": {"text": "call 89557776655"}}])
+    amo.post(
+        "/contacts/notes",
+        json=[
+            {
+                "entity_id": c1,
+                "note_type": "common",
+                "params": {"text": "call 89557776655"},
+            }
+        ],
+    )
 
     def found(q: str) -> set[int]:
         r = amo.get("/contacts", params={"query": q})
@@ -212,8 +301,13 @@ def test_filters_and_with(amo):
     assert len(r.json()["_embedded"]["leads"]) == 2
     r = amo.get("/leads", params={"filter[price][from]": 200, "filter[price][to]": 900})
     assert [x["id"] for x in r.json()["_embedded"]["leads"]] == [b]
-    r = amo.get("/leads", params={"filter[statuses][0][pipeline_id]": 7000002,
-                                  "filter[statuses][0][status_id]": 7200002})
+    r = amo.get(
+        "/leads",
+        params={
+            "filter[statuses][0][pipeline_id]": 7000002,
+            "filter[statuses][0][status_id]": 7200002,
+        },
+    )
     assert [x["id"] for x in r.json()["_embedded"]["leads"]] == [b]
     r = amo.get("/leads", params={"filter[pipeline_id]": 7000001})
     assert [x["id"] for x in r.json()["_embedded"]["leads"]] == [a]
@@ -227,18 +321,35 @@ def test_filters_and_with(amo):
 
 def test_contacts_companies_patch_and_tags(amo):
     contact = _contact(amo, "Old")
-    r = amo.patch("/contacts", json=[{"id": contact, "first_name": "New",
-                                      "last_name": "Name",
-                                      "_embedded": {"tags": [{"name": "vip"}]}}])
+    r = amo.patch(
+        "/contacts",
+        json=[
+            {
+                "id": contact,
+                "first_name": "New",
+                "last_name": "Name",
+                "_embedded": {"tags": [{"name": "vip"}]},
+            }
+        ],
+    )
     assert r.status_code == 200
     assert r.json()["_embedded"]["contacts"][0]["request_id"] == "0"
     got = amo.get(f"/contacts/{contact}").json()
     assert got["first_name"] == "New" and got["_embedded"]["tags"][0]["name"] == "vip"
     amo.patch(f"/contacts/{contact}", json={"tags_to_delete": [{"name": "vip"}]})
     assert amo.get(f"/contacts/{contact}").json()["_embedded"]["tags"] == []
-    r = amo.post("/companies", json=[{"name": "ACME", "custom_fields_values": [
-        {"field_code": "WEB", "values": [{"value": "https://acme.test"}]},
-        {"field_code": "ADDRESS", "values": [{"value": "Moscow"}]}]}])
+    r = amo.post(
+        "/companies",
+        json=[
+            {
+                "name": "ACME",
+                "custom_fields_values": [
+                    {"field_code": "WEB", "values": [{"value": "https://acme.test"}]},
+                    {"field_code": "ADDRESS", "values": [{"value": "Moscow"}]},
+                ],
+            }
+        ],
+    )
     company = r.json()["_embedded"]["companies"][0]["id"]
     assert amo.patch("/companies", json=[{"id": 1, "name": "x"}]).status_code == 400
     r = amo.post("/companies/tags", json=[{"name": "partner"}])
@@ -250,18 +361,40 @@ def test_contacts_companies_patch_and_tags(amo):
 
 
 def test_create_custom_field(amo):
-    r = amo.post("/leads/custom_fields", json=[{
-        "name": "Source site", "type": "select", "code": "SITE",
-        "enums": [{"value": "a.test"}, {"value": "b.test"}]}])
+    r = amo.post(
+        "/leads/custom_fields",
+        json=[
+            {
+                "name": "Source site",
+                "type": "select",
+                "code": "SITE",
+                "enums": [{"value": "a.test"}, {"value": "b.test"}],
+            }
+        ],
+    )
     assert r.status_code == 200, r.text
     field = r.json()["_embedded"]["custom_fields"][0]
     assert field["code"] == "SITE" and len(field["enums"]) == 2
-    assert amo.post("/leads", json=[{"custom_fields_values": [
-        {"field_code": "SITE", "values": [{"value": "b.test"}]}]}]).status_code == 200
+    assert (
+        amo.post(
+            "/leads",
+            json=[
+                {
+                    "custom_fields_values": [
+                        {"field_code": "SITE", "values": [{"value": "b.test"}]}
+                    ]
+                }
+            ],
+        ).status_code
+        == 200
+    )
     bad = amo.post("/leads/custom_fields", json=[{"name": "x", "type": "multitext"}])
     assert bad.status_code == 400
     total = amo.get("/leads/custom_fields").json()["_total_items"]
     pages = [amo.get("/leads/custom_fields", params={"page": p}) for p in (1, 2)]
-    seen = sum(len(p.json()["_embedded"]["custom_fields"]) for p in pages
-               if p.status_code == 200)
+    seen = sum(
+        len(p.json()["_embedded"]["custom_fields"])
+        for p in pages
+        if p.status_code == 200
+    )
     assert seen == total

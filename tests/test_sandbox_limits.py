@@ -35,8 +35,9 @@ def test_rate_limit_429_html(sandbox):
 def test_limit_is_per_token(sandbox):
     sandbox.config(rate_limit=2)
     _burst(sandbox, 3)
-    r = requests.get(sandbox.url + "/api/v4/account",
-                     headers={"Authorization": "Bearer other"})
+    r = requests.get(
+        sandbox.url + "/api/v4/account", headers={"Authorization": "Bearer other"}
+    )
     assert r.status_code == 401  # rate-limited separately, then refused as unknown
 
 
@@ -88,7 +89,9 @@ def test_request_log(sandbox):
     requests.get(sandbox.url + "/api/v4/leads", headers={"Authorization": "Bearer x"})
     log = sandbox.requests()
     assert [(e["method"], e["path"], e["status"]) for e in log] == [
-        ("POST", "/api/v4/leads", 200), ("GET", "/api/v4/leads", 401)]
+        ("POST", "/api/v4/leads", 200),
+        ("GET", "/api/v4/leads", 401),
+    ]
     assert log[0]["query"] == "x=1" and log[0]["body"] == [{"name": "a"}]
     assert log[0]["token"] and log[0]["token"] != "sandbox-token"
     assert isinstance(log[0]["time"], float)

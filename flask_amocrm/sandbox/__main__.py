@@ -20,21 +20,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089)
-    parser.add_argument("--rate-limit", type=float, default=7,
-                        help="requests per second per token (0: no limit)")
-    parser.add_argument("--block-after", type=int, default=20,
-                        help="429s within a minute before the token is blocked")
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=7,
+        help="requests per second per token (0: no limit)",
+    )
+    parser.add_argument(
+        "--block-after",
+        type=int,
+        default=20,
+        help="429s within a minute before the token is blocked",
+    )
     parser.add_argument("--block-seconds", type=float, default=60)
     parser.add_argument("--latency-ms", type=float, default=0)
-    parser.add_argument("--token", default="sandbox-token",
-                        help="the long-lived token to accept")
+    parser.add_argument(
+        "--token", default="sandbox-token", help="the long-lived token to accept"
+    )
     parser.add_argument("--client-id", default="sandbox-client")
     parser.add_argument("--client-secret", default="sandbox-secret")
     parser.add_argument("--redirect-uri", default=None)
     parser.add_argument("--access-token-ttl", type=int, default=86400)
     parser.add_argument("--subdomain", default="sandbox")
-    parser.add_argument("--state", default=None, metavar="FILE",
-                        help="load the account from FILE and save changes to it")
+    parser.add_argument(
+        "--state",
+        default=None,
+        metavar="FILE",
+        help="load the account from FILE and save changes to it",
+    )
     return parser.parse_args(argv)
 
 
@@ -58,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://{args.host}:{server.server_port}"
     print(f"amoCRM sandbox: {url}  token: {args.token}", flush=True)
     if args.client_id:
-        print(f"OAuth: client_id={args.client_id} client_secret={args.client_secret} "
-              f"authorize at {url}/oauth?client_id={args.client_id}", flush=True)
+        print(
+            f"OAuth: client_id={args.client_id} client_secret={args.client_secret} "
+            f"authorize at {url}/oauth?client_id={args.client_id}",
+            flush=True,
+        )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

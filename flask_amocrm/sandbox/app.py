@@ -159,8 +159,17 @@ def create_app(
         subdomain=subdomain,
     )
     for blueprint in (
-        meta.bp, complex_views.bp, unsorted.bp, notes.bp, tags.bp, links.bp,
-        tasks.bp, entities.bp, oauth_bp, control_bp, page.bp,
+        meta.bp,
+        complex_views.bp,
+        unsorted.bp,
+        notes.bp,
+        tags.bp,
+        links.bp,
+        tasks.bp,
+        entities.bp,
+        oauth_bp,
+        control_bp,
+        page.bp,
     ):
         app.register_blueprint(blueprint)
     app.before_request(_before)
@@ -260,17 +269,22 @@ def _after(response: Response) -> Response:
     if kind in ("api", "oauth", "authorize"):
         sbx = _sandbox()
         header = request.headers.get("Authorization")
-        token = header[len("Bearer "):].strip() if header and \
-            header.startswith("Bearer ") else None
-        sbx.log.add({
-            "method": request.method,
-            "path": request.path,
-            "query": request.query_string.decode("utf-8", "replace"),
-            "status": getattr(g, "_sbx_status", response.status_code),
-            "time": time.time(),
-            "token": fingerprint(token),
-            "body": _logged_body(),
-        })
+        token = (
+            header[len("Bearer ") :].strip()
+            if header and header.startswith("Bearer ")
+            else None
+        )
+        sbx.log.add(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string.decode("utf-8", "replace"),
+                "status": getattr(g, "_sbx_status", response.status_code),
+                "time": time.time(),
+                "token": fingerprint(token),
+                "body": _logged_body(),
+            }
+        )
         if request.method != "GET" and response.status_code < 400:
             sbx.store.save_if_dirty()
     return response

@@ -113,7 +113,7 @@ class Auth:
         """None when the ``Authorization`` header is acceptable, else the reason."""
         if not header or not header.startswith("Bearer "):
             return "Authorization header with a Bearer token is required"
-        token = header[len("Bearer "):].strip()
+        token = header[len("Bearer ") :].strip()
         if token in self.long_lived:
             return None
         parts = token.split(".")
@@ -167,12 +167,20 @@ class Auth:
     def exchange(self, body: dict[str, Any], api_domain: str) -> dict[str, Any]:
         """``POST /oauth2/access_token``: a code or refresh token → a new pair."""
         if self.client_id is None:
-            raise OAuthError(401, BAD_CLIENT_TITLE, BAD_CLIENT_DETAIL,
-                             "OAuth is not configured in this sandbox")
+            raise OAuthError(
+                401,
+                BAD_CLIENT_TITLE,
+                BAD_CLIENT_DETAIL,
+                "OAuth is not configured in this sandbox",
+            )
         for name in ("client_id", "client_secret", "grant_type"):
             if not body.get(name):
-                raise OAuthError(400, BAD_REQUEST_TITLE, BAD_REQUEST_DETAIL,
-                                 f"Check the `{name}` parameter")
+                raise OAuthError(
+                    400,
+                    BAD_REQUEST_TITLE,
+                    BAD_REQUEST_DETAIL,
+                    f"Check the `{name}` parameter",
+                )
         if body["client_id"] != self.client_id or not hmac.compare_digest(
             str(body["client_secret"]), str(self.client_secret)
         ):
@@ -183,26 +191,42 @@ class Auth:
                 return self._exchange_code(body, api_domain)
             if grant == "refresh_token":
                 return self._exchange_refresh(body, api_domain)
-        raise OAuthError(400, "Неподдерживаемый тип авторизации",
-                         "The authorization grant type is not supported by the "
-                         "authorization server.",
-                         "Check that all required parameters have been provided")
+        raise OAuthError(
+            400,
+            "Неподдерживаемый тип авторизации",
+            "The authorization grant type is not supported by the "
+            "authorization server.",
+            "Check that all required parameters have been provided",
+        )
 
     def _exchange_code(self, body: dict[str, Any], api_domain: str) -> dict[str, Any]:
         code = body.get("code")
         if not code:
-            raise OAuthError(400, BAD_REQUEST_TITLE, BAD_REQUEST_DETAIL,
-                             "Check the `code` parameter")
+            raise OAuthError(
+                400, BAD_REQUEST_TITLE, BAD_REQUEST_DETAIL, "Check the `code` parameter"
+            )
         grant = self._oauth["codes"].get(code)
         if grant is None:
-            raise OAuthError(400, BAD_REQUEST_TITLE, BAD_REQUEST_DETAIL,
-                             "Cannot decrypt the authorization code")
+            raise OAuthError(
+                400,
+                BAD_REQUEST_TITLE,
+                BAD_REQUEST_DETAIL,
+                "Cannot decrypt the authorization code",
+            )
         if grant["used"]:
-            raise OAuthError(400, BAD_REQUEST_TITLE, BAD_REQUEST_DETAIL,
-                             "Authorization code has been revoked")
+            raise OAuthError(
+                400,
+                BAD_REQUEST_TITLE,
+                BAD_REQUEST_DETAIL,
+                "Authorization code has been revoked",
+            )
         if grant["expires"] < time.time():
-            raise OAuthError(400, BAD_REQUEST_TITLE, BAD_REQUEST_DETAIL,
-                             "Authorization code has expired")
+            raise OAuthError(
+                400,
+                BAD_REQUEST_TITLE,
+                BAD_REQUEST_DETAIL,
+                "Authorization code has expired",
+            )
         wanted = self.redirect_uri or grant.get("redirect_uri")
         if wanted and body.get("redirect_uri") != wanted:
             raise OAuthError(401, BAD_CLIENT_TITLE, BAD_CLIENT_DETAIL, None)
@@ -214,19 +238,29 @@ class Auth:
     ) -> dict[str, Any]:
         token = body.get("refresh_token")
         if not token:
-            raise OAuthError(400, BAD_REQUEST_TITLE, BAD_REQUEST_DETAIL,
-                             "Check the `refresh_token` parameter")
+            raise OAuthError(
+                400,
+                BAD_REQUEST_TITLE,
+                BAD_REQUEST_DETAIL,
+                "Check the `refresh_token` parameter",
+            )
         grant = self._oauth["refresh"].get(token)
         if grant is None:
-            raise OAuthError(401, BAD_REQUEST_TITLE, BAD_REQUEST_DETAIL,
-                             "Cannot decrypt the refresh token")
+            raise OAuthError(
+                401,
+                BAD_REQUEST_TITLE,
+                BAD_REQUEST_DETAIL,
+                "Cannot decrypt the refresh token",
+            )
         if grant["used"]:
             # Single use across all clients: the second use is refused.
-            raise OAuthError(401, BAD_REQUEST_TITLE, BAD_REQUEST_DETAIL,
-                             "Token has been revoked")
+            raise OAuthError(
+                401, BAD_REQUEST_TITLE, BAD_REQUEST_DETAIL, "Token has been revoked"
+            )
         if grant["expires"] < time.time():
-            raise OAuthError(401, BAD_REQUEST_TITLE, BAD_REQUEST_DETAIL,
-                             "Token has expired")
+            raise OAuthError(
+                401, BAD_REQUEST_TITLE, BAD_REQUEST_DETAIL, "Token has expired"
+            )
         grant["used"] = True
         return self._issue_pair(api_domain)
 
@@ -240,8 +274,12 @@ def _request_body() -> dict[str, Any]:
     if request.is_json or (request.data and request.data.lstrip()[:1] == b"{"):
         data = request.get_json(silent=True)
         if not isinstance(data, dict):
-            raise OAuthError(400, BAD_REQUEST_TITLE, BAD_REQUEST_DETAIL,
-                             "The request body is not valid JSON")
+            raise OAuthError(
+                400,
+                BAD_REQUEST_TITLE,
+                BAD_REQUEST_DETAIL,
+                "The request body is not valid JSON",
+            )
         return data
     return request.form.to_dict()
 
@@ -310,19 +348,30 @@ def authorize() -> Response | str:
         )
     if params.get("decision") != "allow":
         if redirect_uri:
-            return redirect(_with_query(redirect_uri, error="access_denied",
-                                        state=state))
+            return redirect(
+                _with_query(redirect_uri, error="access_denied", state=state)
+            )
         return Response("Access denied", status=200, mimetype="text/plain")
     code = auth.issue_code(client_id, redirect_uri)
     if redirect_uri:
         # referer names the account host a client should call; here, the sandbox.
         return redirect(
-            _with_query(redirect_uri, code=code, state=state, referer=request.host,
-                        client_id=client_id)
+            _with_query(
+                redirect_uri,
+                code=code,
+                state=state,
+                referer=request.host,
+                client_id=client_id,
+            )
         )
     return render_template(
-        "sandbox/authorize.html", client_id=client_id, state=state, known=True,
-        redirect_uri=None, mode="", code=code,
+        "sandbox/authorize.html",
+        client_id=client_id,
+        state=state,
+        known=True,
+        redirect_uri=None,
+        mode="",
+        code=code,
     )
 
 

@@ -22,8 +22,14 @@ bp = Blueprint("sandbox_control", __name__, url_prefix="/_sandbox")
 
 # Enough for long benchmark runs without unbounded memory.
 LOG_SIZE = 100_000
-CONFIG_KEYS = {"rate_limit", "latency_ms", "access_token_ttl", "block_after",
-               "block_seconds", "duplicate_control"}
+CONFIG_KEYS = {
+    "rate_limit",
+    "latency_ms",
+    "access_token_ttl",
+    "block_after",
+    "block_seconds",
+    "duplicate_control",
+}
 
 
 class RequestLog:
@@ -47,8 +53,9 @@ class RequestLog:
 
 
 def _json(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body, ensure_ascii=False), status=status,
-                    mimetype="application/json")
+    return Response(
+        json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json"
+    )
 
 
 def _sandbox() -> Any:
@@ -64,7 +71,7 @@ def reset() -> Response:
 
 @bp.post("/faults")
 def faults() -> Response:
-    """Add a fault (``{"status": 503, "count": 3}``) or clear them (``{"clear": true}``)."""
+    """Add a fault, e.g. ``{"status": 503, "count": 3}``; ``{"clear": true}`` clears."""
     spec = request.get_json(silent=True)
     if not isinstance(spec, dict):
         return _json({"error": "send a JSON object"}, 400)
@@ -124,8 +131,13 @@ def oauth_code() -> Response:
     if sbx.auth.client_id is None:
         return _json({"error": "OAuth is not configured"}, 400)
     code = sbx.auth.issue_code(sbx.auth.client_id, sbx.auth.redirect_uri)
-    return _json({"code": code, "client_id": sbx.auth.client_id,
-                  "redirect_uri": sbx.auth.redirect_uri})
+    return _json(
+        {
+            "code": code,
+            "client_id": sbx.auth.client_id,
+            "redirect_uri": sbx.auth.redirect_uri,
+        }
+    )
 
 
 @bp.get("/state")
@@ -141,14 +153,20 @@ def state() -> Response:
                 for obj in sorted(s.entities(entity).values(), key=lambda o: o["id"])
             ]
         out["notes"] = {
-            entity: [render_note(entity, n) for n in
-                     sorted(s.data["notes"][entity].values(), key=lambda n: n["id"])]
+            entity: [
+                render_note(entity, n)
+                for n in sorted(s.data["notes"][entity].values(), key=lambda n: n["id"])
+            ]
             for entity in ENTITIES
         }
-        out["tasks"] = [render_task(t) for t in
-                        sorted(s.data["tasks"].values(), key=lambda t: t["id"])]
-        out["tags"] = {e: sorted(s.data["tags"][e].values(), key=lambda t: t["id"])
-                       for e in ENTITIES}
+        out["tasks"] = [
+            render_task(t)
+            for t in sorted(s.data["tasks"].values(), key=lambda t: t["id"])
+        ]
+        out["tags"] = {
+            e: sorted(s.data["tags"][e].values(), key=lambda t: t["id"])
+            for e in ENTITIES
+        }
         out["unsorted"] = []
         for item in s.data["unsorted"].values():
             rendered = render_unsorted(s, item)

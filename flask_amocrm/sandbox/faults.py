@@ -64,8 +64,9 @@ class Faults:
         status = spec.get("status")
         drop = bool(spec.get("drop", False))
         latency = float(spec.get("latency_ms", 0) or 0)
-        if status is not None and not (isinstance(status, int) and
-                                       100 <= status <= 599):
+        if status is not None and not (
+            isinstance(status, int) and 100 <= status <= 599
+        ):
             raise ValueError("status must be an HTTP status code")
         if status is None and not drop and not latency:
             raise ValueError("give status, drop or latency_ms")

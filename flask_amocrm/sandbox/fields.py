@@ -8,7 +8,7 @@ and codes filled in). Errors carry amoCRM's codes and dotted paths.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import FieldError
@@ -38,17 +38,39 @@ VALUE_KEYS: dict[str, set[str]] = {
     "chained_list": {"catalog_id", "catalog_element_id"},
 }
 LEGAL_ENTITY_KEYS = {
-    "name", "entity_type", "vat_id", "kpp", "tax_registration_reason_code",
-    "address", "real_address", "bank_code", "bank_account_number", "external_uid",
-    "unp", "bin", "egrpou", "mfo", "oked", "director",
+    "name",
+    "entity_type",
+    "vat_id",
+    "kpp",
+    "tax_registration_reason_code",
+    "address",
+    "real_address",
+    "bank_code",
+    "bank_account_number",
+    "external_uid",
+    "unp",
+    "bin",
+    "egrpou",
+    "mfo",
+    "oked",
+    "director",
 }
 FILE_KEYS = {"file_uuid", "version_uuid", "file_name", "file_size"}
 # Keys of a custom_fields_values item. field_name/field_type/is_computed are what
 # the API returns on reads; clients that send a read value back are accepted.
-ITEM_KEYS = {"field_id", "field_code", "values", "field_name", "field_type",
-             "is_computed"}
+ITEM_KEYS = {
+    "field_id",
+    "field_code",
+    "values",
+    "field_name",
+    "field_type",
+    "is_computed",
+}
 SINGLE_VALUE_TYPES = (
-    TEXT_TYPES | NUMBER_TYPES | DATE_TYPES | {"checkbox", "select", "radiobutton"}
+    TEXT_TYPES
+    | NUMBER_TYPES
+    | DATE_TYPES
+    | {"checkbox", "select", "radiobutton"}
     | OBJECT_TYPES
 )
 
@@ -84,7 +106,7 @@ def _parse_time(value: Any, path: str) -> int:
         else:
             if parsed.tzinfo is None:
                 # Without an offset the account's timezone (UTC here) applies.
-                parsed = parsed.replace(tzinfo=timezone.utc)
+                parsed = parsed.replace(tzinfo=UTC)
             return int(parsed.timestamp())
     raise FieldError(
         INVALID_TYPE, path, "This value should be a timestamp or an RFC 3339 date."
@@ -99,18 +121,27 @@ def _match_enum(
         for enum in enums:
             if enum["id"] == value["enum_id"]:
                 return enum
-        raise FieldError(NOT_SUPPORTED, f"{path}.enum_id",
-                         "The value you selected is not a valid choice.")
+        raise FieldError(
+            NOT_SUPPORTED,
+            f"{path}.enum_id",
+            "The value you selected is not a valid choice.",
+        )
     if "enum_code" in value:
         for enum in enums:
             if enum.get("code") is not None and enum["code"] == value["enum_code"]:
                 return enum
-        raise FieldError(NOT_SUPPORTED, f"{path}.enum_code",
-                         "The value you selected is not a valid choice.")
+        raise FieldError(
+            NOT_SUPPORTED,
+            f"{path}.enum_code",
+            "The value you selected is not a valid choice.",
+        )
     if ftype in ("multitext", "smart_address"):
         if ftype == "smart_address":
-            raise FieldError(NOT_BLANK, f"{path}.enum_code",
-                             "Address values need an enum_code or enum_id.")
+            raise FieldError(
+                NOT_BLANK,
+                f"{path}.enum_code",
+                "Address values need an enum_code or enum_id.",
+            )
         # A phone or e-mail without a type gets the first enum (WORK), as the
         # interface does when a value is typed without choosing its kind.
         return enums[0]
@@ -119,8 +150,11 @@ def _match_enum(
         for enum in enums:
             if enum["value"] == value["value"]:
                 return enum
-        raise FieldError(NOT_SUPPORTED, f"{path}.value",
-                         "The value you selected is not a valid choice.")
+        raise FieldError(
+            NOT_SUPPORTED,
+            f"{path}.value",
+            "The value you selected is not a valid choice.",
+        )
     raise FieldError(NOT_BLANK, path, "A value, enum_id or enum_code is required.")
 
 
@@ -132,13 +166,16 @@ def _check_value(field: dict[str, Any], value: Any, path: str) -> dict[str, Any]
     allowed = VALUE_KEYS.get(ftype, {"value"})
     for key in value:
         if key not in allowed:
-            raise FieldError(NOT_EXPECTED, f"{path}.{key}",
-                             "This field was not expected.")
+            raise FieldError(
+                NOT_EXPECTED, f"{path}.{key}", "This field was not expected."
+            )
     raw = value.get("value")
     vpath = f"{path}.value"
     if ftype in TEXT_TYPES:
         if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-            raise FieldError(INVALID_TYPE, vpath, "This value should be of type string.")
+            raise FieldError(
+                INVALID_TYPE, vpath, "This value should be of type string."
+            )
         return {"value": str(raw)}
     if ftype in NUMBER_TYPES:
         if isinstance(raw, bool):
@@ -169,7 +206,9 @@ def _check_value(field: dict[str, Any], value: Any, path: str) -> dict[str, Any]
         return out
     if ftype in ("multitext", "smart_address"):
         if not isinstance(raw, (str, int)) or isinstance(raw, bool) or raw == "":
-            raise FieldError(INVALID_TYPE, vpath, "This value should be of type string.")
+            raise FieldError(
+                INVALID_TYPE, vpath, "This value should be of type string."
+            )
         enum = _match_enum(field, value, path, ftype)
         return {"value": str(raw), "enum_id": enum["id"], "enum_code": enum.get("code")}
     if ftype == "legal_entity":
@@ -182,10 +221,13 @@ def _check_value(field: dict[str, Any], value: Any, path: str) -> dict[str, Any]
     if ftype == "chained_list":
         for key in ("catalog_id", "catalog_element_id"):
             if not _is_int(value.get(key)):
-                raise FieldError(INVALID_TYPE, f"{path}.{key}",
-                                 "This value should be of type int.")
-        return {"catalog_id": value["catalog_id"],
-                "catalog_element_id": value["catalog_element_id"]}
+                raise FieldError(
+                    INVALID_TYPE, f"{path}.{key}", "This value should be of type int."
+                )
+        return {
+            "catalog_id": value["catalog_id"],
+            "catalog_element_id": value["catalog_element_id"],
+        }
     # Types the sandbox does not seed (items, price, category ...): keep as sent.
     return dict(value)
 
@@ -195,8 +237,9 @@ def _check_object(raw: Any, path: str, keys: set[str]) -> dict[str, Any]:
         raise FieldError(INVALID_TYPE, path, "This value should be of type object.")
     for key in raw:
         if key not in keys:
-            raise FieldError(NOT_EXPECTED, f"{path}.{key}",
-                             "This field was not expected.")
+            raise FieldError(
+                NOT_EXPECTED, f"{path}.{key}", "This field was not expected."
+            )
     return dict(raw)
 
 
@@ -213,8 +256,9 @@ def validate_values(
     if items is None:
         return updates, errors
     if not isinstance(items, list):
-        return updates, [FieldError(INVALID_TYPE, prefix,
-                                    "This value should be of type array.")]
+        return updates, [
+            FieldError(INVALID_TYPE, prefix, "This value should be of type array.")
+        ]
     for i, item in enumerate(items):
         path = f"{prefix}.{i}"
         try:
@@ -231,43 +275,61 @@ def _validate_item(
         raise FieldError(INVALID_TYPE, path, "This value should be of type object.")
     for key in item:
         if key not in ITEM_KEYS:
-            raise FieldError(NOT_EXPECTED, f"{path}.{key}",
-                             "This field was not expected.")
+            raise FieldError(
+                NOT_EXPECTED, f"{path}.{key}", "This field was not expected."
+            )
     field_id = item.get("field_id")
     code = item.get("field_code")
     if field_id is None and code is None:
-        raise FieldError(NOT_BLANK, f"{path}.field_id",
-                         "field_id or field_code is required.")
+        raise FieldError(
+            NOT_BLANK, f"{path}.field_id", "field_id or field_code is required."
+        )
     if field_id is not None:
         field = find_field(fields, field_id=field_id) if _is_int(field_id) else None
         if field is None:
-            raise FieldError(NOT_SUPPORTED, f"{path}.field_id",
-                             "The value you selected is not a valid choice.")
+            raise FieldError(
+                NOT_SUPPORTED,
+                f"{path}.field_id",
+                "The value you selected is not a valid choice.",
+            )
         if code is not None and field["code"] != code:
-            raise FieldError(NOT_SUPPORTED, f"{path}.field_code",
-                             "The value you selected is not a valid choice.")
+            raise FieldError(
+                NOT_SUPPORTED,
+                f"{path}.field_code",
+                "The value you selected is not a valid choice.",
+            )
     else:
         field = find_field(fields, code=code)
         if field is None:
-            raise FieldError(NOT_SUPPORTED, f"{path}.field_code",
-                             "The value you selected is not a valid choice.")
+            raise FieldError(
+                NOT_SUPPORTED,
+                f"{path}.field_code",
+                "The value you selected is not a valid choice.",
+            )
     if "values" not in item:
         raise FieldError(NOT_BLANK, f"{path}.values", "values is required.")
     values = item["values"]
     if values is None:
         return field, None
     if not isinstance(values, list):
-        raise FieldError(INVALID_TYPE, f"{path}.values",
-                         "This value should be of type array.")
+        raise FieldError(
+            INVALID_TYPE, f"{path}.values", "This value should be of type array."
+        )
     if not values:
         # The reference advises against empty arrays without saying what the API
         # answers; rejecting them makes a client's mistake visible here.
-        raise FieldError(NOT_BLANK, f"{path}.values",
-                         "This value should not be blank. Send null to clear.")
+        raise FieldError(
+            NOT_BLANK,
+            f"{path}.values",
+            "This value should not be blank. Send null to clear.",
+        )
     if field["type"] in SINGLE_VALUE_TYPES and len(values) > 1:
-        raise FieldError(INVALID_TYPE, f"{path}.values",
-                         "This field takes a single value.")
-    stored = [_check_value(field, v, f"{path}.values.{j}") for j, v in enumerate(values)]
+        raise FieldError(
+            INVALID_TYPE, f"{path}.values", "This field takes a single value."
+        )
+    stored = [
+        _check_value(field, v, f"{path}.values.{j}") for j, v in enumerate(values)
+    ]
     return field, stored
 
 

@@ -7,7 +7,8 @@ Internal keys of stored objects start with ``_`` and are never rendered.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import FieldError
 from .fields import (
@@ -24,19 +25,42 @@ SINGULAR = {"leads": "lead", "contacts": "contact", "companies": "company"}
 WON, LOST = 142, 143
 
 COMMON_KEYS = {
-    "id", "request_id", "custom_fields_values", "responsible_user_id", "created_by",
-    "updated_by", "created_at", "updated_at", "_embedded", "tags_to_add",
+    "id",
+    "request_id",
+    "custom_fields_values",
+    "responsible_user_id",
+    "created_by",
+    "updated_by",
+    "created_at",
+    "updated_at",
+    "_embedded",
+    "tags_to_add",
     "tags_to_delete",
 }
 # Read-only keys a client may echo back from a GET; the API ignores them.
 IGNORED_KEYS = {
-    "account_id", "_links", "is_deleted", "closest_task_at", "group_id", "score",
-    "labor_cost", "is_unsorted", "is_price_modified_by_robot",
+    "account_id",
+    "_links",
+    "is_deleted",
+    "closest_task_at",
+    "group_id",
+    "score",
+    "labor_cost",
+    "is_unsorted",
+    "is_price_modified_by_robot",
 }
 ENTITY_KEYS = {
-    "leads": COMMON_KEYS | {"name", "price", "status_id", "pipeline_id",
-                            "loss_reason_id", "closed_at", "visitor_uid",
-                            "source_id"},
+    "leads": COMMON_KEYS
+    | {
+        "name",
+        "price",
+        "status_id",
+        "pipeline_id",
+        "loss_reason_id",
+        "closed_at",
+        "visitor_uid",
+        "source_id",
+    },
     "contacts": COMMON_KEYS | {"name", "first_name", "last_name"},
     "companies": COMMON_KEYS | {"name"},
 }
@@ -47,9 +71,19 @@ EMBEDDED_KEYS = {
     "contacts": {"tags", "companies"},
     "companies": {"tags"},
 }
-INT_KEYS = {"responsible_user_id", "created_by", "updated_by", "created_at",
-            "updated_at", "status_id", "pipeline_id", "loss_reason_id", "closed_at",
-            "price", "source_id"}
+INT_KEYS = {
+    "responsible_user_id",
+    "created_by",
+    "updated_by",
+    "created_at",
+    "updated_at",
+    "status_id",
+    "pipeline_id",
+    "loss_reason_id",
+    "closed_at",
+    "price",
+    "source_id",
+}
 STR_KEYS = {"name", "first_name", "last_name", "visitor_uid"}
 
 # What may link to what (reference 11), catalog elements and customers aside.
@@ -103,7 +137,9 @@ def add_link(
     for a, a_id, b in ((entity, entity_id, to), (to, to_id, entity)):
         if b == "companies" and a in ("leads", "contacts"):
             for old in linked_ids(store, a, a_id, "companies"):
-                if not (a == entity and old == to_id) and not (a == to and old == entity_id):
+                if not (a == entity and old == to_id) and not (
+                    a == to and old == entity_id
+                ):
                     remove_link(store, a, a_id, "companies", old)
     forward = _put_link(store, entity, entity_id, to, to_id, metadata)
     _put_link(store, to, to_id, entity, entity_id, metadata)
@@ -116,7 +152,8 @@ def add_link(
     if lead_side is not None:
         lead_id, contact_id = lead_side
         contact_links = [
-            lk for lk in links_of(store, "leads", lead_id)
+            lk
+            for lk in links_of(store, "leads", lead_id)
             if lk["to_entity_type"] == "contacts"
         ]
         wants_main = metadata.get("main_contact") is True or metadata.get("is_main")
@@ -136,7 +173,11 @@ def _set_main(store: Store, lead_id: int, contact_id: int) -> None:
 
 
 def _put_link(
-    store: Store, entity: str, entity_id: int, to: str, to_id: int,
+    store: Store,
+    entity: str,
+    entity_id: int,
+    to: str,
+    to_id: int,
     metadata: dict[str, Any],
 ) -> dict[str, Any]:
     items = store.data["links"].setdefault(_key(entity, entity_id), [])
@@ -151,11 +192,15 @@ def _put_link(
 
 def remove_link(store: Store, entity: str, entity_id: int, to: str, to_id: int) -> None:
     """Unlink two entities both ways."""
-    for a, a_id, b, b_id in ((entity, entity_id, to, to_id), (to, to_id, entity, entity_id)):
+    for a, a_id, b, b_id in (
+        (entity, entity_id, to, to_id),
+        (to, to_id, entity, entity_id),
+    ):
         key = _key(a, a_id)
         items = store.data["links"].get(key, [])
         items[:] = [
-            lk for lk in items
+            lk
+            for lk in items
             if not (lk["to_entity_type"] == b and lk["to_entity_id"] == b_id)
         ]
         if not items:
@@ -179,7 +224,9 @@ def find_tag(
     return None
 
 
-def create_tag(store: Store, entity: str, name: str, color: str | None = None) -> dict[str, Any]:
+def create_tag(
+    store: Store, entity: str, name: str, color: str | None = None
+) -> dict[str, Any]:
     """Create a tag (or return the one with that name: names are unique)."""
     existing = find_tag(store, entity, name=name)
     if existing is not None:
@@ -190,9 +237,7 @@ def create_tag(store: Store, entity: str, name: str, color: str | None = None) -
     return tag
 
 
-def check_tag_refs(
-    store: Store, entity: str, refs: Any, path: str
-) -> list[FieldError]:
+def check_tag_refs(store: Store, entity: str, refs: Any, path: str) -> list[FieldError]:
     """Validate ``[{id}|{name}]`` tag references."""
     if refs is None:
         return []
@@ -206,15 +251,26 @@ def check_tag_refs(
             continue
         for key in ref:
             if key not in ("id", "name", "color"):
-                errors.append(FieldError(NOT_EXPECTED, f"{p}.{key}",
-                                         "This field was not expected."))
+                errors.append(
+                    FieldError(
+                        NOT_EXPECTED, f"{p}.{key}", "This field was not expected."
+                    )
+                )
         if "id" in ref and ref["id"] is not None:
             if find_tag(store, entity, tag_id=ref["id"]) is None:
-                errors.append(FieldError(NOT_SUPPORTED, f"{p}.id",
-                                         "The value you selected is not a valid choice."))
+                errors.append(
+                    FieldError(
+                        NOT_SUPPORTED,
+                        f"{p}.id",
+                        "The value you selected is not a valid choice.",
+                    )
+                )
         elif not isinstance(ref.get("name"), str) or not ref["name"].strip():
-            errors.append(FieldError(INVALID_TYPE, f"{p}.name",
-                                     "This value should be of type string."))
+            errors.append(
+                FieldError(
+                    INVALID_TYPE, f"{p}.name", "This value should be of type string."
+                )
+            )
     return errors
 
 
@@ -265,45 +321,67 @@ def check_item(
             errors.append(FieldError(NOT_EXPECTED, key, "This field was not expected."))
             continue
         if key in INT_KEYS and value is not None and not is_int(value):
-            errors.append(FieldError(INVALID_TYPE, key,
-                                     "This value should be of type int."))
+            errors.append(
+                FieldError(INVALID_TYPE, key, "This value should be of type int.")
+            )
         if key in STR_KEYS and value is not None and not isinstance(value, str):
-            errors.append(FieldError(INVALID_TYPE, key,
-                                     "This value should be of type string."))
+            errors.append(
+                FieldError(INVALID_TYPE, key, "This value should be of type string.")
+            )
     if creating and "id" in item:
         errors.append(FieldError(NOT_EXPECTED, "id", "This field was not expected."))
     for key in ("responsible_user_id", "created_by", "updated_by"):
         value = item.get(key)
         if is_int(value) and value != 0 and store.user(value) is None:
-            errors.append(FieldError(NOT_SUPPORTED, key,
-                                     "The value you selected is not a valid choice."))
+            errors.append(
+                FieldError(
+                    NOT_SUPPORTED, key, "The value you selected is not a valid choice."
+                )
+            )
         if key == "responsible_user_id" and value == 0:
-            errors.append(FieldError(NOT_SUPPORTED, key,
-                                     "The value you selected is not a valid choice."))
+            errors.append(
+                FieldError(
+                    NOT_SUPPORTED, key, "The value you selected is not a valid choice."
+                )
+            )
     if entity == "leads":
         errors += _check_pipeline(store, item, existing)
-    _, field_errors = validate_values(store.fields(entity),
-                                      item.get("custom_fields_values"))
+    _, field_errors = validate_values(
+        store.fields(entity), item.get("custom_fields_values")
+    )
     errors += field_errors
     embedded = item.get("_embedded")
     if embedded is not None:
         if not isinstance(embedded, dict):
-            errors.append(FieldError(INVALID_TYPE, "_embedded",
-                                     "This value should be of type object."))
+            errors.append(
+                FieldError(
+                    INVALID_TYPE, "_embedded", "This value should be of type object."
+                )
+            )
         else:
             ok_keys = embedded_allowed or EMBEDDED_KEYS[entity]
             for key in embedded:
                 if key not in ok_keys:
-                    errors.append(FieldError(NOT_EXPECTED, f"_embedded.{key}",
-                                             "This field was not expected."))
-            errors += check_tag_refs(store, entity, embedded.get("tags"),
-                                     "_embedded.tags")
+                    errors.append(
+                        FieldError(
+                            NOT_EXPECTED,
+                            f"_embedded.{key}",
+                            "This field was not expected.",
+                        )
+                    )
+            errors += check_tag_refs(
+                store, entity, embedded.get("tags"), "_embedded.tags"
+            )
             if creating:
                 for target in ("contacts", "companies"):
-                    if target in embedded and target in ok_keys and \
-                            embedded_allowed is None:
-                        errors += _check_refs(store, target, embedded[target],
-                                              f"_embedded.{target}")
+                    if (
+                        target in embedded
+                        and target in ok_keys
+                        and embedded_allowed is None
+                    ):
+                        errors += _check_refs(
+                            store, target, embedded[target], f"_embedded.{target}"
+                        )
     for key in ("tags_to_add", "tags_to_delete"):
         if key in item:
             errors += check_tag_refs(store, entity, item[key], key)
@@ -317,8 +395,13 @@ def _check_refs(store: Store, target: str, refs: Any, path: str) -> list[FieldEr
     for i, ref in enumerate(refs):
         ref_id = ref.get("id") if isinstance(ref, dict) else None
         if not is_int(ref_id) or ref_id not in store.entities(target):
-            errors.append(FieldError(NOT_SUPPORTED, f"{path}.{i}.id",
-                                     "The value you selected is not a valid choice."))
+            errors.append(
+                FieldError(
+                    NOT_SUPPORTED,
+                    f"{path}.{i}.id",
+                    "The value you selected is not a valid choice.",
+                )
+            )
     if target == "companies" and len(refs) > 1:
         errors.append(FieldError(INVALID_TYPE, path, "A lead has at most one company."))
     return errors
@@ -359,7 +442,9 @@ def resolve_status(
 
 def first_stage(pipeline: dict[str, Any]) -> int:
     """The first regular stage (type 0) of a pipeline, where new leads land."""
-    regular = [s for s in pipeline["statuses"] if s["type"] == 0 and s["id"] not in (WON, LOST)]
+    regular = [
+        s for s in pipeline["statuses"] if s["type"] == 0 and s["id"] not in (WON, LOST)
+    ]
     return sorted(regular, key=lambda s: s["sort"])[0]["id"]
 
 
@@ -380,11 +465,21 @@ def _check_pipeline(
         return []  # already reported as InvalidType
     pipeline_id, status_id = resolve_status(store, item, existing)
     if pipeline_id is None and pid is not None:
-        return [FieldError(NOT_SUPPORTED, "pipeline_id",
-                           "The value you selected is not a valid choice.")]
+        return [
+            FieldError(
+                NOT_SUPPORTED,
+                "pipeline_id",
+                "The value you selected is not a valid choice.",
+            )
+        ]
     if status_id is None:
-        return [FieldError(NOT_SUPPORTED, "status_id",
-                           "The value you selected is not a valid choice.")]
+        return [
+            FieldError(
+                NOT_SUPPORTED,
+                "status_id",
+                "The value you selected is not a valid choice.",
+            )
+        ]
     return []
 
 
@@ -409,9 +504,18 @@ def new_entity(store: Store, entity: str, ts: int) -> dict[str, Any]:
         "_tags": [],
     }
     if entity == "leads":
-        obj.update({"price": 0, "status_id": None, "pipeline_id": None,
-                    "loss_reason_id": None, "closed_at": None, "score": None,
-                    "labor_cost": None, "source_id": None})
+        obj.update(
+            {
+                "price": 0,
+                "status_id": None,
+                "pipeline_id": None,
+                "loss_reason_id": None,
+                "closed_at": None,
+                "score": None,
+                "labor_cost": None,
+                "source_id": None,
+            }
+        )
     if entity == "contacts":
         obj.update({"first_name": "", "last_name": "", "is_unsorted": False})
     return obj
@@ -429,11 +533,21 @@ def apply_item(
     ts = now()
     creating = existing is None
     obj = new_entity(store, entity, ts) if creating else existing
-    for key in ("name", "first_name", "last_name", "price", "responsible_user_id",
-                "loss_reason_id", "source_id"):
+    for key in (
+        "name",
+        "first_name",
+        "last_name",
+        "price",
+        "responsible_user_id",
+        "loss_reason_id",
+        "source_id",
+    ):
         if key in item and key in ENTITY_KEYS[entity]:
-            obj[key] = item[key] if item[key] is not None else (
-                0 if key == "price" else None if key != "name" else "")
+            obj[key] = (
+                item[key]
+                if item[key] is not None
+                else (0 if key == "price" else None if key != "name" else "")
+            )
     for key in ("created_by", "updated_by", "created_at", "updated_at", "closed_at"):
         if item.get(key) is not None and key in ENTITY_KEYS[entity]:
             if key == "created_at" and not creating:
@@ -443,8 +557,10 @@ def apply_item(
         obj["updated_at"] = ts
     if creating and "created_by" in item and "updated_by" not in item:
         obj["updated_by"] = item["created_by"]
-    if entity == "contacts" and not item.get("name") and (
-        "first_name" in item or "last_name" in item
+    if (
+        entity == "contacts"
+        and not item.get("name")
+        and ("first_name" in item or "last_name" in item)
     ):
         obj["name"] = " ".join(
             p for p in (obj.get("first_name"), obj.get("last_name")) if p
@@ -462,11 +578,15 @@ def apply_item(
             obj["closed_at"] = None
     updates, _ = validate_values(store.fields(entity), item.get("custom_fields_values"))
     if updates:
-        obj["custom_fields_values"] = apply_values(obj.get("custom_fields_values"),
-                                                   updates)
+        obj["custom_fields_values"] = apply_values(
+            obj.get("custom_fields_values"), updates
+        )
     embedded = item.get("_embedded") or {}
-    if "_embedded" in item and isinstance(item["_embedded"], dict) and \
-            "tags" in item["_embedded"]:
+    if (
+        "_embedded" in item
+        and isinstance(item["_embedded"], dict)
+        and "tags" in item["_embedded"]
+    ):
         # _embedded.tags replaces the whole set; null removes every tag.
         obj["_tags"] = resolve_tags(store, entity, embedded.get("tags") or [])
     if item.get("tags_to_add"):
@@ -498,14 +618,18 @@ def closest_task_at(store: Store, entity: str, entity_id: int) -> int | None:
     times = [
         t["complete_till"]
         for t in store.data["tasks"].values()
-        if t["entity_type"] == entity and t["entity_id"] == entity_id
+        if t["entity_type"] == entity
+        and t["entity_id"] == entity_id
         and not t["is_completed"]
     ]
     return min(times) if times else None
 
 
 def render(
-    store: Store, entity: str, obj: dict[str, Any], with_: set[str],
+    store: Store,
+    entity: str,
+    obj: dict[str, Any],
+    with_: set[str],
     link_fn: Callable[[str], dict[str, Any]],
 ) -> dict[str, Any]:
     """An entity as the API returns it."""
@@ -521,7 +645,8 @@ def render(
     companies = linked_ids(store, entity, obj["id"], "companies")
     if entity in ("leads", "contacts"):
         embedded["companies"] = [
-            {"id": c, "_links": link_fn(f"/api/v4/companies/{c}")} for c in companies[:1]
+            {"id": c, "_links": link_fn(f"/api/v4/companies/{c}")}
+            for c in companies[:1]
         ]
     if entity in ("leads", "companies") and "contacts" in with_:
         contacts = []

@@ -6,7 +6,8 @@ Also the HAL collection envelope with ``_page`` and ``_links`` (reference 0, 14)
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import urlencode
 
 from flask import request
@@ -32,7 +33,7 @@ def parse_nested(args: MultiDict[str, str], root: str) -> dict[str, Any]:
     for key, value in args.items(multi=True):
         if not key.startswith(root + "["):
             continue
-        parts = _BRACKETS.findall(key[len(root):])
+        parts = _BRACKETS.findall(key[len(root) :])
         if not parts:
             continue
         node: Any = out
@@ -202,7 +203,8 @@ def order_items(
         if field in allowed and isinstance(direction, str):
             reverse = direction.lower() == "desc"
             return sorted(
-                items, key=lambda i: (i.get(field) or 0, i.get("id") or 0),
+                items,
+                key=lambda i: (i.get(field) or 0, i.get("id") or 0),
                 reverse=reverse,
             )
     return items
@@ -219,8 +221,7 @@ def paging(max_limit: int = MAX_LIMIT, clamp: bool = False) -> tuple[int, int]:
         limit = int(request.args.get("limit", DEFAULT_LIMIT))
     except ValueError:
         raise ApiError(400, "page and limit must be integers") from None
-    if page < 1:
-        page = 1
+    page = max(page, 1)
     if limit < 1:
         raise ApiError(400, "limit must be at least 1")
     if limit > max_limit:
@@ -249,7 +250,7 @@ def envelope(
 ) -> dict[str, Any] | None:
     """The HAL page of ``items`` (already filtered), or None when it is empty."""
     start = (page - 1) * limit
-    chunk = items[start:start + limit]
+    chunk = items[start : start + limit]
     if not chunk:
         return None
     links: dict[str, Any] = {"self": {"href": page_url(page)}}

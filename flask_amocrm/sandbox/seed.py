@@ -46,20 +46,62 @@ SMART_ADDRESS_ENUMS = [
 # multitext PHONE/EMAIL on companies, so companies accept it too.
 ENTITY_FIELD_TYPES: dict[str, set[str]] = {
     "leads": {
-        "text", "numeric", "checkbox", "select", "multiselect", "date", "url",
-        "textarea", "radiobutton", "streetaddress", "smart_address", "birthday",
-        "legal_entity", "date_time", "tracking_data", "chained_list", "monetary",
+        "text",
+        "numeric",
+        "checkbox",
+        "select",
+        "multiselect",
+        "date",
+        "url",
+        "textarea",
+        "radiobutton",
+        "streetaddress",
+        "smart_address",
+        "birthday",
+        "legal_entity",
+        "date_time",
+        "tracking_data",
+        "chained_list",
+        "monetary",
         "file",
     },
     "contacts": {
-        "text", "numeric", "checkbox", "select", "multiselect", "multitext",
-        "date", "url", "textarea", "radiobutton", "streetaddress", "smart_address",
-        "birthday", "legal_entity", "date_time", "monetary", "file",
+        "text",
+        "numeric",
+        "checkbox",
+        "select",
+        "multiselect",
+        "multitext",
+        "date",
+        "url",
+        "textarea",
+        "radiobutton",
+        "streetaddress",
+        "smart_address",
+        "birthday",
+        "legal_entity",
+        "date_time",
+        "monetary",
+        "file",
     },
     "companies": {
-        "text", "numeric", "checkbox", "select", "multiselect", "multitext",
-        "date", "url", "textarea", "radiobutton", "streetaddress", "smart_address",
-        "birthday", "legal_entity", "date_time", "monetary", "file",
+        "text",
+        "numeric",
+        "checkbox",
+        "select",
+        "multiselect",
+        "multitext",
+        "date",
+        "url",
+        "textarea",
+        "radiobutton",
+        "streetaddress",
+        "smart_address",
+        "birthday",
+        "legal_entity",
+        "date_time",
+        "monetary",
+        "file",
     },
 }
 
@@ -73,12 +115,27 @@ TASK_TYPES = [
 def _rights(admin: bool) -> dict[str, Any]:
     letter = "A"
     return {
-        "leads": {"view": letter, "edit": letter, "add": letter, "delete": letter,
-                  "export": letter},
-        "contacts": {"view": letter, "edit": letter, "add": letter, "delete": letter,
-                     "export": letter},
-        "companies": {"view": letter, "edit": letter, "add": letter, "delete": letter,
-                      "export": letter},
+        "leads": {
+            "view": letter,
+            "edit": letter,
+            "add": letter,
+            "delete": letter,
+            "export": letter,
+        },
+        "contacts": {
+            "view": letter,
+            "edit": letter,
+            "add": letter,
+            "delete": letter,
+            "export": letter,
+        },
+        "companies": {
+            "view": letter,
+            "edit": letter,
+            "add": letter,
+            "delete": letter,
+            "export": letter,
+        },
         "tasks": {"edit": letter, "delete": letter},
         "mail_access": True,
         "catalog_access": True,
@@ -112,38 +169,80 @@ def _users() -> list[dict[str, Any]]:
 def _pipelines(now: int) -> list[dict[str, Any]]:
     def statuses(pid: int, first: int, names: list[str]) -> list[dict[str, Any]]:
         out = [
-            {"id": first, "name": "Неразобранное", "sort": 10, "is_editable": False,
-             "pipeline_id": pid, "color": "#c1c1c1", "type": 1,
-             "account_id": ACCOUNT_ID}
+            {
+                "id": first,
+                "name": "Неразобранное",
+                "sort": 10,
+                "is_editable": False,
+                "pipeline_id": pid,
+                "color": "#c1c1c1",
+                "type": 1,
+                "account_id": ACCOUNT_ID,
+            }
         ]
         colors = ["#99ccff", "#ffff99", "#ffcc66", "#deff81", "#87f2c0"]
         for i, name in enumerate(names):
             out.append(
-                {"id": first + 1 + i, "name": name, "sort": 20 + 10 * i,
-                 "is_editable": True, "pipeline_id": pid,
-                 "color": colors[i % len(colors)], "type": 0,
-                 "account_id": ACCOUNT_ID}
+                {
+                    "id": first + 1 + i,
+                    "name": name,
+                    "sort": 20 + 10 * i,
+                    "is_editable": True,
+                    "pipeline_id": pid,
+                    "color": colors[i % len(colors)],
+                    "type": 0,
+                    "account_id": ACCOUNT_ID,
+                }
             )
         out.append(
-            {"id": 142, "name": "Успешно реализовано", "sort": 10000,
-             "is_editable": False, "pipeline_id": pid, "color": "#CCFF66",
-             "type": 0, "account_id": ACCOUNT_ID}
+            {
+                "id": 142,
+                "name": "Успешно реализовано",
+                "sort": 10000,
+                "is_editable": False,
+                "pipeline_id": pid,
+                "color": "#CCFF66",
+                "type": 0,
+                "account_id": ACCOUNT_ID,
+            }
         )
         out.append(
-            {"id": 143, "name": "Закрыто и не реализовано", "sort": 11000,
-             "is_editable": False, "pipeline_id": pid, "color": "#D5D8DB",
-             "type": 0, "account_id": ACCOUNT_ID}
+            {
+                "id": 143,
+                "name": "Закрыто и не реализовано",
+                "sort": 11000,
+                "is_editable": False,
+                "pipeline_id": pid,
+                "color": "#D5D8DB",
+                "type": 0,
+                "account_id": ACCOUNT_ID,
+            }
         )
         return out
 
     return [
-        {"id": 7000001, "name": "Sales", "sort": 1, "is_main": True,
-         "is_unsorted_on": True, "is_archive": False, "account_id": ACCOUNT_ID,
-         "statuses": statuses(7000001, 7100001,
-                              ["New", "Qualified", "Proposal", "Negotiation"])},
-        {"id": 7000002, "name": "Partners", "sort": 2, "is_main": False,
-         "is_unsorted_on": True, "is_archive": False, "account_id": ACCOUNT_ID,
-         "statuses": statuses(7000002, 7200001, ["First contact", "Contract"])},
+        {
+            "id": 7000001,
+            "name": "Sales",
+            "sort": 1,
+            "is_main": True,
+            "is_unsorted_on": True,
+            "is_archive": False,
+            "account_id": ACCOUNT_ID,
+            "statuses": statuses(
+                7000001, 7100001, ["New", "Qualified", "Proposal", "Negotiation"]
+            ),
+        },
+        {
+            "id": 7000002,
+            "name": "Partners",
+            "sort": 2,
+            "is_main": False,
+            "is_unsorted_on": True,
+            "is_archive": False,
+            "account_id": ACCOUNT_ID,
+            "statuses": statuses(7000002, 7200001, ["First contact", "Contract"]),
+        },
     ]
 
 
@@ -231,20 +330,44 @@ def _one_of_each(ids: _Ids, entity: str, start_sort: int) -> list[dict[str, Any]
         out.append(make_field(ids, entity, f"{label} {name}", type_, sort=sort))
         sort += 1
     out.append(
-        make_field(ids, entity, "Delivery type", "select", sort=sort + 1,
-                   enums=[("Courier", None), ("Pickup", None), ("Post", None)])
+        make_field(
+            ids,
+            entity,
+            "Delivery type",
+            "select",
+            sort=sort + 1,
+            enums=[("Courier", None), ("Pickup", None), ("Post", None)],
+        )
     )
     out.append(
-        make_field(ids, entity, "Interests", "multiselect", sort=sort + 2,
-                   enums=[("Windows", None), ("Doors", None), ("Roofs", None)])
+        make_field(
+            ids,
+            entity,
+            "Interests",
+            "multiselect",
+            sort=sort + 2,
+            enums=[("Windows", None), ("Doors", None), ("Roofs", None)],
+        )
     )
     out.append(
-        make_field(ids, entity, "Preferred contact", "radiobutton", sort=sort + 3,
-                   enums=[("Phone", None), ("E-mail", None), ("Messenger", None)])
+        make_field(
+            ids,
+            entity,
+            "Preferred contact",
+            "radiobutton",
+            sort=sort + 3,
+            enums=[("Phone", None), ("E-mail", None), ("Messenger", None)],
+        )
     )
     out.append(
-        make_field(ids, entity, f"{label} address", "smart_address", sort=sort + 4,
-                   enums=[(c, c) for c in SMART_ADDRESS_ENUMS])
+        make_field(
+            ids,
+            entity,
+            f"{label} address",
+            "smart_address",
+            sort=sort + 4,
+            enums=[(c, c) for c in SMART_ADDRESS_ENUMS],
+        )
     )
     if entity == "leads":
         out.append(
@@ -256,28 +379,81 @@ def _one_of_each(ids: _Ids, entity: str, start_sort: int) -> list[dict[str, Any]
 def _custom_fields() -> dict[str, list[dict[str, Any]]]:
     ids = _Ids()
     contacts = [
-        make_field(ids, "contacts", "Телефон", "multitext", code="PHONE",
-                   enums=[(c, c) for c in PHONE_ENUMS], sort=4, predefined=True),
-        make_field(ids, "contacts", "Email", "multitext", code="EMAIL",
-                   enums=[(c, c) for c in EMAIL_ENUMS], sort=6, predefined=True),
-        make_field(ids, "contacts", "Должность", "text", code="POSITION", sort=2,
-                   predefined=True),
+        make_field(
+            ids,
+            "contacts",
+            "Телефон",
+            "multitext",
+            code="PHONE",
+            enums=[(c, c) for c in PHONE_ENUMS],
+            sort=4,
+            predefined=True,
+        ),
+        make_field(
+            ids,
+            "contacts",
+            "Email",
+            "multitext",
+            code="EMAIL",
+            enums=[(c, c) for c in EMAIL_ENUMS],
+            sort=6,
+            predefined=True,
+        ),
+        make_field(
+            ids,
+            "contacts",
+            "Должность",
+            "text",
+            code="POSITION",
+            sort=2,
+            predefined=True,
+        ),
     ]
     contacts += _one_of_each(ids, "contacts", 100)
     companies = [
-        make_field(ids, "companies", "Телефон", "multitext", code="PHONE",
-                   enums=[(c, c) for c in PHONE_ENUMS], sort=4, predefined=True),
-        make_field(ids, "companies", "Email", "multitext", code="EMAIL",
-                   enums=[(c, c) for c in EMAIL_ENUMS], sort=6, predefined=True),
-        make_field(ids, "companies", "Web", "url", code="WEB", sort=8,
-                   predefined=True),
-        make_field(ids, "companies", "Адрес", "textarea", code="ADDRESS", sort=10,
-                   predefined=True),
+        make_field(
+            ids,
+            "companies",
+            "Телефон",
+            "multitext",
+            code="PHONE",
+            enums=[(c, c) for c in PHONE_ENUMS],
+            sort=4,
+            predefined=True,
+        ),
+        make_field(
+            ids,
+            "companies",
+            "Email",
+            "multitext",
+            code="EMAIL",
+            enums=[(c, c) for c in EMAIL_ENUMS],
+            sort=6,
+            predefined=True,
+        ),
+        make_field(ids, "companies", "Web", "url", code="WEB", sort=8, predefined=True),
+        make_field(
+            ids,
+            "companies",
+            "Адрес",
+            "textarea",
+            code="ADDRESS",
+            sort=10,
+            predefined=True,
+        ),
     ]
     companies += _one_of_each(ids, "companies", 100)
     leads = [
-        make_field(ids, "leads", code.lower(), "tracking_data", code=code,
-                   sort=1000 + i, predefined=True, api_only=True)
+        make_field(
+            ids,
+            "leads",
+            code.lower(),
+            "tracking_data",
+            code=code,
+            sort=1000 + i,
+            predefined=True,
+            api_only=True,
+        )
         for i, code in enumerate(TRACKING_CODES)
     ]
     leads += _one_of_each(ids, "leads", 100)

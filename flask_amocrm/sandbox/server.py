@@ -48,7 +48,10 @@ class SandboxServer:
         if self._server is not None:
             return self
         self._server = make_server(
-            self.host, self.port, self.app, threaded=True,
+            self.host,
+            self.port,
+            self.app,
+            threaded=True,
             request_handler=_QuietHandler,
         )
         self._thread = threading.Thread(
@@ -84,7 +87,9 @@ class SandboxServer:
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
-            self.url + path, data=data, method=method,
+            self.url + path,
+            data=data,
+            method=method,
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=30) as resp:

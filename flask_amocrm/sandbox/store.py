@@ -101,7 +101,7 @@ class Store:
         return int(self.data["account"]["id"])
 
     def entities(self, entity: str) -> dict[int, dict[str, Any]]:
-        """The id → object map of ``leads``, ``contacts``, ``companies`` or ``tasks``."""
+        """The id → object map of leads, contacts, companies or tasks."""
         return self.data[entity]
 
     def user(self, user_id: Any) -> dict[str, Any] | None:

@@ -38,18 +38,29 @@ TOO_MANY = "Count"
 LEAD_EMBEDDED = {"tags", "contacts", "companies", "metadata", "source"}
 
 
-def _check_sub(
-    s: Store, entity: str, sub: Any, prefix: str
-) -> list[FieldError]:
+def _check_sub(s: Store, entity: str, sub: Any, prefix: str) -> list[FieldError]:
     """A contact or company inside a complex lead: ``{id}`` or a full object."""
     if not isinstance(sub, dict):
-        return [FieldError(INVALID_TYPE, prefix, "This value should be of type object.")]
+        return [
+            FieldError(INVALID_TYPE, prefix, "This value should be of type object.")
+        ]
     if "id" in sub:
         if not is_int(sub["id"]) or sub["id"] not in s.entities(entity):
-            return [FieldError(NOT_SUPPORTED, f"{prefix}.id",
-                               "The value you selected is not a valid choice.")]
-        errors = check_item(s, entity, sub, existing=s.entities(entity)[sub["id"]],
-                            creating=False, embedded_allowed={"tags"})
+            return [
+                FieldError(
+                    NOT_SUPPORTED,
+                    f"{prefix}.id",
+                    "The value you selected is not a valid choice.",
+                )
+            ]
+        errors = check_item(
+            s,
+            entity,
+            sub,
+            existing=s.entities(entity)[sub["id"]],
+            creating=False,
+            embedded_allowed={"tags"},
+        )
     else:
         errors = check_item(s, entity, sub, embedded_allowed={"tags"})
     for err in errors:
@@ -61,8 +72,13 @@ def _count_values(item: dict[str, Any], prefix: str = "") -> list[FieldError]:
     values = item.get("custom_fields_values")
     if isinstance(values, list) and len(values) > MAX_VALUES:
         path = f"{prefix}.custom_fields_values" if prefix else "custom_fields_values"
-        return [FieldError(TOO_MANY, path,
-                           f"This collection should contain {MAX_VALUES} elements or less.")]
+        return [
+            FieldError(
+                TOO_MANY,
+                path,
+                f"This collection should contain {MAX_VALUES} elements or less.",
+            )
+        ]
     return []
 
 
@@ -79,20 +95,35 @@ def _check_lead(s: Store, item: Any) -> list[FieldError]:
         if group is None:
             continue
         if not isinstance(group, list):
-            errors.append(FieldError(INVALID_TYPE, f"_embedded.{entity}",
-                                     "This value should be of type array."))
+            errors.append(
+                FieldError(
+                    INVALID_TYPE,
+                    f"_embedded.{entity}",
+                    "This value should be of type array.",
+                )
+            )
             continue
         if len(group) > 1:
-            errors.append(FieldError(TOO_MANY, f"_embedded.{entity}",
-                                     "This collection should contain 1 element or less."))
+            errors.append(
+                FieldError(
+                    TOO_MANY,
+                    f"_embedded.{entity}",
+                    "This collection should contain 1 element or less.",
+                )
+            )
         for i, sub in enumerate(group[:1]):
             errors += _check_sub(s, entity, sub, f"_embedded.{entity}.{i}")
     metadata = embedded.get("metadata")
     if metadata is not None:
         category = metadata.get("category") if isinstance(metadata, dict) else None
         if category not in ("forms", "sip"):
-            errors.append(FieldError(NOT_SUPPORTED, "_embedded.metadata.category",
-                                     "The value you selected is not a valid choice."))
+            errors.append(
+                FieldError(
+                    NOT_SUPPORTED,
+                    "_embedded.metadata.category",
+                    "The value you selected is not a valid choice.",
+                )
+            )
         else:
             errors += check_metadata(category, metadata, "_embedded.metadata")
     return errors
@@ -123,8 +154,9 @@ def _field_codes(s: Store, entity: str, item: dict[str, Any]) -> dict[str, Any]:
     for cfv in item.get("custom_fields_values") or []:
         cfv = dict(cfv)
         if cfv.get("field_code") is None:
-            field = next((f for f in s.fields(entity) if f["id"] == cfv.get("field_id")),
-                         None)
+            field = next(
+                (f for f in s.fields(entity) if f["id"] == cfv.get("field_id")), None
+            )
             cfv["field_code"] = field["code"] if field else None
         values.append(cfv)
     out["custom_fields_values"] = values
@@ -200,8 +232,12 @@ def _apply(
     merged = False
     contact = company = lead = None
 
-    if contact_sub is not None and "id" not in contact_sub and duplicate_control \
-            and metadata is None:
+    if (
+        contact_sub is not None
+        and "id" not in contact_sub
+        and duplicate_control
+        and metadata is None
+    ):
         contact = _find_duplicate(s, contact_sub, existing_contacts)
         if contact is not None:
             merged = True
@@ -240,8 +276,9 @@ def _apply(
     if "source" in embedded:
         lead["_source"] = embedded["source"]
     if contact is not None:
-        add_link(s, "leads", lead["id"], "contacts", contact["id"],
-                 {"main_contact": True})
+        add_link(
+            s, "leads", lead["id"], "contacts", contact["id"], {"main_contact": True}
+        )
     if company is not None:
         add_link(s, "leads", lead["id"], "companies", company["id"])
         if contact is not None:
@@ -251,7 +288,8 @@ def _apply(
             contact["is_unsorted"] = True
         category = metadata.get("category", "forms")
         create_unsorted(
-            s, category,
+            s,
+            category,
             source_uid=str(metadata.get("form_id") or metadata.get("uniq") or "api"),
             source_name=str(metadata.get("form_name") or "API"),
             pipeline_id=lead["pipeline_id"],

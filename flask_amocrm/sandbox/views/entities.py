@@ -1,4 +1,4 @@
-"""``/api/v4/{leads,contacts,companies}``: list, get, create, update (reference 2, 3)."""
+"""``/api/v4/{leads,contacts,companies}``: list, get, create, update (ref. 2, 3)."""
 
 from __future__ import annotations
 
@@ -37,8 +37,17 @@ bp = Blueprint("sandbox_entities", __name__, url_prefix="/api/v4")
 
 ENTITY = "<any(leads, contacts, companies):entity>"
 SIMPLE_FILTERS = {
-    "id", "name", "price", "created_at", "updated_at", "closed_at", "created_by",
-    "updated_by", "responsible_user_id", "pipeline_id", "status_id",
+    "id",
+    "name",
+    "price",
+    "created_at",
+    "updated_at",
+    "closed_at",
+    "created_by",
+    "updated_by",
+    "responsible_user_id",
+    "pipeline_id",
+    "status_id",
 }
 
 
@@ -49,8 +58,9 @@ def _statuses_filter(item: dict[str, Any], wanted: Any) -> bool:
     for option in options:
         if not isinstance(option, dict):
             continue
-        if match_value(item.get("pipeline_id"), option.get("pipeline_id")) and \
-                match_value(item.get("status_id"), option.get("status_id")):
+        if match_value(
+            item.get("pipeline_id"), option.get("pipeline_id")
+        ) and match_value(item.get("status_id"), option.get("status_id")):
             return True
     return False
 
@@ -74,11 +84,14 @@ def list_page(entity: str, items: list[dict[str, Any]], with_: set[str]) -> Resp
         items = [o for o in items if text_matches(o, query)]
     filters = parse_nested(request.args, "filter")
     items = apply_filters(
-        items, filters, SIMPLE_FILTERS,
+        items,
+        filters,
+        SIMPLE_FILTERS,
         {"statuses": _statuses_filter, "custom_fields_values": match_custom_fields},
     )
-    items = order_items(items, parse_nested(request.args, "order"),
-                        ("created_at", "updated_at", "id"))
+    items = order_items(
+        items, parse_nested(request.args, "order"), ("created_at", "updated_at", "id")
+    )
     body = envelope(entity, items, page, limit)
     if body is None:
         return no_content()
@@ -127,16 +140,18 @@ def create_entities(entity: str) -> Response:
     items = json_array()
     with s.lock:
         rids = [request_id(item, i) for i, item in enumerate(items)]
-        raise_if_errors([
-            (rid, check_item(s, entity, item)) for rid, item in zip(rids, items)
-        ])
+        raise_if_errors(
+            [(rid, check_item(s, entity, item)) for rid, item in zip(rids, items)]
+        )
         created = [apply_item(s, entity, item) for item in items]
-        return hal({
-            "_links": {"self": {"href": f"{base_url()}/api/v4/{entity}"}},
-            "_embedded": {
-                entity: [_created(entity, o, rid) for o, rid in zip(created, rids)]
-            },
-        })
+        return hal(
+            {
+                "_links": {"self": {"href": f"{base_url()}/api/v4/{entity}"}},
+                "_embedded": {
+                    entity: [_created(entity, o, rid) for o, rid in zip(created, rids)]
+                },
+            }
+        )
 
 
 def _updated(entity: str, obj: dict[str, Any], rid: str | None) -> dict[str, Any]:
@@ -160,24 +175,35 @@ def update_entities(entity: str) -> Response:
             obj = None
             errors: list[FieldError] = []
             if not isinstance(item, dict) or item.get("id") is None:
-                errors.append(FieldError(NOT_BLANK, "id", "This value should not be blank."))
+                errors.append(
+                    FieldError(NOT_BLANK, "id", "This value should not be blank.")
+                )
             else:
                 obj = s.entities(entity).get(item["id"]) if is_int(item["id"]) else None
                 if obj is None or obj.get("is_deleted"):
-                    errors.append(FieldError(NOT_SUPPORTED, "id",
-                                             "The value you selected is not a valid choice."))
+                    errors.append(
+                        FieldError(
+                            NOT_SUPPORTED,
+                            "id",
+                            "The value you selected is not a valid choice.",
+                        )
+                    )
                 else:
                     errors += check_item(s, entity, item, existing=obj, creating=False)
             checked.append((rid, errors))
             targets.append(obj)
         raise_if_errors(checked)
-        updated = [apply_item(s, entity, item, obj) for item, obj in zip(items, targets)]
-        return hal({
-            "_links": {"self": {"href": f"{base_url()}/api/v4/{entity}"}},
-            "_embedded": {
-                entity: [_updated(entity, o, rid) for o, rid in zip(updated, rids)]
-            },
-        })
+        updated = [
+            apply_item(s, entity, item, obj) for item, obj in zip(items, targets)
+        ]
+        return hal(
+            {
+                "_links": {"self": {"href": f"{base_url()}/api/v4/{entity}"}},
+                "_embedded": {
+                    entity: [_updated(entity, o, rid) for o, rid in zip(updated, rids)]
+                },
+            }
+        )
 
 
 @bp.patch(f"/{ENTITY}/<int:entity_id>")
@@ -190,8 +216,14 @@ def update_entity(entity: str, entity_id: int) -> Response:
         if obj is None or obj.get("is_deleted"):
             raise ApiError(404, f"{entity[:-1].capitalize()} not found")
         item = {k: v for k, v in item.items() if k != "id"}
-        raise_if_errors([(request_id(item, 0),
-                          check_item(s, entity, item, existing=obj, creating=False))])
+        raise_if_errors(
+            [
+                (
+                    request_id(item, 0),
+                    check_item(s, entity, item, existing=obj, creating=False),
+                )
+            ]
+        )
         apply_item(s, entity, item, obj)
         return hal(_updated(entity, obj, None))
 

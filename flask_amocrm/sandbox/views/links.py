@@ -11,7 +11,15 @@ from ..fields import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, NOT_SUPPORTED
 from ..records import LINKABLE, add_link, is_int, links_of, remove_link
 from ..search import match_value, parse_nested
 from ..store import Store
-from .common import hal, json_array, link, no_content, raise_if_errors, request_id, store
+from .common import (
+    hal,
+    json_array,
+    link,
+    no_content,
+    raise_if_errors,
+    request_id,
+    store,
+)
 
 bp = Blueprint("sandbox_links", __name__, url_prefix="/api/v4")
 ENTITY = "<any(leads, contacts, companies):entity>"
@@ -26,27 +34,47 @@ def _entity_exists(s: Store, entity: str, entity_id: Any) -> bool:
 def _check(s: Store, entity: str, item: Any, mass: bool) -> list[FieldError]:
     if not isinstance(item, dict):
         return [FieldError(INVALID_TYPE, "", "This value should be of type object.")]
-    errors = [FieldError(NOT_EXPECTED, k, "This field was not expected.")
-              for k in item if k not in LINK_KEYS or (k == "entity_id" and not mass)]
+    errors = [
+        FieldError(NOT_EXPECTED, k, "This field was not expected.")
+        for k in item
+        if k not in LINK_KEYS or (k == "entity_id" and not mass)
+    ]
     if mass:
         if item.get("entity_id") is None:
-            errors.append(FieldError(NOT_BLANK, "entity_id",
-                                     "This value should not be blank."))
+            errors.append(
+                FieldError(NOT_BLANK, "entity_id", "This value should not be blank.")
+            )
         elif not _entity_exists(s, entity, item["entity_id"]):
-            errors.append(FieldError(NOT_SUPPORTED, "entity_id",
-                                     "The value you selected is not a valid choice."))
+            errors.append(
+                FieldError(
+                    NOT_SUPPORTED,
+                    "entity_id",
+                    "The value you selected is not a valid choice.",
+                )
+            )
     to_type = item.get("to_entity_type")
     if to_type not in LINKABLE[entity]:
         # Catalog elements and customers are not part of the sandbox.
-        errors.append(FieldError(NOT_SUPPORTED, "to_entity_type",
-                                 "The value you selected is not a valid choice."))
+        errors.append(
+            FieldError(
+                NOT_SUPPORTED,
+                "to_entity_type",
+                "The value you selected is not a valid choice.",
+            )
+        )
     elif not _entity_exists(s, to_type, item.get("to_entity_id")):
-        errors.append(FieldError(NOT_SUPPORTED, "to_entity_id",
-                                 "The value you selected is not a valid choice."))
+        errors.append(
+            FieldError(
+                NOT_SUPPORTED,
+                "to_entity_id",
+                "The value you selected is not a valid choice.",
+            )
+        )
     metadata = item.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
-        errors.append(FieldError(INVALID_TYPE, "metadata",
-                                 "This value should be of type object."))
+        errors.append(
+            FieldError(INVALID_TYPE, "metadata", "This value should be of type object.")
+        )
     return errors
 
 
@@ -57,25 +85,46 @@ def _do(entity: str, entity_id: int | None, unlink: bool) -> Response:
         if entity_id is not None and not _entity_exists(s, entity, entity_id):
             raise ApiError(404, "Entity not found")
         rids = [request_id(item, i) for i, item in enumerate(items)]
-        raise_if_errors([(rid, _check(s, entity, item, entity_id is None))
-                         for rid, item in zip(rids, items)])
+        raise_if_errors(
+            [
+                (rid, _check(s, entity, item, entity_id is None))
+                for rid, item in zip(rids, items)
+            ]
+        )
         out = []
         for item in items:
             eid = entity_id if entity_id is not None else item["entity_id"]
             if unlink:
-                remove_link(s, entity, eid, item["to_entity_type"], item["to_entity_id"])
+                remove_link(
+                    s, entity, eid, item["to_entity_type"], item["to_entity_id"]
+                )
                 continue
-            forward = add_link(s, entity, eid, item["to_entity_type"],
-                               item["to_entity_id"], item.get("metadata"))
-            out.append({"entity_id": eid, "entity_type": entity,
-                        "to_entity_id": forward["to_entity_id"],
-                        "to_entity_type": forward["to_entity_type"],
-                        "metadata": dict(forward["metadata"]) or None})
+            forward = add_link(
+                s,
+                entity,
+                eid,
+                item["to_entity_type"],
+                item["to_entity_id"],
+                item.get("metadata"),
+            )
+            out.append(
+                {
+                    "entity_id": eid,
+                    "entity_type": entity,
+                    "to_entity_id": forward["to_entity_id"],
+                    "to_entity_type": forward["to_entity_type"],
+                    "metadata": dict(forward["metadata"]) or None,
+                }
+            )
         if unlink:
             return no_content()
-        return hal({"_total_items": len(out),
-                    "_links": link(request.path),
-                    "_embedded": {"links": out}})
+        return hal(
+            {
+                "_total_items": len(out),
+                "_links": link(request.path),
+                "_embedded": {"links": out},
+            }
+        )
 
 
 @bp.post(f"/{ENTITY}/<int:entity_id>/link")
@@ -103,9 +152,13 @@ def unlink_mass(entity: str) -> Response:
 
 
 def _render(entity: str, entity_id: int, lk: dict[str, Any]) -> dict[str, Any]:
-    return {"entity_id": entity_id, "entity_type": entity,
-            "to_entity_id": lk["to_entity_id"], "to_entity_type": lk["to_entity_type"],
-            "metadata": dict(lk["metadata"]) or None}
+    return {
+        "entity_id": entity_id,
+        "entity_type": entity,
+        "to_entity_id": lk["to_entity_id"],
+        "to_entity_type": lk["to_entity_type"],
+        "metadata": dict(lk["metadata"]) or None,
+    }
 
 
 def _filtered(entity: str, ids: list[int]) -> Response:
@@ -115,16 +168,23 @@ def _filtered(entity: str, ids: list[int]) -> Response:
     for entity_id in ids:
         for lk in links_of(s, entity, entity_id):
             if "to_entity_type" in filters and not match_value(
-                    lk["to_entity_type"], filters["to_entity_type"]):
+                lk["to_entity_type"], filters["to_entity_type"]
+            ):
                 continue
             if "to_entity_id" in filters and not match_value(
-                    lk["to_entity_id"], filters["to_entity_id"]):
+                lk["to_entity_id"], filters["to_entity_id"]
+            ):
                 continue
             out.append(_render(entity, entity_id, lk))
     if not out:
         return no_content()
-    return hal({"_total_items": len(out), "_links": link(request.path),
-                "_embedded": {"links": out}})
+    return hal(
+        {
+            "_total_items": len(out),
+            "_links": link(request.path),
+            "_embedded": {"links": out},
+        }
+    )
 
 
 @bp.get(f"/{ENTITY}/<int:entity_id>/links")

@@ -10,8 +10,15 @@ from flask import Blueprint, Response, request
 from ..errors import ApiError, FieldError
 from ..fields import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, NOT_SUPPORTED
 from ..records import ENTITIES
+from ..search import (
+    apply_filters,
+    envelope,
+    order_items,
+    paging,
+    parse_nested,
+    with_options,
+)
 from ..seed import ENTITY_FIELD_TYPES, make_field
-from ..search import apply_filters, envelope, order_items, paging, parse_nested, with_options
 from .common import (
     base_url,
     hal,
@@ -26,9 +33,19 @@ from .common import (
 bp = Blueprint("sandbox_meta", __name__, url_prefix="/api/v4")
 ENTITY = "<any(leads, contacts, companies):entity>"
 FIELDS_PER_PAGE = 50
-ACCOUNT_WITH = {"amojo_id", "amojo_rights", "users_groups", "task_types", "version",
-                "entity_names", "datetime_settings", "drive_url", "uuid",
-                "invoices_settings", "is_api_filter_enabled"}
+ACCOUNT_WITH = {
+    "amojo_id",
+    "amojo_rights",
+    "users_groups",
+    "task_types",
+    "version",
+    "entity_names",
+    "datetime_settings",
+    "drive_url",
+    "uuid",
+    "invoices_settings",
+    "is_api_filter_enabled",
+}
 
 
 @bp.get("/account")
@@ -38,7 +55,9 @@ def account() -> Response:
     with_ = with_options()
     with s.lock:
         data = dict(s.data["account"])
-        out = {k: v for k, v in data.items() if k not in ("amojo_id", "uuid", "version")}
+        out = {
+            k: v for k, v in data.items() if k not in ("amojo_id", "uuid", "version")
+        }
         embedded: dict[str, Any] = {}
         for key in ("amojo_id", "uuid", "version"):
             if key in with_:
@@ -59,9 +78,13 @@ def account() -> Response:
             }
         if "datetime_settings" in with_:
             embedded["datetime_settings"] = {
-                "date_pattern": "d.m.Y H:i", "short_date_pattern": "d.m.Y",
-                "short_time_pattern": "H:i", "date_format": "d.m.Y",
-                "time_format": "H:i:s", "timezone": "UTC", "timezone_offset": "+00:00",
+                "date_pattern": "d.m.Y H:i",
+                "short_date_pattern": "d.m.Y",
+                "short_time_pattern": "H:i",
+                "date_format": "d.m.Y",
+                "time_format": "H:i:s",
+                "timezone": "UTC",
+                "timezone_offset": "+00:00",
             }
         if "invoices_settings" in with_:
             embedded["invoices_settings"] = {"lang": "ru", "invoices_catalog_id": None}
@@ -90,8 +113,14 @@ def users() -> Response:
     with s.lock:
         page, limit = paging()
         with_ = with_options()
-        body = envelope("users", [_user(u, with_) for u in s.data["users"]], page, limit,
-                        total=True, page_count=True)
+        body = envelope(
+            "users",
+            [_user(u, with_) for u in s.data["users"]],
+            page,
+            limit,
+            total=True,
+            page_count=True,
+        )
         if body is None:
             return no_content()
         return hal(body)
@@ -129,11 +158,13 @@ def pipelines() -> Response:
     s = store()
     with s.lock:
         items = [_pipeline(p) for p in s.data["pipelines"]]
-        return hal({
-            "_total_items": len(items),
-            "_links": link("/api/v4/leads/pipelines"),
-            "_embedded": {"pipelines": items},
-        })
+        return hal(
+            {
+                "_total_items": len(items),
+                "_links": link("/api/v4/leads/pipelines"),
+                "_embedded": {"pipelines": items},
+            }
+        )
 
 
 def _find_pipeline(pipeline_id: int) -> dict[str, Any]:
@@ -159,11 +190,13 @@ def statuses(pipeline_id: int) -> Response:
         if "descriptions" in with_options():
             for st in items:
                 st["descriptions"] = []
-        return hal({
-            "_total_items": len(items),
-            "_links": link(f"/api/v4/leads/pipelines/{pipeline_id}/statuses"),
-            "_embedded": {"statuses": items},
-        })
+        return hal(
+            {
+                "_total_items": len(items),
+                "_links": link(f"/api/v4/leads/pipelines/{pipeline_id}/statuses"),
+                "_embedded": {"statuses": items},
+            }
+        )
 
 
 @bp.get("/leads/pipelines/<int:pipeline_id>/statuses/<int:status_id>")
@@ -213,23 +246,50 @@ def custom_field(entity: str, field_id: int) -> Response:
         raise ApiError(404, "Custom field not found")
 
 
-FIELD_KEYS = {"name", "type", "code", "sort", "enums", "is_api_only", "is_required",
-              "is_visible", "group_id", "settings", "remind", "currency",
-              "required_statuses", "tracking_callback", "request_id", "search_in"}
-ENUM_TYPES = {"select", "multiselect", "radiobutton", "multitext", "smart_address",
-              "category"}
+FIELD_KEYS = {
+    "name",
+    "type",
+    "code",
+    "sort",
+    "enums",
+    "is_api_only",
+    "is_required",
+    "is_visible",
+    "group_id",
+    "settings",
+    "remind",
+    "currency",
+    "required_statuses",
+    "tracking_callback",
+    "request_id",
+    "search_in",
+}
+ENUM_TYPES = {
+    "select",
+    "multiselect",
+    "radiobutton",
+    "multitext",
+    "smart_address",
+    "category",
+}
 
 
 def _check_field(entity: str, item: Any, taken: set[str]) -> list[FieldError]:
     if not isinstance(item, dict):
         return [FieldError(INVALID_TYPE, "", "This value should be of type object.")]
-    errors = [FieldError(NOT_EXPECTED, k, "This field was not expected.")
-              for k in item if k not in FIELD_KEYS]
+    errors = [
+        FieldError(NOT_EXPECTED, k, "This field was not expected.")
+        for k in item
+        if k not in FIELD_KEYS
+    ]
     if not isinstance(item.get("name"), str) or not item["name"].strip():
         errors.append(FieldError(NOT_BLANK, "name", "This value should not be blank."))
     if item.get("type") not in ENTITY_FIELD_TYPES[entity]:
-        errors.append(FieldError(NOT_SUPPORTED, "type",
-                                 "The value you selected is not a valid choice."))
+        errors.append(
+            FieldError(
+                NOT_SUPPORTED, "type", "The value you selected is not a valid choice."
+            )
+        )
     code = item.get("code")
     if code is not None and (not isinstance(code, str) or code in taken):
         errors.append(FieldError(NOT_SUPPORTED, "code", "This code is already used."))
@@ -240,8 +300,13 @@ def _check_field(entity: str, item: Any, taken: set[str]) -> list[FieldError]:
         else:
             for i, enum in enumerate(enums):
                 if not isinstance(enum, dict) or not isinstance(enum.get("value"), str):
-                    errors.append(FieldError(INVALID_TYPE, f"enums.{i}.value",
-                                             "This value should be of type string."))
+                    errors.append(
+                        FieldError(
+                            INVALID_TYPE,
+                            f"enums.{i}.value",
+                            "This value should be of type string.",
+                        )
+                    )
     elif enums is not None:
         errors.append(FieldError(NOT_EXPECTED, "enums", "This field was not expected."))
     return errors
@@ -267,26 +332,37 @@ def create_custom_fields(entity: str) -> Response:
     with s.lock:
         taken = {f["code"] for f in s.fields(entity) if f["code"]}
         rids = [request_id(item, i) for i, item in enumerate(items)]
-        raise_if_errors([(rid, _check_field(entity, item, taken))
-                         for rid, item in zip(rids, items)])
+        raise_if_errors(
+            [(rid, _check_field(entity, item, taken)) for rid, item in zip(rids, items)]
+        )
         out = []
         for rid, item in zip(rids, items):
             enums = None
             if item.get("enums"):
                 enums = [(e["value"], e.get("code")) for e in item["enums"]]
-            field = make_field(_Ids(s), entity, item["name"].strip(), item["type"],
-                               code=item.get("code"), enums=enums,
-                               sort=int(item.get("sort") or 500),
-                               api_only=bool(item.get("is_api_only")))
+            field = make_field(
+                _Ids(s),
+                entity,
+                item["name"].strip(),
+                item["type"],
+                code=item.get("code"),
+                enums=enums,
+                sort=int(item.get("sort") or 500),
+                api_only=bool(item.get("is_api_only")),
+            )
             field["is_required"] = bool(item.get("is_required"))
             s.fields(entity).append(field)
             rendered = _field(field)
             rendered["request_id"] = rid
             out.append(rendered)
         s.touch()
-        return hal({"_total_items": len(out),
-                    "_links": link(f"/api/v4/{entity}/custom_fields"),
-                    "_embedded": {"custom_fields": out}})
+        return hal(
+            {
+                "_total_items": len(out),
+                "_links": link(f"/api/v4/{entity}/custom_fields"),
+                "_embedded": {"custom_fields": out},
+            }
+        )
 
 
-__all__ = ["bp", "ENTITIES"]
+__all__ = ["ENTITIES", "bp"]

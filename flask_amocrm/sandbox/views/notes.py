@@ -29,10 +29,14 @@ ENTITY = "<any(leads, contacts, companies):entity>"
 # params each creatable note type takes: (required, optional)
 NOTE_TYPES: dict[str, tuple[set[str], set[str]]] = {
     "common": ({"text"}, set()),
-    "call_in": ({"uniq", "duration", "source", "link", "phone"},
-                {"call_result", "call_status", "call_responsible"}),
-    "call_out": ({"uniq", "duration", "source", "link", "phone"},
-                 {"call_result", "call_status", "call_responsible"}),
+    "call_in": (
+        {"uniq", "duration", "source", "link", "phone"},
+        {"call_result", "call_status", "call_responsible"},
+    ),
+    "call_out": (
+        {"uniq", "duration", "source", "link", "phone"},
+        {"call_result", "call_status", "call_responsible"},
+    ),
     "service_message": ({"service", "text"}, set()),
     "extended_service_message": ({"service", "text"}, set()),
     "geolocation": ({"text", "address", "longitude", "latitude"}, set()),
@@ -40,53 +44,95 @@ NOTE_TYPES: dict[str, tuple[set[str], set[str]]] = {
     "sms_out": ({"text", "phone"}, set()),
     "attachment": ({"file_uuid", "file_name"}, {"version_uuid"}),
 }
-NOTE_KEYS = {"id", "entity_id", "note_type", "params", "created_by", "updated_by",
-             "created_at", "updated_at", "responsible_user_id", "request_id",
-             "is_need_to_trigger_digital_pipeline"}
+NOTE_KEYS = {
+    "id",
+    "entity_id",
+    "note_type",
+    "params",
+    "created_by",
+    "updated_by",
+    "created_at",
+    "updated_at",
+    "responsible_user_id",
+    "request_id",
+    "is_need_to_trigger_digital_pipeline",
+}
 
 
 def _check(
-    s: Store, entity: str, item: Any, *, existing: dict[str, Any] | None,
+    s: Store,
+    entity: str,
+    item: Any,
+    *,
+    existing: dict[str, Any] | None,
     path_entity_id: int | None,
 ) -> list[FieldError]:
     if not isinstance(item, dict):
         return [FieldError(INVALID_TYPE, "", "This value should be of type object.")]
-    errors = [FieldError(NOT_EXPECTED, k, "This field was not expected.")
-              for k in item if k not in NOTE_KEYS]
+    errors = [
+        FieldError(NOT_EXPECTED, k, "This field was not expected.")
+        for k in item
+        if k not in NOTE_KEYS
+    ]
     entity_id = path_entity_id if path_entity_id is not None else item.get("entity_id")
     if existing is None:
         if entity_id is None:
-            errors.append(FieldError(NOT_BLANK, "entity_id",
-                                     "This value should not be blank."))
-        elif not is_int(entity_id) or entity_id not in s.entities(entity) or \
-                s.entities(entity)[entity_id].get("is_deleted"):
-            errors.append(FieldError(NOT_SUPPORTED, "entity_id",
-                                     "The value you selected is not a valid choice."))
+            errors.append(
+                FieldError(NOT_BLANK, "entity_id", "This value should not be blank.")
+            )
+        elif (
+            not is_int(entity_id)
+            or entity_id not in s.entities(entity)
+            or s.entities(entity)[entity_id].get("is_deleted")
+        ):
+            errors.append(
+                FieldError(
+                    NOT_SUPPORTED,
+                    "entity_id",
+                    "The value you selected is not a valid choice.",
+                )
+            )
     note_type = item.get("note_type", existing["note_type"] if existing else None)
     if note_type not in NOTE_TYPES:
-        errors.append(FieldError(NOT_SUPPORTED, "note_type",
-                                 "The value you selected is not a valid choice."))
+        errors.append(
+            FieldError(
+                NOT_SUPPORTED,
+                "note_type",
+                "The value you selected is not a valid choice.",
+            )
+        )
         return errors
     params = item.get("params")
     if params is None and existing is not None:
         return errors
     if not isinstance(params, dict):
-        errors.append(FieldError(NOT_BLANK, "params", "This value should not be blank."))
+        errors.append(
+            FieldError(NOT_BLANK, "params", "This value should not be blank.")
+        )
         return errors
     required, optional = NOTE_TYPES[note_type]
     for key in params:
         if key not in required | optional:
-            errors.append(FieldError(NOT_EXPECTED, f"params.{key}",
-                                     "This field was not expected."))
+            errors.append(
+                FieldError(
+                    NOT_EXPECTED, f"params.{key}", "This field was not expected."
+                )
+            )
     for key in sorted(required):
         if key not in params or params[key] in (None, ""):
-            errors.append(FieldError(NOT_BLANK, f"params.{key}",
-                                     "This value should not be blank."))
+            errors.append(
+                FieldError(
+                    NOT_BLANK, f"params.{key}", "This value should not be blank."
+                )
+            )
     for key in ("created_by", "responsible_user_id"):
         value = item.get(key)
         if value not in (None, 0) and (not is_int(value) or s.user(value) is None):
-            errors.append(FieldError(NOT_SUPPORTED, key,
-                                     "The value you selected is not a valid choice."))
+            errors.append(
+                FieldError(
+                    NOT_SUPPORTED, key, "The value you selected is not a valid choice."
+                )
+            )
     return errors
 
 
@@ -97,8 +143,13 @@ def render_note(entity: str, note: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _apply(s: Store, entity: str, item: dict[str, Any], entity_id: int | None,
-           existing: dict[str, Any] | None = None) -> dict[str, Any]:
+def _apply(
+    s: Store,
+    entity: str,
+    item: dict[str, Any],
+    entity_id: int | None,
+    existing: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     ts = now()
     admin = s.data["account"]["current_user_id"]
     if existing is None:
@@ -138,15 +189,18 @@ def _list(entity: str, entity_id: int | None) -> Response:
         if entity_id is not None:
             notes = [n for n in notes if n["entity_id"] == entity_id]
         filters = parse_nested(request.args, "filter")
-        notes = apply_filters(notes, filters, {"id", "note_type", "updated_at",
-                                               "entity_id"})
-        notes = order_items(notes, parse_nested(request.args, "order"),
-                            ("updated_at", "id"))
+        notes = apply_filters(
+            notes, filters, {"id", "note_type", "updated_at", "entity_id"}
+        )
+        notes = order_items(
+            notes, parse_nested(request.args, "order"), ("updated_at", "id")
+        )
         body = envelope("notes", notes, page, limit)
         if body is None:
             return no_content()
-        body["_embedded"]["notes"] = [render_note(entity, n)
-                                      for n in body["_embedded"]["notes"]]
+        body["_embedded"]["notes"] = [
+            render_note(entity, n) for n in body["_embedded"]["notes"]
+        ]
         return hal(body)
 
 
@@ -178,19 +232,29 @@ def _create(entity: str, entity_id: int | None) -> Response:
     items = json_array()
     with s.lock:
         rids = [request_id(item, i) for i, item in enumerate(items)]
-        raise_if_errors([
-            (rid, _check(s, entity, item, existing=None, path_entity_id=entity_id))
-            for rid, item in zip(rids, items)
-        ])
+        raise_if_errors(
+            [
+                (rid, _check(s, entity, item, existing=None, path_entity_id=entity_id))
+                for rid, item in zip(rids, items)
+            ]
+        )
         notes = [_apply(s, entity, item, entity_id) for item in items]
-        return hal({
-            "_links": {"self": {"href": f"{base_url()}{request.path}"}},
-            "_embedded": {"notes": [
-                {"id": n["id"], "entity_id": n["entity_id"], "request_id": rid,
-                 "_links": render_note(entity, n)["_links"]}
-                for n, rid in zip(notes, rids)
-            ]},
-        })
+        return hal(
+            {
+                "_links": {"self": {"href": f"{base_url()}{request.path}"}},
+                "_embedded": {
+                    "notes": [
+                        {
+                            "id": n["id"],
+                            "entity_id": n["entity_id"],
+                            "request_id": rid,
+                            "_links": render_note(entity, n)["_links"],
+                        }
+                        for n, rid in zip(notes, rids)
+                    ]
+                },
+            }
+        )
 
 
 @bp.post(f"/{ENTITY}/notes")
@@ -215,24 +279,50 @@ def _update(entity: str, entity_id: int | None) -> Response:
             note = None
             if isinstance(item, dict) and is_int(item.get("id")):
                 note = s.data["notes"][entity].get(item["id"])
-                if note is not None and entity_id is not None and \
-                        note["entity_id"] != entity_id:
+                if (
+                    note is not None
+                    and entity_id is not None
+                    and note["entity_id"] != entity_id
+                ):
                     note = None
             if note is None:
-                checked.append((rid, [FieldError(NOT_SUPPORTED, "id",
-                                "The value you selected is not a valid choice.")]))
+                checked.append(
+                    (
+                        rid,
+                        [
+                            FieldError(
+                                NOT_SUPPORTED,
+                                "id",
+                                "The value you selected is not a valid choice.",
+                            )
+                        ],
+                    )
+                )
             else:
-                checked.append((rid, _check(s, entity, item, existing=note,
-                                            path_entity_id=None)))
+                checked.append(
+                    (rid, _check(s, entity, item, existing=note, path_entity_id=None))
+                )
             targets.append(note)
         raise_if_errors(checked)
-        notes = [_apply(s, entity, item, None, note)
-                 for item, note in zip(items, targets)]
-        return hal({"_embedded": {"notes": [
-            {"id": n["id"], "entity_id": n["entity_id"], "updated_at": n["updated_at"],
-             "request_id": rid, "_links": render_note(entity, n)["_links"]}
-            for n, rid in zip(notes, rids)
-        ]}})
+        notes = [
+            _apply(s, entity, item, None, note) for item, note in zip(items, targets)
+        ]
+        return hal(
+            {
+                "_embedded": {
+                    "notes": [
+                        {
+                            "id": n["id"],
+                            "entity_id": n["entity_id"],
+                            "updated_at": n["updated_at"],
+                            "request_id": rid,
+                            "_links": render_note(entity, n)["_links"],
+                        }
+                        for n, rid in zip(notes, rids)
+                    ]
+                }
+            }
+        )
 
 
 @bp.patch(f"/{ENTITY}/notes")
@@ -256,11 +346,17 @@ def update_note(entity: str, entity_id: int, note_id: int) -> Response:
         note = s.data["notes"][entity].get(note_id)
         if note is None or note["entity_id"] != entity_id:
             raise ApiError(404, "Note not found")
-        raise_if_errors([("0", _check(s, entity, item, existing=note,
-                                      path_entity_id=None))])
+        raise_if_errors(
+            [("0", _check(s, entity, item, existing=note, path_entity_id=None))]
+        )
         _apply(s, entity, item, None, note)
-        return hal({"id": note["id"], "updated_at": note["updated_at"],
-                    "_links": render_note(entity, note)["_links"]})
+        return hal(
+            {
+                "id": note["id"],
+                "updated_at": note["updated_at"],
+                "_links": render_note(entity, note)["_links"],
+            }
+        )
 
 
 @bp.post(f"/{ENTITY}/notes/<int:note_id>/<any(pin, unpin):action>")

@@ -25,7 +25,8 @@ def index() -> str:
     with s.lock:
         statuses = {
             st["id"] if st["id"] not in (142, 143) else (p["id"], st["id"]): st["name"]
-            for p in s.data["pipelines"] for st in p["statuses"]
+            for p in s.data["pipelines"]
+            for st in p["statuses"]
         }
         pipelines = {p["id"]: p["name"] for p in s.data["pipelines"]}
         users = {u["id"]: u["name"] for u in s.data["users"]}
@@ -35,36 +36,52 @@ def index() -> str:
             if key in (142, 143):
                 key = (lead["pipeline_id"], key)
             tags = s.data["tags"]["leads"]
-            contacts = [s.entities("contacts")[c]
-                        for c in linked_ids(s, "leads", lead["id"], "contacts")
-                        if c in s.entities("contacts")]
-            companies = [s.entities("companies")[c]
-                         for c in linked_ids(s, "leads", lead["id"], "companies")
-                         if c in s.entities("companies")]
-            notes = [n for n in s.data["notes"]["leads"].values()
-                     if n["entity_id"] == lead["id"]]
+            contacts = [
+                s.entities("contacts")[c]
+                for c in linked_ids(s, "leads", lead["id"], "contacts")
+                if c in s.entities("contacts")
+            ]
+            companies = [
+                s.entities("companies")[c]
+                for c in linked_ids(s, "leads", lead["id"], "companies")
+                if c in s.entities("companies")
+            ]
+            notes = [
+                n
+                for n in s.data["notes"]["leads"].values()
+                if n["entity_id"] == lead["id"]
+            ]
             for c in contacts:
-                notes += [n for n in s.data["notes"]["contacts"].values()
-                          if n["entity_id"] == c["id"]]
-            tasks = [t for t in s.data["tasks"].values()
-                     if t["entity_type"] == "leads" and t["entity_id"] == lead["id"]]
-            leads.append({
-                "lead": lead,
-                "status": statuses.get(key, "?"),
-                "pipeline": pipelines.get(lead["pipeline_id"], "?"),
-                "responsible": users.get(lead["responsible_user_id"], "?"),
-                "tags": [tags[t]["name"] for t in lead["_tags"] if t in tags],
-                "contacts": contacts,
-                "companies": companies,
-                "notes": sorted(notes, key=lambda n: n["id"]),
-                "tasks": tasks,
-            })
+                notes += [
+                    n
+                    for n in s.data["notes"]["contacts"].values()
+                    if n["entity_id"] == c["id"]
+                ]
+            tasks = [
+                t
+                for t in s.data["tasks"].values()
+                if t["entity_type"] == "leads" and t["entity_id"] == lead["id"]
+            ]
+            leads.append(
+                {
+                    "lead": lead,
+                    "status": statuses.get(key, "?"),
+                    "pipeline": pipelines.get(lead["pipeline_id"], "?"),
+                    "responsible": users.get(lead["responsible_user_id"], "?"),
+                    "tags": [tags[t]["name"] for t in lead["_tags"] if t in tags],
+                    "contacts": contacts,
+                    "companies": companies,
+                    "notes": sorted(notes, key=lambda n: n["id"]),
+                    "tasks": tasks,
+                }
+            )
         return render_template(
             "sandbox/index.html",
             account=s.data["account"],
             leads=leads,
             total=len(s.entities("leads")),
-            unsorted=sum(1 for u in s.data["unsorted"].values()
-                         if u["_state"] == "pending"),
+            unsorted=sum(
+                1 for u in s.data["unsorted"].values() if u["_state"] == "pending"
+            ),
             token=sbx.auth_hint,
         )

@@ -25,56 +25,118 @@ from .common import (
 
 bp = Blueprint("sandbox_tasks", __name__, url_prefix="/api/v4")
 
-TASK_KEYS = {"id", "text", "complete_till", "entity_id", "entity_type", "task_type_id",
-             "responsible_user_id", "duration", "is_completed", "result",
-             "created_by", "updated_by", "created_at", "updated_at", "request_id"}
-INT_KEYS = {"complete_till", "entity_id", "task_type_id", "responsible_user_id",
-            "duration", "created_by", "updated_by", "created_at", "updated_at"}
+TASK_KEYS = {
+    "id",
+    "text",
+    "complete_till",
+    "entity_id",
+    "entity_type",
+    "task_type_id",
+    "responsible_user_id",
+    "duration",
+    "is_completed",
+    "result",
+    "created_by",
+    "updated_by",
+    "created_at",
+    "updated_at",
+    "request_id",
+}
+INT_KEYS = {
+    "complete_till",
+    "entity_id",
+    "task_type_id",
+    "responsible_user_id",
+    "duration",
+    "created_by",
+    "updated_by",
+    "created_at",
+    "updated_at",
+}
 
 
 def _check(s: Store, item: Any, existing: dict[str, Any] | None) -> list[FieldError]:
     if not isinstance(item, dict):
         return [FieldError(INVALID_TYPE, "", "This value should be of type object.")]
-    errors = [FieldError(NOT_EXPECTED, k, "This field was not expected.")
-              for k in item if k not in TASK_KEYS]
+    errors = [
+        FieldError(NOT_EXPECTED, k, "This field was not expected.")
+        for k in item
+        if k not in TASK_KEYS
+    ]
     for key in INT_KEYS:
         if item.get(key) is not None and not is_int(item[key]):
-            errors.append(FieldError(INVALID_TYPE, key, "This value should be of type int."))
+            errors.append(
+                FieldError(INVALID_TYPE, key, "This value should be of type int.")
+            )
     if existing is None:
         for key in ("text", "complete_till"):
             if item.get(key) in (None, ""):
-                errors.append(FieldError(NOT_BLANK, key, "This value should not be blank."))
-    if "text" in item and item["text"] is not None and not isinstance(item["text"], str):
-        errors.append(FieldError(INVALID_TYPE, "text", "This value should be of type string."))
-    entity_type = item.get("entity_type", existing.get("entity_type") if existing else None)
+                errors.append(
+                    FieldError(NOT_BLANK, key, "This value should not be blank.")
+                )
+    if (
+        "text" in item
+        and item["text"] is not None
+        and not isinstance(item["text"], str)
+    ):
+        errors.append(
+            FieldError(INVALID_TYPE, "text", "This value should be of type string.")
+        )
+    entity_type = item.get(
+        "entity_type", existing.get("entity_type") if existing else None
+    )
     entity_id = item.get("entity_id", existing.get("entity_id") if existing else None)
     if entity_type is not None and entity_type not in ENTITIES:
-        errors.append(FieldError(NOT_SUPPORTED, "entity_type",
-                                 "The value you selected is not a valid choice."))
+        errors.append(
+            FieldError(
+                NOT_SUPPORTED,
+                "entity_type",
+                "The value you selected is not a valid choice.",
+            )
+        )
     elif entity_id is not None:
         if entity_type is None:
-            errors.append(FieldError(NOT_BLANK, "entity_type",
-                                     "This value should not be blank."))
+            errors.append(
+                FieldError(NOT_BLANK, "entity_type", "This value should not be blank.")
+            )
         elif is_int(entity_id) and entity_id not in s.entities(entity_type):
-            errors.append(FieldError(NOT_SUPPORTED, "entity_id",
-                                     "The value you selected is not a valid choice."))
+            errors.append(
+                FieldError(
+                    NOT_SUPPORTED,
+                    "entity_id",
+                    "The value you selected is not a valid choice.",
+                )
+            )
     if is_int(item.get("task_type_id")) and not any(
         t["id"] == item["task_type_id"] for t in s.data["task_types"]
     ):
-        errors.append(FieldError(NOT_SUPPORTED, "task_type_id",
-                                 "The value you selected is not a valid choice."))
+        errors.append(
+            FieldError(
+                NOT_SUPPORTED,
+                "task_type_id",
+                "The value you selected is not a valid choice.",
+            )
+        )
     for key in ("responsible_user_id", "created_by"):
         if is_int(item.get(key)) and item[key] != 0 and s.user(item[key]) is None:
-            errors.append(FieldError(NOT_SUPPORTED, key,
-                                     "The value you selected is not a valid choice."))
+            errors.append(
+                FieldError(
+                    NOT_SUPPORTED, key, "The value you selected is not a valid choice."
+                )
+            )
     if "is_completed" in item and not isinstance(item["is_completed"], bool):
-        errors.append(FieldError(INVALID_TYPE, "is_completed",
-                                 "This value should be of type bool."))
+        errors.append(
+            FieldError(
+                INVALID_TYPE, "is_completed", "This value should be of type bool."
+            )
+        )
     result = item.get("result")
-    if result is not None and (not isinstance(result, dict) or
-                               not isinstance(result.get("text", ""), str)):
-        errors.append(FieldError(INVALID_TYPE, "result",
-                                 "This value should be of type object."))
+    if result is not None and (
+        not isinstance(result, dict) or not isinstance(result.get("text", ""), str)
+    ):
+        errors.append(
+            FieldError(INVALID_TYPE, "result", "This value should be of type object.")
+        )
     return errors
 
 
@@ -85,7 +147,9 @@ def render_task(task: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _apply(s: Store, item: dict[str, Any], existing: dict[str, Any] | None) -> dict[str, Any]:
+def _apply(
+    s: Store, item: dict[str, Any], existing: dict[str, Any] | None
+) -> dict[str, Any]:
     ts = now()
     admin = s.data["account"]["current_user_id"]
     if existing is None:
@@ -110,9 +174,18 @@ def _apply(s: Store, item: dict[str, Any], existing: dict[str, Any] | None) -> d
         s.data["tasks"][task["id"]] = task
     else:
         task = existing
-        for key in ("text", "complete_till", "entity_id", "entity_type", "task_type_id",
-                    "responsible_user_id", "duration", "is_completed", "result",
-                    "updated_by"):
+        for key in (
+            "text",
+            "complete_till",
+            "entity_id",
+            "entity_type",
+            "task_type_id",
+            "responsible_user_id",
+            "duration",
+            "is_completed",
+            "result",
+            "updated_by",
+        ):
             if key in item:
                 task[key] = item[key]
         task["updated_at"] = item.get("updated_at") or ts
@@ -128,16 +201,31 @@ def list_tasks() -> Response:
         page, limit = paging()
         tasks = list(s.data["tasks"].values())
         filters = parse_nested(request.args, "filter")
-        tasks = apply_filters(tasks, filters, {
-            "id", "responsible_user_id", "is_completed", "entity_type", "entity_id",
-            "updated_at", "created_by",
-        }, {"task_type": lambda t, w: _match_type(t, w)})
-        tasks = order_items(tasks, parse_nested(request.args, "order"),
-                            ("created_at", "complete_till", "id"))
+        tasks = apply_filters(
+            tasks,
+            filters,
+            {
+                "id",
+                "responsible_user_id",
+                "is_completed",
+                "entity_type",
+                "entity_id",
+                "updated_at",
+                "created_by",
+            },
+            {"task_type": lambda t, w: _match_type(t, w)},
+        )
+        tasks = order_items(
+            tasks,
+            parse_nested(request.args, "order"),
+            ("created_at", "complete_till", "id"),
+        )
         body = envelope("tasks", tasks, page, limit)
         if body is None:
             return no_content()
-        body["_embedded"]["tasks"] = [render_task(t) for t in body["_embedded"]["tasks"]]
+        body["_embedded"]["tasks"] = [
+            render_task(t) for t in body["_embedded"]["tasks"]
+        ]
         return hal(body)
 
 
@@ -165,16 +253,25 @@ def create_tasks() -> Response:
     items = json_array()
     with s.lock:
         rids = [request_id(item, i) for i, item in enumerate(items)]
-        raise_if_errors([(rid, _check(s, item, None)) for rid, item in zip(rids, items)])
+        raise_if_errors(
+            [(rid, _check(s, item, None)) for rid, item in zip(rids, items)]
+        )
         tasks = [_apply(s, item, None) for item in items]
-        return hal({
-            "_links": {"self": {"href": f"{base_url()}/api/v4/tasks"}},
-            "_embedded": {"tasks": [
-                {"id": t["id"], "request_id": rid,
-                 "_links": link(f"/api/v4/tasks/{t['id']}")}
-                for t, rid in zip(tasks, rids)
-            ]},
-        })
+        return hal(
+            {
+                "_links": {"self": {"href": f"{base_url()}/api/v4/tasks"}},
+                "_embedded": {
+                    "tasks": [
+                        {
+                            "id": t["id"],
+                            "request_id": rid,
+                            "_links": link(f"/api/v4/tasks/{t['id']}"),
+                        }
+                        for t, rid in zip(tasks, rids)
+                    ]
+                },
+            }
+        )
 
 
 @bp.patch("/tasks")
@@ -190,18 +287,38 @@ def update_tasks() -> Response:
             if isinstance(item, dict) and is_int(item.get("id")):
                 task = s.data["tasks"].get(item["id"])
             if task is None:
-                checked.append((rid, [FieldError(NOT_SUPPORTED, "id",
-                                "The value you selected is not a valid choice.")]))
+                checked.append(
+                    (
+                        rid,
+                        [
+                            FieldError(
+                                NOT_SUPPORTED,
+                                "id",
+                                "The value you selected is not a valid choice.",
+                            )
+                        ],
+                    )
+                )
             else:
                 checked.append((rid, _check(s, item, task)))
             targets.append(task)
         raise_if_errors(checked)
         tasks = [_apply(s, item, t) for item, t in zip(items, targets)]
-        return hal({"_embedded": {"tasks": [
-            {"id": t["id"], "updated_at": t["updated_at"], "request_id": rid,
-             "_links": link(f"/api/v4/tasks/{t['id']}")}
-            for t, rid in zip(tasks, rids)
-        ]}})
+        return hal(
+            {
+                "_embedded": {
+                    "tasks": [
+                        {
+                            "id": t["id"],
+                            "updated_at": t["updated_at"],
+                            "request_id": rid,
+                            "_links": link(f"/api/v4/tasks/{t['id']}"),
+                        }
+                        for t, rid in zip(tasks, rids)
+                    ]
+                }
+            }
+        )
 
 
 @bp.patch("/tasks/<int:task_id>")
@@ -215,5 +332,10 @@ def update_task(task_id: int) -> Response:
             raise ApiError(404, "Task not found")
         raise_if_errors([("0", _check(s, item, task))])
         _apply(s, item, task)
-        return hal({"id": task["id"], "updated_at": task["updated_at"],
-                    "_links": link(f"/api/v4/tasks/{task['id']}")})
+        return hal(
+            {
+                "id": task["id"],
+                "updated_at": task["updated_at"],
+                "_links": link(f"/api/v4/tasks/{task['id']}"),
+            }
+        )

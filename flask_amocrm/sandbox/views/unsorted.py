@@ -33,15 +33,47 @@ from .common import (
 
 bp = Blueprint("sandbox_unsorted", __name__, url_prefix="/api/v4/leads/unsorted")
 
-ITEM_KEYS = {"source_uid", "source_name", "pipeline_id", "created_at", "metadata",
-             "_embedded", "request_id"}
-FORMS_KEYS = {"form_id", "form_name", "form_page", "form_sent_at", "ip", "referer",
-              "form_type", "visitor_uid", "category"}
+ITEM_KEYS = {
+    "source_uid",
+    "source_name",
+    "pipeline_id",
+    "created_at",
+    "metadata",
+    "_embedded",
+    "request_id",
+}
+FORMS_KEYS = {
+    "form_id",
+    "form_name",
+    "form_page",
+    "form_sent_at",
+    "ip",
+    "referer",
+    "form_type",
+    "visitor_uid",
+    "category",
+}
 FORMS_REQUIRED = ("form_id", "form_name", "form_page", "form_sent_at")
-SIP_KEYS = {"from", "phone", "called_at", "duration", "link", "service_code", "uniq",
-            "is_call_event_needed", "category"}
-SIP_REQUIRED = ("uniq", "duration", "service_code", "link", "phone", "called_at",
-                "from")
+SIP_KEYS = {
+    "from",
+    "phone",
+    "called_at",
+    "duration",
+    "link",
+    "service_code",
+    "uniq",
+    "is_call_event_needed",
+    "category",
+}
+SIP_REQUIRED = (
+    "uniq",
+    "duration",
+    "service_code",
+    "link",
+    "phone",
+    "called_at",
+    "from",
+)
 # An identical incoming lead is refused (Kommo doc). "Identical" is not defined
 # there; source_uid names the source, not the submission, so we compare the
 # whole submitted item (request_id aside) against incoming leads still pending.
@@ -54,19 +86,26 @@ def fingerprint(category: str, item: dict[str, Any]) -> str:
     return category + ":" + json.dumps(data, sort_keys=True, ensure_ascii=False)
 
 
-def check_metadata(category: str, metadata: Any, path: str = "metadata") -> list[FieldError]:
+def check_metadata(
+    category: str, metadata: Any, path: str = "metadata"
+) -> list[FieldError]:
     """Validate forms or sip metadata."""
     if not isinstance(metadata, dict):
         return [FieldError(NOT_BLANK, path, "metadata is required.")]
-    keys, required = (FORMS_KEYS, FORMS_REQUIRED) if category == "forms" else (
-        SIP_KEYS, SIP_REQUIRED)
+    keys, required = (
+        (FORMS_KEYS, FORMS_REQUIRED)
+        if category == "forms"
+        else (SIP_KEYS, SIP_REQUIRED)
+    )
     errors = [
         FieldError(NOT_EXPECTED, f"{path}.{k}", "This field was not expected.")
-        for k in metadata if k not in keys
+        for k in metadata
+        if k not in keys
     ]
     errors += [
         FieldError(NOT_BLANK, f"{path}.{k}", "This value should not be blank.")
-        for k in required if metadata.get(k) in (None, "")
+        for k in required
+        if metadata.get(k) in (None, "")
     ]
     return errors
 
@@ -113,17 +152,23 @@ def _ids(entity: str, ids: list[int]) -> list[dict[str, Any]]:
     return [{"id": i, "_links": link(f"/api/v4/{entity}/{i}")} for i in ids]
 
 
-def render_unsorted(s: Store, item: dict[str, Any], full: bool = True) -> dict[str, Any]:
+def render_unsorted(
+    s: Store, item: dict[str, Any], full: bool = True
+) -> dict[str, Any]:
     """An incoming lead as the API returns it."""
     out = {k: v for k, v in item.items() if not k.startswith("_")}
     out["_links"] = link(f"/api/v4/leads/unsorted/{item['uid']}")
     embedded: dict[str, Any] = {}
-    for entity, key in (("leads", "_lead_ids"), ("contacts", "_contact_ids"),
-                        ("companies", "_company_ids")):
+    for entity, key in (
+        ("leads", "_lead_ids"),
+        ("contacts", "_contact_ids"),
+        ("companies", "_company_ids"),
+    ):
         if full:
             embedded[entity] = [
                 render(s, entity, s.entities(entity)[i], set(), link)
-                for i in item[key] if i in s.entities(entity)
+                for i in item[key]
+                if i in s.entities(entity)
             ]
         else:
             embedded[entity] = _ids(entity, item[key])
@@ -137,7 +182,8 @@ def _create(category: str) -> Response:
     with s.lock:
         rids = [request_id(item, i) for i, item in enumerate(items)]
         pending = {
-            u["_fingerprint"] for u in s.data["unsorted"].values()
+            u["_fingerprint"]
+            for u in s.data["unsorted"].values()
             if u["_state"] == "pending" and u.get("_fingerprint")
         }
         checked = []
@@ -146,8 +192,9 @@ def _create(category: str) -> Response:
             errors = _check_item(s, category, item)
             fp = fingerprint(category, item) if isinstance(item, dict) else ""
             if not errors and fp in pending:
-                errors.append(FieldError(DUPLICATE, "",
-                                         "This incoming lead already exists."))
+                errors.append(
+                    FieldError(DUPLICATE, "", "This incoming lead already exists.")
+                )
             pending.add(fp)
             fps.append(fp)
             checked.append((rid, errors))
@@ -156,9 +203,13 @@ def _create(category: str) -> Response:
         for rid, item, fp in zip(rids, items, fps):
             created = _apply_item(s, category, item, fp)
             entry = render_unsorted(s, created, full=False)
-            entry = {"uid": created["uid"], "account_id": s.account_id,
-                     "request_id": rid, "_embedded": entry["_embedded"],
-                     "_links": entry["_links"]}
+            entry = {
+                "uid": created["uid"],
+                "account_id": s.account_id,
+                "request_id": rid,
+                "_embedded": entry["_embedded"],
+                "_links": entry["_links"],
+            }
             out.append(entry)
         return hal({"_total_items": len(out), "_embedded": {"unsorted": out}})
 
@@ -166,34 +217,58 @@ def _create(category: str) -> Response:
 def _check_item(s: Store, category: str, item: Any) -> list[FieldError]:
     if not isinstance(item, dict):
         return [FieldError(INVALID_TYPE, "", "This value should be of type object.")]
-    errors = [FieldError(NOT_EXPECTED, k, "This field was not expected.")
-              for k in item if k not in ITEM_KEYS]
+    errors = [
+        FieldError(NOT_EXPECTED, k, "This field was not expected.")
+        for k in item
+        if k not in ITEM_KEYS
+    ]
     for key in ("source_uid", "source_name"):
         if not isinstance(item.get(key), str) or not item[key]:
             errors.append(FieldError(NOT_BLANK, key, "This value should not be blank."))
     pid = item.get("pipeline_id")
     if pid is not None and (not is_int(pid) or s.pipeline(pid) is None):
-        errors.append(FieldError(NOT_SUPPORTED, "pipeline_id",
-                                 "The value you selected is not a valid choice."))
+        errors.append(
+            FieldError(
+                NOT_SUPPORTED,
+                "pipeline_id",
+                "The value you selected is not a valid choice.",
+            )
+        )
     errors += check_metadata(category, item.get("metadata"))
     embedded = item.get("_embedded") or {}
     if not isinstance(embedded, dict):
-        return errors + [FieldError(INVALID_TYPE, "_embedded",
-                                    "This value should be of type object.")]
+        return errors + [
+            FieldError(
+                INVALID_TYPE, "_embedded", "This value should be of type object."
+            )
+        ]
     for key in embedded:
         if key not in ("leads", "contacts", "companies"):
-            errors.append(FieldError(NOT_EXPECTED, f"_embedded.{key}",
-                                     "This field was not expected."))
+            errors.append(
+                FieldError(
+                    NOT_EXPECTED, f"_embedded.{key}", "This field was not expected."
+                )
+            )
     limits = {"leads": 1, "contacts": 10, "companies": 1}
     for entity, most in limits.items():
         group = embedded.get(entity) or []
         if not isinstance(group, list):
-            errors.append(FieldError(INVALID_TYPE, f"_embedded.{entity}",
-                                     "This value should be of type array."))
+            errors.append(
+                FieldError(
+                    INVALID_TYPE,
+                    f"_embedded.{entity}",
+                    "This value should be of type array.",
+                )
+            )
             continue
         if len(group) > most:
-            errors.append(FieldError(INVALID_TYPE, f"_embedded.{entity}",
-                                     f"At most {most} {entity} per incoming lead."))
+            errors.append(
+                FieldError(
+                    INVALID_TYPE,
+                    f"_embedded.{entity}",
+                    f"At most {most} {entity} per incoming lead.",
+                )
+            )
         for i, sub in enumerate(group):
             for err in check_item(s, entity, sub, embedded_allowed={"tags"}):
                 err.path = f"_embedded.{entity}.{i}.{err.path}".rstrip(".")
@@ -201,7 +276,9 @@ def _check_item(s: Store, category: str, item: Any) -> list[FieldError]:
     return errors
 
 
-def _apply_item(s: Store, category: str, item: dict[str, Any], fp: str) -> dict[str, Any]:
+def _apply_item(
+    s: Store, category: str, item: dict[str, Any], fp: str
+) -> dict[str, Any]:
     pipeline = s.pipeline(item.get("pipeline_id")) or s.main_pipeline()
     embedded = item.get("_embedded") or {}
     leads = embedded.get("leads") or [{}]
@@ -224,11 +301,17 @@ def _apply_item(s: Store, category: str, item: dict[str, Any], fp: str) -> dict[
     link_group(s, lead_ids, contact_ids, company_ids)
     created_at = item.get("created_at") if is_int(item.get("created_at")) else None
     return create_unsorted(
-        s, category,
-        source_uid=item["source_uid"], source_name=item["source_name"],
-        pipeline_id=pipeline["id"], metadata=item["metadata"],
-        lead_ids=lead_ids, contact_ids=contact_ids, company_ids=company_ids,
-        created_at=created_at, fp=fp,
+        s,
+        category,
+        source_uid=item["source_uid"],
+        source_name=item["source_name"],
+        pipeline_id=pipeline["id"],
+        metadata=item["metadata"],
+        lead_ids=lead_ids,
+        contact_ids=contact_ids,
+        company_ids=company_ids,
+        created_at=created_at,
+        fp=fp,
     )
 
 
@@ -240,8 +323,9 @@ def link_group(
 
     for lead_id in lead_ids:
         for i, contact_id in enumerate(contact_ids):
-            add_link(s, "leads", lead_id, "contacts", contact_id,
-                     {"main_contact": i == 0})
+            add_link(
+                s, "leads", lead_id, "contacts", contact_id, {"main_contact": i == 0}
+            )
         for company_id in company_ids[:1]:
             add_link(s, "leads", lead_id, "companies", company_id)
     for contact_id in contact_ids:
@@ -270,8 +354,9 @@ def list_unsorted() -> Response:
         items = [u for u in s.data["unsorted"].values() if u["_state"] == "pending"]
         filters = parse_nested(request.args, "filter")
         items = apply_filters(items, filters, {"uid", "category", "pipeline_id"})
-        items = order_items(items, parse_nested(request.args, "order"),
-                            ("created_at", "updated_at"))
+        items = order_items(
+            items, parse_nested(request.args, "order"), ("created_at", "updated_at")
+        )
         body = envelope("unsorted", items, page, limit)
         if body is None:
             return no_content()
@@ -287,23 +372,28 @@ def summary() -> Response:
     s = store()
     with s.lock:
         filters = parse_nested(request.args, "filter")
-        items = apply_filters(list(s.data["unsorted"].values()), filters,
-                              {"uid", "created_at", "pipeline_id"})
+        items = apply_filters(
+            list(s.data["unsorted"].values()),
+            filters,
+            {"uid", "created_at", "pipeline_id"},
+        )
         processed = [u for u in items if u["_processed_at"]]
         sort_times = [u["_processed_at"] - u["created_at"] for u in processed]
         categories = {"forms": 0, "sip": 0, "chats": 0, "mail": 0}
         for u in items:
             if u["_state"] == "pending":
                 categories[u["category"]] = categories.get(u["category"], 0) + 1
-        return hal({
-            "total": len(items),
-            "accepted": sum(1 for u in items if u["_state"] == "accepted"),
-            "declined": sum(1 for u in items if u["_state"] == "declined"),
-            "average_sort_time": (
-                int(sum(sort_times) / len(sort_times)) if sort_times else 0
-            ),
-            "categories": categories,
-        })
+        return hal(
+            {
+                "total": len(items),
+                "accepted": sum(1 for u in items if u["_state"] == "accepted"),
+                "declined": sum(1 for u in items if u["_state"] == "declined"),
+                "average_sort_time": (
+                    int(sum(sort_times) / len(sort_times)) if sort_times else 0
+                ),
+                "categories": categories,
+            }
+        )
 
 
 @bp.get("/<uid>")
@@ -336,18 +426,20 @@ def _optional_body() -> dict[str, Any]:
 
 
 def _processed(s: Store, item: dict[str, Any]) -> Response:
-    return hal({
-        "uid": item["uid"],
-        "category": item["category"],
-        "pipeline_id": item["pipeline_id"],
-        "created_at": item["created_at"],
-        "_embedded": {
-            "leads": _ids("leads", item["_lead_ids"]),
-            "contacts": _ids("contacts", item["_contact_ids"]),
-            "companies": _ids("companies", item["_company_ids"]),
-        },
-        "_links": link(f"/api/v4/leads/unsorted/{item['uid']}"),
-    })
+    return hal(
+        {
+            "uid": item["uid"],
+            "category": item["category"],
+            "pipeline_id": item["pipeline_id"],
+            "created_at": item["created_at"],
+            "_embedded": {
+                "leads": _ids("leads", item["_lead_ids"]),
+                "contacts": _ids("contacts", item["_contact_ids"]),
+                "companies": _ids("companies", item["_company_ids"]),
+            },
+            "_links": link(f"/api/v4/leads/unsorted/{item['uid']}"),
+        }
+    )
 
 
 @bp.post("/<uid>/accept")
@@ -360,15 +452,25 @@ def accept(uid: str) -> Response:
         errors = []
         user_id = body.get("user_id")
         if user_id is not None and (not is_int(user_id) or s.user(user_id) is None):
-            errors.append(FieldError(NOT_SUPPORTED, "user_id",
-                                     "The value you selected is not a valid choice."))
+            errors.append(
+                FieldError(
+                    NOT_SUPPORTED,
+                    "user_id",
+                    "The value you selected is not a valid choice.",
+                )
+            )
         pipeline = s.pipeline(item["pipeline_id"]) or s.main_pipeline()
         status_id = body.get("status_id")
         if status_id is not None and not any(
             st["id"] == status_id and st["type"] == 0 for st in pipeline["statuses"]
         ):
-            errors.append(FieldError(NOT_SUPPORTED, "status_id",
-                                     "The value you selected is not a valid choice."))
+            errors.append(
+                FieldError(
+                    NOT_SUPPORTED,
+                    "status_id",
+                    "The value you selected is not a valid choice.",
+                )
+            )
         if errors:
             raise ValidationFailed([("0", errors)])
         ts = now()
@@ -397,8 +499,11 @@ def decline(uid: str) -> Response:
     with s.lock:
         item = _pending(s, uid)
         ts = now()
-        for entity, key in (("leads", "_lead_ids"), ("contacts", "_contact_ids"),
-                            ("companies", "_company_ids")):
+        for entity, key in (
+            ("leads", "_lead_ids"),
+            ("contacts", "_contact_ids"),
+            ("companies", "_company_ids"),
+        ):
             for entity_id in item[key]:
                 obj = s.entities(entity)[entity_id]
                 obj["is_deleted"] = True
