@@ -10,7 +10,7 @@ from flask.cli import AppGroup
 from sqlalchemy import func, select
 
 from .extension import get_state
-from .models import FAILED, RETRYING, STATUSES, Event, utcnow
+from .models import FAILED, IGNORED, RETRYING, STATUSES, Event, utcnow
 
 amocrm_cli = AppGroup("amocrm", help="Flask-AmoCRM: deliver site events to amoCRM.")
 
@@ -25,14 +25,16 @@ def init_db() -> None:
 @amocrm_cli.command("worker")
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
 @click.option("--with-scheduler", is_flag=True,
-              help="Also run delayed jobs and the periodic sweeper.")
+              help="Also run delayed jobs and the periodic tasks (sweeper, agent, "
+              "retention, token keep-alive).")
 @click.option("--maintenance-interval", default=60, show_default=True,
-              help="Seconds between maintenance passes (registry cleanup, sweeper).")
+              help="Seconds between maintenance passes (registry cleanup, keeping "
+              "the periodic tasks scheduled).")
 def worker(burst: bool, with_scheduler: bool, maintenance_interval: int) -> None:
     """Run an RQ worker for the amoCRM queue, with this app bound to its jobs."""
     from .worker.job_class import AmoWorker, bind_app
     from .worker.queue import get_queue
-    from .worker.sweeper import ensure_sweeper
+    from .worker.schedule import ensure_tick
 
     state = get_state()
     if not state.settings.redis_url:
@@ -41,7 +43,7 @@ def worker(burst: bool, with_scheduler: bool, maintenance_interval: int) -> None
     bind_app(current_app._get_current_object())  # type: ignore[attr-defined]
     queue = get_queue(state, for_worker=True)
     if with_scheduler:
-        ensure_sweeper()
+        ensure_tick()
     AmoWorker([queue], connection=queue.connection,
               maintenance_interval=maintenance_interval).work(
         burst=burst, with_scheduler=with_scheduler
@@ -51,9 +53,12 @@ def worker(burst: bool, with_scheduler: bool, maintenance_interval: int) -> None
 @amocrm_cli.command("process")
 @click.option("--limit", type=int, default=None,
               help="Deliver at most this many events (default: AMOCRM_BATCH_SIZE).")
-@click.option("--all", "everything", is_flag=True, help="Deliver every due event.")
+@click.option("--now", "--all", "everything", is_flag=True,
+              help="Deliver every due event now, not just one batch.")
 def process_command(limit: int | None, everything: bool) -> None:
-    """Deliver due events now, in this process (cron, or sites without Redis)."""
+    """Deliver due events in this process: the agent run for cron, or for sites
+    without Redis. Also runs the hourly housekeeping (retention, token keep-alive)."""
+    from .worker.schedule import housekeeping
     from .worker.sweeper import process
 
     state = get_state()
@@ -62,22 +67,26 @@ def process_command(limit: int | None, everything: bool) -> None:
     elif limit is None:
         limit = state.settings.batch_size
     counts = process(limit)
+    counts.update(housekeeping(state))
     click.echo(json.dumps(counts, sort_keys=True))
 
 
 @amocrm_cli.command("retry")
 @click.argument("event_id", type=int, required=False)
 @click.option("--failed", "all_failed", is_flag=True, help="Retry every failed event.")
-def retry(event_id: int | None, all_failed: bool) -> None:
+@click.option("--ignored", "all_ignored", is_flag=True,
+              help="Replay every event that arrived while no rule existed for it.")
+def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
     """Make a failed (or waiting) event due again, once its rule is fixed."""
-    if (event_id is None) == (not all_failed):
-        raise click.UsageError("Give an event id or --failed.")
+    if (event_id is not None) + all_failed + all_ignored != 1:
+        raise click.UsageError("Give an event id, --failed or --ignored.")
     from .worker.queue import enqueue_event
 
     state = get_state()
     with state.session() as session:
-        if all_failed:
-            events = list(session.scalars(select(Event).where(Event.status == FAILED)))
+        if all_failed or all_ignored:
+            wanted = FAILED if all_failed else IGNORED
+            events = list(session.scalars(select(Event).where(Event.status == wanted)))
         else:
             event = session.get(Event, event_id)
             if event is None:
@@ -93,6 +102,40 @@ def retry(event_id: int | None, all_failed: bool) -> None:
         for i in ids:
             enqueue_event(state, i)
     click.echo(f"{len(ids)} event(s) will be retried.")
+
+
+@amocrm_cli.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def import_command(path: str) -> None:
+    """Import past form results or mail events from a CSV or JSON-lines file and
+    deliver them like live events. Rows imported before are skipped."""
+    from .importer import ImportError_, import_rows, read_rows
+    from .worker.queue import enqueue_event
+    from .worker.sweeper import process
+
+    state = get_state()
+    try:
+        rows = list(read_rows(path))
+    except ImportError_ as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    with click.progressbar(length=len(rows), label="Importing") as bar:
+        added: list[int] = []
+        skipped = 0
+        for start in range(0, len(rows), 200):
+            new, old = import_rows(state, rows[start : start + 200])
+            added += new
+            skipped += old
+            bar.update(len(new) + old)
+    click.echo(f"{len(added)} event(s) imported, {skipped} already imported before.")
+    mode = state.settings.delivery
+    if mode == "rq":
+        with click.progressbar(added, label="Queueing") as ids:
+            for event_id in ids:
+                enqueue_event(state, event_id)
+    elif mode == "inline":
+        click.echo(json.dumps(process(None), sort_keys=True))
+    else:
+        click.echo("They will be delivered by the next agent run.")
 
 
 @amocrm_cli.command("status")

@@ -35,6 +35,7 @@ from ..models import (
 from ..rules.schema import find_rule
 from ..signals import event_delivered, event_failed
 from .execute import Delivery, execute
+from .outage import note_failure, note_success
 from .plan import build_plan
 
 log = logging.getLogger("flask_amocrm.worker")
@@ -132,9 +133,12 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             except AmoCRMError as exc:
                 batch_error = (RETRYING if exc.retryable else FAILED,
                                f"{type(exc).__name__}: {exc}")
+                note_failure(state, exc)
             except Exception as exc:  # a bug or a database hiccup: keep trying, loudly
                 log.exception("Unexpected error delivering events %s", claimed)
                 batch_error = (RETRYING, f"unexpected {type(exc).__name__}: {exc}")
+            else:
+                note_success(state)
             for delivery in deliveries:
                 event = delivery.event
                 if delivery.error is not None:

@@ -57,8 +57,9 @@ class AppJob(Job):
 class AmoWorker(Worker):
     """An RQ worker that loads the Flask app once and runs jobs in its context.
 
-    With a scheduler it also keeps the periodic sweeper alive on every maintenance
-    pass, so events due for a retry, or lost by Redis, are queued again.
+    On every maintenance pass it also makes sure the periodic tick is scheduled (it
+    runs when a worker with ``--with-scheduler`` is up), so events due for a retry, or
+    lost by Redis, are queued again even after Redis restarted empty.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -69,7 +70,7 @@ class AmoWorker(Worker):
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
-        from .sweeper import ensure_sweeper
+        from .schedule import ensure_tick
 
         with job_app().app_context():
-            ensure_sweeper()
+            ensure_tick()

@@ -28,11 +28,11 @@ def _deliver(event_id: int) -> str:
     return outcomes.get(event_id, "skipped")
 
 
-def sweep() -> int:
-    """Queue every event that is due and has no job (the periodic sweeper)."""
-    from .sweeper import run_scheduled_sweep
+def tick() -> dict[str, int]:
+    """The periodic job: sweeper, agent, retention, keep-alive (see ``schedule``)."""
+    from .schedule import run_tick
 
     if has_app_context():
-        return run_scheduled_sweep()
+        return run_tick()
     with job_app().app_context():
-        return run_scheduled_sweep()
+        return run_tick()

@@ -1,4 +1,5 @@
-"""The sweeper: finds events that are due and have no job, and the agent's batch run.
+"""The sweeper: finds events that are due and have no job, and the agent's batch run
+(both are run periodically by :mod:`flask_amocrm.worker.schedule`).
 
 Redis is a work cache; the outbox table is the truth. An event is due when it is
 ``pending`` (Redis was down at capture, or restarted empty), ``retrying`` past its
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -23,8 +23,6 @@ from .deliver import _claimable, deliver_events
 
 log = logging.getLogger("flask_amocrm.worker")
 
-#: How often the scheduled sweeper runs in ``rq`` mode (seconds).
-SWEEP_INTERVAL = 30
 #: A pending event younger than this still has its own job on the way.
 _GRACE = timedelta(seconds=10)
 
@@ -88,35 +86,3 @@ def sweep(limit: int | None = None) -> int:
     if queued:
         log.info("Sweeper queued %s due events", queued)
     return queued
-
-
-def ensure_sweeper() -> None:
-    """Schedule the next periodic sweep unless one is already scheduled."""
-    from rq.exceptions import DuplicateJobError
-
-    from .queue import get_queue
-
-    state = get_state()
-    if state.settings.delivery != "rq":
-        return
-    queue = get_queue(state)
-    slot = int(time.time() // SWEEP_INTERVAL) + 1
-    try:
-        queue.enqueue_in(
-            timedelta(seconds=slot * SWEEP_INTERVAL - time.time()),
-            "flask_amocrm.worker.jobs.sweep",
-            job_id=f"amocrm-sweep-{slot}",
-            unique=True,
-            result_ttl=SWEEP_INTERVAL * 2,
-            description="sweep due amoCRM events",
-        )
-    except DuplicateJobError:
-        pass
-
-
-def run_scheduled_sweep() -> int:
-    """The periodic job: sweep, then schedule the next run."""
-    try:
-        return sweep()
-    finally:
-        ensure_sweeper()

@@ -1,0 +1,94 @@
+"""Shared flags: set-if-absent markers with an expiry, in Redis or the database.
+
+Several workers on several machines must agree that something happens once: one
+outage mail, one retention purge per hour. With Redis that is ``SET NX EX``; without
+it, a row in ``amocrm_flags`` whose primary key makes the insert succeed only once.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete
+from redis.exceptions import RedisError
+from sqlalchemy.exc import IntegrityError
+
+from .models import Flag, utcnow
+
+if TYPE_CHECKING:
+    from .extension import _State
+
+log = logging.getLogger("flask_amocrm")
+
+
+def _key(state: _State, name: str) -> str:
+    return f"amocrm:{state.settings.base_url}:{name}"
+
+
+def _redis(state: _State) -> Any:
+    """Redis, or ``None`` when it is not configured or does not answer (then the
+    database keeps the flags: delivery must not stop because Redis did)."""
+    if not state.settings.redis_url:
+        return None
+    conn = state.redis()
+    try:
+        conn.ping()
+    except RedisError as exc:
+        log.warning("Shared flags: Redis does not answer (%s); using the database",
+                    type(exc).__name__)
+        return None
+    return conn
+
+
+def set_once(state: _State, name: str, value: str = "1",
+             seconds: int | None = None) -> bool:
+    """Set the flag unless it is set; ``True`` if this call set it."""
+    key = _key(state, name)
+    conn = _redis(state)
+    if conn is not None:
+        return bool(conn.set(key, value, nx=True, ex=seconds))
+    now = utcnow()
+    with state.session() as session:
+        session.execute(delete(Flag).where(Flag.key == key, Flag.expires_at < now))
+        session.commit()
+        expires = now + timedelta(seconds=seconds) if seconds else None
+        session.add(Flag(key=key, value=value, expires_at=expires))
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            return False
+    return True
+
+
+def get(state: _State, name: str) -> str | None:
+    """The flag's value, or ``None`` when it is not set."""
+    key = _key(state, name)
+    conn = _redis(state)
+    if conn is not None:
+        raw = conn.get(key)
+        return raw.decode() if isinstance(raw, bytes) else raw
+    with state.session() as session:
+        flag = session.get(Flag, key)
+        if flag is None or (flag.expires_at and flag.expires_at < utcnow()):
+            return None
+        return flag.value
+
+
+def clear(state: _State, name: str) -> str | None:
+    """Remove the flag; return its value if this call removed it (else ``None``)."""
+    key = _key(state, name)
+    conn = _redis(state)
+    if conn is not None:
+        raw = conn.getdel(key)
+        return raw.decode() if isinstance(raw, bytes) else raw
+    with state.session() as session:
+        flag = session.get(Flag, key)
+        if flag is None:
+            return None
+        value = flag.value
+        deleted = session.execute(delete(Flag).where(Flag.key == key)).rowcount
+        session.commit()
+        return value if deleted else None

@@ -1,0 +1,24 @@
+"""Retention: delivered events and their attempts are deleted after
+``AMOCRM_RETENTION_DAYS`` (personal data is kept no longer than needed). Events that
+still wait, failed or were ignored are kept: they need a person or a rule."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import delete, select
+
+from ..extension import _State
+from ..models import DELIVERED, Event, EventAttempt, utcnow
+
+
+def purge_events(state: _State, days: int | None = None) -> int:
+    """Delete delivered events older than ``days``; return how many."""
+    cutoff = utcnow() - timedelta(days=days or state.settings.retention_days)
+    old = (select(Event.id)
+           .where(Event.status == DELIVERED, Event.delivered_at < cutoff))
+    with state.session() as session:
+        session.execute(delete(EventAttempt).where(EventAttempt.event_id.in_(old)))
+        count = session.execute(delete(Event).where(Event.id.in_(old))).rowcount
+        session.commit()
+    return int(count or 0)
