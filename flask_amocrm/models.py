@@ -184,3 +184,16 @@ class AccountMetadataRow(Base):
     #: The snapshot as JSON text (:meth:`AccountMetadata.to_json`).
     data: Mapped[str] = mapped_column(Text)
     fetched_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Flag(Base):
+    """A named, expiring marker shared by every process: "an outage is going on",
+    "the retention purge ran within the hour". Used where there is no Redis."""
+
+    __tablename__ = "amocrm_flags"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    #: ``None``: until deleted.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
