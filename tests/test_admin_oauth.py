@@ -1,4 +1,4 @@
-"""The admin's "Connect amoCRM": the OAuth code flow through the sandbox's grant page."""
+"""The admin's "Connect amoCRM": the OAuth code flow via the sandbox's grant page."""
 
 from __future__ import annotations
 

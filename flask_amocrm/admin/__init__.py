@@ -47,4 +47,5 @@ def register_admin(app: Flask, settings: Settings) -> None:
 def _state_settings() -> Settings:
     from ..extension import get_state
 
-    return get_state(current_app._get_current_object()).settings  # type: ignore[attr-defined]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return get_state(app).settings

@@ -79,7 +79,8 @@ def _build(state: _State) -> tuple[AmoClient, AmoClient]:
     redactor = Redactor([settings.client_secret, settings.token])
     options = dict(timeout=settings.timeout, limiter=limiter, sink=sink,
                    redactor=redactor)
-    token_client = AmoClient(settings.base_url, None, **options)  # type: ignore[arg-type]
+    token_client = AmoClient(settings.base_url, None,
+                             **options)  # type: ignore[arg-type]
     if settings.token:
         client = AmoClient(settings.base_url, LongLivedToken(settings.token),
                            **options)  # type: ignore[arg-type]

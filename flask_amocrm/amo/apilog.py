@@ -41,7 +41,8 @@ SECRET_KEYS = frozenset({
     "password", "api_key", "x-refresh-token",
 })
 #: Of those, the ones that are secrets in any body. ``code`` is not: custom fields,
-#: enums and validation errors all carry harmless codes (``PHONE``, ``NotSupportedChoice``).
+#: enums and validation errors all carry harmless codes (``PHONE``,
+#: ``NotSupportedChoice``).
 ALWAYS_SECRET = SECRET_KEYS - {"code"}
 MASK = "[redacted]"
 #: The most characters of a body kept in a log line or row.

@@ -250,7 +250,8 @@ class AmoClient:
     ) -> None:
         redact = self.redactor
         status = response.status_code if response is not None else None
-        request_id = response.headers.get("X-Request-Id") if response is not None else None
+        request_id = (response.headers.get("X-Request-Id")
+                      if response is not None else None)
         if error is not None:
             log.warning("amoCRM %s %s failed after %.0f ms: %s", method, shown,
                         duration, error)
