@@ -48,6 +48,16 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_METADATA_TTL": 3600,
     "AMOCRM_ADMIN_AUTH": None,
     "AMOCRM_KEEPALIVE_DAYS": 14,
+    # Rules: dates and deadlines, uploaded files.
+    "AMOCRM_TIMEZONE": "UTC",
+    "AMOCRM_WORKDAY_END": "18:00",
+    "AMOCRM_UPLOAD_FOLDER": None,
+    "AMOCRM_UPLOAD_URL": None,
+    "AMOCRM_UPLOAD_MAX_SIZE": 10 * 1024 * 1024,
+    "AMOCRM_UPLOAD_EXTENSIONS": (
+        "pdf", "txt", "csv", "rtf", "doc", "docx", "xls", "xlsx", "odt", "ods", "ppt",
+        "pptx", "jpg", "jpeg", "png", "gif", "webp", "heic", "zip", "rar", "7z",
+    ),
 }
 
 _HOST_SUFFIXES = (".amocrm.ru", ".kommo.com", ".amocrm.com")
@@ -87,6 +97,20 @@ class Settings:
     #: Refresh the OAuth tokens when the refresh token is older than this many days
     #: (keeps a quiet site inside amoCRM's three-month refresh-token lifetime).
     keepalive_days: int = 14
+    #: The account's time zone (an IANA name): form dates and task deadlines are read
+    #: in it.
+    timezone: str = "UTC"
+    #: When the working day ends (``HH:MM``), for the task deadline ``eod``.
+    workday_end: str = "18:00"
+    #: Where uploaded files are saved (default: the app's ``UPLOAD_FOLDER``); unset:
+    #: uploads are not saved and only their names reach amoCRM.
+    upload_folder: str | None = None
+    #: The public address of that folder (absolute, or a path on this site).
+    upload_url: str | None = None
+    #: The largest upload saved, in bytes.
+    upload_max_size: int = 10 * 1024 * 1024
+    #: File name extensions saved (lower case, without the dot).
+    upload_extensions: tuple[str, ...] = ()
 
 
 def _fail(key: str, problem: str) -> RuntimeError:
@@ -284,6 +308,7 @@ def read_settings(app: Flask) -> Settings:
         metadata_ttl=_int(config, "AMOCRM_METADATA_TTL", 1),
         admin_auth=_admin_auth(config["AMOCRM_ADMIN_AUTH"]),
         keepalive_days=_int(config, "AMOCRM_KEEPALIVE_DAYS", 1),
+        **_rules_settings(app, config),
     )
 
 
@@ -294,3 +319,39 @@ def _admin_auth(value: Any) -> Callable[[], bool] | None:
         raise _fail("AMOCRM_ADMIN_AUTH", f"must be a callable returning True for "
                                          f"allowed users, not {value!r}.")
     return value  # type: ignore[no-any-return]
+
+
+def _rules_settings(app: Flask, config: Any) -> dict[str, Any]:
+    """The settings rules and uploads use: time zone, working day, upload folder."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    timezone = str(config["AMOCRM_TIMEZONE"] or "UTC")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _fail("AMOCRM_TIMEZONE", f"must be a time zone name such as "
+                                       f"'Europe/Moscow', not {timezone!r}.") from None
+    workday_end = str(config["AMOCRM_WORKDAY_END"]).strip()
+    hours, _, minutes = workday_end.partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24
+            and int(minutes) < 60):
+        raise _fail("AMOCRM_WORKDAY_END", f"must be a time such as '18:00', not "
+                                          f"{workday_end!r}.")
+    folder = config["AMOCRM_UPLOAD_FOLDER"] or app.config.get("UPLOAD_FOLDER") or None
+    url = config["AMOCRM_UPLOAD_URL"] or None
+    if folder and not url:
+        raise _fail("AMOCRM_UPLOAD_URL", "is required with AMOCRM_UPLOAD_FOLDER: the "
+                    "address the folder is served at ('/uploads' or "
+                    "'https://files.example.com/'), so amoCRM gets working links.")
+    extensions = config["AMOCRM_UPLOAD_EXTENSIONS"] or ()
+    if isinstance(extensions, str):
+        extensions = extensions.replace(";", ",").split(",")
+    return {
+        "timezone": timezone,
+        "workday_end": workday_end,
+        "upload_folder": os.fspath(folder) if folder else None,
+        "upload_url": str(url) if url else None,
+        "upload_max_size": _int(config, "AMOCRM_UPLOAD_MAX_SIZE", 1),
+        "upload_extensions": tuple(
+            str(e).strip().lower().lstrip(".") for e in extensions if str(e).strip()),
+    }

@@ -197,3 +197,14 @@ class Flag(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     #: ``None``: until deleted.
     expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Counter(Base):
+    """A named counter shared by every process, where there is no Redis: the turn of
+    a rule's round-robin list of responsible users."""
+
+    __tablename__ = "amocrm_counters"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                       default=0)

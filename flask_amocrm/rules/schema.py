@@ -6,26 +6,68 @@
      "forms": {"callback": {...}},            # one rule per form id
      "mails": {"ORDER_NEW": {...}}}           # one rule per mail event
 
-A rule has optional sections ``contact``, ``company`` and ``lead`` and the option
-``tracking`` (campaign tags into the lead's tracking fields, on by default). Errors name the rule and the key.
+A rule has the sections ``contact``, ``company`` and ``lead`` (each optional), ``task``
+(one table or a list of them), and the options ``unsorted``, ``tracking``, ``files``,
+``format``, ``group`` and ``responsible``; DESIGN.md 3.1 shows them. Every template is
+compiled here, so a syntax error is reported at start-up, naming the rule and the key,
+not on the first visitor's event.
 """
 
 from __future__ import annotations
 
 import copy
+from datetime import UTC as _UTC
 from typing import Any
 
-#: Keys each part of a rule accepts in this release.
-_RULE_KEYS = {"contact", "company", "lead", "tracking", "format"}
-_SECTION_KEYS = {
-    "contact": {"name", "first_name", "last_name", "fields", "responsible"},
-    "company": {"name", "fields", "responsible"},
-    "lead": {"name", "price", "pipeline", "status", "responsible", "tags", "fields",
-             "visitor_uid"},
+from jinja2 import TemplateSyntaxError
+
+from .templates import compile_template
+
+#: Keys of a rule (and of ``defaults``).
+RULE_KEYS = {"contact", "company", "lead", "task", "unsorted", "tracking", "files",
+             "format", "group", "responsible"}
+_COMMON = {"id", "name", "responsible", "tags", "fields", "note", "notes", "lock",
+           "group"}
+#: Keys of each entity section.
+SECTION_KEYS = {
+    "contact": _COMMON | {"first_name", "last_name", "position", "phone", "email",
+                          "im"},
+    "company": _COMMON | {"phone", "email", "web", "address"},
+    "lead": _COMMON | {"price", "pipeline", "status", "visitor_uid"},
 }
-#: Keys of the design (DESIGN.md 3.1) that later releases implement; naming one now is
-#: an error rather than a silently ignored setting.
-_LATER_KEYS = {"duplicates", "note", "notes", "task", "lock", "id", "group", "unsorted"}
+#: Keys of a task.
+TASK_KEYS = {"entity", "type", "text", "deadline", "responsible", "duration"}
+#: Keys of a note given as a table.
+NOTE_KEYS = {"text", "unique", "group"}
+#: Keys of ``unsorted`` given as a table.
+UNSORTED_KEYS = {"enabled", "name", "source_name", "form_name"}
+#: Keys of ``files``.
+FILES_KEYS = {"entity", "field", "note"}
+#: The campaign tags ``tracking`` may map to fields.
+TRACKING_TAGS = {
+    "utm_source": "UTM_SOURCE",
+    "utm_medium": "UTM_MEDIUM",
+    "utm_campaign": "UTM_CAMPAIGN",
+    "utm_content": "UTM_CONTENT",
+    "utm_term": "UTM_TERM",
+    "utm_referrer": "UTM_REFERRER",
+    "gclid": "GCLID",
+    "yclid": "YCLID",
+    "fbclid": "FBCLID",
+    "roistat": "ROISTAT",
+    "_ym_uid": "_YM_UID",
+    "_ym_counter": "_YM_COUNTER",
+    "openstat_service": "OPENSTAT_SERVICE",
+    "openstat_campaign": "OPENSTAT_CAMPAIGN",
+    "openstat_ad": "OPENSTAT_AD",
+    "openstat_source": "OPENSTAT_SOURCE",
+    "from": "FROM",
+    "referrer": "REFERRER",
+}
+#: Keys of the design that a later release implements; naming one now is an error
+#: rather than a silently ignored setting.
+LATER_KEYS = {"duplicates"}
+_ENTITIES = ("contact", "company", "lead")
 _KINDS = {"forms": "form", "mails": "mail"}
 
 
@@ -33,39 +75,175 @@ def _fail(where: str, problem: str) -> RuntimeError:
     return RuntimeError(f"AMOCRM_RULES: {where} {problem}")
 
 
+def _templates(where: str, value: Any) -> None:
+    """Compile every string inside ``value``; a syntax error names its key."""
+    if isinstance(value, str):
+        try:
+            compile_template(value)
+        except TemplateSyntaxError as exc:
+            raise _fail(where, f"has a template error: {exc.message} "
+                               f"(line {exc.lineno}): {value!r}") from None
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _templates(f"{where}[{i}]", item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _templates(f"{where}.{key}", item)
+
+
+def _check_keys(where: str, table: Any, known: set[str], what: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise _fail(where, f"must be a table, not {table!r}.")
+    for key in table:
+        if key in LATER_KEYS:
+            raise _fail(f"{where}.{key}",
+                        "is not supported by this version of Flask-AmoCRM yet.")
+        if key not in known:
+            raise _fail(f"{where}.{key}", f"is not a setting of {what}. Known: "
+                        + ", ".join(sorted(known)) + ".")
+    return table
+
+
+def _check_bool(where: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise _fail(where, f"must be true or false, not {value!r}.")
+
+
+def _check_note(where: str, note: Any) -> None:
+    if isinstance(note, str):
+        _templates(where, note)
+        return
+    _check_keys(where, note, NOTE_KEYS, "a note")
+    if not isinstance(note.get("text"), str):
+        raise _fail(f"{where}.text", "is required: the note's text (a template).")
+    _templates(f"{where}.text", note["text"])
+    for key in ("unique", "group"):
+        if key in note:
+            _check_bool(f"{where}.{key}", note[key])
+
+
+def _check_section(where: str, entity: str, section: Any) -> None:
+    _check_keys(where, section, SECTION_KEYS[entity], entity)
+    for key, value in section.items():
+        path = f"{where}.{key}"
+        if key == "fields":
+            if not isinstance(value, dict):
+                raise _fail(path, "must be a table of field = value (a field's code, "
+                                  "id or name, and a template or a value).")
+            for field, item in value.items():
+                if not isinstance(item, str | int | float | bool | list | dict):
+                    raise _fail(f"{path}.{field}", f"has a value of an unknown kind: "
+                                                   f"{item!r}.")
+        elif key == "tags":
+            if not isinstance(value, list | str):
+                raise _fail(path, "must be a list of tags (templates).")
+        elif key == "lock":
+            if not isinstance(value, list) or not all(isinstance(v, str | int)
+                                                      for v in value):
+                raise _fail(path, "must be a list of the keys an update never "
+                                  "overwrites (name, price, PHONE, a field's name ...).")
+        elif key == "note":
+            _check_note(path, value)
+        elif key == "notes":
+            if not isinstance(value, list):
+                raise _fail(path, "must be a list of notes.")
+            for i, note in enumerate(value):
+                _check_note(f"{path}[{i}]", note)
+        elif key == "group":
+            _check_bool(path, value)
+        elif key == "price":
+            if not isinstance(value, str | int | float | list):
+                raise _fail(path, "must be a value or a list of values to add up.")
+        elif key in ("responsible",):
+            if not isinstance(value, str | int | list) or value == []:
+                raise _fail(path, "must be a user (name, e-mail or id) or a list of "
+                                  "users served in turn.")
+        elif not isinstance(value, str | int | float | list | dict):
+            raise _fail(path, f"has a value of an unknown kind: {value!r}.")
+        _templates(path, value)
+
+
+def _check_task(where: str, task: Any) -> None:
+    _check_keys(where, task, TASK_KEYS, "a task")
+    entity = task.get("entity", "lead")
+    if entity not in _ENTITIES:
+        raise _fail(f"{where}.entity", f"must be lead, contact or company, not "
+                                       f"{entity!r}.")
+    if "text" in task and not isinstance(task["text"], str):
+        raise _fail(f"{where}.text", "must be a text (a template).")
+    if "deadline" in task:
+        from .deadlines import is_static
+        from .fields import parse_when
+
+        value = task["deadline"]
+        if not isinstance(value, str):
+            raise _fail(f"{where}.deadline", "must be a text such as '+2h' or 'eod'.")
+        if "{" not in value and not is_static(value) and parse_when(
+                value, tz=_UTC) is None:
+            raise _fail(f"{where}.deadline", f"{value!r} is not a deadline; use "
+                        "'+30m', '+2h', '+1d', 'eod', a date or a template.")
+    if "duration" in task and (isinstance(task["duration"], bool)
+                               or not isinstance(task["duration"], int)):
+        raise _fail(f"{where}.duration", "must be a number of seconds.")
+    _templates(where, task)
+
+
 def _check_rule(where: str, rule: Any) -> None:
-    if not isinstance(rule, dict):
-        raise _fail(where, f"must be a table of settings, not {rule!r}.")
+    _check_keys(where, rule, RULE_KEYS, "a rule")
     for key, value in rule.items():
         path = f"{where}.{key}"
-        if key in _LATER_KEYS:
-            raise _fail(path, "is not supported by this version of Flask-AmoCRM yet.")
-        if key not in _RULE_KEYS:
-            raise _fail(path, "is not a rule setting. Known: "
-                        + ", ".join(sorted(_RULE_KEYS)) + ".")
-        if key in _SECTION_KEYS:
-            if not isinstance(value, dict):
-                raise _fail(path, f"must be a table, not {value!r}.")
-            for sub, subvalue in value.items():
-                if sub in _LATER_KEYS:
-                    raise _fail(f"{path}.{sub}",
-                                "is not supported by this version of Flask-AmoCRM yet.")
-                if sub not in _SECTION_KEYS[key]:
-                    raise _fail(f"{path}.{sub}", "is not a setting of " + key
-                                + ". Known: " + ", ".join(sorted(_SECTION_KEYS[key]))
-                                + ".")
-                if sub == "fields" and not isinstance(subvalue, dict):
-                    raise _fail(f"{path}.{sub}", "must be a table of field: value.")
-                if sub == "tags" and not isinstance(subvalue, list | str):
-                    raise _fail(f"{path}.{sub}", "must be a list of tags.")
-        elif key == "tracking" and not isinstance(value, bool):
-            raise _fail(path, f"must be true or false, not {value!r}.")
-        elif key == "format" and value not in {"text", "html"}:
-            raise _fail(path, f"must be 'text' or 'html', not {value!r}.")
+        if key in _ENTITIES:
+            _check_section(path, key, value)
+        elif key == "task":
+            tasks = value if isinstance(value, list) else [value]
+            for i, task in enumerate(tasks):
+                _check_task(path if not isinstance(value, list) else f"{path}[{i}]",
+                            task)
+        elif key == "unsorted":
+            if isinstance(value, dict):
+                _check_keys(path, value, UNSORTED_KEYS, "unsorted")
+                if "enabled" in value:
+                    _check_bool(f"{path}.enabled", value["enabled"])
+                _templates(path, value)
+            else:
+                _check_bool(path, value)
+        elif key == "tracking":
+            if isinstance(value, dict):
+                for tag, field in value.items():
+                    if tag not in TRACKING_TAGS:
+                        raise _fail(f"{path}.{tag}", "is not a campaign tag. Known: "
+                                    + ", ".join(sorted(TRACKING_TAGS)) + ".")
+                    if field is not False and not isinstance(field, str | int):
+                        raise _fail(f"{path}.{tag}", "must be a lead field (code, "
+                                                     "name or id) or false.")
+            else:
+                _check_bool(path, value)
+        elif key == "files":
+            if value is False:
+                continue
+            _check_keys(path, value, FILES_KEYS, "files")
+            if value.get("entity", "lead") not in _ENTITIES:
+                raise _fail(f"{path}.entity", "must be lead, contact or company.")
+            if "note" in value:
+                _check_bool(f"{path}.note", value["note"])
+        elif key == "format":
+            if value not in {"text", "html"}:
+                raise _fail(path, f"must be 'text' or 'html', not {value!r}.")
+        elif key == "group":
+            _check_bool(path, value)
+        elif key == "responsible":
+            if not isinstance(value, str | int | list) or value == []:
+                raise _fail(path, "must be a user (name, e-mail or id) or a list.")
+            _templates(path, value)
 
 
 def validate_rules(rules: dict[str, Any]) -> None:
-    """Raise :class:`RuntimeError` naming the rule and key if ``rules`` is invalid."""
+    """Raise :class:`RuntimeError` naming the rule and key if ``rules`` is invalid.
+
+    Each rule is checked with ``defaults`` merged under it, as it will be used.
+    """
+    if not isinstance(rules, dict):
+        raise _fail("", "must be a table with 'defaults', 'forms' and 'mails'.")
     for top, value in rules.items():
         if top == "defaults":
             _check_rule("defaults", value)
@@ -75,6 +253,7 @@ def validate_rules(rules: dict[str, Any]) -> None:
                             + _KINDS[top] + ".")
             for name, rule in value.items():
                 _check_rule(f"{top}.{name}", rule)
+                _check_rule(f"{top}.{name}", _merge(rules.get("defaults") or {}, rule))
         else:
             raise _fail(top, "is not a section. Use 'defaults', 'forms' and 'mails'.")
 
@@ -82,8 +261,12 @@ def validate_rules(rules: dict[str, Any]) -> None:
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and \
+                key != "fields":
             merged[key] = _merge(merged[key], value)
+        elif key == "fields" and isinstance(merged.get(key), dict) and \
+                isinstance(value, dict):
+            merged[key] = {**merged[key], **copy.deepcopy(value)}
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -92,7 +275,18 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def find_rule(rules: dict[str, Any], kind: str, source: str) -> dict[str, Any] | None:
     """The rule for an event (``defaults`` merged under it), or ``None``."""
     section = "forms" if kind == "form" else "mails"
-    rule = rules.get(section, {}).get(source)
+    rule = (rules.get(section) or {}).get(source)
     if rule is None:
         return None
-    return _merge(rules.get("defaults", {}), rule)
+    return _merge(rules.get("defaults") or {}, rule)
+
+
+def rule_names(rules: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(kind, source, where)`` of every rule: ``("form", "callback",
+    "forms.callback")``."""
+    out = []
+    for section, kind in _KINDS.items():
+        for name in rules.get(section) or {}:
+            out.append((kind, name, f"{section}.{name}"))
+    return out
+

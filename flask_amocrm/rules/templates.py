@@ -12,18 +12,21 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from ..errors import RuleError
 
-_MAX_OUTPUT = 100_000
+#: A rendered value longer than this is cut: no amoCRM field holds more, and a template
+#: looping over visitor input must not build megabytes.
+MAX_OUTPUT = 100_000
 
 _env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
 
-@lru_cache(maxsize=512)
-def _compile(source: str) -> Any:
+@lru_cache(maxsize=1024)
+def compile_template(source: str) -> Template:
+    """The compiled template (cached); raises :class:`jinja2.TemplateSyntaxError`."""
     return _env.from_string(source)
 
 
@@ -31,12 +34,15 @@ def render(source: str, variables: dict[str, Any], *, where: str = "") -> str:
     """Render one template string, raising :class:`RuleError` with ``where`` on error."""
     if "{" not in source:
         return source
+    label = f" in {where}" if where else ""
     try:
-        text = _compile(source).render(variables)
+        text = compile_template(source).render(variables)
     except TemplateError as exc:
-        label = f" in {where}" if where else ""
         raise RuleError(f"template error{label}: {exc} (template: {source!r})") from None
-    return text[:_MAX_OUTPUT]
+    except Exception as exc:  # a filter fed the wrong thing: still the rule's fault
+        raise RuleError(f"template error{label}: {type(exc).__name__}: {exc} "
+                        f"(template: {source!r})") from None
+    return text[:MAX_OUTPUT]
 
 
 def render_value(value: Any, variables: dict[str, Any], *, where: str = "") -> Any:

@@ -11,7 +11,7 @@ import logging
 import os
 import random
 import socket
-from datetime import timedelta
+from datetime import time, timedelta
 from typing import Any
 
 from flask import current_app
@@ -36,7 +36,7 @@ from ..rules.schema import find_rule
 from ..signals import event_delivered, event_failed
 from .execute import Delivery, execute
 from .outage import note_failure, note_success
-from .plan import build_plan
+from .plan import Plan, PlanEnv, build_plan
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -145,7 +145,7 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                     exc = delivery.error
                     outcomes[event.id] = (RETRYING if exc.retryable else FAILED,
                                           f"{type(exc).__name__}: {exc}")
-                elif event.remote.get("lead_id"):
+                elif delivery.plan.done(event.remote):
                     outcomes[event.id] = (DELIVERED, None)
                 else:
                     outcomes[event.id] = batch_error or (
@@ -185,16 +185,38 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
 
 
 def _prepare(state: _State, session: Any, event: Event) -> Delivery | None:
-    """The event's delivery, or ``None`` when there is nothing to send (already
-    delivered by an attempt that was cut off afterwards, or no rule)."""
-    if event.remote.get("lead_id"):
-        return None
+    """The event's delivery, or ``None`` when there is no rule for it. A plan whose
+    steps an earlier attempt finished is returned as well: it sends nothing."""
     rule = find_rule(state.settings.rules, event.kind, event.source)
     if rule is None:
         event.log = [*event.log, f"no rule for {event.kind} {event.source!r}"]
         return None
     section = "forms" if event.kind == "form" else "mails"
-    plan = build_plan(rule, event, where=f"{section}.{event.source}")
-    if plan.warnings:
+    try:
+        plan = build_plan(rule, event, where=f"{section}.{event.source}",
+                          env=plan_env(state))
+    except RuleError:
+        raise
+    except AmoCRMError as exc:  # the metadata could not be read: try again later
+        return Delivery(event=event, plan=Plan(), save=session.commit, error=exc)
+    if plan.warnings and not plan.done(event.remote):
         event.log = [*event.log, *plan.warnings]
     return Delivery(event=event, plan=plan, save=session.commit)
+
+
+def plan_env(state: _State, *, preview: bool = False) -> PlanEnv:
+    """What planning needs from this app: the account's metadata (fetched only when
+    a rule needs it), the shared round-robin turns, the time zone and working day."""
+    from zoneinfo import ZoneInfo
+
+    from ..amo.metadata import metadata_for
+    from ..rules.roundrobin import next_turn, peek_turn
+
+    hours, _, minutes = state.settings.workday_end.partition(":")
+    turn = peek_turn if preview else next_turn
+    return PlanEnv(
+        metadata=lambda: metadata_for(state),
+        pick=lambda key, count: turn(state, key, count),
+        tz=ZoneInfo(state.settings.timezone),
+        workday_end=time(int(hours), int(minutes)),
+    )

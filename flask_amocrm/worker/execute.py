@@ -1,26 +1,35 @@
 """Executing plans against amoCRM, batch first.
 
 :func:`execute` takes the deliveries of one batch (each an event with its plan) and
-makes the API calls for all of them together: the leads with their contacts and
-companies go to ``leads/complex`` 50 at a time. After each call the ids amoCRM returned
-are written to each event's ``remote`` and saved at once, so a retry resumes where this
-one stopped. A validation error on one item fails that event only; the rest of its batch
-is sent again without it.
+runs the plans' steps (:data:`~.plan.STEPS`) for all of them together, one step after
+the other: each step is one call per entity type for the whole batch, 50 items at a
+time (``leads/complex``, ``leads/unsorted/forms``, ``contacts``, ``notes``, ``tasks``,
+``link``).
+
+After each call the ids amoCRM returned are written to each event's ``remote`` and
+saved at once, with the step's name in ``remote["done"]``, so a retry resumes at the
+first step not done instead of creating a second lead. A validation error on one item
+fails that event only; the rest of its chunk is sent again without it. An error of a
+whole call (network, 5xx, 429) is raised after the progress made so far was saved.
+
+``remote`` holds ``lead_id``, ``contact_id``, ``company_id``, ``unsorted_uid``,
+``note_ids`` (per entity type), ``task_ids``, ``done`` (the finished steps) and
+``notes_done`` (entity types whose notes went out).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, ValidationError
 from ..models import Event
-from .plan import Plan
+from .plan import ENTITY, Plan
 
-#: amoCRM takes at most 50 leads per ``leads/complex`` call.
-COMPLEX_BATCH = 50
+#: amoCRM takes at most 50 items per batch write (and 50 leads per ``complex``).
+CHUNK = 50
 
 
 @dataclass
@@ -36,76 +45,285 @@ class Delivery:
 
     @property
     def request_id(self) -> str:
+        """The event's id, as the ``request_id`` of its items."""
         return str(self.event.id)
+
+    def ids(self) -> dict[str, int | None]:
+        """The lead, contact and company of this event known so far."""
+        remote = self.event.remote or {}
+        out: dict[str, int | None] = {}
+        for key in ("lead", "contact", "company"):
+            entity = self.plan.entity(key)
+            out[key] = remote.get(f"{key}_id") or (entity.id if entity else None)
+        return out
+
+    def pending(self, step: str) -> bool:
+        """Whether ``step`` is one of this plan's and not done yet."""
+        return (self.error is None and step in self.plan.steps()
+                and step not in (self.event.remote or {}).get("done", []))
+
+    def record(self, step: str | None = None, **values: Any) -> None:
+        """Write ``values`` (and ``step`` as done) into ``remote`` and save now.
+
+        ``remote`` is reassigned, never changed in place, so SQLAlchemy sees it."""
+        remote = dict(self.event.remote or {})
+        remote.update(values)
+        if step is not None:
+            remote["done"] = [*remote.get("done", []), step]
+        self.event.remote = remote
+        self.save()
 
 
 def execute(client: AmoClient, deliveries: list[Delivery]) -> None:
     """Make the calls for every delivery. Errors of one item land on its
-    :attr:`Delivery.error`; an error of the whole call (network, 5xx, 429) is raised
-    after the progress made so far has been saved."""
-    todo = [d for d in deliveries if not d.event.remote.get("lead_id")]
-    for start in range(0, len(todo), COMPLEX_BATCH):
-        _create_complex(client, todo[start : start + COMPLEX_BATCH])
+    :attr:`Delivery.error`; an error of the whole call is raised."""
+    _update(client, [d for d in deliveries if d.pending("update")])
+    _create(client, [d for d in deliveries if d.pending("create")])
+    _link(client, [d for d in deliveries if d.pending("link")])
+    _notes(client, [d for d in deliveries if d.pending("notes")])
+    _tasks(client, [d for d in deliveries if d.pending("tasks")])
 
 
-def _create_complex(client: AmoClient, batch: list[Delivery]) -> None:
-    while batch:
-        items = [dict(d.plan.lead, request_id=d.request_id) for d in batch]
-        try:
-            answer = client.post("/api/v4/leads/complex", items)
-        except ValidationError as exc:
-            rejected = _split_errors(exc, batch)
-            if not rejected:
-                raise  # not tied to an item: the whole batch fails alike
-            batch = [d for d in batch if d.request_id not in rejected]
-            continue
-        results = _results_by_request_id(answer)
-        for delivery in batch:
-            result = results.get(delivery.request_id)
-            if result is None:
-                delivery.error = AmoCRMError(
-                    f"leads/complex answered without item {delivery.request_id}")
+# -- sending -------------------------------------------------------------------------
+
+
+Group = tuple[Delivery, list[dict[str, Any]]]
+
+
+def _chunks(groups: list[Group], size: int = CHUNK) -> Iterator[list[Group]]:
+    """Chunks of at most ``size`` items that never split one delivery's items."""
+    chunk: list[Group] = []
+    count = 0
+    for group in groups:
+        if chunk and count + len(group[1]) > size:
+            yield chunk
+            chunk, count = [], 0
+        chunk.append(group)
+        count += len(group[1])
+    if chunk:
+        yield chunk
+
+
+def _send(
+    client: AmoClient,
+    method: str,
+    path: str,
+    key: str,
+    groups: list[Group],
+    done: Callable[[Delivery, list[dict[str, Any] | None]], None],
+) -> None:
+    """Send every group's items, chunk by chunk; call ``done(delivery, answers)``
+    right after the chunk holding them was answered."""
+    for chunk in _chunks([g for g in groups if g[1]]):
+        while chunk:
+            body = []
+            for delivery, items in chunk:
+                many = len(items) > 1
+                for n, item in enumerate(items):
+                    rid = f"{delivery.request_id}-{n}" if many else delivery.request_id
+                    body.append(dict(item, request_id=rid))
+            try:
+                answers = client.write_many(method, path, body, key=key,
+                                            chunk_size=CHUNK)
+            except ValidationError as exc:
+                if not _reject(exc, [d for d, _ in chunk], what=f"{method} {path}"):
+                    raise  # not tied to an item: the whole batch fails alike
+                chunk = [g for g in chunk if g[0].error is None]
                 continue
-            delivery.event.remote = {
-                **delivery.event.remote,
-                "lead_id": result.get("id"),
-                "contact_id": result.get("contact_id"),
-                "company_id": result.get("company_id"),
-                "merged": bool(result.get("merged")),
-            }
-            delivery.save()
-        return
+            position = 0
+            for delivery, items in chunk:
+                done(delivery, answers[position:position + len(items)])
+                position += len(items)
+            break
 
 
-def _split_errors(exc: ValidationError, batch: list[Delivery]) -> set[str]:
-    """Give each rejected item its own ValidationError; return their request ids."""
-    by_id = {d.request_id: d for d in batch}
-    rejected: set[str] = set()
+def _reject(exc: ValidationError, deliveries: list[Delivery], *, what: str) -> bool:
+    """Give each delivery whose item was rejected its own ValidationError; whether
+    every error named an item of this chunk."""
+    by_id = {d.request_id: d for d in deliveries}
+    found: list[tuple[Delivery, dict[str, Any]]] = []
     for item in exc.errors:
-        request_id = str(item.get("request_id"))
-        delivery = by_id.get(request_id)
+        delivery = by_id.get(str(item.get("request_id")).split("-")[0])
         if delivery is None:
-            return set()
+            return False
+        found.append((delivery, item))
+    for delivery, item in found:
         details = "; ".join(
             f"{e.get('path')}: {e.get('code')}"
             + (f" ({e.get('detail')})" if e.get("detail") else "")
             for e in item.get("errors", [])
         )
         delivery.error = ValidationError(
-            f"amoCRM rejected the data: {details}", body=exc.body, errors=[item])
-        rejected.add(request_id)
-    return rejected
+            f"amoCRM rejected the data ({what}): {details}", body=exc.body,
+            errors=[item])
+    return bool(found)
 
 
-def _results_by_request_id(answer: Any) -> dict[str, dict[str, Any]]:
-    """``leads/complex`` answers a bare array whose ``request_id`` is a list (the
-    docs); the HAL ``_embedded.leads`` shape with a string is accepted too."""
-    items = answer
-    if isinstance(answer, dict):
-        items = answer.get("_embedded", {}).get("leads", [])
-    results: dict[str, dict[str, Any]] = {}
-    for item in items or []:
-        ids = item.get("request_id")
-        for request_id in ids if isinstance(ids, list) else [ids]:
-            results[str(request_id)] = item
-    return results
+# -- steps ---------------------------------------------------------------------------
+
+
+def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
+    """PATCH the entities the rules name by id (one call per entity type), after
+    reading them, so multi-value fields keep what they hold."""
+    for key, entity in ENTITY.items():
+        targets = [(d, d.plan.entity(key)) for d in deliveries]
+        targets = [(d, e) for d, e in targets if e is not None and e.id is not None]
+        if not targets:
+            continue
+        ids = sorted({e.id for _, e in targets if e.id is not None})
+        current = {
+            item["id"]: item
+            for start in range(0, len(ids), CHUNK)
+            for item in client.get_all(f"/api/v4/{entity}", entity,
+                                       **{"filter[id][]": ids[start:start + CHUNK]})
+        }
+        groups: list[Group] = []
+        for delivery, plan in targets:
+            assert plan.id is not None
+            if plan.id not in current:
+                delivery.error = AmoCRMError(
+                    f"the rule's {key}.id is {plan.id}, but amoCRM has no such {key}")
+                continue
+            groups.append((delivery, [plan.update_payload(plan.id, current[plan.id])]))
+        _send(client, "PATCH", f"/api/v4/{entity}", entity, groups,
+              lambda d, _a, key=key: d.record(**{f"{key}_id": d.plan.entity(key).id}))
+    for delivery in deliveries:
+        if delivery.error is None:
+            delivery.record("update")
+
+
+def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
+    unsorted = [d for d in deliveries if d.plan.unsorted is not None]
+    complex_ = [d for d in deliveries if d.plan.unsorted is None
+                and d.plan.lead is not None and not d.ids()["lead"]]
+    separate = [d for d in deliveries if d not in unsorted and d not in complex_]
+
+    def unsorted_done(d: Delivery, answers: list[dict[str, Any] | None]) -> None:
+        answer = answers[0] or {}
+        embedded = answer.get("_embedded") or {}
+        first = {k: ((embedded.get(k) or [{}])[0] or {}).get("id")
+                 for k in ("leads", "contacts", "companies")}
+        if not answer.get("uid") or not first["leads"]:
+            d.error = AmoCRMError("leads/unsorted/forms answered without the item")
+            return
+        d.record("create", unsorted_uid=answer["uid"], lead_id=first["leads"],
+                 contact_id=first["contacts"], company_id=first["companies"])
+
+    _send(client, "POST", "/api/v4/leads/unsorted/forms", "unsorted",
+          [(d, [d.plan.unsorted_item()]) for d in unsorted], unsorted_done)
+
+    def complex_done(d: Delivery, answers: list[dict[str, Any] | None]) -> None:
+        answer = answers[0]
+        if not answer or not answer.get("id"):
+            d.error = AmoCRMError("leads/complex answered without the item")
+            return
+        ids = d.ids()
+        d.record("create", lead_id=answer["id"],
+                 contact_id=answer.get("contact_id") or ids["contact"],
+                 company_id=answer.get("company_id") or ids["company"],
+                 merged=bool(answer.get("merged")))
+
+    _send(client, "POST", "/api/v4/leads/complex", "leads",
+          [(d, [d.plan.complex_item(d.ids())]) for d in complex_], complex_done)
+
+    # Without a new lead, contacts and companies are created on their own.
+    for key in ("company", "contact"):
+        entity = ENTITY[key]
+        todo = [d for d in separate if d.plan.entity(key) is not None
+                and not d.ids()[key]]
+
+        def done(d: Delivery, answers: list[dict[str, Any] | None],
+                 key: str = key) -> None:
+            answer = answers[0]
+            if not answer or not answer.get("id"):
+                d.error = AmoCRMError(f"{key} create answered without the item")
+                return
+            d.record(**{f"{key}_id": answer["id"]})
+
+        _send(client, "POST", f"/api/v4/{entity}", entity,
+              [(d, [d.plan.entity(key).create_payload()]) for d in todo  # type: ignore[union-attr]
+               ], done)
+    for delivery in separate:
+        if delivery.error is None:
+            delivery.record("create")
+
+
+def _link(client: AmoClient, deliveries: list[Delivery]) -> None:
+    """Link what was not created together (mass ``link``, one call per entity)."""
+    for entity in ("leads", "contacts"):
+        groups = [(d, [item for e, item in d.plan.links(d.ids()) if e == entity])
+                  for d in deliveries]
+        _send(client, "POST", f"/api/v4/{entity}/link", "links", groups,
+              lambda _d, _a: None)
+    for delivery in deliveries:
+        if delivery.error is None:
+            delivery.record("link")
+
+
+def _notes(client: AmoClient, deliveries: list[Delivery]) -> None:
+    """Add the notes, one call per entity type; a ``unique`` note is skipped when
+    its entity already has a note with the same text. On a retry every note is
+    checked that way, so a call cut off after amoCRM stored it adds nothing twice."""
+    for entity in ("leads", "contacts", "companies"):
+        todo = [d for d in deliveries
+                if entity not in (d.event.remote or {}).get("notes_done", [])]
+        planned = {d.request_id: [(n, body) for e, n, body in d.plan.note_items(d.ids())
+                                  if e == entity] for d in todo}
+        check = {body["entity_id"] for d in todo for note, body in planned[d.request_id]
+                 if note.unique or d.event.attempts > 1}
+        existing = _existing_notes(client, entity, sorted(check)) if check else {}
+        groups: list[Group] = []
+        for d in todo:
+            items = []
+            for note, body in planned[d.request_id]:
+                seen = existing.get(body["entity_id"], set())
+                if (note.unique or d.event.attempts > 1) and _norm(note.text) in seen:
+                    continue
+                items.append(body)
+            groups.append((d, items))
+
+        def done(d: Delivery, answers: list[dict[str, Any] | None],
+                 entity: str = entity) -> None:
+            remote = d.event.remote or {}
+            note_ids = dict(remote.get("note_ids") or {})
+            note_ids[entity] = [*note_ids.get(entity, []),
+                                *[a.get("id") for a in answers if a]]
+            d.record(note_ids=note_ids,
+                     notes_done=[*remote.get("notes_done", []), entity])
+
+        _send(client, "POST", f"/api/v4/{entity}/notes", "notes", groups, done)
+        for d, items in groups:
+            if not items and d.error is None:
+                done(d, [])
+    for delivery in deliveries:
+        if delivery.error is None:
+            delivery.record("notes")
+
+
+def _existing_notes(client: AmoClient, entity: str, ids: list[int]
+                    ) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    for start in range(0, len(ids), CHUNK):
+        notes = client.get_all(f"/api/v4/{entity}/notes", "notes", **{
+            "filter[entity_id][]": ids[start:start + CHUNK],
+            "filter[note_type]": "common"})
+        for note in notes:
+            text = (note.get("params") or {}).get("text")
+            if text is not None:
+                out.setdefault(note.get("entity_id"), set()).add(_norm(text))
+    return out
+
+
+def _norm(text: Any) -> str:
+    return " ".join(str(text).split()).casefold()
+
+
+def _tasks(client: AmoClient, deliveries: list[Delivery]) -> None:
+    def done(d: Delivery, answers: list[dict[str, Any] | None]) -> None:
+        d.record("tasks", task_ids=[a.get("id") for a in answers if a])
+
+    _send(client, "POST", "/api/v4/tasks", "tasks",
+          [(d, d.plan.task_items(d.ids())) for d in deliveries], done)
+    for d in deliveries:
+        if d.error is None and "tasks" not in (d.event.remote or {}).get("done", []):
+            d.record("tasks", task_ids=[])
