@@ -266,18 +266,44 @@ def _plain(value: Any) -> Any:
 
 
 def _file_links(files: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Uploads saved under ``AMOCRM_UPLOAD_FOLDER`` (see :mod:`.uploads`), and links
+    a site passes itself, as ``[{"field", "name", "url"}]``; a file that was not
+    saved has ``url: None`` and the reason in ``error``."""
+    from .uploads import UploadRefused, save_upload
+
     links: list[dict[str, Any]] = []
     if not files:
         return links
+    settings = get_state().settings
     items = files.items(multi=True) if hasattr(files, "getlist") else files.items()
     for field, value in items:
         if isinstance(value, str):
-            links.append({"field": str(field), "name": value.rsplit("/", 1)[-1],
-                          "url": value})
+            url = value.strip()
+            entry = {"field": str(field), "name": url.rsplit("/", 1)[-1][:200],
+                     "url": url[:2000]}
+            if not url.lower().startswith(("http://", "https://")):
+                entry.update(url=None, error="not an http(s) link")
+            links.append(entry)
         elif value is not None and getattr(value, "filename", None):
-            # Saving uploads under the site's upload folder comes with the rules work;
-            # until then the file's name is kept so the note can say what was sent.
-            links.append({"field": str(field), "name": str(value.filename), "url": None})
+            entry = {"field": str(field), "name": str(value.filename)[:200],
+                     "url": None}
+            if not settings.upload_folder or not settings.upload_url:
+                entry["error"] = "uploads are not saved (AMOCRM_UPLOAD_FOLDER)"
+            else:
+                try:
+                    saved = save_upload(
+                        value, folder=settings.upload_folder,
+                        base_url=settings.upload_url,
+                        max_size=settings.upload_max_size,
+                        extensions=settings.upload_extensions)
+                except UploadRefused as exc:
+                    entry["error"] = str(exc)
+                except OSError as exc:
+                    log.exception("Flask-AmoCRM could not save an upload")
+                    entry["error"] = f"could not be saved ({exc.strerror})"
+                else:
+                    entry.update(url=saved["url"], size=saved["size"])
+            links.append(entry)
     return links
 
 
