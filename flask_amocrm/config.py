@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_UTM_COOKIE_DAYS": 90,
     "AMOCRM_TIMEOUT": 15,
     "AMOCRM_RETRY_MAX_DELAY": 3600,
+    "AMOCRM_EVENT_FIELD": "Site event id",
     "AMOCRM_METADATA_TTL": 3600,
     "AMOCRM_ADMIN_AUTH": None,
     "AMOCRM_KEEPALIVE_DAYS": 14,
@@ -89,6 +90,7 @@ class Settings:
     utm_cookie_days: int
     timeout: float
     retry_max_delay: int
+    event_field: str | None
     #: Seconds the cached account metadata (pipelines, users, fields) is kept.
     metadata_ttl: int = 3600
     #: ``callable() -> bool`` that allows the current user into the admin views;
@@ -305,6 +307,8 @@ def read_settings(app: Flask) -> Settings:
         utm_cookie_days=_int(config, "AMOCRM_UTM_COOKIE_DAYS", 1),
         timeout=float(timeout),
         retry_max_delay=_int(config, "AMOCRM_RETRY_MAX_DELAY", 1),
+        event_field=str(config["AMOCRM_EVENT_FIELD"]).strip() or None
+        if config["AMOCRM_EVENT_FIELD"] else None,
         metadata_ttl=_int(config, "AMOCRM_METADATA_TTL", 1),
         admin_auth=_admin_auth(config["AMOCRM_ADMIN_AUTH"]),
         keepalive_days=_int(config, "AMOCRM_KEEPALIVE_DAYS", 1),

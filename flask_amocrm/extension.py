@@ -6,17 +6,19 @@ import json
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, after_this_request, current_app, has_request_context
-from sqlalchemy import create_engine, event as sa_event
+from sqlalchemy import create_engine, insert
+from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import context as context_mod
 from .config import Settings, read_settings
-from .models import Event, metadata
+from .models import PENDING, Event, metadata, utcnow
 from .rules.schema import validate_rules
 from .signals import event_captured, form_submitted, mail_sent
 
@@ -338,10 +340,7 @@ def capture(
             ),
             "dedupe_key": dedupe_key,
         }
-        with state.session() as session:
-            event = Event(**record)
-            session.add(event)
-            session.commit()
+        event = _store(state, record)
     except Exception:
         log.exception("Flask-AmoCRM could not store an event")
         _spool(record, kind, source)
@@ -352,12 +351,34 @@ def capture(
         event_captured.send(app, event=event)
     except Exception:
         log.exception("A receiver of event_captured failed for event %s", event.id)
-    try:
-        _dispatch(state, event.id)
-    except Exception:
-        log.exception("Flask-AmoCRM stored event %s but could not hand it on; "
-                      "'flask amocrm process' will deliver it", event.id)
+    _dispatch(state, event.id)
     return event
+
+
+def _store(state: _State, record: dict[str, Any]) -> Event:
+    """Insert the event row and commit; return it (detached, fully loaded).
+
+    A Core ``INSERT`` on a pooled connection: the ORM's unit of work costs more than
+    the insert itself on this hot path, where the visitor waits.
+    """
+    if not state.tables_ready:
+        state.create_tables()
+    now = utcnow()
+    values = {
+        **record,
+        "uid": uuid.uuid4().hex,
+        "status": PENDING,
+        "attempts": 0,
+        "remote": {},
+        "log": [],
+        "created_at": now,
+        "updated_at": now,
+    }
+    with state.engine.begin() as connection:
+        event_id = connection.execute(
+            insert(Event).values(**values).returning(Event.id)
+        ).scalar_one()
+    return Event(id=event_id, **values)
 
 
 def _spool(record: dict[str, Any], kind: str, source: Any) -> None:
@@ -375,30 +396,34 @@ def _spool(record: dict[str, Any], kind: str, source: Any) -> None:
 
 
 def _dispatch(state: _State, event_id: int) -> None:
+    """Hand a stored event on: queue it (``rq``) or deliver it (``inline``).
+
+    In a request this happens once the response has gone to the visitor, so neither
+    Redis nor amoCRM adds to their wait. If the process dies before that, the event is
+    ``pending`` in the table and the sweeper takes it.
+    """
     mode = state.settings.delivery
-    if mode == "rq":
-        from .worker.queue import enqueue_event
-
-        enqueue_event(state, event_id)
-    elif mode == "inline":
-        _deliver_after_response(event_id)
-
-
-def _deliver_after_response(event_id: int) -> None:
-    from .worker.deliver import deliver_event
-
+    if mode == "deferred":
+        return
     app = current_app._get_current_object()  # type: ignore[attr-defined]
 
     def run() -> None:
         try:
             with app.app_context():
-                deliver_event(event_id)
+                if mode == "rq":
+                    from .worker.queue import enqueue_event
+
+                    enqueue_event(state, event_id)
+                else:
+                    from .worker.deliver import deliver_event
+
+                    deliver_event(event_id)
         except Exception:
-            log.exception("Flask-AmoCRM inline delivery of event %s failed", event_id)
+            log.exception("Flask-AmoCRM stored event %s but could not hand it on; "
+                          "the sweeper or 'flask amocrm process' will deliver it",
+                          event_id)
 
     if has_request_context():
-        # Deliver once the response has gone to the visitor, so amoCRM's latency is
-        # never theirs.
         @after_this_request
         def _later(response: Any) -> Any:
             response.call_on_close(run)

@@ -76,6 +76,8 @@ def test_rq_mode_delivers_through_a_real_worker(
         "/callback?utm_source=newsletter",
         data={"name": "Ann", "phone": "+79120001122"})
     assert response.status_code == 200
+    assert redis_conn.llen("rq:queue:amocrm") == 0  # queued once the response is done
+    response.close()
     [event] = _events(app)
     assert event.status == "pending"
     assert redis_conn.lrange("rq:queue:amocrm", 0, -1) == [
@@ -120,6 +122,7 @@ def test_redis_down_at_capture_keeps_the_event_pending(
     response = app.test_client().post(
         "/callback", data={"name": "Ann", "phone": "+79120001122"})
     assert response.status_code == 200
+    response.close()
     [event] = _events(app)
     assert event.status == "pending"
     assert "could not hand it on" in caplog.text

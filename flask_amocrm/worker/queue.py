@@ -25,9 +25,11 @@ _WAITING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED,
             JobStatus.DEFERRED}
 
 
-def job_id(event_id: int) -> str:
-    """The RQ job id of an event: one job per event at a time."""
-    return f"amocrm-event-{event_id}"
+def job_id(state: _State, event_id: int) -> str:
+    """The RQ job id of an event: one job per event at a time. Job ids are global in
+    Redis, so they carry the queue name: two sites sharing a Redis with their own
+    ``AMOCRM_QUEUE`` never take each other's ids (``amocrm-event-<id>`` by default)."""
+    return f"{state.settings.queue.replace('.', '_')}-event-{event_id}"
 
 
 def get_queue(state: _State, *, for_worker: bool = False) -> Queue:
@@ -48,7 +50,7 @@ def enqueue_event(state: _State, event_id: int, *, at: datetime | None = None) -
     ``pending`` and the sweeper queues it later.
     """
     queue = get_queue(state)
-    jid = job_id(event_id)
+    jid = job_id(state, event_id)
     for _ in range(2):
         try:
             options = dict(
