@@ -19,12 +19,14 @@ def deliver(event_id: int) -> str:
 def _deliver(event_id: int) -> str:
     from ..extension import get_state
     from .deliver import deliver_events
+    from .queue import drop_jobs
     from .sweeper import due_event_ids
 
     state = get_state()
     others = due_event_ids(state, state.settings.batch_size)
     batch = [event_id] + [i for i in others if i != event_id]
     outcomes = deliver_events(batch[: state.settings.batch_size])
+    drop_jobs(state, [i for i in outcomes if i != event_id])
     return outcomes.get(event_id, "skipped")
 
 

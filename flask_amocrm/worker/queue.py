@@ -76,3 +76,18 @@ def enqueue_event(state: _State, event_id: int, *, at: datetime | None = None) -
                 return False
             old.delete()  # a finished or failed job of an earlier attempt
     return False
+
+
+def drop_jobs(state: _State, event_ids: list[int]) -> None:
+    """Remove the queued jobs of events a batch already handled, so workers do not
+    spend a fork each on jobs that would only find their event done. A job that a
+    worker already took runs and finds nothing to do (the event's claim decides)."""
+    if not event_ids:
+        return
+    queue = get_queue(state, for_worker=True)
+    with queue.connection.pipeline(transaction=False) as pipe:
+        for event_id in event_ids:
+            jid = job_id(state, event_id)
+            queue.remove(jid, pipeline=pipe)
+            pipe.delete(Job.key_for(jid))
+        pipe.execute()

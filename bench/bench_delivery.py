@@ -1,0 +1,185 @@
+"""Delivery against the sandbox with its 7 requests/second limit and 100 ms latency.
+
+- API calls per event for a lead + contact + note + task rule: one event alone
+  (goal <= 3) and a burst of 1,000 (goal <= 0.1 amortised);
+- throughput of a 1,000-event burst with 1 and 4 RQ workers (goal >= 100 events/s,
+  against a ceiling of 7 x 50 = 350 leads/s);
+- peak worker memory over a 10,000-event backlog.
+
+Sizes can be lowered for a quick look: BENCH_BURST=200 BENCH_BACKLOG=1000.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import redis  # noqa: E402
+import requests  # noqa: E402
+from sqlalchemy import create_engine  # noqa: E402
+
+from _common import POSTGRES_URL, REDIS_URL, postgres_available, sandbox_process  # noqa: E402
+
+BURST = int(os.environ.get("BENCH_BURST", "1000"))
+BACKLOG = int(os.environ.get("BENCH_BACKLOG", "10000"))
+BIN = os.path.dirname(sys.executable)
+RULES = {"forms": {"order": {
+    "contact": {"name": "{{ data.name }}",
+                "fields": {"PHONE": "{{ data.phone }}", "EMAIL": "{{ data.email }}"}},
+    "lead": {"name": "Order {{ data.order }} from {{ data.name }}", "price": "{{ data.sum }}",
+             "tags": ["site"], "note": "Comment: {{ data.comment }}"},
+    "task": {"entity": "lead", "text": "Call {{ data.name }} back", "deadline": "+1h"},
+}}}
+
+
+def site_module(tmp: str, config: dict[str, Any]) -> None:
+    with open(os.path.join(tmp, "bench_site.py"), "w") as fp:
+        fp.write(textwrap.dedent(f"""
+            from flask import Flask
+            from flask_amocrm import AmoCRM
+
+            app = Flask("bench_site", instance_path={tmp!r})
+            app.config.update({config!r})
+            AmoCRM(app)
+        """))
+
+
+def env_for(tmp: str) -> dict[str, str]:
+    return dict(os.environ, FLASK_APP="bench_site", PYTHONPATH=tmp)
+
+
+def flask(tmp: str, *args: str) -> str:
+    done = subprocess.run([f"{BIN}/flask", *args], env=env_for(tmp), cwd=tmp,
+                          capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def capture(tmp: str, n: int, start: int = 0) -> None:
+    """Capture ``n`` orders in one process (as a CLI command would)."""
+    code = textwrap.dedent(f"""
+        from bench_site import app
+        with app.app_context():
+            amocrm = app.extensions["amocrm"].extension
+            for i in range({start}, {start + n}):
+                amocrm.submit("order", {{"name": f"Buyer {{i}}",
+                    "phone": f"+7912{{i:07d}}", "email": f"b{{i}}@example.com",
+                    "order": i, "sum": "1990.50", "comment": "leave at the door"}})
+    """)
+    subprocess.run([sys.executable, "-c", code], env=env_for(tmp), cwd=tmp, check=True)
+
+
+def api_calls(sandbox: str) -> int:
+    log = requests.get(sandbox + "/_sandbox/requests", timeout=10).json()
+    return sum(1 for r in log if r["path"].startswith("/api/v4"))
+
+
+def forget_calls(sandbox: str) -> None:
+    requests.delete(sandbox + "/_sandbox/requests", timeout=10)
+
+
+def leads(sandbox: str) -> int:
+    return len(requests.get(sandbox + "/_sandbox/state", timeout=30).json()["leads"])
+
+
+def fresh_database(tmp: str, name: str) -> str:
+    if postgres_available():
+        from flask_amocrm.models import metadata
+
+        metadata.drop_all(create_engine(POSTGRES_URL))
+        return POSTGRES_URL
+    return f"sqlite:///{tmp}/{name}.sqlite3"
+
+
+def config_for(sandbox: str, database: str, delivery: str) -> dict[str, Any]:
+    return {"AMOCRM_BASE_URL": sandbox, "AMOCRM_TOKEN": "sandbox-token",
+            "AMOCRM_REDIS_URL": REDIS_URL, "AMOCRM_DELIVERY": delivery,
+            "AMOCRM_QUEUE": "bench", "AMOCRM_DATABASE_URI": database,
+            "AMOCRM_RULES": RULES, "AMOCRM_LOG_REQUESTS": False}
+
+
+def calls_per_event(sandbox: str, tmp: str) -> None:
+    site_module(tmp, config_for(sandbox, fresh_database(tmp, "calls"), "deferred"))
+    flask(tmp, "amocrm", "init-db")
+    capture(tmp, 1)
+    flask(tmp, "amocrm", "process", "--now")  # warms the metadata and marker field
+    forget_calls(sandbox)
+    capture(tmp, 1, start=1)
+    flask(tmp, "amocrm", "process", "--now")
+    print(f"API calls, one event alone (metadata warm): {api_calls(sandbox)} "
+          "(goal <= 3)")
+
+
+def burst(sandbox: str, tmp: str, workers: int) -> None:
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    requests.post(sandbox + "/_sandbox/reset", timeout=10)
+    site_module(tmp, config_for(sandbox, fresh_database(tmp, f"burst{workers}"), "rq"))
+    flask(tmp, "amocrm", "init-db")
+    flask(tmp, "amocrm", "sync")  # metadata once, as a running site has it
+    capture(tmp, 1)  # the marker field is created once per account
+    flask(tmp, "amocrm", "worker", "--burst")
+    forget_calls(sandbox)
+    capture(tmp, BURST, start=1)
+    started = time.monotonic()
+    procs = [subprocess.Popen([f"{BIN}/flask", "amocrm", "worker", "--burst"],
+                              env=env_for(tmp), cwd=tmp, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for _ in range(workers)]
+    for proc in procs:
+        proc.wait()
+    elapsed = time.monotonic() - started
+    delivered = leads(sandbox) - 1
+    status = flask(tmp, "amocrm", "status")
+    calls = api_calls(sandbox)
+    print(f"burst of {BURST} with {workers} worker(s): {delivered} leads in "
+          f"{elapsed:.1f} s = {delivered / elapsed:.0f} events/s (goal >= 100); "
+          f"{calls} API calls = {calls / BURST:.3f} per event (goal <= 0.1)")
+    print("  " + " ".join(status.split()))
+
+
+def memory(sandbox: str, tmp: str) -> None:
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    requests.post(sandbox + "/_sandbox/config", json={"latency_ms": 0}, timeout=10)
+    requests.post(sandbox + "/_sandbox/reset", timeout=10)
+    site_module(tmp, config_for(sandbox, fresh_database(tmp, "memory"), "deferred"))
+    flask(tmp, "amocrm", "init-db")
+    capture(tmp, BACKLOG)
+    # A wrapper whose only child is the worker, so its children's peak RSS is the
+    # worker's own.
+    wrapper = textwrap.dedent(f"""
+        import resource, subprocess, sys
+        out = subprocess.run([{BIN + '/flask'!r}, "amocrm", "process", "--now"],
+                             capture_output=True, text=True, check=True).stdout
+        print(out.strip())
+        print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    """)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", wrapper], env=env_for(tmp), cwd=tmp,
+                          capture_output=True, text=True, check=True)
+    counts_line, peak_kib = done.stdout.strip().splitlines()[-2:]
+    counts = json.loads(counts_line)
+    print(f"backlog of {BACKLOG}: {counts.get('delivered', 0)} delivered in "
+          f"{time.monotonic() - started:.0f} s by one process; its peak RSS "
+          f"{int(peak_kib) / 1024:.0f} MiB")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="amocrm-bench-") as tmp, \
+            sandbox_process("--rate-limit", "7", "--latency-ms", "100") as sandbox:
+        print(f"sandbox: 7 requests/s, 100 ms latency; database: "
+              f"{'PostgreSQL' if postgres_available() else 'SQLite'}")
+        calls_per_event(sandbox, tmp)
+        for workers in (1, 4):
+            burst(sandbox, tmp, workers)
+        memory(sandbox, tmp)
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+if __name__ == "__main__":
+    main()
