@@ -287,8 +287,9 @@ def _file_links(files: Mapping[str, Any] | None) -> list[dict[str, Any]]:
                 entry.update(url=None, error="not an http(s) link")
             links.append(entry)
         elif value is not None and getattr(value, "filename", None):
-            entry = {"field": str(field), "name": str(value.filename)[:200],
-                     "url": None}
+            # The visitor's path is theirs: keep only the last part, as a label.
+            name = str(value.filename).replace("\\", "/").rsplit("/", 1)[-1]
+            entry = {"field": str(field), "name": name[:200], "url": None}
             if not settings.upload_folder or not settings.upload_url:
                 entry["error"] = "uploads are not saved (AMOCRM_UPLOAD_FOLDER)"
             else:
