@@ -191,3 +191,75 @@ def sync_command() -> None:
                                                         "companies"))
     click.echo(f"{len(meta.pipelines)} pipelines, {len(meta.users)} users, "
                f"{fields} custom fields, {len(meta.task_types)} task types.")
+
+
+@amocrm_cli.command("check")
+def check_command() -> None:
+    """Check the rules against the account: fields, enum labels, pipelines,
+    statuses, users and task types they name."""
+    from .amo.metadata import metadata_for
+    from .errors import AmoCRMError
+    from .rules.check import check_rules
+
+    state = get_state()
+    try:
+        meta = metadata_for(state, refresh=True)
+    except AmoCRMError as exc:
+        raise click.ClickException(f"Could not read the account: {exc}") from None
+    problems = check_rules(state.settings.rules, meta)
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) in AMOCRM_RULES.")
+    click.echo("The rules match the account.")
+
+
+@amocrm_cli.command("preview")
+@click.argument("source")
+@click.option("--data", "data_json", default="{}", show_default=True,
+              help="The submitted fields, as a JSON object.")
+@click.option("--mail", is_flag=True, help="SOURCE is a mail event, not a form.")
+@click.option("--page", default=None, help="The page address the form was sent from.")
+def preview_command(source: str, data_json: str, mail: bool, page: str | None) -> None:
+    """Print the API calls an event of form SOURCE would cause, without sending."""
+    import time
+    from types import SimpleNamespace
+    from urllib.parse import parse_qsl, urlsplit
+
+    from .context import CAMPAIGN_KEYS
+    from .errors import AmoCRMError
+    from .rules.schema import find_rule
+    from .worker.deliver import plan_env
+    from .worker.plan import build_plan
+
+    state = get_state()
+    try:
+        data = json.loads(data_json)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--data")
+    kind = "mail" if mail else "form"
+    rule = find_rule(state.settings.rules, kind, source)
+    if rule is None:
+        raise click.ClickException(f"There is no rule for {kind} {source!r}.")
+    query = dict(parse_qsl(urlsplit(page).query)) if page else {}
+    event = SimpleNamespace(
+        id=0, uid="preview", kind=kind, source=source, data=data, files=[],
+        remote={}, attempts=0, context={
+            "site": {"name": state.settings.site_name,
+                     "domain": urlsplit(page).hostname if page else None, "ip": None},
+            "utm": {k: v for k, v in query.items() if k in CAMPAIGN_KEYS},
+            "utm_first": {}, "page": {"url": page, "referrer": None}, "client": {},
+            "cookies": {}, "captured_at": int(time.time())})
+    section = "mails" if mail else "forms"
+    try:
+        plan = build_plan(rule, event, where=f"{section}.{source}",
+                          env=plan_env(state, preview=True))
+    except AmoCRMError as exc:
+        raise click.ClickException(str(exc)) from None
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}")
+    for method, path, body in plan.calls():
+        click.echo(f"{method} {path}")
+        click.echo(json.dumps(body, ensure_ascii=False, indent=2))

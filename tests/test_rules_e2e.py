@@ -28,6 +28,7 @@ def fast_sandbox(sandbox: Any) -> Any:
 
 
 def _app(make_app: Any, rules: dict[str, Any], **config: Any) -> Flask:
+    config.setdefault("AMOCRM_RATE_LIMIT", 50)
     app: Flask = make_app(AMOCRM_RULES=rules, **config)
 
     @app.post("/form/<name>")
