@@ -90,7 +90,8 @@ ORDER_RULES: dict[str, Any] = {
                 "pipeline": "Partners",
                 "status": "Contract",
                 "responsible": "Anna Petrova",
-                "price": ["{{ data.amount }}", "{{ data.delivery }}", "{{ data.extra }}"],
+                "price": ["{{ data.amount }}", "{{ data.delivery }}",
+                          "{{ data.extra }}"],
                 "tags": ["site", "{{ utm.utm_source | default('') }}"],
                 "fields": {
                     "Lead Comment": "{{ data.comment }}",
@@ -111,8 +112,8 @@ ORDER_RULES: dict[str, Any] = {
                 "note": "Comment: {{ data.comment }}",
                 "notes": ["Page: {{ page.url }}"],
             },
-            "task": {"entity": "lead", "type": "Встреча", "text": "Call {{ data.name }}",
-                     "deadline": "+2h"},
+            "task": {"entity": "lead", "type": "Встреча",
+                     "text": "Call {{ data.name }}", "deadline": "+2h"},
         }
     },
 }
@@ -185,7 +186,8 @@ def test_a_form_becomes_lead_contact_company_notes_and_task(
     [lead_note] = sandbox.notes("leads")
     text = lead_note["params"]["text"]
     assert lead_note["entity_id"] == lead["id"]
-    assert "Comment: Ring after 5" in text and "Page: http://localhost/form/order" in text
+    assert "Comment: Ring after 5" in text
+    assert "Page: http://localhost/form/order" in text
     assert "'Courer' is not one of its values" in text
     assert "'Gates'" in text and "'free' is not a number" in text
     assert _note_texts(sandbox, "contacts") == ["Came from localhost"]
@@ -368,7 +370,8 @@ def test_bad_input_is_cleaned_cut_and_noted(make_app: Any, fast_sandbox: Any) ->
     assert lead["name"].startswith("Ann x") and len(lead["name"]) == 255
     [contact] = sandbox.contacts()
     assert _values(contact, "PHONE") == ["+7912"]
-    assert _values(lead, "Lead Quantity") == [] and _values(lead, "Lead Visit date") == []
+    assert _values(lead, "Lead Quantity") == []
+    assert _values(lead, "Lead Visit date") == []
     text = "\n".join(_note_texts(sandbox, "leads"))
     assert "'many' is not a number" in text and "'someday' is not a date" in text
     assert "cut to 255" in text and "x" * 400 in text

@@ -97,7 +97,8 @@ def test_defaults_are_merged_under_each_rule() -> None:
 def test_templates_are_sandboxed_and_strict() -> None:
     with pytest.raises(RuleError, match="unsafe"):
         render("{{ ''.__class__.__mro__ }}", {}, where="x")
-    with pytest.raises(RuleError, match="in lead.name: 'dict object' has no attribute 'nope'"):
+    with pytest.raises(RuleError, match="in lead.name: 'dict object' has no "
+                                        "attribute 'nope'"):
         render("{{ data.nope }}", {"data": {}}, where="lead.name")
     assert render("{{ data.a | default('-') }}", {"data": {}}) == "-"
 

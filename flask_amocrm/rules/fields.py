@@ -127,7 +127,8 @@ def _values(
         if len(items) > 1:  # several parts of one text field: join them
             items = [", ".join(str(_plain(v)) for v in items)]
         multiline = ftype == "textarea"
-        text = clean_text(_plain(items[0]), limit=LONG_LIMIT if multiline else TEXT_LIMIT,
+        limit = LONG_LIMIT if multiline else TEXT_LIMIT
+        text = clean_text(_plain(items[0]), limit=limit,
                           multiline=multiline, where=f"{name}", warnings=warnings)
         return [{"value": text}] if text else []
 
@@ -161,7 +162,8 @@ def _values(
             enum = _enum(field, raw)
             if enum is None:
                 shown = _plain(raw)
-                options = ", ".join(str(e.get("value")) for e in field.get("enums") or [])
+                options = ", ".join(str(e.get("value"))
+                                    for e in field.get("enums") or [])
                 warnings.append(f"{name}: {shown!r} is not one of its values "
                                 f"({options}); it was not written")
                 continue

@@ -37,7 +37,8 @@ def _db_incr(state: _State, name: str) -> int:
                 update(Counter).where(Counter.name == name)
                 .values(value=Counter.value + 1))
             if result.rowcount:  # type: ignore[attr-defined]
-                value = session.scalar(select(Counter.value).where(Counter.name == name))
+                value = session.scalar(
+                    select(Counter.value).where(Counter.name == name))
                 session.commit()
                 return int(value or 1)
             try:

@@ -141,7 +141,7 @@ def _check_section(where: str, entity: str, section: Any) -> None:
             if not isinstance(value, list) or not all(isinstance(v, str | int)
                                                       for v in value):
                 raise _fail(path, "must be a list of the keys an update never "
-                                  "overwrites (name, price, PHONE, a field's name ...).")
+                                  "overwrites (name, price, PHONE, a field's name).")
         elif key == "note":
             _check_note(path, value)
         elif key == "notes":

@@ -31,14 +31,15 @@ def compile_template(source: str) -> Template:
 
 
 def render(source: str, variables: dict[str, Any], *, where: str = "") -> str:
-    """Render one template string, raising :class:`RuleError` with ``where`` on error."""
+    """Render one template string; :class:`RuleError` naming ``where`` on error."""
     if "{" not in source:
         return source
     label = f" in {where}" if where else ""
     try:
         text = compile_template(source).render(variables)
     except TemplateError as exc:
-        raise RuleError(f"template error{label}: {exc} (template: {source!r})") from None
+        raise RuleError(f"template error{label}: {exc} "
+                        f"(template: {source!r})") from None
     except Exception as exc:  # a filter fed the wrong thing: still the rule's fault
         raise RuleError(f"template error{label}: {type(exc).__name__}: {exc} "
                         f"(template: {source!r})") from None

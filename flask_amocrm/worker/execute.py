@@ -240,9 +240,12 @@ def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
                 return
             d.record(**{f"{key}_id": answer["id"]})
 
-        _send(client, "POST", f"/api/v4/{entity}", entity,
-              [(d, [d.plan.entity(key).create_payload()]) for d in todo  # type: ignore[union-attr]
-               ], done)
+        groups: list[Group] = []
+        for d in todo:
+            sub = d.plan.entity(key)
+            assert sub is not None
+            groups.append((d, [sub.create_payload()]))
+        _send(client, "POST", f"/api/v4/{entity}", entity, groups, done)
     for delivery in separate:
         if delivery.error is None:
             delivery.record("create")

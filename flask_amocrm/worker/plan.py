@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import RuleError
 from ..rules.clean import LONG_LIMIT, NAME_LIMIT, TAG_LIMIT, clean_text, parse_number
 from ..rules.deadlines import DEFAULT_DEADLINE, deadline
-from ..rules.fields import field_item, is_empty, known_field, label
+from ..rules.fields import field_item, is_empty, known_field
 from ..rules.schema import TRACKING_TAGS
 from ..rules.templates import render_value
 
@@ -173,7 +173,9 @@ class Plan:
 
     def entity(self, key: str) -> EntityPlan | None:
         """The plan of ``lead``, ``contact`` or ``company``."""
-        return {"lead": self.lead, "contact": self.contact, "company": self.company}[key]
+        entities = {"lead": self.lead, "contact": self.contact,
+                    "company": self.company}
+        return entities[key]
 
     def steps(self) -> list[str]:
         """The steps this plan needs (a subset of :data:`STEPS`, in order)."""
@@ -298,7 +300,8 @@ class Plan:
         elif self.lead is not None and self.lead.id is None:
             existing = {k: v for k, v in ids.items()
                         if isinstance(v, int) and k != "lead"}
-            calls.append(("POST", "/api/v4/leads/complex", [self.complex_item(existing)]))
+            calls.append(("POST", "/api/v4/leads/complex",
+                          [self.complex_item(existing)]))
         else:
             for e in self.entities():
                 if e.id is None:
@@ -325,7 +328,9 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def _merge_multi(item: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+def _merge_multi(
+    item: dict[str, Any], current: dict[str, Any] | None
+) -> dict[str, Any]:
     """Keep the values a multitext field already has (PATCH replaces them all)."""
     if current is None or not any("enum_code" in v or "enum_id" in v and "value" in v
                                   for v in item["values"]):
@@ -651,7 +656,8 @@ class _Builder:
         if status_id is not None:
             payload["status_id"] = status_id
         responsible = (self.user(section["responsible"], f"{where}.responsible", "lead")
-                       if "responsible" in section else self.default_user(where, "lead"))
+                       if "responsible" in section
+                       else self.default_user(where, "lead"))
         if responsible:
             payload["responsible_user_id"] = responsible
         visitor_uid = (self.vars["client"] or {}).get("visitor_uid")
@@ -857,7 +863,8 @@ class _Builder:
         form_name = self.text(setting.get("form_name", self.event.source),
                               f"{where}.form_name", None) or str(self.event.source)
         source_name = self.text(
-            setting.get("source_name", site.get("name") or site.get("domain") or "Site"),
+            setting.get("source_name",
+                        site.get("name") or site.get("domain") or "Site"),
             f"{where}.source_name", None) or "Site"
         metadata: dict[str, Any] = {
             "form_id": clean_text(self.event.source, limit=100),
@@ -922,4 +929,4 @@ def build_plan(rule: dict[str, Any], event: Any, *, where: str,
 
 
 __all__ = ["STEPS", "EntityPlan", "NoteSpec", "Plan", "PlanEnv", "TaskSpec",
-           "build_plan", "label", "template_variables"]
+           "build_plan", "template_variables"]
