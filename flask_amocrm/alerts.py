@@ -38,10 +38,11 @@ def _first_time(key: str, seconds: int) -> bool:
     from .extension import get_state
 
     state = get_state()
-    if state.settings.redis_url:
+    redis = state.live_redis()
+    if redis is not None:
         try:
-            return bool(state.redis().set(f"amocrm:alert-sent:{key}", int(time.time()),
-                                          nx=True, ex=seconds))
+            return bool(redis.set(f"amocrm:alert-sent:{key}", int(time.time()),
+                                  nx=True, ex=seconds))
         except Exception as exc:
             log.warning("Alert de-duplication: Redis failed (%s); de-duplicating in "
                         "this process only", type(exc).__name__)
@@ -60,9 +61,9 @@ def clear_alert(key: str) -> None:
 
     with _sent_lock:
         _sent_here.pop(key, None)
-    state = get_state()
-    if state.settings.redis_url:
-        state.redis().delete(f"amocrm:alert-sent:{key}")
+    redis = get_state().live_redis()
+    if redis is not None:
+        redis.delete(f"amocrm:alert-sent:{key}")
 
 
 def send_alert(

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,8 @@ class _State:
         self._engine_pid = 0
         self._session_factory: sessionmaker[Session] | None = None
         self._redis: dict[str, Redis] = {}
+        self._redis_checked = 0.0
+        self._redis_alive = False
         self._lock = threading.Lock()
         self.tables_ready = db is not None
 
@@ -110,6 +113,33 @@ class _State:
                 options.update(socket_connect_timeout=0.5, socket_timeout=2)
             self._redis[key] = Redis.from_url(self.settings.redis_url, **options)
         return self._redis[key]
+
+
+    def live_redis(self) -> Redis | None:
+        """Redis for state shared between processes (locks, counters, caches), or
+        ``None`` when it is not configured or does not answer: then the database
+        keeps that state, because delivery must not stop when Redis does. Whether it
+        answers is checked at most every few seconds."""
+        if not self.settings.redis_url:
+            return None
+        now = time.monotonic()
+        if now - self._redis_checked > _REDIS_CHECK_SECONDS:
+            from redis.exceptions import RedisError
+
+            try:
+                self.redis().ping()
+                self._redis_alive = True
+            except RedisError as exc:
+                if self._redis_alive or not self._redis_checked:
+                    log.warning("Redis does not answer (%s); shared state goes to "
+                                "the database until it is back", type(exc).__name__)
+                self._redis_alive = False
+            self._redis_checked = now
+        return self.redis() if self._redis_alive else None
+
+
+#: How long a Redis health check is trusted, in seconds.
+_REDIS_CHECK_SECONDS = 5.0
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

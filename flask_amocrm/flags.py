@@ -7,20 +7,16 @@ it, a row in ``amocrm_flags`` whose primary key makes the insert succeed only on
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete
-from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 
 from .models import Flag, utcnow
 
 if TYPE_CHECKING:
     from .extension import _State
-
-log = logging.getLogger("flask_amocrm")
 
 
 def _key(state: _State, name: str) -> str:
@@ -30,16 +26,7 @@ def _key(state: _State, name: str) -> str:
 def _redis(state: _State) -> Any:
     """Redis, or ``None`` when it is not configured or does not answer (then the
     database keeps the flags: delivery must not stop because Redis did)."""
-    if not state.settings.redis_url:
-        return None
-    conn = state.redis()
-    try:
-        conn.ping()
-    except RedisError as exc:
-        log.warning("Shared flags: Redis does not answer (%s); using the database",
-                    type(exc).__name__)
-        return None
-    return conn
+    return state.live_redis()
 
 
 def set_once(state: _State, name: str, value: str = "1",

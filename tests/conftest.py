@@ -94,7 +94,10 @@ def make_app(
     """Build a Flask app using Flask-AmoCRM against the sandbox; keyword arguments are
     config keys (``AMOCRM_DELIVERY="inline"``); ``extension`` gets the AmoCRM instance."""
     from flask_amocrm import AmoCRM
+    from flask_amocrm.amo.metadata import forget_local_metadata
 
+    # The sandbox was reset: what this process remembers of its account is stale.
+    forget_local_metadata()
     counter = iter(range(1000))
 
     def factory(*, db: Any = None, **config: Any) -> Flask:

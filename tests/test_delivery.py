@@ -183,7 +183,7 @@ def test_a_template_error_fails_the_event_with_a_readable_reason(
 def test_amocrm_down_means_retrying_not_lost(make_app: Any, sandbox: Any) -> None:
     app = _with_form_view(make_app())
     app.test_client().post("/callback", data={"name": "Ann", "phone": "+79120001122"})
-    sandbox.faults(status=503, count=1)
+    sandbox.faults(status=503, count=1, method="POST", path="/api/v4/leads/complex")
     assert deliver_pending(app)["retrying"] == 1
     [event] = _events(app)
     assert event.status == "retrying"

@@ -197,8 +197,9 @@ class OAuthTokens:
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         host = urlsplit(self.base_url).netloc
-        if self.settings.redis_url:
-            lock = self.state.redis().lock(
+        redis = self.state.live_redis()
+        if redis is not None:
+            lock = redis.lock(
                 f"amocrm:token-lock:{host}", timeout=LOCK_SECONDS,
                 blocking_timeout=LOCK_SECONDS + 5)
             if not lock.acquire():

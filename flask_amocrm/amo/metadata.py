@@ -292,8 +292,9 @@ def _ttl(state: _State) -> int:
 
 def _read_cache(state: _State) -> AccountMetadata | None:
     text: Any = None
-    if state.settings.redis_url:
-        text = state.redis().get(_cache_key(state))
+    redis = state.live_redis()
+    if redis is not None:
+        text = redis.get(_cache_key(state))
     else:
         from ..models import AccountMetadataRow
 
@@ -311,8 +312,9 @@ def _read_cache(state: _State) -> AccountMetadata | None:
 
 def _write_cache(state: _State, meta: AccountMetadata) -> None:
     text = meta.to_json()
-    if state.settings.redis_url:
-        state.redis().set(_cache_key(state), text, ex=_ttl(state))
+    redis = state.live_redis()
+    if redis is not None:
+        redis.set(_cache_key(state), text, ex=_ttl(state))
         return
     from ..models import AccountMetadataRow, utcnow
 
@@ -357,9 +359,10 @@ def metadata_for(state: _State, *, refresh: bool = False) -> AccountMetadata:
             with _local_lock:
                 _local[key] = (time.monotonic(), meta)
             return meta
-    if not state.settings.redis_url:
+    redis = state.live_redis()
+    if redis is None:
         return sync_metadata(state)
-    lock = state.redis().lock(f"{key}:lock", timeout=60, blocking_timeout=60)
+    lock = redis.lock(f"{key}:lock", timeout=60, blocking_timeout=60)
     with lock:
         if not refresh:
             meta = _read_cache(state)  # fetched by whoever held the lock before us

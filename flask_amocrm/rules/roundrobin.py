@@ -23,8 +23,9 @@ def next_turn(state: _State, key: str, count: int) -> int:
     if count <= 1:
         return 0
     name = f"amocrm:rr:{key}"[:200]
-    if state.settings.redis_url:
-        value = int(state.redis(for_worker=True).incr(name))
+    redis = state.live_redis()
+    if redis is not None:
+        value = int(redis.incr(name))
     else:
         value = _db_incr(state, name)
     return (value - 1) % count
@@ -56,8 +57,9 @@ def peek_turn(state: _State, key: str, count: int) -> int:
     if count <= 1:
         return 0
     name = f"amocrm:rr:{key}"[:200]
-    if state.settings.redis_url:
-        value = int(state.redis().get(name) or 0)
+    redis = state.live_redis()
+    if redis is not None:
+        value = int(redis.get(name) or 0)
     else:
         with state.session() as session:
             value = int(session.scalar(

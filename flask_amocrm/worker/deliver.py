@@ -19,7 +19,7 @@ from sqlalchemy import and_, or_, select, update
 
 from ..amo.apilog import event_context
 from ..amo.client import AmoClient
-from ..errors import AmoCRMError, AuthError, RuleError
+from ..errors import AmoCRMError, RuleError
 from ..extension import _State, get_state
 from ..models import (
     DELIVERED,
@@ -35,6 +35,7 @@ from ..models import (
 from ..rules.schema import find_rule
 from ..signals import event_delivered, event_failed
 from .execute import Delivery, execute
+from .markers import marker_field_id, marker_value
 from .outage import note_failure, note_success
 from .plan import Plan, PlanEnv, build_plan
 
@@ -117,6 +118,11 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             except RuleError as exc:
                 outcomes[event.id] = (FAILED, f"rule error: {exc}")
                 continue
+            except Exception as exc:  # Redis or the database hiccuped: try later
+                log.exception("Unexpected error planning event %s", event.id)
+                outcomes[event.id] = (RETRYING,
+                                      f"unexpected {type(exc).__name__}: {exc}")
+                continue
             if delivery is None:
                 outcomes[event.id] = (
                     (DELIVERED, None) if event.remote.get("lead_id") else (IGNORED, None)
@@ -124,12 +130,14 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                 continue
             deliveries.append(delivery)
 
-        if deliveries:
-            batch_error: tuple[str, str] | None = None
+        batch_error: tuple[str, str] | None = None
+        if any(d.error is None for d in deliveries):
             try:
                 with event_context(deliveries[0].event.id if len(deliveries) == 1
                                    else None):
-                    execute(make_client(state), deliveries)
+                    client = make_client(state)
+                    _mark(state, client, deliveries)
+                    execute(client, deliveries)
             except AmoCRMError as exc:
                 batch_error = (RETRYING if exc.retryable else FAILED,
                                f"{type(exc).__name__}: {exc}")
@@ -139,17 +147,19 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                 batch_error = (RETRYING, f"unexpected {type(exc).__name__}: {exc}")
             else:
                 note_success(state)
-            for delivery in deliveries:
-                event = delivery.event
-                if delivery.error is not None:
-                    exc = delivery.error
-                    outcomes[event.id] = (RETRYING if exc.retryable else FAILED,
-                                          f"{type(exc).__name__}: {exc}")
-                elif delivery.plan.done(event.remote):
-                    outcomes[event.id] = (DELIVERED, None)
-                else:
-                    outcomes[event.id] = batch_error or (
-                        RETRYING, "nothing was created; trying again")
+        for delivery in deliveries:
+            event = delivery.event
+            if delivery.error is not None:
+                exc = delivery.error
+                outcomes[event.id] = (RETRYING if exc.retryable else FAILED,
+                                      f"{type(exc).__name__}: {exc}")
+                if exc.retryable:
+                    note_failure(state, exc)  # e.g. the metadata could not be read
+            elif delivery.plan.done(event.remote):
+                outcomes[event.id] = (DELIVERED, None)
+            else:
+                outcomes[event.id] = batch_error or (
+                    RETRYING, "nothing was created; trying again")
 
         now = utcnow()
         for event in events:
@@ -202,6 +212,22 @@ def _prepare(state: _State, session: Any, event: Event) -> Delivery | None:
     if plan.warnings and not plan.done(event.remote):
         event.log = [*event.log, *plan.warnings]
     return Delivery(event=event, plan=plan, save=session.commit)
+
+
+def _mark(state: _State, client: AmoClient, deliveries: list[Delivery]) -> None:
+    """Give every lead this batch creates its event's marker (see :mod:`.markers`)."""
+    new = [d for d in deliveries if d.error is None and d.plan.lead is not None
+           and d.plan.lead.id is None and not d.plan.done(d.event.remote)]
+    if not new:
+        return
+    field_id = marker_field_id(state, client)
+    if field_id is None:
+        return
+    for delivery in new:
+        delivery.marker = field_id
+        values = delivery.plan.lead.payload.setdefault(  # type: ignore[union-attr]
+            "custom_fields_values", [])
+        values.append(marker_value(field_id, delivery.event.uid))
 
 
 def plan_env(state: _State, *, preview: bool = False) -> PlanEnv:

@@ -26,6 +26,7 @@ from typing import Any
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, ValidationError
 from ..models import Event
+from .markers import find_again_or_mark
 from .plan import ENTITY, Plan
 
 #: amoCRM takes at most 50 items per batch write (and 50 leads per ``complex``).
@@ -42,6 +43,8 @@ class Delivery:
     save: Callable[[], None]
     #: Set when this event failed on its own (the rest of the batch goes on).
     error: AmoCRMError | None = None
+    #: The lead field that carries the event's uid (:mod:`.markers`), if any.
+    marker: int | None = None
 
     @property
     def request_id(self) -> str:
@@ -193,6 +196,9 @@ def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
 
 
 def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
+    find_again_or_mark(client, [d for d in deliveries if d.plan.lead is not None
+                                and not d.ids()["lead"]])
+    deliveries = [d for d in deliveries if d.pending("create")]
     unsorted = [d for d in deliveries if d.plan.unsorted is not None]
     complex_ = [d for d in deliveries if d.plan.unsorted is None
                 and d.plan.lead is not None and not d.ids()["lead"]]

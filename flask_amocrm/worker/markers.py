@@ -3,7 +3,7 @@
 A worker can die, or the connection drop, after amoCRM created a lead and before its id
 was saved on the event. A plain retry would create a second lead. So every lead we
 create carries its event's ``uid`` in an API-only text field (``AMOCRM_EVENT_FIELD``,
-created in the account on first use, invisible in amoCRM's interface), and an event
+created in the account on first use, API-only: amoCRM's interface does not show it), and an event
 that was sent before without an answer is first looked up by that value
 (``GET /api/v4/leads?query=<uid>``). amoCRM's ``query`` is full-text, so a hit counts
 only when the field really holds the uid.
@@ -12,42 +12,65 @@ only when the field really holds the uid.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .. import flags
 from ..amo.client import AmoClient
-from ..amo.metadata import metadata_for
 from ..extension import _State
+
+if TYPE_CHECKING:
+    from .execute import Delivery
 
 log = logging.getLogger("flask_amocrm.worker")
 
 
 def marker_field_id(state: _State, client: AmoClient) -> int | None:
-    """The id of the lead field that holds event uids (created if missing), or
-    ``None`` when ``AMOCRM_EVENT_FIELD`` is off."""
+    """The id of the lead field that holds event uids, or ``None`` when
+    ``AMOCRM_EVENT_FIELD`` is off.
+
+    The id is kept as a shared flag; only on a fresh install (or after the flag was
+    lost) is the account asked, under a lock, and the field created if missing.
+    """
     name = state.settings.event_field
     if not name:
         return None
-    field = metadata_for(state).field("leads", name)
-    if field is not None:
-        return int(field["id"])
+    flag = f"marker-field:{name}"
+    known = flags.get(state, flag)
+    if known:
+        return int(known)
     lock: Any = None
-    if state.settings.redis_url:
-        lock = state.redis().lock(f"amocrm:{state.settings.base_url}:marker-field",
-                                  timeout=60, blocking_timeout=60)
+    redis = state.live_redis()
+    if redis is not None:
+        lock = redis.lock(f"amocrm:{state.settings.base_url}:marker-field",
+                          timeout=60, blocking_timeout=60)
         lock.acquire()
     try:
-        field = metadata_for(state, refresh=True).field("leads", name)
-        if field is None:
-            client.post("/api/v4/leads/custom_fields", [{
+        known = flags.get(state, flag)  # set by whoever held the lock before us
+        if known:
+            return int(known)
+        field_id = _find_field(client, name)
+        if field_id is None:
+            answer = client.post("/api/v4/leads/custom_fields", [{
                 "name": name, "type": "text", "is_api_only": True, "sort": 100000,
                 "request_id": "marker",
             }])
-            log.info("Created the lead field %r for event ids", name)
-            field = metadata_for(state, refresh=True).field("leads", name)
+            field_id = int(answer["_embedded"]["custom_fields"][0]["id"])
+            log.info("Created the API-only lead field %r (id %s) for event ids", name,
+                     field_id)
+        flags.clear(state, flag)
+        flags.set_once(state, flag, str(field_id))
+        return field_id
     finally:
         if lock is not None:
             lock.release()
-    return int(field["id"]) if field else None
+
+
+def _find_field(client: AmoClient, name: str) -> int | None:
+    wanted = " ".join(name.split()).casefold()
+    for field in client.get_all("/api/v4/leads/custom_fields", "custom_fields"):
+        if " ".join(str(field.get("name", "")).split()).casefold() == wanted:
+            return int(field["id"])
+    return None
 
 
 def marker_value(field_id: int, uid: str) -> dict[str, Any]:
@@ -79,3 +102,28 @@ def remote_ids(lead: dict[str, Any]) -> dict[str, Any]:
         "company_id": companies[0]["id"] if companies else None,
         "found_again": True,
     }
+
+
+def find_again_or_mark(client: AmoClient, deliveries: list[Delivery]) -> None:
+    """Before a create call: adopt the leads that an earlier, unanswered attempt did
+    create (found by their marker), and note on the others that they are being sent.
+
+    An event whose ``remote`` says ``sending`` was sent before and no answer was
+    saved: amoCRM may or may not have created its lead.
+    """
+    for delivery in deliveries:
+        remote = delivery.event.remote or {}
+        if delivery.marker is None or not remote.get("sending"):
+            continue
+        lead = find_marked_lead(client, delivery.marker, delivery.event.uid)
+        if lead is not None:
+            log.warning("Event %s: found lead %s that an unanswered attempt created; "
+                        "not creating another", delivery.event.id, lead["id"])
+            delivery.record("create", **remote_ids(lead))
+    pending = [d for d in deliveries
+               if d.marker is not None and d.pending("create")
+               and not (d.event.remote or {}).get("sending")]
+    for delivery in pending:
+        delivery.event.remote = {**(delivery.event.remote or {}), "sending": True}
+    if pending:
+        pending[0].save()  # one commit for the batch: they share the session
