@@ -41,8 +41,10 @@ from .plan import Plan, PlanEnv, build_plan
 
 log = logging.getLogger("flask_amocrm.worker")
 
-#: How long a worker holds an event before others may take it over (a killed worker).
-LEASE = timedelta(minutes=10)
+#: How long a worker holds an event before others may take it over (a killed
+#: worker). Longer than the RQ job timeout, after which RQ stops a job itself, so a
+#: slow job never shares its event with a second worker.
+LEASE = timedelta(minutes=15)
 #: The first retry waits about this long; each next one twice as long, up to the cap.
 RETRY_BASE_SECONDS = 30
 

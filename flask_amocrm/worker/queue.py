@@ -43,11 +43,16 @@ def get_queue(state: _State, *, for_worker: bool = False) -> Queue:
     )
 
 
-def enqueue_event(state: _State, event_id: int, *, at: datetime | None = None) -> bool:
+def enqueue_event(
+    state: _State, event_id: int, *, at: datetime | None = None,
+    abandoned: bool = False,
+) -> bool:
     """Queue delivery of an event; ``False`` if a job for it is already waiting.
 
-    Raises the Redis error if Redis cannot be reached: the caller keeps the event
-    ``pending`` and the sweeper queues it later.
+    ``abandoned``: the event's lease ran out, so a job of it that RQ still shows as
+    started belongs to a worker that died (RQ notices that only minutes later); it is
+    replaced. Raises the Redis error if Redis cannot be reached: the caller keeps the
+    event ``pending`` and the sweeper queues it later.
     """
     queue = get_queue(state)
     jid = job_id(state, event_id)
@@ -72,7 +77,8 @@ def enqueue_event(state: _State, event_id: int, *, at: datetime | None = None) -
                 old = Job.fetch(jid, connection=queue.connection)
             except NoSuchJobError:
                 continue  # it ended between the two calls
-            if old.get_status(refresh=False) in _WAITING:
+            status = old.get_status(refresh=False)
+            if status in _WAITING and not (abandoned and status == JobStatus.STARTED):
                 return False
             old.delete()  # a finished or failed job of an earlier attempt
     return False

@@ -18,7 +18,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from ..extension import _State, get_state
-from ..models import Event, utcnow
+from ..models import PROCESSING, Event, utcnow
 from .deliver import _claimable, deliver_events
 
 log = logging.getLogger("flask_amocrm.worker")
@@ -38,6 +38,13 @@ def due_event_ids(state: _State, limit: int | None = None,
         query = query.limit(limit)
     with state.session() as session:
         return list(session.scalars(query))
+
+
+def _lease_expired(state: _State) -> set[int]:
+    """Events whose worker stopped holding them without finishing (killed)."""
+    with state.session() as session:
+        return set(session.scalars(select(Event.id).where(
+            Event.status == PROCESSING, Event.locked_until < utcnow())))
 
 
 def load_spool(state: _State) -> int:
@@ -80,8 +87,9 @@ def sweep(limit: int | None = None) -> int:
 
     state = get_state()
     queued = 0
+    held = _lease_expired(state)
     for event_id in due_event_ids(state, limit, include_fresh=False):
-        if enqueue_event(state, event_id):
+        if enqueue_event(state, event_id, abandoned=event_id in held):
             queued += 1
     if queued:
         log.info("Sweeper queued %s due events", queued)
