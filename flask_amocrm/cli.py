@@ -147,6 +147,15 @@ def status() -> None:
             select(Event.status, func.count()).group_by(Event.status)).all())
     for name in STATUSES:
         click.echo(f"{name:<11}{rows.get(name, 0)}")
+    from . import flags
+    from .worker.outage import paused
+
+    outage = flags.get(state, "outage")
+    if outage:
+        click.echo(f"amoCRM outage going on: {json.loads(outage)['reason']}")
+    pause = paused(state)
+    if pause:
+        click.echo(f"Requests paused after a block: {pause}")
 
 
 @amocrm_cli.command("auth")

@@ -266,3 +266,27 @@ def test_housekeeping_runs_once_an_hour(
         state = app.extensions["amocrm"]
         assert "purged_events" in housekeeping(state)
         assert housekeeping(state) == {}
+
+
+def test_a_block_pauses_every_request_and_alerts_once(
+    make_app: Any, sandbox: Any
+) -> None:
+    from flask_mail import Mail
+
+    app = make_app(AMOCRM_ADMIN_EMAILS=["ops@example.com"], MAIL_SUPPRESS_SEND=True,
+                   MAIL_DEFAULT_SENDER="site@example.com")
+    mail = Mail(app)
+    _submit(app, 3)
+    sandbox.faults(status=403, count=1, method="POST")
+    with mail.record_messages() as outbox:
+        assert deliver_pending(app)["retrying"] == 3
+        sent = len(sandbox.requests())
+        _make_due(app)
+        assert deliver_pending(app)["retrying"] == 3
+        assert len(sandbox.requests()) == sent  # paused: nothing was sent
+    assert len(outbox) == 1
+    assert "not answering" in outbox[0].subject
+    assert "blocked" in outbox[0].body
+    [event] = _events(app)[:1]
+    assert "paused, no request sent" in event.last_error
+    assert sandbox.leads() == []

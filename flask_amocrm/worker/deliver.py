@@ -36,7 +36,7 @@ from ..rules.schema import find_rule
 from ..signals import event_delivered, event_failed
 from .execute import Delivery, execute
 from .markers import marker_field_id, marker_value
-from .outage import note_failure, note_success
+from .outage import note_failure, note_success, paused
 from .plan import Plan, PlanEnv, build_plan
 
 log = logging.getLogger("flask_amocrm.worker")
@@ -133,7 +133,11 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             deliveries.append(delivery)
 
         batch_error: tuple[str, str] | None = None
-        if any(d.error is None for d in deliveries):
+        pause = paused(state) if deliveries else None
+        if pause:
+            batch_error = (RETRYING, f"paused, no request sent: amoCRM blocked us: "
+                                     f"{pause}")
+        elif any(d.error is None for d in deliveries):
             try:
                 with event_context(deliveries[0].event.id if len(deliveries) == 1
                                    else None):

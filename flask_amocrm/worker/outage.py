@@ -35,6 +35,9 @@ log = logging.getLogger("flask_amocrm.worker")
 OUTAGE_ERRORS = (TransportError, ServerError, AuthError, PaymentRequiredError,
                  AccountBlockedError)
 _FLAG = "outage"
+_PAUSE = "paused"
+#: Seconds without any request after amoCRM answered 403 (a block).
+BLOCK_PAUSE = 600
 
 
 def _waiting(state: _State) -> int:
@@ -47,12 +50,24 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def paused(state: _State) -> str | None:
+    """Why no request may be sent now (amoCRM blocked us recently), or ``None``."""
+    return flags.get(state, _PAUSE)
+
+
 def note_failure(state: _State, exc: AmoCRMError) -> None:
-    """Record a failed call; the first one of an outage mails the admins."""
+    """Record a failed call; the first one of an outage mails the admins. A block
+    (403) also pauses every worker for :data:`BLOCK_PAUSE` seconds: hammering a
+    blocked account only prolongs the block."""
     if not isinstance(exc, OUTAGE_ERRORS):
         return
     started = time.time()
     reason = f"{type(exc).__name__}: {exc}"[:500]
+    if isinstance(exc, AccountBlockedError) and flags.set_once(
+        state, _PAUSE, f"{reason} (since {_when(started)})", seconds=BLOCK_PAUSE
+    ):
+        log.error("amoCRM blocked %s: no requests for %s s", state.settings.base_url,
+                  BLOCK_PAUSE)
     if not flags.set_once(state, _FLAG, json.dumps({"since": started,
                                                     "reason": reason})):
         return
