@@ -81,6 +81,13 @@ def show(state: dict[str, Any]) -> None:
             values = [v["value"] for f in contact.get("custom_fields_values") or []
                       for v in f["values"]]
             print(f"      contact #{link['id']}: {contact.get('name')}  {values}")
+        for note in state["notes"]["leads"]:
+            if note.get("entity_id") == lead["id"]:
+                text = (note.get("params") or {}).get("text", "")
+                print("      note: " + text.replace("\n", " | "))
+        for task in state["tasks"]:
+            if task.get("entity_id") == lead["id"]:
+                print(f"      task: {task.get('text')}")
 
 
 def main() -> int:
@@ -129,19 +136,25 @@ def main() -> int:
             for path, fields in FORMS:
                 submit(site, path, fields)
             deadline = time.monotonic() + 60
-            state: dict[str, Any] = {"leads": []}
+            state: dict[str, Any] = {"leads": [], "tasks": []}
             while time.monotonic() < deadline:
                 state = requests.get(sandbox + "/_sandbox/state", timeout=5).json()
-                if len(state["leads"]) >= len(FORMS):
+                # the task is the last step of each event's delivery
+                if len(state["leads"]) >= len(FORMS) and len(state["tasks"]) >= len(
+                    FORMS
+                ):
                     break
                 time.sleep(0.3)
             print("demo: the sandbox amoCRM now holds")
             show(state)
-            if len(state["leads"]) != len(FORMS):
+            if len(state["leads"]) != len(FORMS) or len(state["tasks"]) != len(FORMS):
                 print(f"demo: FAILED: {len(state['leads'])} of {len(FORMS)} leads "
-                      "arrived")
+                      "arrived. The events say:")
+                subprocess.run([f"{BIN}/flask", "amocrm", "status"], env=env)
+                subprocess.run([f"{BIN}/flask", "amocrm", "check"], env=env)
                 return 1
-            print("demo: every form became a lead with its contact. Done.")
+            print("demo: every form became a lead with its contact, note and task. "
+                  "Done.")
             return 0
         finally:
             for process in reversed(processes):

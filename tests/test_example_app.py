@@ -1,0 +1,61 @@
+"""The example site: its callback form becomes an event with the visit's context, and
+its rules validate against the sandbox's account."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from flask_amocrm import Event
+from flask_amocrm.testing import deliver_pending, record_events
+
+
+@pytest.fixture()
+def site(sandbox: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from example_app.site import create_app
+
+    monkeypatch.setenv("AMOCRM_BASE_URL", sandbox.url)
+    monkeypatch.setenv("AMOCRM_TOKEN", sandbox.token)
+    monkeypatch.setenv("AMOCRM_DELIVERY", "deferred")
+    monkeypatch.setenv("EXAMPLE_INSTANCE_PATH", str(tmp_path))
+    app = create_app()
+    app.config.update(TESTING=True, WTF_CSRF_ENABLED=False)
+    return app
+
+
+def test_the_callback_form_becomes_a_lead_with_note_and_task(
+    site: Any, sandbox: Any
+) -> None:
+    client = site.test_client()
+    client.get("/?utm_source=yandex&utm_campaign=sofas")
+    with record_events(site) as events:
+        response = client.post("/", data={"name": "Anna", "phone": "+79123456789"})
+    assert response.status_code == 302
+    [event] = events
+    assert event.data == {"name": "Anna", "phone": "+79123456789", "email": ""}
+    assert event.context["utm"]["utm_source"] == "yandex"
+    assert deliver_pending(site)["delivered"] == 1
+    [lead] = sandbox.leads()
+    assert lead["name"] == "Callback: Anna"
+    assert [t["name"] for t in lead["_embedded"]["tags"]] == ["site", "yandex"]
+    [task] = sandbox.tasks()
+    assert task["text"] == "Call Anna back: +79123456789"
+    assert task["task_type_id"] == 1
+    [note] = [n for n in sandbox.notes("leads") if n["entity_id"] == lead["id"]]
+    assert "Campaign: sofas" in note["params"]["text"]
+
+
+def test_an_invalid_form_is_not_captured(site: Any) -> None:
+    with record_events(site) as events:
+        response = site.test_client().post("/", data={"name": "", "phone": ""})
+    assert response.status_code == 200
+    assert b"This field is required" in response.data
+    assert events == []
+    with site.app_context(), site.extensions["amocrm"].session() as session:
+        assert session.query(Event).count() == 0
+
+
+def test_the_example_rules_pass_check(site: Any) -> None:
+    result = site.test_cli_runner().invoke(args=["amocrm", "check"])
+    assert result.exit_code == 0, result.output
