@@ -24,9 +24,10 @@ def init_db() -> None:
 
 @amocrm_cli.command("worker")
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
-@click.option("--with-scheduler", is_flag=True,
-              help="Also run delayed jobs and the periodic tasks (sweeper, agent, "
-              "retention, token keep-alive).")
+@click.option("--with-scheduler/--without-scheduler", default=True, show_default=True,
+              help="Also run delayed jobs and the periodic tasks (sweeper, retries, "
+              "agent, retention, token keep-alive); one scheduler is active at a "
+              "time however many workers run it.")
 @click.option("--maintenance-interval", default=60, show_default=True,
               help="Seconds between maintenance passes (registry cleanup, keeping "
               "the periodic tasks scheduled).")

@@ -62,6 +62,12 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _HOST_SUFFIXES = (".amocrm.ru", ".kommo.com", ".amocrm.com")
+#: Uploads a browser would run as a page or script when the site serves them back
+#: (stored XSS from the site's own origin): refused whatever the configuration says.
+ACTIVE_EXTENSIONS = frozenset({
+    "html", "htm", "xhtml", "shtml", "svg", "svgz", "xml", "js", "mjs", "php",
+    "phtml", "asp", "aspx", "jsp", "cgi", "pl", "py", "sh", "swf",
+})
 
 
 @dataclass(frozen=True)
@@ -173,8 +179,10 @@ def validate_base_url(url: Any) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def load_rules(value: Any) -> dict[str, Any]:
-    """Read ``AMOCRM_RULES``: a mapping, or a path to a TOML or JSON file."""
+def load_rules(value: Any, root: str | None = None) -> dict[str, Any]:
+    """Read ``AMOCRM_RULES``: a mapping, or a path to a TOML or JSON file. A relative
+    path is taken from ``root`` (the app's ``root_path``, as ``config.from_file``
+    does), so workers and cron jobs started elsewhere find the same file."""
     key = "AMOCRM_RULES"
     if value is None:
         return {}
@@ -182,6 +190,8 @@ def load_rules(value: Any) -> dict[str, Any]:
         return value
     if isinstance(value, str | os.PathLike):
         path = os.fspath(value)
+        if root and not os.path.isabs(path):
+            path = os.path.join(root, path)
         try:
             with open(path, "rb") as fp:
                 raw = fp.read()
@@ -297,7 +307,7 @@ def read_settings(app: Flask) -> Settings:
         batch_size=_int(config, "AMOCRM_BATCH_SIZE", 1),
         agent_interval=_int(config, "AMOCRM_AGENT_INTERVAL", 1),
         rate_limit=float(rate_limit),
-        rules=load_rules(config["AMOCRM_RULES"]),
+        rules=load_rules(config["AMOCRM_RULES"], app.root_path),
         site_name=config["AMOCRM_SITE_NAME"],
         admin_emails=emails,
         log_requests=_bool(config, "AMOCRM_LOG_REQUESTS"),
@@ -350,12 +360,18 @@ def _rules_settings(app: Flask, config: Any) -> dict[str, Any]:
     extensions = config["AMOCRM_UPLOAD_EXTENSIONS"] or ()
     if isinstance(extensions, str):
         extensions = extensions.replace(";", ",").split(",")
+    extensions = [str(e).strip().lower().lstrip(".") for e in extensions
+                  if str(e).strip()]
+    served_as_code = sorted(set(extensions) & ACTIVE_EXTENSIONS)
+    if served_as_code:
+        raise _fail("AMOCRM_UPLOAD_EXTENSIONS",
+                    f"lists .{served_as_code[0]}: such files would be served as pages "
+                    "or scripts from the site's own address; accept them zipped.")
     return {
         "timezone": timezone,
         "workday_end": workday_end,
         "upload_folder": os.fspath(folder) if folder else None,
         "upload_url": str(url) if url else None,
         "upload_max_size": _int(config, "AMOCRM_UPLOAD_MAX_SIZE", 1),
-        "upload_extensions": tuple(
-            str(e).strip().lower().lstrip(".") for e in extensions if str(e).strip()),
+        "upload_extensions": tuple(extensions),
     }

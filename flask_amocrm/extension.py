@@ -427,7 +427,9 @@ def _spool(record: dict[str, Any], kind: str, source: Any) -> None:
 
 
 def _dispatch(state: _State, event_id: int) -> None:
-    """Hand a stored event on: queue it (``rq``) or deliver it (``inline``).
+    """Hand a stored event on: queue it (``rq``), or deliver it together with the other
+    due events (``inline``: so retries happen on the next form even without cron). In
+    ``deferred`` mode capture only stores; the agent delivers.
 
     In a request this happens once the response has gone to the visitor, so neither
     Redis nor amoCRM adds to their wait. If the process dies before that, the event is
@@ -445,10 +447,13 @@ def _dispatch(state: _State, event_id: int) -> None:
                     from .worker.queue import enqueue_event
 
                     enqueue_event(state, event_id)
-                else:
-                    from .worker.deliver import deliver_event
+                elif mode == "inline":
+                    from .worker.deliver import deliver_events
+                    from .worker.sweeper import due_event_ids
 
-                    deliver_event(event_id)
+                    size = state.settings.batch_size
+                    due = [i for i in due_event_ids(state, size) if i != event_id]
+                    deliver_events([event_id, *due][:size])
         except Exception:
             log.exception("Flask-AmoCRM stored event %s but could not hand it on; "
                           "the sweeper or 'flask amocrm process' will deliver it",

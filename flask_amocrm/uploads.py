@@ -18,6 +18,8 @@ import time
 from typing import Any
 from urllib.parse import urljoin
 
+from .config import ACTIVE_EXTENSIONS
+
 #: Bytes copied at a time.
 _CHUNK = 64 * 1024
 
@@ -38,7 +40,7 @@ def save_upload(
     ``{"name", "url", "size"}``; raise :class:`UploadRefused` with the reason."""
     original = os.path.basename(str(storage.filename or "").replace("\\", "/"))
     extension = original.rsplit(".", 1)[-1].lower() if "." in original else ""
-    if not extension or extension not in extensions:
+    if not extension or extension not in extensions or extension in ACTIVE_EXTENSIONS:
         raise UploadRefused(f"files of type .{extension or '?'} are not accepted")
     month = time.strftime("%Y/%m")
     directory = os.path.join(folder, month)
@@ -55,7 +57,7 @@ def save_upload(
                     break
                 size += len(chunk)
                 if size > max_size:
-                    raise UploadRefused(f"larger than {max_size // 1024} KB")
+                    raise UploadRefused(f"larger than {_size(max_size)}")
                 out.write(chunk)
     except BaseException:
         if os.path.exists(path):
@@ -79,3 +81,12 @@ def file_url(base_url: str, relative: str) -> str:
         if has_request_context():
             base = urljoin(request.host_url, base.lstrip("/"))
     return base + relative
+
+
+def _size(count: int) -> str:
+    """``count`` bytes as people read it: 512 bytes, 20 KB, 10 MB."""
+    if count < 1024:
+        return f"{count} bytes"
+    if count < 1024 * 1024:
+        return f"{count / 1024:g} KB"
+    return f"{count / 1024 / 1024:g} MB"

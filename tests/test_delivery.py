@@ -219,3 +219,21 @@ def test_status_command_counts_events(make_app: Any, sandbox: Any) -> None:
     assert "delivered  1" in output
     assert "ignored    1" in output
     assert "pending    0" in output
+
+
+def test_inline_mode_retries_due_events_with_the_next_form(
+    make_app: Any, sandbox: Any
+) -> None:
+    app = _with_form_view(make_app(AMOCRM_DELIVERY="inline"))
+    client = app.test_client()
+    sandbox.faults(status=503, count=1, method="POST", path="/api/v4/leads/complex")
+    client.post("/callback", data={"name": "Ann", "phone": "+79120001122"}).close()
+    [event] = _events(app)
+    assert event.status == "retrying"
+    with app.app_context(), app.extensions["amocrm"].session() as session:
+        session.get(Event, event.id).next_attempt_at = None  # its time has come
+        session.commit()
+    client.post("/callback", data={"name": "Bob", "phone": "+79120003344"}).close()
+    assert [e.status for e in _events(app)] == ["delivered", "delivered"]
+    assert sorted(lead["name"] for lead in sandbox.leads()) == [
+        "Callback: Ann", "Callback: Bob"]

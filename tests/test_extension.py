@@ -134,3 +134,22 @@ def test_shared_flask_sqlalchemy_db(tmp_path: Any, database_uri: str) -> None:
         assert db.session.get(Event, event.id).data == {"name": "Db"}
         db.session.remove()
         db.engine.dispose()
+
+
+def test_uploads_that_would_run_as_pages_are_refused_in_config(tmp_path: Any) -> None:
+    app = _app(tmp_path, AMOCRM_UPLOAD_FOLDER=str(tmp_path), AMOCRM_UPLOAD_URL="/up",
+               AMOCRM_UPLOAD_EXTENSIONS=["pdf", "SVG"])
+    with pytest.raises(RuntimeError, match="AMOCRM_UPLOAD_EXTENSIONS lists .svg"):
+        AmoCRM(app)
+
+
+def test_a_relative_rules_path_is_taken_from_the_app_root(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "rules.json").write_text('{"forms": {"callback": {}}}')
+    monkeypatch.chdir("/")  # a worker started from elsewhere
+    app = Flask("site", root_path=str(tmp_path), instance_path=str(tmp_path))
+    app.config.update(AMOCRM_BASE_URL="https://example.amocrm.ru", AMOCRM_TOKEN="t",
+                      AMOCRM_RULES="rules.json")
+    AmoCRM(app)
+    assert app.extensions["amocrm"].settings.rules == {"forms": {"callback": {}}}

@@ -433,7 +433,7 @@ def test_uploads_are_saved_and_linked(
     [note] = _note_texts(sandbox, "leads")
     assert f'<a href="{url}">My CV.pdf</a>' in note
     assert "x.svg (files of type .svg are not accepted)" in note
-    assert "big.txt (larger than 0 KB)" in note
+    assert "big.txt (larger than 1000 bytes)" in note
 
 
 def test_a_retry_resumes_without_doubling(make_app: Any, fast_sandbox: Any) -> None:
