@@ -11,6 +11,19 @@ A rule has the sections ``contact``, ``company`` and ``lead`` (each optional), `
 ``format``, ``group`` and ``responsible``; DESIGN.md 3.1 shows them. Every template is
 compiled here, so a syntax error is reported at start-up, naming the rule and the key,
 not on the first visitor's event.
+
+Duplicate control is a section's ``duplicates`` table (docs/duplicates.md)::
+
+    duplicates = { match = ["PHONE", "EMAIL"],  # what to compare: PHONE, EMAIL, name,
+                                                # a custom field; leads: name, price,
+                                                # pipeline, status, custom fields
+                   require = "any",             # any (default) | all
+                   strategy = "update",         # note | update | use (required)
+                   scope = "contact",           # leads: contact (default) | all
+                   open_only = true,            # leads: leave won/lost leads out
+                   within = "7d" }              # leads: created at most 7 days ago
+
+``duplicates = false`` switches off what ``defaults`` switched on.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from .templates import compile_template
 RULE_KEYS = {"contact", "company", "lead", "task", "unsorted", "tracking", "files",
              "format", "group", "responsible"}
 _COMMON = {"id", "name", "responsible", "tags", "fields", "note", "notes", "lock",
-           "group"}
+           "group", "duplicates"}
 #: Keys of each entity section.
 SECTION_KEYS = {
     "contact": _COMMON | {"first_name", "last_name", "position", "phone", "email",
@@ -41,6 +54,12 @@ TASK_KEYS = {"entity", "type", "text", "deadline", "responsible", "duration"}
 NOTE_KEYS = {"text", "unique", "group"}
 #: Keys of ``unsorted`` given as a table.
 UNSORTED_KEYS = {"enabled", "name", "source_name", "form_name"}
+#: Keys of ``duplicates``, per entity section.
+DUPLICATES_KEYS = {
+    "contact": {"match", "require", "strategy"},
+    "company": {"match", "require", "strategy"},
+    "lead": {"match", "require", "strategy", "scope", "open_only", "within"},
+}
 #: Keys of ``files``.
 FILES_KEYS = {"entity", "field", "note"}
 #: The campaign tags ``tracking`` may map to fields.
@@ -66,7 +85,7 @@ TRACKING_TAGS = {
 }
 #: Keys of the design that a later release implements; naming one now is an error
 #: rather than a silently ignored setting.
-LATER_KEYS = {"duplicates"}
+LATER_KEYS: set[str] = set()
 _ENTITIES = ("contact", "company", "lead")
 _KINDS = {"forms": "form", "mails": "mail"}
 
@@ -122,7 +141,8 @@ def _check_note(where: str, note: Any) -> None:
             _check_bool(f"{where}.{key}", note[key])
 
 
-def _check_section(where: str, entity: str, section: Any) -> None:
+def _check_section(where: str, entity: str, section: Any,
+                   complete: bool = False) -> None:
     _check_keys(where, section, SECTION_KEYS[entity], entity)
     for key, value in section.items():
         path = f"{where}.{key}"
@@ -151,6 +171,9 @@ def _check_section(where: str, entity: str, section: Any) -> None:
                 _check_note(f"{path}[{i}]", note)
         elif key == "group":
             _check_bool(path, value)
+        elif key == "duplicates":
+            _check_duplicates(path, entity, section, value, complete)
+            continue  # not templates
         elif key == "price":
             if not isinstance(value, str | int | float | list):
                 raise _fail(path, "must be a value or a list of values to add up.")
@@ -161,6 +184,60 @@ def _check_section(where: str, entity: str, section: Any) -> None:
         elif not isinstance(value, str | int | float | list | dict):
             raise _fail(path, f"has a value of an unknown kind: {value!r}.")
         _templates(path, value)
+
+
+def _check_duplicates(where: str, entity: str, section: dict[str, Any],
+                      value: Any, complete: bool) -> None:
+    from ..dedup import REQUIRE, SCOPES, STRATEGIES, parse_within
+
+    if value is False:
+        return
+    _check_keys(where, value, DUPLICATES_KEYS[entity], "duplicates")
+    match = value.get("match")
+    if not isinstance(match, list) or not match or not all(
+            isinstance(m, str | int) and not isinstance(m, bool) for m in match):
+        raise _fail(f"{where}.match", "is required: a list of what to compare ("
+                    + ("name, price, pipeline, status or a lead field"
+                       if entity == "lead" else "PHONE, EMAIL, name or a field")
+                    + ").")
+    for item in match:
+        # Only a whole rule (defaults merged in) shows what its section fills.
+        if complete and not _fills(entity, section, item):
+            raise _fail(f"{where}.match", f"names {item!r}, which this {entity} "
+                        "section does not fill, so there is nothing to compare.")
+    strategy = value.get("strategy")
+    if strategy not in STRATEGIES:
+        raise _fail(f"{where}.strategy", "is required: 'note' (create, and note "
+                    "the duplicates), 'update' (update the earliest duplicate) or "
+                    f"'use' (use it as it is), not {strategy!r}.")
+    if value.get("require", "any") not in REQUIRE:
+        raise _fail(f"{where}.require", "must be 'any' or 'all', not "
+                    f"{value['require']!r}.")
+    if value.get("scope", "contact") not in SCOPES:
+        raise _fail(f"{where}.scope", "must be 'contact' or 'all', not "
+                    f"{value['scope']!r}.")
+    if "open_only" in value:
+        _check_bool(f"{where}.open_only", value["open_only"])
+    if "within" in value and parse_within(value["within"]) is None:
+        raise _fail(f"{where}.within", f"{value['within']!r} is not a time window; "
+                    "use '30m', '12h', '7d', '2w' or a number of seconds.")
+
+
+def _fills(entity: str, section: dict[str, Any], item: Any) -> bool:
+    """Whether ``section`` fills what a ``duplicates.match`` item names."""
+    from ..dedup import CORE_KEYS, STANDARD_CODES
+
+    text = str(item)
+    if text in CORE_KEYS[entity]:
+        if text == "name" and entity == "contact":
+            return any(k in section for k in ("name", "first_name", "last_name"))
+        return text in section
+    fields = {str(k) for k in section.get("fields") or {}}
+    for std, code in STANDARD_CODES[entity].items():
+        if std in section:
+            fields |= {std, code}
+    code = STANDARD_CODES[entity].get(text.lower())
+    return text in fields or code is not None and code in fields
 
 
 def _check_task(where: str, task: Any) -> None:
@@ -188,12 +265,20 @@ def _check_task(where: str, task: Any) -> None:
     _templates(where, task)
 
 
-def _check_rule(where: str, rule: Any) -> None:
+def _check_rule(where: str, rule: Any, complete: bool = False) -> None:
+    """``complete``: ``rule`` has ``defaults`` merged in (what an event will use)."""
     _check_keys(where, rule, RULE_KEYS, "a rule")
+    lead_dups = (rule.get("lead") or {}).get("duplicates") \
+        if isinstance(rule.get("lead"), dict) else None
+    if complete and isinstance(lead_dups, dict) and lead_dups.get("scope", "contact") == \
+            "contact" and "contact" not in rule:
+        raise _fail(f"{where}.lead.duplicates.scope", "is 'contact' (the default), "
+                    "but the rule has no contact section: use scope = 'all' or add "
+                    "the contact.")
     for key, value in rule.items():
         path = f"{where}.{key}"
         if key in _ENTITIES:
-            _check_section(path, key, value)
+            _check_section(path, key, value, complete)
         elif key == "task":
             tasks = value if isinstance(value, list) else [value]
             for i, task in enumerate(tasks):
@@ -253,7 +338,8 @@ def validate_rules(rules: dict[str, Any]) -> None:
                             + _KINDS[top] + ".")
             for name, rule in value.items():
                 _check_rule(f"{top}.{name}", rule)
-                _check_rule(f"{top}.{name}", _merge(rules.get("defaults") or {}, rule))
+                _check_rule(f"{top}.{name}", _merge(rules.get("defaults") or {}, rule),
+                            complete=True)
         else:
             raise _fail(top, "is not a section. Use 'defaults', 'forms' and 'mails'.")
 

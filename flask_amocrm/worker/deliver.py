@@ -35,6 +35,7 @@ from ..models import (
 from ..rules.schema import find_rule
 from ..signals import event_delivered, event_failed
 from .execute import Delivery, execute
+from .lookup import key_locks
 from .markers import marker_field_id, marker_value
 from .outage import note_failure, note_success, paused
 from .plan import Plan, PlanEnv, build_plan
@@ -143,7 +144,7 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                                    else None):
                     client = make_client(state)
                     _mark(state, client, deliveries)
-                    execute(client, deliveries)
+                    execute(client, deliveries, locks=key_locks(state))
             except AmoCRMError as exc:
                 batch_error = (RETRYING if exc.retryable else FAILED,
                                f"{type(exc).__name__}: {exc}")
@@ -251,4 +252,5 @@ def plan_env(state: _State, *, preview: bool = False) -> PlanEnv:
         pick=lambda key, count: turn(state, key, count),
         tz=ZoneInfo(state.settings.timezone),
         workday_end=time(int(hours), int(minutes)),
+        phone_region=state.settings.phone_region,
     )

@@ -14,18 +14,26 @@ whole call (network, 5xx, 429) is raised after the progress made so far was save
 
 ``remote`` holds ``lead_id``, ``contact_id``, ``company_id``, ``unsorted_uid``,
 ``note_ids`` (per entity type), ``task_ids``, ``done`` (the finished steps) and
-``notes_done`` (entity types whose notes went out).
+``notes_done`` (entity types whose notes went out); duplicate control adds ``found``,
+``duplicates`` and ``duplicate_notes`` (:mod:`.lookup`), and ``merged`` says whether
+amoCRM's own duplicate control merged the lead (``leads/complex``).
+
+Duplicate control decides between creating and reusing: its lookups and the creates
+they decide run under per-person locks (:class:`~.lookup.KeyLocks`), so two workers
+never both create one person; events of one batch that share a person go in separate
+rounds, the later one finding what the earlier one created.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, ValidationError
 from ..models import Event
+from .lookup import NoLocks, lock_keys, lookup
 from .markers import find_again_or_mark
 from .plan import ENTITY, Plan
 
@@ -45,6 +53,9 @@ class Delivery:
     error: AmoCRMError | None = None
     #: The lead field that carries the event's uid (:mod:`.markers`), if any.
     marker: int | None = None
+    #: Entities the lookup read and reuses, as amoCRM returned them (this attempt
+    #: only: saves the update step reading them again).
+    current: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def request_id(self) -> str:
@@ -54,16 +65,17 @@ class Delivery:
     def ids(self) -> dict[str, int | None]:
         """The lead, contact and company of this event known so far."""
         remote = self.event.remote or {}
+        existing = self.plan.existing(remote)
         out: dict[str, int | None] = {}
         for key in ("lead", "contact", "company"):
-            entity = self.plan.entity(key)
-            out[key] = remote.get(f"{key}_id") or (entity.id if entity else None)
+            out[key] = remote.get(f"{key}_id") or existing.get(key)
         return out
 
     def pending(self, step: str) -> bool:
         """Whether ``step`` is one of this plan's and not done yet."""
-        return (self.error is None and step in self.plan.steps()
-                and step not in (self.event.remote or {}).get("done", []))
+        remote = self.event.remote or {}
+        return (self.error is None and step in self.plan.steps(remote)
+                and step not in remote.get("done", []))
 
     def record(self, step: str | None = None, **values: Any) -> None:
         """Write ``values`` (and ``step`` as done) into ``remote`` and save now.
@@ -77,14 +89,59 @@ class Delivery:
         self.save()
 
 
-def execute(client: AmoClient, deliveries: list[Delivery]) -> None:
+class Locks(Protocol):
+    """What :func:`execute` needs of :class:`~.lookup.KeyLocks`."""
+
+    def hold(self, keys: list[str]) -> Any:
+        """A context manager holding ``keys``; it yields the keys it missed."""
+
+
+def execute(client: AmoClient, deliveries: list[Delivery], *,
+            locks: Locks | None = None) -> None:
     """Make the calls for every delivery. Errors of one item land on its
-    :attr:`Delivery.error`; an error of the whole call is raised."""
-    _update(client, [d for d in deliveries if d.pending("update")])
-    _create(client, [d for d in deliveries if d.pending("create")])
+    :attr:`Delivery.error`; an error of the whole call is raised.
+
+    ``locks`` (:class:`~.lookup.KeyLocks`) serialises duplicate control with other
+    workers; without it, only this batch's own events are kept apart."""
+    locks = locks or NoLocks()
+    waiting: list[Delivery] = []
+    for group in _rounds(deliveries):
+        keyed = {d.request_id: lock_keys(d) for d in group
+                 if d.pending("lookup") or (d.plan.needs_lookup()
+                                            and d.pending("create"))}
+        with locks.hold(sorted({k for keys in keyed.values() for k in keys})) \
+                as missed:
+            busy = [d for d in group if set(keyed.get(d.request_id, ())) & missed]
+            for d in busy:
+                # Another worker is deciding about the same person: next attempt.
+                d.event.log = [*(d.event.log or []), "duplicate control: another "
+                               "worker is handling the same person; trying again"]
+            waiting += busy
+            group = [d for d in group if d not in busy]
+            lookup(client, [d for d in group if d.pending("lookup")])
+            _update(client, [d for d in group if d.pending("update")])
+            _create(client, [d for d in group if d.pending("create")])
+    deliveries = [d for d in deliveries if d not in waiting]
     _link(client, [d for d in deliveries if d.pending("link")])
     _notes(client, [d for d in deliveries if d.pending("notes")])
     _tasks(client, [d for d in deliveries if d.pending("tasks")])
+
+
+def _rounds(deliveries: list[Delivery]) -> list[list[Delivery]]:
+    """The batch split so that no two events of one round share a duplicate-control
+    key: the later one must look up after the earlier one created (amoCRM's own
+    duplicate control never compares leads of one request either)."""
+    rounds: list[tuple[list[Delivery], set[str]]] = []
+    for d in deliveries:
+        keys = set(lock_keys(d)) if d.plan.needs_lookup() else set()
+        for members, taken in rounds:
+            if not keys & taken:
+                members.append(d)
+                taken |= keys
+                break
+        else:
+            rounds.append(([d], keys))
+    return [members for members, _ in rounds] or [[]]
 
 
 # -- sending -------------------------------------------------------------------------
@@ -166,14 +223,19 @@ def _reject(exc: ValidationError, deliveries: list[Delivery], *, what: str) -> b
 
 
 def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
-    """PATCH the entities the rules name by id (one call per entity type), after
-    reading them, so multi-value fields keep what they hold."""
+    """PATCH the entities the rules name by id, and the duplicates reused with
+    ``update`` (one call per entity type), after reading them, so multi-value
+    fields keep what they hold (the lookup read the duplicates already)."""
     for key, entity in ENTITY.items():
-        targets = [(d, d.plan.entity(key)) for d in deliveries]
-        targets = [(d, e) for d, e in targets if e is not None and e.id is not None]
+        targets = []
+        for d in deliveries:
+            remote = d.event.remote or {}
+            plan = next((e for e in d.plan.updates(remote) if e.key == key), None)
+            if plan is not None:
+                targets.append((d, plan, d.plan.existing(remote)[key]))
         if not targets:
             continue
-        ids = sorted({e.id for _, e in targets if e.id is not None})
+        ids = sorted({i for d, _, i in targets if key not in d.current})
         current = {
             item["id"]: item
             for start in range(0, len(ids), CHUNK)
@@ -181,15 +243,20 @@ def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
                                        **{"filter[id][]": ids[start:start + CHUNK]})
         }
         groups: list[Group] = []
-        for delivery, plan in targets:
-            assert plan.id is not None
-            if plan.id not in current:
+        for delivery, plan, entity_id in targets:
+            have = delivery.current.get(key) or current.get(entity_id)
+            if have is None:
                 delivery.error = AmoCRMError(
-                    f"the rule's {key}.id is {plan.id}, but amoCRM has no such {key}")
+                    f"the rule's {key}.id is {entity_id}, but amoCRM has no such "
+                    f"{key}")
                 continue
-            groups.append((delivery, [plan.update_payload(plan.id, current[plan.id])]))
-        _send(client, "PATCH", f"/api/v4/{entity}", entity, groups,
-              lambda d, _a, key=key: d.record(**{f"{key}_id": d.plan.entity(key).id}))
+            groups.append((delivery, [plan.update_payload(entity_id, have)]))
+
+        def done(d: Delivery, _answers: list[dict[str, Any] | None],
+                 key: str = key) -> None:
+            d.record(**{f"{key}_id": d.plan.existing(d.event.remote)[key]})
+
+        _send(client, "PATCH", f"/api/v4/{entity}", entity, groups, done)
     for delivery in deliveries:
         if delivery.error is None:
             delivery.record("update")
@@ -224,10 +291,18 @@ def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
             d.error = AmoCRMError("leads/complex answered without the item")
             return
         ids = d.ids()
+        merged = bool(answer.get("merged"))
+        extra: dict[str, Any] = {}
+        if merged:
+            # amoCRM's own duplicate control reused its lead and contact: a note
+            # of ours about duplicates would now point at the entity itself.
+            extra["duplicate_notes"] = {}
+            d.event.log = [*(d.event.log or []), f"amoCRM's duplicate control "
+                           f"merged this event into lead {answer['id']}"]
         d.record("create", lead_id=answer["id"],
                  contact_id=answer.get("contact_id") or ids["contact"],
                  company_id=answer.get("company_id") or ids["company"],
-                 merged=bool(answer.get("merged")))
+                 merged=merged, **extra)
 
     _send(client, "POST", "/api/v4/leads/complex", "leads",
           [(d, [d.plan.complex_item(d.ids())]) for d in complex_], complex_done)
@@ -276,7 +351,8 @@ def _notes(client: AmoClient, deliveries: list[Delivery]) -> None:
     for entity in ("leads", "contacts", "companies"):
         todo = [d for d in deliveries
                 if entity not in (d.event.remote or {}).get("notes_done", [])]
-        planned = {d.request_id: [(n, body) for e, n, body in d.plan.note_items(d.ids())
+        planned = {d.request_id: [(n, body) for e, n, body in
+                                  d.plan.note_items(d.ids(), d.event.remote)
                                   if e == entity] for d in todo}
         check = {body["entity_id"] for d in todo for note, body in planned[d.request_id]
                  if note.unique or d.event.attempts > 1}

@@ -10,6 +10,12 @@ a rule needs it (:class:`PlanEnv`).
 :meth:`Plan.steps` lists the API steps the plan needs and :meth:`Plan.done` says whether
 an event's ``remote`` records them all; :mod:`.execute` makes the calls, and
 :meth:`Plan.calls` describes them for ``flask amocrm preview``.
+
+Duplicate control (a section's ``duplicates``) gives an entity a
+:class:`~flask_amocrm.dedup.DuplicateRule`; the ``lookup`` step then decides, per
+entity, whether to create it or to reuse the earliest duplicate, and saves that in
+``remote`` (``found``, ``duplicates``, ``duplicate_notes``). Which of the later steps a
+plan needs therefore depends on ``remote``: :meth:`Plan.steps` takes it.
 """
 
 from __future__ import annotations
@@ -21,10 +27,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, time, tzinfo
 from typing import TYPE_CHECKING, Any
 
+from ..dedup import CORE_KEYS, Criterion, DuplicateRule, parse_within, phone_query
+from ..dedup import STANDARD_CODES as DEDUP_CODES
+from ..dedup import normalize_email, normalize_phone, normalize_text
 from ..errors import RuleError
 from ..rules.clean import LONG_LIMIT, NAME_LIMIT, TAG_LIMIT, clean_text, parse_number
 from ..rules.deadlines import DEFAULT_DEADLINE, deadline
-from ..rules.fields import field_item, is_empty, known_field
+from ..rules.fields import ENUM_TYPES, field_item, is_empty, known_field
 from ..rules.schema import TRACKING_TAGS
 from ..rules.templates import render_value
 
@@ -46,9 +55,9 @@ LOCK_KEYS = {
     "status": ("status_id",), "responsible": ("responsible_user_id",),
     "tags": ("_embedded",), "visitor_uid": ("visitor_uid",),
 }
-#: Every step a plan may need, in the order :mod:`.execute` runs them. Duplicate
-#: control (a later release) adds ``lookup`` before ``update``.
-STEPS = ("update", "create", "link", "notes", "tasks")
+#: Every step a plan may need, in the order :mod:`.execute` runs them. ``lookup``
+#: (duplicate control) decides between ``update`` and ``create`` per entity.
+STEPS = ("lookup", "update", "create", "link", "notes", "tasks")
 #: Campaign tags and the lead tracking field (``tracking_data``) each one fills.
 TRACKING_FIELDS = TRACKING_TAGS
 
@@ -67,6 +76,8 @@ class PlanEnv:
     now: float | None = None
     tz: tzinfo = UTC
     workday_end: time = time(18, 0)
+    #: The country assumed for phones written without one (``AMOCRM_PHONE_REGION``).
+    phone_region: str = "RU"
     _meta: AccountMetadata | None = field(default=None, repr=False)
 
     def meta(self, why: str) -> AccountMetadata:
@@ -101,6 +112,14 @@ class EntityPlan:
     id: int | None = None
     #: Payload keys and custom field ids/codes an update never sends (``lock``).
     lock: set[Any] = field(default_factory=set)
+    #: Duplicate control for this entity (``duplicates``), if the rule has it.
+    duplicates: DuplicateRule | None = None
+
+    @property
+    def looks_up(self) -> bool:
+        """Whether the ``lookup`` step searches duplicates of this entity."""
+        return self.id is None and self.duplicates is not None and \
+            self.duplicates.active
 
     @property
     def entity(self) -> str:
@@ -166,6 +185,8 @@ class Plan:
     tasks: list[TaskSpec] = field(default_factory=list)
     #: Remarks for the event's log (rounded prices, unknown labels, cut values).
     warnings: list[str] = field(default_factory=list)
+    #: Notes are HTML (``format = "html"``), not plain text.
+    html: bool = False
 
     def entities(self) -> list[EntityPlan]:
         """The lead, contact and company this plan has, in that order."""
@@ -177,29 +198,58 @@ class Plan:
                     "company": self.company}
         return entities[key]
 
-    def steps(self) -> list[str]:
-        """The steps this plan needs (a subset of :data:`STEPS`, in order)."""
+    def existing(self, remote: dict[str, Any] | None = None) -> dict[str, int]:
+        """The entities that exist already: named by the rule's ``id``, or found by
+        the lookup and reused (``update`` or ``use``)."""
+        found = (remote or {}).get("found") or {}
+        out = {}
+        for e in self.entities():
+            entity_id = e.id if e.id is not None else found.get(e.key)
+            if entity_id:
+                out[e.key] = int(entity_id)
+        return out
+
+    def updates(self, remote: dict[str, Any] | None = None) -> list[EntityPlan]:
+        """The entities the ``update`` step changes: named by id, or reused
+        duplicates whose strategy is ``update``."""
+        found = (remote or {}).get("found") or {}
+        return [e for e in self.entities() if e.id is not None or (
+            e.key in found and e.duplicates is not None
+            and e.duplicates.strategy == "update")]
+
+    def needs_lookup(self) -> bool:
+        """Whether any entity has duplicate control to apply."""
+        return any(e.looks_up for e in self.entities())
+
+    def steps(self, remote: dict[str, Any] | None = None) -> list[str]:
+        """The steps this plan needs (a subset of :data:`STEPS`, in order), given
+        what the lookup found (``remote``)."""
+        existing = self.existing(remote)
         steps = []
-        if any(e.id is not None for e in self.entities()):
+        if self.needs_lookup():
+            steps.append("lookup")
+        if self.updates(remote):
             steps.append("update")
-        if self.unsorted is not None or any(e.id is None for e in self.entities()):
+        if self.unsorted is not None or any(e.key not in existing
+                                            for e in self.entities()):
             steps.append("create")
-        if self.needs_links():
+        if self.needs_links(remote):
             steps.append("link")
-        if self.notes:
+        if self.notes or (remote or {}).get("duplicate_notes"):
             steps.append("notes")
         if self.tasks:
             steps.append("tasks")
         return steps
 
-    def needs_links(self) -> bool:
+    def needs_links(self, remote: dict[str, Any] | None = None) -> bool:
         """Whether links must be made after the entities exist: everything created
         together (one complex lead with new contact and company, or one incoming
         lead) is linked by amoCRM itself."""
         if self.unsorted is not None or len(self.entities()) < 2:
             return False
-        if self.lead is not None and self.lead.id is None:
-            return any(e.id is not None for e in (self.contact, self.company)
+        existing = self.existing(remote)
+        if self.lead is not None and "lead" not in existing:
+            return any(e.key in existing for e in (self.contact, self.company)
                        if e is not None) and (
                 self.contact is not None and self.company is not None)
         return True
@@ -210,9 +260,9 @@ class Plan:
         remote = remote or {}
         if "done" not in remote:
             # Events delivered before steps were recorded made one complex call.
-            return bool(remote.get("lead_id")) and not self.steps()[1:]
+            return bool(remote.get("lead_id")) and not self.steps(remote)[1:]
         finished = set(remote["done"])
-        return all(step in finished for step in self.steps())
+        return all(step in finished for step in self.steps(remote))
 
     # -- payloads --------------------------------------------------------------------
 
@@ -263,11 +313,15 @@ class Plan:
                                      "to_entity_type": "companies"}))
         return out
 
-    def note_items(self, ids: dict[str, int | None]) -> list[tuple[str, NoteSpec,
-                                                                  dict[str, Any]]]:
-        """``(entity, note, body item)`` for every note whose entity exists."""
+    def note_items(
+        self, ids: dict[str, int | None], remote: dict[str, Any] | None = None
+    ) -> list[tuple[str, NoteSpec, dict[str, Any]]]:
+        """``(entity, note, body item)`` for every note whose entity exists, the
+        lookup's notes listing duplicates (in ``remote``) included."""
         out = []
-        for note in self.notes:
+        extra = [NoteSpec(key, text) for key, text in
+                 ((remote or {}).get("duplicate_notes") or {}).items()]
+        for note in [*self.notes, *extra]:
             entity_id = ids.get(note.key)
             if entity_id:
                 out.append((ENTITY[note.key], note, {
@@ -291,6 +345,16 @@ class Plan:
         ids: dict[str, Any] = {e.key: e.id if e.id is not None else f"<{e.key}_id>"
                                for e in self.entities()}
         calls: list[tuple[str, str, Any]] = []
+        for e in self.entities():
+            if not e.looks_up or e.duplicates is None:
+                continue
+            if e.key == "lead" and e.duplicates.scope == "contact":
+                calls.append(("GET", "/api/v4/leads?filter[id][]=<the contact's "
+                              "leads>", None))
+                continue
+            for _c, query in e.duplicates.searches():
+                where = f"?query={query}" if query else "?filter=..."
+                calls.append(("GET", f"/api/v4/{e.entity}{where}", None))
         for e in self.entities():
             if e.id is not None:
                 calls.append(("PATCH", f"/api/v4/{e.entity}", [e.update_payload(e.id)]))
@@ -580,6 +644,77 @@ class _Builder:
             out.add(fdef["id"] if fdef.get("id") is not None else fdef["code"])
         return out
 
+    # -- duplicate control -----------------------------------------------------------
+
+    def duplicates(self, key: str, section: dict[str, Any], where: str,
+                   payload: dict[str, Any]) -> DuplicateRule | None:
+        """The section's ``duplicates``, with this event's values to compare."""
+        setting = section.get("duplicates")
+        if not setting:
+            return None
+        where = f"{where}.duplicates"
+        criteria = [self.criterion(key, item, f"{where}.match", payload)
+                    for item in setting["match"]]
+        return DuplicateRule(
+            key=key, criteria=criteria, require=setting.get("require", "any"),
+            strategy=setting["strategy"], scope=setting.get("scope", "contact"),
+            open_only=bool(setting.get("open_only", False)),
+            within=parse_within(setting["within"]) if "within" in setting else None,
+            now=self.env.timestamp(), region=self.env.phone_region)
+
+    def criterion(self, key: str, item: Any, where: str,
+                  payload: dict[str, Any]) -> Criterion:
+        text = str(item)
+        region = self.env.phone_region
+        if text in CORE_KEYS[key]:
+            if text == "name":
+                name = payload.get("name") or " ".join(
+                    str(payload[k]) for k in ("first_name", "last_name")
+                    if payload.get(k))
+                value = normalize_text(name)
+                return Criterion(text, "name", values=(value,) if value else (),
+                                 queries=(" ".join(name.split()),) if value else ())
+            raw = payload.get({"price": "price", "pipeline": "pipeline_id",
+                               "status": "status_id"}[text])
+            value = normalize_text(raw) if raw is not None else None
+            return Criterion(text, text, values=(value,) if value else ())
+        code = DEDUP_CODES[key].get(text.lower(), item)
+        fdef = self.resolve_field(key, code, where)
+        assert fdef is not None
+        field_id = fdef.get("id")
+        field_code = fdef.get("code")
+        compare = ("phone" if field_code == "PHONE" else "email"
+                   if field_code == "EMAIL" else "enum"
+                   if fdef.get("type") in ENUM_TYPES else "text")
+        values: list[str] = []
+        queries: list[str] = []
+        for have in payload.get("custom_fields_values") or []:
+            same = (field_id is not None and have.get("field_id") == field_id) or (
+                field_code is not None and have.get("field_code") == field_code)
+            if not same:
+                continue
+            for v in have.get("values") or []:
+                raw = v.get("value")
+                if compare == "phone":
+                    norm, query = normalize_phone(raw, region), phone_query(raw, region)
+                elif compare == "email":
+                    norm = query = normalize_email(raw)
+                elif compare == "enum":
+                    norm = f"enum:{v['enum_id']}" if v.get("enum_id") is not None \
+                        else normalize_text(raw)
+                    query = None
+                else:
+                    norm = normalize_text(raw)
+                    query = " ".join(str(raw).split()) if isinstance(
+                        raw, str) and norm else None
+                if norm and norm not in values:
+                    values.append(norm)
+                    if query:
+                        queries.append(query)
+        return Criterion(text, "field", compare, field_id,
+                         str(field_code) if field_code else None, tuple(values),
+                         tuple(queries))
+
     # -- sections --------------------------------------------------------------------
 
     def entity_id(self, section: dict[str, Any], where: str) -> int | None:
@@ -628,7 +763,8 @@ class _Builder:
         tags = self.tags(section, where)
         if tags:
             payload["_embedded"] = {"tags": tags}
-        return EntityPlan(key, payload, entity_id, self.lock(key, section, where))
+        return EntityPlan(key, payload, entity_id, self.lock(key, section, where),
+                          self.duplicates(key, section, where, payload))
 
     def lead(self) -> EntityPlan | None:
         section = self.rule.get("lead")
@@ -673,7 +809,8 @@ class _Builder:
         if tags:
             payload["_embedded"] = {"tags": tags}
         return EntityPlan("lead", payload, self.entity_id(section, where),
-                          self.lock("lead", section, where))
+                          self.lock("lead", section, where),
+                          self.duplicates("lead", section, where, payload))
 
     def price(self, value: Any, where: str) -> int | None:
         parts = self.render(value if isinstance(value, list) else [value], where)
@@ -894,6 +1031,7 @@ class _Builder:
 
     def build(self) -> Plan:
         plan = self.plan
+        plan.html = self.html
         plan.lead = self.lead()
         for key in ("contact", "company"):
             if key in self.rule:

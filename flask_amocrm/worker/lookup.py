@@ -1,0 +1,315 @@
+"""Duplicate control in the worker: the ``lookup`` step and the locks around it.
+
+Before a batch creates anything, :func:`lookup` searches amoCRM for duplicates of every
+entity that has duplicate control (:mod:`flask_amocrm.dedup`), decides per entity
+whether to create it or reuse the earliest duplicate, and saves that decision in the
+event's ``remote`` at once, so a retry never decides differently:
+
+- ``found``: ``{"contact": id, ...}``, the entities reused (strategies ``update`` and
+  ``use``);
+- ``duplicates``: ``{"contact": [ids], ...}``, every duplicate found, earliest first;
+- ``duplicate_notes``: ``{"contact": text, ...}``, the notes listing the duplicates
+  (strategy ``note``, and always in incoming-leads mode, where they go on the lead).
+
+Searching costs one GET per value searched: a contact search asks for the contacts'
+leads too (``with=leads``) when the lead's duplicates are looked for among them, and
+those leads are then read for the whole batch in one call.
+
+Two workers must not both decide "new" for the same person and both create it, so
+:class:`KeyLocks` serialises lookup and create per normalised key (E.164 phone,
+e-mail, name ...) across processes and machines: a Redis lock per key, or a row in
+``amocrm_flags`` without Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from ..amo.client import AmoClient
+from ..dedup import DuplicateRule, duplicates_note, lock_name, pick
+from ..models import Flag, utcnow
+from .plan import ENTITY, EntityPlan
+
+if TYPE_CHECKING:
+    from ..extension import _State
+    from .execute import Delivery
+
+log = logging.getLogger("flask_amocrm.worker")
+
+#: One search reads at most this many candidates (amoCRM's largest page).
+SEARCH_LIMIT = 250
+#: Leads read by id per call.
+IDS_PER_CALL = 50
+#: A lock expires after this many seconds, so a killed worker cannot hold a person
+#: for ever; longer than a batch takes from its lookups to its creates.
+LOCK_TTL = 300
+#: How long a batch waits for the locks of its keys before it leaves the events
+#: whose keys another worker holds for a later attempt.
+LOCK_WAIT = 30.0
+
+
+# -- the lookup step -----------------------------------------------------------------
+
+
+def lookup(client: AmoClient, deliveries: list[Delivery]) -> None:
+    """Search the duplicates of each delivery's entities, decide, and record."""
+    found: dict[str, dict[str, list[dict[str, Any]]]] = {
+        d.request_id: {} for d in deliveries}
+    contact_leads: dict[str, list[int]] = {d.request_id: [] for d in deliveries}
+    for d in deliveries:
+        for key in ("contact", "company"):
+            entity = d.plan.entity(key)
+            if entity is None or not entity.looks_up:
+                continue
+            with_leads = key == "contact" and _leads_of_contact(d)
+            dups = _search(client, entity, with_leads=with_leads)
+            found[d.request_id][key] = dups
+            if with_leads:
+                contact_leads[d.request_id] += [
+                    lead["id"] for dup in dups
+                    for lead in (dup.get("_embedded") or {}).get("leads") or []]
+    _contacts_leads_by_id(client, deliveries, contact_leads)
+    leads = _read_leads(client, sorted({i for ids in contact_leads.values()
+                                        for i in ids}))
+    for d in deliveries:
+        lead = d.plan.lead
+        if lead is None or not lead.looks_up:
+            continue
+        assert lead.duplicates is not None
+        if lead.duplicates.scope == "contact":
+            candidates = [leads[i] for i in contact_leads[d.request_id] if i in leads]
+            found[d.request_id]["lead"] = pick(lead.duplicates, candidates)
+        else:
+            found[d.request_id]["lead"] = _search(client, lead)
+    for d in deliveries:
+        _decide(client, d, found[d.request_id])
+
+
+def _leads_of_contact(d: Delivery) -> bool:
+    lead = d.plan.lead
+    return bool(lead is not None and lead.looks_up and lead.duplicates is not None
+                and lead.duplicates.scope == "contact")
+
+
+def _search(client: AmoClient, entity: EntityPlan, *,
+            with_leads: bool = False) -> list[dict[str, Any]]:
+    """The duplicates of ``entity``, earliest first. With ``any``, the searches stop
+    at the first one that finds a duplicate (one call for a returning visitor)."""
+    rule = entity.duplicates
+    assert rule is not None
+    params: dict[str, Any] = {"limit": SEARCH_LIMIT, "order[created_at]": "asc"}
+    if with_leads:
+        params["with"] = "leads"
+    for criterion, query in rule.searches():
+        call = dict(params)
+        if query:
+            call["query"] = query
+        if entity.key == "lead":
+            call.update(rule.filters(criterion))
+        answer = client.get(f"/api/v4/{entity.entity}", **call)
+        items = ((answer or {}).get("_embedded") or {}).get(entity.entity) or []
+        dups = pick(rule, items)
+        if dups:
+            return dups
+    return []
+
+
+def _contacts_leads_by_id(client: AmoClient, deliveries: list[Delivery],
+                          contact_leads: dict[str, list[int]]) -> None:
+    """The leads of contacts the rules name by id (lead scope ``contact``): one call
+    for the batch."""
+    wanted = {d.request_id: d.plan.contact.id for d in deliveries
+              if _leads_of_contact(d) and d.plan.contact is not None
+              and d.plan.contact.id is not None}
+    if not wanted:
+        return
+    ids = sorted(set(wanted.values()))
+    contacts: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(ids), IDS_PER_CALL):
+        for item in client.get_all("/api/v4/contacts", "contacts", **{
+                "filter[id][]": ids[start:start + IDS_PER_CALL], "with": "leads"}):
+            contacts[item["id"]] = item
+    for rid, contact_id in wanted.items():
+        embedded = (contacts.get(contact_id) or {}).get("_embedded") or {}
+        contact_leads[rid] += [lead["id"] for lead in embedded.get("leads") or []]
+
+
+def _read_leads(client: AmoClient, ids: list[int]) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(ids), IDS_PER_CALL):
+        for item in client.get_all("/api/v4/leads", "leads", **{
+                "filter[id][]": ids[start:start + IDS_PER_CALL]}):
+            out[item["id"]] = item
+    return out
+
+
+def _decide(client: AmoClient, d: Delivery,
+            found: dict[str, list[dict[str, Any]]]) -> None:
+    """Turn what was found into ``found``, ``duplicates`` and ``duplicate_notes``,
+    and record them (the step ``lookup``)."""
+    unsorted = d.plan.unsorted is not None
+    reused: dict[str, int] = {}
+    duplicates: dict[str, list[int]] = {}
+    notes: dict[str, list[tuple[str, int, list[str]]]] = {}
+    lines: list[str] = []
+    for key in ("contact", "company", "lead"):
+        dups = found.get(key) or []
+        entity = d.plan.entity(key)
+        if not dups or entity is None or entity.duplicates is None:
+            continue
+        rule: DuplicateRule = entity.duplicates
+        duplicates[key] = [dup["id"] for dup in dups]
+        listed = [(ENTITY[key], dup["id"], rule.matched_labels(dup)) for dup in dups]
+        if unsorted:
+            # Incoming leads are always new: the duplicates are listed on the lead.
+            notes.setdefault("lead", []).extend(listed)
+            lines.append(f"duplicate control: {len(dups)} duplicate {key}(s) "
+                         "listed in a note (incoming lead)")
+        elif rule.strategy == "note":
+            notes.setdefault(key, []).extend(listed)
+            lines.append(f"duplicate control: a new {key}; {len(dups)} duplicate(s) "
+                         "listed in a note")
+        else:
+            main = dups[0]
+            reused[key] = main["id"]
+            d.current[key] = main
+            what = "updated" if rule.strategy == "update" else "used as it is"
+            lines.append(f"duplicate control: {key} {main['id']} {what} (same "
+                         f"{', '.join(rule.matched_labels(main))})")
+    texts = {key: duplicates_note(items, client.base_url, html_format=d.plan.html)
+             for key, items in notes.items()}
+    if lines:
+        d.event.log = [*(d.event.log or []), *lines]
+    d.record("lookup", found=reused, duplicates=duplicates, duplicate_notes=texts,
+             **{f"{key}_id": entity_id for key, entity_id in reused.items()})
+
+
+def lock_keys(d: Delivery) -> list[str]:
+    """The keys whose lookup and create this delivery serialises with other
+    workers. A lead looked for among its contact's leads needs none of its own
+    when the contact has keys: the person's keys cover it."""
+    keys: list[str] = []
+    for entity in d.plan.entities():
+        if entity.looks_up and entity.duplicates is not None:
+            keys += [f"{entity.entity}:{k}" for k in entity.duplicates.keys()]
+    lead = d.plan.lead
+    if lead is not None and lead.duplicates is not None and \
+            lead.duplicates.scope == "contact" and any(
+                not k.startswith("leads:") for k in keys):
+        keys = [k for k in keys if not k.startswith("leads:")]
+    return sorted(set(keys))
+
+
+# -- locks ---------------------------------------------------------------------------
+
+
+class KeyLocks:
+    """Locks per duplicate-control key, shared by every worker on every machine: a
+    Redis lock (``amocrm:dup:<host>:<key>``) when Redis answers, else a row in
+    ``amocrm_flags`` with an expiry. Keys are hashed: they hold visitors' data."""
+
+    def __init__(self, state: _State, *, ttl: int = LOCK_TTL,
+                 wait: float = LOCK_WAIT) -> None:
+        self.state = state
+        self.ttl = ttl
+        self.wait = wait
+        self.host = urlsplit(state.settings.base_url).netloc
+
+    @contextmanager
+    def hold(self, keys: Iterable[str]) -> Iterator[set[str]]:
+        """Take the locks of ``keys`` in sorted order (so two workers never wait for
+        each other in a circle) and release them on leaving; yields the keys that
+        another worker held for longer than ``wait``."""
+        deadline = time.monotonic() + self.wait
+        held: list[Any] = []
+        missed: set[str] = set()
+        try:
+            for key in sorted(set(keys)):
+                lock = self._acquire(key, deadline)
+                if lock is None:
+                    missed.add(key)
+                else:
+                    held.append(lock)
+            yield missed
+        finally:
+            for lock in reversed(held):
+                self._release(lock)
+
+    def _name(self, key: str) -> str:
+        return f"amocrm:dup:{self.host}:{lock_name(key)}"
+
+    def _acquire(self, key: str, deadline: float) -> Any:
+        name = self._name(key)
+        redis = self.state.live_redis()
+        if redis is not None:
+            from redis.exceptions import RedisError
+
+            lock = redis.lock(name, timeout=self.ttl,
+                              blocking_timeout=max(deadline - time.monotonic(), 0.01))
+            try:
+                return ("redis", lock) if lock.acquire() else None
+            except RedisError:
+                log.warning("Redis failed while locking a duplicate-control key; "
+                            "using the database")
+        token = uuid.uuid4().hex
+        while True:
+            if self._db_insert(name, token):
+                return ("db", (name, token))
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(random.uniform(0.02, 0.1))
+
+    def _db_insert(self, name: str, token: str) -> bool:
+        now = utcnow()
+        with self.state.session() as session:
+            try:
+                session.execute(delete(Flag).where(Flag.key == name,
+                                                   Flag.expires_at < now))
+                session.add(Flag(key=name, value=token,
+                                 expires_at=now + timedelta(seconds=self.ttl)))
+                session.commit()
+            except (IntegrityError, OperationalError):
+                # Held by another worker (or SQLite busy with its insert).
+                session.rollback()
+                return False
+        return True
+
+    def _release(self, held: tuple[str, Any]) -> None:
+        kind, lock = held
+        if kind == "redis":
+            from redis.exceptions import RedisError
+
+            with suppress(RedisError):  # expired: someone else may hold it now
+                lock.release()
+            return
+        name, token = lock
+        with self.state.session() as session:
+            # Only our own row: an expired lock may belong to another worker now.
+            session.execute(delete(Flag).where(Flag.key == name, Flag.value == token))
+            session.commit()
+
+
+class NoLocks:
+    """Stand-in for :class:`KeyLocks` where one process delivers alone (tests,
+    ``preview``): nothing to serialise with."""
+
+    @contextmanager
+    def hold(self, keys: Iterable[str]) -> Iterator[set[str]]:
+        """Hold nothing; no key is missed."""
+        yield set()
+
+
+def key_locks(state: _State) -> KeyLocks:
+    """The duplicate-control locks of an app."""
+    return KeyLocks(state)
