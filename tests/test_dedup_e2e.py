@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask, current_app, request
 
 from flask_amocrm import Event, form_submitted
@@ -207,3 +208,229 @@ def test_company_duplicates(make_app: Any, fast_sandbox: Any) -> None:
     assert _linked(sandbox, "contacts", bob, "companies") == [company["id"]]
     assert _linked(sandbox, "leads", second.remote["lead_id"], "companies") == [
         company["id"]]
+
+
+# -- leads -----------------------------------------------------------------------------
+
+NEW, QUALIFIED, WON = 7100002, 7100003, 142
+
+
+def _api(sandbox: Any, method: str, path: str, body: Any = None) -> Any:
+    answer = requests.request(method, f"{sandbox.url}/api/v4{path}", json=body,
+                              headers={"Authorization": f"Bearer {sandbox.token}"},
+                              timeout=10)
+    answer.raise_for_status()
+    return answer.json() if answer.content else None
+
+
+def _lead(sandbox: Any, name: str, *, status: int = NEW, age: int = 0,
+          contact: int | None = None) -> int:
+    """A lead made in amoCRM by hand, ``age`` seconds ago."""
+    item: dict[str, Any] = {"name": name, "pipeline_id": 7000001, "status_id": status,
+                            "created_at": int(time.time()) - age}
+    if contact is not None:
+        item["_embedded"] = {"contacts": [{"id": contact}]}
+    answer = _api(sandbox, "POST", "/leads", [item])
+    return int(answer["_embedded"]["leads"][0]["id"])
+
+
+STAGES = {"order": "New", "paid": "Qualified", "shipped": "Успешно реализовано"}
+
+
+def _pipeline_rules(strategy: str = "update", **lead_dups: Any) -> dict[str, Any]:
+    forms = {}
+    for form, status in STAGES.items():
+        forms[form] = {
+            "contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}",
+                        "duplicates": {"match": ["PHONE"], "strategy": "use"}},
+            "lead": {"name": "Order {{ data.order }}", "pipeline": "Sales",
+                     "status": status, "price": "{{ data.sum | default('') }}",
+                     "lock": ["price"] if form != "order" else [],
+                     "duplicates": {"match": ["name"], "strategy": strategy,
+                                    **lead_dups}},
+        }
+    return {"forms": forms}
+
+
+def test_events_move_a_deal_through_the_pipeline(make_app: Any,
+                                                 fast_sandbox: Any) -> None:
+    sandbox = fast_sandbox
+    app = _app(make_app, _pipeline_rules(open_only=True))
+    ann = {"name": "Ann", "phone": "+79123456789"}
+    _send(app, "order", order="7", sum="1000", **ann)
+    _send(app, "order", order="8", sum="50", **ann)
+    [order7, order8] = _events(app)
+    assert order7.remote["lead_id"] != order8.remote["lead_id"]
+    assert order8.remote["contact_id"] == order7.remote["contact_id"]
+
+    # "payment received" for order 7, the phone written another way
+    assert _send(app, "paid", order="7", sum="1", name="Ann",
+                 phone="8 912 345 67 89")["delivered"] == 1
+    paid = _events(app)[-1]
+    assert paid.remote["found"] == {"contact": order7.remote["contact_id"],
+                                    "lead": order7.remote["lead_id"]}
+    assert "create" not in paid.remote["done"]
+    leads = {x["id"]: x for x in sandbox.leads()}
+    assert len(leads) == 2 and len(sandbox.contacts()) == 1
+    assert leads[order7.remote["lead_id"]]["status_id"] == QUALIFIED
+    assert leads[order7.remote["lead_id"]]["price"] == 1000  # locked
+    assert leads[order8.remote["lead_id"]]["status_id"] == NEW
+
+    _send(app, "shipped", order="7", **ann)
+    assert {x["id"]: x for x in sandbox.leads()}[order7.remote["lead_id"]][
+        "status_id"] == WON
+    # order 7 is closed: open_only leaves it out, and a new order 7 is a new deal
+    _send(app, "order", order="7", sum="300", **ann)
+    again = _events(app)[-1]
+    assert again.remote["lead_id"] not in (order7.remote["lead_id"],
+                                           order8.remote["lead_id"])
+    assert again.remote["contact_id"] == order7.remote["contact_id"]
+    assert len(sandbox.leads()) == 3
+
+
+def test_scope_contact_ignores_other_peoples_leads(make_app: Any,
+                                                   fast_sandbox: Any) -> None:
+    sandbox = fast_sandbox
+    app = _app(make_app, _pipeline_rules("use"))
+    _lead(sandbox, "Order 7")  # somebody else's order 7
+    assert _send(app, "order", order="7", name="Ann",
+                 phone="+79123456789")["delivered"] == 1
+    assert len(sandbox.leads()) == 2
+    [event] = _events(app)
+    assert event.remote["duplicates"] == {}
+
+
+def test_scope_all_with_a_time_window_and_a_note(make_app: Any,
+                                                 fast_sandbox: Any) -> None:
+    sandbox = fast_sandbox
+    rules = {"forms": {"callback": {
+        "contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}"},
+        "lead": {"name": "Callback {{ data.phone }}", "pipeline": "Sales",
+                 "note": "Wants a call",
+                 "duplicates": {"match": ["name"], "scope": "all", "within": "1d",
+                                "open_only": True, "strategy": "note"}},
+    }}}
+    app = _app(make_app, rules)
+    stale = _lead(sandbox, "Callback 100", age=2 * 86400)
+    won = _lead(sandbox, "Callback 100", status=WON, age=600)
+    yesterday = _lead(sandbox, "CALLBACK 100", age=20 * 3600)
+    recent = _lead(sandbox, "Callback 100", age=60)
+    _lead(sandbox, "Callback 1000", age=60)  # found by the text search, no match
+    assert _send(app, "callback", name="Bob", phone="100")["delivered"] == 1
+    [event] = _events(app)
+    assert event.remote["duplicates"] == {"lead": [yesterday, recent]}
+    assert stale not in event.remote["duplicates"]["lead"]
+    assert won not in event.remote["duplicates"]["lead"]
+    notes = [text for entity_id, text in _notes(sandbox, "leads")
+             if entity_id == event.remote["lead_id"]]
+    assert notes[0] == "Wants a call"
+    assert notes[1].splitlines() == ["Possible duplicates:"] + [
+        f"- lead {i}: {sandbox.url}/leads/detail/{i} (same name)"
+        for i in (yesterday, recent)]
+
+
+def test_lead_matched_on_price_and_status(make_app: Any, fast_sandbox: Any) -> None:
+    sandbox = fast_sandbox
+    rules = {"forms": {"f": {"lead": {
+        "name": "{{ data.name }}", "price": "{{ data.sum }}", "pipeline": "Sales",
+        "status": "New", "duplicates": {"match": ["price", "status"],
+                                        "require": "all", "scope": "all",
+                                        "strategy": "update"}}}}}
+    app = _app(make_app, rules)
+    _send(app, "f", name="first", sum="500")
+    _send(app, "f", name="second", sum="700")
+    _send(app, "f", name="third", sum="500")
+    first, second, third = _events(app)
+    assert third.remote["lead_id"] == first.remote["lead_id"]
+    names = sorted(x["name"] for x in sandbox.leads())
+    assert names == ["second", "third"]
+
+
+def test_the_rule_names_the_contact_and_its_leads_are_searched(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    sandbox = fast_sandbox
+    contact = _api(sandbox, "POST", "/contacts", [{"name": "Known"}])[
+        "_embedded"]["contacts"][0]["id"]
+    mine = _lead(sandbox, "Renewal", contact=contact)
+    rules = {"forms": {"renew": {
+        "contact": {"id": "{{ data.cid }}"},
+        "lead": {"name": "Renewal", "tags": ["again"],
+                 "duplicates": {"match": ["name"], "strategy": "update"}}}}}
+    app = _app(make_app, rules)
+    assert _send(app, "renew", cid=str(contact))["delivered"] == 1
+    [event] = _events(app)
+    assert event.remote["lead_id"] == mine
+    [lead] = sandbox.leads()
+    assert [t["name"] for t in lead["_embedded"]["tags"]] == ["again"]
+
+
+# -- incoming leads, amoCRM's own duplicate control ----------------------------------
+
+
+def test_incoming_leads_always_note_the_duplicates(make_app: Any,
+                                                   fast_sandbox: Any) -> None:
+    sandbox = fast_sandbox
+    rules = _contact_rule("use", match=["PHONE"])
+    rules["forms"]["callback"]["unsorted"] = True
+    app = _app(make_app, rules)
+    _send(app, "callback", name="Ann", phone="+79123456789")
+    # accepted by a manager: its contact becomes visible to searches
+    [item] = sandbox.unsorted()
+    _api(sandbox, "POST", f"/leads/unsorted/{item['uid']}/accept", {})
+    assert _send(app, "callback", name="Ann", phone="89123456789")["delivered"] == 1
+    first, second = _events(app)
+    assert len(sandbox.unsorted()) == 2 and len(sandbox.contacts()) == 2
+    assert second.remote["found"] == {}  # incoming leads are always new
+    assert second.remote["duplicates"] == {"contact": [first.remote["contact_id"]]}
+    [(lead_id, text)] = _notes(sandbox, "leads")
+    assert lead_id == second.remote["lead_id"]
+    assert f"/contacts/detail/{first.remote['contact_id']}" in text
+
+
+def test_amocrm_merging_is_recorded_and_not_doubled(make_app: Any,
+                                                    fast_sandbox: Any) -> None:
+    sandbox = fast_sandbox
+    sandbox.config(duplicate_control=True)
+    app = _app(make_app, _contact_rule("note", match=["PHONE"]))
+    _send(app, "callback", name="Ann", phone="+79123456789")
+    assert _send(app, "callback", name="Ann", phone="+79123456789")["delivered"] == 1
+    first, second = _events(app)
+    # our lookup saw the duplicate; amoCRM merged the new contact and lead into it
+    assert second.remote["duplicates"] == {"contact": [first.remote["contact_id"]]}
+    assert second.remote["merged"] is True
+    assert second.remote["lead_id"] == first.remote["lead_id"]
+    assert second.remote["contact_id"] == first.remote["contact_id"]
+    assert len(sandbox.contacts()) == 1 and len(sandbox.leads()) == 1
+    assert _notes(sandbox, "contacts") == []  # no note pointing at itself
+    assert any("merged" in line for line in second.log)
+
+
+# -- batches ---------------------------------------------------------------------------
+
+
+def test_a_batch_looks_up_first_and_keeps_one_person_apart(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    sandbox = fast_sandbox
+    rules = _pipeline_rules("use")
+    app = _app(make_app, rules)
+    _send(app, "order", order="1", name="Warm", phone="+79990000000")  # marker field
+    client = app.test_client()
+    for n, phone in enumerate(["+79120000001", "+79120000002", "8 912 000 00 01"]):
+        client.post("/form/order", data={"order": str(10 + n), "name": f"p{n}",
+                                         "phone": phone})
+    before = len(sandbox.requests())
+    assert deliver_pending(app)["delivered"] == 3
+    calls = [(r["method"], r["path"]) for r in sandbox.requests()[before:]]
+    # round one: two searches (with their leads), then one complex call for both;
+    # round two: the third event finds the first one's contact and reads its leads
+    assert calls == [
+        ("GET", "/api/v4/contacts"), ("GET", "/api/v4/contacts"),
+        ("POST", "/api/v4/leads/complex"),
+        ("GET", "/api/v4/contacts"), ("GET", "/api/v4/leads"),
+        ("POST", "/api/v4/leads/complex"),
+    ]
+    _warm, first, second, third = _events(app)
+    assert third.remote["contact_id"] == first.remote["contact_id"]
+    assert len(sandbox.contacts()) == 3 and len(sandbox.leads()) == 4
