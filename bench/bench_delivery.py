@@ -4,7 +4,9 @@
   (goal <= 3) and a burst of 1,000 (goal <= 0.1 amortised);
 - throughput of a 1,000-event burst with 1 and 4 RQ workers (goal >= 100 events/s,
   against a ceiling of 7 x 50 = 350 leads/s);
-- peak worker memory over a 10,000-event backlog.
+- peak worker memory over a 10,000-event backlog;
+- API calls per event with and without duplicate control (goal: at most two
+  lookups per event), for a new visitor, a returning one and a burst.
 
 Sizes can be lowered for a quick look: BENCH_BURST=200 BENCH_BACKLOG=1000.
 """
@@ -29,6 +31,7 @@ from sqlalchemy import create_engine  # noqa: E402
 from _common import POSTGRES_URL, REDIS_URL, postgres_available, sandbox_process  # noqa: E402
 
 BURST = int(os.environ.get("BENCH_BURST", "1000"))
+DEDUP_BURST = int(os.environ.get("BENCH_DEDUP_BURST", "100"))
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "10000"))
 BIN = os.path.dirname(sys.executable)
 RULES = {"forms": {"order": {
@@ -169,6 +172,50 @@ def memory(sandbox: str, tmp: str) -> None:
           f"{int(peak_kib) / 1024:.0f} MiB")
 
 
+def duplicate_control_calls(sandbox: str, tmp: str) -> None:
+    """API calls per event of the same rule without and with duplicate control
+    (contact by phone or e-mail, updated; the lead by name among the contact's open
+    leads, reused)."""
+    dedup = json.loads(json.dumps(RULES))
+    order = dedup["forms"]["order"]
+    order["contact"]["duplicates"] = {"match": ["PHONE", "EMAIL"],
+                                      "strategy": "update"}
+    order["lead"]["duplicates"] = {"match": ["name"], "strategy": "use",
+                                   "open_only": True}
+
+    def counted() -> tuple[int, int]:
+        """API calls since calls were last forgotten, and how many were lookups."""
+        log = requests.get(sandbox + "/_sandbox/requests", timeout=10).json()
+        api = [r for r in log if r["path"].startswith("/api/v4")]
+        return len(api), sum(1 for r in api if r["method"] == "GET")
+
+    for label, rules in (("off", RULES), ("on", dedup)):
+        redis.Redis.from_url(REDIS_URL).flushdb()  # the marker field id goes too
+        requests.post(sandbox + "/_sandbox/reset", timeout=10)
+        config = config_for(sandbox, fresh_database(tmp, f"dedup-{label}"), "deferred")
+        config["AMOCRM_RULES"] = rules
+        site_module(tmp, config)
+        flask(tmp, "amocrm", "init-db")
+        capture(tmp, 1)
+        flask(tmp, "amocrm", "process", "--now")  # metadata and marker field warm
+        counts = []
+        for start in (1, 1):  # a new visitor, then the same visitor again
+            forget_calls(sandbox)
+            capture(tmp, 1, start=start)
+            flask(tmp, "amocrm", "process", "--now")
+            counts.append(counted())
+        forget_calls(sandbox)
+        capture(tmp, DEDUP_BURST, start=10_000)
+        flask(tmp, "amocrm", "process", "--now")
+        calls, lookups = counted()
+        assert leads(sandbox) == 3 + DEDUP_BURST - (label == "on"), "not delivered"
+        print(f"duplicate control {label}: one new visitor {counts[0][0]} calls "
+              f"({counts[0][1]} lookups), the same visitor again {counts[1][0]} "
+              f"({counts[1][1]} lookups); a burst of {DEDUP_BURST} new visitors "
+              f"{calls / DEDUP_BURST:.2f} per event ({lookups / DEDUP_BURST:.2f} "
+              "lookups; goal <= 2)")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="amocrm-bench-") as tmp, \
             sandbox_process("--rate-limit", "7", "--latency-ms", "100") as sandbox:
@@ -178,6 +225,7 @@ def main() -> None:
         for workers in (1, 4):
             burst(sandbox, tmp, workers)
         memory(sandbox, tmp)
+        duplicate_control_calls(sandbox, tmp)
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 

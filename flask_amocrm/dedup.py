@@ -310,7 +310,7 @@ class DuplicateRule:
         """The criteria ``entity`` matched (for the event's log)."""
         return [c.label for c in self.criteria if c.matches(entity, self.region)]
 
-    def keys(self) -> list[str]:
+    def lock_keys(self) -> list[str]:
         """The keys under which two events could find each other as duplicates;
         deciding and creating is serialised per key across workers."""
         keys = []

@@ -117,9 +117,9 @@ def test_lead_open_only_and_time_window() -> None:
 
 
 def test_lock_keys_are_normalised() -> None:
-    a = DuplicateRule("contact", [PHONE, EMAIL]).keys()
+    a = DuplicateRule("contact", [PHONE, EMAIL]).lock_keys()
     assert a == sorted(a) and len(a) == 2 and any("+79123456789" in k for k in a)
-    assert len(DuplicateRule("contact", [PHONE, EMAIL], require="all").keys()) == 1
+    assert len(DuplicateRule("contact", [PHONE, EMAIL], require="all").lock_keys()) == 1
 
 
 def test_the_note_links_to_the_cards() -> None:
@@ -188,9 +188,8 @@ class _Event:
     uid = "u1"
     kind = "form"
     source = "callback"
-    files: list[Any] = []
-
     def __init__(self, data: dict[str, Any]) -> None:
+        self.files: list[Any] = []
         self.data = data
         self.context = {"captured_at": NOW}
 

@@ -114,8 +114,8 @@ def execute(client: AmoClient, deliveries: list[Delivery], *,
             busy = [d for d in group if set(keyed.get(d.request_id, ())) & missed]
             for d in busy:
                 # Another worker is deciding about the same person: next attempt.
-                d.event.log = [*(d.event.log or []), "duplicate control: another "
-                               "worker is handling the same person; trying again"]
+                d.event.log = [*(d.event.log or []), ("duplicate control: another "
+                               "worker is handling the same person; trying again")]
             waiting += busy
             group = [d for d in group if d not in busy]
             lookup(client, [d for d in group if d.pending("lookup")])
@@ -297,8 +297,8 @@ def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
             # amoCRM's own duplicate control reused its lead and contact: a note
             # of ours about duplicates would now point at the entity itself.
             extra["duplicate_notes"] = {}
-            d.event.log = [*(d.event.log or []), f"amoCRM's duplicate control "
-                           f"merged this event into lead {answer['id']}"]
+            d.event.log = [*(d.event.log or []), ("amoCRM's duplicate control "
+                           f"merged this event into lead {answer['id']}")]
         d.record("create", lead_id=answer["id"],
                  contact_id=answer.get("contact_id") or ids["contact"],
                  company_id=answer.get("company_id") or ids["company"],
@@ -335,7 +335,7 @@ def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
 def _link(client: AmoClient, deliveries: list[Delivery]) -> None:
     """Link what was not created together (mass ``link``, one call per entity)."""
     for entity in ("leads", "contacts"):
-        groups = [(d, [item for e, item in d.plan.links(d.ids()) if e == entity])
+        groups = [(d, [item for e, item in d.plan.links(d.ids(), d.event.remote) if e == entity])
                   for d in deliveries]
         _send(client, "POST", f"/api/v4/{entity}/link", "links", groups,
               lambda _d, _a: None)

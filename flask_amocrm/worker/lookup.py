@@ -93,7 +93,7 @@ def lookup(client: AmoClient, deliveries: list[Delivery]) -> None:
         else:
             found[d.request_id]["lead"] = _search(client, lead)
     for d in deliveries:
-        _decide(client, d, found[d.request_id])
+        _decide(client, d, found[d.request_id], contact_leads[d.request_id])
 
 
 def _leads_of_contact(d: Delivery) -> bool:
@@ -154,8 +154,8 @@ def _read_leads(client: AmoClient, ids: list[int]) -> dict[int, dict[str, Any]]:
     return out
 
 
-def _decide(client: AmoClient, d: Delivery,
-            found: dict[str, list[dict[str, Any]]]) -> None:
+def _decide(client: AmoClient, d: Delivery, found: dict[str, list[dict[str, Any]]],
+            contact_leads: list[int]) -> None:
     """Turn what was found into ``found``, ``duplicates`` and ``duplicate_notes``,
     and record them (the step ``lookup``)."""
     unsorted = d.plan.unsorted is not None
@@ -189,9 +189,22 @@ def _decide(client: AmoClient, d: Delivery,
                          f"{', '.join(rule.matched_labels(main))})")
     texts = {key: duplicates_note(items, client.base_url, html_format=d.plan.html)
              for key, items in notes.items()}
+    # A lead found among the leads of the very contact this event uses is linked to
+    # it already: the link step need not do it again.
+    linked = []
+    contact = d.plan.contact
+    if "lead" in reused and contact is not None:
+        if contact.id is not None:
+            own = contact_leads  # they are all that contact's
+        else:
+            main = d.current.get("contact") or {}
+            own = [x["id"] for x in (main.get("_embedded") or {}).get("leads") or []]
+        if reused["lead"] in own:
+            linked.append("lead-contact")
     if lines:
         d.event.log = [*(d.event.log or []), *lines]
     d.record("lookup", found=reused, duplicates=duplicates, duplicate_notes=texts,
+             linked=linked,
              **{f"{key}_id": entity_id for key, entity_id in reused.items()})
 
 
@@ -202,7 +215,7 @@ def lock_keys(d: Delivery) -> list[str]:
     keys: list[str] = []
     for entity in d.plan.entities():
         if entity.looks_up and entity.duplicates is not None:
-            keys += [f"{entity.entity}:{k}" for k in entity.duplicates.keys()]
+            keys += [f"{entity.entity}:{k}" for k in entity.duplicates.lock_keys()]
     lead = d.plan.lead
     if lead is not None and lead.duplicates is not None and \
             lead.duplicates.scope == "contact" and any(

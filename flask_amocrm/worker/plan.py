@@ -27,9 +27,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, time, tzinfo
 from typing import TYPE_CHECKING, Any
 
-from ..dedup import CORE_KEYS, Criterion, DuplicateRule, parse_within, phone_query
+from ..dedup import (
+    CORE_KEYS,
+    Criterion,
+    DuplicateRule,
+    normalize_email,
+    normalize_phone,
+    normalize_text,
+    parse_within,
+    phone_query,
+)
 from ..dedup import STANDARD_CODES as DEDUP_CODES
-from ..dedup import normalize_email, normalize_phone, normalize_text
 from ..errors import RuleError
 from ..rules.clean import LONG_LIMIT, NAME_LIMIT, TAG_LIMIT, clean_text, parse_number
 from ..rules.deadlines import DEFAULT_DEADLINE, deadline
@@ -58,6 +66,8 @@ LOCK_KEYS = {
 #: Every step a plan may need, in the order :mod:`.execute` runs them. ``lookup``
 #: (duplicate control) decides between ``update`` and ``create`` per entity.
 STEPS = ("lookup", "update", "create", "link", "notes", "tasks")
+#: The links an event's entities may need, as ``remote["linked"]`` names them.
+_PAIRS = (("lead", "contact"), ("lead", "company"), ("contact", "company"))
 #: Campaign tags and the lead tracking field (``tracking_data``) each one fills.
 TRACKING_FIELDS = TRACKING_TAGS
 
@@ -252,7 +262,9 @@ class Plan:
             return any(e.key in existing for e in (self.contact, self.company)
                        if e is not None) and (
                 self.contact is not None and self.company is not None)
-        return True
+        linked = set((remote or {}).get("linked") or [])
+        return any(f"{a}-{b}" not in linked for a, b in _PAIRS
+                   if self.entity(a) is not None and self.entity(b) is not None)
 
     def done(self, remote: dict[str, Any] | None) -> bool:
         """Whether the event's ``remote`` records every step of this plan: the one
@@ -297,11 +309,14 @@ class Plan:
         item["_embedded"] = embedded
         return item
 
-    def links(self, ids: dict[str, int | None]) -> list[tuple[str, dict[str, Any]]]:
-        """``(entity, mass-link item)`` pairs linking what this plan has."""
+    def links(self, ids: dict[str, int | None], remote: dict[str, Any] | None = None
+              ) -> list[tuple[str, dict[str, Any]]]:
+        """``(entity, mass-link item)`` pairs linking what this plan has, but those
+        the lookup saw linked already (``remote["linked"]``)."""
         out: list[tuple[str, dict[str, Any]]] = []
+        linked = set((remote or {}).get("linked") or [])
         lead, contact, company = ids.get("lead"), ids.get("contact"), ids.get("company")
-        if lead and contact:
+        if lead and contact and "lead-contact" not in linked:
             out.append(("leads", {"entity_id": lead, "to_entity_id": contact,
                                   "to_entity_type": "contacts",
                                   "metadata": {"main_contact": True}}))
@@ -349,8 +364,8 @@ class Plan:
             if not e.looks_up or e.duplicates is None:
                 continue
             if e.key == "lead" and e.duplicates.scope == "contact":
-                calls.append(("GET", "/api/v4/leads?filter[id][]=<the contact's "
-                              "leads>", None))
+                calls.append(("GET", ("/api/v4/leads?filter[id][]=<the contact's "
+                                      "leads>"), None))
                 continue
             for _c, query in e.duplicates.searches():
                 where = f"?query={query}" if query else "?filter=..."
