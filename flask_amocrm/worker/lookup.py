@@ -9,7 +9,9 @@ event's ``remote`` at once, so a retry never decides differently:
   ``use``);
 - ``duplicates``: ``{"contact": [ids], ...}``, every duplicate found, earliest first;
 - ``duplicate_notes``: ``{"contact": text, ...}``, the notes listing the duplicates
-  (strategy ``note``, and always in incoming-leads mode, where they go on the lead).
+  (strategy ``note``, and always in incoming-leads mode, where they go on the lead);
+- ``linked``: ``["lead-contact"]`` when the lead reused is one of the contact's own,
+  so the link step leaves it; and ``contact_id`` … for the entities reused.
 
 Searching costs one GET per value searched: a contact search asks for the contacts'
 leads too (``with=leads``) when the lead's duplicates are looked for among them, and
