@@ -235,8 +235,11 @@ class Plan:
         """The steps this plan needs (a subset of :data:`STEPS`, in order), given
         what the lookup found (``remote``)."""
         existing = self.existing(remote)
+        done = (remote or {}).get("done") or []
         steps = []
-        if self.needs_lookup():
+        # An event that created its entities before the rule had duplicate control
+        # must not look itself up now.
+        if self.needs_lookup() and not ("create" in done and "lookup" not in done):
             steps.append("lookup")
         if self.updates(remote):
             steps.append("update")
