@@ -237,3 +237,15 @@ def test_inline_mode_retries_due_events_with_the_next_form(
     assert [e.status for e in _events(app)] == ["delivered", "delivered"]
     assert sorted(lead["name"] for lead in sandbox.leads()) == [
         "Callback: Ann", "Callback: Bob"]
+
+
+def test_a_campaign_tag_the_account_has_no_field_for_is_left_out(
+    make_app: Any, sandbox: Any
+) -> None:
+    app = _with_form_view(make_app())
+    app.test_client().post("/callback?utm_source=mail&from=newsletter",
+                           data={"name": "Ann", "phone": "+79120001122"})
+    assert deliver_pending(app)["delivered"] == 1
+    [lead] = sandbox.leads()
+    assert _field(lead, "UTM_SOURCE") == ["mail"]
+    assert _field(lead, "FROM") == []  # the sandbox account has no FROM field

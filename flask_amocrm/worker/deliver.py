@@ -231,10 +231,14 @@ def _mark(state: _State, client: AmoClient, deliveries: list[Delivery]) -> None:
     if field_id is None:
         return
     for delivery in new:
+        lead = delivery.plan.lead
+        assert lead is not None
         delivery.marker = field_id
-        values = delivery.plan.lead.payload.setdefault(  # type: ignore[union-attr]
-            "custom_fields_values", [])
-        values.append(marker_value(field_id, delivery.event.uid))
+        lead.payload.setdefault("custom_fields_values", []).append(
+            marker_value(field_id, delivery.event.uid))
+        # Only a lead this event creates carries its uid; one that duplicate control
+        # reuses keeps the uid of the event that created it.
+        lead.lock.add(field_id)
 
 
 def plan_env(state: _State, *, preview: bool = False) -> PlanEnv:

@@ -582,7 +582,10 @@ class _Builder:
                       required: bool = True) -> dict[str, Any] | None:
         entity = ENTITY[key]
         static = known_field(entity, name)
-        if static is not None and not self.env.has_meta:
+        # A standard code the rule names itself is trusted without the metadata; an
+        # optional one (a tracking tag) may be missing from the account, which only
+        # the metadata tells, and sending it would get the whole lead rejected.
+        if static is not None and required and not self.env.has_meta:
             return static
         meta = self.env.meta(where)
         found = meta.field(entity, name)
