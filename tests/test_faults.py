@@ -26,6 +26,7 @@ from flask_amocrm.models import utcnow
 RULES = {"forms": {"callback": {
     "contact": {"name": "{{ data.name }}", "fields": {"PHONE": "{{ data.phone }}"}},
     "lead": {"name": "Callback: {{ data.name }}", "note": "Called from the site"},
+    "task": {"text": "Call {{ data.name }} back", "deadline": "+1h"},
 }}}
 
 
@@ -131,7 +132,9 @@ def test_workers_killed_mid_batch_deliver_every_event_exactly_once(
     contacts = Counter(c["name"] for c in sandbox.contacts())
     assert set(contacts.values()) == {1}
     notes = Counter(n["entity_id"] for n in sandbox.notes("leads"))
-    assert set(notes.values()) == {1}
+    assert set(notes.values()) == {1} and len(notes) == 40
+    tasks = Counter(t["entity_id"] for t in sandbox.tasks())
+    assert set(tasks.values()) == {1} and len(tasks) == 40
     with app.app_context(), app.extensions["amocrm"].session() as session:
         statuses = Counter(e.status for e in session.query(Event))
     assert statuses == {"delivered": 40}

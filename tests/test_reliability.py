@@ -290,3 +290,31 @@ def test_a_block_pauses_every_request_and_alerts_once(
     [event] = _events(app)[:1]
     assert "paused, no request sent" in event.last_error
     assert sandbox.leads() == []
+
+
+@pytest.mark.parametrize("step", ["/api/v4/leads/complex", "/api/v4/leads/notes",
+                                  "/api/v4/tasks"])
+def test_a_lost_answer_never_doubles_what_amocrm_created(
+    make_app: Any, sandbox: Any, step: str
+) -> None:
+    """amoCRM does the work, the answer never arrives (a cut connection, a killed
+    worker): the retry finds what was made instead of making it again."""
+    rules = {"forms": {"callback": {
+        "contact": {"name": "{{ data.name }}", "fields": {"PHONE": "{{ data.phone }}"}},
+        "lead": {"name": "Callback: {{ data.name }}", "note": "From the site"},
+        "task": {"text": "Call {{ data.name }}", "deadline": "+1h"},
+    }}}
+    app = make_app(AMOCRM_RULES=rules)
+    _submit(app, 3)
+    sandbox.faults(lose_answer=True, count=1, method="POST", path=step)
+    assert deliver_pending(app)["retrying"] == 3
+    _make_due(app)
+    assert deliver_pending(app)["delivered"] == 3
+    leads = sandbox.leads()
+    assert sorted(lead["name"] for lead in leads) == [
+        "Callback: Visitor 0", "Callback: Visitor 1", "Callback: Visitor 2"]
+    assert len(sandbox.contacts()) == 3
+    assert sorted(n["entity_id"] for n in sandbox.notes("leads")) == sorted(
+        lead["id"] for lead in leads)
+    assert sorted(t["entity_id"] for t in sandbox.tasks()) == sorted(
+        lead["id"] for lead in leads)

@@ -224,6 +224,7 @@ def _before() -> Response | None:
         time.sleep(delay / 1000.0)
     if decision.drop:
         return _drop_connection()
+    g._sbx_lose_answer = decision.lose_answer
     if decision.status is not None:
         status = decision.status
         if status >= 500 or status in (403, 429):
@@ -287,6 +288,8 @@ def _after(response: Response) -> Response:
         )
         if request.method != "GET" and response.status_code < 400:
             sbx.store.save_if_dirty()
+    if getattr(g, "_sbx_lose_answer", False):
+        return _drop_connection()  # the work is done and logged; the answer is lost
     return response
 
 

@@ -19,6 +19,9 @@ class Fault:
 
     status: int | None = None
     drop: bool = False
+    #: Carry the request out, then drop the connection: the client never hears that
+    #: it worked (a worker killed, or a network cut, after amoCRM did the work).
+    lose_answer: bool = False
     latency_ms: float = 0
     count: int | None = None
     until: float | None = None
@@ -30,6 +33,7 @@ class Fault:
         return {
             "status": self.status,
             "drop": self.drop,
+            "lose_answer": self.lose_answer,
             "latency_ms": self.latency_ms,
             "count": self.count,
             "until": self.until,
@@ -44,6 +48,7 @@ class Decision:
 
     status: int | None = None
     drop: bool = False
+    lose_answer: bool = False
     latency_ms: float = 0
 
 
@@ -63,13 +68,14 @@ class Faults:
         """Add a fault from its JSON spec; raises ValueError on a bad spec."""
         status = spec.get("status")
         drop = bool(spec.get("drop", False))
+        lose_answer = bool(spec.get("lose_answer", False))
         latency = float(spec.get("latency_ms", 0) or 0)
         if status is not None and not (
             isinstance(status, int) and 100 <= status <= 599
         ):
             raise ValueError("status must be an HTTP status code")
-        if status is None and not drop and not latency:
-            raise ValueError("give status, drop or latency_ms")
+        if status is None and not drop and not lose_answer and not latency:
+            raise ValueError("give status, drop, lose_answer or latency_ms")
         count = spec.get("count")
         if count is not None and (not isinstance(count, int) or count < 1):
             raise ValueError("count must be a positive integer")
@@ -80,6 +86,7 @@ class Faults:
         fault = Fault(
             status=status,
             drop=drop,
+            lose_answer=lose_answer,
             latency_ms=latency,
             count=count,
             until=until,
@@ -114,8 +121,9 @@ class Faults:
                     continue
                 if fault.method and fault.method != method:
                     continue
-                decided = decision.drop or decision.status is not None
-                terminal = fault.drop or fault.status is not None
+                decided = (decision.drop or decision.lose_answer
+                           or decision.status is not None)
+                terminal = fault.drop or fault.lose_answer or fault.status is not None
                 if terminal and decided and not fault.latency_ms:
                     continue  # an earlier fault already answers this request
                 if fault.count is not None:
@@ -124,6 +132,8 @@ class Faults:
                 if terminal and not decided:
                     if fault.drop:
                         decision.drop = True
+                    elif fault.lose_answer:
+                        decision.lose_answer = True
                     else:
                         decision.status = fault.status
             self._expire()

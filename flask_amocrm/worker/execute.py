@@ -404,11 +404,40 @@ def _norm(text: Any) -> str:
 
 
 def _tasks(client: AmoClient, deliveries: list[Delivery]) -> None:
+    """Add the tasks in one call. On a retry, a task its entity already has (same
+    text) is not added again: the call that created it may have been cut off before
+    the answer was saved."""
     def done(d: Delivery, answers: list[dict[str, Any] | None]) -> None:
         d.record("tasks", task_ids=[a.get("id") for a in answers if a])
 
-    _send(client, "POST", "/api/v4/tasks", "tasks",
-          [(d, d.plan.task_items(d.ids())) for d in deliveries], done)
+    planned = {d.request_id: d.plan.task_items(d.ids()) for d in deliveries}
+    check: dict[str, set[int]] = {}
+    for d in deliveries:
+        if d.event.attempts > 1:
+            for item in planned[d.request_id]:
+                check.setdefault(item["entity_type"], set()).add(item["entity_id"])
+    existing = {(entity, entity_id, text)
+                for entity, ids in check.items()
+                for entity_id, text in _existing_tasks(client, entity, sorted(ids))}
+    groups: list[Group] = []
+    for d in deliveries:
+        items = [item for item in planned[d.request_id]
+                 if d.event.attempts <= 1 or (item["entity_type"], item["entity_id"],
+                                               _norm(item["text"])) not in existing]
+        groups.append((d, items))
+    _send(client, "POST", "/api/v4/tasks", "tasks", groups, done)
     for d in deliveries:
         if d.error is None and "tasks" not in (d.event.remote or {}).get("done", []):
             d.record("tasks", task_ids=[])
+
+
+def _existing_tasks(client: AmoClient, entity: str, ids: list[int]
+                    ) -> list[tuple[int, str]]:
+    """``(entity_id, normalised text)`` of the tasks these entities have."""
+    out: list[tuple[int, str]] = []
+    for start in range(0, len(ids), CHUNK):
+        tasks = client.get_all("/api/v4/tasks", "tasks", **{
+            "filter[entity_type]": entity,
+            "filter[entity_id][]": ids[start:start + CHUNK]})
+        out.extend((int(t["entity_id"]), _norm(t.get("text"))) for t in tasks)
+    return out
