@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from . import context as context_mod
 from .config import Settings, read_settings
 from .models import PENDING, Event, metadata, utcnow
-from .rules.schema import validate_rules
+from .rules.schema import find_mail_event, validate_rules
 from .signals import event_captured, form_submitted, mail_sent
 
 if TYPE_CHECKING:
@@ -256,9 +256,10 @@ def _on_email_dispatched(app: Flask, **kwargs: Any) -> None:
         headers = dict(getattr(message, "extra_headers", None) or {})
         if ALERT_HEADER in headers:
             return
-        event = headers.get(MAIL_EVENT_HEADER)
+        event = headers.get(MAIL_EVENT_HEADER) or find_mail_event(
+            get_state(app).settings.rules, getattr(message, "subject", None))
         if not event:
-            return  # only mails the site tagged for amoCRM are captured
+            return  # only mails tagged for amoCRM, or matching a rule, are captured
         data = {"mail": _message_fields(message)}
     except Exception:
         log.exception("Flask-AmoCRM could not read a dispatched mail")

@@ -231,3 +231,24 @@ def test_campaign_cookie_survives_a_real_http_client(make_app: Any) -> None:
         server.server_close()
     [event] = _stored(app)
     assert event.context["utm"] == {"utm_source": "vk", "utm_content": "banner"}
+
+
+def test_a_mail_rule_can_pick_mails_by_subject(make_app: Any) -> None:
+    from flask_mail import Mail, Message
+
+    rules = {"mails": {"ORDER_NEW": {"subject": "New order #*",
+                                     "lead": {"name": "{{ mail.subject }}"}}}}
+    app = make_app(AMOCRM_RULES=rules, MAIL_SUPPRESS_SEND=True,
+                   MAIL_DEFAULT_SENDER="shop@example.com")
+    mail = Mail(app)
+    with app.app_context():
+        mail.send(Message("new ORDER #17", recipients=["boss@example.com"], body="x"))
+        mail.send(Message("Your password", recipients=["a@example.com"], body="y"))
+    [event] = _stored(app)
+    assert (event.kind, event.source) == ("mail", "ORDER_NEW")
+    assert event.data["mail"]["subject"] == "new ORDER #17"
+
+
+def test_a_bad_subject_pattern_is_refused_at_init(make_app: Any) -> None:
+    with pytest.raises(RuntimeError, match="mails.ORDER_NEW.subject must be"):
+        make_app(AMOCRM_RULES={"mails": {"ORDER_NEW": {"subject": 5}}})

@@ -353,3 +353,23 @@ def test_preview_calls_describe_the_plan(meta: AccountMetadata) -> None:
         ("POST", "/api/v4/leads/notes"), ("POST", "/api/v4/tasks")]
     assert calls[1][2][0]["_embedded"]["contacts"] == [{"id": 7}]
     assert calls[2][2][0]["entity_id"] == "<lead_id>"
+
+
+def test_html_notes_escape_what_visitors_typed() -> None:
+    from types import SimpleNamespace
+
+    from flask_amocrm.worker.plan import build_plan
+
+    event = SimpleNamespace(
+        id=1, uid="u1", kind="form", source="f", files=[], context={}, remote={},
+        data={"name": "<script>alert(1)</script>", "comment": "5 > 3 & <b>bold</b>"},
+        created_at=None)
+    rule = {"format": "html",
+            "lead": {"name": "{{ data.name }}",
+                     "note": "<b>Comment:</b> {{ data.comment }}"}}
+    plan = build_plan(rule, event, where="forms.f")
+    [note] = plan.notes
+    assert note.text == "<b>Comment:</b> 5 &gt; 3 &amp; &lt;b&gt;bold&lt;/b&gt;"
+    # the lead's name is not HTML: it is kept as typed
+    assert plan.lead is not None
+    assert plan.lead.payload["name"] == "<script>alert(1)</script>"

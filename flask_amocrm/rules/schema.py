@@ -29,6 +29,7 @@ Duplicate control is a section's ``duplicates`` table (docs/duplicates.md)::
 from __future__ import annotations
 
 import copy
+import fnmatch
 from datetime import UTC as _UTC
 from typing import Any
 
@@ -337,11 +338,34 @@ def validate_rules(rules: dict[str, Any]) -> None:
                 raise _fail(top, "must be a table of rules, one per "
                             + _KINDS[top] + ".")
             for name, rule in value.items():
+                if top == "mails" and isinstance(rule, dict) and "subject" in rule:
+                    _check_subject(f"mails.{name}.subject", rule["subject"])
+                    rule = {k: v for k, v in rule.items() if k != "subject"}
                 _check_rule(f"{top}.{name}", rule)
                 _check_rule(f"{top}.{name}", _merge(rules.get("defaults") or {}, rule),
                             complete=True)
         else:
             raise _fail(top, "is not a section. Use 'defaults', 'forms' and 'mails'.")
+
+
+def _check_subject(where: str, pattern: Any) -> None:
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise _fail(where, "must be a subject pattern such as 'Order #*' "
+                    "(* matches anything, ? one character).")
+
+
+def find_mail_event(rules: dict[str, Any], subject: Any) -> str | None:
+    """The mail event whose rule's ``subject`` pattern matches ``subject`` (case is
+    ignored; ``*`` matches anything, ``?`` one character), or ``None``. For mails the
+    site sends without an ``X-AmoCRM-Event`` header."""
+    if not subject:
+        return None
+    text = " ".join(str(subject).split()).casefold()
+    for name, rule in (rules.get("mails") or {}).items():
+        pattern = rule.get("subject") if isinstance(rule, dict) else None
+        if pattern and fnmatch.fnmatchcase(text, " ".join(pattern.split()).casefold()):
+            return str(name)
+    return None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

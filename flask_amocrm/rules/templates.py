@@ -22,21 +22,25 @@ from ..errors import RuleError
 MAX_OUTPUT = 100_000
 
 _env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+#: For notes written as HTML (``format = "html"``): what visitors typed is escaped.
+_html_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
 
 
 @lru_cache(maxsize=1024)
-def compile_template(source: str) -> Template:
-    """The compiled template (cached); raises :class:`jinja2.TemplateSyntaxError`."""
-    return _env.from_string(source)
+def compile_template(source: str, html: bool = False) -> Template:
+    """The compiled template (cached); raises :class:`jinja2.TemplateSyntaxError`.
+    ``html``: values are HTML-escaped as they are put in."""
+    return (_html_env if html else _env).from_string(source)
 
 
-def render(source: str, variables: dict[str, Any], *, where: str = "") -> str:
+def render(source: str, variables: dict[str, Any], *, where: str = "",
+           html: bool = False) -> str:
     """Render one template string; :class:`RuleError` naming ``where`` on error."""
     if "{" not in source:
         return source
     label = f" in {where}" if where else ""
     try:
-        text = compile_template(source).render(variables)
+        text = compile_template(source, html).render(variables)
     except TemplateError as exc:
         raise RuleError(f"template error{label}: {exc} "
                         f"(template: {source!r})") from None
@@ -46,14 +50,15 @@ def render(source: str, variables: dict[str, Any], *, where: str = "") -> str:
     return text[:MAX_OUTPUT]
 
 
-def render_value(value: Any, variables: dict[str, Any], *, where: str = "") -> Any:
+def render_value(value: Any, variables: dict[str, Any], *, where: str = "",
+                 html: bool = False) -> Any:
     """Render strings inside lists and dicts; leave numbers and booleans as they are."""
     if isinstance(value, str):
-        return render(value, variables, where=where)
+        return render(value, variables, where=where, html=html)
     if isinstance(value, list):
-        return [render_value(v, variables, where=f"{where}[{i}]")
+        return [render_value(v, variables, where=f"{where}[{i}]", html=html)
                 for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: render_value(v, variables, where=f"{where}.{k}")
+        return {k: render_value(v, variables, where=f"{where}.{k}", html=html)
                 for k, v in value.items()}
     return value

@@ -493,8 +493,8 @@ class _Builder:
 
     # -- small helpers -------------------------------------------------------------
 
-    def render(self, value: Any, where: str) -> Any:
-        return render_value(value, self.vars, where=where)
+    def render(self, value: Any, where: str, *, escape: bool = False) -> Any:
+        return render_value(value, self.vars, where=where, html=escape)
 
     def warn(self, key: str | None, text: str) -> None:
         self.plan.warnings.append(text)
@@ -502,8 +502,9 @@ class _Builder:
             self.remarks[key].append(text)
 
     def text(self, value: Any, where: str, key: str | None, *,
-             limit: int = NAME_LIMIT, multiline: bool = False) -> str:
-        rendered = self.render(value, where)
+             limit: int = NAME_LIMIT, multiline: bool = False,
+             escape: bool = False) -> str:
+        rendered = self.render(value, where, escape=escape)
         if isinstance(rendered, list):
             rendered = " ".join(str(v) for v in rendered if not is_empty(v))
         notes: list[str] = []
@@ -887,7 +888,7 @@ class _Builder:
                 path = f"{where}.note" if i == 0 and "note" in section \
                     else f"{where}.notes"
                 text = self.text(spec["text"], path, None, limit=LONG_LIMIT,
-                                 multiline=True)
+                                 multiline=True, escape=self.html)
                 add(key, text, bool(spec.get("unique", False)),
                     bool(spec.get("group", group)))
         files_key, files_text = self.files()
@@ -950,7 +951,7 @@ class _Builder:
                 return "", ""
         if setting.get("note", True) is False:
             return "", ""
-        lines = ["Files:" if not self.html else "Files:"]
+        lines = ["Files:"]
         for f in files:
             name = str(f.get("name") or f.get("field") or "file")
             url = f.get("url")
