@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-pytest_plugins = ["sandbox_fixtures"]
+pytest_plugins = ["sandbox_fixtures", "client_support"]
 
 REDIS_URL = os.environ.get("AMOCRM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get(
@@ -117,3 +117,14 @@ def make_app(
         return app
 
     return factory
+
+
+@pytest.fixture()
+def fast_sandbox(sandbox: Any) -> Any:
+    """The sandbox without its rate limit (for tests about rules, not the limit),
+    and this process's copy of the account's metadata dropped."""
+    from flask_amocrm.amo.metadata import forget_local_metadata
+
+    sandbox.config(rate_limit=0)
+    forget_local_metadata()
+    return sandbox

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from sqlalchemy import select
-from test_client_support import OAUTH, amo_app  # noqa: F401  (fixtures)
+from client_support import OAUTH
 
 from flask_amocrm.extension import get_state
 from flask_amocrm.models import Token

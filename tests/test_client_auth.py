@@ -8,11 +8,9 @@ from typing import Any
 import pytest
 import requests
 from sqlalchemy import select
-from test_client_support import (  # noqa: F401  (fixtures)
+from client_support import (
     OAUTH,
-    amo_app,
     app_config,
-    redis14,
     run_children,
 )
 
@@ -52,7 +50,9 @@ def test_refresh_race_in_four_processes_refreshes_once(
 ) -> None:
     config = app_config(sandbox, str(tmp_path / "events.sqlite3"), **OAUTH,
                         AMOCRM_REDIS_URL=redis14 if with_redis else None)
-    from test_client_support import build_app
+    from client_support import (
+    build_app,
+)
 
     app = build_app(config, str(tmp_path / "instance"))
     _connect(sandbox, app)

@@ -6,7 +6,7 @@ import socket
 from typing import Any
 
 import pytest
-from test_client_support import amo_app, fast  # noqa: F401  (fixtures)
+from client_support import fast
 
 from flask_amocrm.amo import AmoClient, client_for
 from flask_amocrm.errors import (

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
-from test_client_support import OAUTH, amo_app  # noqa: F401  (fixtures)
+from client_support import OAUTH
 
 from flask_amocrm.amo import client_for, event_context, exchange_code, purge_api_log
 from flask_amocrm.amo.apilog import Redactor

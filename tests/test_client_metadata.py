@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_client_support import amo_app, redis14  # noqa: F401  (fixtures)
 
 from flask_amocrm.amo import metadata_for
 from flask_amocrm.amo.metadata import forget_local_metadata

@@ -6,12 +6,10 @@ import threading
 import time
 from typing import Any
 
-from test_client_support import (  # noqa: F401  (fixtures)
-    amo_app,
+from client_support import (
     app_config,
     fast,
     max_per_second,
-    redis14,
     run_children,
 )
 

@@ -5,34 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pytest
 import requests
-from flask import Flask, current_app, request
+from flask import Flask
 
-from flask_amocrm import Event, form_submitted
-from flask_amocrm.amo.metadata import forget_local_metadata
+from flask_amocrm import Event
 from flask_amocrm.testing import deliver_pending
+from sites import form_site
 
 
-@pytest.fixture()
-def fast_sandbox(sandbox: Any) -> Any:
-    """The sandbox without its rate limit, and this process's metadata dropped."""
-    sandbox.config(rate_limit=0)
-    forget_local_metadata()
-    return sandbox
 
 
-def _app(make_app: Any, rules: dict[str, Any], **config: Any) -> Flask:
-    config.setdefault("AMOCRM_RATE_LIMIT", 50)
-    app: Flask = make_app(AMOCRM_RULES=rules, **config)
-
-    @app.post("/form/<name>")
-    def form(name: str) -> str:
-        form_submitted.send(current_app._get_current_object(), form=name,
-                            data=request.form)
-        return "ok"
-
-    return app
+_app = form_site
 
 
 def _send(app: Flask, form: str, **data: str) -> dict[str, int]:

@@ -6,38 +6,20 @@ import io
 import time
 from typing import Any
 
-import pytest
-from flask import Flask, current_app, request
+from flask import Flask
 from werkzeug.datastructures import FileStorage
 
-from flask_amocrm import Event, form_submitted, mail_sent
-from flask_amocrm.amo.metadata import forget_local_metadata
+from flask_amocrm import Event, mail_sent
 from flask_amocrm.sandbox.seed import ADMIN_ID
 from flask_amocrm.testing import deliver_pending
+from sites import form_site
 
 ANNA, BORIS, GLEB = ADMIN_ID + 1, ADMIN_ID + 2, ADMIN_ID + 4
 
 
-@pytest.fixture()
-def fast_sandbox(sandbox: Any) -> Any:
-    """The sandbox without its rate limit (these tests are about rules) and with
-    this process's metadata copy dropped."""
-    sandbox.config(rate_limit=0)
-    forget_local_metadata()
-    return sandbox
 
 
-def _app(make_app: Any, rules: dict[str, Any], **config: Any) -> Flask:
-    config.setdefault("AMOCRM_RATE_LIMIT", 50)
-    app: Flask = make_app(AMOCRM_RULES=rules, **config)
-
-    @app.post("/form/<name>")
-    def form(name: str) -> str:
-        form_submitted.send(current_app._get_current_object(), form=name,
-                            data=request.form, files=request.files)
-        return "ok"
-
-    return app
+_app = form_site
 
 
 def _events(app: Flask) -> list[Event]:

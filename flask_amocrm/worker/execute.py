@@ -26,7 +26,7 @@ rounds, the later one finding what the earlier one created.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +56,10 @@ class Delivery:
     #: Entities the lookup read and reuses, as amoCRM returned them (this attempt
     #: only: saves the update step reading them again).
     current: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Whether :meth:`record` commits at once. :func:`execute` turns it off and
+    #: commits once per API answer instead (the deliveries of a batch share one
+    #: session): one commit per event and step cost more than the calls themselves.
+    autosave: bool = True
 
     @property
     def request_id(self) -> str:
@@ -78,7 +82,8 @@ class Delivery:
                 and step not in remote.get("done", []))
 
     def record(self, step: str | None = None, **values: Any) -> None:
-        """Write ``values`` (and ``step`` as done) into ``remote`` and save now.
+        """Write ``values`` (and ``step`` as done) into ``remote`` and save now
+        (inside :func:`execute`: with the rest of the answer it came in).
 
         ``remote`` is reassigned, never changed in place, so SQLAlchemy sees it."""
         remote = dict(self.event.remote or {})
@@ -86,7 +91,14 @@ class Delivery:
         if step is not None:
             remote["done"] = [*remote.get("done", []), step]
         self.event.remote = remote
-        self.save()
+        if self.autosave:
+            self.save()
+
+
+def _save(deliveries: Sequence[Delivery]) -> None:
+    """Commit the progress of these deliveries (they share one session)."""
+    if deliveries:
+        deliveries[0].save()
 
 
 class Locks(Protocol):
@@ -103,7 +115,17 @@ def execute(client: AmoClient, deliveries: list[Delivery], *,
 
     ``locks`` (:class:`~.lookup.KeyLocks`) serialises duplicate control with other
     workers; without it, only this batch's own events are kept apart."""
-    locks = locks or NoLocks()
+    for delivery in deliveries:
+        delivery.autosave = False
+    try:
+        _execute(client, deliveries, locks or NoLocks())
+    finally:
+        _save(deliveries)
+        for delivery in deliveries:
+            delivery.autosave = True
+
+
+def _execute(client: AmoClient, deliveries: list[Delivery], locks: Locks) -> None:
     waiting: list[Delivery] = []
     for group in _rounds(deliveries):
         keyed = {d.request_id: lock_keys(d) for d in group
@@ -119,12 +141,15 @@ def execute(client: AmoClient, deliveries: list[Delivery], *,
             waiting += busy
             group = [d for d in group if d not in busy]
             lookup(client, [d for d in group if d.pending("lookup")])
+            _save(group)  # a retry must not decide differently
             _update(client, [d for d in group if d.pending("update")])
+            _save(group)
             _create(client, [d for d in group if d.pending("create")])
+            _save(group)
     deliveries = [d for d in deliveries if d not in waiting]
-    _link(client, [d for d in deliveries if d.pending("link")])
-    _notes(client, [d for d in deliveries if d.pending("notes")])
-    _tasks(client, [d for d in deliveries if d.pending("tasks")])
+    for step in (_link, _notes, _tasks):
+        step(client, [d for d in deliveries if d.pending(step.__name__[1:])])
+        _save(deliveries)
 
 
 def _rounds(deliveries: list[Delivery]) -> list[list[Delivery]]:
@@ -194,6 +219,7 @@ def _send(
             for delivery, items in chunk:
                 done(delivery, answers[position:position + len(items)])
                 position += len(items)
+            _save([d for d, _ in chunk])  # what amoCRM made is known before more
             break
 
 

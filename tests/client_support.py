@@ -91,7 +91,7 @@ def fast(client: Any) -> Any:
 CHILD = r"""
 import json, sys, time
 sys.path.insert(0, {tests!r})
-from test_client_support import build_app
+from client_support import build_app
 from flask_amocrm.amo import client_for
 from flask_amocrm.extension import get_state
 spec = json.loads(sys.argv[1])
