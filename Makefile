@@ -46,7 +46,7 @@ test: redis
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: redis
-	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for script in bench/bench_*.py bench/fault_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) *.egg-info build dist
