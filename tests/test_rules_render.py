@@ -373,3 +373,26 @@ def test_html_notes_escape_what_visitors_typed() -> None:
     # the lead's name is not HTML: it is kept as typed
     assert plan.lead is not None
     assert plan.lead.payload["name"] == "<script>alert(1)</script>"
+
+
+def test_field_values_over_amocrms_limit_go_into_a_note() -> None:
+    from flask_amocrm.worker.plan import MAX_FIELD_VALUES
+
+    seed = make_seed()
+    text_field = next(f for f in seed["custom_fields"]["leads"] if f["type"] == "text")
+    extra = [dict(text_field, id=900000 + n, name=f"Extra {n}", code=None)
+             for n in range(45)]
+    meta = AccountMetadata.from_api(
+        pipelines=seed["pipelines"], users=seed["users"],
+        fields={**seed["custom_fields"],
+                "leads": seed["custom_fields"]["leads"] + extra},
+        task_types=seed["task_types"], account=seed["account"])
+    fields = {f"Extra {n}": f"v{n}" for n in range(45)}
+    plan = _plan({"lead": {"name": "x", "fields": fields}, "tracking": False},
+                 meta=meta)
+    sent = plan.lead.payload["custom_fields_values"]
+    assert len(sent) == MAX_FIELD_VALUES - 2  # room for a file link and the marker
+    assert [v["field_id"] for v in sent] == [900000 + n for n in range(38)]
+    [note] = plan.notes
+    assert "field 900044 not sent" in note.text and "v44" in note.text
+    assert "field 900037 not sent" not in note.text

@@ -1061,11 +1061,33 @@ class _Builder:
         if not plan.entities():
             raise RuleError(f"{self.where}: the rule makes nothing of this event (no "
                             "lead, and the contact and company values are all empty)")
+        self.cap_fields()
         if self.unsorted:
             self.unsorted_item()
         self.tasks()
         self.notes()
         return plan
+
+    def cap_fields(self) -> None:
+        """amoCRM takes at most :data:`MAX_FIELD_VALUES` field values per entity in
+        ``leads/complex``; what is over goes into the entity's note instead of getting
+        the whole lead rejected. Room is kept for a file link and, on the lead, the
+        event-id marker that delivery adds."""
+        for entity in self.plan.entities():
+            values = entity.payload.get("custom_fields_values") or []
+            room = MAX_FIELD_VALUES - 1 - (entity.key == "lead")
+            for item in values[room:]:
+                ident = item.get("field_code") or item.get("field_id")
+                shown = ", ".join(str(v.get("value", v.get("enum_id")))
+                                  for v in item.get("values") or [])
+                self.warn(entity.key, f"field {ident} not sent (amoCRM takes at most "
+                                      f"{MAX_FIELD_VALUES} values per entity): {shown}")
+            if len(values) > room:
+                entity.payload["custom_fields_values"] = values[:room]
+
+
+#: ``leads/complex`` refuses an entity with more field values than this.
+MAX_FIELD_VALUES = 40
 
 
 def _std_name(key: str, code: Any) -> str:
