@@ -67,6 +67,16 @@ class ApiError(Exception):
         return problem_body(self.status, self.detail, **self.extra)
 
 
+#: Validation error codes. amoCRM's documented ones are the first two; for a value of
+#: the wrong shape the real service answers 400 too, but its code is not in the
+#: reference. Its codes follow Symfony constraint names, so "InvalidType" is our best
+#: guess.
+NOT_SUPPORTED = "NotSupportedChoice"
+NOT_EXPECTED = "FieldNotExpected"
+INVALID_TYPE = "InvalidType"
+NOT_BLANK = "NotBlank"
+
+
 class FieldError(Exception):
     """One validation error inside one item: raised by validators, collected by views.
 
@@ -79,6 +89,11 @@ class FieldError(Exception):
         self.code = code
         self.path = path
         self.detail = detail
+
+    @classmethod
+    def not_a_choice(cls, path: str) -> FieldError:
+        """amoCRM's answer to an id, enum or code that does not exist."""
+        return cls(NOT_SUPPORTED, path, "The value you selected is not a valid choice.")
 
     def as_dict(self) -> dict[str, str]:
         """The error as an entry of ``validation-errors[].errors``."""

@@ -11,15 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import FieldError
-
-NOT_SUPPORTED = "NotSupportedChoice"
-NOT_EXPECTED = "FieldNotExpected"
-# amoCRM's documented codes are the two above; for a value of the wrong shape the
-# real service answers 400 too, but its code is not in the reference. Its error
-# codes follow Symfony constraint names, so "InvalidType" is our best guess.
-INVALID_TYPE = "InvalidType"
-NOT_BLANK = "NotBlank"
+from .errors import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, FieldError
 
 TEXT_TYPES = {"text", "textarea", "streetaddress", "tracking_data", "url"}
 NUMBER_TYPES = {"numeric", "monetary"}
@@ -121,20 +113,12 @@ def _match_enum(
         for enum in enums:
             if enum["id"] == value["enum_id"]:
                 return enum
-        raise FieldError(
-            NOT_SUPPORTED,
-            f"{path}.enum_id",
-            "The value you selected is not a valid choice.",
-        )
+        raise FieldError.not_a_choice(f"{path}.enum_id")
     if "enum_code" in value:
         for enum in enums:
             if enum.get("code") is not None and enum["code"] == value["enum_code"]:
                 return enum
-        raise FieldError(
-            NOT_SUPPORTED,
-            f"{path}.enum_code",
-            "The value you selected is not a valid choice.",
-        )
+        raise FieldError.not_a_choice(f"{path}.enum_code")
     if ftype in ("multitext", "smart_address"):
         if ftype == "smart_address":
             raise FieldError(
@@ -150,11 +134,7 @@ def _match_enum(
         for enum in enums:
             if enum["value"] == value["value"]:
                 return enum
-        raise FieldError(
-            NOT_SUPPORTED,
-            f"{path}.value",
-            "The value you selected is not a valid choice.",
-        )
+        raise FieldError.not_a_choice(f"{path}.value")
     raise FieldError(NOT_BLANK, path, "A value, enum_id or enum_code is required.")
 
 
@@ -287,25 +267,13 @@ def _validate_item(
     if field_id is not None:
         field = find_field(fields, field_id=field_id) if _is_int(field_id) else None
         if field is None:
-            raise FieldError(
-                NOT_SUPPORTED,
-                f"{path}.field_id",
-                "The value you selected is not a valid choice.",
-            )
+            raise FieldError.not_a_choice(f"{path}.field_id")
         if code is not None and field["code"] != code:
-            raise FieldError(
-                NOT_SUPPORTED,
-                f"{path}.field_code",
-                "The value you selected is not a valid choice.",
-            )
+            raise FieldError.not_a_choice(f"{path}.field_code")
     else:
         field = find_field(fields, code=code)
         if field is None:
-            raise FieldError(
-                NOT_SUPPORTED,
-                f"{path}.field_code",
-                "The value you selected is not a valid choice.",
-            )
+            raise FieldError.not_a_choice(f"{path}.field_code")
     if "values" not in item:
         raise FieldError(NOT_BLANK, f"{path}.values", "values is required.")
     values = item["values"]

@@ -10,14 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .errors import FieldError
-from .fields import (
-    INVALID_TYPE,
-    NOT_EXPECTED,
-    NOT_SUPPORTED,
-    apply_values,
-    validate_values,
-)
+from .errors import INVALID_TYPE, NOT_EXPECTED, FieldError
+from .fields import apply_values, validate_values
 from .store import Store, now
 
 ENTITIES = ("leads", "contacts", "companies")
@@ -259,11 +253,7 @@ def check_tag_refs(store: Store, entity: str, refs: Any, path: str) -> list[Fiel
         if "id" in ref and ref["id"] is not None:
             if find_tag(store, entity, tag_id=ref["id"]) is None:
                 errors.append(
-                    FieldError(
-                        NOT_SUPPORTED,
-                        f"{p}.id",
-                        "The value you selected is not a valid choice.",
-                    )
+                    FieldError.not_a_choice(f"{p}.id")
                 )
         elif not isinstance(ref.get("name"), str) or not ref["name"].strip():
             errors.append(
@@ -334,15 +324,11 @@ def check_item(
         value = item.get(key)
         if is_int(value) and value != 0 and store.user(value) is None:
             errors.append(
-                FieldError(
-                    NOT_SUPPORTED, key, "The value you selected is not a valid choice."
-                )
+                FieldError.not_a_choice(key)
             )
         if key == "responsible_user_id" and value == 0:
             errors.append(
-                FieldError(
-                    NOT_SUPPORTED, key, "The value you selected is not a valid choice."
-                )
+                FieldError.not_a_choice(key)
             )
     if entity == "leads":
         errors += _check_pipeline(store, item, existing)
@@ -396,11 +382,7 @@ def _check_refs(store: Store, target: str, refs: Any, path: str) -> list[FieldEr
         ref_id = ref.get("id") if isinstance(ref, dict) else None
         if not is_int(ref_id) or ref_id not in store.entities(target):
             errors.append(
-                FieldError(
-                    NOT_SUPPORTED,
-                    f"{path}.{i}.id",
-                    "The value you selected is not a valid choice.",
-                )
+                FieldError.not_a_choice(f"{path}.{i}.id")
             )
     if target == "companies" and len(refs) > 1:
         errors.append(FieldError(INVALID_TYPE, path, "A lead has at most one company."))
@@ -466,19 +448,11 @@ def _check_pipeline(
     pipeline_id, status_id = resolve_status(store, item, existing)
     if pipeline_id is None and pid is not None:
         return [
-            FieldError(
-                NOT_SUPPORTED,
-                "pipeline_id",
-                "The value you selected is not a valid choice.",
-            )
+            FieldError.not_a_choice("pipeline_id")
         ]
     if status_id is None:
         return [
-            FieldError(
-                NOT_SUPPORTED,
-                "status_id",
-                "The value you selected is not a valid choice.",
-            )
+            FieldError.not_a_choice("status_id")
         ]
     return []
 

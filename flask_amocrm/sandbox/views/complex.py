@@ -12,8 +12,8 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from ..errors import FieldError
-from ..fields import INVALID_TYPE, NOT_SUPPORTED, apply_values, validate_values
+from ..errors import INVALID_TYPE, FieldError
+from ..fields import apply_values, validate_values
 from ..records import (
     LOST,
     WON,
@@ -47,11 +47,7 @@ def _check_sub(s: Store, entity: str, sub: Any, prefix: str) -> list[FieldError]
     if "id" in sub:
         if not is_int(sub["id"]) or sub["id"] not in s.entities(entity):
             return [
-                FieldError(
-                    NOT_SUPPORTED,
-                    f"{prefix}.id",
-                    "The value you selected is not a valid choice.",
-                )
+                FieldError.not_a_choice(f"{prefix}.id")
             ]
         errors = check_item(
             s,
@@ -118,11 +114,7 @@ def _check_lead(s: Store, item: Any) -> list[FieldError]:
         category = metadata.get("category") if isinstance(metadata, dict) else None
         if category not in ("forms", "sip"):
             errors.append(
-                FieldError(
-                    NOT_SUPPORTED,
-                    "_embedded.metadata.category",
-                    "The value you selected is not a valid choice.",
-                )
+                FieldError.not_a_choice("_embedded.metadata.category")
             )
         else:
             errors += check_metadata(category, metadata, "_embedded.metadata")

@@ -6,8 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..errors import ApiError, FieldError
-from ..fields import NOT_BLANK, NOT_SUPPORTED
+from ..errors import NOT_BLANK, ApiError, FieldError
 from ..records import apply_item, check_item, is_int, render
 from ..search import (
     apply_filters,
@@ -182,11 +181,7 @@ def update_entities(entity: str) -> Response:
                 obj = s.entities(entity).get(item["id"]) if is_int(item["id"]) else None
                 if obj is None or obj.get("is_deleted"):
                     errors.append(
-                        FieldError(
-                            NOT_SUPPORTED,
-                            "id",
-                            "The value you selected is not a valid choice.",
-                        )
+                        FieldError.not_a_choice("id")
                     )
                 else:
                     errors += check_item(s, entity, item, existing=obj, creating=False)

@@ -6,8 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..errors import ApiError, FieldError
-from ..fields import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, NOT_SUPPORTED
+from ..errors import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, ApiError, FieldError
 from ..records import LINKABLE, add_link, is_int, links_of, remove_link
 from ..search import match_value, parse_nested
 from ..store import Store
@@ -46,29 +45,17 @@ def _check(s: Store, entity: str, item: Any, mass: bool) -> list[FieldError]:
             )
         elif not _entity_exists(s, entity, item["entity_id"]):
             errors.append(
-                FieldError(
-                    NOT_SUPPORTED,
-                    "entity_id",
-                    "The value you selected is not a valid choice.",
-                )
+                FieldError.not_a_choice("entity_id")
             )
     to_type = item.get("to_entity_type")
     if to_type not in LINKABLE[entity]:
         # Catalog elements and customers are not part of the sandbox.
         errors.append(
-            FieldError(
-                NOT_SUPPORTED,
-                "to_entity_type",
-                "The value you selected is not a valid choice.",
-            )
+            FieldError.not_a_choice("to_entity_type")
         )
     elif not _entity_exists(s, to_type, item.get("to_entity_id")):
         errors.append(
-            FieldError(
-                NOT_SUPPORTED,
-                "to_entity_id",
-                "The value you selected is not a valid choice.",
-            )
+            FieldError.not_a_choice("to_entity_id")
         )
     metadata = item.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):

@@ -7,8 +7,14 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..errors import ApiError, FieldError
-from ..fields import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, NOT_SUPPORTED
+from ..errors import (
+    INVALID_TYPE,
+    NOT_BLANK,
+    NOT_EXPECTED,
+    NOT_SUPPORTED,
+    ApiError,
+    FieldError,
+)
 from ..records import ENTITIES
 from ..search import (
     apply_filters,
@@ -286,9 +292,7 @@ def _check_field(entity: str, item: Any, taken: set[str]) -> list[FieldError]:
         errors.append(FieldError(NOT_BLANK, "name", "This value should not be blank."))
     if item.get("type") not in ENTITY_FIELD_TYPES[entity]:
         errors.append(
-            FieldError(
-                NOT_SUPPORTED, "type", "The value you selected is not a valid choice."
-            )
+            FieldError.not_a_choice("type")
         )
     code = item.get("code")
     if code is not None and (not isinstance(code, str) or code in taken):

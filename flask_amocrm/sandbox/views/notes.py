@@ -6,8 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..errors import ApiError, FieldError
-from ..fields import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, NOT_SUPPORTED
+from ..errors import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, ApiError, FieldError
 from ..records import is_int
 from ..search import apply_filters, envelope, order_items, paging, parse_nested
 from ..store import Store, now
@@ -86,20 +85,12 @@ def _check(
             or s.entities(entity)[entity_id].get("is_deleted")
         ):
             errors.append(
-                FieldError(
-                    NOT_SUPPORTED,
-                    "entity_id",
-                    "The value you selected is not a valid choice.",
-                )
+                FieldError.not_a_choice("entity_id")
             )
     note_type = item.get("note_type", existing["note_type"] if existing else None)
     if note_type not in NOTE_TYPES:
         errors.append(
-            FieldError(
-                NOT_SUPPORTED,
-                "note_type",
-                "The value you selected is not a valid choice.",
-            )
+            FieldError.not_a_choice("note_type")
         )
         return errors
     params = item.get("params")
@@ -129,9 +120,7 @@ def _check(
         value = item.get(key)
         if value not in (None, 0) and (not is_int(value) or s.user(value) is None):
             errors.append(
-                FieldError(
-                    NOT_SUPPORTED, key, "The value you selected is not a valid choice."
-                )
+                FieldError.not_a_choice(key)
             )
     return errors
 
@@ -290,11 +279,7 @@ def _update(entity: str, entity_id: int | None) -> Response:
                     (
                         rid,
                         [
-                            FieldError(
-                                NOT_SUPPORTED,
-                                "id",
-                                "The value you selected is not a valid choice.",
-                            )
+                            FieldError.not_a_choice("id")
                         ],
                     )
                 )

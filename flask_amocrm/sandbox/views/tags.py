@@ -6,8 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..errors import FieldError
-from ..fields import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED
+from ..errors import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, FieldError
 from ..records import create_tag, find_tag
 from ..search import apply_filters, envelope, paging, parse_nested
 from .common import (

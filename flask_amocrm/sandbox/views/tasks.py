@@ -6,8 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..errors import ApiError, FieldError
-from ..fields import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, NOT_SUPPORTED
+from ..errors import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, ApiError, FieldError
 from ..records import ENTITIES, is_int
 from ..search import apply_filters, envelope, order_items, paging, parse_nested
 from ..store import Store, now
@@ -88,11 +87,7 @@ def _check(s: Store, item: Any, existing: dict[str, Any] | None) -> list[FieldEr
     entity_id = item.get("entity_id", existing.get("entity_id") if existing else None)
     if entity_type is not None and entity_type not in ENTITIES:
         errors.append(
-            FieldError(
-                NOT_SUPPORTED,
-                "entity_type",
-                "The value you selected is not a valid choice.",
-            )
+            FieldError.not_a_choice("entity_type")
         )
     elif entity_id is not None:
         if entity_type is None:
@@ -101,28 +96,18 @@ def _check(s: Store, item: Any, existing: dict[str, Any] | None) -> list[FieldEr
             )
         elif is_int(entity_id) and entity_id not in s.entities(entity_type):
             errors.append(
-                FieldError(
-                    NOT_SUPPORTED,
-                    "entity_id",
-                    "The value you selected is not a valid choice.",
-                )
+                FieldError.not_a_choice("entity_id")
             )
     if is_int(item.get("task_type_id")) and not any(
         t["id"] == item["task_type_id"] for t in s.data["task_types"]
     ):
         errors.append(
-            FieldError(
-                NOT_SUPPORTED,
-                "task_type_id",
-                "The value you selected is not a valid choice.",
-            )
+            FieldError.not_a_choice("task_type_id")
         )
     for key in ("responsible_user_id", "created_by"):
         if is_int(item.get(key)) and item[key] != 0 and s.user(item[key]) is None:
             errors.append(
-                FieldError(
-                    NOT_SUPPORTED, key, "The value you selected is not a valid choice."
-                )
+                FieldError.not_a_choice(key)
             )
     if "is_completed" in item and not isinstance(item["is_completed"], bool):
         errors.append(
@@ -291,11 +276,7 @@ def update_tasks() -> Response:
                     (
                         rid,
                         [
-                            FieldError(
-                                NOT_SUPPORTED,
-                                "id",
-                                "The value you selected is not a valid choice.",
-                            )
+                            FieldError.not_a_choice("id")
                         ],
                     )
                 )

@@ -8,8 +8,14 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..errors import ApiError, FieldError, ValidationFailed
-from ..fields import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, NOT_SUPPORTED
+from ..errors import (
+    INVALID_TYPE,
+    NOT_BLANK,
+    NOT_EXPECTED,
+    ApiError,
+    FieldError,
+    ValidationFailed,
+)
 from ..records import (
     apply_item,
     check_item,
@@ -228,11 +234,7 @@ def _check_item(s: Store, category: str, item: Any) -> list[FieldError]:
     pid = item.get("pipeline_id")
     if pid is not None and (not is_int(pid) or s.pipeline(pid) is None):
         errors.append(
-            FieldError(
-                NOT_SUPPORTED,
-                "pipeline_id",
-                "The value you selected is not a valid choice.",
-            )
+            FieldError.not_a_choice("pipeline_id")
         )
     errors += check_metadata(category, item.get("metadata"))
     embedded = item.get("_embedded") or {}
@@ -453,11 +455,7 @@ def accept(uid: str) -> Response:
         user_id = body.get("user_id")
         if user_id is not None and (not is_int(user_id) or s.user(user_id) is None):
             errors.append(
-                FieldError(
-                    NOT_SUPPORTED,
-                    "user_id",
-                    "The value you selected is not a valid choice.",
-                )
+                FieldError.not_a_choice("user_id")
             )
         pipeline = s.pipeline(item["pipeline_id"]) or s.main_pipeline()
         status_id = body.get("status_id")
@@ -465,11 +463,7 @@ def accept(uid: str) -> Response:
             st["id"] == status_id and st["type"] == 0 for st in pipeline["statuses"]
         ):
             errors.append(
-                FieldError(
-                    NOT_SUPPORTED,
-                    "status_id",
-                    "The value you selected is not a valid choice.",
-                )
+                FieldError.not_a_choice("status_id")
             )
         if errors:
             raise ValidationFailed([("0", errors)])
