@@ -329,46 +329,17 @@ def _one_of_each(ids: _Ids, entity: str, start_sort: int) -> list[dict[str, Any]
             continue
         out.append(make_field(ids, entity, f"{label} {name}", type_, sort=sort))
         sort += 1
-    out.append(
-        make_field(
-            ids,
-            entity,
-            "Delivery type",
-            "select",
-            sort=sort + 1,
-            enums=[("Courier", None), ("Pickup", None), ("Post", None)],
-        )
-    )
-    out.append(
-        make_field(
-            ids,
-            entity,
-            "Interests",
-            "multiselect",
-            sort=sort + 2,
-            enums=[("Windows", None), ("Doors", None), ("Roofs", None)],
-        )
-    )
-    out.append(
-        make_field(
-            ids,
-            entity,
-            "Preferred contact",
-            "radiobutton",
-            sort=sort + 3,
-            enums=[("Phone", None), ("E-mail", None), ("Messenger", None)],
-        )
-    )
-    out.append(
-        make_field(
-            ids,
-            entity,
-            f"{label} address",
-            "smart_address",
-            sort=sort + 4,
-            enums=[(c, c) for c in SMART_ADDRESS_ENUMS],
-        )
-    )
+    with_enums = [
+        ("Delivery type", "select", [("Courier", None), ("Pickup", None),
+                                     ("Post", None)]),
+        ("Interests", "multiselect", [("Windows", None), ("Doors", None),
+                                      ("Roofs", None)]),
+        ("Preferred contact", "radiobutton", [("Phone", None), ("E-mail", None),
+                                              ("Messenger", None)]),
+        (f"{label} address", "smart_address", [(c, c) for c in SMART_ADDRESS_ENUMS]),
+    ]
+    for n, (name, type_, enums) in enumerate(with_enums, 1):
+        out.append(make_field(ids, entity, name, type_, sort=sort + n, enums=enums))
     if entity == "leads":
         out.append(
             make_field(ids, entity, "Product list", "chained_list", sort=sort + 5)
