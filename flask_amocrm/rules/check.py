@@ -11,18 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .fields import ENUM_TYPES
+from .fields import ENTITY, ENUM_TYPES, STANDARD_FIELDS
 from .schema import TRACKING_TAGS, find_rule, rule_names
 
 if TYPE_CHECKING:
     from ..amo.metadata import AccountMetadata
 
-_ENTITY = {"lead": "leads", "contact": "contacts", "company": "companies"}
-_STANDARD = {
-    "contact": {"position": "POSITION", "phone": "PHONE", "email": "EMAIL", "im": "IM"},
-    "company": {"phone": "PHONE", "email": "EMAIL", "web": "WEB", "address": "ADDRESS"},
-    "lead": {},
-}
 _LOCK_NAMES = {"name", "first_name", "last_name", "price", "pipeline", "status",
                "responsible", "tags", "visitor_uid"}
 
@@ -58,7 +52,7 @@ def _check_rule(rule: dict[str, Any], meta: AccountMetadata, where: str) -> list
     problems: list[str] = []
     if "responsible" in rule:
         problems += _users(rule["responsible"], meta, f"{where}.responsible")
-    for key, entity in _ENTITY.items():
+    for key, entity in ENTITY.items():
         section = rule.get(key)
         if not isinstance(section, dict):
             continue
@@ -67,7 +61,7 @@ def _check_rule(rule: dict[str, Any], meta: AccountMetadata, where: str) -> list
             problems += _users(section["responsible"], meta, f"{path}.responsible")
         wanted: dict[Any, tuple[str, Any]] = {
             code: (f"{path}.{std}", section[std])
-            for std, code in _STANDARD[key].items() if std in section}
+            for std, code in STANDARD_FIELDS[key].items() if std in section}
         wanted.update({name: (f"{path}.fields.{name}", value)
                        for name, value in (section.get("fields") or {}).items()})
         for name, (field_path, value) in wanted.items():
@@ -79,7 +73,7 @@ def _check_rule(rule: dict[str, Any], meta: AccountMetadata, where: str) -> list
         for name in section.get("lock") or []:
             if name in _LOCK_NAMES:
                 continue
-            code = _STANDARD[key].get(str(name), name)
+            code = STANDARD_FIELDS[key].get(str(name), name)
             if meta.field(entity, code) is None:
                 problems.append(f"{path}.lock: the {entity} have no field {name!r}")
         if key == "lead":
@@ -95,7 +89,7 @@ def _check_rule(rule: dict[str, Any], meta: AccountMetadata, where: str) -> list
                         "campaign tags are written only to the fields it has")
     files = rule.get("files")
     if isinstance(files, dict) and "field" in files:
-        entity = _ENTITY.get(files.get("entity", "lead"), "leads")
+        entity = ENTITY.get(files.get("entity", "lead"), "leads")
         if meta.field(entity, files["field"]) is None:
             problems.append(f"{where}.files.field: the {entity} have no field "
                             f"{files['field']!r}")

@@ -17,6 +17,14 @@ from typing import Any
 from ..errors import RuleError
 from .clean import LONG_LIMIT, TEXT_LIMIT, clean_text, parse_number
 
+#: Rule section → API entity.
+ENTITY = {"lead": "leads", "contact": "contacts", "company": "companies"}
+#: Standard keys of a section that are custom fields with a predefined code.
+STANDARD_FIELDS = {
+    "contact": {"position": "POSITION", "phone": "PHONE", "email": "EMAIL", "im": "IM"},
+    "company": {"phone": "PHONE", "email": "EMAIL", "web": "WEB", "address": "ADDRESS"},
+    "lead": {},
+}
 #: Types written as one line of text.
 TEXT_TYPES = {"text", "url", "tracking_data", "streetaddress"}
 #: Types written as a number.

@@ -41,7 +41,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from ..amo.client import AmoClient
 from ..dedup import DuplicateRule, duplicates_note, lock_name, pick
 from ..models import Flag, utcnow
-from .plan import ENTITY, EntityPlan
+from ..rules.fields import ENTITY
+from .plan import EntityPlan
 
 if TYPE_CHECKING:
     from ..extension import _State

@@ -41,21 +41,20 @@ from ..dedup import STANDARD_CODES as DEDUP_CODES
 from ..errors import RuleError
 from ..rules.clean import LONG_LIMIT, NAME_LIMIT, TAG_LIMIT, clean_text, parse_number
 from ..rules.deadlines import DEFAULT_DEADLINE, deadline
-from ..rules.fields import ENUM_TYPES, field_item, is_empty, known_field
+from ..rules.fields import (
+    ENTITY,
+    ENUM_TYPES,
+    STANDARD_FIELDS,
+    field_item,
+    is_empty,
+    known_field,
+)
 from ..rules.schema import TRACKING_TAGS
 from ..rules.templates import render_value
 
 if TYPE_CHECKING:
     from ..amo.metadata import AccountMetadata
 
-#: Rule section → API entity.
-ENTITY = {"lead": "leads", "contact": "contacts", "company": "companies"}
-#: Standard keys of a section that are custom fields with a predefined code.
-STANDARD_FIELDS = {
-    "contact": {"position": "POSITION", "phone": "PHONE", "email": "EMAIL", "im": "IM"},
-    "company": {"phone": "PHONE", "email": "EMAIL", "web": "WEB", "address": "ADDRESS"},
-    "lead": {},
-}
 #: Lock names for the top-level keys of a payload.
 LOCK_KEYS = {
     "name": ("name",), "first_name": ("first_name",), "last_name": ("last_name",),
