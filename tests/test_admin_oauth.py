@@ -8,8 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from sqlalchemy import select
 from client_support import OAUTH
+from sqlalchemy import select
 
 from flask_amocrm.extension import get_state
 from flask_amocrm.models import Token

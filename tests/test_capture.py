@@ -6,10 +6,11 @@ import json
 from typing import Any
 
 import pytest
+from e2e_support import stored_events
 from flask import Flask, current_app, request
 from werkzeug.datastructures import MultiDict
 
-from flask_amocrm import Event, event_captured, form_submitted, mail_sent
+from flask_amocrm import event_captured, form_submitted, mail_sent
 from flask_amocrm.testing import record_events
 
 
@@ -32,9 +33,6 @@ def _with_form_view(app: Flask) -> Flask:
     return app
 
 
-def _stored(app: Flask) -> list[Event]:
-    with app.app_context(), app.extensions["amocrm"].session() as session:
-        return list(session.query(Event).order_by(Event.id))
 
 
 def test_form_signal_stores_the_event_with_its_context(make_app: Any) -> None:
@@ -48,7 +46,7 @@ def test_form_signal_stores_the_event_with_its_context(make_app: Any) -> None:
         environ_base={"REMOTE_ADDR": "203.0.113.7"},
     )
     assert response.status_code == 200
-    [event] = _stored(app)
+    [event] = stored_events(app)
     assert event.kind == "form"
     assert event.source == "callback"
     assert event.status == "pending"
@@ -74,7 +72,7 @@ def test_campaign_tags_survive_three_pages_by_cookie(make_app: Any) -> None:
     client.get("/about")
     client.get("/about")
     client.post("/callback", data={"name": "Bob", "phone": "89120001122"})
-    [event] = _stored(app)
+    [event] = stored_events(app)
     assert event.context["utm"]["utm_source"] == "yandex"
     assert event.context["utm"]["utm_campaign"] == "winter"
     assert event.context["page"]["landing"] == "http://localhost/"
@@ -88,7 +86,7 @@ def test_first_touch_is_kept_and_last_touch_follows(make_app: Any) -> None:
     client.get("/?utm_source=google&utm_campaign=first")
     client.get("/about?utm_source=facebook&fbclid=fb1")
     client.post("/callback", data={"name": "Cid"})
-    [event] = _stored(app)
+    [event] = stored_events(app)
     assert event.context["utm_first"]["utm_source"] == "google"
     assert event.context["utm_first"]["utm_campaign"] == "first"
     assert event.context["utm"] == {"utm_source": "facebook", "fbclid": "fb1"}
@@ -101,7 +99,7 @@ def test_session_and_csrf_cookies_are_not_copied(make_app: Any) -> None:
     client.set_cookie("csrf_token", "secret")
     client.set_cookie("_ym_uid", "1700000000123")
     client.post("/callback", data={"name": "Dee"})
-    [event] = _stored(app)
+    [event] = stored_events(app)
     assert event.context["cookies"] == {"_ym_uid": "1700000000123"}
     assert event.context["utm"]["_ym_uid"] == "1700000000123"
 
@@ -111,7 +109,7 @@ def test_garbage_campaign_cookie_is_ignored(make_app: Any) -> None:
     client = app.test_client()
     client.set_cookie("amocrm_utm", "{not json")
     assert client.post("/callback?utm_source=x", data={"name": "Eve"}).status_code == 200
-    [event] = _stored(app)
+    [event] = stored_events(app)
     assert event.context["utm"] == {"utm_source": "x"}
 
 
@@ -119,7 +117,7 @@ def test_capture_outside_a_request(make_app: Any) -> None:
     app = make_app(AMOCRM_SITE_NAME="Shop")
     with app.app_context():
         mail_sent.send(app, event="ORDER_NEW", data={"order": 17, "total": "990.50"})
-    [event] = _stored(app)
+    [event] = stored_events(app)
     assert event.kind == "mail"
     assert event.source == "ORDER_NEW"
     assert event.data == {"order": 17, "total": "990.50"}
@@ -153,7 +151,7 @@ def test_flask_mail_messages_tagged_for_amocrm_are_captured(make_app: Any) -> No
         mail.send(Message("amoCRM is down", recipients=["admin@example.com"],
                           body="...", extra_headers={"X-AmoCRM-Alert": "1",
                                                      "X-AmoCRM-Event": "ORDER_NEW"}))
-    [event] = _stored(app)
+    [event] = stored_events(app)
     assert event.source == "ORDER_NEW"
     assert event.data["mail"]["subject"] == "Order 17"
     assert event.data["mail"]["recipients"] == ["boss@example.com"]
@@ -164,8 +162,8 @@ def test_other_apps_do_not_hear_the_signal(make_app: Any) -> None:
     first, second = make_app(), make_app()
     with first.app_context():
         form_submitted.send(first, form="callback", data={"name": "Only first"})
-    assert len(_stored(first)) == 1
-    assert _stored(second) == []
+    assert len(stored_events(first)) == 1
+    assert stored_events(second) == []
 
 
 def test_a_broken_database_never_breaks_the_view(
@@ -193,7 +191,7 @@ def test_spooled_events_are_stored_by_process(make_app: Any, tmp_path: Any) -> N
     result = app.test_cli_runner().invoke(args=["amocrm", "process", "--limit", "0"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["spooled"] == 1
-    assert [e.data for e in _stored(app)] == [{"name": "Hal"}]
+    assert [e.data for e in stored_events(app)] == [{"name": "Hal"}]
     assert not (instance / "amocrm-spool.jsonl").exists()
 
 
@@ -206,7 +204,7 @@ def test_receivers_of_event_captured_may_fail(make_app: Any) -> None:
     with event_captured.connected_to(broken, sender=app):
         response = app.test_client().post("/callback", data={"name": "Ivy"})
     assert response.status_code == 200
-    assert len(_stored(app)) == 1
+    assert len(stored_events(app)) == 1
 
 
 def test_campaign_cookie_survives_a_real_http_client(make_app: Any) -> None:
@@ -229,7 +227,7 @@ def test_campaign_cookie_survives_a_real_http_client(make_app: Any) -> None:
     finally:
         server.shutdown()
         server.server_close()
-    [event] = _stored(app)
+    [event] = stored_events(app)
     assert event.context["utm"] == {"utm_source": "vk", "utm_content": "banner"}
 
 
@@ -244,7 +242,7 @@ def test_a_mail_rule_can_pick_mails_by_subject(make_app: Any) -> None:
     with app.app_context():
         mail.send(Message("new ORDER #17", recipients=["boss@example.com"], body="x"))
         mail.send(Message("Your password", recipients=["a@example.com"], body="y"))
-    [event] = _stored(app)
+    [event] = stored_events(app)
     assert (event.kind, event.source) == ("mail", "ORDER_NEW")
     assert event.data["mail"]["subject"] == "new ORDER #17"
 

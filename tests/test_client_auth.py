@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import select
 from client_support import (
     OAUTH,
     app_config,
     run_children,
 )
+from sqlalchemy import select
 
 from flask_amocrm.amo import client_for, exchange_code, keep_alive
 from flask_amocrm.errors import AuthError

@@ -7,8 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
 from client_support import OAUTH
+from sqlalchemy import select, update
 
 from flask_amocrm.amo import client_for, event_context, exchange_code, purge_api_log
 from flask_amocrm.amo.apilog import Redactor

@@ -6,16 +6,11 @@ import time
 from typing import Any
 
 import requests
+from e2e_support import field_values, form_site, stored_events
 from flask import Flask
 
-from flask_amocrm import Event
 from flask_amocrm.testing import deliver_pending
-from sites import form_site
 
-
-
-
-_app = form_site
 
 
 def _send(app: Flask, form: str, **data: str) -> dict[str, int]:
@@ -24,16 +19,8 @@ def _send(app: Flask, form: str, **data: str) -> dict[str, int]:
     return deliver_pending(app)
 
 
-def _events(app: Flask) -> list[Event]:
-    with app.app_context(), app.extensions["amocrm"].session() as session:
-        return list(session.query(Event).order_by(Event.id))
 
 
-def _values(entity: dict[str, Any], name: str) -> list[Any]:
-    for item in entity.get("custom_fields_values") or []:
-        if name in (item.get("field_name"), item.get("field_code")):
-            return [v.get("value") for v in item["values"]]
-    return []
 
 
 def _notes(sandbox: Any, entity: str) -> list[tuple[int, str]]:
@@ -66,7 +53,7 @@ def _contact_rule(strategy: str, *, require: str = "any",
 def test_use_reuses_the_earliest_contact_as_it_is(make_app: Any,
                                                   fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
-    app = _app(make_app, _contact_rule("use"))
+    app = form_site(make_app, _contact_rule("use"))
     _send(app, "callback", name="Ann", phone="+7 912 345-67-89", pos="CTO")
     time.sleep(1.1)  # created_at has seconds: the second contact is later
     _send(app, "callback", name="Ann Two", phone="+7 999 000-00-00",
@@ -74,14 +61,14 @@ def test_use_reuses_the_earliest_contact_as_it_is(make_app: Any,
     # the phone of the first, the e-mail of the second, written another way
     assert _send(app, "callback", name="Anna", phone="8 (912) 345 67 89",
                  email=" ANN@example.com", pos="Boss")["delivered"] == 1
-    first, _second, third = _events(app)
+    first, _second, third = stored_events(app)
     contacts = {c["id"]: c for c in sandbox.contacts()}
     assert len(contacts) == 2
     assert third.remote["found"] == {"contact": first.remote["contact_id"]}
     assert third.remote["duplicates"] == {"contact": [first.remote["contact_id"]]}
     assert third.remote["done"] == ["lookup", "create"]
     kept = contacts[first.remote["contact_id"]]
-    assert kept["name"] == "Ann" and _values(kept, "POSITION") == ["CTO"]
+    assert kept["name"] == "Ann" and field_values(kept, "POSITION") == ["CTO"]
     [lead] = [x for x in sandbox.leads() if x["id"] == third.remote["lead_id"]]
     assert _linked(sandbox, "leads", lead["id"], "contacts") == [kept["id"]]
     assert any("contact" in line and "used as it is" in line for line in third.log)
@@ -91,18 +78,18 @@ def test_update_changes_the_duplicate_but_not_locked_fields(
     make_app: Any, fast_sandbox: Any
 ) -> None:
     sandbox = fast_sandbox
-    app = _app(make_app, _contact_rule("update", lock=["name"]))
+    app = form_site(make_app, _contact_rule("update", lock=["name"]))
     _send(app, "callback", name="Ann", phone="+79123456789", pos="CTO")
     assert _send(app, "callback", name="Someone", phone="912 345 67 89",
                  email="ann@example.com", pos="CEO")["delivered"] == 1
-    first, second = _events(app)
+    first, second = stored_events(app)
     [contact] = sandbox.contacts()
     assert second.remote["contact_id"] == first.remote["contact_id"] == contact["id"]
     assert second.remote["done"] == ["lookup", "update", "create"]
     assert contact["name"] == "Ann"  # locked
-    assert _values(contact, "POSITION") == ["CEO"]
-    assert _values(contact, "PHONE") == ["+79123456789"]  # the same number, once
-    assert _values(contact, "EMAIL") == ["ann@example.com"]
+    assert field_values(contact, "POSITION") == ["CEO"]
+    assert field_values(contact, "PHONE") == ["+79123456789"]  # the same number, once
+    assert field_values(contact, "EMAIL") == ["ann@example.com"]
     assert len(sandbox.leads()) == 2
 
 
@@ -110,12 +97,12 @@ def test_note_creates_a_contact_and_links_every_duplicate(
     make_app: Any, fast_sandbox: Any
 ) -> None:
     sandbox = fast_sandbox
-    app = _app(make_app, _contact_rule("note"))
+    app = form_site(make_app, _contact_rule("note"))
     _send(app, "callback", name="A", phone="+79123456789")
     _send(app, "callback", name="B", phone="89123456789")
     assert _send(app, "callback", name="C", phone="9123456789",
                  email="c@example.com")["delivered"] == 1
-    first, second, third = _events(app)
+    first, second, third = stored_events(app)
     assert len(sandbox.contacts()) == 3
     old = [first.remote["contact_id"], second.remote["contact_id"]]
     assert third.remote["duplicates"] == {"contact": old}
@@ -128,12 +115,12 @@ def test_note_creates_a_contact_and_links_every_duplicate(
 
 def test_all_needs_every_field_to_match(make_app: Any, fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
-    app = _app(make_app, _contact_rule("use", require="all"))
+    app = form_site(make_app, _contact_rule("use", require="all"))
     _send(app, "callback", name="A", phone="+79123456789", email="a@example.com")
     _send(app, "callback", name="B", phone="+79123456789", email="b@example.com")
     _send(app, "callback", name="C", phone="+79123456789")  # no e-mail: no match
     _send(app, "callback", name="D", phone="8 912 345 67 89", email="A@example.com")
-    first, _b, _c, fourth = _events(app)
+    first, _b, _c, fourth = stored_events(app)
     assert len(sandbox.contacts()) == 3
     assert fourth.remote["contact_id"] == first.remote["contact_id"]
 
@@ -144,11 +131,11 @@ def test_a_phone_in_a_note_or_a_name_is_no_duplicate(
     sandbox = fast_sandbox
     rules = _contact_rule("use", match=["PHONE"])
     rules["forms"]["callback"]["contact"]["note"] = "Call {{ data.other | default('') }}"
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     _send(app, "callback", name="Partner 8 912 345 67 89", phone="+79990000000",
           other="+79123456789")
     assert _send(app, "callback", name="Ann", phone="+79123456789")["delivered"] == 1
-    first, second = _events(app)
+    first, second = stored_events(app)
     # amoCRM's full-text search finds the first contact by its name; it is no
     # duplicate, since its phone is another one
     assert len(sandbox.contacts()) == 2
@@ -162,11 +149,11 @@ def test_match_on_name_and_a_custom_field(make_app: Any, fast_sandbox: Any) -> N
         "name": "{{ data.name }}", "fields": {"Contact Comment": "{{ data.code }}"},
         "duplicates": {"match": ["name", "Contact Comment"], "require": "all",
                        "strategy": "use"}}}}}
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     _send(app, "f", name="Ann  Lee", code="A-1")
     _send(app, "f", name="ann lee", code="A-2")
     _send(app, "f", name="ANN LEE", code="a-1")
-    first, second, third = _events(app)
+    first, second, third = stored_events(app)
     assert len(sandbox.contacts()) == 2
     assert third.remote["contact_id"] == first.remote["contact_id"]
     assert second.remote["contact_id"] != first.remote["contact_id"]
@@ -179,14 +166,14 @@ def test_company_duplicates(make_app: Any, fast_sandbox: Any) -> None:
         "company": {"name": "{{ data.company }}", "web": "{{ data.web }}",
                     "duplicates": {"match": ["name"], "strategy": "update"}},
         "lead": {"name": "L"}}}}
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     _send(app, "f", name="Ann", company="ACME", web="https://a.example")
     assert _send(app, "f", name="Bob", company=" acme ",
                  web="https://b.example")["delivered"] == 1
-    _first, second = _events(app)
+    _first, second = stored_events(app)
     [company] = sandbox.companies()
     assert second.remote["company_id"] == company["id"]
-    assert _values(company, "WEB") == ["https://b.example"]
+    assert field_values(company, "WEB") == ["https://b.example"]
     bob = second.remote["contact_id"]
     assert _linked(sandbox, "contacts", bob, "companies") == [company["id"]]
     assert _linked(sandbox, "leads", second.remote["lead_id"], "companies") == [
@@ -238,18 +225,18 @@ def _pipeline_rules(strategy: str = "update", **lead_dups: Any) -> dict[str, Any
 def test_events_move_a_deal_through_the_pipeline(make_app: Any,
                                                  fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
-    app = _app(make_app, _pipeline_rules(open_only=True))
+    app = form_site(make_app, _pipeline_rules(open_only=True))
     ann = {"name": "Ann", "phone": "+79123456789"}
     _send(app, "order", order="7", sum="1000", **ann)
     _send(app, "order", order="8", sum="50", **ann)
-    [order7, order8] = _events(app)
+    [order7, order8] = stored_events(app)
     assert order7.remote["lead_id"] != order8.remote["lead_id"]
     assert order8.remote["contact_id"] == order7.remote["contact_id"]
 
     # "payment received" for order 7, the phone written another way
     assert _send(app, "paid", order="7", sum="1", name="Ann",
                  phone="8 912 345 67 89")["delivered"] == 1
-    paid = _events(app)[-1]
+    paid = stored_events(app)[-1]
     assert paid.remote["found"] == {"contact": order7.remote["contact_id"],
                                     "lead": order7.remote["lead_id"]}
     # nothing created, nothing linked: the lead was found among Ann's own leads
@@ -265,7 +252,7 @@ def test_events_move_a_deal_through_the_pipeline(make_app: Any,
         "status_id"] == WON
     # order 7 is closed: open_only leaves it out, and a new order 7 is a new deal
     _send(app, "order", order="7", sum="300", **ann)
-    again = _events(app)[-1]
+    again = stored_events(app)[-1]
     assert again.remote["lead_id"] not in (order7.remote["lead_id"],
                                            order8.remote["lead_id"])
     assert again.remote["contact_id"] == order7.remote["contact_id"]
@@ -275,12 +262,12 @@ def test_events_move_a_deal_through_the_pipeline(make_app: Any,
 def test_scope_contact_ignores_other_peoples_leads(make_app: Any,
                                                    fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
-    app = _app(make_app, _pipeline_rules("use"))
+    app = form_site(make_app, _pipeline_rules("use"))
     _lead(sandbox, "Order 7")  # somebody else's order 7
     assert _send(app, "order", order="7", name="Ann",
                  phone="+79123456789")["delivered"] == 1
     assert len(sandbox.leads()) == 2
-    [event] = _events(app)
+    [event] = stored_events(app)
     assert event.remote["duplicates"] == {}
 
 
@@ -294,14 +281,14 @@ def test_scope_all_with_a_time_window_and_a_note(make_app: Any,
                  "duplicates": {"match": ["name"], "scope": "all", "within": "1d",
                                 "open_only": True, "strategy": "note"}},
     }}}
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     stale = _lead(sandbox, "Callback 100", age=2 * 86400)
     won = _lead(sandbox, "Callback 100", status=WON, age=600)
     yesterday = _lead(sandbox, "CALLBACK 100", age=20 * 3600)
     recent = _lead(sandbox, "Callback 100", age=60)
     _lead(sandbox, "Callback 1000", age=60)  # found by the text search, no match
     assert _send(app, "callback", name="Bob", phone="100")["delivered"] == 1
-    [event] = _events(app)
+    [event] = stored_events(app)
     assert event.remote["duplicates"] == {"lead": [yesterday, recent]}
     assert stale not in event.remote["duplicates"]["lead"]
     assert won not in event.remote["duplicates"]["lead"]
@@ -320,11 +307,11 @@ def test_lead_matched_on_price_and_status(make_app: Any, fast_sandbox: Any) -> N
         "status": "New", "duplicates": {"match": ["price", "status"],
                                         "require": "all", "scope": "all",
                                         "strategy": "update"}}}}}
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     _send(app, "f", name="first", sum="500")
     _send(app, "f", name="second", sum="700")
     _send(app, "f", name="third", sum="500")
-    first, _second, third = _events(app)
+    first, _second, third = stored_events(app)
     assert third.remote["lead_id"] == first.remote["lead_id"]
     names = sorted(x["name"] for x in sandbox.leads())
     assert names == ["second", "third"]
@@ -341,9 +328,9 @@ def test_the_rule_names_the_contact_and_its_leads_are_searched(
         "contact": {"id": "{{ data.cid }}"},
         "lead": {"name": "Renewal", "tags": ["again"],
                  "duplicates": {"match": ["name"], "strategy": "update"}}}}}
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     assert _send(app, "renew", cid=str(contact))["delivered"] == 1
-    [event] = _events(app)
+    [event] = stored_events(app)
     assert event.remote["lead_id"] == mine
     [lead] = sandbox.leads()
     assert [t["name"] for t in lead["_embedded"]["tags"]] == ["again"]
@@ -357,13 +344,13 @@ def test_incoming_leads_always_note_the_duplicates(make_app: Any,
     sandbox = fast_sandbox
     rules = _contact_rule("use", match=["PHONE"])
     rules["forms"]["callback"]["unsorted"] = True
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     _send(app, "callback", name="Ann", phone="+79123456789")
     # accepted by a manager: its contact becomes visible to searches
     [item] = sandbox.unsorted()
     _api(sandbox, "POST", f"/leads/unsorted/{item['uid']}/accept", {})
     assert _send(app, "callback", name="Ann", phone="89123456789")["delivered"] == 1
-    first, second = _events(app)
+    first, second = stored_events(app)
     assert len(sandbox.unsorted()) == 2 and len(sandbox.contacts()) == 2
     assert second.remote["found"] == {}  # incoming leads are always new
     assert second.remote["duplicates"] == {"contact": [first.remote["contact_id"]]}
@@ -376,10 +363,10 @@ def test_amocrm_merging_is_recorded_and_not_doubled(make_app: Any,
                                                     fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
     sandbox.config(duplicate_control=True)
-    app = _app(make_app, _contact_rule("note", match=["PHONE"]))
+    app = form_site(make_app, _contact_rule("note", match=["PHONE"]))
     _send(app, "callback", name="Ann", phone="+79123456789")
     assert _send(app, "callback", name="Ann", phone="+79123456789")["delivered"] == 1
-    first, second = _events(app)
+    first, second = stored_events(app)
     # our lookup saw the duplicate; amoCRM merged the new contact and lead into it
     assert second.remote["duplicates"] == {"contact": [first.remote["contact_id"]]}
     assert second.remote["merged"] is True
@@ -398,7 +385,7 @@ def test_a_batch_looks_up_first_and_keeps_one_person_apart(
 ) -> None:
     sandbox = fast_sandbox
     rules = _pipeline_rules("use")
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     _send(app, "order", order="1", name="Warm", phone="+79990000000")  # marker field
     client = app.test_client()
     for n, phone in enumerate(["+79120000001", "+79120000002", "8 912 000 00 01"]):
@@ -415,6 +402,6 @@ def test_a_batch_looks_up_first_and_keeps_one_person_apart(
         ("GET", "/api/v4/contacts"), ("GET", "/api/v4/leads"),
         ("POST", "/api/v4/leads/complex"),
     ]
-    _warm, first, _second, third = _events(app)
+    _warm, first, _second, third = stored_events(app)
     assert third.remote["contact_id"] == first.remote["contact_id"]
     assert len(sandbox.contacts()) == 3 and len(sandbox.leads()) == 4

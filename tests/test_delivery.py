@@ -9,6 +9,7 @@ import textwrap
 from typing import Any
 
 import pytest
+from e2e_support import field_values, stored_events
 from flask import Flask, current_app, request
 
 from flask_amocrm import Event, event_delivered, event_failed, form_submitted
@@ -27,20 +28,12 @@ def _with_form_view(app: Flask) -> Flask:
     return app
 
 
-def _events(app: Flask) -> list[Event]:
-    with app.app_context(), app.extensions["amocrm"].session() as session:
-        return list(session.query(Event).order_by(Event.id))
 
 
-def _field(entity: dict[str, Any], code: str) -> list[Any]:
-    for item in entity.get("custom_fields_values") or []:
-        if item.get("field_code") == code:
-            return [v.get("value") for v in item["values"]]
-    return []
 
 
 def _assert_ann_delivered(app: Flask, sandbox: Any) -> Event:
-    [event] = _events(app)
+    [event] = stored_events(app)
     assert event.status == "delivered", event.last_error
     [lead] = sandbox.leads()
     assert lead["name"] == "Callback: Ann"
@@ -48,7 +41,7 @@ def _assert_ann_delivered(app: Flask, sandbox: Any) -> Event:
     [contact] = sandbox.contacts()
     assert contact["id"] == event.remote["contact_id"]
     assert contact["name"] == "Ann"
-    assert _field(contact, "PHONE") == ["+79120001122"]
+    assert field_values(contact, "PHONE") == ["+79120001122"]
     assert event.attempts == 1
     assert event.delivered_at is not None
     return event
@@ -78,7 +71,7 @@ def test_rq_mode_delivers_through_a_real_worker(
     assert response.status_code == 200
     assert redis_conn.llen("rq:queue:amocrm") == 0  # queued once the response is done
     response.close()
-    [event] = _events(app)
+    [event] = stored_events(app)
     assert event.status == "pending"
     assert redis_conn.lrange("rq:queue:amocrm", 0, -1) == [
         f"amocrm-event-{event.id}".encode()]
@@ -95,7 +88,7 @@ def test_rq_mode_delivers_through_a_real_worker(
     print("worker output:", done.stdout, done.stderr)  # shown if the test fails
     event = _assert_ann_delivered(app, sandbox)
     [lead] = sandbox.leads()
-    assert _field(lead, "UTM_SOURCE") == ["newsletter"]
+    assert field_values(lead, "UTM_SOURCE") == ["newsletter"]
 
 
 def test_inline_mode_delivers_after_the_response(make_app: Any, sandbox: Any) -> None:
@@ -123,7 +116,7 @@ def test_redis_down_at_capture_keeps_the_event_pending(
         "/callback", data={"name": "Ann", "phone": "+79120001122"})
     assert response.status_code == 200
     response.close()
-    [event] = _events(app)
+    [event] = stored_events(app)
     assert event.status == "pending"
     assert "could not hand it on" in caplog.text
     assert sandbox.leads() == []
@@ -147,7 +140,7 @@ def test_an_event_without_a_rule_is_kept_as_ignored(make_app: Any, sandbox: Any)
     app = _with_form_view(make_app())
     app.test_client().post("/callback?form=unknown", data={"name": "Zed"})
     assert deliver_pending(app)["ignored"] == 1
-    [event] = _events(app)
+    [event] = stored_events(app)
     assert event.status == "ignored"
     assert event.data == {"name": "Zed"}
     assert sandbox.leads() == []
@@ -165,7 +158,7 @@ def test_a_template_error_fails_the_event_with_a_readable_reason(
     app.test_client().post("/callback", data={"name": "NoPhone"})
     with event_failed.connected_to(on_failed, sender=app):
         assert deliver_pending(app)["failed"] == 1
-    [event] = _events(app)
+    [event] = stored_events(app)
     assert event.status == "failed"
     assert "forms.callback.contact.fields.PHONE" in event.last_error
     assert "phone" in event.last_error
@@ -185,7 +178,7 @@ def test_amocrm_down_means_retrying_not_lost(make_app: Any, sandbox: Any) -> Non
     app.test_client().post("/callback", data={"name": "Ann", "phone": "+79120001122"})
     sandbox.faults(status=503, count=1, method="POST", path="/api/v4/leads/complex")
     assert deliver_pending(app)["retrying"] == 1
-    [event] = _events(app)
+    [event] = stored_events(app)
     assert event.status == "retrying"
     assert "ServerError" in event.last_error and "503" in event.last_error
     assert event.next_attempt_at is not None
@@ -195,7 +188,7 @@ def test_amocrm_down_means_retrying_not_lost(make_app: Any, sandbox: Any) -> Non
         session.get(Event, event.id).next_attempt_at = None
         session.commit()
     assert deliver_pending(app)["delivered"] == 1
-    [event] = _events(app)
+    [event] = stored_events(app)
     assert event.attempts == 2
     assert [a.outcome for a in _attempts(app, event.id)] == ["retrying", "delivered"]
     assert len(sandbox.leads()) == 1
@@ -228,13 +221,13 @@ def test_inline_mode_retries_due_events_with_the_next_form(
     client = app.test_client()
     sandbox.faults(status=503, count=1, method="POST", path="/api/v4/leads/complex")
     client.post("/callback", data={"name": "Ann", "phone": "+79120001122"}).close()
-    [event] = _events(app)
+    [event] = stored_events(app)
     assert event.status == "retrying"
     with app.app_context(), app.extensions["amocrm"].session() as session:
         session.get(Event, event.id).next_attempt_at = None  # its time has come
         session.commit()
     client.post("/callback", data={"name": "Bob", "phone": "+79120003344"}).close()
-    assert [e.status for e in _events(app)] == ["delivered", "delivered"]
+    assert [e.status for e in stored_events(app)] == ["delivered", "delivered"]
     assert sorted(lead["name"] for lead in sandbox.leads()) == [
         "Callback: Ann", "Callback: Bob"]
 
@@ -247,5 +240,5 @@ def test_a_campaign_tag_the_account_has_no_field_for_is_left_out(
                            data={"name": "Ann", "phone": "+79120001122"})
     assert deliver_pending(app)["delivered"] == 1
     [lead] = sandbox.leads()
-    assert _field(lead, "UTM_SOURCE") == ["mail"]
-    assert _field(lead, "FROM") == []  # the sandbox account has no FROM field
+    assert field_values(lead, "UTM_SOURCE") == ["mail"]
+    assert field_values(lead, "FROM") == []  # the sandbox account has no FROM field

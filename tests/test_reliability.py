@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from e2e_support import stored_events
 from flask import Flask
 
 from flask_amocrm import Event
@@ -27,9 +28,6 @@ def _submit(app: Flask, n: int, form: str = "callback", **extra: Any) -> list[in
     return ids
 
 
-def _events(app: Flask) -> list[Event]:
-    with app.app_context(), app.extensions["amocrm"].session() as session:
-        return list(session.query(Event).order_by(Event.id))
 
 
 def _make_due(app: Flask) -> None:
@@ -53,7 +51,7 @@ def test_a_burst_shares_calls_fifty_leads_each(make_app: Any, sandbox: Any) -> N
     assert [len(c["body"]) for c in calls] == [50, 50, 20]
     assert len(sandbox.leads()) == 120
     assert len({lead["name"] for lead in sandbox.leads()}) == 120
-    assert all(e.status == "delivered" for e in _events(app))
+    assert all(e.status == "delivered" for e in stored_events(app))
 
 
 def test_a_poisoned_event_fails_alone(make_app: Any, sandbox: Any) -> None:
@@ -70,7 +68,7 @@ def test_a_poisoned_event_fails_alone(make_app: Any, sandbox: Any) -> None:
     result = deliver_pending(app)
     assert result["delivered"] == 5
     assert result["failed"] == 1
-    events = _events(app)
+    events = stored_events(app)
     [poisoned] = [e for e in events if e.status == "failed"]
     assert poisoned.data["bad"] == "poison"
     assert "999999" in poisoned.last_error or "custom_fields_values" in (
@@ -104,7 +102,7 @@ def test_an_outage_mails_once_when_it_starts_and_once_when_it_ends(
         assert "answers again" in outbox[1].subject
     assert len(sandbox.leads()) == 4
     # the alert mails were not captured as mail events
-    assert all(e.kind == "form" for e in _events(app))
+    assert all(e.kind == "form" for e in stored_events(app))
 
 
 def test_redis_restarted_empty_loses_nothing(
@@ -133,7 +131,7 @@ def test_redis_restarted_empty_loses_nothing(
         queue = get_queue(app.extensions["amocrm"], for_worker=True)
         SimpleWorker([queue], connection=queue.connection,
                      job_class=AppJob).work(burst=True)
-    assert [e.status for e in _events(app)] == ["delivered"] * 5
+    assert [e.status for e in stored_events(app)] == ["delivered"] * 5
     assert len(sandbox.leads()) == 5
 
 
@@ -173,7 +171,7 @@ def test_import_delivers_past_results_once(
     assert "3 event(s) imported, 0 already" in result.output
     assert sorted(lead["name"] for lead in sandbox.leads()) == [
         "Callback: Old One", "Callback: Old Two"]
-    events = _events(app)
+    events = stored_events(app)
     assert [e.status for e in events] == ["delivered", "delivered", "ignored"]
     assert events[0].created_at.isoformat() == "2026-10-01T10:00:00"
     assert events[2].created_at.isoformat() == "2026-10-02T09:00:00"
@@ -199,7 +197,7 @@ def test_import_reports_a_bad_row_by_line(make_app: Any, tmp_path: Any) -> None:
     result = app.test_cli_runner().invoke(args=["amocrm", "import", str(path)])
     assert result.exit_code == 1
     assert "line 2: cannot read the time 'yesterday-ish'" in result.output
-    assert _events(app) == []
+    assert stored_events(app) == []
 
 
 def test_ignored_events_are_replayed_once_a_rule_exists(
@@ -233,7 +231,7 @@ def test_retention_purges_old_delivered_events_only(
         session.commit()
     with app.app_context():
         assert purge_events(app.extensions["amocrm"]) == 2
-    assert [e.status for e in _events(app)] == ["ignored"]
+    assert [e.status for e in stored_events(app)] == ["ignored"]
 
 
 def test_the_agent_delivers_one_batch_per_interval(
@@ -287,7 +285,7 @@ def test_a_block_pauses_every_request_and_alerts_once(
     assert len(outbox) == 1
     assert "not answering" in outbox[0].subject
     assert "blocked" in outbox[0].body
-    [event] = _events(app)[:1]
+    [event] = stored_events(app)[:1]
     assert "paused, no request sent" in event.last_error
     assert sandbox.leads() == []
 

@@ -6,32 +6,22 @@ import io
 import time
 from typing import Any
 
-from flask import Flask
+from e2e_support import field_values, form_site, stored_events
 from werkzeug.datastructures import FileStorage
 
 from flask_amocrm import Event, mail_sent
 from flask_amocrm.sandbox.seed import ADMIN_ID
 from flask_amocrm.testing import deliver_pending
-from sites import form_site
 
 ANNA, BORIS, GLEB = ADMIN_ID + 1, ADMIN_ID + 2, ADMIN_ID + 4
 
 
 
 
-_app = form_site
 
 
-def _events(app: Flask) -> list[Event]:
-    with app.app_context(), app.extensions["amocrm"].session() as session:
-        return list(session.query(Event).order_by(Event.id))
 
 
-def _values(entity: dict[str, Any], name: str) -> list[Any]:
-    for item in entity.get("custom_fields_values") or []:
-        if name in (item.get("field_name"), item.get("field_code")):
-            return [v.get("value") for v in item["values"]]
-    return []
 
 
 def _tags(entity: dict[str, Any]) -> list[str]:
@@ -112,12 +102,12 @@ def test_a_form_becomes_lead_contact_company_notes_and_task(
     make_app: Any, fast_sandbox: Any
 ) -> None:
     sandbox = fast_sandbox
-    app = _app(make_app, ORDER_RULES)
+    app = form_site(make_app, ORDER_RULES)
     started = time.time()
     app.test_client().post("/form/order?utm_source=google&utm_campaign=spring",
                            data=ORDER_FORM)
     assert deliver_pending(app)["delivered"] == 1
-    [event] = _events(app)
+    [event] = stored_events(app)
     assert event.status == "delivered", event.last_error
     assert event.remote["done"] == ["create", "notes", "tasks"]
 
@@ -128,38 +118,38 @@ def test_a_form_becomes_lead_contact_company_notes_and_task(
     assert lead["responsible_user_id"] == ANNA
     assert lead["price"] == 1250  # 1000 + 250.5, rounded; "free" reported
     assert _tags(lead) == ["google", "site"]
-    assert _values(lead, "UTM_SOURCE") == ["google"]
-    assert _values(lead, "UTM_CAMPAIGN") == ["spring"]
-    assert _values(lead, "Lead Comment") == ["Ring after 5"]
-    assert _values(lead, "Lead Quantity") in (["3"], [3])
-    assert _values(lead, "Lead Agreed") == [True]
-    assert _values(lead, "Delivery type") == []  # "Courer" matches no value
-    assert sorted(_values(lead, "Interests")) == ["Doors", "Windows"]
-    assert _values(lead, "Preferred contact") == ["Phone"]
-    assert _values(lead, "Lead Visit date") == [1715904000]
-    assert _values(lead, "Lead Call time") == [1715956200]
-    assert _values(lead, "Lead Profile link") == ["https://example.com/u/1"]
-    assert _values(lead, "Lead Details") == ["line one\nline two"]
-    assert sorted(_values(lead, "Lead address")) == ["101000", "Moscow"]
-    assert _values(lead, "Lead Legal entity") == [
+    assert field_values(lead, "UTM_SOURCE") == ["google"]
+    assert field_values(lead, "UTM_CAMPAIGN") == ["spring"]
+    assert field_values(lead, "Lead Comment") == ["Ring after 5"]
+    assert field_values(lead, "Lead Quantity") in (["3"], [3])
+    assert field_values(lead, "Lead Agreed") == [True]
+    assert field_values(lead, "Delivery type") == []  # "Courer" matches no value
+    assert sorted(field_values(lead, "Interests")) == ["Doors", "Windows"]
+    assert field_values(lead, "Preferred contact") == ["Phone"]
+    assert field_values(lead, "Lead Visit date") == [1715904000]
+    assert field_values(lead, "Lead Call time") == [1715956200]
+    assert field_values(lead, "Lead Profile link") == ["https://example.com/u/1"]
+    assert field_values(lead, "Lead Details") == ["line one\nline two"]
+    assert sorted(field_values(lead, "Lead address")) == ["101000", "Moscow"]
+    assert field_values(lead, "Lead Legal entity") == [
         {"name": "ACME LLC", "vat_id": "7700000000"}]
-    assert _values(lead, "Lead Budget") in (["1500.5"], [1500.5])
+    assert field_values(lead, "Lead Budget") in (["1500.5"], [1500.5])
 
     [contact] = sandbox.contacts()
     assert contact["id"] == event.remote["contact_id"]
     assert contact["name"] == "Ann Smith"
     assert contact["responsible_user_id"] == ADMIN_ID + 3  # the rule's default
-    assert _values(contact, "PHONE") == ["+7 912 000-11-22"]
-    assert _values(contact, "EMAIL") == ["ann@example.com"]
-    assert _values(contact, "POSITION") == ["CTO"]
-    assert _values(contact, "Contact Birthday") == [633830400]
-    assert _values(contact, "Interests") == ["Roofs"]
+    assert field_values(contact, "PHONE") == ["+7 912 000-11-22"]
+    assert field_values(contact, "EMAIL") == ["ann@example.com"]
+    assert field_values(contact, "POSITION") == ["CTO"]
+    assert field_values(contact, "Contact Birthday") == [633830400]
+    assert field_values(contact, "Interests") == ["Roofs"]
     assert _tags(contact) == ["customer"]
     [company] = sandbox.companies()
     assert company["name"] == "ACME"
-    assert _values(company, "WEB") == ["https://acme.example"]
-    assert _values(company, "ADDRESS") == ["Tverskaya 1\nMoscow"]
-    assert _values(company, "Delivery type") == ["Pickup"]
+    assert field_values(company, "WEB") == ["https://acme.example"]
+    assert field_values(company, "ADDRESS") == ["Tverskaya 1\nMoscow"]
+    assert field_values(company, "Delivery type") == ["Pickup"]
     assert _linked(sandbox, "leads", lead["id"], "contacts") == [contact["id"]]
     assert _linked(sandbox, "leads", lead["id"], "companies") == [company["id"]]
     assert _linked(sandbox, "contacts", contact["id"], "companies") == [company["id"]]
@@ -193,12 +183,12 @@ def test_incoming_lead_mode(make_app: Any, fast_sandbox: Any) -> None:
         "lead": {"pipeline": "Partners", "tags": ["web"]},
         "task": {"text": "never made"},
     }}}
-    app = _app(make_app, rules, AMOCRM_SITE_NAME="Shop")
+    app = form_site(make_app, rules, AMOCRM_SITE_NAME="Shop")
     app.test_client().post("/form/callback?utm_source=ya", data={
         "name": "Bob", "phone": "+79990001122", "visitor_uid": "v-42"},
         headers={"Referer": "https://ya.ru/search"})
     assert deliver_pending(app)["delivered"] == 1
-    [event] = _events(app)
+    [event] = stored_events(app)
     [item] = sandbox.unsorted()
     assert item["uid"] == event.remote["unsorted_uid"]
     assert item["category"] == "forms" and item["pipeline_id"] == 7000002
@@ -212,9 +202,9 @@ def test_incoming_lead_mode(make_app: Any, fast_sandbox: Any) -> None:
     [lead] = sandbox.leads()
     assert lead["name"] == "Call back Bob" and lead["pipeline_id"] == 7000002
     assert lead["status_id"] == 7200001  # the pipeline's incoming-leads stage
-    assert _tags(lead) == ["web"] and _values(lead, "UTM_SOURCE") == ["ya"]
+    assert _tags(lead) == ["web"] and field_values(lead, "UTM_SOURCE") == ["ya"]
     [contact] = sandbox.contacts()
-    assert _values(contact, "PHONE") == ["+79990001122"]
+    assert field_values(contact, "PHONE") == ["+79990001122"]
     assert sandbox.companies() == []  # nothing was typed for it
     assert sandbox.tasks() == []
     assert _note_texts(sandbox, "contacts") == ["Wants a call"]
@@ -237,21 +227,21 @@ def test_update_by_id_keeps_locked_fields_and_adds_phones(
                      "lock": ["price"], "tags": ["again"]},
         },
     }}
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     client = app.test_client()
     client.post("/form/signup", data={"name": "Ann", "phone": "+79120001122"})
     deliver_pending(app)
-    [first] = _events(app)
+    [first] = stored_events(app)
     client.post("/form/again", data={
         "name": "Someone else", "phone": "+79995556677",
         "contact_id": str(first.remote["contact_id"]),
         "lead_id": str(first.remote["lead_id"])})
     assert deliver_pending(app)["delivered"] == 1
-    second = _events(app)[1]
+    second = stored_events(app)[1]
     assert second.remote["done"] == ["update", "link", "notes"]
     [contact] = sandbox.contacts()
     assert contact["name"] == "Ann"
-    assert _values(contact, "PHONE") == ["+79120001122", "+79995556677"]
+    assert field_values(contact, "PHONE") == ["+79120001122", "+79995556677"]
     [lead] = sandbox.leads()
     assert lead["name"] == "Renamed" and lead["price"] == 100
     assert _tags(lead) == ["again"]
@@ -260,10 +250,10 @@ def test_update_by_id_keeps_locked_fields_and_adds_phones(
 
 def test_an_unknown_id_fails_the_event(make_app: Any, fast_sandbox: Any) -> None:
     rules = {"forms": {"f": {"lead": {"id": "{{ data.id }}", "name": "x"}}}}
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     app.test_client().post("/form/f", data={"id": "999"})
     assert deliver_pending(app)["failed"] == 1
-    [event] = _events(app)
+    [event] = stored_events(app)
     assert "no such lead" in event.last_error
 
 
@@ -277,7 +267,7 @@ def test_contact_and_company_without_lead_are_linked(
         "company": {"name": "{{ data.company }}", "email": "{{ data.email }}"},
         "task": {"entity": "company", "text": "Send the price list", "deadline": "eod"},
     }}}
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     app.test_client().post("/form/subscribe", data={
         "first": "Ann", "last": "Lee", "email": "ann@acme.test", "company": "ACME"})
     assert deliver_pending(app)["delivered"] == 1
@@ -299,7 +289,7 @@ def test_round_robin_and_inactive_users(make_app: Any, fast_sandbox: Any) -> Non
         "old": {"responsible": "Anna Petrova",
                 "lead": {"name": "old", "responsible": "Gleb Old"}},
     }}
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     client = app.test_client()
     for n in range(4):
         client.post("/form/rr", data={"n": str(n)})
@@ -321,13 +311,13 @@ def test_rule_errors_fail_the_event_with_the_reason(
         "tpl": {"lead": {"name": "{{ data.name | int // 0 }}"}},
         "esc": {"lead": {"name": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}},
     }}
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     client = app.test_client()
     client.post("/form/pipe", data={"p": "Nope"})
     client.post("/form/tpl", data={"name": "5"})
     client.post("/form/esc", data={})
     assert deliver_pending(app)["failed"] == 3
-    pipe, tpl, esc = _events(app)
+    pipe, tpl, esc = stored_events(app)
     assert "forms.pipe.lead.pipeline" in pipe.last_error and "'Nope'" in pipe.last_error
     assert "forms.tpl.lead.name" in tpl.last_error
     assert "ZeroDivisionError" in tpl.last_error
@@ -343,7 +333,7 @@ def test_bad_input_is_cleaned_cut_and_noted(make_app: Any, fast_sandbox: Any) ->
                  "fields": {"Lead Quantity": "{{ data.qty }}",
                             "Lead Visit date": "{{ data.date }}"}},
     }}}
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     long_name = "Ann\x00\x07 " + "x" * 400
     app.test_client().post("/form/f", data={
         "name": long_name, "phone": "+7\x1b912", "qty": "many", "date": "someday"})
@@ -351,9 +341,9 @@ def test_bad_input_is_cleaned_cut_and_noted(make_app: Any, fast_sandbox: Any) ->
     [lead] = sandbox.leads()
     assert lead["name"].startswith("Ann x") and len(lead["name"]) == 255
     [contact] = sandbox.contacts()
-    assert _values(contact, "PHONE") == ["+7912"]
-    assert _values(lead, "Lead Quantity") == []
-    assert _values(lead, "Lead Visit date") == []
+    assert field_values(contact, "PHONE") == ["+7912"]
+    assert field_values(lead, "Lead Quantity") == []
+    assert field_values(lead, "Lead Visit date") == []
     text = "\n".join(_note_texts(sandbox, "leads"))
     assert "'many' is not a number" in text and "'someday' is not a date" in text
     assert "cut to 255" in text and "x" * 400 in text
@@ -366,7 +356,7 @@ def test_mail_events_are_mapped_like_forms(make_app: Any, fast_sandbox: Any) -> 
         "lead": {"price": "{{ data.total }}",
                  "note": "{{ mail.subject }}\n{{ mail.body }}"},
     }}}
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
 
     class Message:
         subject = "Order #7"
@@ -381,7 +371,7 @@ def test_mail_events_are_mapped_like_forms(make_app: Any, fast_sandbox: Any) -> 
     [lead] = sandbox.leads()
     assert lead["name"] == "Order #7" and lead["price"] == 70
     [contact] = sandbox.contacts()
-    assert _values(contact, "EMAIL") == ["buyer@example.com"]
+    assert field_values(contact, "EMAIL") == ["buyer@example.com"]
     assert _note_texts(sandbox, "leads") == ["Order #7\nThank you"]
 
 
@@ -395,14 +385,14 @@ def test_uploads_are_saved_and_linked(
         "format": "html",
     }}}
     folder = tmp_path / "uploads"
-    app = _app(make_app, rules, AMOCRM_UPLOAD_FOLDER=str(folder),
+    app = form_site(make_app, rules, AMOCRM_UPLOAD_FOLDER=str(folder),
                AMOCRM_UPLOAD_URL="/uploads", AMOCRM_UPLOAD_MAX_SIZE=1000)
     app.test_client().post("/form/cv", data={
         "cv": FileStorage(io.BytesIO(b"%PDF-1.4 cv"), "../../etc/My CV.pdf"),
         "photo": FileStorage(io.BytesIO(b"<svg/>"), "x.svg"),
         "big": FileStorage(io.BytesIO(b"x" * 2000), "big.txt"),
     }, content_type="multipart/form-data")
-    [event] = _events(app)
+    [event] = stored_events(app)
     saved = [f for f in event.files if f.get("url")]
     assert [f["name"] for f in saved] == ["My CV.pdf"]
     url = saved[0]["url"]
@@ -411,7 +401,7 @@ def test_uploads_are_saved_and_linked(
     assert path.read_bytes() == b"%PDF-1.4 cv" and "CV" not in path.name
     assert deliver_pending(app)["delivered"] == 1
     [lead] = sandbox.leads()
-    assert _values(lead, "Lead Profile link") == [url]
+    assert field_values(lead, "Lead Profile link") == [url]
     [note] = _note_texts(sandbox, "leads")
     assert f'<a href="{url}">My CV.pdf</a>' in note
     assert "x.svg (files of type .svg are not accepted)" in note
@@ -425,12 +415,12 @@ def test_a_retry_resumes_without_doubling(make_app: Any, fast_sandbox: Any) -> N
         "lead": {"name": "L", "note": "hello"},
         "task": {"text": "call"},
     }}}
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     app.test_client().post("/form/f", data={"name": "Ann"})
     # the notes call fails: the lead exists, the event waits
     sandbox.faults(status=503, count=1, path="/api/v4/leads/notes")
     assert deliver_pending(app)["retrying"] == 1
-    [event] = _events(app)
+    [event] = stored_events(app)
     assert event.remote["done"] == ["create"]
     with app.app_context(), app.extensions["amocrm"].session() as session:
         session.get(Event, event.id).next_attempt_at = None
@@ -448,7 +438,7 @@ def test_a_batch_shares_calls(make_app: Any, fast_sandbox: Any) -> None:
         "lead": {"name": "L {{ data.name }}", "note": "n {{ data.name }}"},
         "task": {"text": "call"},
     }}}
-    app = _app(make_app, rules)
+    app = form_site(make_app, rules)
     for n in range(5):
         app.test_client().post("/form/f", data={"name": f"p{n}"})
     before = len(sandbox.requests())
