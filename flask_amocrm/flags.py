@@ -23,17 +23,15 @@ def _key(state: _State, name: str) -> str:
     return f"amocrm:{state.settings.base_url}:{name}"
 
 
-def _redis(state: _State) -> Any:
-    """Redis, or ``None`` when it is not configured or does not answer (then the
-    database keeps the flags: delivery must not stop because Redis did)."""
-    return state.live_redis()
+def _text(raw: Any) -> str | None:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def set_once(state: _State, name: str, value: str = "1",
              seconds: int | None = None) -> bool:
     """Set the flag unless it is set; ``True`` if this call set it."""
     key = _key(state, name)
-    conn = _redis(state)
+    conn = state.live_redis()  # None: Redis is off or down, the database keeps it
     if conn is not None:
         return bool(conn.set(key, value, nx=True, ex=seconds))
     now = utcnow()
@@ -53,10 +51,9 @@ def set_once(state: _State, name: str, value: str = "1",
 def get(state: _State, name: str) -> str | None:
     """The flag's value, or ``None`` when it is not set."""
     key = _key(state, name)
-    conn = _redis(state)
+    conn = state.live_redis()  # None: Redis is off or down, the database keeps it
     if conn is not None:
-        raw = conn.get(key)
-        return raw.decode() if isinstance(raw, bytes) else raw
+        return _text(conn.get(key))
     with state.session() as session:
         flag = session.get(Flag, key)
         if flag is None or (flag.expires_at and flag.expires_at < utcnow()):
@@ -67,10 +64,9 @@ def get(state: _State, name: str) -> str | None:
 def clear(state: _State, name: str) -> str | None:
     """Remove the flag; return its value if this call removed it (else ``None``)."""
     key = _key(state, name)
-    conn = _redis(state)
+    conn = state.live_redis()  # None: Redis is off or down, the database keeps it
     if conn is not None:
-        raw = conn.getdel(key)
-        return raw.decode() if isinstance(raw, bytes) else raw
+        return _text(conn.getdel(key))
     with state.session() as session:
         flag = session.get(Flag, key)
         if flag is None:
