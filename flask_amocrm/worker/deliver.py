@@ -17,6 +17,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import and_, or_, select, update
 
+from ..amo import client_for
 from ..amo.apilog import event_context
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, RuleError
@@ -83,13 +84,6 @@ def claim(state: _State, event_ids: list[int]) -> list[int]:
     return [i for i in event_ids if i in claimed]
 
 
-def make_client(state: _State) -> AmoClient:
-    """The amoCRM client of this app (cached per process, see :func:`amo.client_for`)."""
-    from ..amo import client_for
-
-    return client_for(state)
-
-
 def deliver_event(event_id: int) -> str:
     """Deliver one event of the current app; return its status afterwards.
 
@@ -146,7 +140,7 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             try:
                 with event_context(deliveries[0].event.id if len(deliveries) == 1
                                    else None):
-                    client = make_client(state)
+                    client = client_for(state)
                     _mark(state, client, deliveries)
                     execute(client, deliveries, locks=key_locks(state))
             except AmoCRMError as exc:
