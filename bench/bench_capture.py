@@ -11,16 +11,20 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 
 import redis  # noqa: E402
+from _common import POSTGRES_URL, REDIS_URL, percentile, postgres_available  # noqa: E402
 from flask import Flask, current_app, request  # noqa: E402
 from sqlalchemy import create_engine  # noqa: E402
 
-from _common import POSTGRES_URL, REDIS_URL, percentile, postgres_available  # noqa: E402
 from flask_amocrm import AmoCRM, form_submitted  # noqa: E402
 from flask_amocrm.models import metadata  # noqa: E402
 
 N = int(os.environ.get("BENCH_N", "2000"))
-FORM = {"name": "Anna Petrova", "phone": "+7 912 345-67-89", "email": "a@example.com",
-        "comment": "Please call after 6 pm" * 5}
+FORM = {
+    "name": "Anna Petrova",
+    "phone": "+7 912 345-67-89",
+    "email": "a@example.com",
+    "comment": "Please call after 6 pm" * 5,
+}
 
 
 def make_app(database_uri: str | None, tmp: str) -> Flask:
@@ -29,15 +33,21 @@ def make_app(database_uri: str | None, tmp: str) -> Flask:
     @app.post("/callback")
     def callback() -> str:
         if database_uri is not None:
-            form_submitted.send(current_app._get_current_object(), form="callback",
-                                data=request.form)
+            form_submitted.send(
+                current_app._get_current_object(), form="callback", data=request.form
+            )
         return "thanks"
 
     if database_uri is not None:
-        app.config.update(AMOCRM_BASE_URL="http://127.0.0.1:9", AMOCRM_TOKEN="t",
-                          AMOCRM_REDIS_URL=REDIS_URL, AMOCRM_DELIVERY="rq",
-                          AMOCRM_QUEUE="bench-capture", AMOCRM_DATABASE_URI=database_uri,
-                          AMOCRM_RULES={"forms": {"callback": {}}})
+        app.config.update(
+            AMOCRM_BASE_URL="http://127.0.0.1:9",
+            AMOCRM_TOKEN="t",
+            AMOCRM_REDIS_URL=REDIS_URL,
+            AMOCRM_DELIVERY="rq",
+            AMOCRM_QUEUE="bench-capture",
+            AMOCRM_DATABASE_URI=database_uri,
+            AMOCRM_RULES={"forms": {"callback": {}}},
+        )
         AmoCRM(app)
         with app.app_context():
             app.extensions["amocrm"].create_tables()
@@ -75,16 +85,22 @@ def main() -> None:
             print("PostgreSQL not available: skipped")
         base_median, base_p99 = percentile(base, 50), percentile(base, 99)
         print(f"capture overhead, {N} form POSTs each, rq mode")
-        print(f"  without the extension: median {base_median:.3f} ms, "
-              f"p99 {base_p99:.3f} ms")
+        print(
+            f"  without the extension: median {base_median:.3f} ms, "
+            f"p99 {base_p99:.3f} ms"
+        )
         for name, uri in cases.items():
             waits, busy = measure(make_app(uri, tmp))
             median, p99 = percentile(waits, 50), percentile(waits, 99)
-            print(f"  with it, {name:<10}: median {median:.3f} ms, p99 {p99:.3f} ms"
-                  f"  -> the visitor waits {median - base_median:.3f} ms more at the "
-                  f"median, {p99 - base_p99:.3f} ms at p99")
-            print(f"  {'':<20}the enqueue after the response keeps the worker thread "
-                  f"{percentile(busy, 50) - median:.3f} ms longer (median)")
+            print(
+                f"  with it, {name:<10}: median {median:.3f} ms, p99 {p99:.3f} ms"
+                f"  -> the visitor waits {median - base_median:.3f} ms more at the "
+                f"median, {p99 - base_p99:.3f} ms at p99"
+            )
+            print(
+                f"  {'':<20}the enqueue after the response keeps the worker thread "
+                f"{percentile(busy, 50) - median:.3f} ms longer (median)"
+            )
             queued = redis.Redis.from_url(REDIS_URL).llen("rq:queue:bench-capture")
             print(f"  {'':<20}{queued} jobs queued")
             redis.Redis.from_url(REDIS_URL).flushdb()

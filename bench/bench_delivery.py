@@ -26,33 +26,48 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import redis  # noqa: E402
 import requests  # noqa: E402
-from sqlalchemy import create_engine  # noqa: E402
-
 from _common import POSTGRES_URL, REDIS_URL, postgres_available, sandbox_process  # noqa: E402
+from sqlalchemy import create_engine  # noqa: E402
 
 BURST = int(os.environ.get("BENCH_BURST", "1000"))
 DEDUP_BURST = int(os.environ.get("BENCH_DEDUP_BURST", "100"))
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "10000"))
 BIN = os.path.dirname(sys.executable)
-RULES = {"forms": {"order": {
-    "contact": {"name": "{{ data.name }}",
-                "fields": {"PHONE": "{{ data.phone }}", "EMAIL": "{{ data.email }}"}},
-    "lead": {"name": "Order {{ data.order }} from {{ data.name }}", "price": "{{ data.sum }}",
-             "tags": ["site"], "note": "Comment: {{ data.comment }}"},
-    "task": {"entity": "lead", "text": "Call {{ data.name }} back", "deadline": "+1h"},
-}}}
+RULES = {
+    "forms": {
+        "order": {
+            "contact": {
+                "name": "{{ data.name }}",
+                "fields": {"PHONE": "{{ data.phone }}", "EMAIL": "{{ data.email }}"},
+            },
+            "lead": {
+                "name": "Order {{ data.order }} from {{ data.name }}",
+                "price": "{{ data.sum }}",
+                "tags": ["site"],
+                "note": "Comment: {{ data.comment }}",
+            },
+            "task": {
+                "entity": "lead",
+                "text": "Call {{ data.name }} back",
+                "deadline": "+1h",
+            },
+        }
+    }
+}
 
 
 def site_module(tmp: str, config: dict[str, Any]) -> None:
     with open(os.path.join(tmp, "bench_site.py"), "w") as fp:
-        fp.write(textwrap.dedent(f"""
+        fp.write(
+            textwrap.dedent(f"""
             from flask import Flask
             from flask_amocrm import AmoCRM
 
             app = Flask("bench_site", instance_path={tmp!r})
             app.config.update({config!r})
             AmoCRM(app)
-        """))
+        """)
+        )
 
 
 def env_for(tmp: str) -> dict[str, str]:
@@ -60,8 +75,14 @@ def env_for(tmp: str) -> dict[str, str]:
 
 
 def flask(tmp: str, *args: str) -> str:
-    done = subprocess.run([f"{BIN}/flask", *args], env=env_for(tmp), cwd=tmp,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [f"{BIN}/flask", *args],
+        env=env_for(tmp),
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return done.stdout
 
 
@@ -102,10 +123,16 @@ def fresh_database(tmp: str, name: str) -> str:
 
 
 def config_for(sandbox: str, database: str, delivery: str) -> dict[str, Any]:
-    return {"AMOCRM_BASE_URL": sandbox, "AMOCRM_TOKEN": "sandbox-token",
-            "AMOCRM_REDIS_URL": REDIS_URL, "AMOCRM_DELIVERY": delivery,
-            "AMOCRM_QUEUE": "bench", "AMOCRM_DATABASE_URI": database,
-            "AMOCRM_RULES": RULES, "AMOCRM_LOG_REQUESTS": False}
+    return {
+        "AMOCRM_BASE_URL": sandbox,
+        "AMOCRM_TOKEN": "sandbox-token",
+        "AMOCRM_REDIS_URL": REDIS_URL,
+        "AMOCRM_DELIVERY": delivery,
+        "AMOCRM_QUEUE": "bench",
+        "AMOCRM_DATABASE_URI": database,
+        "AMOCRM_RULES": RULES,
+        "AMOCRM_LOG_REQUESTS": False,
+    }
 
 
 def calls_per_event(sandbox: str, tmp: str) -> None:
@@ -116,8 +143,9 @@ def calls_per_event(sandbox: str, tmp: str) -> None:
     forget_calls(sandbox)
     capture(tmp, 1, start=1)
     flask(tmp, "amocrm", "process", "--now")
-    print(f"API calls, one event alone (metadata warm): {api_calls(sandbox)} "
-          "(goal <= 3)")
+    print(
+        f"API calls, one event alone (metadata warm): {api_calls(sandbox)} (goal <= 3)"
+    )
 
 
 def burst(sandbox: str, tmp: str, workers: int) -> None:
@@ -131,18 +159,27 @@ def burst(sandbox: str, tmp: str, workers: int) -> None:
     forget_calls(sandbox)
     capture(tmp, BURST, start=1)
     started = time.monotonic()
-    procs = [subprocess.Popen([f"{BIN}/flask", "amocrm", "worker", "--burst"],
-                              env=env_for(tmp), cwd=tmp, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) for _ in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [f"{BIN}/flask", "amocrm", "worker", "--burst"],
+            env=env_for(tmp),
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(workers)
+    ]
     for proc in procs:
         proc.wait()
     elapsed = time.monotonic() - started
     delivered = leads(sandbox) - 1
     status = flask(tmp, "amocrm", "status")
     calls = api_calls(sandbox)
-    print(f"burst of {BURST} with {workers} worker(s): {delivered} leads in "
-          f"{elapsed:.1f} s = {delivered / elapsed:.0f} events/s (goal >= 100); "
-          f"{calls} API calls = {calls / BURST:.3f} per event (goal <= 0.1)")
+    print(
+        f"burst of {BURST} with {workers} worker(s): {delivered} leads in "
+        f"{elapsed:.1f} s = {delivered / elapsed:.0f} events/s (goal >= 100); "
+        f"{calls} API calls = {calls / BURST:.3f} per event (goal <= 0.1)"
+    )
     print("  " + " ".join(status.split()))
 
 
@@ -157,19 +194,27 @@ def memory(sandbox: str, tmp: str) -> None:
     # worker's own.
     wrapper = textwrap.dedent(f"""
         import resource, subprocess, sys
-        out = subprocess.run([{BIN + '/flask'!r}, "amocrm", "process", "--now"],
+        out = subprocess.run([{BIN + "/flask"!r}, "amocrm", "process", "--now"],
                              capture_output=True, text=True, check=True).stdout
         print(out.strip())
         print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     """)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", wrapper], env=env_for(tmp), cwd=tmp,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper],
+        env=env_for(tmp),
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     counts_line, peak_kib = done.stdout.strip().splitlines()[-2:]
     counts = json.loads(counts_line)
-    print(f"backlog of {BACKLOG}: {counts.get('delivered', 0)} delivered in "
-          f"{time.monotonic() - started:.0f} s by one process; its peak RSS "
-          f"{int(peak_kib) / 1024:.0f} MiB")
+    print(
+        f"backlog of {BACKLOG}: {counts.get('delivered', 0)} delivered in "
+        f"{time.monotonic() - started:.0f} s by one process; its peak RSS "
+        f"{int(peak_kib) / 1024:.0f} MiB"
+    )
 
 
 def duplicate_control_calls(sandbox: str, tmp: str) -> None:
@@ -178,10 +223,12 @@ def duplicate_control_calls(sandbox: str, tmp: str) -> None:
     leads, reused)."""
     dedup = json.loads(json.dumps(RULES))
     order = dedup["forms"]["order"]
-    order["contact"]["duplicates"] = {"match": ["PHONE", "EMAIL"],
-                                      "strategy": "update"}
-    order["lead"]["duplicates"] = {"match": ["name"], "strategy": "use",
-                                   "open_only": True}
+    order["contact"]["duplicates"] = {"match": ["PHONE", "EMAIL"], "strategy": "update"}
+    order["lead"]["duplicates"] = {
+        "match": ["name"],
+        "strategy": "use",
+        "open_only": True,
+    }
 
     def counted() -> tuple[int, int]:
         """API calls since calls were last forgotten, and how many were lookups."""
@@ -209,18 +256,24 @@ def duplicate_control_calls(sandbox: str, tmp: str) -> None:
         flask(tmp, "amocrm", "process", "--now")
         calls, lookups = counted()
         assert leads(sandbox) == 3 + DEDUP_BURST - (label == "on"), "not delivered"
-        print(f"duplicate control {label}: one new visitor {counts[0][0]} calls "
-              f"({counts[0][1]} lookups), the same visitor again {counts[1][0]} "
-              f"({counts[1][1]} lookups); a burst of {DEDUP_BURST} new visitors "
-              f"{calls / DEDUP_BURST:.2f} per event ({lookups / DEDUP_BURST:.2f} "
-              "lookups; goal <= 2)")
+        print(
+            f"duplicate control {label}: one new visitor {counts[0][0]} calls "
+            f"({counts[0][1]} lookups), the same visitor again {counts[1][0]} "
+            f"({counts[1][1]} lookups); a burst of {DEDUP_BURST} new visitors "
+            f"{calls / DEDUP_BURST:.2f} per event ({lookups / DEDUP_BURST:.2f} "
+            "lookups; goal <= 2)"
+        )
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="amocrm-bench-") as tmp, \
-            sandbox_process("--rate-limit", "7", "--latency-ms", "100") as sandbox:
-        print(f"sandbox: 7 requests/s, 100 ms latency; database: "
-              f"{'PostgreSQL' if postgres_available() else 'SQLite'}")
+    with (
+        tempfile.TemporaryDirectory(prefix="amocrm-bench-") as tmp,
+        sandbox_process("--rate-limit", "7", "--latency-ms", "100") as sandbox,
+    ):
+        print(
+            f"sandbox: 7 requests/s, 100 ms latency; database: "
+            f"{'PostgreSQL' if postgres_available() else 'SQLite'}"
+        )
         calls_per_event(sandbox, tmp)
         for workers in (1, 4):
             burst(sandbox, tmp, workers)

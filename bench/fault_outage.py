@@ -23,7 +23,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import redis  # noqa: E402
 import requests  # noqa: E402
-
 from _common import REDIS_URL, free_port, sandbox_process  # noqa: E402
 
 OUTAGE = float(os.environ.get("OUTAGE_SECONDS", "60"))
@@ -44,8 +43,9 @@ class SMTPSink(socketserver.StreamRequestHandler):
             if data:
                 if line == ".":
                     data = False
-                    subject = next((x[9:] for x in lines if x.startswith("Subject: ")),
-                                   "?")
+                    subject = next(
+                        (x[9:] for x in lines if x.startswith("Subject: ")), "?"
+                    )
                     MAILS.append(subject)
                     self.wfile.write(b"250 ok\r\n")
                 else:
@@ -69,31 +69,51 @@ def main() -> int:
     threading.Thread(target=smtp.serve_forever, daemon=True).start()
     with tempfile.TemporaryDirectory() as tmp, sandbox_process() as sandbox:
         config: dict[str, Any] = {
-            "AMOCRM_BASE_URL": sandbox, "AMOCRM_TOKEN": "sandbox-token",
-            "AMOCRM_REDIS_URL": REDIS_URL, "AMOCRM_QUEUE": "outage",
+            "AMOCRM_BASE_URL": sandbox,
+            "AMOCRM_TOKEN": "sandbox-token",
+            "AMOCRM_REDIS_URL": REDIS_URL,
+            "AMOCRM_QUEUE": "outage",
             "AMOCRM_DATABASE_URI": f"sqlite:///{tmp}/events.sqlite3",
-            "AMOCRM_ADMIN_EMAILS": ["ops@example.com"], "AMOCRM_RETRY_MAX_DELAY": 20,
-            "MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp_port,
-            "AMOCRM_RULES": {"forms": {"callback": {
-                "contact": {"name": "{{ data.name }}",
-                            "fields": {"PHONE": "{{ data.phone }}"}},
-                "lead": {"name": "Callback: {{ data.name }}"}}}},
+            "AMOCRM_ADMIN_EMAILS": ["ops@example.com"],
+            "AMOCRM_RETRY_MAX_DELAY": 20,
+            "MAIL_SERVER": "127.0.0.1",
+            "MAIL_PORT": smtp_port,
+            "AMOCRM_RULES": {
+                "forms": {
+                    "callback": {
+                        "contact": {
+                            "name": "{{ data.name }}",
+                            "fields": {"PHONE": "{{ data.phone }}"},
+                        },
+                        "lead": {"name": "Callback: {{ data.name }}"},
+                    }
+                }
+            },
         }
         with open(os.path.join(tmp, "outage_site.py"), "w") as fp:
-            fp.write(textwrap.dedent(f"""
+            fp.write(
+                textwrap.dedent(f"""
                 from flask import Flask
                 from flask_amocrm import AmoCRM
                 app = Flask("outage_site", instance_path={tmp!r})
                 app.config.update({config!r})
                 AmoCRM(app)
-            """))
+            """)
+            )
         env = dict(os.environ, FLASK_APP="outage_site", PYTHONPATH=tmp)
-        worker = subprocess.Popen([f"{BIN}/flask", "amocrm", "worker"], env=env,
-                                  cwd=tmp, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        worker = subprocess.Popen(
+            [f"{BIN}/flask", "amocrm", "worker"],
+            env=env,
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            requests.post(sandbox + "/_sandbox/faults",
-                          json={"status": 503, "seconds": OUTAGE}, timeout=5)
+            requests.post(
+                sandbox + "/_sandbox/faults",
+                json={"status": 503, "seconds": OUTAGE},
+                timeout=5,
+            )
             started = time.monotonic()
             submit = textwrap.dedent(f"""
                 import time
@@ -105,14 +125,14 @@ def main() -> int:
                                                     "phone": f"+7912{{i:07d}}"}})
                         time.sleep({OUTAGE / EVENTS / 2})
             """)
-            subprocess.run([sys.executable, "-c", submit], env=env, cwd=tmp,
-                           check=True)
+            subprocess.run([sys.executable, "-c", submit], env=env, cwd=tmp, check=True)
             print(f"outage: {OUTAGE:.0f} s of 503; {EVENTS} forms sent during it")
             deadline = started + OUTAGE + 300
             leads: list[dict[str, Any]] = []
             while time.monotonic() < deadline:
                 leads = requests.get(sandbox + "/_sandbox/state", timeout=10).json()[
-                    "leads"]
+                    "leads"
+                ]
                 if len(leads) >= EVENTS and len(MAILS) >= 2:
                     break
                 time.sleep(2)
@@ -121,11 +141,18 @@ def main() -> int:
             worker.terminate()
             worker.wait(30)
         names = Counter(lead["name"] for lead in leads)
-        print(f"after {took:.0f} s: {len(names)} of {EVENTS} events in amoCRM, "
-              f"largest copy count {max(names.values(), default=0)}")
+        print(
+            f"after {took:.0f} s: {len(names)} of {EVENTS} events in amoCRM, "
+            f"largest copy count {max(names.values(), default=0)}"
+        )
         print(f"alert mails: {MAILS}")
-        ok = (len(names) == EVENTS and set(names.values()) == {1} and len(MAILS) == 2
-              and "not answering" in MAILS[0] and "answers again" in MAILS[1])
+        ok = (
+            len(names) == EVENTS
+            and set(names.values()) == {1}
+            and len(MAILS) == 2
+            and "not answering" in MAILS[0]
+            and "answers again" in MAILS[1]
+        )
         print("OK" if ok else "FAILED")
         smtp.shutdown()
         return 0 if ok else 1

@@ -22,8 +22,14 @@ import requests
 BIN = os.path.dirname(sys.executable)
 TOKEN = "demo-token"
 FORMS = [
-    ("/?utm_source=yandex&utm_medium=cpc&utm_campaign=sofas",
-     {"name": "Anna Petrova", "phone": "+7 912 345-67-89", "email": "anna@example.com"}),
+    (
+        "/?utm_source=yandex&utm_medium=cpc&utm_campaign=sofas",
+        {
+            "name": "Anna Petrova",
+            "phone": "+7 912 345-67-89",
+            "email": "anna@example.com",
+        },
+    ),
     ("/", {"name": "Boris Ivanov", "phone": "8 (916) 000-11-22", "email": ""}),
 ]
 
@@ -61,8 +67,12 @@ def submit(site: str, path: str, fields: dict[str, str]) -> None:
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text)
     if not token:
         raise SystemExit("demo: the landing page has no CSRF token")
-    answer = session.post(site + "/", data={"csrf_token": token.group(1), **fields},
-                          timeout=10, allow_redirects=False)
+    answer = session.post(
+        site + "/",
+        data={"csrf_token": token.group(1), **fields},
+        timeout=10,
+        allow_redirects=False,
+    )
     if answer.status_code != 302:
         raise SystemExit(f"demo: the form answered {answer.status_code}")
     print(f"  submitted {fields['name']!r} via {path}")
@@ -71,15 +81,22 @@ def submit(site: str, path: str, fields: dict[str, str]) -> None:
 def show(state: dict[str, Any]) -> None:
     contacts = {c["id"]: c for c in state["contacts"]}
     for lead in state["leads"]:
-        fields = {f.get("field_code") or f.get("field_name"): f["values"][0]["value"]
-                  for f in lead.get("custom_fields_values") or []}
+        fields = {
+            f.get("field_code") or f.get("field_name"): f["values"][0]["value"]
+            for f in lead.get("custom_fields_values") or []
+        }
         tags = [t["name"] for t in lead.get("_embedded", {}).get("tags", [])]
-        print(f"  lead #{lead['id']}: {lead['name']}  tags={tags}"
-              f"  UTM_SOURCE={fields.get('UTM_SOURCE', '-')}")
+        print(
+            f"  lead #{lead['id']}: {lead['name']}  tags={tags}"
+            f"  UTM_SOURCE={fields.get('UTM_SOURCE', '-')}"
+        )
         for link in lead.get("_embedded", {}).get("contacts", []):
             contact = contacts.get(link["id"], {})
-            values = [v["value"] for f in contact.get("custom_fields_values") or []
-                      for v in f["values"]]
+            values = [
+                v["value"]
+                for f in contact.get("custom_fields_values") or []
+                for v in f["values"]
+            ]
             print(f"      contact #{link['id']}: {contact.get('name')}  {values}")
         for note in state["notes"]["leads"]:
             if note.get("entity_id") == lead["id"]:
@@ -94,8 +111,10 @@ def main() -> int:
     redis_url = os.environ.get("DEMO_REDIS_URL", "redis://127.0.0.1:6379/13")
     use_rq = redis_available(redis_url)
     if not use_rq:
-        print(f"demo: no Redis answers at {redis_url}; delivering inline instead "
-              "(install redis-server to see the RQ worker)")
+        print(
+            f"demo: no Redis answers at {redis_url}; delivering inline instead "
+            "(install redis-server to see the RQ worker)"
+        )
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="amocrm-demo-") as tmp:
         sandbox_port, site_port = free_port(), free_port()
@@ -117,21 +136,42 @@ def main() -> int:
             redis.Redis.from_url(redis_url).delete("rq:queue:amocrm-demo")
         try:
             print(f"demo: amoCRM sandbox at {sandbox}")
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "flask_amocrm.sandbox", "--port",
-                 str(sandbox_port), "--token", TOKEN], stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL))
+            processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "flask_amocrm.sandbox",
+                        "--port",
+                        str(sandbox_port),
+                        "--token",
+                        TOKEN,
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             wait_for(sandbox + "/_sandbox/state")
             print(f"demo: example site at {site}")
-            processes.append(subprocess.Popen(
-                [f"{BIN}/flask", "run", "--port", str(site_port)], env=env,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            processes.append(
+                subprocess.Popen(
+                    [f"{BIN}/flask", "run", "--port", str(site_port)],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             wait_for(site + "/thanks")
             if use_rq:
                 print("demo: RQ worker on queue amocrm-demo")
-                processes.append(subprocess.Popen(
-                    [f"{BIN}/flask", "amocrm", "worker", "--with-scheduler"], env=env,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                processes.append(
+                    subprocess.Popen(
+                        [f"{BIN}/flask", "amocrm", "worker", "--with-scheduler"],
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
             print("demo: a visitor fills in the callback form")
             for path, fields in FORMS:
                 submit(site, path, fields)
@@ -148,13 +188,16 @@ def main() -> int:
             print("demo: the sandbox amoCRM now holds")
             show(state)
             if len(state["leads"]) != len(FORMS) or len(state["tasks"]) != len(FORMS):
-                print(f"demo: FAILED: {len(state['leads'])} of {len(FORMS)} leads "
-                      "arrived. The events say:")
+                print(
+                    f"demo: FAILED: {len(state['leads'])} of {len(FORMS)} leads "
+                    "arrived. The events say:"
+                )
                 subprocess.run([f"{BIN}/flask", "amocrm", "status"], env=env)
                 subprocess.run([f"{BIN}/flask", "amocrm", "check"], env=env)
                 return 1
-            print("demo: every form became a lead with its contact, note and task. "
-                  "Done.")
+            print(
+                "demo: every form became a lead with its contact, note and task. Done."
+            )
             return 0
         finally:
             for process in reversed(processes):

@@ -54,8 +54,11 @@ def create_app() -> Flask:
             form_submitted.send(
                 current_app._get_current_object(),  # type: ignore[attr-defined]
                 form="callback",
-                data={"name": form.name.data, "phone": form.phone.data,
-                      "email": form.email.data or ""},
+                data={
+                    "name": form.name.data,
+                    "phone": form.phone.data,
+                    "email": form.email.data or "",
+                },
             )
             return redirect(url_for("thanks"))
         return render_template("landing.html", form=form)
@@ -65,5 +68,3 @@ def create_app() -> Flask:
         return render_template("thanks.html")
 
     return app
-
-

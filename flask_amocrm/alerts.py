@@ -41,11 +41,17 @@ def _first_time(key: str, seconds: int) -> bool:
     redis = state.live_redis()
     if redis is not None:
         try:
-            return bool(redis.set(f"amocrm:alert-sent:{key}", int(time.time()),
-                                  nx=True, ex=seconds))
+            return bool(
+                redis.set(
+                    f"amocrm:alert-sent:{key}", int(time.time()), nx=True, ex=seconds
+                )
+            )
         except Exception as exc:
-            log.warning("Alert de-duplication: Redis failed (%s); de-duplicating in "
-                        "this process only", type(exc).__name__)
+            log.warning(
+                "Alert de-duplication: Redis failed (%s); de-duplicating in "
+                "this process only",
+                type(exc).__name__,
+            )
     now = time.monotonic()
     with _sent_lock:
         if _sent_here.get(key, 0) > now:
@@ -105,14 +111,16 @@ def send_alert(
 def _send_flask_mail(app: Any, subject: str, body: str, recipients: list[str]) -> None:
     from flask_mail import Message
 
-    message = Message(subject=subject, recipients=recipients, body=body,
-                      extra_headers={ALERT_HEADER: "1"})
+    message = Message(
+        subject=subject,
+        recipients=recipients,
+        body=body,
+        extra_headers={ALERT_HEADER: "1"},
+    )
     app.extensions["mail"].send(message)
 
 
-def _send_smtp(
-    config: Any, subject: str, body: str, recipients: list[str]
-) -> None:
+def _send_smtp(config: Any, subject: str, body: str, recipients: list[str]) -> None:
     sender = config.get("MAIL_DEFAULT_SENDER") or "flask-amocrm@localhost"
     if isinstance(sender, tuple | list):
         sender = f"{sender[0]} <{sender[1]}>"

@@ -24,13 +24,21 @@ def init_db() -> None:
 
 @amocrm_cli.command("worker")
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
-@click.option("--with-scheduler/--without-scheduler", default=True, show_default=True,
-              help="Also run delayed jobs and the periodic tasks (sweeper, retries, "
-              "agent, retention, token keep-alive); one scheduler is active at a "
-              "time however many workers run it.")
-@click.option("--maintenance-interval", default=60, show_default=True,
-              help="Seconds between maintenance passes (registry cleanup, keeping "
-              "the periodic tasks scheduled).")
+@click.option(
+    "--with-scheduler/--without-scheduler",
+    default=True,
+    show_default=True,
+    help="Also run delayed jobs and the periodic tasks (sweeper, retries, "
+    "agent, retention, token keep-alive); one scheduler is active at a "
+    "time however many workers run it.",
+)
+@click.option(
+    "--maintenance-interval",
+    default=60,
+    show_default=True,
+    help="Seconds between maintenance passes (registry cleanup, keeping "
+    "the periodic tasks scheduled).",
+)
 def worker(burst: bool, with_scheduler: bool, maintenance_interval: int) -> None:
     """Run an RQ worker for the amoCRM queue, with this app bound to its jobs."""
     from .worker.job_class import AmoWorker, bind_app
@@ -39,23 +47,33 @@ def worker(burst: bool, with_scheduler: bool, maintenance_interval: int) -> None
 
     state = get_state()
     if not state.settings.redis_url:
-        raise click.UsageError("AMOCRM_REDIS_URL is not set: the worker needs Redis. "
-                               "Without Redis use 'flask amocrm process'.")
+        raise click.UsageError(
+            "AMOCRM_REDIS_URL is not set: the worker needs Redis. "
+            "Without Redis use 'flask amocrm process'."
+        )
     bind_app(current_app._get_current_object())  # type: ignore[attr-defined]
     queue = get_queue(state, for_worker=True)
     if with_scheduler:
         ensure_tick()
-    AmoWorker([queue], connection=queue.connection,
-              maintenance_interval=maintenance_interval).work(
-        burst=burst, with_scheduler=with_scheduler
-    )
+    AmoWorker(
+        [queue], connection=queue.connection, maintenance_interval=maintenance_interval
+    ).work(burst=burst, with_scheduler=with_scheduler)
 
 
 @amocrm_cli.command("process")
-@click.option("--limit", type=int, default=None,
-              help="Deliver at most this many events (default: AMOCRM_BATCH_SIZE).")
-@click.option("--now", "--all", "everything", is_flag=True,
-              help="Deliver every due event now, not just one batch.")
+@click.option(
+    "--limit",
+    type=int,
+    default=None,
+    help="Deliver at most this many events (default: AMOCRM_BATCH_SIZE).",
+)
+@click.option(
+    "--now",
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Deliver every due event now, not just one batch.",
+)
 def process_command(limit: int | None, everything: bool) -> None:
     """Deliver due events in this process: the agent run for cron, or for sites
     without Redis. Also runs the hourly housekeeping (retention, token keep-alive)."""
@@ -75,8 +93,12 @@ def process_command(limit: int | None, everything: bool) -> None:
 @amocrm_cli.command("retry")
 @click.argument("event_id", type=int, required=False)
 @click.option("--failed", "all_failed", is_flag=True, help="Retry every failed event.")
-@click.option("--ignored", "all_ignored", is_flag=True,
-              help="Replay every event that arrived while no rule existed for it.")
+@click.option(
+    "--ignored",
+    "all_ignored",
+    is_flag=True,
+    help="Replay every event that arrived while no rule existed for it.",
+)
 def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
     """Make a failed (or waiting) event due again, once its rule is fixed."""
     if (event_id is not None) + all_failed + all_ignored != 1:
@@ -144,8 +166,11 @@ def status() -> None:
     """Show how many events are in each state."""
     state = get_state()
     with state.session() as session:
-        rows = dict(session.execute(
-            select(Event.status, func.count()).group_by(Event.status)).all())
+        rows = dict(
+            session.execute(
+                select(Event.status, func.count()).group_by(Event.status)
+            ).all()
+        )
     for name in STATUSES:
         click.echo(f"{name:<11}{rows.get(name, 0)}")
     from . import flags
@@ -172,19 +197,25 @@ def auth_command(code: str | None) -> None:
     state = get_state()
     settings = state.settings
     if not settings.client_id:
-        raise click.UsageError("AMOCRM_CLIENT_ID is not set: this app uses a "
-                               "long-lived token (AMOCRM_TOKEN), nothing to connect.")
+        raise click.UsageError(
+            "AMOCRM_CLIENT_ID is not set: this app uses a "
+            "long-lived token (AMOCRM_TOKEN), nothing to connect."
+        )
     if not code:
-        click.echo("Open this address, allow access, and run "
-                   "'flask amocrm auth CODE' with the code you get (valid 20 minutes):")
+        click.echo(
+            "Open this address, allow access, and run "
+            "'flask amocrm auth CODE' with the code you get (valid 20 minutes):"
+        )
         click.echo(authorize_url(settings))
         return
     try:
         row = exchange_code(state, code)
     except AmoCRMError as exc:
         raise click.ClickException(f"amoCRM refused the code: {exc}") from None
-    click.echo(f"Connected to {row.base_url}; the access token expires at "
-               f"{row.expires_at:%Y-%m-%d %H:%M} UTC and is refreshed automatically.")
+    click.echo(
+        f"Connected to {row.base_url}; the access token expires at "
+        f"{row.expires_at:%Y-%m-%d %H:%M} UTC and is refreshed automatically."
+    )
 
 
 @amocrm_cli.command("sync")
@@ -197,10 +228,13 @@ def sync_command() -> None:
         meta = sync_metadata(get_state())
     except AmoCRMError as exc:
         raise click.ClickException(f"Could not read the account: {exc}") from None
-    fields = sum(len(meta.fields(entity)) for entity in ("leads", "contacts",
-                                                        "companies"))
-    click.echo(f"{len(meta.pipelines)} pipelines, {len(meta.users)} users, "
-               f"{fields} custom fields, {len(meta.task_types)} task types.")
+    fields = sum(
+        len(meta.fields(entity)) for entity in ("leads", "contacts", "companies")
+    )
+    click.echo(
+        f"{len(meta.pipelines)} pipelines, {len(meta.users)} users, "
+        f"{fields} custom fields, {len(meta.task_types)} task types."
+    )
 
 
 @amocrm_cli.command("check")
@@ -226,8 +260,13 @@ def check_command() -> None:
 
 @amocrm_cli.command("preview")
 @click.argument("source")
-@click.option("--data", "data_json", default="{}", show_default=True,
-              help="The submitted fields, as a JSON object.")
+@click.option(
+    "--data",
+    "data_json",
+    default="{}",
+    show_default=True,
+    help="The submitted fields, as a JSON object.",
+)
 @click.option("--mail", is_flag=True, help="SOURCE is a mail event, not a form.")
 @click.option("--page", default=None, help="The page address the form was sent from.")
 def preview_command(source: str, data_json: str, mail: bool, page: str | None) -> None:
@@ -255,17 +294,33 @@ def preview_command(source: str, data_json: str, mail: bool, page: str | None) -
         raise click.ClickException(f"There is no rule for {kind} {source!r}.")
     query = dict(parse_qsl(urlsplit(page).query)) if page else {}
     event = SimpleNamespace(
-        id=0, uid="preview", kind=kind, source=source, data=data, files=[],
-        remote={}, attempts=0, context={
-            "site": {"name": state.settings.site_name,
-                     "domain": urlsplit(page).hostname if page else None, "ip": None},
+        id=0,
+        uid="preview",
+        kind=kind,
+        source=source,
+        data=data,
+        files=[],
+        remote={},
+        attempts=0,
+        context={
+            "site": {
+                "name": state.settings.site_name,
+                "domain": urlsplit(page).hostname if page else None,
+                "ip": None,
+            },
             "utm": {k: v for k, v in query.items() if k in CAMPAIGN_KEYS},
-            "utm_first": {}, "page": {"url": page, "referrer": None}, "client": {},
-            "cookies": {}, "captured_at": int(time.time())})
+            "utm_first": {},
+            "page": {"url": page, "referrer": None},
+            "client": {},
+            "cookies": {},
+            "captured_at": int(time.time()),
+        },
+    )
     section = "mails" if mail else "forms"
     try:
-        plan = build_plan(rule, event, where=f"{section}.{source}",
-                          env=plan_env(state, preview=True))
+        plan = build_plan(
+            rule, event, where=f"{section}.{source}", env=plan_env(state, preview=True)
+        )
     except AmoCRMError as exc:
         raise click.ClickException(str(exc)) from None
     for warning in plan.warnings:

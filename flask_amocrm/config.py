@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 from flask import Flask
 
 #: Delivery modes: ``rq`` hands events to RQ workers, ``inline`` delivers in the web
-#: process after the response, ``deferred`` only stores them for ``flask amocrm process``
+#: process after the response, ``deferred`` only stores them for
+#: ``flask amocrm process``
 #: or the scheduler.
 DELIVERY_MODES = ("rq", "inline", "deferred")
 
@@ -56,18 +57,56 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_UPLOAD_URL": None,
     "AMOCRM_UPLOAD_MAX_SIZE": 10 * 1024 * 1024,
     "AMOCRM_UPLOAD_EXTENSIONS": (
-        "pdf", "txt", "csv", "rtf", "doc", "docx", "xls", "xlsx", "odt", "ods", "ppt",
-        "pptx", "jpg", "jpeg", "png", "gif", "webp", "heic", "zip", "rar", "7z",
+        "pdf",
+        "txt",
+        "csv",
+        "rtf",
+        "doc",
+        "docx",
+        "xls",
+        "xlsx",
+        "odt",
+        "ods",
+        "ppt",
+        "pptx",
+        "jpg",
+        "jpeg",
+        "png",
+        "gif",
+        "webp",
+        "heic",
+        "zip",
+        "rar",
+        "7z",
     ),
 }
 
 _HOST_SUFFIXES = (".amocrm.ru", ".kommo.com", ".amocrm.com")
 #: Uploads a browser would run as a page or script when the site serves them back
 #: (stored XSS from the site's own origin): refused whatever the configuration says.
-ACTIVE_EXTENSIONS = frozenset({
-    "html", "htm", "xhtml", "shtml", "svg", "svgz", "xml", "js", "mjs", "php",
-    "phtml", "asp", "aspx", "jsp", "cgi", "pl", "py", "sh", "swf",
-})
+ACTIVE_EXTENSIONS = frozenset(
+    {
+        "html",
+        "htm",
+        "xhtml",
+        "shtml",
+        "svg",
+        "svgz",
+        "xml",
+        "js",
+        "mjs",
+        "php",
+        "phtml",
+        "asp",
+        "aspx",
+        "jsp",
+        "cgi",
+        "pl",
+        "py",
+        "sh",
+        "swf",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -164,18 +203,26 @@ def validate_base_url(url: Any) -> str:
         raise _fail(key, f"must be a string, not {url!r}.")
     parts = urlsplit(url.strip())
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise _fail(key, f"must be an http(s) address such as "
-                         f"'https://example.amocrm.ru', not {url!r}.")
+        raise _fail(
+            key,
+            f"must be an http(s) address such as "
+            f"'https://example.amocrm.ru', not {url!r}.",
+        )
     host = parts.hostname
     is_account = host.endswith(_HOST_SUFFIXES)
     if is_account and parts.scheme != "https":
         raise _fail(key, f"must use https for an amoCRM account, not {url!r}.")
     if host in {"www.amocrm.ru", "www.kommo.com", "www.amocrm.com"}:
-        raise _fail(key, "must be your account's own host (https://SUBDOMAIN.amocrm.ru), "
-                         "not www.")
+        raise _fail(
+            key,
+            "must be your account's own host (https://SUBDOMAIN.amocrm.ru), not www.",
+        )
     if parts.path.rstrip("/") or parts.query:
-        raise _fail(key, f"must be the account's address only, without a path: "
-                         f"{parts.scheme}://{parts.netloc}")
+        raise _fail(
+            key,
+            f"must be the account's address only, without a path: "
+            f"{parts.scheme}://{parts.netloc}",
+        )
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -219,7 +266,8 @@ def read_settings(app: Flask) -> Settings:
         raise _fail(
             unknown[0],
             "is not a Flask-AmoCRM setting. Known keys: "
-            + ", ".join(sorted(DEFAULTS)) + ".",
+            + ", ".join(sorted(DEFAULTS))
+            + ".",
         )
     config = app.config
 
@@ -285,13 +333,19 @@ def read_settings(app: Flask) -> Settings:
             raise _fail("AMOCRM_ADMIN_EMAILS", f"has an invalid address: {email!r}.")
 
     queue = config["AMOCRM_QUEUE"]
-    if not isinstance(queue, str) or not queue or not all(
-        c.isalnum() or c in "_-." for c in queue
+    if (
+        not isinstance(queue, str)
+        or not queue
+        or not all(c.isalnum() or c in "_-." for c in queue)
     ):
         raise _fail("AMOCRM_QUEUE", f"must be a plain queue name, not {queue!r}.")
 
     timeout = config["AMOCRM_TIMEOUT"]
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or timeout <= 0
+    ):
         raise _fail("AMOCRM_TIMEOUT", f"must be a positive number, not {timeout!r}.")
 
     return Settings(
@@ -318,7 +372,8 @@ def read_settings(app: Flask) -> Settings:
         timeout=float(timeout),
         retry_max_delay=_int(config, "AMOCRM_RETRY_MAX_DELAY", 1),
         event_field=str(config["AMOCRM_EVENT_FIELD"]).strip() or None
-        if config["AMOCRM_EVENT_FIELD"] else None,
+        if config["AMOCRM_EVENT_FIELD"]
+        else None,
         metadata_ttl=_int(config, "AMOCRM_METADATA_TTL", 1),
         admin_auth=_admin_auth(config["AMOCRM_ADMIN_AUTH"]),
         keepalive_days=_int(config, "AMOCRM_KEEPALIVE_DAYS", 1),
@@ -330,8 +385,10 @@ def _admin_auth(value: Any) -> Callable[[], bool] | None:
     if value is None:
         return None
     if not callable(value):
-        raise _fail("AMOCRM_ADMIN_AUTH", f"must be a callable returning True for "
-                                         f"allowed users, not {value!r}.")
+        raise _fail(
+            "AMOCRM_ADMIN_AUTH",
+            f"must be a callable returning True for allowed users, not {value!r}.",
+        )
     return value  # type: ignore[no-any-return]
 
 
@@ -343,30 +400,41 @@ def _rules_settings(app: Flask, config: Any) -> dict[str, Any]:
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise _fail("AMOCRM_TIMEZONE", f"must be a time zone name such as "
-                                       f"'Europe/Moscow', not {timezone!r}.") from None
+        raise _fail(
+            "AMOCRM_TIMEZONE",
+            f"must be a time zone name such as 'Europe/Moscow', not {timezone!r}.",
+        ) from None
     workday_end = str(config["AMOCRM_WORKDAY_END"]).strip()
     hours, _, minutes = workday_end.partition(":")
-    if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24
-            and int(minutes) < 60):
-        raise _fail("AMOCRM_WORKDAY_END", f"must be a time such as '18:00', not "
-                                          f"{workday_end!r}.")
+    if not (
+        hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60
+    ):
+        raise _fail(
+            "AMOCRM_WORKDAY_END",
+            f"must be a time such as '18:00', not {workday_end!r}.",
+        )
     folder = config["AMOCRM_UPLOAD_FOLDER"] or app.config.get("UPLOAD_FOLDER") or None
     url = config["AMOCRM_UPLOAD_URL"] or None
     if folder and not url:
-        raise _fail("AMOCRM_UPLOAD_URL", "is required with AMOCRM_UPLOAD_FOLDER: the "
-                    "address the folder is served at ('/uploads' or "
-                    "'https://files.example.com/'), so amoCRM gets working links.")
+        raise _fail(
+            "AMOCRM_UPLOAD_URL",
+            "is required with AMOCRM_UPLOAD_FOLDER: the "
+            "address the folder is served at ('/uploads' or "
+            "'https://files.example.com/'), so amoCRM gets working links.",
+        )
     extensions = config["AMOCRM_UPLOAD_EXTENSIONS"] or ()
     if isinstance(extensions, str):
         extensions = extensions.replace(";", ",").split(",")
-    extensions = [str(e).strip().lower().lstrip(".") for e in extensions
-                  if str(e).strip()]
+    extensions = [
+        str(e).strip().lower().lstrip(".") for e in extensions if str(e).strip()
+    ]
     served_as_code = sorted(set(extensions) & ACTIVE_EXTENSIONS)
     if served_as_code:
-        raise _fail("AMOCRM_UPLOAD_EXTENSIONS",
-                    f"lists .{served_as_code[0]}: such files would be served as pages "
-                    "or scripts from the site's own address; accept them zipped.")
+        raise _fail(
+            "AMOCRM_UPLOAD_EXTENSIONS",
+            f"lists .{served_as_code[0]}: such files would be served as pages "
+            "or scripts from the site's own address; accept them zipped.",
+        )
     return {
         "timezone": timezone,
         "workday_end": workday_end,

@@ -84,7 +84,7 @@ def campaign_from_query(req: Request) -> dict[str, str]:
 
 
 def read_campaign_cookie(req: Request, cookie: str) -> dict[str, dict[str, str]]:
-    """Return ``{"first": {...}, "last": {...}}`` from the campaign cookie, or empties."""
+    """``{"first": {...}, "last": {...}}`` from the campaign cookie, or empties."""
     raw = req.cookies.get(cookie)
     empty: dict[str, dict[str, str]] = {"first": {}, "last": {}}
     if not raw:
@@ -161,7 +161,9 @@ def capture(
         for name, value in list(request.cookies.items())[:_MAX_COOKIES]
         if name != cookie and not _PRIVATE_COOKIE.search(name)
     }
-    last: dict[str, str] = {k: v for k, v in stored["last"].items() if k in CAMPAIGN_KEYS}
+    last: dict[str, str] = {
+        k: v for k, v in stored["last"].items() if k in CAMPAIGN_KEYS
+    }
     last.update(query)
     for key, cookie_name in _ANALYTICS_COOKIES.items():
         if key not in last and cookies.get(cookie_name):

@@ -41,15 +41,16 @@ CORE_KEYS = {
 }
 #: Standard section keys and the predefined field code each one fills.
 STANDARD_CODES = {
-    "contact": {"phone": "PHONE", "email": "EMAIL", "position": "POSITION",
-                "im": "IM"},
-    "company": {"phone": "PHONE", "email": "EMAIL", "web": "WEB",
-                "address": "ADDRESS"},
+    "contact": {"phone": "PHONE", "email": "EMAIL", "position": "POSITION", "im": "IM"},
+    "company": {"phone": "PHONE", "email": "EMAIL", "web": "WEB", "address": "ADDRESS"},
     "lead": {},
 }
 #: amoCRM's web pages of an entity's card, per API entity.
-CARD_PATHS = {"leads": "leads/detail", "contacts": "contacts/detail",
-              "companies": "companies/detail"}
+CARD_PATHS = {
+    "leads": "leads/detail",
+    "contacts": "contacts/detail",
+    "companies": "companies/detail",
+}
 
 _WITHIN = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -184,9 +185,12 @@ class Criterion:
             return {str(value)} if value is not None else set()
         out: set[str] = set()
         for item in entity.get("custom_fields_values") or []:
-            same = (self.field_id is not None and item.get("field_id") == self.field_id
-                    ) or (self.field_code is not None
-                          and item.get("field_code") == self.field_code)
+            same = (
+                self.field_id is not None and item.get("field_id") == self.field_id
+            ) or (
+                self.field_code is not None
+                and item.get("field_code") == self.field_code
+            )
             if not same:
                 continue
             for value in item.get("values") or []:
@@ -198,7 +202,8 @@ class Criterion:
     def matches(self, entity: dict[str, Any], region: str) -> bool:
         """Whether ``entity`` holds one of the new entity's values."""
         return bool(self.values) and bool(
-            set(self.values) & self.candidate_values(entity, region))
+            set(self.values) & self.candidate_values(entity, region)
+        )
 
 
 def value_key(value: dict[str, Any], compare: str, region: str) -> str | None:
@@ -274,8 +279,11 @@ class DuplicateRule:
         params: dict[str, Any] = {}
         if self.within:
             params["filter[created_at][from]"] = int(self.now - self.within)
-        wanted = self.criteria if self.require == "all" else (
-            [criterion] if criterion is not None else [])
+        wanted = (
+            self.criteria
+            if self.require == "all"
+            else ([criterion] if criterion is not None else [])
+        )
         by_kind = {c.kind: c for c in wanted if c.values}
         if "price" in by_kind:
             params["filter[price]"] = by_kind["price"].values[0]
@@ -285,10 +293,15 @@ class DuplicateRule:
         elif "pipeline" in by_kind:
             params["filter[pipeline_id]"] = by_kind["pipeline"].values[0]
         for c in wanted:
-            if c.compare == "enum" and c.field_id is not None and c.values and \
-                    c.values[0].startswith("enum:"):
-                params[f"filter[custom_fields_values][{c.field_id}][]"] = \
-                    c.values[0][len("enum:"):]
+            if (
+                c.compare == "enum"
+                and c.field_id is not None
+                and c.values
+                and c.values[0].startswith("enum:")
+            ):
+                params[f"filter[custom_fields_values][{c.field_id}][]"] = c.values[0][
+                    len("enum:") :
+                ]
         return params
 
     def matches(self, entity: dict[str, Any]) -> bool:
@@ -298,8 +311,10 @@ class DuplicateRule:
         if self.key == "lead":
             if self.open_only and entity.get("status_id") in CLOSED_STATUSES:
                 return False
-            if self.within and int(entity.get("created_at") or 0) < \
-                    self.now - self.within:
+            if (
+                self.within
+                and int(entity.get("created_at") or 0) < self.now - self.within
+            ):
                 return False
         results = [c.matches(entity, self.region) for c in self.criteria if c.values]
         if self.require == "all":
@@ -316,27 +331,35 @@ class DuplicateRule:
         keys = []
         for c in self.criteria:
             for value in c.values:
-                keys.append(f"{self.key}:{c.kind}:{c.field_id or c.field_code or ''}"
-                            f":{value}")
+                keys.append(
+                    f"{self.key}:{c.kind}:{c.field_id or c.field_code or ''}:{value}"
+                )
         if self.require == "all" and keys:
             return ["|".join(sorted(keys))]
         return sorted(set(keys))
 
 
-def pick(rule: DuplicateRule, candidates: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def pick(
+    rule: DuplicateRule, candidates: Iterable[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """The duplicates among ``candidates``, earliest first (by creation, then id),
     each once."""
     seen: dict[int, dict[str, Any]] = {}
     for entity in candidates:
-        if entity.get("id") is not None and entity["id"] not in seen and \
-                rule.matches(entity):
+        if (
+            entity.get("id") is not None
+            and entity["id"] not in seen
+            and rule.matches(entity)
+        ):
             seen[entity["id"]] = entity
-    return sorted(seen.values(),
-                  key=lambda e: (int(e.get("created_at") or 0), int(e["id"])))
+    return sorted(
+        seen.values(), key=lambda e: (int(e.get("created_at") or 0), int(e["id"]))
+    )
 
 
-def duplicates_note(found: list[tuple[str, int, list[str]]], base_url: str, *,
-                    html_format: bool = False) -> str:
+def duplicates_note(
+    found: list[tuple[str, int, list[str]]], base_url: str, *, html_format: bool = False
+) -> str:
     """The text of a note listing duplicates: ``(entity, id, matched labels)`` each,
     as links to their cards in amoCRM."""
     head = "Possible duplicates:"
@@ -346,8 +369,10 @@ def duplicates_note(found: list[tuple[str, int, list[str]]], base_url: str, *,
         what = f"{entity[:-1] if entity != 'companies' else 'company'} {entity_id}"
         why = f" (same {', '.join(labels)})" if labels else ""
         if html_format:
-            lines.append(f'• <a href="{html.escape(url)}">{html.escape(what)}</a>'
-                         f"{html.escape(why)}")
+            lines.append(
+                f'• <a href="{html.escape(url)}">{html.escape(what)}</a>'
+                f"{html.escape(why)}"
+            )
         else:
             lines.append(f"- {what}: {url}{why}")
     return ("<br>" if html_format else "\n").join(lines)

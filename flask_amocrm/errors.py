@@ -1,7 +1,8 @@
 """Exceptions raised by Flask-AmoCRM.
 
 Configuration mistakes raise :class:`RuntimeError` at ``init_app``, as the Pallets
-extensions do. Everything that goes wrong while talking to amoCRM or applying a rule is an
+extensions do. Everything that goes wrong while talking to amoCRM or applying a rule
+is an
 :class:`AmoCRMError`; its ``retryable`` attribute says whether trying the same thing
 again later can succeed.
 """
@@ -81,7 +82,7 @@ class NotFoundError(APIError):
 
 
 class ValidationError(APIError):
-    """400: amoCRM rejected the data. ``errors`` holds the parsed ``validation-errors``."""
+    """400: amoCRM rejected the data; ``errors`` holds its ``validation-errors``."""
 
     def __init__(
         self,

@@ -114,7 +114,6 @@ class _State:
             self._redis[key] = Redis.from_url(self.settings.redis_url, **options)
         return self._redis[key]
 
-
     def live_redis(self) -> Redis | None:
         """Redis for state shared between processes (locks, counters, caches), or
         ``None`` when it is not configured or does not answer: then the database
@@ -131,8 +130,11 @@ class _State:
                 self._redis_alive = True
             except RedisError as exc:
                 if self._redis_alive or not self._redis_checked:
-                    log.warning("Redis does not answer (%s); shared state goes to "
-                                "the database until it is back", type(exc).__name__)
+                    log.warning(
+                        "Redis does not answer (%s); shared state goes to "
+                        "the database until it is back",
+                        type(exc).__name__,
+                    )
                 self._redis_alive = False
             self._redis_checked = now
         return self.redis() if self._redis_alive else None
@@ -168,12 +170,15 @@ class AmoCRM:
     """Feed amoCRM from a Flask site.
 
     ``amocrm = AmoCRM(app)``, or ``amocrm = AmoCRM()`` at import time and
-    ``amocrm.init_app(app)`` in the app factory. Pass ``db=db`` to keep the events in the
+    ``amocrm.init_app(app)`` in the app factory. Pass ``db=db`` to keep the events in
+    the
     app's own Flask-SQLAlchemy database (tables prefixed ``amocrm_``); otherwise they
     live in ``AMOCRM_DATABASE_URI``, by default an SQLite file in the instance folder.
     """
 
-    def __init__(self, app: Flask | None = None, *, db: SQLAlchemy | None = None) -> None:
+    def __init__(
+        self, app: Flask | None = None, *, db: SQLAlchemy | None = None
+    ) -> None:
         self._db = db
         if app is not None:
             self.init_app(app)
@@ -257,7 +262,8 @@ def _on_email_dispatched(app: Flask, **kwargs: Any) -> None:
         if ALERT_HEADER in headers:
             return
         event = headers.get(MAIL_EVENT_HEADER) or find_mail_event(
-            get_state(app).settings.rules, getattr(message, "subject", None))
+            get_state(app).settings.rules, getattr(message, "subject", None)
+        )
         if not event:
             return  # only mails tagged for amoCRM, or matching a rule, are captured
         data = {"mail": _message_fields(message)}
@@ -312,8 +318,11 @@ def _file_links(files: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     for field, value in items:
         if isinstance(value, str):
             url = value.strip()
-            entry = {"field": str(field), "name": url.rsplit("/", 1)[-1][:200],
-                     "url": url[:2000]}
+            entry = {
+                "field": str(field),
+                "name": url.rsplit("/", 1)[-1][:200],
+                "url": url[:2000],
+            }
             if not url.lower().startswith(("http://", "https://")):
                 entry.update(url=None, error="not an http(s) link")
             links.append(entry)
@@ -326,10 +335,12 @@ def _file_links(files: Mapping[str, Any] | None) -> list[dict[str, Any]]:
             else:
                 try:
                     saved = save_upload(
-                        value, folder=settings.upload_folder,
+                        value,
+                        folder=settings.upload_folder,
                         base_url=settings.upload_url,
                         max_size=settings.upload_max_size,
-                        extensions=settings.upload_extensions)
+                        extensions=settings.upload_extensions,
+                    )
                 except UploadRefused as exc:
                     entry["error"] = str(exc)
                 except OSError as exc:
@@ -456,11 +467,14 @@ def _dispatch(state: _State, event_id: int) -> None:
                     due = [i for i in due_event_ids(state, size) if i != event_id]
                     deliver_events([event_id, *due][:size])
         except Exception:
-            log.exception("Flask-AmoCRM stored event %s but could not hand it on; "
-                          "the sweeper or 'flask amocrm process' will deliver it",
-                          event_id)
+            log.exception(
+                "Flask-AmoCRM stored event %s but could not hand it on; "
+                "the sweeper or 'flask amocrm process' will deliver it",
+                event_id,
+            )
 
     if has_request_context():
+
         @after_this_request
         def _later(response: Any) -> Any:
             response.call_on_close(run)

@@ -27,8 +27,9 @@ def _text(raw: Any) -> str | None:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-def set_once(state: _State, name: str, value: str = "1",
-             seconds: int | None = None) -> bool:
+def set_once(
+    state: _State, name: str, value: str = "1", seconds: int | None = None
+) -> bool:
     """Set the flag unless it is set; ``True`` if this call set it."""
     key = _key(state, name)
     conn = state.live_redis()  # None: Redis is off or down, the database keeps it

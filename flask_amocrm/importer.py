@@ -47,8 +47,11 @@ def read_rows(path: str) -> Iterator[dict[str, Any]]:
                 yield _row(raw, fields, number)
         else:
             for number, raw in enumerate(csv.DictReader(fp), 2):
-                fields = {k: v for k, v in raw.items()
-                          if k is not None and k not in _RESERVED and v not in (None, "")}
+                fields = {
+                    k: v
+                    for k, v in raw.items()
+                    if k is not None and k not in _RESERVED and v not in (None, "")
+                }
                 yield _row(raw, fields, number)
 
 
@@ -61,8 +64,14 @@ def _row(raw: dict[str, Any], fields: Any, number: int) -> dict[str, Any]:
         raise ImportError_(f"line {number}: 'kind' must be form or mail, not {kind!r}")
     if not isinstance(fields, dict):
         raise ImportError_(f"line {number}: 'fields' must be an object")
-    return {"source": source, "kind": kind, "time": _parse_time(raw.get("time"), number),
-            "id": raw.get("id"), "fields": fields, "line": number}
+    return {
+        "source": source,
+        "kind": kind,
+        "time": _parse_time(raw.get("time"), number),
+        "id": raw.get("id"),
+        "fields": fields,
+        "line": number,
+    }
 
 
 def _parse_time(value: Any, number: int) -> datetime | None:
@@ -91,8 +100,12 @@ def row_key(row: dict[str, Any]) -> str:
     """The row's de-duplication key: its id, or a hash of what it says."""
     if row.get("id") not in (None, ""):
         return f"import:{row['kind']}:{row['source']}:{row['id']}"[:200]
-    body = json.dumps([row["kind"], row["source"], str(row["time"]), row["fields"]],
-                      sort_keys=True, ensure_ascii=False, default=str)
+    body = json.dumps(
+        [row["kind"], row["source"], str(row["time"]), row["fields"]],
+        sort_keys=True,
+        ensure_ascii=False,
+        default=str,
+    )
     return "import:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
@@ -108,21 +121,30 @@ def import_rows(state: _State, rows: Iterable[dict[str, Any]]) -> tuple[list[int
         keyed = {row_key(r): r for r in chunk}
         skipped += len(chunk) - len(keyed)  # the same row twice in one file
         with state.session() as session:
-            known = set(session.scalars(
-                select(Event.dedupe_key).where(Event.dedupe_key.in_(list(keyed)))))
+            known = set(
+                session.scalars(
+                    select(Event.dedupe_key).where(Event.dedupe_key.in_(list(keyed)))
+                )
+            )
             events = []
             for key, row in keyed.items():
                 if key in known:
                     skipped += 1
                     continue
                 context: dict[str, Any] = {"imported": True, "line": row["line"]}
-                event = Event(kind=row["kind"], source=row["source"],
-                              data=row["fields"], files=[], context=context,
-                              dedupe_key=key)
+                event = Event(
+                    kind=row["kind"],
+                    source=row["source"],
+                    data=row["fields"],
+                    files=[],
+                    context=context,
+                    dedupe_key=key,
+                )
                 if row["time"] is not None:
                     event.created_at = row["time"]
-                    context["captured_at"] = int(row["time"].replace(
-                        tzinfo=UTC).timestamp())
+                    context["captured_at"] = int(
+                        row["time"].replace(tzinfo=UTC).timestamp()
+                    )
                 events.append(event)
             session.add_all(events)
             session.commit()

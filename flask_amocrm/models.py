@@ -26,9 +26,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-#: Event statuses. ``pending``: stored, not yet tried; ``processing``: a worker holds it;
-#: ``retrying``: a transient failure, tried again at ``next_attempt_at``; ``delivered``;
-#: ``failed``: a permanent failure that waits for a person; ``ignored``: no rule matched.
+#: Event statuses. ``pending``: stored, not yet tried; ``processing``: a worker
+#: holds it; ``retrying``: a transient failure, tried again at ``next_attempt_at``;
+#: ``delivered``; ``failed``: a permanent failure that waits for a person;
+#: ``ignored``: no rule matched.
 PENDING = "pending"
 PROCESSING = "processing"
 RETRYING = "retrying"
@@ -130,8 +131,9 @@ class ApiLog(Base):
 
     __tablename__ = "amocrm_api_log"
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
-                                    primary_key=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True
+    )
     event_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     method: Mapped[str] = mapped_column(String(10))
@@ -206,5 +208,6 @@ class Counter(Base):
     __tablename__ = "amocrm_counters"
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
-    value: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
-                                       default=0)
+    value: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), default=0
+    )

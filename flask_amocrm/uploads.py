@@ -66,8 +66,11 @@ def save_upload(
     if size == 0:
         os.remove(path)
         raise UploadRefused("empty")
-    return {"name": original, "url": file_url(base_url, f"{month}/{name}"),
-            "size": size}
+    return {
+        "name": original,
+        "url": file_url(base_url, f"{month}/{name}"),
+        "size": size,
+    }
 
 
 def file_url(base_url: str, relative: str) -> str:

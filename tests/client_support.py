@@ -18,8 +18,9 @@ import pytest
 import redis
 from flask import Flask
 
-CLIENT_REDIS_URL = os.environ.get("AMOCRM_TEST_CLIENT_REDIS_URL",
-                                  "redis://127.0.0.1:6379/14")
+CLIENT_REDIS_URL = os.environ.get(
+    "AMOCRM_TEST_CLIENT_REDIS_URL", "redis://127.0.0.1:6379/14"
+)
 OAUTH = {
     "AMOCRM_TOKEN": None,
     "AMOCRM_CLIENT_ID": "sandbox-client",
@@ -75,8 +76,10 @@ def amo_app(sandbox: Any, tmp_path: Any) -> Callable[..., Flask]:
     amo._local_limiters.clear()  # a 429 in one test must not slow the next one
 
     def factory(**config: Any) -> Flask:
-        return build_app(app_config(sandbox, str(tmp_path / "events.sqlite3"),
-                                    **config), str(tmp_path / "instance"))
+        return build_app(
+            app_config(sandbox, str(tmp_path / "events.sqlite3"), **config),
+            str(tmp_path / "instance"),
+        )
 
     return factory
 
@@ -113,17 +116,31 @@ print(json.dumps(results))
 
 
 def run_children(
-    config: dict[str, Any], instance: str, *, processes: int, calls: int,
-    path: str = "/api/v4/account", start_in: float = 1.5,
+    config: dict[str, Any],
+    instance: str,
+    *,
+    processes: int,
+    calls: int,
+    path: str = "/api/v4/account",
+    start_in: float = 1.5,
 ) -> list[list[str]]:
     """Run ``processes`` real Python processes that each build the app and make
     ``calls`` GETs, all starting at the same moment; return their results."""
-    spec = {"config": config, "instance": instance, "calls": calls, "path": path,
-            "start_at": time.time() + start_in}
+    spec = {
+        "config": config,
+        "instance": instance,
+        "calls": calls,
+        "path": path,
+        "start_at": time.time() + start_in,
+    }
     code = CHILD.format(tests=os.path.dirname(__file__))
     children = [
-        subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(processes)
     ]
     results = []

@@ -27,8 +27,10 @@ CALLBACK_RULES: dict[str, Any] = {
         "callback": {
             "contact": {
                 "name": "{{ data.name }}",
-                "fields": {"PHONE": "{{ data.phone }}",
-                           "EMAIL": "{{ data.email | default('') }}"},
+                "fields": {
+                    "PHONE": "{{ data.phone }}",
+                    "EMAIL": "{{ data.email | default('') }}",
+                },
             },
             "lead": {"name": "Callback: {{ data.name }}", "tags": ["site"]},
         }
@@ -64,7 +66,9 @@ def _postgres_available() -> str | None:
             conn.execute(text("select 1"))
         engine.dispose()
     except Exception as exc:  # noqa: BLE001 - any failure means "not here"
-        return f"PostgreSQL is not available at {POSTGRES_URL}: {exc.__class__.__name__}"
+        return (
+            f"PostgreSQL is not available at {POSTGRES_URL}: {exc.__class__.__name__}"
+        )
     return None
 
 
@@ -92,7 +96,7 @@ def make_app(
     tmp_path: Any, sandbox: Any, request: pytest.FixtureRequest
 ) -> Callable[..., Flask]:
     """Build a Flask app using Flask-AmoCRM against the sandbox; keyword arguments are
-    config keys (``AMOCRM_DELIVERY="inline"``); ``extension`` gets the AmoCRM instance."""
+    config keys (``AMOCRM_DELIVERY="inline"``)."""
     from flask_amocrm import AmoCRM
     from flask_amocrm.amo.metadata import forget_local_metadata
 

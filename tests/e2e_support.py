@@ -19,8 +19,12 @@ def form_site(make_app: Any, rules: dict[str, Any], **config: Any) -> Flask:
 
     @app.post("/form/<name>")
     def form(name: str) -> str:
-        form_submitted.send(current_app._get_current_object(), form=name,
-                            data=request.form, files=request.files)
+        form_submitted.send(
+            current_app._get_current_object(),
+            form=name,
+            data=request.form,
+            files=request.files,
+        )
         return "ok"
 
     return app

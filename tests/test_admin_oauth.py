@@ -8,15 +8,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from client_support import OAUTH
 from sqlalchemy import select
 
+from client_support import OAUTH
 from flask_amocrm.extension import get_state
 from flask_amocrm.models import Token
 
 
-def test_admin_is_off_without_an_auth_hook(amo_app: Any,
-                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_admin_is_off_without_an_auth_hook(
+    amo_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="flask_amocrm")
     app = amo_app(**OAUTH)
     assert app.test_client().get("/amocrm/admin/connect").status_code == 404
@@ -40,9 +41,12 @@ def test_connect_flow_stores_the_tokens(sandbox: Any, amo_app: Any) -> None:
     query = {k: v[0] for k, v in parse_qs(grant.query).items()}
     assert query["client_id"] == "sandbox-client" and query["state"]
     # The admin clicks "Allow" on the grant page.
-    answer = requests.post(f"{sandbox.url}{grant.path}",
-                           data={**query, "decision": "allow"},
-                           allow_redirects=False, timeout=5)
+    answer = requests.post(
+        f"{sandbox.url}{grant.path}",
+        data={**query, "decision": "allow"},
+        allow_redirects=False,
+        timeout=5,
+    )
     back = urlsplit(answer.headers["Location"])
     assert back.path == "/amocrm/admin/oauth/callback"
     done = client.get(f"{back.path}?{back.query}")

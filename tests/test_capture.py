@@ -6,10 +6,10 @@ import json
 from typing import Any
 
 import pytest
-from e2e_support import stored_events
 from flask import Flask, current_app, request
 from werkzeug.datastructures import MultiDict
 
+from e2e_support import stored_events
 from flask_amocrm import event_captured, form_submitted, mail_sent
 from flask_amocrm.testing import record_events
 
@@ -33,15 +33,19 @@ def _with_form_view(app: Flask) -> Flask:
     return app
 
 
-
-
 def test_form_signal_stores_the_event_with_its_context(make_app: Any) -> None:
     app = _with_form_view(make_app())
     client = app.test_client()
     response = client.post(
         "/callback?utm_source=google&gclid=abc123",
-        data=MultiDict([("name", "Ann"), ("phone", "+7 912 000-11-22"),
-                        ("interest", "a"), ("interest", "b")]),
+        data=MultiDict(
+            [
+                ("name", "Ann"),
+                ("phone", "+7 912 000-11-22"),
+                ("interest", "a"),
+                ("interest", "b"),
+            ]
+        ),
         headers={"User-Agent": "TestBrowser/1.0", "Referer": "https://search.example/"},
         environ_base={"REMOTE_ADDR": "203.0.113.7"},
     )
@@ -50,8 +54,11 @@ def test_form_signal_stores_the_event_with_its_context(make_app: Any) -> None:
     assert event.kind == "form"
     assert event.source == "callback"
     assert event.status == "pending"
-    assert event.data == {"name": "Ann", "phone": "+7 912 000-11-22",
-                          "interest": ["a", "b"]}
+    assert event.data == {
+        "name": "Ann",
+        "phone": "+7 912 000-11-22",
+        "interest": ["a", "b"],
+    }
     context = event.context
     assert context["utm"] == {"utm_source": "google", "gclid": "abc123"}
     assert context["client"]["ip"] == "203.0.113.7"
@@ -66,8 +73,10 @@ def test_form_signal_stores_the_event_with_its_context(make_app: Any) -> None:
 def test_campaign_tags_survive_three_pages_by_cookie(make_app: Any) -> None:
     app = _with_form_view(make_app(AMOCRM_SITE_NAME="Shop"))
     client = app.test_client()
-    landing = client.get("/?utm_source=yandex&utm_medium=cpc&utm_campaign=winter",
-                         headers={"Referer": "https://ya.ru/search"})
+    landing = client.get(
+        "/?utm_source=yandex&utm_medium=cpc&utm_campaign=winter",
+        headers={"Referer": "https://ya.ru/search"},
+    )
     assert "amocrm_utm=" in landing.headers["Set-Cookie"]
     client.get("/about")
     client.get("/about")
@@ -108,7 +117,9 @@ def test_garbage_campaign_cookie_is_ignored(make_app: Any) -> None:
     app = _with_form_view(make_app())
     client = app.test_client()
     client.set_cookie("amocrm_utm", "{not json")
-    assert client.post("/callback?utm_source=x", data={"name": "Eve"}).status_code == 200
+    assert (
+        client.post("/callback?utm_source=x", data={"name": "Eve"}).status_code == 200
+    )
     [event] = stored_events(app)
     assert event.context["utm"] == {"utm_source": "x"}
 
@@ -130,11 +141,13 @@ def test_submit_is_the_same_as_the_signal(make_app: Any) -> None:
     app = make_app()
     amocrm = app.extensions["amocrm"].extension
     with app.test_request_context("/x?utm_term=sofa"), record_events(app) as events:
-        event = amocrm.submit("callback", {"name": "Fay"},
-                              files={"cv": "https://cdn.example/cv.pdf"})
+        event = amocrm.submit(
+            "callback", {"name": "Fay"}, files={"cv": "https://cdn.example/cv.pdf"}
+        )
     assert event is not None and [e.id for e in events] == [event.id]
-    assert event.files == [{"field": "cv", "name": "cv.pdf",
-                            "url": "https://cdn.example/cv.pdf"}]
+    assert event.files == [
+        {"field": "cv", "name": "cv.pdf", "url": "https://cdn.example/cv.pdf"}
+    ]
     assert event.context["utm"] == {"utm_term": "sofa"}
 
 
@@ -144,13 +157,22 @@ def test_flask_mail_messages_tagged_for_amocrm_are_captured(make_app: Any) -> No
     app = make_app(MAIL_SUPPRESS_SEND=True, MAIL_DEFAULT_SENDER="shop@example.com")
     mail = Mail(app)
     with app.app_context():
-        tagged = Message("Order 17", recipients=["boss@example.com"], body="Sofa",
-                         extra_headers={"X-AmoCRM-Event": "ORDER_NEW"})
+        tagged = Message(
+            "Order 17",
+            recipients=["boss@example.com"],
+            body="Sofa",
+            extra_headers={"X-AmoCRM-Event": "ORDER_NEW"},
+        )
         mail.send(tagged)
         mail.send(Message("Newsletter", recipients=["a@example.com"], body="Hi"))
-        mail.send(Message("amoCRM is down", recipients=["admin@example.com"],
-                          body="...", extra_headers={"X-AmoCRM-Alert": "1",
-                                                     "X-AmoCRM-Event": "ORDER_NEW"}))
+        mail.send(
+            Message(
+                "amoCRM is down",
+                recipients=["admin@example.com"],
+                body="...",
+                extra_headers={"X-AmoCRM-Alert": "1", "X-AmoCRM-Event": "ORDER_NEW"},
+            )
+        )
     [event] = stored_events(app)
     assert event.source == "ORDER_NEW"
     assert event.data["mail"]["subject"] == "Order 17"
@@ -170,7 +192,9 @@ def test_a_broken_database_never_breaks_the_view(
     make_app: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "a-file").write_text("not a folder")
-    app = _with_form_view(make_app(AMOCRM_DATABASE_URI=f"sqlite:///{tmp_path}/a-file/y.db"))
+    app = _with_form_view(
+        make_app(AMOCRM_DATABASE_URI=f"sqlite:///{tmp_path}/a-file/y.db")
+    )
     client = app.test_client()
     response = client.post("/callback", data={"name": "Gus", "phone": "123"})
     assert response.status_code == 200
@@ -185,8 +209,14 @@ def test_spooled_events_are_stored_by_process(make_app: Any, tmp_path: Any) -> N
     app = make_app()
     instance = tmp_path / "instance0"
     instance.mkdir()
-    record = {"kind": "form", "source": "callback", "data": {"name": "Hal"},
-              "files": [], "context": {}, "dedupe_key": None}
+    record = {
+        "kind": "form",
+        "source": "callback",
+        "data": {"name": "Hal"},
+        "files": [],
+        "context": {},
+        "dedupe_key": None,
+    }
     (instance / "amocrm-spool.jsonl").write_text(json.dumps(record) + "\n")
     result = app.test_cli_runner().invoke(args=["amocrm", "process", "--limit", "0"])
     assert result.exit_code == 0, result.output
@@ -234,10 +264,19 @@ def test_campaign_cookie_survives_a_real_http_client(make_app: Any) -> None:
 def test_a_mail_rule_can_pick_mails_by_subject(make_app: Any) -> None:
     from flask_mail import Mail, Message
 
-    rules = {"mails": {"ORDER_NEW": {"subject": "New order #*",
-                                     "lead": {"name": "{{ mail.subject }}"}}}}
-    app = make_app(AMOCRM_RULES=rules, MAIL_SUPPRESS_SEND=True,
-                   MAIL_DEFAULT_SENDER="shop@example.com")
+    rules = {
+        "mails": {
+            "ORDER_NEW": {
+                "subject": "New order #*",
+                "lead": {"name": "{{ mail.subject }}"},
+            }
+        }
+    }
+    app = make_app(
+        AMOCRM_RULES=rules,
+        MAIL_SUPPRESS_SEND=True,
+        MAIL_DEFAULT_SENDER="shop@example.com",
+    )
     mail = Mail(app)
     with app.app_context():
         mail.send(Message("new ORDER #17", recipients=["boss@example.com"], body="x"))

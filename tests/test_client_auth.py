@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import select
+
 from client_support import (
     OAUTH,
     app_config,
     run_children,
 )
-from sqlalchemy import select
-
 from flask_amocrm.amo import client_for, exchange_code, keep_alive
 from flask_amocrm.errors import AuthError
 from flask_amocrm.extension import get_state
@@ -48,17 +48,22 @@ def _connect(sandbox: Any, app: Any) -> Token:
 def test_refresh_race_in_four_processes_refreshes_once(
     sandbox: Any, redis14: str, tmp_path: Any, with_redis: bool
 ) -> None:
-    config = app_config(sandbox, str(tmp_path / "events.sqlite3"), **OAUTH,
-                        AMOCRM_REDIS_URL=redis14 if with_redis else None)
+    config = app_config(
+        sandbox,
+        str(tmp_path / "events.sqlite3"),
+        **OAUTH,
+        AMOCRM_REDIS_URL=redis14 if with_redis else None,
+    )
     from client_support import (
-    build_app,
-)
+        build_app,
+    )
 
     app = build_app(config, str(tmp_path / "instance"))
     _connect(sandbox, app)
     # The stored access token is dead: every process gets a 401 and wants to refresh.
-    _set(app, access_token="expired." + "x" * 20,
-         expires_at=utcnow() + timedelta(days=1))
+    _set(
+        app, access_token="expired." + "x" * 20, expires_at=utcnow() + timedelta(days=1)
+    )
     before = len(_token_calls(sandbox))
     sandbox.faults(latency_ms=400, count=1, path="/oauth2/access_token")
     results = run_children(config, str(tmp_path / "instance"), processes=4, calls=2)
@@ -76,8 +81,9 @@ def test_refresh_ahead_of_expiry(sandbox: Any, amo_app: Any) -> None:
         assert client_for(get_state()).get("/api/v4/account")["id"]
     assert _row(app).access_token != first.access_token
     assert len(_token_calls(sandbox)) == 2  # the code, then one refresh
-    assert [r["status"] for r in sandbox.requests()
-            if r["path"] == "/api/v4/account"] == [200]
+    assert [
+        r["status"] for r in sandbox.requests() if r["path"] == "/api/v4/account"
+    ] == [200]
 
 
 def test_revoked_refresh_token_stops_delivery_and_alerts_once(
@@ -85,14 +91,24 @@ def test_revoked_refresh_token_stops_delivery_and_alerts_once(
 ) -> None:
     from flask_mail import Mail
 
-    app = amo_app(**OAUTH, AMOCRM_ADMIN_EMAILS="admin@example.com",
-                  MAIL_DEFAULT_SENDER="site@example.com")
+    app = amo_app(
+        **OAUTH,
+        AMOCRM_ADMIN_EMAILS="admin@example.com",
+        MAIL_DEFAULT_SENDER="site@example.com",
+    )
     mail = Mail(app)
     row = _connect(sandbox, app)
     # Someone else used our refresh token: amoCRM now calls it revoked.
-    requests.post(f"{sandbox.url}/oauth2/access_token", json={
-        "client_id": "sandbox-client", "client_secret": "sandbox-secret",
-        "grant_type": "refresh_token", "refresh_token": row.refresh_token}, timeout=5)
+    requests.post(
+        f"{sandbox.url}/oauth2/access_token",
+        json={
+            "client_id": "sandbox-client",
+            "client_secret": "sandbox-secret",
+            "grant_type": "refresh_token",
+            "refresh_token": row.refresh_token,
+        },
+        timeout=5,
+    )
     _set(app, access_token="expired." + "x" * 20)
     with app.app_context(), mail.record_messages() as outbox:
         client = client_for(get_state())
@@ -121,8 +137,9 @@ def test_not_connected_is_a_retryable_auth_error(sandbox: Any, amo_app: Any) -> 
     assert sandbox.requests() == []
 
 
-def test_keep_alive_refreshes_an_old_pair_once(sandbox: Any, amo_app: Any,
-                                               redis14: str) -> None:
+def test_keep_alive_refreshes_an_old_pair_once(
+    sandbox: Any, amo_app: Any, redis14: str
+) -> None:
     app = amo_app(**OAUTH, AMOCRM_REDIS_URL=redis14, AMOCRM_KEEPALIVE_DAYS=14)
     _connect(sandbox, app)
     with app.app_context():
@@ -134,8 +151,9 @@ def test_keep_alive_refreshes_an_old_pair_once(sandbox: Any, amo_app: Any,
     assert len(_token_calls(sandbox)) == 2
 
 
-def test_cli_auth_prints_the_url_and_exchanges_a_code(sandbox: Any,
-                                                      amo_app: Any) -> None:
+def test_cli_auth_prints_the_url_and_exchanges_a_code(
+    sandbox: Any, amo_app: Any
+) -> None:
     app = amo_app(**OAUTH)
     runner = app.test_cli_runner()
     result = runner.invoke(args=["amocrm", "auth"])

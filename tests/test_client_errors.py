@@ -6,8 +6,8 @@ import socket
 from typing import Any
 
 import pytest
-from client_support import fast
 
+from client_support import fast
 from flask_amocrm.amo import AmoClient, client_for
 from flask_amocrm.errors import (
     AccountBlockedError,
@@ -29,8 +29,11 @@ def client(amo_app: Any) -> Any:
 
 
 def _calls(sandbox: Any, method: str | None = None) -> list[dict[str, Any]]:
-    return [r for r in sandbox.requests()
-            if r["path"].startswith("/api/v4") and method in (None, r["method"])]
+    return [
+        r
+        for r in sandbox.requests()
+        if r["path"].startswith("/api/v4") and method in (None, r["method"])
+    ]
 
 
 def test_204_is_an_empty_result(sandbox: Any, client: AmoClient) -> None:
@@ -41,22 +44,40 @@ def test_204_is_an_empty_result(sandbox: Any, client: AmoClient) -> None:
 
 def test_validation_error_carries_the_parsed_errors(client: AmoClient) -> None:
     with pytest.raises(ValidationError) as info:
-        client.post("/api/v4/leads", [{"name": "x", "custom_fields_values": [
-            {"field_id": 1, "values": [{"value": "y"}]}], "request_id": "r1"}])
+        client.post(
+            "/api/v4/leads",
+            [
+                {
+                    "name": "x",
+                    "custom_fields_values": [
+                        {"field_id": 1, "values": [{"value": "y"}]}
+                    ],
+                    "request_id": "r1",
+                }
+            ],
+        )
     exc = info.value
     assert exc.status == 400 and not exc.retryable
     assert exc.errors and exc.errors[0]["request_id"] == "r1"
     assert "r1" in str(exc)
 
 
-@pytest.mark.parametrize(("status", "error", "retryable"), [
-    (402, PaymentRequiredError, True),
-    (403, AccountBlockedError, True),
-    (404, NotFoundError, False),
-    (500, ServerError, True),
-])
-def test_statuses_become_typed_errors(sandbox: Any, client: AmoClient, status: int,
-                                      error: type[Exception], retryable: bool) -> None:
+@pytest.mark.parametrize(
+    ("status", "error", "retryable"),
+    [
+        (402, PaymentRequiredError, True),
+        (403, AccountBlockedError, True),
+        (404, NotFoundError, False),
+        (500, ServerError, True),
+    ],
+)
+def test_statuses_become_typed_errors(
+    sandbox: Any,
+    client: AmoClient,
+    status: int,
+    error: type[Exception],
+    retryable: bool,
+) -> None:
     sandbox.faults(status=status, count=1, method="POST")
     with pytest.raises(error) as info:
         client.post("/api/v4/leads", [{"name": "x"}])
@@ -72,8 +93,9 @@ def test_long_lived_token_401_is_final(sandbox: Any, amo_app: Any) -> None:
     assert len(_calls(sandbox)) == 1
 
 
-def test_get_is_retried_on_5xx_and_dropped_connections(sandbox: Any,
-                                                       client: AmoClient) -> None:
+def test_get_is_retried_on_5xx_and_dropped_connections(
+    sandbox: Any, client: AmoClient
+) -> None:
     sandbox.faults(status=503, count=2)
     assert client.get("/api/v4/account")["id"]
     assert [r["status"] for r in _calls(sandbox)] == [503, 503, 200]
@@ -119,21 +141,27 @@ def test_post_is_retried_when_it_never_left(client: AmoClient) -> None:
     assert info.value.sent is False
 
 
-def test_writes_are_chunked_and_matched_by_request_id(sandbox: Any,
-                                                      client: AmoClient) -> None:
+def test_writes_are_chunked_and_matched_by_request_id(
+    sandbox: Any, client: AmoClient
+) -> None:
     items = [{"name": f"Lead {i}", "request_id": f"ev-{i}"} for i in range(120)]
     results = client.create_many("/api/v4/leads", items, key="leads")
     assert [len(r["body"]) for r in _calls(sandbox, "POST")] == [50, 50, 20]
-    assert all(r is not None and r["request_id"] == f"ev-{i}"
-               for i, r in enumerate(results))
+    assert all(
+        r is not None and r["request_id"] == f"ev-{i}" for i, r in enumerate(results)
+    )
     names = {lead["id"]: lead["name"] for lead in sandbox.leads()}
     assert [names[r["id"]] for r in results] == [f"Lead {i}" for i in range(120)]
 
 
-def test_complex_matches_the_bare_array_answer(sandbox: Any,
-                                               client: AmoClient) -> None:
-    items = [{"name": f"Deal {i}", "_embedded": {"contacts": [
-        {"first_name": f"Person {i}"}]}} for i in range(3)]
+def test_complex_matches_the_bare_array_answer(sandbox: Any, client: AmoClient) -> None:
+    items = [
+        {
+            "name": f"Deal {i}",
+            "_embedded": {"contacts": [{"first_name": f"Person {i}"}]},
+        }
+        for i in range(3)
+    ]
     results = client.complex(items)
     assert all(r and r["id"] and r["contact_id"] for r in results)
     assert len({r["id"] for r in results if r}) == 3

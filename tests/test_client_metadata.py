@@ -23,8 +23,9 @@ def _api_calls(sandbox: Any) -> int:
 
 
 @pytest.mark.parametrize("with_redis", [True, False], ids=["redis", "database"])
-def test_fetched_once_then_cached(sandbox: Any, amo_app: Any, redis14: str,
-                                  with_redis: bool) -> None:
+def test_fetched_once_then_cached(
+    sandbox: Any, amo_app: Any, redis14: str, with_redis: bool
+) -> None:
     app = amo_app(AMOCRM_REDIS_URL=redis14 if with_redis else None)
     with app.app_context():
         meta = metadata_for(get_state())
@@ -66,8 +67,7 @@ def test_lookups_by_id_code_and_name(sandbox: Any, amo_app: Any) -> None:
         meta.fields("customers")
 
 
-def test_cli_sync_refreshes_the_cache(sandbox: Any, amo_app: Any,
-                                      redis14: str) -> None:
+def test_cli_sync_refreshes_the_cache(sandbox: Any, amo_app: Any, redis14: str) -> None:
     app = amo_app(AMOCRM_REDIS_URL=redis14)
     result = app.test_cli_runner().invoke(args=["amocrm", "sync"])
     assert result.exit_code == 0, result.output

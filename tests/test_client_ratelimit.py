@@ -12,16 +12,20 @@ from client_support import (
     max_per_second,
     run_children,
 )
-
 from flask_amocrm.amo import client_for
 from flask_amocrm.amo.ratelimit import LocalRateLimiter
 from flask_amocrm.extension import get_state
 
 
-def test_four_processes_share_one_budget(sandbox: Any, redis14: str,
-                                         tmp_path: Any) -> None:
-    config = app_config(sandbox, str(tmp_path / "events.sqlite3"),
-                        AMOCRM_REDIS_URL=redis14, AMOCRM_LOG_REQUESTS=False)
+def test_four_processes_share_one_budget(
+    sandbox: Any, redis14: str, tmp_path: Any
+) -> None:
+    config = app_config(
+        sandbox,
+        str(tmp_path / "events.sqlite3"),
+        AMOCRM_REDIS_URL=redis14,
+        AMOCRM_LOG_REQUESTS=False,
+    )
     results = run_children(config, str(tmp_path / "instance"), processes=4, calls=6)
     assert all(r == ["ok"] * 6 for r in results), results
     log = [r for r in sandbox.requests() if r["path"] == "/api/v4/account"]
@@ -32,8 +36,9 @@ def test_four_processes_share_one_budget(sandbox: Any, redis14: str,
     assert busiest <= 7
 
 
-def test_threads_share_the_local_budget_without_redis(sandbox: Any,
-                                                      amo_app: Any) -> None:
+def test_threads_share_the_local_budget_without_redis(
+    sandbox: Any, amo_app: Any
+) -> None:
     app = amo_app(AMOCRM_LOG_REQUESTS=False)
     with app.app_context():
         client = client_for(get_state())
@@ -58,8 +63,9 @@ def test_threads_share_the_local_budget_without_redis(sandbox: Any,
     assert max_per_second([r["time"] for r in log]) <= 7
 
 
-def test_429_storm_slows_down_without_a_block(sandbox: Any, redis14: str,
-                                              amo_app: Any) -> None:
+def test_429_storm_slows_down_without_a_block(
+    sandbox: Any, redis14: str, amo_app: Any
+) -> None:
     # amoCRM allows less than we were told: the client must learn from the 429s
     # before the sandbox's block (5 rejections a minute) kicks in.
     sandbox.config(rate_limit=2)
@@ -83,8 +89,10 @@ def test_429_storm_slows_down_without_a_block(sandbox: Any, redis14: str,
         for t in threads:
             t.join()
     statuses = [r["status"] for r in sandbox.requests()]
-    print(f"429 storm: {statuses.count(429)} rejections, "
-          f"{time.monotonic() - started:.1f} s")
+    print(
+        f"429 storm: {statuses.count(429)} rejections, "
+        f"{time.monotonic() - started:.1f} s"
+    )
     assert not errors, errors
     assert 403 not in statuses
     assert statuses.count(200) == 6

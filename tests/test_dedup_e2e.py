@@ -6,21 +6,16 @@ import time
 from typing import Any
 
 import requests
-from e2e_support import field_values, form_site, stored_events
 from flask import Flask
 
+from e2e_support import field_values, form_site, stored_events
 from flask_amocrm.testing import deliver_pending
-
 
 
 def _send(app: Flask, form: str, **data: str) -> dict[str, int]:
     """Submit one form and deliver it at once."""
     app.test_client().post(f"/form/{form}", data=data)
     return deliver_pending(app)
-
-
-
-
 
 
 def _notes(sandbox: Any, entity: str) -> list[tuple[int, str]]:
@@ -32,35 +27,63 @@ def _linked(sandbox: Any, entity: str, entity_id: int, to: str) -> list[int]:
     return [link["to_entity_id"] for link in links if link["to_entity_type"] == to]
 
 
-def _contact_rule(strategy: str, *, require: str = "any",
-                  match: list[str] | None = None, lock: list[str] | None = None
-                  ) -> dict[str, Any]:
+def _contact_rule(
+    strategy: str,
+    *,
+    require: str = "any",
+    match: list[str] | None = None,
+    lock: list[str] | None = None,
+) -> dict[str, Any]:
     contact: dict[str, Any] = {
-        "name": "{{ data.name }}", "phone": "{{ data.phone | default('') }}",
-        "email": "{{ data.email | default('') }}", "position": "{{ data.pos | default('') }}",
-        "duplicates": {"match": match or ["PHONE", "EMAIL"], "require": require,
-                       "strategy": strategy},
+        "name": "{{ data.name }}",
+        "phone": "{{ data.phone | default('') }}",
+        "email": "{{ data.email | default('') }}",
+        "position": "{{ data.pos | default('') }}",
+        "duplicates": {
+            "match": match or ["PHONE", "EMAIL"],
+            "require": require,
+            "strategy": strategy,
+        },
     }
     if lock:
         contact["lock"] = lock
-    return {"forms": {"callback": {"contact": contact,
-                                   "lead": {"name": "Call {{ data.name }}"}}}}
+    return {
+        "forms": {
+            "callback": {"contact": contact, "lead": {"name": "Call {{ data.name }}"}}
+        }
+    }
 
 
 # -- contacts --------------------------------------------------------------------------
 
 
-def test_use_reuses_the_earliest_contact_as_it_is(make_app: Any,
-                                                  fast_sandbox: Any) -> None:
+def test_use_reuses_the_earliest_contact_as_it_is(
+    make_app: Any, fast_sandbox: Any
+) -> None:
     sandbox = fast_sandbox
     app = form_site(make_app, _contact_rule("use"))
     _send(app, "callback", name="Ann", phone="+7 912 345-67-89", pos="CTO")
     time.sleep(1.1)  # created_at has seconds: the second contact is later
-    _send(app, "callback", name="Ann Two", phone="+7 999 000-00-00",
-          email="ann@example.com", pos="CEO")
+    _send(
+        app,
+        "callback",
+        name="Ann Two",
+        phone="+7 999 000-00-00",
+        email="ann@example.com",
+        pos="CEO",
+    )
     # the phone of the first, the e-mail of the second, written another way
-    assert _send(app, "callback", name="Anna", phone="8 (912) 345 67 89",
-                 email=" ANN@example.com", pos="Boss")["delivered"] == 1
+    assert (
+        _send(
+            app,
+            "callback",
+            name="Anna",
+            phone="8 (912) 345 67 89",
+            email=" ANN@example.com",
+            pos="Boss",
+        )["delivered"]
+        == 1
+    )
     first, _second, third = stored_events(app)
     contacts = {c["id"]: c for c in sandbox.contacts()}
     assert len(contacts) == 2
@@ -80,8 +103,17 @@ def test_update_changes_the_duplicate_but_not_locked_fields(
     sandbox = fast_sandbox
     app = form_site(make_app, _contact_rule("update", lock=["name"]))
     _send(app, "callback", name="Ann", phone="+79123456789", pos="CTO")
-    assert _send(app, "callback", name="Someone", phone="912 345 67 89",
-                 email="ann@example.com", pos="CEO")["delivered"] == 1
+    assert (
+        _send(
+            app,
+            "callback",
+            name="Someone",
+            phone="912 345 67 89",
+            email="ann@example.com",
+            pos="CEO",
+        )["delivered"]
+        == 1
+    )
     first, second = stored_events(app)
     [contact] = sandbox.contacts()
     assert second.remote["contact_id"] == first.remote["contact_id"] == contact["id"]
@@ -100,8 +132,12 @@ def test_note_creates_a_contact_and_links_every_duplicate(
     app = form_site(make_app, _contact_rule("note"))
     _send(app, "callback", name="A", phone="+79123456789")
     _send(app, "callback", name="B", phone="89123456789")
-    assert _send(app, "callback", name="C", phone="9123456789",
-                 email="c@example.com")["delivered"] == 1
+    assert (
+        _send(app, "callback", name="C", phone="9123456789", email="c@example.com")[
+            "delivered"
+        ]
+        == 1
+    )
     first, second, third = stored_events(app)
     assert len(sandbox.contacts()) == 3
     old = [first.remote["contact_id"], second.remote["contact_id"]]
@@ -110,7 +146,8 @@ def test_note_creates_a_contact_and_links_every_duplicate(
     notes = dict(_notes(sandbox, "contacts"))
     text = notes[third.remote["contact_id"]]
     assert text.splitlines() == ["Possible duplicates:"] + [
-        f"- contact {i}: {sandbox.url}/contacts/detail/{i} (same PHONE)" for i in old]
+        f"- contact {i}: {sandbox.url}/contacts/detail/{i} (same PHONE)" for i in old
+    ]
 
 
 def test_all_needs_every_field_to_match(make_app: Any, fast_sandbox: Any) -> None:
@@ -130,10 +167,17 @@ def test_a_phone_in_a_note_or_a_name_is_no_duplicate(
 ) -> None:
     sandbox = fast_sandbox
     rules = _contact_rule("use", match=["PHONE"])
-    rules["forms"]["callback"]["contact"]["note"] = "Call {{ data.other | default('') }}"
+    rules["forms"]["callback"]["contact"]["note"] = (
+        "Call {{ data.other | default('') }}"
+    )
     app = form_site(make_app, rules)
-    _send(app, "callback", name="Partner 8 912 345 67 89", phone="+79990000000",
-          other="+79123456789")
+    _send(
+        app,
+        "callback",
+        name="Partner 8 912 345 67 89",
+        phone="+79990000000",
+        other="+79123456789",
+    )
     assert _send(app, "callback", name="Ann", phone="+79123456789")["delivered"] == 1
     first, second = stored_events(app)
     # amoCRM's full-text search finds the first contact by its name; it is no
@@ -145,10 +189,21 @@ def test_a_phone_in_a_note_or_a_name_is_no_duplicate(
 
 def test_match_on_name_and_a_custom_field(make_app: Any, fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
-    rules = {"forms": {"f": {"contact": {
-        "name": "{{ data.name }}", "fields": {"Contact Comment": "{{ data.code }}"},
-        "duplicates": {"match": ["name", "Contact Comment"], "require": "all",
-                       "strategy": "use"}}}}}
+    rules = {
+        "forms": {
+            "f": {
+                "contact": {
+                    "name": "{{ data.name }}",
+                    "fields": {"Contact Comment": "{{ data.code }}"},
+                    "duplicates": {
+                        "match": ["name", "Contact Comment"],
+                        "require": "all",
+                        "strategy": "use",
+                    },
+                }
+            }
+        }
+    }
     app = form_site(make_app, rules)
     _send(app, "f", name="Ann  Lee", code="A-1")
     _send(app, "f", name="ann lee", code="A-2")
@@ -161,15 +216,27 @@ def test_match_on_name_and_a_custom_field(make_app: Any, fast_sandbox: Any) -> N
 
 def test_company_duplicates(make_app: Any, fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
-    rules = {"forms": {"f": {
-        "contact": {"name": "{{ data.name }}"},
-        "company": {"name": "{{ data.company }}", "web": "{{ data.web }}",
-                    "duplicates": {"match": ["name"], "strategy": "update"}},
-        "lead": {"name": "L"}}}}
+    rules = {
+        "forms": {
+            "f": {
+                "contact": {"name": "{{ data.name }}"},
+                "company": {
+                    "name": "{{ data.company }}",
+                    "web": "{{ data.web }}",
+                    "duplicates": {"match": ["name"], "strategy": "update"},
+                },
+                "lead": {"name": "L"},
+            }
+        }
+    }
     app = form_site(make_app, rules)
     _send(app, "f", name="Ann", company="ACME", web="https://a.example")
-    assert _send(app, "f", name="Bob", company=" acme ",
-                 web="https://b.example")["delivered"] == 1
+    assert (
+        _send(app, "f", name="Bob", company=" acme ", web="https://b.example")[
+            "delivered"
+        ]
+        == 1
+    )
     _first, second = stored_events(app)
     [company] = sandbox.companies()
     assert second.remote["company_id"] == company["id"]
@@ -177,7 +244,8 @@ def test_company_duplicates(make_app: Any, fast_sandbox: Any) -> None:
     bob = second.remote["contact_id"]
     assert _linked(sandbox, "contacts", bob, "companies") == [company["id"]]
     assert _linked(sandbox, "leads", second.remote["lead_id"], "companies") == [
-        company["id"]]
+        company["id"]
+    ]
 
 
 # -- leads -----------------------------------------------------------------------------
@@ -186,18 +254,32 @@ NEW, QUALIFIED, WON = 7100002, 7100003, 142
 
 
 def _api(sandbox: Any, method: str, path: str, body: Any = None) -> Any:
-    answer = requests.request(method, f"{sandbox.url}/api/v4{path}", json=body,
-                              headers={"Authorization": f"Bearer {sandbox.token}"},
-                              timeout=10)
+    answer = requests.request(
+        method,
+        f"{sandbox.url}/api/v4{path}",
+        json=body,
+        headers={"Authorization": f"Bearer {sandbox.token}"},
+        timeout=10,
+    )
     answer.raise_for_status()
     return answer.json() if answer.content else None
 
 
-def _lead(sandbox: Any, name: str, *, status: int = NEW, age: int = 0,
-          contact: int | None = None) -> int:
+def _lead(
+    sandbox: Any,
+    name: str,
+    *,
+    status: int = NEW,
+    age: int = 0,
+    contact: int | None = None,
+) -> int:
     """A lead made in amoCRM by hand, ``age`` seconds ago."""
-    item: dict[str, Any] = {"name": name, "pipeline_id": 7000001, "status_id": status,
-                            "created_at": int(time.time()) - age}
+    item: dict[str, Any] = {
+        "name": name,
+        "pipeline_id": 7000001,
+        "status_id": status,
+        "created_at": int(time.time()) - age,
+    }
     if contact is not None:
         item["_embedded"] = {"contacts": [{"id": contact}]}
     answer = _api(sandbox, "POST", "/leads", [item])
@@ -211,19 +293,26 @@ def _pipeline_rules(strategy: str = "update", **lead_dups: Any) -> dict[str, Any
     forms = {}
     for form, status in STAGES.items():
         forms[form] = {
-            "contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}",
-                        "duplicates": {"match": ["PHONE"], "strategy": "use"}},
-            "lead": {"name": "Order {{ data.order }}", "pipeline": "Sales",
-                     "status": status, "price": "{{ data.sum | default('') }}",
-                     "lock": ["price"] if form != "order" else [],
-                     "duplicates": {"match": ["name"], "strategy": strategy,
-                                    **lead_dups}},
+            "contact": {
+                "name": "{{ data.name }}",
+                "phone": "{{ data.phone }}",
+                "duplicates": {"match": ["PHONE"], "strategy": "use"},
+            },
+            "lead": {
+                "name": "Order {{ data.order }}",
+                "pipeline": "Sales",
+                "status": status,
+                "price": "{{ data.sum | default('') }}",
+                "lock": ["price"] if form != "order" else [],
+                "duplicates": {"match": ["name"], "strategy": strategy, **lead_dups},
+            },
         }
     return {"forms": forms}
 
 
-def test_events_move_a_deal_through_the_pipeline(make_app: Any,
-                                                 fast_sandbox: Any) -> None:
+def test_events_move_a_deal_through_the_pipeline(
+    make_app: Any, fast_sandbox: Any
+) -> None:
     sandbox = fast_sandbox
     app = form_site(make_app, _pipeline_rules(open_only=True))
     ann = {"name": "Ann", "phone": "+79123456789"}
@@ -234,11 +323,17 @@ def test_events_move_a_deal_through_the_pipeline(make_app: Any,
     assert order8.remote["contact_id"] == order7.remote["contact_id"]
 
     # "payment received" for order 7, the phone written another way
-    assert _send(app, "paid", order="7", sum="1", name="Ann",
-                 phone="8 912 345 67 89")["delivered"] == 1
+    assert (
+        _send(app, "paid", order="7", sum="1", name="Ann", phone="8 912 345 67 89")[
+            "delivered"
+        ]
+        == 1
+    )
     paid = stored_events(app)[-1]
-    assert paid.remote["found"] == {"contact": order7.remote["contact_id"],
-                                    "lead": order7.remote["lead_id"]}
+    assert paid.remote["found"] == {
+        "contact": order7.remote["contact_id"],
+        "lead": order7.remote["lead_id"],
+    }
     # nothing created, nothing linked: the lead was found among Ann's own leads
     assert paid.remote["done"] == ["lookup", "update"]
     leads = {x["id"]: x for x in sandbox.leads()}
@@ -249,38 +344,57 @@ def test_events_move_a_deal_through_the_pipeline(make_app: Any,
 
     _send(app, "shipped", order="7", **ann)
     assert {x["id"]: x for x in sandbox.leads()}[order7.remote["lead_id"]][
-        "status_id"] == WON
+        "status_id"
+    ] == WON
     # order 7 is closed: open_only leaves it out, and a new order 7 is a new deal
     _send(app, "order", order="7", sum="300", **ann)
     again = stored_events(app)[-1]
-    assert again.remote["lead_id"] not in (order7.remote["lead_id"],
-                                           order8.remote["lead_id"])
+    assert again.remote["lead_id"] not in (
+        order7.remote["lead_id"],
+        order8.remote["lead_id"],
+    )
     assert again.remote["contact_id"] == order7.remote["contact_id"]
     assert len(sandbox.leads()) == 3
 
 
-def test_scope_contact_ignores_other_peoples_leads(make_app: Any,
-                                                   fast_sandbox: Any) -> None:
+def test_scope_contact_ignores_other_peoples_leads(
+    make_app: Any, fast_sandbox: Any
+) -> None:
     sandbox = fast_sandbox
     app = form_site(make_app, _pipeline_rules("use"))
     _lead(sandbox, "Order 7")  # somebody else's order 7
-    assert _send(app, "order", order="7", name="Ann",
-                 phone="+79123456789")["delivered"] == 1
+    assert (
+        _send(app, "order", order="7", name="Ann", phone="+79123456789")["delivered"]
+        == 1
+    )
     assert len(sandbox.leads()) == 2
     [event] = stored_events(app)
     assert event.remote["duplicates"] == {}
 
 
-def test_scope_all_with_a_time_window_and_a_note(make_app: Any,
-                                                 fast_sandbox: Any) -> None:
+def test_scope_all_with_a_time_window_and_a_note(
+    make_app: Any, fast_sandbox: Any
+) -> None:
     sandbox = fast_sandbox
-    rules = {"forms": {"callback": {
-        "contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}"},
-        "lead": {"name": "Callback {{ data.phone }}", "pipeline": "Sales",
-                 "note": "Wants a call",
-                 "duplicates": {"match": ["name"], "scope": "all", "within": "1d",
-                                "open_only": True, "strategy": "note"}},
-    }}}
+    rules = {
+        "forms": {
+            "callback": {
+                "contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}"},
+                "lead": {
+                    "name": "Callback {{ data.phone }}",
+                    "pipeline": "Sales",
+                    "note": "Wants a call",
+                    "duplicates": {
+                        "match": ["name"],
+                        "scope": "all",
+                        "within": "1d",
+                        "open_only": True,
+                        "strategy": "note",
+                    },
+                },
+            }
+        }
+    }
     app = form_site(make_app, rules)
     stale = _lead(sandbox, "Callback 100", age=2 * 86400)
     won = _lead(sandbox, "Callback 100", status=WON, age=600)
@@ -292,21 +406,38 @@ def test_scope_all_with_a_time_window_and_a_note(make_app: Any,
     assert event.remote["duplicates"] == {"lead": [yesterday, recent]}
     assert stale not in event.remote["duplicates"]["lead"]
     assert won not in event.remote["duplicates"]["lead"]
-    notes = [text for entity_id, text in _notes(sandbox, "leads")
-             if entity_id == event.remote["lead_id"]]
+    notes = [
+        text
+        for entity_id, text in _notes(sandbox, "leads")
+        if entity_id == event.remote["lead_id"]
+    ]
     assert notes[0] == "Wants a call"
     assert notes[1].splitlines() == ["Possible duplicates:"] + [
         f"- lead {i}: {sandbox.url}/leads/detail/{i} (same name)"
-        for i in (yesterday, recent)]
+        for i in (yesterday, recent)
+    ]
 
 
 def test_lead_matched_on_price_and_status(make_app: Any, fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
-    rules = {"forms": {"f": {"lead": {
-        "name": "{{ data.name }}", "price": "{{ data.sum }}", "pipeline": "Sales",
-        "status": "New", "duplicates": {"match": ["price", "status"],
-                                        "require": "all", "scope": "all",
-                                        "strategy": "update"}}}}}
+    rules = {
+        "forms": {
+            "f": {
+                "lead": {
+                    "name": "{{ data.name }}",
+                    "price": "{{ data.sum }}",
+                    "pipeline": "Sales",
+                    "status": "New",
+                    "duplicates": {
+                        "match": ["price", "status"],
+                        "require": "all",
+                        "scope": "all",
+                        "strategy": "update",
+                    },
+                }
+            }
+        }
+    }
     app = form_site(make_app, rules)
     _send(app, "f", name="first", sum="500")
     _send(app, "f", name="second", sum="700")
@@ -321,13 +452,22 @@ def test_the_rule_names_the_contact_and_its_leads_are_searched(
     make_app: Any, fast_sandbox: Any
 ) -> None:
     sandbox = fast_sandbox
-    contact = _api(sandbox, "POST", "/contacts", [{"name": "Known"}])[
-        "_embedded"]["contacts"][0]["id"]
+    contact = _api(sandbox, "POST", "/contacts", [{"name": "Known"}])["_embedded"][
+        "contacts"
+    ][0]["id"]
     mine = _lead(sandbox, "Renewal", contact=contact)
-    rules = {"forms": {"renew": {
-        "contact": {"id": "{{ data.cid }}"},
-        "lead": {"name": "Renewal", "tags": ["again"],
-                 "duplicates": {"match": ["name"], "strategy": "update"}}}}}
+    rules = {
+        "forms": {
+            "renew": {
+                "contact": {"id": "{{ data.cid }}"},
+                "lead": {
+                    "name": "Renewal",
+                    "tags": ["again"],
+                    "duplicates": {"match": ["name"], "strategy": "update"},
+                },
+            }
+        }
+    }
     app = form_site(make_app, rules)
     assert _send(app, "renew", cid=str(contact))["delivered"] == 1
     [event] = stored_events(app)
@@ -339,8 +479,9 @@ def test_the_rule_names_the_contact_and_its_leads_are_searched(
 # -- incoming leads, amoCRM's own duplicate control ----------------------------------
 
 
-def test_incoming_leads_always_note_the_duplicates(make_app: Any,
-                                                   fast_sandbox: Any) -> None:
+def test_incoming_leads_always_note_the_duplicates(
+    make_app: Any, fast_sandbox: Any
+) -> None:
     sandbox = fast_sandbox
     rules = _contact_rule("use", match=["PHONE"])
     rules["forms"]["callback"]["unsorted"] = True
@@ -359,8 +500,9 @@ def test_incoming_leads_always_note_the_duplicates(make_app: Any,
     assert f"/contacts/detail/{first.remote['contact_id']}" in text
 
 
-def test_amocrm_merging_is_recorded_and_not_doubled(make_app: Any,
-                                                    fast_sandbox: Any) -> None:
+def test_amocrm_merging_is_recorded_and_not_doubled(
+    make_app: Any, fast_sandbox: Any
+) -> None:
     sandbox = fast_sandbox
     sandbox.config(duplicate_control=True)
     app = form_site(make_app, _contact_rule("note", match=["PHONE"]))
@@ -389,17 +531,20 @@ def test_a_batch_looks_up_first_and_keeps_one_person_apart(
     _send(app, "order", order="1", name="Warm", phone="+79990000000")  # marker field
     client = app.test_client()
     for n, phone in enumerate(["+79120000001", "+79120000002", "8 912 000 00 01"]):
-        client.post("/form/order", data={"order": str(10 + n), "name": f"p{n}",
-                                         "phone": phone})
+        client.post(
+            "/form/order", data={"order": str(10 + n), "name": f"p{n}", "phone": phone}
+        )
     before = len(sandbox.requests())
     assert deliver_pending(app)["delivered"] == 3
     calls = [(r["method"], r["path"]) for r in sandbox.requests()[before:]]
     # round one: two searches (with their leads), then one complex call for both;
     # round two: the third event finds the first one's contact and reads its leads
     assert calls == [
-        ("GET", "/api/v4/contacts"), ("GET", "/api/v4/contacts"),
+        ("GET", "/api/v4/contacts"),
+        ("GET", "/api/v4/contacts"),
         ("POST", "/api/v4/leads/complex"),
-        ("GET", "/api/v4/contacts"), ("GET", "/api/v4/leads"),
+        ("GET", "/api/v4/contacts"),
+        ("GET", "/api/v4/leads"),
         ("POST", "/api/v4/leads/complex"),
     ]
     _warm, first, _second, third = stored_events(app)

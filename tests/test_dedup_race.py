@@ -16,11 +16,18 @@ from flask_amocrm import AmoCRM
 from flask_amocrm.amo.metadata import forget_local_metadata
 from flask_amocrm.testing import deliver_pending
 
-RULES: dict[str, Any] = {"forms": {"callback": {
-    "contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}",
-                "duplicates": {"match": ["PHONE"], "strategy": "update"}},
-    "lead": {"name": "Callback {{ data.name }}"},
-}}}
+RULES: dict[str, Any] = {
+    "forms": {
+        "callback": {
+            "contact": {
+                "name": "{{ data.name }}",
+                "phone": "{{ data.phone }}",
+                "duplicates": {"match": ["PHONE"], "strategy": "update"},
+            },
+            "lead": {"name": "Callback {{ data.name }}"},
+        }
+    }
+}
 
 CHILD = r"""
 import json, sys, time
@@ -45,18 +52,23 @@ with app.app_context():
 
 def _config(sandbox: Any, tmp_path: Any, redis_url: str | None) -> dict[str, Any]:
     config = {
-        "TESTING": True, "SECRET_KEY": "test", "AMOCRM_BASE_URL": sandbox.url,
-        "AMOCRM_TOKEN": sandbox.token, "AMOCRM_DELIVERY": "deferred",
+        "TESTING": True,
+        "SECRET_KEY": "test",
+        "AMOCRM_BASE_URL": sandbox.url,
+        "AMOCRM_TOKEN": sandbox.token,
+        "AMOCRM_DELIVERY": "deferred",
         "AMOCRM_DATABASE_URI": f"sqlite:///{tmp_path}/race.sqlite3",
-        "AMOCRM_RULES": RULES, "AMOCRM_RATE_LIMIT": 50,
+        "AMOCRM_RULES": RULES,
+        "AMOCRM_RATE_LIMIT": 50,
     }
     if redis_url:
         config["AMOCRM_REDIS_URL"] = redis_url
     return config
 
 
-def race(sandbox: Any, tmp_path: Any, redis_url: str | None, *,
-         no_locks: bool = False) -> list[dict[str, Any]]:
+def race(
+    sandbox: Any, tmp_path: Any, redis_url: str | None, *, no_locks: bool = False
+) -> list[dict[str, Any]]:
     """Two processes deliver one event each, both of the same person, at the same
     moment; return the sandbox's contacts afterwards."""
     forget_local_metadata()
@@ -70,18 +82,31 @@ def race(sandbox: Any, tmp_path: Any, redis_url: str | None, *,
         amocrm.submit("callback", {"name": "Warm", "phone": "+79990000000"})
     assert deliver_pending(app)["delivered"] == 1
     with app.app_context():
-        ids = [amocrm.submit("callback", {"name": "Ann", "phone": phone}).id
-               for phone in ("+7 912 345-67-89", "8 (912) 345 67 89")]
+        ids = [
+            amocrm.submit("callback", {"name": "Ann", "phone": phone}).id
+            for phone in ("+7 912 345-67-89", "8 (912) 345 67 89")
+        ]
     # Slow answers: both lookups would be over before either create.
     sandbox.config(latency_ms=150)
     start_at = time.time() + 1.5
     children = []
     for event_id in ids:
-        spec = {"config": config, "instance": str(tmp_path / "instance"),
-                "event_id": event_id, "start_at": start_at, "no_locks": no_locks}
-        children.append(subprocess.Popen(
-            [sys.executable, "-c", CHILD, json.dumps(spec)], stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=dict(os.environ)))
+        spec = {
+            "config": config,
+            "instance": str(tmp_path / "instance"),
+            "event_id": event_id,
+            "start_at": start_at,
+            "no_locks": no_locks,
+        }
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-c", CHILD, json.dumps(spec)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=dict(os.environ),
+            )
+        )
     outcomes = []
     for child in children:
         out, err = child.communicate(timeout=60)
@@ -93,9 +118,9 @@ def race(sandbox: Any, tmp_path: Any, redis_url: str | None, *,
 
 
 @pytest.mark.parametrize("backend", ["redis", "database"])
-def test_two_workers_one_person_one_contact(sandbox: Any, tmp_path: Any,
-                                            redis_conn: Any, redis_url: str,
-                                            backend: str) -> None:
+def test_two_workers_one_person_one_contact(
+    sandbox: Any, tmp_path: Any, redis_conn: Any, redis_url: str, backend: str
+) -> None:
     sandbox.config(rate_limit=0)
     contacts = race(sandbox, tmp_path, redis_url if backend == "redis" else None)
     assert len(contacts) == 1, contacts

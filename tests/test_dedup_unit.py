@@ -24,10 +24,17 @@ from flask_amocrm.worker.plan import PlanEnv, build_plan
 NOW = 1_715_940_000.0
 
 
-@pytest.mark.parametrize("text", [
-    "+7 912 345-67-89", "8 (912) 345 67 89", "89123456789", "912 345 67 89",
-    "+79123456789", " 7-912-345-67-89 ",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "+7 912 345-67-89",
+        "8 (912) 345 67 89",
+        "89123456789",
+        "912 345 67 89",
+        "+79123456789",
+        " 7-912-345-67-89 ",
+    ],
+)
 def test_russian_phones_in_any_format_meet(text: str) -> None:
     assert normalize_phone(text) == "+79123456789"
     assert phone_query(text) == "9123456789"
@@ -48,31 +55,63 @@ def test_emails_and_texts() -> None:
     assert normalize_text(3) == normalize_text("3") == normalize_text(3.0) == "3"
 
 
-@pytest.mark.parametrize(("value", "seconds"), [
-    ("7d", 604800), ("12h", 43200), ("30m", 1800), ("2w", 1209600), ("90s", 90),
-    (3600, 3600), (" 1 D ", 86400), ("0d", None), ("week", None), (True, None),
-])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("7d", 604800),
+        ("12h", 43200),
+        ("30m", 1800),
+        ("2w", 1209600),
+        ("90s", 90),
+        (3600, 3600),
+        (" 1 D ", 86400),
+        ("0d", None),
+        ("week", None),
+        (True, None),
+    ],
+)
 def test_time_windows(value: Any, seconds: int | None) -> None:
     assert parse_within(value) == seconds
 
 
-def _contact(cid: int, created: int, phones: list[str] = (), emails: list[str] = (),
-             name: str = "") -> dict[str, Any]:
+def _contact(
+    cid: int,
+    created: int,
+    phones: list[str] = (),
+    emails: list[str] = (),
+    name: str = "",
+) -> dict[str, Any]:
     values = []
     if phones:
-        values.append({"field_id": 1, "field_code": "PHONE",
-                       "values": [{"value": p, "enum_id": 5} for p in phones]})
+        values.append(
+            {
+                "field_id": 1,
+                "field_code": "PHONE",
+                "values": [{"value": p, "enum_id": 5} for p in phones],
+            }
+        )
     if emails:
-        values.append({"field_id": 2, "field_code": "EMAIL",
-                       "values": [{"value": e} for e in emails]})
-    return {"id": cid, "created_at": created, "name": name,
-            "custom_fields_values": values}
+        values.append(
+            {
+                "field_id": 2,
+                "field_code": "EMAIL",
+                "values": [{"value": e} for e in emails],
+            }
+        )
+    return {
+        "id": cid,
+        "created_at": created,
+        "name": name,
+        "custom_fields_values": values,
+    }
 
 
-PHONE = Criterion("PHONE", "field", "phone", None, "PHONE", ("+79123456789",),
-                  ("9123456789",))
-EMAIL = Criterion("EMAIL", "field", "email", None, "EMAIL", ("ann@example.com",),
-                  ("ann@example.com",))
+PHONE = Criterion(
+    "PHONE", "field", "phone", None, "PHONE", ("+79123456789",), ("9123456789",)
+)
+EMAIL = Criterion(
+    "EMAIL", "field", "email", None, "EMAIL", ("ann@example.com",), ("ann@example.com",)
+)
 
 
 def test_any_and_all_and_the_earliest_first() -> None:
@@ -97,20 +136,29 @@ def test_all_needs_every_value_and_any_one() -> None:
     rule = DuplicateRule("contact", [PHONE, empty_email], require="all")
     assert rule.searches() == [(PHONE, "9123456789")]
     assert DuplicateRule("contact", [PHONE, EMAIL]).searches() == [
-        (PHONE, "9123456789"), (EMAIL, "ann@example.com")]
+        (PHONE, "9123456789"),
+        (EMAIL, "ann@example.com"),
+    ]
 
 
 def test_lead_open_only_and_time_window() -> None:
     name = Criterion("name", "name", values=("order #7",), queries=("Order #7",))
     leads = [
         {"id": 1, "name": "Order #7", "status_id": 142, "created_at": NOW - 60},
-        {"id": 2, "name": "order  #7", "status_id": 7200001,
-         "created_at": NOW - 8 * 86400},
+        {
+            "id": 2,
+            "name": "order  #7",
+            "status_id": 7200001,
+            "created_at": NOW - 8 * 86400,
+        },
         {"id": 3, "name": "Order #7", "status_id": 7200001, "created_at": NOW - 3600},
         {"id": 4, "name": "Order #8", "status_id": 7200001, "created_at": NOW},
     ]
     assert [x["id"] for x in pick(DuplicateRule("lead", [name], now=NOW), leads)] == [
-        2, 3, 1]
+        2,
+        3,
+        1,
+    ]
     rule = DuplicateRule("lead", [name], open_only=True, within=7 * 86400, now=NOW)
     assert [x["id"] for x in pick(rule, leads)] == [3]
     assert rule.filters(name) == {"filter[created_at][from]": int(NOW - 7 * 86400)}
@@ -123,39 +171,73 @@ def test_lock_keys_are_normalised() -> None:
 
 
 def test_the_note_links_to_the_cards() -> None:
-    assert card_url("https://x.amocrm.ru/", "leads", 5) == \
-        "https://x.amocrm.ru/leads/detail/5"
-    text = duplicates_note([("contacts", 7, ["PHONE"]), ("companies", 8, [])],
-                           "https://x.amocrm.ru")
+    assert (
+        card_url("https://x.amocrm.ru/", "leads", 5)
+        == "https://x.amocrm.ru/leads/detail/5"
+    )
+    text = duplicates_note(
+        [("contacts", 7, ["PHONE"]), ("companies", 8, [])], "https://x.amocrm.ru"
+    )
     assert text.splitlines() == [
         "Possible duplicates:",
         "- contact 7: https://x.amocrm.ru/contacts/detail/7 (same PHONE)",
-        "- company 8: https://x.amocrm.ru/companies/detail/8"]
-    html = duplicates_note([("leads", 9, [])], "https://x.amocrm.ru",
-                           html_format=True)
+        "- company 8: https://x.amocrm.ru/companies/detail/8",
+    ]
+    html = duplicates_note([("leads", 9, [])], "https://x.amocrm.ru", html_format=True)
     assert '<a href="https://x.amocrm.ru/leads/detail/9">lead 9</a>' in html
 
 
-# -- the rules' ``duplicates`` ----------------------------------------------------------
+# -- the rules' ``duplicates`` ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(("section", "key", "words"), [
-    ({"phone": "x", "duplicates": {"strategy": "use"}}, "duplicates.match",
-     "is required"),
-    ({"phone": "x", "duplicates": {"match": ["PHONE"]}}, "duplicates.strategy",
-     "is required"),
-    ({"phone": "x", "duplicates": {"match": ["PHONE"], "strategy": "merge"}},
-     "duplicates.strategy", "'note'"),
-    ({"phone": "x", "duplicates": {"match": ["EMAIL"], "strategy": "use"}},
-     "duplicates.match", "does not fill"),
-    ({"phone": "x", "duplicates": {"match": ["PHONE"], "strategy": "use",
-                                   "require": "some"}}, "duplicates.require", "'all'"),
-    ({"phone": "x", "duplicates": {"match": ["PHONE"], "strategy": "use",
-                                   "scope": "all"}}, "duplicates.scope",
-     "not a setting of duplicates"),
-])
-def test_contact_duplicates_are_validated(section: dict[str, Any], key: str,
-                                          words: str) -> None:
+@pytest.mark.parametrize(
+    ("section", "key", "words"),
+    [
+        (
+            {"phone": "x", "duplicates": {"strategy": "use"}},
+            "duplicates.match",
+            "is required",
+        ),
+        (
+            {"phone": "x", "duplicates": {"match": ["PHONE"]}},
+            "duplicates.strategy",
+            "is required",
+        ),
+        (
+            {"phone": "x", "duplicates": {"match": ["PHONE"], "strategy": "merge"}},
+            "duplicates.strategy",
+            "'note'",
+        ),
+        (
+            {"phone": "x", "duplicates": {"match": ["EMAIL"], "strategy": "use"}},
+            "duplicates.match",
+            "does not fill",
+        ),
+        (
+            {
+                "phone": "x",
+                "duplicates": {
+                    "match": ["PHONE"],
+                    "strategy": "use",
+                    "require": "some",
+                },
+            },
+            "duplicates.require",
+            "'all'",
+        ),
+        (
+            {
+                "phone": "x",
+                "duplicates": {"match": ["PHONE"], "strategy": "use", "scope": "all"},
+            },
+            "duplicates.scope",
+            "not a setting of duplicates",
+        ),
+    ],
+)
+def test_contact_duplicates_are_validated(
+    section: dict[str, Any], key: str, words: str
+) -> None:
     with pytest.raises(RuntimeError) as info:
         validate_rules({"forms": {"a": {"contact": section}}})
     assert f"forms.a.contact.{key}" in str(info.value)
@@ -163,12 +245,22 @@ def test_contact_duplicates_are_validated(section: dict[str, Any], key: str,
 
 
 def test_lead_duplicates_are_validated() -> None:
-    ok = {"name": "x", "duplicates": {"match": ["name"], "strategy": "update",
-                                      "scope": "all", "open_only": True,
-                                      "within": "7d"}}
+    ok = {
+        "name": "x",
+        "duplicates": {
+            "match": ["name"],
+            "strategy": "update",
+            "scope": "all",
+            "open_only": True,
+            "within": "7d",
+        },
+    }
     validate_rules({"forms": {"a": {"lead": ok}}})
-    for change, key in [({"within": "soon"}, "within"), ({"open_only": 1}, "open_only"),
-                        ({"scope": "contact"}, "scope")]:
+    for change, key in [
+        ({"within": "soon"}, "within"),
+        ({"open_only": 1}, "open_only"),
+        ({"scope": "contact"}, "scope"),
+    ]:
         bad = {**ok, "duplicates": {**ok["duplicates"], **change}}
         with pytest.raises(RuntimeError) as info:
             validate_rules({"forms": {"a": {"lead": bad}}})
@@ -176,10 +268,15 @@ def test_lead_duplicates_are_validated() -> None:
 
 
 def test_defaults_may_switch_duplicates_on_and_a_rule_off() -> None:
-    rules = {"defaults": {"contact": {"duplicates": {"match": ["PHONE"],
-                                                     "strategy": "update"}}},
-             "forms": {"a": {"contact": {"phone": "{{ data.phone }}"}},
-                       "b": {"contact": {"name": "x", "duplicates": False}}}}
+    rules = {
+        "defaults": {
+            "contact": {"duplicates": {"match": ["PHONE"], "strategy": "update"}}
+        },
+        "forms": {
+            "a": {"contact": {"phone": "{{ data.phone }}"}},
+            "b": {"contact": {"name": "x", "duplicates": False}},
+        },
+    }
     validate_rules(rules)
 
 
@@ -188,6 +285,7 @@ class _Event:
     uid = "u1"
     kind = "form"
     source = "callback"
+
     def __init__(self, data: dict[str, Any]) -> None:
         self.files: list[Any] = []
         self.data = data
@@ -196,16 +294,30 @@ class _Event:
 
 def test_a_plan_carries_normalised_values_and_steps_follow_the_lookup() -> None:
     rule = {
-        "contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}",
-                    "email": "{{ data.email }}",
-                    "duplicates": {"match": ["phone", "EMAIL", "name"],
-                                   "strategy": "update"}},
-        "lead": {"name": "Callback", "note": "hi",
-                 "duplicates": {"match": ["name"], "strategy": "use"}},
+        "contact": {
+            "name": "{{ data.name }}",
+            "phone": "{{ data.phone }}",
+            "email": "{{ data.email }}",
+            "duplicates": {"match": ["phone", "EMAIL", "name"], "strategy": "update"},
+        },
+        "lead": {
+            "name": "Callback",
+            "note": "hi",
+            "duplicates": {"match": ["name"], "strategy": "use"},
+        },
     }
-    plan = build_plan(rule, _Event({"name": " Ann  Lee", "phone": "8 912 345 67 89",
-                                    "email": "Ann@Example.com "}),
-                      where="forms.callback", env=PlanEnv(now=NOW))
+    plan = build_plan(
+        rule,
+        _Event(
+            {
+                "name": " Ann  Lee",
+                "phone": "8 912 345 67 89",
+                "email": "Ann@Example.com ",
+            }
+        ),
+        where="forms.callback",
+        env=PlanEnv(now=NOW),
+    )
     assert plan.contact is not None and plan.contact.duplicates is not None
     phone, email, name = plan.contact.duplicates.criteria
     assert phone.values == ("+79123456789",) and phone.queries == ("9123456789",)
@@ -220,5 +332,6 @@ def test_a_plan_carries_normalised_values_and_steps_follow_the_lookup() -> None:
     both = {"done": ["lookup"], "found": {"contact": 5, "lead": 6}}
     assert plan.steps(both) == ["lookup", "update", "link", "notes"]
     noted = {"done": ["lookup"], "duplicate_notes": {"contact": "Possible..."}}
-    assert [n.text for _e, n, _b in plan.note_items({"contact": 9, "lead": 1},
-                                                     noted)] == ["hi", "Possible..."]
+    assert [
+        n.text for _e, n, _b in plan.note_items({"contact": 9, "lead": 1}, noted)
+    ] == ["hi", "Possible..."]

@@ -9,9 +9,9 @@ import textwrap
 from typing import Any
 
 import pytest
-from e2e_support import field_values, stored_events
 from flask import Flask, current_app, request
 
+from e2e_support import field_values, stored_events
 from flask_amocrm import Event, event_delivered, event_failed, form_submitted
 from flask_amocrm.testing import deliver_pending
 
@@ -20,16 +20,13 @@ def _with_form_view(app: Flask) -> Flask:
     @app.post("/callback")
     def callback() -> str:
         form_submitted.send(
-            current_app._get_current_object(), form=request.args.get("form", "callback"),
-            data=request.form
+            current_app._get_current_object(),
+            form=request.args.get("form", "callback"),
+            data=request.form,
         )
         return "thanks"
 
     return app
-
-
-
-
 
 
 def _assert_ann_delivered(app: Flask, sandbox: Any) -> Event:
@@ -48,42 +45,53 @@ def _assert_ann_delivered(app: Flask, sandbox: Any) -> Event:
 
 
 def _worker_app_module(tmp_path: Any, config: dict[str, Any]) -> str:
-    (tmp_path / "site_app.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "site_app.py").write_text(
+        textwrap.dedent(f"""
         from flask import Flask
         from flask_amocrm import AmoCRM
 
-        app = Flask("site_app", instance_path={str(tmp_path / 'instance0')!r})
+        app = Flask("site_app", instance_path={str(tmp_path / "instance0")!r})
         app.config.update({config!r})
         AmoCRM(app)
-    """))
+    """)
+    )
     return str(tmp_path)
 
 
 @pytest.mark.parametrize("command", ["flask", "rq"])
 def test_rq_mode_delivers_through_a_real_worker(
-    make_app: Any, sandbox: Any, redis_conn: Any, redis_url: str, tmp_path: Any,
-    command: str
+    make_app: Any,
+    sandbox: Any,
+    redis_conn: Any,
+    redis_url: str,
+    tmp_path: Any,
+    command: str,
 ) -> None:
     app = _with_form_view(make_app(AMOCRM_DELIVERY="rq", AMOCRM_REDIS_URL=redis_url))
     response = app.test_client().post(
-        "/callback?utm_source=newsletter",
-        data={"name": "Ann", "phone": "+79120001122"})
+        "/callback?utm_source=newsletter", data={"name": "Ann", "phone": "+79120001122"}
+    )
     assert response.status_code == 200
     assert redis_conn.llen("rq:queue:amocrm") == 0  # queued once the response is done
     response.close()
     [event] = stored_events(app)
     assert event.status == "pending"
     assert redis_conn.lrange("rq:queue:amocrm", 0, -1) == [
-        f"amocrm-event-{event.id}".encode()]
+        f"amocrm-event-{event.id}".encode()
+    ]
 
     config = {k: v for k, v in app.config.items() if k.startswith("AMOCRM_")}
     path = _worker_app_module(tmp_path, config)
     env = dict(os.environ, FLASK_APP="site_app", PYTHONPATH=path)
     bindir = os.path.dirname(sys.executable)
-    args = ([f"{bindir}/flask", "amocrm", "worker", "--burst"] if command == "flask"
-            else [f"{bindir}/rq", "worker", "--burst", "--url", redis_url, "amocrm"])
-    done = subprocess.run(args, env=env, cwd=path, capture_output=True, text=True,
-                          timeout=60)
+    args = (
+        [f"{bindir}/flask", "amocrm", "worker", "--burst"]
+        if command == "flask"
+        else [f"{bindir}/rq", "worker", "--burst", "--url", redis_url, "amocrm"]
+    )
+    done = subprocess.run(
+        args, env=env, cwd=path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     print("worker output:", done.stdout, done.stderr)  # shown if the test fails
     event = _assert_ann_delivered(app, sandbox)
@@ -100,7 +108,8 @@ def test_inline_mode_delivers_after_the_response(make_app: Any, sandbox: Any) ->
 
     with event_delivered.connected_to(on_delivered, sender=app):
         response = app.test_client().post(
-            "/callback", data={"name": "Ann", "phone": "+79120001122"})
+            "/callback", data={"name": "Ann", "phone": "+79120001122"}
+        )
         assert response.status_code == 200
         response.close()
     _assert_ann_delivered(app, sandbox)
@@ -110,10 +119,12 @@ def test_inline_mode_delivers_after_the_response(make_app: Any, sandbox: Any) ->
 def test_redis_down_at_capture_keeps_the_event_pending(
     make_app: Any, sandbox: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = _with_form_view(make_app(AMOCRM_DELIVERY="rq",
-                                   AMOCRM_REDIS_URL="redis://127.0.0.1:1/0"))
+    app = _with_form_view(
+        make_app(AMOCRM_DELIVERY="rq", AMOCRM_REDIS_URL="redis://127.0.0.1:1/0")
+    )
     response = app.test_client().post(
-        "/callback", data={"name": "Ann", "phone": "+79120001122"})
+        "/callback", data={"name": "Ann", "phone": "+79120001122"}
+    )
     assert response.status_code == 200
     response.close()
     [event] = stored_events(app)
@@ -136,7 +147,9 @@ def test_deferred_mode_only_stores(make_app: Any, sandbox: Any) -> None:
     assert len(sandbox.leads()) == 1
 
 
-def test_an_event_without_a_rule_is_kept_as_ignored(make_app: Any, sandbox: Any) -> None:
+def test_an_event_without_a_rule_is_kept_as_ignored(
+    make_app: Any, sandbox: Any
+) -> None:
     app = _with_form_view(make_app())
     app.test_client().post("/callback?form=unknown", data={"name": "Zed"})
     assert deliver_pending(app)["ignored"] == 1
@@ -166,7 +179,8 @@ def test_a_template_error_fails_the_event_with_a_readable_reason(
     assert sandbox.leads() == []
     # a person fixes the form data's rule and retries: it is delivered
     app.extensions["amocrm"].settings.rules["forms"]["callback"]["contact"]["fields"][
-        "PHONE"] = "{{ data.phone | default('') }}"
+        "PHONE"
+    ] = "{{ data.phone | default('') }}"
     result = app.test_cli_runner().invoke(args=["amocrm", "retry", str(event.id)])
     assert result.exit_code == 0, result.output
     assert deliver_pending(app)["delivered"] == 1
@@ -198,8 +212,11 @@ def _attempts(app: Flask, event_id: int) -> list[Any]:
     from flask_amocrm.models import EventAttempt
 
     with app.app_context(), app.extensions["amocrm"].session() as session:
-        return list(session.query(EventAttempt).filter_by(event_id=event_id)
-                    .order_by(EventAttempt.id))
+        return list(
+            session.query(EventAttempt)
+            .filter_by(event_id=event_id)
+            .order_by(EventAttempt.id)
+        )
 
 
 def test_status_command_counts_events(make_app: Any, sandbox: Any) -> None:
@@ -229,15 +246,19 @@ def test_inline_mode_retries_due_events_with_the_next_form(
     client.post("/callback", data={"name": "Bob", "phone": "+79120003344"}).close()
     assert [e.status for e in stored_events(app)] == ["delivered", "delivered"]
     assert sorted(lead["name"] for lead in sandbox.leads()) == [
-        "Callback: Ann", "Callback: Bob"]
+        "Callback: Ann",
+        "Callback: Bob",
+    ]
 
 
 def test_a_campaign_tag_the_account_has_no_field_for_is_left_out(
     make_app: Any, sandbox: Any
 ) -> None:
     app = _with_form_view(make_app())
-    app.test_client().post("/callback?utm_source=mail&from=newsletter",
-                           data={"name": "Ann", "phone": "+79120001122"})
+    app.test_client().post(
+        "/callback?utm_source=mail&from=newsletter",
+        data={"name": "Ann", "phone": "+79120001122"},
+    )
     assert deliver_pending(app)["delivered"] == 1
     [lead] = sandbox.leads()
     assert field_values(lead, "UTM_SOURCE") == ["mail"]

@@ -45,19 +45,28 @@ def test_factory_style_keeps_no_app(tmp_path: Any) -> None:
         ({"AMOCRM_BASE_URL": "https://a.amocrm.ru/api/v4"}, "AMOCRM_BASE_URL", "path"),
         ({"AMOCRM_TOKEN": None}, "AMOCRM_TOKEN", "is not set"),
         ({"AMOCRM_CLIENT_ID": "id"}, "AMOCRM_TOKEN", "not both"),
-        ({"AMOCRM_TOKEN": None, "AMOCRM_CLIENT_ID": "id"}, "AMOCRM_CLIENT_SECRET",
-         "required"),
+        (
+            {"AMOCRM_TOKEN": None, "AMOCRM_CLIENT_ID": "id"},
+            "AMOCRM_CLIENT_SECRET",
+            "required",
+        ),
         ({"AMOCRM_DELIVERY": "rq"}, "AMOCRM_DELIVERY", "AMOCRM_REDIS_URL is not set"),
         ({"AMOCRM_DELIVERY": "later"}, "AMOCRM_DELIVERY", "must be one of"),
         ({"AMOCRM_REDIS_URL": "localhost:6379"}, "AMOCRM_REDIS_URL", "redis://"),
         ({"AMOCRM_RATE_LIMIT": 0}, "AMOCRM_RATE_LIMIT", "above 0"),
         ({"AMOCRM_BATCH_SIZE": "many"}, "AMOCRM_BATCH_SIZE", "whole number"),
-        ({"AMOCRM_ADMIN_EMAILS": ["a@b.c\r\nBcc: x@y.z"]}, "AMOCRM_ADMIN_EMAILS",
-         "invalid address"),
+        (
+            {"AMOCRM_ADMIN_EMAILS": ["a@b.c\r\nBcc: x@y.z"]},
+            "AMOCRM_ADMIN_EMAILS",
+            "invalid address",
+        ),
         ({"AMOCRM_RULEZ": {}}, "AMOCRM_RULEZ", "not a Flask-AmoCRM setting"),
         ({"AMOCRM_RULES": "/nonexistent/rules.toml"}, "AMOCRM_RULES", "cannot be read"),
-        ({"AMOCRM_RULES": {"forms": {"callback": {"lead": {"nmae": "x"}}}}},
-         "forms.callback.lead.nmae", "not a setting of lead"),
+        (
+            {"AMOCRM_RULES": {"forms": {"callback": {"lead": {"nmae": "x"}}}}},
+            "forms.callback.lead.nmae",
+            "not a setting of lead",
+        ),
         ({"AMOCRM_RULES": {"form": {}}}, "AMOCRM_RULES: form", "not a section"),
     ],
 )
@@ -114,8 +123,9 @@ def test_shared_flask_sqlalchemy_db(tmp_path: Any, database_uri: str) -> None:
     from flask_sqlalchemy import SQLAlchemy
 
     db = SQLAlchemy()
-    app = _app(tmp_path, SQLALCHEMY_DATABASE_URI=database_uri,
-               AMOCRM_DELIVERY="deferred")
+    app = _app(
+        tmp_path, SQLALCHEMY_DATABASE_URI=database_uri, AMOCRM_DELIVERY="deferred"
+    )
     db.init_app(app)
     AmoCRM(app, db=db)
     runner = app.test_cli_runner()
@@ -137,8 +147,12 @@ def test_shared_flask_sqlalchemy_db(tmp_path: Any, database_uri: str) -> None:
 
 
 def test_uploads_that_would_run_as_pages_are_refused_in_config(tmp_path: Any) -> None:
-    app = _app(tmp_path, AMOCRM_UPLOAD_FOLDER=str(tmp_path), AMOCRM_UPLOAD_URL="/up",
-               AMOCRM_UPLOAD_EXTENSIONS=["pdf", "SVG"])
+    app = _app(
+        tmp_path,
+        AMOCRM_UPLOAD_FOLDER=str(tmp_path),
+        AMOCRM_UPLOAD_URL="/up",
+        AMOCRM_UPLOAD_EXTENSIONS=["pdf", "SVG"],
+    )
     with pytest.raises(RuntimeError, match="AMOCRM_UPLOAD_EXTENSIONS lists .svg"):
         AmoCRM(app)
 
@@ -149,7 +163,10 @@ def test_a_relative_rules_path_is_taken_from_the_app_root(
     (tmp_path / "rules.json").write_text('{"forms": {"callback": {}}}')
     monkeypatch.chdir("/")  # a worker started from elsewhere
     app = Flask("site", root_path=str(tmp_path), instance_path=str(tmp_path))
-    app.config.update(AMOCRM_BASE_URL="https://example.amocrm.ru", AMOCRM_TOKEN="t",
-                      AMOCRM_RULES="rules.json")
+    app.config.update(
+        AMOCRM_BASE_URL="https://example.amocrm.ru",
+        AMOCRM_TOKEN="t",
+        AMOCRM_RULES="rules.json",
+    )
     AmoCRM(app)
     assert app.extensions["amocrm"].settings.rules == {"forms": {"callback": {}}}

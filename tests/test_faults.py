@@ -23,11 +23,21 @@ from flask import Flask
 from flask_amocrm import Event
 from flask_amocrm.models import utcnow
 
-RULES = {"forms": {"callback": {
-    "contact": {"name": "{{ data.name }}", "fields": {"PHONE": "{{ data.phone }}"}},
-    "lead": {"name": "Callback: {{ data.name }}", "note": "Called from the site"},
-    "task": {"text": "Call {{ data.name }} back", "deadline": "+1h"},
-}}}
+RULES = {
+    "forms": {
+        "callback": {
+            "contact": {
+                "name": "{{ data.name }}",
+                "fields": {"PHONE": "{{ data.phone }}"},
+            },
+            "lead": {
+                "name": "Callback: {{ data.name }}",
+                "note": "Called from the site",
+            },
+            "task": {"text": "Call {{ data.name }} back", "deadline": "+1h"},
+        }
+    }
+}
 
 
 def _descendants(pid: int) -> list[int]:
@@ -62,21 +72,28 @@ def _kill_tree(process: subprocess.Popen[bytes]) -> None:
 
 def _site(tmp_path: Any, app: Flask) -> dict[str, str]:
     config = {k: v for k, v in app.config.items() if k.startswith("AMOCRM_")}
-    (tmp_path / "fault_site.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "fault_site.py").write_text(
+        textwrap.dedent(f"""
         from flask import Flask
         from flask_amocrm import AmoCRM
 
-        app = Flask("fault_site", instance_path={str(tmp_path / 'instance0')!r})
+        app = Flask("fault_site", instance_path={str(tmp_path / "instance0")!r})
         app.config.update({config!r})
         AmoCRM(app)
-    """))
+    """)
+    )
     return dict(os.environ, FLASK_APP="fault_site", PYTHONPATH=str(tmp_path))
 
 
 def _worker(env: dict[str, str], cwd: str) -> subprocess.Popen[bytes]:
     flask = os.path.join(os.path.dirname(sys.executable), "flask")
-    return subprocess.Popen([flask, "amocrm", "worker", "--burst"], env=env, cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [flask, "amocrm", "worker", "--burst"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _expire_leases(app: Flask) -> None:
@@ -97,13 +114,19 @@ def test_workers_killed_mid_batch_deliver_every_event_exactly_once(
     from flask_amocrm.worker.schedule import tick
 
     sandbox.config(rate_limit=0, latency_ms=120)  # each call takes a while
-    app = make_app(AMOCRM_DELIVERY="rq", AMOCRM_REDIS_URL=redis_url,
-                   AMOCRM_RULES=RULES, AMOCRM_BATCH_SIZE=4, AMOCRM_RATE_LIMIT=50)
+    app = make_app(
+        AMOCRM_DELIVERY="rq",
+        AMOCRM_REDIS_URL=redis_url,
+        AMOCRM_RULES=RULES,
+        AMOCRM_BATCH_SIZE=4,
+        AMOCRM_RATE_LIMIT=50,
+    )
     amocrm = app.extensions["amocrm"].extension
     with app.app_context():
         for i in range(40):
-            amocrm.submit("callback", {"name": f"Visitor {i:02d}",
-                                       "phone": f"+7912{i:07d}"})
+            amocrm.submit(
+                "callback", {"name": f"Visitor {i:02d}", "phone": f"+7912{i:07d}"}
+            )
     env = _site(tmp_path, app)
     rng = random.Random(7)
     kills = 0
@@ -141,5 +164,7 @@ def test_workers_killed_mid_batch_deliver_every_event_exactly_once(
     with app.app_context(), app.extensions["amocrm"].session() as session:
         found = sum(1 for e in session.query(Event) if e.remote.get("found_again"))
         retried = sum(1 for e in session.query(Event) if e.attempts > 1)
-    print(f"kills {kills}, events tried more than once {retried}, "
-          f"leads found again by their marker {found}")
+    print(
+        f"kills {kills}, events tried more than once {retried}, "
+        f"leads found again by their marker {found}"
+    )

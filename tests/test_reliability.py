@@ -8,9 +8,9 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from e2e_support import stored_events
 from flask import Flask
 
+from e2e_support import stored_events
 from flask_amocrm import Event
 from flask_amocrm.models import utcnow
 from flask_amocrm.testing import deliver_pending
@@ -28,8 +28,6 @@ def _submit(app: Flask, n: int, form: str = "callback", **extra: Any) -> list[in
     return ids
 
 
-
-
 def _make_due(app: Flask) -> None:
     with app.app_context(), app.extensions["amocrm"].session() as session:
         for event in session.query(Event).filter(Event.status == "retrying"):
@@ -38,8 +36,11 @@ def _make_due(app: Flask) -> None:
 
 
 def _complex_calls(sandbox: Any) -> list[dict[str, Any]]:
-    return [r for r in sandbox.requests()
-            if r["path"] == "/api/v4/leads/complex" and r["method"] == "POST"]
+    return [
+        r
+        for r in sandbox.requests()
+        if r["path"] == "/api/v4/leads/complex" and r["method"] == "POST"
+    ]
 
 
 def test_a_burst_shares_calls_fifty_leads_each(make_app: Any, sandbox: Any) -> None:
@@ -55,12 +56,21 @@ def test_a_burst_shares_calls_fifty_leads_each(make_app: Any, sandbox: Any) -> N
 
 
 def test_a_poisoned_event_fails_alone(make_app: Any, sandbox: Any) -> None:
-    rules = {"forms": {"callback": {
-        "contact": {"name": "{{ data.name }}", "fields": {"PHONE": "{{ data.phone }}"}},
-        # a field id the account does not have: amoCRM rejects the item
-        "lead": {"name": "{{ data.name }}",
-                 "fields": {"999999": "{{ data.bad | default('') }}"}},
-    }}}
+    rules = {
+        "forms": {
+            "callback": {
+                "contact": {
+                    "name": "{{ data.name }}",
+                    "fields": {"PHONE": "{{ data.phone }}"},
+                },
+                # a field id the account does not have: amoCRM rejects the item
+                "lead": {
+                    "name": "{{ data.name }}",
+                    "fields": {"999999": "{{ data.bad | default('') }}"},
+                },
+            }
+        }
+    }
     app = make_app(AMOCRM_RULES=rules)
     _submit(app, 3)
     _submit(app, 1, bad="poison")
@@ -72,9 +82,11 @@ def test_a_poisoned_event_fails_alone(make_app: Any, sandbox: Any) -> None:
     [poisoned] = [e for e in events if e.status == "failed"]
     assert poisoned.data["bad"] == "poison"
     assert "999999" in poisoned.last_error or "custom_fields_values" in (
-        poisoned.last_error)
+        poisoned.last_error
+    )
     assert sorted(lead["name"] for lead in sandbox.leads()) == sorted(
-        e.data["name"] for e in events if e.status == "delivered")
+        e.data["name"] for e in events if e.status == "delivered"
+    )
 
 
 def test_an_outage_mails_once_when_it_starts_and_once_when_it_ends(
@@ -82,8 +94,11 @@ def test_an_outage_mails_once_when_it_starts_and_once_when_it_ends(
 ) -> None:
     from flask_mail import Mail
 
-    app = make_app(AMOCRM_ADMIN_EMAILS=["ops@example.com"], MAIL_SUPPRESS_SEND=True,
-                   MAIL_DEFAULT_SENDER="site@example.com")
+    app = make_app(
+        AMOCRM_ADMIN_EMAILS=["ops@example.com"],
+        MAIL_SUPPRESS_SEND=True,
+        MAIL_DEFAULT_SENDER="site@example.com",
+    )
     mail = Mail(app)
     _submit(app, 4)
     sandbox.faults(status=503, count=1000)
@@ -129,8 +144,9 @@ def test_redis_restarted_empty_loses_nothing(
         assert tick()["queued"] == 0  # already queued: not twice
         bind_app(app)
         queue = get_queue(app.extensions["amocrm"], for_worker=True)
-        SimpleWorker([queue], connection=queue.connection,
-                     job_class=AppJob).work(burst=True)
+        SimpleWorker([queue], connection=queue.connection, job_class=AppJob).work(
+            burst=True
+        )
     assert [e.status for e in stored_events(app)] == ["delivered"] * 5
     assert len(sandbox.leads()) == 5
 
@@ -170,7 +186,9 @@ def test_import_delivers_past_results_once(
     assert result.exit_code == 0, result.output
     assert "3 event(s) imported, 0 already" in result.output
     assert sorted(lead["name"] for lead in sandbox.leads()) == [
-        "Callback: Old One", "Callback: Old Two"]
+        "Callback: Old One",
+        "Callback: Old Two",
+    ]
     events = stored_events(app)
     assert [e.status for e in events] == ["delivered", "delivered", "ignored"]
     assert events[0].created_at.isoformat() == "2026-10-01T10:00:00"
@@ -181,12 +199,25 @@ def test_import_delivers_past_results_once(
     assert len(sandbox.leads()) == 2
 
     jsonl = tmp_path / "mails.jsonl"
-    jsonl.write_text(json.dumps({"source": "callback", "id": "m-1", "time": 1790000000,
-                                 "fields": {"name": "Json", "phone": "1"}}) + "\n")
-    assert "1 event(s) imported" in runner.invoke(
-        args=["amocrm", "import", str(jsonl)]).output
-    assert "0 event(s) imported, 1 already" in runner.invoke(
-        args=["amocrm", "import", str(jsonl)]).output
+    jsonl.write_text(
+        json.dumps(
+            {
+                "source": "callback",
+                "id": "m-1",
+                "time": 1790000000,
+                "fields": {"name": "Json", "phone": "1"},
+            }
+        )
+        + "\n"
+    )
+    assert (
+        "1 event(s) imported"
+        in runner.invoke(args=["amocrm", "import", str(jsonl)]).output
+    )
+    assert (
+        "0 event(s) imported, 1 already"
+        in runner.invoke(args=["amocrm", "import", str(jsonl)]).output
+    )
     assert len(sandbox.leads()) == 3
 
 
@@ -212,7 +243,9 @@ def test_ignored_events_are_replayed_once_a_rule_exists(
     assert "2 event(s) will be retried" in result.output
     assert deliver_pending(app)["delivered"] == 2
     assert sorted(lead["name"] for lead in sandbox.leads()) == [
-        "Order from Visitor 0", "Order from Visitor 1"]
+        "Order from Visitor 0",
+        "Order from Visitor 1",
+    ]
 
 
 def test_retention_purges_old_delivered_events_only(
@@ -239,8 +272,12 @@ def test_the_agent_delivers_one_batch_per_interval(
 ) -> None:
     from flask_amocrm.worker.schedule import tick
 
-    app = make_app(AMOCRM_DELIVERY="deferred", AMOCRM_REDIS_URL=redis_url,
-                   AMOCRM_BATCH_SIZE=3, AMOCRM_AGENT_INTERVAL=300)
+    app = make_app(
+        AMOCRM_DELIVERY="deferred",
+        AMOCRM_REDIS_URL=redis_url,
+        AMOCRM_BATCH_SIZE=3,
+        AMOCRM_AGENT_INTERVAL=300,
+    )
     _submit(app, 5)
     assert sandbox.leads() == []  # capture only stores
     with app.app_context():
@@ -271,8 +308,11 @@ def test_a_block_pauses_every_request_and_alerts_once(
 ) -> None:
     from flask_mail import Mail
 
-    app = make_app(AMOCRM_ADMIN_EMAILS=["ops@example.com"], MAIL_SUPPRESS_SEND=True,
-                   MAIL_DEFAULT_SENDER="site@example.com")
+    app = make_app(
+        AMOCRM_ADMIN_EMAILS=["ops@example.com"],
+        MAIL_SUPPRESS_SEND=True,
+        MAIL_DEFAULT_SENDER="site@example.com",
+    )
     mail = Mail(app)
     _submit(app, 3)
     sandbox.faults(status=403, count=1, method="POST")
@@ -290,18 +330,26 @@ def test_a_block_pauses_every_request_and_alerts_once(
     assert sandbox.leads() == []
 
 
-@pytest.mark.parametrize("step", ["/api/v4/leads/complex", "/api/v4/leads/notes",
-                                  "/api/v4/tasks"])
+@pytest.mark.parametrize(
+    "step", ["/api/v4/leads/complex", "/api/v4/leads/notes", "/api/v4/tasks"]
+)
 def test_a_lost_answer_never_doubles_what_amocrm_created(
     make_app: Any, sandbox: Any, step: str
 ) -> None:
     """amoCRM does the work, the answer never arrives (a cut connection, a killed
     worker): the retry finds what was made instead of making it again."""
-    rules = {"forms": {"callback": {
-        "contact": {"name": "{{ data.name }}", "fields": {"PHONE": "{{ data.phone }}"}},
-        "lead": {"name": "Callback: {{ data.name }}", "note": "From the site"},
-        "task": {"text": "Call {{ data.name }}", "deadline": "+1h"},
-    }}}
+    rules = {
+        "forms": {
+            "callback": {
+                "contact": {
+                    "name": "{{ data.name }}",
+                    "fields": {"PHONE": "{{ data.phone }}"},
+                },
+                "lead": {"name": "Callback: {{ data.name }}", "note": "From the site"},
+                "task": {"text": "Call {{ data.name }}", "deadline": "+1h"},
+            }
+        }
+    }
     app = make_app(AMOCRM_RULES=rules)
     _submit(app, 3)
     sandbox.faults(lose_answer=True, count=1, method="POST", path=step)
@@ -310,9 +358,14 @@ def test_a_lost_answer_never_doubles_what_amocrm_created(
     assert deliver_pending(app)["delivered"] == 3
     leads = sandbox.leads()
     assert sorted(lead["name"] for lead in leads) == [
-        "Callback: Visitor 0", "Callback: Visitor 1", "Callback: Visitor 2"]
+        "Callback: Visitor 0",
+        "Callback: Visitor 1",
+        "Callback: Visitor 2",
+    ]
     assert len(sandbox.contacts()) == 3
     assert sorted(n["entity_id"] for n in sandbox.notes("leads")) == sorted(
-        lead["id"] for lead in leads)
+        lead["id"] for lead in leads
+    )
     assert sorted(t["entity_id"] for t in sandbox.tasks()) == sorted(
-        lead["id"] for lead in leads)
+        lead["id"] for lead in leads
+    )

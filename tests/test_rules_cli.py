@@ -19,16 +19,29 @@ def fast_sandbox(sandbox: Any) -> Any:
     return sandbox
 
 
-BAD_RULES: dict[str, Any] = {"forms": {"callback": {
-    "responsible": "Gleb Old",
-    "contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}",
-                "fields": {"Interests": ["Windows", "Gates"]}},
-    "lead": {"pipeline": "Sales", "status": "Closed",
-             "fields": {"Colour": "red", "Delivery type": {"enum": "Drone"},
-                        "Lead Comment": "{{ data.x }}"},
-             "responsible": ["Anna Petrova", "Nobody"]},
-    "task": {"type": "Lunch"},
-}}}
+BAD_RULES: dict[str, Any] = {
+    "forms": {
+        "callback": {
+            "responsible": "Gleb Old",
+            "contact": {
+                "name": "{{ data.name }}",
+                "phone": "{{ data.phone }}",
+                "fields": {"Interests": ["Windows", "Gates"]},
+            },
+            "lead": {
+                "pipeline": "Sales",
+                "status": "Closed",
+                "fields": {
+                    "Colour": "red",
+                    "Delivery type": {"enum": "Drone"},
+                    "Lead Comment": "{{ data.x }}",
+                },
+                "responsible": ["Anna Petrova", "Nobody"],
+            },
+            "task": {"type": "Lunch"},
+        }
+    }
+}
 
 
 def test_check_names_every_problem(make_app: Any, fast_sandbox: Any) -> None:
@@ -36,17 +49,19 @@ def test_check_names_every_problem(make_app: Any, fast_sandbox: Any) -> None:
     result = app.test_cli_runner().invoke(args=["amocrm", "check"])
     assert result.exit_code == 1
     lines = result.output.splitlines()
-    assert sorted(lines[:-1]) == sorted([
-        "forms.callback.responsible: the user 'Gleb Old' is not active",
-        "forms.callback.contact.fields.Interests: 'Gates' is not one of the values "
-        "of 'Interests' (Windows, Doors, Roofs)",
-        "forms.callback.lead.responsible: there is no user 'Nobody'",
-        "forms.callback.lead.fields.Colour: the leads have no field 'Colour'",
-        "forms.callback.lead.fields.Delivery type: 'Drone' is not one of the values "
-        "of 'Delivery type' (Courier, Pickup, Post)",
-        "forms.callback.lead.status: there is no status 'Closed' in that pipeline",
-        "forms.callback.task.type: there is no task type 'Lunch'",
-    ])
+    assert sorted(lines[:-1]) == sorted(
+        [
+            "forms.callback.responsible: the user 'Gleb Old' is not active",
+            "forms.callback.contact.fields.Interests: 'Gates' is not one of the values "
+            "of 'Interests' (Windows, Doors, Roofs)",
+            "forms.callback.lead.responsible: there is no user 'Nobody'",
+            "forms.callback.lead.fields.Colour: the leads have no field 'Colour'",
+            "forms.callback.lead.fields.Delivery type: 'Drone' is not one of the "
+            "values of 'Delivery type' (Courier, Pickup, Post)",
+            "forms.callback.lead.status: there is no status 'Closed' in that pipeline",
+            "forms.callback.task.type: there is no task type 'Lunch'",
+        ]
+    )
     assert "7 problem(s)" in lines[-1]
 
 
@@ -59,16 +74,31 @@ def test_check_passes_good_rules(make_app: Any, fast_sandbox: Any) -> None:
 
 def test_preview_prints_calls_without_sending(make_app: Any, fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
-    rules = {"forms": {"callback": {
-        "contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}"},
-        "lead": {"name": "Call {{ data.name }}", "pipeline": "Partners",
-                 "responsible": ["Anna Petrova", "Boris Ivanov"]},
-        "task": {"text": "Call {{ data.name }}", "deadline": "+1h"},
-    }}}
+    rules = {
+        "forms": {
+            "callback": {
+                "contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}"},
+                "lead": {
+                    "name": "Call {{ data.name }}",
+                    "pipeline": "Partners",
+                    "responsible": ["Anna Petrova", "Boris Ivanov"],
+                },
+                "task": {"text": "Call {{ data.name }}", "deadline": "+1h"},
+            }
+        }
+    }
     app = make_app(AMOCRM_RULES=rules, AMOCRM_RATE_LIMIT=50)
-    result = app.test_cli_runner().invoke(args=[
-        "amocrm", "preview", "callback", "--data", '{"name": "Ann", "phone": "+7 1"}',
-        "--page", "https://shop.test/?utm_source=google"])
+    result = app.test_cli_runner().invoke(
+        args=[
+            "amocrm",
+            "preview",
+            "callback",
+            "--data",
+            '{"name": "Ann", "phone": "+7 1"}',
+            "--page",
+            "https://shop.test/?utm_source=google",
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert "POST /api/v4/leads/complex" in result.output
     assert "POST /api/v4/tasks" in result.output
@@ -80,25 +110,31 @@ def test_preview_prints_calls_without_sending(make_app: Any, fast_sandbox: Any) 
     assert all(r["method"] == "GET" for r in sandbox.requests())
     assert sandbox.leads() == []
     # previewing does not take a round-robin turn
-    again = app.test_cli_runner().invoke(args=[
-        "amocrm", "preview", "callback", "--data", '{"name": "B", "phone": "1"}'])
+    again = app.test_cli_runner().invoke(
+        args=["amocrm", "preview", "callback", "--data", '{"name": "B", "phone": "1"}']
+    )
     assert '"responsible_user_id": 8000002' in again.output
 
     missing = app.test_cli_runner().invoke(args=["amocrm", "preview", "nope"])
     assert missing.exit_code == 1 and "no rule for form 'nope'" in missing.output
-    broken = app.test_cli_runner().invoke(args=[
-        "amocrm", "preview", "callback", "--data", "{}"])
+    broken = app.test_cli_runner().invoke(
+        args=["amocrm", "preview", "callback", "--data", "{}"]
+    )
     assert broken.exit_code == 1 and "forms.callback.lead.name" in broken.output
 
 
 @pytest.mark.parametrize("with_redis", [False, True])
 def test_round_robin_turns_are_shared(
-    make_app: Any, fast_sandbox: Any, with_redis: bool, request: pytest.FixtureRequest,
-    tmp_path: Any
+    make_app: Any,
+    fast_sandbox: Any,
+    with_redis: bool,
+    request: pytest.FixtureRequest,
+    tmp_path: Any,
 ) -> None:
     # two apps on one database: two web nodes or workers sharing one counter
     config: dict[str, Any] = {
-        "AMOCRM_DATABASE_URI": f"sqlite:///{tmp_path}/shared.sqlite3"}
+        "AMOCRM_DATABASE_URI": f"sqlite:///{tmp_path}/shared.sqlite3"
+    }
     if with_redis:
         request.getfixturevalue("redis_conn")
         config["AMOCRM_REDIS_URL"] = request.getfixturevalue("redis_url")

@@ -6,22 +6,14 @@ import io
 import time
 from typing import Any
 
-from e2e_support import field_values, form_site, stored_events
 from werkzeug.datastructures import FileStorage
 
+from e2e_support import field_values, form_site, stored_events
 from flask_amocrm import Event, mail_sent
 from flask_amocrm.sandbox.seed import ADMIN_ID
 from flask_amocrm.testing import deliver_pending
 
 ANNA, BORIS, GLEB = ADMIN_ID + 1, ADMIN_ID + 2, ADMIN_ID + 4
-
-
-
-
-
-
-
-
 
 
 def _tags(entity: dict[str, Any]) -> list[str]:
@@ -46,8 +38,10 @@ ORDER_RULES: dict[str, Any] = {
                 "position": "{{ data.position }}",
                 "phone": "{{ data.phone }}",
                 "email": "{{ data.email }}",
-                "fields": {"Contact Birthday": "{{ data.birthday }}",
-                           "Interests": {"enum": "Roofs"}},
+                "fields": {
+                    "Contact Birthday": "{{ data.birthday }}",
+                    "Interests": {"enum": "Roofs"},
+                },
                 "tags": ["customer"],
                 "note": {"text": "Came from {{ site.domain }}", "unique": True},
             },
@@ -62,8 +56,11 @@ ORDER_RULES: dict[str, Any] = {
                 "pipeline": "Partners",
                 "status": "Contract",
                 "responsible": "Anna Petrova",
-                "price": ["{{ data.amount }}", "{{ data.delivery }}",
-                          "{{ data.extra }}"],
+                "price": [
+                    "{{ data.amount }}",
+                    "{{ data.delivery }}",
+                    "{{ data.extra }}",
+                ],
                 "tags": ["site", "{{ utm.utm_source | default('') }}"],
                 "fields": {
                     "Lead Comment": "{{ data.comment }}",
@@ -84,17 +81,30 @@ ORDER_RULES: dict[str, Any] = {
                 "note": "Comment: {{ data.comment }}",
                 "notes": ["Page: {{ page.url }}"],
             },
-            "task": {"entity": "lead", "type": "Встреча",
-                     "text": "Call {{ data.name }}", "deadline": "+2h"},
+            "task": {
+                "entity": "lead",
+                "type": "Встреча",
+                "text": "Call {{ data.name }}",
+                "deadline": "+2h",
+            },
         }
     },
 }
 
 ORDER_FORM = {
-    "name": "Ann Smith", "position": "CTO", "phone": "+7 912 000-11-22",
-    "email": "ann@example.com", "birthday": "01.02.1990", "company": "ACME",
-    "amount": "1000", "delivery": "250,5", "extra": "free", "comment": "Ring after 5",
-    "qty": "3", "agree": "on", "delivery_type": "Courer",
+    "name": "Ann Smith",
+    "position": "CTO",
+    "phone": "+7 912 000-11-22",
+    "email": "ann@example.com",
+    "birthday": "01.02.1990",
+    "company": "ACME",
+    "amount": "1000",
+    "delivery": "250,5",
+    "extra": "free",
+    "comment": "Ring after 5",
+    "qty": "3",
+    "agree": "on",
+    "delivery_type": "Courer",
 }
 
 
@@ -104,8 +114,9 @@ def test_a_form_becomes_lead_contact_company_notes_and_task(
     sandbox = fast_sandbox
     app = form_site(make_app, ORDER_RULES)
     started = time.time()
-    app.test_client().post("/form/order?utm_source=google&utm_campaign=spring",
-                           data=ORDER_FORM)
+    app.test_client().post(
+        "/form/order?utm_source=google&utm_campaign=spring", data=ORDER_FORM
+    )
     assert deliver_pending(app)["delivered"] == 1
     [event] = stored_events(app)
     assert event.status == "delivered", event.last_error
@@ -132,7 +143,8 @@ def test_a_form_becomes_lead_contact_company_notes_and_task(
     assert field_values(lead, "Lead Details") == ["line one\nline two"]
     assert sorted(field_values(lead, "Lead address")) == ["101000", "Moscow"]
     assert field_values(lead, "Lead Legal entity") == [
-        {"name": "ACME LLC", "vat_id": "7700000000"}]
+        {"name": "ACME LLC", "vat_id": "7700000000"}
+    ]
     assert field_values(lead, "Lead Budget") in (["1500.5"], [1500.5])
 
     [contact] = sandbox.contacts()
@@ -175,18 +187,30 @@ def test_a_form_becomes_lead_contact_company_notes_and_task(
 
 def test_incoming_lead_mode(make_app: Any, fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
-    rules = {"forms": {"callback": {
-        "unsorted": {"name": "Call back {{ data.name }}", "form_name": "Callback"},
-        "contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}",
-                    "note": {"text": "Wants a call", "unique": True}},
-        "company": {"name": "{{ data.company | default('') }}"},
-        "lead": {"pipeline": "Partners", "tags": ["web"]},
-        "task": {"text": "never made"},
-    }}}
+    rules = {
+        "forms": {
+            "callback": {
+                "unsorted": {
+                    "name": "Call back {{ data.name }}",
+                    "form_name": "Callback",
+                },
+                "contact": {
+                    "name": "{{ data.name }}",
+                    "phone": "{{ data.phone }}",
+                    "note": {"text": "Wants a call", "unique": True},
+                },
+                "company": {"name": "{{ data.company | default('') }}"},
+                "lead": {"pipeline": "Partners", "tags": ["web"]},
+                "task": {"text": "never made"},
+            }
+        }
+    }
     app = form_site(make_app, rules, AMOCRM_SITE_NAME="Shop")
-    app.test_client().post("/form/callback?utm_source=ya", data={
-        "name": "Bob", "phone": "+79990001122", "visitor_uid": "v-42"},
-        headers={"Referer": "https://ya.ru/search"})
+    app.test_client().post(
+        "/form/callback?utm_source=ya",
+        data={"name": "Bob", "phone": "+79990001122", "visitor_uid": "v-42"},
+        headers={"Referer": "https://ya.ru/search"},
+    )
     assert deliver_pending(app)["delivered"] == 1
     [event] = stored_events(app)
     [item] = sandbox.unsorted()
@@ -215,27 +239,48 @@ def test_update_by_id_keeps_locked_fields_and_adds_phones(
     make_app: Any, fast_sandbox: Any
 ) -> None:
     sandbox = fast_sandbox
-    rules = {"forms": {
-        "signup": {"contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}",
-                               "note": {"text": "Known customer", "unique": True}},
-                   "lead": {"name": "Signup {{ data.name }}", "price": "100"}},
-        "again": {
-            "contact": {"id": "{{ data.contact_id }}", "name": "{{ data.name }}",
-                        "phone": "{{ data.phone }}", "lock": ["name"],
-                        "note": {"text": "Known customer", "unique": True}},
-            "lead": {"id": "{{ data.lead_id }}", "name": "Renamed", "price": "900",
-                     "lock": ["price"], "tags": ["again"]},
-        },
-    }}
+    rules = {
+        "forms": {
+            "signup": {
+                "contact": {
+                    "name": "{{ data.name }}",
+                    "phone": "{{ data.phone }}",
+                    "note": {"text": "Known customer", "unique": True},
+                },
+                "lead": {"name": "Signup {{ data.name }}", "price": "100"},
+            },
+            "again": {
+                "contact": {
+                    "id": "{{ data.contact_id }}",
+                    "name": "{{ data.name }}",
+                    "phone": "{{ data.phone }}",
+                    "lock": ["name"],
+                    "note": {"text": "Known customer", "unique": True},
+                },
+                "lead": {
+                    "id": "{{ data.lead_id }}",
+                    "name": "Renamed",
+                    "price": "900",
+                    "lock": ["price"],
+                    "tags": ["again"],
+                },
+            },
+        }
+    }
     app = form_site(make_app, rules)
     client = app.test_client()
     client.post("/form/signup", data={"name": "Ann", "phone": "+79120001122"})
     deliver_pending(app)
     [first] = stored_events(app)
-    client.post("/form/again", data={
-        "name": "Someone else", "phone": "+79995556677",
-        "contact_id": str(first.remote["contact_id"]),
-        "lead_id": str(first.remote["lead_id"])})
+    client.post(
+        "/form/again",
+        data={
+            "name": "Someone else",
+            "phone": "+79995556677",
+            "contact_id": str(first.remote["contact_id"]),
+            "lead_id": str(first.remote["lead_id"]),
+        },
+    )
     assert deliver_pending(app)["delivered"] == 1
     second = stored_events(app)[1]
     assert second.remote["done"] == ["update", "link", "notes"]
@@ -261,15 +306,33 @@ def test_contact_and_company_without_lead_are_linked(
     make_app: Any, fast_sandbox: Any
 ) -> None:
     sandbox = fast_sandbox
-    rules = {"forms": {"subscribe": {
-        "contact": {"first_name": "{{ data.first }}", "last_name": "{{ data.last }}",
-                    "email": "{{ data.email }}"},
-        "company": {"name": "{{ data.company }}", "email": "{{ data.email }}"},
-        "task": {"entity": "company", "text": "Send the price list", "deadline": "eod"},
-    }}}
+    rules = {
+        "forms": {
+            "subscribe": {
+                "contact": {
+                    "first_name": "{{ data.first }}",
+                    "last_name": "{{ data.last }}",
+                    "email": "{{ data.email }}",
+                },
+                "company": {"name": "{{ data.company }}", "email": "{{ data.email }}"},
+                "task": {
+                    "entity": "company",
+                    "text": "Send the price list",
+                    "deadline": "eod",
+                },
+            }
+        }
+    }
     app = form_site(make_app, rules)
-    app.test_client().post("/form/subscribe", data={
-        "first": "Ann", "last": "Lee", "email": "ann@acme.test", "company": "ACME"})
+    app.test_client().post(
+        "/form/subscribe",
+        data={
+            "first": "Ann",
+            "last": "Lee",
+            "email": "ann@acme.test",
+            "company": "ACME",
+        },
+    )
     assert deliver_pending(app)["delivered"] == 1
     assert sandbox.leads() == []
     [contact] = sandbox.contacts()
@@ -283,12 +346,20 @@ def test_contact_and_company_without_lead_are_linked(
 
 def test_round_robin_and_inactive_users(make_app: Any, fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
-    rules = {"forms": {
-        "rr": {"lead": {"name": "{{ data.n }}",
-                        "responsible": ["Anna Petrova", "boris@example.com"]}},
-        "old": {"responsible": "Anna Petrova",
-                "lead": {"name": "old", "responsible": "Gleb Old"}},
-    }}
+    rules = {
+        "forms": {
+            "rr": {
+                "lead": {
+                    "name": "{{ data.n }}",
+                    "responsible": ["Anna Petrova", "boris@example.com"],
+                }
+            },
+            "old": {
+                "responsible": "Anna Petrova",
+                "lead": {"name": "old", "responsible": "Gleb Old"},
+            },
+        }
+    }
     app = form_site(make_app, rules)
     client = app.test_client()
     for n in range(4):
@@ -297,7 +368,11 @@ def test_round_robin_and_inactive_users(make_app: Any, fast_sandbox: Any) -> Non
     assert deliver_pending(app)["delivered"] == 5
     by_name = {lead["name"]: lead for lead in sandbox.leads()}
     assert [by_name[str(n)]["responsible_user_id"] for n in range(4)] == [
-        ANNA, BORIS, ANNA, BORIS]
+        ANNA,
+        BORIS,
+        ANNA,
+        BORIS,
+    ]
     assert by_name["old"]["responsible_user_id"] == ANNA
     [note] = sandbox.notes("leads")
     assert "'Gleb Old' is not active" in note["params"]["text"]
@@ -306,11 +381,13 @@ def test_round_robin_and_inactive_users(make_app: Any, fast_sandbox: Any) -> Non
 def test_rule_errors_fail_the_event_with_the_reason(
     make_app: Any, fast_sandbox: Any
 ) -> None:
-    rules = {"forms": {
-        "pipe": {"lead": {"name": "x", "pipeline": "{{ data.p }}"}},
-        "tpl": {"lead": {"name": "{{ data.name | int // 0 }}"}},
-        "esc": {"lead": {"name": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}},
-    }}
+    rules = {
+        "forms": {
+            "pipe": {"lead": {"name": "x", "pipeline": "{{ data.p }}"}},
+            "tpl": {"lead": {"name": "{{ data.name | int // 0 }}"}},
+            "esc": {"lead": {"name": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}},
+        }
+    }
     app = form_site(make_app, rules)
     client = app.test_client()
     client.post("/form/pipe", data={"p": "Nope"})
@@ -327,16 +404,31 @@ def test_rule_errors_fail_the_event_with_the_reason(
 
 def test_bad_input_is_cleaned_cut_and_noted(make_app: Any, fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
-    rules = {"forms": {"f": {
-        "contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}"},
-        "lead": {"name": "{{ data.name }}",
-                 "fields": {"Lead Quantity": "{{ data.qty }}",
-                            "Lead Visit date": "{{ data.date }}"}},
-    }}}
+    rules = {
+        "forms": {
+            "f": {
+                "contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}"},
+                "lead": {
+                    "name": "{{ data.name }}",
+                    "fields": {
+                        "Lead Quantity": "{{ data.qty }}",
+                        "Lead Visit date": "{{ data.date }}",
+                    },
+                },
+            }
+        }
+    }
     app = form_site(make_app, rules)
     long_name = "Ann\x00\x07 " + "x" * 400
-    app.test_client().post("/form/f", data={
-        "name": long_name, "phone": "+7\x1b912", "qty": "many", "date": "someday"})
+    app.test_client().post(
+        "/form/f",
+        data={
+            "name": long_name,
+            "phone": "+7\x1b912",
+            "qty": "many",
+            "date": "someday",
+        },
+    )
     assert deliver_pending(app)["delivered"] == 1
     [lead] = sandbox.leads()
     assert lead["name"].startswith("Ann x") and len(lead["name"]) == 255
@@ -351,11 +443,17 @@ def test_bad_input_is_cleaned_cut_and_noted(make_app: Any, fast_sandbox: Any) ->
 
 def test_mail_events_are_mapped_like_forms(make_app: Any, fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
-    rules = {"mails": {"ORDER_NEW": {
-        "contact": {"email": "{{ mail.recipients[0] }}"},
-        "lead": {"price": "{{ data.total }}",
-                 "note": "{{ mail.subject }}\n{{ mail.body }}"},
-    }}}
+    rules = {
+        "mails": {
+            "ORDER_NEW": {
+                "contact": {"email": "{{ mail.recipients[0] }}"},
+                "lead": {
+                    "price": "{{ data.total }}",
+                    "note": "{{ mail.subject }}\n{{ mail.body }}",
+                },
+            }
+        }
+    }
     app = form_site(make_app, rules)
 
     class Message:
@@ -379,19 +477,32 @@ def test_uploads_are_saved_and_linked(
     make_app: Any, fast_sandbox: Any, tmp_path: Any
 ) -> None:
     sandbox = fast_sandbox
-    rules = {"forms": {"cv": {
-        "lead": {"name": "CV"},
-        "files": {"field": "Lead Profile link", "note": True},
-        "format": "html",
-    }}}
+    rules = {
+        "forms": {
+            "cv": {
+                "lead": {"name": "CV"},
+                "files": {"field": "Lead Profile link", "note": True},
+                "format": "html",
+            }
+        }
+    }
     folder = tmp_path / "uploads"
-    app = form_site(make_app, rules, AMOCRM_UPLOAD_FOLDER=str(folder),
-               AMOCRM_UPLOAD_URL="/uploads", AMOCRM_UPLOAD_MAX_SIZE=1000)
-    app.test_client().post("/form/cv", data={
-        "cv": FileStorage(io.BytesIO(b"%PDF-1.4 cv"), "../../etc/My CV.pdf"),
-        "photo": FileStorage(io.BytesIO(b"<svg/>"), "x.svg"),
-        "big": FileStorage(io.BytesIO(b"x" * 2000), "big.txt"),
-    }, content_type="multipart/form-data")
+    app = form_site(
+        make_app,
+        rules,
+        AMOCRM_UPLOAD_FOLDER=str(folder),
+        AMOCRM_UPLOAD_URL="/uploads",
+        AMOCRM_UPLOAD_MAX_SIZE=1000,
+    )
+    app.test_client().post(
+        "/form/cv",
+        data={
+            "cv": FileStorage(io.BytesIO(b"%PDF-1.4 cv"), "../../etc/My CV.pdf"),
+            "photo": FileStorage(io.BytesIO(b"<svg/>"), "x.svg"),
+            "big": FileStorage(io.BytesIO(b"x" * 2000), "big.txt"),
+        },
+        content_type="multipart/form-data",
+    )
     [event] = stored_events(app)
     saved = [f for f in event.files if f.get("url")]
     assert [f["name"] for f in saved] == ["My CV.pdf"]
@@ -410,11 +521,15 @@ def test_uploads_are_saved_and_linked(
 
 def test_a_retry_resumes_without_doubling(make_app: Any, fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
-    rules = {"forms": {"f": {
-        "contact": {"name": "{{ data.name }}"},
-        "lead": {"name": "L", "note": "hello"},
-        "task": {"text": "call"},
-    }}}
+    rules = {
+        "forms": {
+            "f": {
+                "contact": {"name": "{{ data.name }}"},
+                "lead": {"name": "L", "note": "hello"},
+                "task": {"text": "call"},
+            }
+        }
+    }
     app = form_site(make_app, rules)
     app.test_client().post("/form/f", data={"name": "Ann"})
     # the notes call fails: the lead exists, the event waits
@@ -433,11 +548,15 @@ def test_a_retry_resumes_without_doubling(make_app: Any, fast_sandbox: Any) -> N
 
 def test_a_batch_shares_calls(make_app: Any, fast_sandbox: Any) -> None:
     sandbox = fast_sandbox
-    rules = {"forms": {"f": {
-        "contact": {"name": "{{ data.name }}"},
-        "lead": {"name": "L {{ data.name }}", "note": "n {{ data.name }}"},
-        "task": {"text": "call"},
-    }}}
+    rules = {
+        "forms": {
+            "f": {
+                "contact": {"name": "{{ data.name }}"},
+                "lead": {"name": "L {{ data.name }}", "note": "n {{ data.name }}"},
+                "task": {"text": "call"},
+            }
+        }
+    }
     app = form_site(make_app, rules)
     for n in range(5):
         app.test_client().post("/form/f", data={"name": f"p{n}"})
@@ -446,6 +565,9 @@ def test_a_batch_shares_calls(make_app: Any, fast_sandbox: Any) -> None:
     writes = [r for r in sandbox.requests()[before:] if r["method"] != "GET"]
     # the first delivery to an account also creates the event-id field, once
     assert sorted(r["path"] for r in writes) == [
-        "/api/v4/leads/complex", "/api/v4/leads/custom_fields", "/api/v4/leads/notes",
-        "/api/v4/tasks"]
+        "/api/v4/leads/complex",
+        "/api/v4/leads/custom_fields",
+        "/api/v4/leads/notes",
+        "/api/v4/tasks",
+    ]
     assert len(sandbox.leads()) == 5 and len(sandbox.tasks()) == 5

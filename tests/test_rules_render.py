@@ -28,23 +28,48 @@ FRIDAY_NOON = 1715936400
 def meta() -> AccountMetadata:
     seed = make_seed()
     return AccountMetadata.from_api(
-        pipelines=seed["pipelines"], users=seed["users"],
-        fields=seed["custom_fields"], task_types=seed["task_types"],
-        account=seed["account"])
+        pipelines=seed["pipelines"],
+        users=seed["users"],
+        fields=seed["custom_fields"],
+        task_types=seed["task_types"],
+        account=seed["account"],
+    )
 
 
 def _event(data: dict[str, Any] | None = None, **context: Any) -> Any:
     return SimpleNamespace(
-        id=1, uid="u1", kind="form", source="callback", data=data or {}, files=[],
-        remote={}, attempts=1,
-        context={"utm": {}, "page": {}, "site": {"domain": "shop.test"},
-                 "client": {}, "cookies": {}, "captured_at": FRIDAY_NOON, **context})
+        id=1,
+        uid="u1",
+        kind="form",
+        source="callback",
+        data=data or {},
+        files=[],
+        remote={},
+        attempts=1,
+        context={
+            "utm": {},
+            "page": {},
+            "site": {"domain": "shop.test"},
+            "client": {},
+            "cookies": {},
+            "captured_at": FRIDAY_NOON,
+            **context,
+        },
+    )
 
 
-def _plan(rule: dict[str, Any], data: dict[str, Any] | None = None,
-          meta: AccountMetadata | None = None, **env: Any) -> Any:
-    return build_plan(rule, _event(data), where="forms.callback",
-                      env=PlanEnv(metadata=meta, now=FRIDAY_NOON, tz=MSK, **env))
+def _plan(
+    rule: dict[str, Any],
+    data: dict[str, Any] | None = None,
+    meta: AccountMetadata | None = None,
+    **env: Any,
+) -> Any:
+    return build_plan(
+        rule,
+        _event(data),
+        where="forms.callback",
+        env=PlanEnv(metadata=meta, now=FRIDAY_NOON, tz=MSK, **env),
+    )
 
 
 # -- schema ----------------------------------------------------------------------------
@@ -53,41 +78,72 @@ def _plan(rule: dict[str, Any], data: dict[str, Any] | None = None,
 @pytest.mark.parametrize(
     ("rules", "key", "words"),
     [
-        ({"forms": {"a": {"lead": {"nmae": "x"}}}}, "forms.a.lead.nmae",
-         "not a setting of lead"),
-        ({"forms": {"a": {"contact": {"duplicates": {}}}}},
-         "forms.a.contact.duplicates.match", "is required"),
-        ({"forms": {"a": {"lead": {"name": "{{ data.x "}}}}, "forms.a.lead.name",
-         "template error"),
-        ({"forms": {"a": {"task": {"deadline": "tomorrowish"}}}},
-         "forms.a.task.deadline", "not a deadline"),
-        ({"forms": {"a": {"task": {"entity": "deal"}}}}, "forms.a.task.entity",
-         "lead, contact or company"),
+        (
+            {"forms": {"a": {"lead": {"nmae": "x"}}}},
+            "forms.a.lead.nmae",
+            "not a setting of lead",
+        ),
+        (
+            {"forms": {"a": {"contact": {"duplicates": {}}}}},
+            "forms.a.contact.duplicates.match",
+            "is required",
+        ),
+        (
+            {"forms": {"a": {"lead": {"name": "{{ data.x "}}}},
+            "forms.a.lead.name",
+            "template error",
+        ),
+        (
+            {"forms": {"a": {"task": {"deadline": "tomorrowish"}}}},
+            "forms.a.task.deadline",
+            "not a deadline",
+        ),
+        (
+            {"forms": {"a": {"task": {"entity": "deal"}}}},
+            "forms.a.task.entity",
+            "lead, contact or company",
+        ),
         ({"forms": {"a": {"format": "md"}}}, "forms.a.format", "'text' or 'html'"),
-        ({"forms": {"a": {"tracking": {"utm_sauce": "X"}}}},
-         "forms.a.tracking.utm_sauce", "not a campaign tag"),
-        ({"defaults": {"lead": {"responsible": []}}}, "defaults.lead.responsible",
-         "a user"),
-        ({"mails": {"M": {"lead": {"notes": [{"unique": True}]}}}},
-         "mails.M.lead.notes[0].text", "is required"),
+        (
+            {"forms": {"a": {"tracking": {"utm_sauce": "X"}}}},
+            "forms.a.tracking.utm_sauce",
+            "not a campaign tag",
+        ),
+        (
+            {"defaults": {"lead": {"responsible": []}}},
+            "defaults.lead.responsible",
+            "a user",
+        ),
+        (
+            {"mails": {"M": {"lead": {"notes": [{"unique": True}]}}}},
+            "mails.M.lead.notes[0].text",
+            "is required",
+        ),
         ({"forms": {"a": {"unsorted": "yes"}}}, "forms.a.unsorted", "true or false"),
     ],
 )
-def test_rule_errors_name_the_rule_and_key(rules: dict[str, Any], key: str,
-                                           words: str) -> None:
+def test_rule_errors_name_the_rule_and_key(
+    rules: dict[str, Any], key: str, words: str
+) -> None:
     with pytest.raises(RuntimeError) as info:
         validate_rules(rules)
     assert key in str(info.value) and words in str(info.value)
 
 
 def test_defaults_are_merged_under_each_rule() -> None:
-    rules = {"defaults": {"format": "html", "lead": {"tags": ["site"],
-                                                      "fields": {"A": "1"}}},
-             "forms": {"f": {"lead": {"fields": {"B": "2"}}}}}
+    rules = {
+        "defaults": {
+            "format": "html",
+            "lead": {"tags": ["site"], "fields": {"A": "1"}},
+        },
+        "forms": {"f": {"lead": {"fields": {"B": "2"}}}},
+    }
     validate_rules(rules)
     rule = find_rule(rules, "form", "f")
-    assert rule == {"format": "html", "lead": {"tags": ["site"],
-                                               "fields": {"A": "1", "B": "2"}}}
+    assert rule == {
+        "format": "html",
+        "lead": {"tags": ["site"], "fields": {"A": "1", "B": "2"}},
+    }
     assert find_rule(rules, "mail", "f") is None
 
 
@@ -97,8 +153,9 @@ def test_defaults_are_merged_under_each_rule() -> None:
 def test_templates_are_sandboxed_and_strict() -> None:
     with pytest.raises(RuleError, match="unsafe"):
         render("{{ ''.__class__.__mro__ }}", {}, where="x")
-    with pytest.raises(RuleError, match="in lead.name: 'dict object' has no "
-                                        "attribute 'nope'"):
+    with pytest.raises(
+        RuleError, match="in lead.name: 'dict object' has no attribute 'nope'"
+    ):
         render("{{ data.nope }}", {"data": {}}, where="lead.name")
     assert render("{{ data.a | default('-') }}", {"data": {}}) == "-"
 
@@ -108,15 +165,27 @@ def test_clean_text() -> None:
     assert clean_text("a\x00b\x1b  c\r\nd\udcff") == "ab c d\ufffd"
     assert clean_text("a\r\n\x07b", multiline=True) == "a\nb"
     assert clean_text("x" * 10, limit=5, where="k", warnings=warnings) == "xxxx…"
-    assert warnings == ["k: the value was 10 characters, cut to 5; in full: " +
-                        "x" * 10]
+    assert warnings == [
+        "k: the value was 10 characters, cut to 5; in full: " + "x" * 10
+    ]
 
 
-@pytest.mark.parametrize(("text", "number"), [
-    ("1 500,50", 1500.5), ("1,500.50", 1500.5), ("1.500,50", 1500.5),
-    ("1500 ₽", 1500.0), ("$20", 20.0), ("-3", -3.0), (7, 7.0), ("abc", None),
-    ("", None), ("nan", None), (True, None),
-])
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("1 500,50", 1500.5),
+        ("1,500.50", 1500.5),
+        ("1.500,50", 1500.5),
+        ("1500 ₽", 1500.0),
+        ("$20", 20.0),
+        ("-3", -3.0),
+        (7, 7.0),
+        ("abc", None),
+        ("", None),
+        ("nan", None),
+        (True, None),
+    ],
+)
 def test_parse_number(text: Any, number: float | None) -> None:
     assert parse_number(text) == number
 
@@ -124,8 +193,10 @@ def test_parse_number(text: Any, number: float | None) -> None:
 # -- dates and deadlines -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", [
-    "2024-05-17", "17.05.2024", "17.05.24", "17/05/2024", "05/17/2024", "2024/05/17"])
+@pytest.mark.parametrize(
+    "text",
+    ["2024-05-17", "17.05.2024", "17.05.24", "17/05/2024", "05/17/2024", "2024/05/17"],
+)
 def test_dates_in_common_formats(text: str) -> None:
     assert parse_when(text, tz=UTC) == 1715904000
 
@@ -156,12 +227,22 @@ def test_deadlines() -> None:
 # -- value shapes --------------------------------------------------------------------
 
 
-def _item(meta: AccountMetadata, entity: str, name: str, value: Any,
-          warnings: list[str] | None = None) -> Any:
+def _item(
+    meta: AccountMetadata,
+    entity: str,
+    name: str,
+    value: Any,
+    warnings: list[str] | None = None,
+) -> Any:
     field = meta.field(entity, name)
     assert field is not None, name
-    return field_item(field, value, where=name, warnings=warnings if warnings
-                      is not None else [], tz=UTC)
+    return field_item(
+        field,
+        value,
+        where=name,
+        warnings=warnings if warnings is not None else [],
+        tz=UTC,
+    )
 
 
 def test_value_shapes_per_type(meta: AccountMetadata) -> None:
@@ -169,8 +250,12 @@ def test_value_shapes_per_type(meta: AccountMetadata) -> None:
         item = _item(meta, entity, name, value)
         return item and item["values"]
 
-    enum = {e["value"]: e["id"] for f in meta.fields("leads") if f["enums"]
-            for e in f["enums"]}
+    enum = {
+        e["value"]: e["id"]
+        for f in meta.fields("leads")
+        if f["enums"]
+        for e in f["enums"]
+    }
     assert values("Lead Comment", "  hi  ") == [{"value": "hi"}]
     assert values("Lead Quantity", "1 200") == [{"value": 1200}]
     assert values("Lead Budget", "99,90") == [{"value": 99.9}]
@@ -178,28 +263,35 @@ def test_value_shapes_per_type(meta: AccountMetadata) -> None:
     assert values("Lead Agreed", "0") == [{"value": False}]
     assert values("Delivery type", "courier") == [{"enum_id": enum["Courier"]}]
     assert values("Delivery type", {"enum_id": enum["Post"]}) == [
-        {"enum_id": enum["Post"]}]
+        {"enum_id": enum["Post"]}
+    ]
     assert values("Preferred contact", {"enum": "E-mail"}) == [
-        {"enum_id": enum["E-mail"]}]
+        {"enum_id": enum["E-mail"]}
+    ]
     assert values("Interests", ["Windows", "Roofs"]) == [
-        {"enum_id": enum["Windows"]}, {"enum_id": enum["Roofs"]}]
+        {"enum_id": enum["Windows"]},
+        {"enum_id": enum["Roofs"]},
+    ]
     assert values("Lead Visit date", "17.05.2024") == [{"value": 1715904000}]
     assert values("Lead Birthday", "1990-02-01") == [{"value": 633830400}]
     assert values("Lead Details", "a\r\nb") == [{"value": "a\nb"}]
     assert values("Lead address", {"city": "Moscow", "zip": 101000}) == [
         {"value": "Moscow", "enum_code": "city"},
-        {"value": "101000", "enum_code": "zip"}]
+        {"value": "101000", "enum_code": "zip"},
+    ]
     assert values("Lead address", "Tverskaya 1") == [
-        {"value": "Tverskaya 1", "enum_code": "address_line_1"}]
+        {"value": "Tverskaya 1", "enum_code": "address_line_1"}
+    ]
     assert values("Lead Legal entity", {"name": "ACME", "entity_type": "2"}) == [
-        {"value": {"name": "ACME", "entity_type": 2}}]
+        {"value": {"name": "ACME", "entity_type": 2}}
+    ]
     assert values("UTM_SOURCE", "google") == [{"value": "google"}]
     phone = meta.field("contacts", "PHONE")
     mob = next(e["id"] for e in phone["enums"] if e["code"] == "MOB")
     work = next(e["id"] for e in phone["enums"] if e["code"] == "WORK")
-    assert values("PHONE", ["+7 1", {"value": "+7 2", "enum_code": "MOB"}],
-                  "contacts") == [{"value": "+7 1", "enum_id": work},
-                                  {"value": "+7 2", "enum_id": mob}]
+    assert values(
+        "PHONE", ["+7 1", {"value": "+7 2", "enum_code": "MOB"}], "contacts"
+    ) == [{"value": "+7 1", "enum_id": work}, {"value": "+7 2", "enum_id": mob}]
     assert values("Lead Comment", "") is None
 
 
@@ -212,8 +304,12 @@ def test_values_that_do_not_fit_are_reported_not_sent(meta: AccountMetadata) -> 
     item = _item(meta, "leads", "Interests", ["Doors", "Gates"], warnings)
     assert len(item["values"]) == 1
     assert [w.split(":")[0] for w in warnings] == [
-        "Delivery type", "Lead Quantity", "Lead Visit date", "Lead Agreed",
-        "Interests"]
+        "Delivery type",
+        "Lead Quantity",
+        "Lead Visit date",
+        "Lead Agreed",
+        "Interests",
+    ]
     assert "'Drone' is not one of its values (Courier, Pickup, Post)" in warnings[0]
 
 
@@ -221,40 +317,67 @@ def test_values_that_do_not_fit_are_reported_not_sent(meta: AccountMetadata) -> 
 
 
 def test_a_rule_with_codes_only_needs_no_metadata() -> None:
-    rule = {"contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}"},
-            "lead": {"name": "Call {{ data.name }}", "price": ["10", "2.5"],
-                     "tags": ["site", ""]}}
+    rule = {
+        "contact": {"name": "{{ data.name }}", "phone": "{{ data.phone }}"},
+        "lead": {
+            "name": "Call {{ data.name }}",
+            "price": ["10", "2.5"],
+            "tags": ["site", ""],
+        },
+    }
     plan = _plan(rule, {"name": "Ann", "phone": "+7 912"})
     assert plan.steps() == ["create"]
     item = plan.complex_item({})
     assert item == {
-        "name": "Call Ann", "price": 12,
-        "_embedded": {"tags": [{"name": "site"}], "contacts": [{
-            "name": "Ann", "custom_fields_values": [{
-                "field_code": "PHONE",
-                "values": [{"value": "+7 912", "enum_code": "WORK"}]}]}]}}
+        "name": "Call Ann",
+        "price": 12,
+        "_embedded": {
+            "tags": [{"name": "site"}],
+            "contacts": [
+                {
+                    "name": "Ann",
+                    "custom_fields_values": [
+                        {
+                            "field_code": "PHONE",
+                            "values": [{"value": "+7 912", "enum_code": "WORK"}],
+                        }
+                    ],
+                }
+            ],
+        },
+    }
     assert plan.warnings == ["forms.callback.lead.price: 12.5 was rounded to 12"]
     assert plan.done({"done": ["create"]}) and not plan.done({})
 
 
 def test_names_need_metadata() -> None:
-    with pytest.raises(RuleError, match="forms.callback.lead.pipeline needs the "
-                                        "account's metadata"):
+    with pytest.raises(
+        RuleError, match="forms.callback.lead.pipeline needs the account's metadata"
+    ):
         _plan({"lead": {"pipeline": "Sales"}})
 
 
 def test_plan_resolves_names(meta: AccountMetadata) -> None:
-    rule = {"responsible": "anna@example.com",
-            "lead": {"pipeline": "Partners", "status": "first contact",
-                     "fields": {"Lead Comment": "x"}},
-            "task": {"type": "MEETING", "deadline": "eod", "text": "t"}}
+    rule = {
+        "responsible": "anna@example.com",
+        "lead": {
+            "pipeline": "Partners",
+            "status": "first contact",
+            "fields": {"Lead Comment": "x"},
+        },
+        "task": {"type": "MEETING", "deadline": "eod", "text": "t"},
+    }
     plan = _plan(rule, meta=meta)
     lead = plan.lead.payload
     assert (lead["pipeline_id"], lead["status_id"]) == (7000002, 7200002)
     assert lead["responsible_user_id"] == 8000002
     [task] = plan.tasks
-    assert task.payload == {"text": "t", "complete_till": FRIDAY_NOON + 6 * 3600,
-                            "task_type_id": 2, "responsible_user_id": 8000002}
+    assert task.payload == {
+        "text": "t",
+        "complete_till": FRIDAY_NOON + 6 * 3600,
+        "task_type_id": 2,
+        "responsible_user_id": 8000002,
+    }
     with pytest.raises(RuleError, match="no status 'Won' in that pipeline"):
         _plan({"lead": {"pipeline": "Partners", "status": "Won"}}, meta=meta)
     with pytest.raises(RuleError, match="have no field 'Colour'"):
@@ -271,65 +394,112 @@ def test_round_robin_uses_the_shared_turn(meta: AccountMetadata) -> None:
         return len(turns) - 1
 
     rule = {"lead": {"responsible": ["Anna Petrova", "Boris Ivanov", "Vera Sidorova"]}}
-    ids = [_plan(rule, meta=meta, pick=pick).lead.payload["responsible_user_id"]
-           for _ in range(4)]
+    ids = [
+        _plan(rule, meta=meta, pick=pick).lead.payload["responsible_user_id"]
+        for _ in range(4)
+    ]
     assert ids == [8000002, 8000003, 8000004, 8000002]
     assert turns[0] == ("forms.callback.lead.responsible", 3)
 
 
 def test_notes_are_grouped_per_entity_unless_told(meta: AccountMetadata) -> None:
-    rule = {"contact": {"name": "A", "note": {"text": "c1", "unique": True},
-                        "notes": [{"text": "c2", "unique": True}]},
-            "lead": {"note": "l1", "notes": ["l2", {"text": "l3", "group": False}]}}
+    rule = {
+        "contact": {
+            "name": "A",
+            "note": {"text": "c1", "unique": True},
+            "notes": [{"text": "c2", "unique": True}],
+        },
+        "lead": {"note": "l1", "notes": ["l2", {"text": "l3", "group": False}]},
+    }
     plan = _plan(rule, meta=meta)
     assert [(n.key, n.text, n.unique) for n in plan.notes] == [
-        ("lead", "l3", False), ("lead", "l1\n\nl2", False),
-        ("contact", "c1\n\nc2", True)]
+        ("lead", "l3", False),
+        ("lead", "l1\n\nl2", False),
+        ("contact", "c1\n\nc2", True),
+    ]
     plan = _plan({**rule, "group": False}, meta=meta)
     assert len(plan.notes) == 5
 
 
 def test_unsorted_plan(meta: AccountMetadata) -> None:
-    rule = {"unsorted": True, "contact": {"name": "{{ data.name }}",
-                                          "note": {"text": "n", "unique": True}},
-            "lead": {"status": "New", "pipeline": "Sales"}}
+    rule = {
+        "unsorted": True,
+        "contact": {"name": "{{ data.name }}", "note": {"text": "n", "unique": True}},
+        "lead": {"status": "New", "pipeline": "Sales"},
+    }
     plan = _plan(rule, {"name": "Ann"}, meta=meta)
     assert plan.steps() == ["create", "notes"]
     assert plan.notes[0].unique is False  # no uniqueness for incoming leads
     item = plan.unsorted_item()
     assert item["source_uid"] == "u1" and item["pipeline_id"] == 7000001
-    assert item["metadata"] == {"form_id": "callback", "form_name": "callback",
-                                "form_page": "https://shop.test",
-                                "form_sent_at": FRIDAY_NOON}
-    assert item["_embedded"] == {"leads": [{"name": "callback"}],
-                                 "contacts": [{"name": "Ann"}]}
+    assert item["metadata"] == {
+        "form_id": "callback",
+        "form_name": "callback",
+        "form_page": "https://shop.test",
+        "form_sent_at": FRIDAY_NOON,
+    }
+    assert item["_embedded"] == {
+        "leads": [{"name": "callback"}],
+        "contacts": [{"name": "Ann"}],
+    }
 
 
 def test_update_payload_respects_locks_and_merges_phones() -> None:
-    rule = {"contact": {"id": "{{ data.id }}", "name": "{{ data.name }}",
-                        "phone": "{{ data.phone }}", "tags": ["x"],
-                        "lock": ["name", "responsible"]}}
+    rule = {
+        "contact": {
+            "id": "{{ data.id }}",
+            "name": "{{ data.name }}",
+            "phone": "{{ data.phone }}",
+            "tags": ["x"],
+            "lock": ["name", "responsible"],
+        }
+    }
     plan = _plan(rule, {"id": "42", "name": "New", "phone": "+7 999 111-22-33"})
     contact = plan.contact
     assert contact.id == 42 and plan.steps() == ["update"]
-    current = {"custom_fields_values": [{
-        "field_code": "PHONE", "field_type": "multitext",
-        "values": [{"value": "+79991112233", "enum_id": 5},
-                   {"value": "+7 000", "enum_id": 5}]}]}
+    current = {
+        "custom_fields_values": [
+            {
+                "field_code": "PHONE",
+                "field_type": "multitext",
+                "values": [
+                    {"value": "+79991112233", "enum_id": 5},
+                    {"value": "+7 000", "enum_id": 5},
+                ],
+            }
+        ]
+    }
     body = contact.update_payload(42, current)
-    assert body == {"id": 42, "tags_to_add": [{"name": "x"}],
-                    "custom_fields_values": [{"field_code": "PHONE", "values": [
-                        {"value": "+79991112233", "enum_id": 5},
-                        {"value": "+7 000", "enum_id": 5}]}]}
+    assert body == {
+        "id": 42,
+        "tags_to_add": [{"name": "x"}],
+        "custom_fields_values": [
+            {
+                "field_code": "PHONE",
+                "values": [
+                    {"value": "+79991112233", "enum_id": 5},
+                    {"value": "+7 000", "enum_id": 5},
+                ],
+            }
+        ],
+    }
 
 
 def test_tracking_tags_fill_lead_fields(meta: AccountMetadata) -> None:
-    event = _event(utm={"utm_source": "google", "gclid": "g1"},
-                   page={"referrer": "https://google.com/"})
-    plan = build_plan({"lead": {}, "tracking": {"gclid": "Lead Comment"}}, event,
-                      where="f", env=PlanEnv(metadata=meta))
-    values = {v.get("field_id"): v["values"][0]["value"]
-              for v in plan.lead.payload["custom_fields_values"]}
+    event = _event(
+        utm={"utm_source": "google", "gclid": "g1"},
+        page={"referrer": "https://google.com/"},
+    )
+    plan = build_plan(
+        {"lead": {}, "tracking": {"gclid": "Lead Comment"}},
+        event,
+        where="f",
+        env=PlanEnv(metadata=meta),
+    )
+    values = {
+        v.get("field_id"): v["values"][0]["value"]
+        for v in plan.lead.payload["custom_fields_values"]
+    }
     assert values[meta.field("leads", "UTM_SOURCE")["id"]] == "google"
     assert values[meta.field("leads", "REFERRER")["id"]] == "https://google.com/"
     assert values[meta.field("leads", "Lead Comment")["id"]] == "g1"
@@ -345,12 +515,18 @@ def test_a_rule_that_makes_nothing_is_an_error() -> None:
 
 
 def test_preview_calls_describe_the_plan(meta: AccountMetadata) -> None:
-    rule = {"contact": {"id": "7", "name": "A"}, "lead": {"note": "n"},
-            "task": {"text": "t"}}
+    rule = {
+        "contact": {"id": "7", "name": "A"},
+        "lead": {"note": "n"},
+        "task": {"text": "t"},
+    }
     calls = _plan(rule, meta=meta).calls()
     assert [(m, p) for m, p, _ in calls] == [
-        ("PATCH", "/api/v4/contacts"), ("POST", "/api/v4/leads/complex"),
-        ("POST", "/api/v4/leads/notes"), ("POST", "/api/v4/tasks")]
+        ("PATCH", "/api/v4/contacts"),
+        ("POST", "/api/v4/leads/complex"),
+        ("POST", "/api/v4/leads/notes"),
+        ("POST", "/api/v4/tasks"),
+    ]
     assert calls[1][2][0]["_embedded"]["contacts"] == [{"id": 7}]
     assert calls[2][2][0]["entity_id"] == "<lead_id>"
 
@@ -361,12 +537,23 @@ def test_html_notes_escape_what_visitors_typed() -> None:
     from flask_amocrm.worker.plan import build_plan
 
     event = SimpleNamespace(
-        id=1, uid="u1", kind="form", source="f", files=[], context={}, remote={},
+        id=1,
+        uid="u1",
+        kind="form",
+        source="f",
+        files=[],
+        context={},
+        remote={},
         data={"name": "<script>alert(1)</script>", "comment": "5 > 3 & <b>bold</b>"},
-        created_at=None)
-    rule = {"format": "html",
-            "lead": {"name": "{{ data.name }}",
-                     "note": "<b>Comment:</b> {{ data.comment }}"}}
+        created_at=None,
+    )
+    rule = {
+        "format": "html",
+        "lead": {
+            "name": "{{ data.name }}",
+            "note": "<b>Comment:</b> {{ data.comment }}",
+        },
+    }
     plan = build_plan(rule, event, where="forms.f")
     [note] = plan.notes
     assert note.text == "<b>Comment:</b> 5 &gt; 3 &amp; &lt;b&gt;bold&lt;/b&gt;"
@@ -380,16 +567,23 @@ def test_field_values_over_amocrms_limit_go_into_a_note() -> None:
 
     seed = make_seed()
     text_field = next(f for f in seed["custom_fields"]["leads"] if f["type"] == "text")
-    extra = [dict(text_field, id=900000 + n, name=f"Extra {n}", code=None)
-             for n in range(45)]
+    extra = [
+        dict(text_field, id=900000 + n, name=f"Extra {n}", code=None) for n in range(45)
+    ]
     meta = AccountMetadata.from_api(
-        pipelines=seed["pipelines"], users=seed["users"],
-        fields={**seed["custom_fields"],
-                "leads": seed["custom_fields"]["leads"] + extra},
-        task_types=seed["task_types"], account=seed["account"])
+        pipelines=seed["pipelines"],
+        users=seed["users"],
+        fields={
+            **seed["custom_fields"],
+            "leads": seed["custom_fields"]["leads"] + extra,
+        },
+        task_types=seed["task_types"],
+        account=seed["account"],
+    )
     fields = {f"Extra {n}": f"v{n}" for n in range(45)}
-    plan = _plan({"lead": {"name": "x", "fields": fields}, "tracking": False},
-                 meta=meta)
+    plan = _plan(
+        {"lead": {"name": "x", "fields": fields}, "tracking": False}, meta=meta
+    )
     sent = plan.lead.payload["custom_fields_values"]
     assert len(sent) == MAX_FIELD_VALUES - 2  # room for a file link and the marker
     assert [v["field_id"] for v in sent] == [900000 + n for n in range(38)]

@@ -16,10 +16,10 @@ import requests
 v2 = pytest.importorskip(
     "amocrm.v2", reason="the third-party client amocrm-api is not installed"
 )
-from amocrm.v2 import exceptions, interaction, tokens
-from amocrm.v2.entity.contact import Contact
-from amocrm.v2.entity.lead import Lead
-from amocrm.v2.entity.pipeline import Pipeline
+from amocrm.v2 import exceptions, interaction, tokens  # noqa: E402
+from amocrm.v2.entity.contact import Contact  # noqa: E402
+from amocrm.v2.entity.lead import Lead  # noqa: E402
+from amocrm.v2.entity.pipeline import Pipeline  # noqa: E402
 
 AMO_BASE = "https://sandbox.amocrm.ru"
 

@@ -36,8 +36,10 @@ def _require_admin() -> None:
 def register_admin(app: Flask, settings: Settings) -> None:
     """Register the admin views on ``app`` if ``AMOCRM_ADMIN_AUTH`` is set."""
     if settings.admin_auth is None:
-        log.info("Flask-AmoCRM admin views are off: set AMOCRM_ADMIN_AUTH to a "
-                 "callable that returns True for allowed users to turn them on.")
+        log.info(
+            "Flask-AmoCRM admin views are off: set AMOCRM_ADMIN_AUTH to a "
+            "callable that returns True for allowed users to turn them on."
+        )
         return
     from . import oauth  # noqa: F401  (adds its views to the blueprint)
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Response, redirect, session
-from flask import request
+from flask import Response, redirect, request, session
 from markupsafe import escape
 
 from ..amo.auth import authorize_url, exchange_code, new_state_value
@@ -23,8 +22,10 @@ _SESSION_KEY = "_amocrm_oauth_state"
 
 
 def _page(title: str, text: str, status: int = 200) -> Response:
-    html = (f"<!doctype html><meta charset=utf-8><title>{escape(title)}</title>"
-            f"<h1>{escape(title)}</h1><p>{escape(text)}</p>")
+    html = (
+        f"<!doctype html><meta charset=utf-8><title>{escape(title)}</title>"
+        f"<h1>{escape(title)}</h1><p>{escape(text)}</p>"
+    )
     return Response(html, status=status, mimetype="text/html")
 
 
@@ -33,8 +34,11 @@ def connect() -> Response:
     """Start the code flow: remember a state, go to the grant page."""
     settings = _state_settings()
     if not settings.client_id:
-        return _page("amoCRM uses a long-lived token",
-                     "OAuth is not configured (AMOCRM_CLIENT_ID is not set).", 400)
+        return _page(
+            "amoCRM uses a long-lived token",
+            "OAuth is not configured (AMOCRM_CLIENT_ID is not set).",
+            400,
+        )
     value = new_state_value()
     session[_SESSION_KEY] = value
     return redirect(authorize_url(settings, value))  # type: ignore[return-value]
@@ -48,12 +52,18 @@ def callback() -> Response:
     expected = session.pop(_SESSION_KEY, None)
     got = request.args.get("state", "")
     if request.args.get("error"):
-        return _page("amoCRM was not connected",
-                     f"amoCRM answered: {request.args['error']}.", 400)
+        return _page(
+            "amoCRM was not connected",
+            f"amoCRM answered: {request.args['error']}.",
+            400,
+        )
     if not expected or not hmac.compare_digest(str(expected), got):
-        return _page("amoCRM was not connected",
-                     "The request did not come from a connection started here "
-                     "(state mismatch). Start again from the admin.", 400)
+        return _page(
+            "amoCRM was not connected",
+            "The request did not come from a connection started here "
+            "(state mismatch). Start again from the admin.",
+            400,
+        )
     code = request.args.get("code", "")
     if not code:
         return _page("amoCRM was not connected", "amoCRM sent no code.", 400)
@@ -61,5 +71,7 @@ def callback() -> Response:
         row = exchange_code(get_state(), code, referer=request.args.get("referer"))
     except AmoCRMError as exc:
         return _page("amoCRM was not connected", f"The code was refused: {exc}", 400)
-    return _page("amoCRM is connected",
-                 f"Connected to {row.base_url}. Waiting events will be delivered.")
+    return _page(
+        "amoCRM is connected",
+        f"Connected to {row.base_url}. Waiting events will be delivered.",
+    )

@@ -77,16 +77,16 @@ def _build(state: _State) -> tuple[AmoClient, AmoClient]:
     limiter = limiter_for(state)
     sink = ApiLogSink(state) if settings.log_requests else None
     redactor = Redactor([settings.client_secret, settings.token])
-    options = dict(timeout=settings.timeout, limiter=limiter, sink=sink,
-                   redactor=redactor)
-    token_client = AmoClient(settings.base_url, None,
-                             **options)  # type: ignore[arg-type]
+    options = dict(
+        timeout=settings.timeout, limiter=limiter, sink=sink, redactor=redactor
+    )
+    token_client = AmoClient(settings.base_url, None, **options)  # type: ignore[arg-type]
     if settings.token:
-        client = AmoClient(settings.base_url, LongLivedToken(settings.token),
-                           **options)  # type: ignore[arg-type]
+        client = AmoClient(settings.base_url, LongLivedToken(settings.token), **options)  # type: ignore[arg-type]
     else:
-        client = AmoClient(settings.base_url, OAuthTokens(state, token_client),
-                           **options)  # type: ignore[arg-type]
+        client = AmoClient(
+            settings.base_url, OAuthTokens(state, token_client), **options
+        )  # type: ignore[arg-type]
     client.session = token_client.session  # one connection pool per process
     return client, token_client
 

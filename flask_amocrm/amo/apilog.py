@@ -36,10 +36,18 @@ current_event_id: ContextVar[int | None] = ContextVar(
 )
 
 #: Keys whose values are secrets in OAuth bodies and query strings.
-SECRET_KEYS = frozenset({
-    "authorization", "access_token", "refresh_token", "client_secret", "code",
-    "password", "api_key", "x-refresh-token",
-})
+SECRET_KEYS = frozenset(
+    {
+        "authorization",
+        "access_token",
+        "refresh_token",
+        "client_secret",
+        "code",
+        "password",
+        "api_key",
+        "x-refresh-token",
+    }
+)
 #: Of those, the ones that are secrets in any body. ``code`` is not: custom fields,
 #: enums and validation errors all carry harmless codes (``PHONE``,
 #: ``NotSupportedChoice``).
@@ -79,8 +87,11 @@ class Redactor:
         keys = SECRET_KEYS if oauth else ALWAYS_SECRET
         if isinstance(body, dict):
             return {
-                k: (MASK if str(k).lower() in keys and v not in (None, "")
-                    else self.value(v, oauth=oauth))
+                k: (
+                    MASK
+                    if str(k).lower() in keys and v not in (None, "")
+                    else self.value(v, oauth=oauth)
+                )
                 for k, v in body.items()
             }
         if isinstance(body, list):
@@ -101,17 +112,19 @@ class Redactor:
         """A query string for the log, secret parameters masked."""
         if not params:
             return ""
-        return urlencode([
-            (k, MASK if str(k).lower() in SECRET_KEYS else self.text(str(v)))
-            for k, v in params.items()
-        ])
+        return urlencode(
+            [
+                (k, MASK if str(k).lower() in SECRET_KEYS else self.text(str(v)))
+                for k, v in params.items()
+            ]
+        )
 
     def url_query(self, query: str) -> str:
         """A raw query string with secret parameters masked."""
         pairs = parse_qsl(query, keep_blank_values=True)
-        return urlencode([
-            (k, MASK if k.lower() in SECRET_KEYS else self.text(v)) for k, v in pairs
-        ])
+        return urlencode(
+            [(k, MASK if k.lower() in SECRET_KEYS else self.text(v)) for k, v in pairs]
+        )
 
     def dump(self, body: Any, *, oauth: bool = False) -> str | None:
         """The body as at most :data:`BODY_LIMIT` characters of safe, one-line text."""
@@ -125,8 +138,9 @@ class Redactor:
                 # An unparsed OAuth body could hold anything; keep only its size.
                 text = f"<{len(text)} characters>"
         else:
-            text = json.dumps(self.value(body, oauth=oauth), ensure_ascii=False,
-                              default=str)
+            text = json.dumps(
+                self.value(body, oauth=oauth), ensure_ascii=False, default=str
+            )
         text = text.replace("\r", "\\r").replace("\n", "\\n")
         if len(text) > BODY_LIMIT:
             text = text[:BODY_LIMIT] + f"... ({len(text)} characters)"
@@ -149,8 +163,9 @@ class ApiLogSink:
                 session.add(ApiLog(event_id=current_event_id.get(), **row))
                 session.commit()
         except Exception as exc:
-            log.warning("Could not write the amoCRM API log row: %s",
-                        type(exc).__name__)
+            log.warning(
+                "Could not write the amoCRM API log row: %s", type(exc).__name__
+            )
 
 
 def purge_api_log(state: _State, days: int | None = None) -> int:

@@ -87,8 +87,10 @@ class OAuthTokens:
     def access_token(self) -> str:
         """The stored access token, refreshed first if it expires within 10 minutes."""
         held = self._held
-        if held is not None and time.monotonic() - held[0] < LOCAL_SECONDS and (
-            held[2] is None or held[2] - utcnow() > REFRESH_MARGIN
+        if (
+            held is not None
+            and time.monotonic() - held[0] < LOCAL_SECONDS
+            and (held[2] is None or held[2] - utcnow() > REFRESH_MARGIN)
         ):
             return held[1]
         row = self._load()
@@ -105,13 +107,16 @@ class OAuthTokens:
         with self._thread_lock, self._lock():
             row = self._load()
             if not force and row.access_token != rejected and not _expiring(row):
-                log.info("amoCRM token of %s was refreshed by another process",
-                         self.base_url)
+                log.info(
+                    "amoCRM token of %s was refreshed by another process", self.base_url
+                )
                 self._held = (time.monotonic(), row.access_token, row.expires_at)
                 return row.access_token
             if not row.refresh_token:
-                raise AuthError("amoCRM refused the token and there is no refresh "
-                                "token: connect amoCRM again ('flask amocrm auth')")
+                raise AuthError(
+                    "amoCRM refused the token and there is no refresh "
+                    "token: connect amoCRM again ('flask amocrm auth')"
+                )
             return self._refresh_row(row)
 
     def forget(self) -> None:
@@ -124,13 +129,16 @@ class OAuthTokens:
         with self.state.session() as session:
             row = session.scalar(select(Token).where(Token.base_url == self.base_url))
         if row is None or not row.access_token:
-            raise AuthError("amoCRM is not connected yet: run 'flask amocrm auth' or "
-                            "use 'Connect amoCRM' in the admin")
+            raise AuthError(
+                "amoCRM is not connected yet: run 'flask amocrm auth' or "
+                "use 'Connect amoCRM' in the admin"
+            )
         if row.revoked_at is not None:
             raise AuthError(
                 f"amoCRM access was revoked at {row.revoked_at:%Y-%m-%d %H:%M} UTC; "
                 "events wait until a person connects amoCRM again "
-                "('flask amocrm auth' or 'Connect amoCRM' in the admin)")
+                "('flask amocrm auth' or 'Connect amoCRM' in the admin)"
+            )
         return row
 
     def _refresh_row(self, row: Token) -> str:
@@ -144,8 +152,9 @@ class OAuthTokens:
         self.token_client.redactor.add(row.refresh_token)
         self.token_client.redactor.add(self.settings.client_secret)
         try:
-            pair = self.token_client.request("POST", TOKEN_PATH, json_body=body,
-                                             auth=False, oauth=True)
+            pair = self.token_client.request(
+                "POST", TOKEN_PATH, json_body=body, auth=False, oauth=True
+            )
         except (TransportError, APIError) as exc:
             if exc.retryable and not isinstance(exc, AuthError):
                 raise  # amoCRM is down or busy: try again later, the token is fine
@@ -153,8 +162,9 @@ class OAuthTokens:
         new = store_pair(self.state, pair, expected_version=row.version)
         self.token_client.redactor.add(new.access_token)
         self._held = (time.monotonic(), new.access_token, new.expires_at)
-        log.info("amoCRM token of %s refreshed (version %s)", self.base_url,
-                 new.version)
+        log.info(
+            "amoCRM token of %s refreshed (version %s)", self.base_url, new.version
+        )
         return new.access_token
 
     def _refused(self, row: Token, exc: APIError) -> str:
@@ -164,35 +174,53 @@ class OAuthTokens:
             return current.access_token
         body = exc.body if isinstance(exc.body, dict) else {}
         bad_client = "клиент" in str(body.get("title", "")).lower() or (
-            "client" in str(body.get("title", "")).lower())
+            "client" in str(body.get("title", "")).lower()
+        )
         if bad_client:
-            _alert_once(self.state, "client",
-                        "amoCRM refuses the integration's credentials",
-                        f"amoCRM refused AMOCRM_CLIENT_ID/AMOCRM_CLIENT_SECRET for "
-                        f"{self.base_url}: {exc}. Events wait until they are fixed.")
-            raise AuthError(f"amoCRM refused the client credentials: {exc}",
-                            status=exc.status, body=exc.body) from None
+            _alert_once(
+                self.state,
+                "client",
+                "amoCRM refuses the integration's credentials",
+                f"amoCRM refused AMOCRM_CLIENT_ID/AMOCRM_CLIENT_SECRET for "
+                f"{self.base_url}: {exc}. Events wait until they are fixed.",
+            )
+            raise AuthError(
+                f"amoCRM refused the client credentials: {exc}",
+                status=exc.status,
+                body=exc.body,
+            ) from None
         with self.state.session() as session:
             marked = session.execute(
                 update(Token)
-                .where(Token.id == row.id, Token.version == row.version,
-                       Token.revoked_at.is_(None))
+                .where(
+                    Token.id == row.id,
+                    Token.version == row.version,
+                    Token.revoked_at.is_(None),
+                )
                 .values(revoked_at=utcnow())
             ).rowcount  # type: ignore[attr-defined]
             session.commit()
         if marked:
-            log.error("amoCRM refresh token of %s was refused (%s): delivery stops "
-                      "until amoCRM is connected again", self.base_url, exc)
+            log.error(
+                "amoCRM refresh token of %s was refused (%s): delivery stops "
+                "until amoCRM is connected again",
+                self.base_url,
+                exc,
+            )
             _alert_once(
-                self.state, "revoked",
+                self.state,
+                "revoked",
                 "amoCRM access lost: connect amoCRM again",
                 f"amoCRM refused to refresh the access of {self.base_url}: {exc}\n\n"
                 "No event is lost: they wait as 'retrying' and are delivered once "
                 "amoCRM is connected again. Run 'flask amocrm auth' or use "
                 "'Connect amoCRM' in the site's admin.",
             )
-        raise AuthError(f"amoCRM access was revoked: {exc}; connect amoCRM again",
-                        status=exc.status, body=exc.body) from None
+        raise AuthError(
+            f"amoCRM access was revoked: {exc}; connect amoCRM again",
+            status=exc.status,
+            body=exc.body,
+        ) from None
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -200,11 +228,15 @@ class OAuthTokens:
         redis = self.state.live_redis()
         if redis is not None:
             lock = redis.lock(
-                f"amocrm:token-lock:{host}", timeout=LOCK_SECONDS,
-                blocking_timeout=LOCK_SECONDS + 5)
+                f"amocrm:token-lock:{host}",
+                timeout=LOCK_SECONDS,
+                blocking_timeout=LOCK_SECONDS + 5,
+            )
             if not lock.acquire():
-                raise AuthError("another process has been refreshing the amoCRM "
-                                "token for too long; trying again later")
+                raise AuthError(
+                    "another process has been refreshing the amoCRM "
+                    "token for too long; trying again later"
+                )
             try:
                 yield
             finally:
@@ -223,25 +255,30 @@ class OAuthTokens:
             with self.state.session() as session:
                 got = session.execute(
                     update(Token)
-                    .where(Token.base_url == self.base_url,
-                           or_(Token.lease_until.is_(None), Token.lease_until < now))
+                    .where(
+                        Token.base_url == self.base_url,
+                        or_(Token.lease_until.is_(None), Token.lease_until < now),
+                    )
                     .values(lease_until=until)
                 ).rowcount  # type: ignore[attr-defined]
                 session.commit()
             if got:
                 break
             if time.monotonic() > deadline:
-                raise AuthError("another process has been refreshing the amoCRM "
-                                "token for too long; trying again later")
+                raise AuthError(
+                    "another process has been refreshing the amoCRM "
+                    "token for too long; trying again later"
+                )
             time.sleep(0.05)
         try:
             yield
         finally:
             with self.state.session() as session:
-                session.execute(update(Token)
-                                .where(Token.base_url == self.base_url,
-                                       Token.lease_until == until)
-                                .values(lease_until=None))
+                session.execute(
+                    update(Token)
+                    .where(Token.base_url == self.base_url, Token.lease_until == until)
+                    .values(lease_until=None)
+                )
                 session.commit()
 
 
@@ -262,8 +299,9 @@ def store_pair(
     values = {
         "access_token": access,
         "refresh_token": pair.get("refresh_token"),
-        "expires_at": (now + timedelta(seconds=int(expires_in))
-                       if expires_in else None),
+        "expires_at": (
+            now + timedelta(seconds=int(expires_in)) if expires_in else None
+        ),
         "revoked_at": None,
         "refreshed_at": now,
         "updated_at": now,
@@ -278,8 +316,11 @@ def store_pair(
             ).rowcount  # type: ignore[attr-defined]
             session.commit()
             if not swapped:
-                log.warning("amoCRM token of %s changed while it was being refreshed; "
-                            "keeping the newer one", base_url)
+                log.warning(
+                    "amoCRM token of %s changed while it was being refreshed; "
+                    "keeping the newer one",
+                    base_url,
+                )
         else:
             row = session.scalar(select(Token).where(Token.base_url == base_url))
             if row is None:
@@ -302,23 +343,35 @@ def exchange_code(state: _State, code: str, *, referer: str | None = None) -> To
 
     settings = state.settings
     if not settings.client_id:
-        raise AuthError("OAuth is not configured: set AMOCRM_CLIENT_ID, "
-                        "AMOCRM_CLIENT_SECRET and AMOCRM_REDIRECT_URI")
-    if referer and urlsplit(f"//{referer}").hostname != urlsplit(
-        settings.base_url
-    ).hostname:
-        log.warning("amoCRM sent the code from %s, but AMOCRM_BASE_URL is %s",
-                    referer, settings.base_url)
+        raise AuthError(
+            "OAuth is not configured: set AMOCRM_CLIENT_ID, "
+            "AMOCRM_CLIENT_SECRET and AMOCRM_REDIRECT_URI"
+        )
+    if (
+        referer
+        and urlsplit(f"//{referer}").hostname != urlsplit(settings.base_url).hostname
+    ):
+        log.warning(
+            "amoCRM sent the code from %s, but AMOCRM_BASE_URL is %s",
+            referer,
+            settings.base_url,
+        )
     client = token_client_for(state)
     client.redactor.add(code)
     client.redactor.add(settings.client_secret)
-    pair = client.request("POST", TOKEN_PATH, auth=False, oauth=True, json_body={
-        "client_id": settings.client_id,
-        "client_secret": settings.client_secret,
-        "grant_type": "authorization_code",
-        "code": code.strip(),
-        "redirect_uri": settings.redirect_uri,
-    })
+    pair = client.request(
+        "POST",
+        TOKEN_PATH,
+        auth=False,
+        oauth=True,
+        json_body={
+            "client_id": settings.client_id,
+            "client_secret": settings.client_secret,
+            "grant_type": "authorization_code",
+            "code": code.strip(),
+            "redirect_uri": settings.redirect_uri,
+        },
+    )
     row = store_pair(state, pair)
     tokens = client_for(state).tokens
     if isinstance(tokens, OAuthTokens):
@@ -362,8 +415,9 @@ def keep_alive(state: _State) -> bool:
     if not state.settings.client_id:
         return False
     with state.session() as session:
-        row = session.scalar(select(Token).where(Token.base_url
-                                                 == state.settings.base_url))
+        row = session.scalar(
+            select(Token).where(Token.base_url == state.settings.base_url)
+        )
     if row is None or row.revoked_at is not None or not row.refresh_token:
         return False
     limit = timedelta(days=state.settings.keepalive_days)
@@ -391,8 +445,12 @@ def _alert_once(state: _State, what: str, subject: str, body: str) -> None:
     from ..alerts import send_alert
 
     try:
-        send_alert(subject, body, dedupe_key=_alert_key(state, what),
-                   dedupe_seconds=30 * 24 * 3600)
+        send_alert(
+            subject,
+            body,
+            dedupe_key=_alert_key(state, what),
+            dedupe_seconds=30 * 24 * 3600,
+        )
     except Exception:  # an alert must never hide the real error
         log.exception("Could not send the amoCRM alert %r", subject)
 

@@ -74,8 +74,10 @@ class StaticToken:
     def access_token(self) -> str:
         """The token; :class:`AuthError` if none was given."""
         if not self._token:
-            raise AuthError("amoCRM is not connected: no access token is set "
-                            "(AMOCRM_TOKEN, or 'flask amocrm auth' for OAuth)")
+            raise AuthError(
+                "amoCRM is not connected: no access token is set "
+                "(AMOCRM_TOKEN, or 'flask amocrm auth' for OAuth)"
+            )
         return self._token
 
     def refresh(self, rejected: str) -> str | None:
@@ -109,7 +111,8 @@ class AmoClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.tokens: TokenProvider = (
-            token if token is not None and not isinstance(token, str)
+            token
+            if token is not None and not isinstance(token, str)
             else StaticToken(token)
         )
         self.timeout = timeout
@@ -155,8 +158,9 @@ class AmoClient:
                 self.redactor.add(token)
                 headers["Authorization"] = f"Bearer {token}"
             try:
-                response = self._exchange(method, path, params, json_body, headers,
-                                          oauth=oauth)
+                response = self._exchange(
+                    method, path, params, json_body, headers, oauth=oauth
+                )
             except TransportError as exc:
                 if (method in _IDEMPOTENT or not exc.sent) and failures < self.retries:
                     failures += 1
@@ -176,8 +180,11 @@ class AmoClient:
                     self.limiter.penalize(self.rate_limit_backoff)
                 if limited < self.retries:
                     limited += 1
-                    self._sleep(self.rate_limit_backoff, limited,
-                                f"{method} {path}: 429 Too Many Requests")
+                    self._sleep(
+                        self.rate_limit_backoff,
+                        limited,
+                        f"{method} {path}: 429 Too Many Requests",
+                    )
                     continue
             elif status >= 500 and method in _IDEMPOTENT and failures < self.retries:
                 failures += 1
@@ -214,10 +221,14 @@ class AmoClient:
                 method,
                 f"{self.base_url}{path}",
                 params=params,
-                data=(None if json_body is None
-                      else json.dumps(json_body, ensure_ascii=False).encode()),
+                data=(
+                    None
+                    if json_body is None
+                    else json.dumps(json_body, ensure_ascii=False).encode()
+                ),
                 headers={**headers, "Content-Type": "application/json"}
-                if json_body is not None else headers,
+                if json_body is not None
+                else headers,
                 timeout=(self.connect_timeout, self.timeout),
                 allow_redirects=False,
             )
@@ -226,8 +237,9 @@ class AmoClient:
             error = TransportError(f"{method} {path}: timed out", sent=sent)
         except requests.ConnectionError as exc:
             # A refused connection never reached amoCRM; a dropped one may have.
-            error = TransportError(f"{method} {path}: {_reason(exc)}",
-                                   sent=not _never_connected(exc))
+            error = TransportError(
+                f"{method} {path}: {_reason(exc)}", sent=not _never_connected(exc)
+            )
         except requests.RequestException as exc:
             error = TransportError(f"{method} {path}: {type(exc).__name__}", sent=True)
         duration = (time.monotonic() - started) * 1000
@@ -250,14 +262,22 @@ class AmoClient:
     ) -> None:
         redact = self.redactor
         status = response.status_code if response is not None else None
-        request_id = (response.headers.get("X-Request-Id")
-                      if response is not None else None)
+        request_id = (
+            response.headers.get("X-Request-Id") if response is not None else None
+        )
         if error is not None:
-            log.warning("amoCRM %s %s failed after %.0f ms: %s", method, shown,
-                        duration, error)
+            log.warning(
+                "amoCRM %s %s failed after %.0f ms: %s", method, shown, duration, error
+            )
         else:
-            log.info("amoCRM %s %s -> %s in %.0f ms (request id %s)", method, shown,
-                     status, duration, request_id or "-")
+            log.info(
+                "amoCRM %s %s -> %s in %.0f ms (request id %s)",
+                method,
+                shown,
+                status,
+                duration,
+                request_id or "-",
+            )
         want_debug = log.isEnabledFor(logging.DEBUG)
         if self.sink is None and not want_debug:
             return
@@ -320,7 +340,11 @@ class AmoClient:
     # -- batches -----------------------------------------------------------------------
 
     def create_many(
-        self, path: str, items: Sequence[dict[str, Any]], *, key: str,
+        self,
+        path: str,
+        items: Sequence[dict[str, Any]],
+        *,
+        key: str,
         chunk_size: int = BATCH_SIZE,
     ) -> list[dict[str, Any] | None]:
         """POST ``items`` in chunks; return amoCRM's answer item for each, in order
@@ -328,7 +352,11 @@ class AmoClient:
         return self.write_many("POST", path, items, key=key, chunk_size=chunk_size)
 
     def update_many(
-        self, path: str, items: Sequence[dict[str, Any]], *, key: str,
+        self,
+        path: str,
+        items: Sequence[dict[str, Any]],
+        *,
+        key: str,
         chunk_size: int = BATCH_SIZE,
     ) -> list[dict[str, Any] | None]:
         """PATCH ``items`` (each with an ``id``) in chunks, as :meth:`create_many`."""
@@ -339,8 +367,13 @@ class AmoClient:
     ) -> list[dict[str, Any] | None]:
         """``POST /api/v4/leads/complex`` in chunks of at most 50 leads; return the
         answer item (``id``, ``contact_id``, ``company_id``, ``merged``) per lead."""
-        return self.write_many("POST", "/api/v4/leads/complex", items, key="leads",
-                               chunk_size=min(chunk_size, BATCH_SIZE))
+        return self.write_many(
+            "POST",
+            "/api/v4/leads/complex",
+            items,
+            key="leads",
+            chunk_size=min(chunk_size, BATCH_SIZE),
+        )
 
     def write_many(
         self,
@@ -367,8 +400,9 @@ class AmoClient:
             raise ValueError("request_id values must be unique within one batch")
         results: dict[str, dict[str, Any]] = {}
         for start in range(0, len(prepared), chunk_size):
-            self._write_chunk(method, path, prepared[start:start + chunk_size], key,
-                              results)
+            self._write_chunk(
+                method, path, prepared[start : start + chunk_size], key, results
+            )
         return [results.get(rid) for rid in ids]
 
     def _write_chunk(
@@ -385,8 +419,14 @@ class AmoClient:
             if exc.status != 504 or len(chunk) < 2:
                 raise
             half = len(chunk) // 2
-            log.warning("%s %s: 504 on %d items; sending %d and %d", method, path,
-                        len(chunk), half, len(chunk) - half)
+            log.warning(
+                "%s %s: 504 on %d items; sending %d and %d",
+                method,
+                path,
+                len(chunk),
+                half,
+                len(chunk) - half,
+            )
             self._write_chunk(method, path, chunk[:half], key, results)
             self._write_chunk(method, path, chunk[half:], key, results)
             return
@@ -425,8 +465,13 @@ def _body(response: requests.Response) -> Any:
 
 def _reason(exc: requests.ConnectionError) -> str:
     text = str(exc.args[0] if exc.args else exc)
-    for name in ("RemoteDisconnected", "ConnectionResetError", "NewConnectionError",
-                 "ConnectionRefusedError", "ProtocolError"):
+    for name in (
+        "RemoteDisconnected",
+        "ConnectionResetError",
+        "NewConnectionError",
+        "ConnectionRefusedError",
+        "ProtocolError",
+    ):
         if name in text:
             return name
     return type(exc).__name__
@@ -466,7 +511,9 @@ def error_for(status: int, body: Any, what: str, *, html: bool = False) -> APIEr
             return AccountBlockedError(
                 message + " (the account or this IP is blocked, most likely for too "
                 "many requests; only amoCRM support can lift it)",
-                status=status, body=body)
+                status=status,
+                body=body,
+            )
         return ForbiddenError(message, status=status, body=body)
     mapping: dict[int, type[APIError]] = {
         401: AuthError,
@@ -479,4 +526,3 @@ def error_for(status: int, body: Any, what: str, *, html: bool = False) -> APIEr
     if status >= 500:
         return ServerError(message, status=status, body=body)
     return APIError(message, status=status, body=body)
-

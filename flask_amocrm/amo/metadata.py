@@ -30,9 +30,12 @@ log = logging.getLogger("flask_amocrm.amo")
 #: The entities whose custom fields are read.
 ENTITIES = ("leads", "contacts", "companies")
 _ENTITY_ALIASES = {
-    "lead": "leads", "leads": "leads",
-    "contact": "contacts", "contacts": "contacts",
-    "company": "companies", "companies": "companies",
+    "lead": "leads",
+    "leads": "leads",
+    "contact": "contacts",
+    "contacts": "contacts",
+    "company": "companies",
+    "companies": "companies",
 }
 #: How long a process keeps a snapshot before it looks at the shared cache again, so
 #: that ``flask amocrm sync`` reaches long-running processes quickly.
@@ -110,29 +113,38 @@ class AccountMetadata:
             statuses = p.get("statuses")
             if statuses is None:
                 statuses = (p.get("_embedded") or {}).get("statuses") or []
-            norm_pipelines.append({
-                "id": p["id"],
-                "name": p.get("name") or "",
-                "sort": p.get("sort"),
-                "is_main": bool(p.get("is_main")),
-                "is_archive": bool(p.get("is_archive")),
-                "statuses": [
-                    {"id": s["id"], "name": s.get("name") or "", "sort": s.get("sort"),
-                     "type": s.get("type"), "pipeline_id": p["id"]}
-                    for s in statuses
-                ],
-            })
+            norm_pipelines.append(
+                {
+                    "id": p["id"],
+                    "name": p.get("name") or "",
+                    "sort": p.get("sort"),
+                    "is_main": bool(p.get("is_main")),
+                    "is_archive": bool(p.get("is_archive")),
+                    "statuses": [
+                        {
+                            "id": s["id"],
+                            "name": s.get("name") or "",
+                            "sort": s.get("sort"),
+                            "type": s.get("type"),
+                            "pipeline_id": p["id"],
+                        }
+                        for s in statuses
+                    ],
+                }
+            )
         norm_users = []
         for u in users:
             rights = u.get("rights") or {}
             active = rights.get("is_active", u.get("is_active", True))
-            norm_users.append({
-                "id": u["id"],
-                "name": u.get("name") or "",
-                "email": u.get("email"),
-                "is_active": bool(active),
-                "is_admin": bool(rights.get("is_admin")),
-            })
+            norm_users.append(
+                {
+                    "id": u["id"],
+                    "name": u.get("name") or "",
+                    "email": u.get("email"),
+                    "is_active": bool(active),
+                    "is_admin": bool(rights.get("is_admin")),
+                }
+            )
         norm_fields: dict[str, list[dict[str, Any]]] = {}
         for entity in ENTITIES:
             norm_fields[entity] = [
@@ -143,10 +155,15 @@ class AccountMetadata:
                     "type": f.get("type"),
                     "is_api_only": bool(f.get("is_api_only")),
                     "enums": [
-                        {"id": e["id"], "value": e.get("value"), "code": e.get("code"),
-                         "sort": e.get("sort")}
+                        {
+                            "id": e["id"],
+                            "value": e.get("value"),
+                            "code": e.get("code"),
+                            "sort": e.get("sort"),
+                        }
                         for e in (f.get("enums") or [])
-                    ] or None,
+                    ]
+                    or None,
                 }
                 for f in fields.get(entity, [])
             ]
@@ -155,16 +172,20 @@ class AccountMetadata:
             for t in task_types
         ]
         account = account or {}
-        return cls({
-            "format": FORMAT,
-            "fetched_at": fetched_at if fetched_at is not None else time.time(),
-            "account": {k: account.get(k) for k in ("id", "name", "subdomain",
-                                                    "currency", "current_user_id")},
-            "pipelines": norm_pipelines,
-            "users": norm_users,
-            "fields": norm_fields,
-            "task_types": norm_types,
-        })
+        return cls(
+            {
+                "format": FORMAT,
+                "fetched_at": fetched_at if fetched_at is not None else time.time(),
+                "account": {
+                    k: account.get(k)
+                    for k in ("id", "name", "subdomain", "currency", "current_user_id")
+                },
+                "pipelines": norm_pipelines,
+                "users": norm_users,
+                "fields": norm_fields,
+                "task_types": norm_types,
+            }
+        )
 
     @classmethod
     def fetch(cls, client: AmoClient) -> AccountMetadata:
@@ -174,12 +195,18 @@ class AccountMetadata:
         pipelines = client.get_all("/api/v4/leads/pipelines", "pipelines")
         users = client.get_all("/api/v4/users", "users", limit=250)
         fields = {
-            entity: client.get_all(f"/api/v4/{entity}/custom_fields",
-                                   "custom_fields", limit=50)
+            entity: client.get_all(
+                f"/api/v4/{entity}/custom_fields", "custom_fields", limit=50
+            )
             for entity in ENTITIES
         }
-        return cls.from_api(pipelines=pipelines, users=users, fields=fields,
-                            task_types=task_types, account=account)
+        return cls.from_api(
+            pipelines=pipelines,
+            users=users,
+            fields=fields,
+            task_types=task_types,
+            account=account,
+        )
 
     def to_json(self) -> str:
         """The snapshot as JSON, for the cache."""
@@ -259,8 +286,10 @@ class AccountMetadata:
         return _find(self.task_types, key, ("code", "name"))
 
     def __repr__(self) -> str:
-        return (f"<AccountMetadata {self.account.get('subdomain')} "
-                f"{len(self.pipelines)} pipelines, {len(self.users)} users>")
+        return (
+            f"<AccountMetadata {self.account.get('subdomain')} "
+            f"{len(self.pipelines)} pipelines, {len(self.users)} users>"
+        )
 
 
 def _entity(entity: str) -> str:
@@ -321,8 +350,11 @@ def _write_cache(state: _State, meta: AccountMetadata) -> None:
     with state.session() as session:
         row = session.get(AccountMetadataRow, state.settings.base_url)
         if row is None:
-            session.add(AccountMetadataRow(base_url=state.settings.base_url,
-                                           data=text, fetched_at=utcnow()))
+            session.add(
+                AccountMetadataRow(
+                    base_url=state.settings.base_url, data=text, fetched_at=utcnow()
+                )
+            )
         else:
             row.data = text
             row.fetched_at = utcnow()

@@ -144,8 +144,9 @@ class RedisRateLimiter:
         waited = 0.0
         try:
             while True:
-                wait_text, penalties = self._acquire(keys=keys,
-                                                     args=[repr(self.interval)])
+                wait_text, penalties = self._acquire(
+                    keys=keys, args=[repr(self.interval)]
+                )
                 wait = float(wait_text)
                 if wait <= 0:
                     return waited
@@ -156,8 +157,10 @@ class RedisRateLimiter:
         except RedisError as exc:
             # Without Redis the RQ side is down anyway; an inline delivery still
             # deserves a limit, so keep one in this process until Redis is back.
-            log.warning("Rate limiter: Redis failed (%s); limiting in-process",
-                        type(exc).__name__)
+            log.warning(
+                "Rate limiter: Redis failed (%s); limiting in-process",
+                type(exc).__name__,
+            )
             if self._fallback is None:
                 self._fallback = LocalRateLimiter(1.0 / self.interval, headroom=1.0)
             return waited + self._fallback.acquire()
@@ -167,9 +170,10 @@ class RedisRateLimiter:
         from redis.exceptions import RedisError
 
         try:
-            self._penalize(keys=[self.key, self.slow_key, self.penalty_key],
-                           args=[repr(pause), repr(MAX_SLOWDOWN),
-                                 repr(SLOWDOWN_SECONDS)])
+            self._penalize(
+                keys=[self.key, self.slow_key, self.penalty_key],
+                args=[repr(pause), repr(MAX_SLOWDOWN), repr(SLOWDOWN_SECONDS)],
+            )
         except RedisError:
             if self._fallback is not None:
                 self._fallback.penalize(pause)

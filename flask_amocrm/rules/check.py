@@ -17,13 +17,25 @@ from .schema import TRACKING_TAGS, find_rule, rule_names
 if TYPE_CHECKING:
     from ..amo.metadata import AccountMetadata
 
-_LOCK_NAMES = {"name", "first_name", "last_name", "price", "pipeline", "status",
-               "responsible", "tags", "visitor_uid"}
+_LOCK_NAMES = {
+    "name",
+    "first_name",
+    "last_name",
+    "price",
+    "pipeline",
+    "status",
+    "responsible",
+    "tags",
+    "visitor_uid",
+}
 
 
 def _fixed(value: Any) -> bool:
-    return isinstance(value, int | str) and not isinstance(value, bool) and \
-        "{" not in str(value)
+    return (
+        isinstance(value, int | str)
+        and not isinstance(value, bool)
+        and "{" not in str(value)
+    )
 
 
 def check_rules(rules: dict[str, Any], meta: AccountMetadata) -> list[str]:
@@ -61,9 +73,15 @@ def _check_rule(rule: dict[str, Any], meta: AccountMetadata, where: str) -> list
             problems += _users(section["responsible"], meta, f"{path}.responsible")
         wanted: dict[Any, tuple[str, Any]] = {
             code: (f"{path}.{std}", section[std])
-            for std, code in STANDARD_FIELDS[key].items() if std in section}
-        wanted.update({name: (f"{path}.fields.{name}", value)
-                       for name, value in (section.get("fields") or {}).items()})
+            for std, code in STANDARD_FIELDS[key].items()
+            if std in section
+        }
+        wanted.update(
+            {
+                name: (f"{path}.fields.{name}", value)
+                for name, value in (section.get("fields") or {}).items()
+            }
+        )
         for name, (field_path, value) in wanted.items():
             field = meta.field(entity, name)
             if field is None:
@@ -82,17 +100,21 @@ def _check_rule(rule: dict[str, Any], meta: AccountMetadata, where: str) -> list
     if isinstance(tracking, dict):
         for tag, field in tracking.items():
             if field is not False and meta.field("leads", field) is None:
-                problems.append(f"{where}.tracking.{tag}: the leads have no field "
-                                f"{field!r}")
+                problems.append(
+                    f"{where}.tracking.{tag}: the leads have no field {field!r}"
+                )
     if tracking is not False and not meta.field("leads", TRACKING_TAGS["utm_source"]):
-        problems.append(f"{where}.tracking: the account has no UTM_SOURCE lead field; "
-                        "campaign tags are written only to the fields it has")
+        problems.append(
+            f"{where}.tracking: the account has no UTM_SOURCE lead field; "
+            "campaign tags are written only to the fields it has"
+        )
     files = rule.get("files")
     if isinstance(files, dict) and "field" in files:
         entity = ENTITY.get(files.get("entity", "lead"), "leads")
         if meta.field(entity, files["field"]) is None:
-            problems.append(f"{where}.files.field: the {entity} have no field "
-                            f"{files['field']!r}")
+            problems.append(
+                f"{where}.files.field: the {entity} have no field {files['field']!r}"
+            )
     tasks = rule.get("task") or []
     for i, task in enumerate(tasks if isinstance(tasks, list) else [tasks]):
         path = f"{where}.task" + (f"[{i}]" if isinstance(tasks, list) else "")
@@ -103,8 +125,9 @@ def _check_rule(rule: dict[str, Any], meta: AccountMetadata, where: str) -> list
     return problems
 
 
-def _enums(meta: AccountMetadata, field: dict[str, Any], value: Any,
-           where: str) -> list[str]:
+def _enums(
+    meta: AccountMetadata, field: dict[str, Any], value: Any, where: str
+) -> list[str]:
     if field.get("type") not in ENUM_TYPES:
         return []
     labels = []
@@ -113,9 +136,13 @@ def _enums(meta: AccountMetadata, field: dict[str, Any], value: Any,
             item = item.get("enum_id", item.get("enum", item.get("value")))
         if _fixed(item):
             labels.append(item)
-    return [f"{where}: {label!r} is not one of the values of {field['name']!r} ("
-            + ", ".join(str(e.get("value")) for e in field.get("enums") or []) + ")"
-            for label in labels if meta.enum_id(field, label) is None]
+    return [
+        f"{where}: {label!r} is not one of the values of {field['name']!r} ("
+        + ", ".join(str(e.get("value")) for e in field.get("enums") or [])
+        + ")"
+        for label in labels
+        if meta.enum_id(field, label) is None
+    ]
 
 
 def _pipeline(section: dict[str, Any], meta: AccountMetadata, where: str) -> list[str]:
@@ -127,8 +154,12 @@ def _pipeline(section: dict[str, Any], meta: AccountMetadata, where: str) -> lis
         pipeline_id = pipeline["id"]
     elif "pipeline" in section:
         return []
-    if "status" in section and _fixed(section["status"]) and \
-            meta.status(pipeline_id, str(section["status"]).strip()) is None:
-        return [f"{where}.status: there is no status {section['status']!r} in that "
-                "pipeline"]
+    if (
+        "status" in section
+        and _fixed(section["status"])
+        and meta.status(pipeline_id, str(section["status"]).strip()) is None
+    ):
+        return [
+            f"{where}.status: there is no status {section['status']!r} in that pipeline"
+        ]
     return []

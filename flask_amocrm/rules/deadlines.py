@@ -24,8 +24,14 @@ DEFAULT_DEADLINE = "+1h"
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 _RELATIVE = re.compile(r"^\+\s*((?:\d+\s*(?:min|s|m|h|d|w)\s*)+)$", re.I)
 _PART = re.compile(r"(\d+)\s*(min|s|m|h|d|w)", re.I)
-_EOD = {"eod", "end of day", "end of working day", "end of the working day",
-        "конец дня", "конец рабочего дня"}
+_EOD = {
+    "eod",
+    "end of day",
+    "end of working day",
+    "end of the working day",
+    "конец дня",
+    "конец рабочего дня",
+}
 
 
 def is_static(text: str) -> bool:
@@ -42,15 +48,18 @@ def deadline(
     lowered = cleaned.lower()
     match = _RELATIVE.match(lowered)
     if match:
-        seconds = sum(int(n) * _UNITS[unit.lower()]
-                      for n, unit in _PART.findall(match.group(1)))
+        seconds = sum(
+            int(n) * _UNITS[unit.lower()] for n, unit in _PART.findall(match.group(1))
+        )
         return int(now + seconds)
     if lowered in _EOD:
         return end_of_working_day(now=now, tz=tz, workday_end=workday_end)
     stamp = parse_when(cleaned, tz=tz)
     if stamp is None:
-        raise RuleError(f"{where}: {cleaned!r} is not a deadline; use '+2h', 'eod' "
-                        "or a date such as '2024-05-17 14:30'")
+        raise RuleError(
+            f"{where}: {cleaned!r} is not a deadline; use '+2h', 'eod' "
+            "or a date such as '2024-05-17 14:30'"
+        )
     return stamp
 
 
@@ -59,6 +68,7 @@ def end_of_working_day(*, now: float, tz: tzinfo, workday_end: time) -> int:
     local = datetime.fromtimestamp(now, tz)
     candidate = datetime.combine(local.date(), workday_end, tzinfo=tz)
     while candidate <= local or candidate.weekday() >= 5:
-        candidate = datetime.combine(candidate.date() + timedelta(days=1), workday_end,
-                                     tzinfo=tz)
+        candidate = datetime.combine(
+            candidate.date() + timedelta(days=1), workday_end, tzinfo=tz
+        )
     return int(candidate.timestamp())

@@ -37,23 +37,63 @@ ENUM_TYPES = {"select", "radiobutton", "multiselect", "category"}
 ADDRESS_PARTS = ("address_line_1", "address_line_2", "city", "state", "zip", "country")
 #: The keys of a ``legal_entity`` value.
 LEGAL_ENTITY_KEYS = (
-    "name", "entity_type", "vat_id", "kpp", "tax_registration_reason_code", "address",
-    "real_address", "bank_code", "bank_account_number", "external_uid", "unp", "bin",
-    "egrpou", "mfo", "oked", "director",
+    "name",
+    "entity_type",
+    "vat_id",
+    "kpp",
+    "tax_registration_reason_code",
+    "address",
+    "real_address",
+    "bank_code",
+    "bank_account_number",
+    "external_uid",
+    "unp",
+    "bin",
+    "egrpou",
+    "mfo",
+    "oked",
+    "director",
 )
 
 #: Predefined field codes whose type is the same in every account, so a rule that uses
 #: only these needs no account metadata (reference 3.3 and 12).
 KNOWN_CODES: dict[str, dict[str, str]] = {
-    "contacts": {"PHONE": "multitext", "EMAIL": "multitext", "IM": "multitext",
-                 "POSITION": "text"},
-    "companies": {"PHONE": "multitext", "EMAIL": "multitext", "WEB": "url",
-                  "ADDRESS": "textarea"},
-    "leads": {code: "tracking_data" for code in (
-        "UTM_SOURCE", "UTM_MEDIUM", "UTM_CAMPAIGN", "UTM_CONTENT", "UTM_TERM",
-        "UTM_REFERRER", "ROISTAT", "REFERRER", "OPENSTAT_SERVICE", "OPENSTAT_CAMPAIGN",
-        "OPENSTAT_AD", "OPENSTAT_SOURCE", "FROM", "GCLIENTID", "_YM_UID", "_YM_COUNTER",
-        "GCLID", "YCLID", "FBCLID")},
+    "contacts": {
+        "PHONE": "multitext",
+        "EMAIL": "multitext",
+        "IM": "multitext",
+        "POSITION": "text",
+    },
+    "companies": {
+        "PHONE": "multitext",
+        "EMAIL": "multitext",
+        "WEB": "url",
+        "ADDRESS": "textarea",
+    },
+    "leads": {
+        code: "tracking_data"
+        for code in (
+            "UTM_SOURCE",
+            "UTM_MEDIUM",
+            "UTM_CAMPAIGN",
+            "UTM_CONTENT",
+            "UTM_TERM",
+            "UTM_REFERRER",
+            "ROISTAT",
+            "REFERRER",
+            "OPENSTAT_SERVICE",
+            "OPENSTAT_CAMPAIGN",
+            "OPENSTAT_AD",
+            "OPENSTAT_SOURCE",
+            "FROM",
+            "GCLIENTID",
+            "_YM_UID",
+            "_YM_COUNTER",
+            "GCLID",
+            "YCLID",
+            "FBCLID",
+        )
+    },
 }
 #: The enum codes a multitext value takes when the rule names none.
 DEFAULT_ENUM_CODE = {"PHONE": "WORK", "EMAIL": "WORK", "IM": "OTHER"}
@@ -91,7 +131,8 @@ def field_item(
     if not values:
         return None
     item: dict[str, Any] = (
-        {"field_id": int(field["id"])} if field.get("id") is not None
+        {"field_id": int(field["id"])}
+        if field.get("id") is not None
         else {"field_code": field["code"]}
     )
     item["values"] = values
@@ -136,8 +177,13 @@ def _values(
             items = [", ".join(str(_plain(v)) for v in items)]
         multiline = ftype == "textarea"
         limit = LONG_LIMIT if multiline else TEXT_LIMIT
-        text = clean_text(_plain(items[0]), limit=limit,
-                          multiline=multiline, where=f"{name}", warnings=warnings)
+        text = clean_text(
+            _plain(items[0]),
+            limit=limit,
+            multiline=multiline,
+            where=f"{name}",
+            warnings=warnings,
+        )
         return [{"value": text}] if text else []
 
     if ftype in NUMBER_TYPES:
@@ -170,10 +216,13 @@ def _values(
             enum = _enum(field, raw)
             if enum is None:
                 shown = _plain(raw)
-                options = ", ".join(str(e.get("value"))
-                                    for e in field.get("enums") or [])
-                warnings.append(f"{name}: {shown!r} is not one of its values "
-                                f"({options}); it was not written")
+                options = ", ".join(
+                    str(e.get("value")) for e in field.get("enums") or []
+                )
+                warnings.append(
+                    f"{name}: {shown!r} is not one of its values "
+                    f"({options}); it was not written"
+                )
                 continue
             if {"enum_id": enum} not in out:
                 out.append({"enum_id": enum})
@@ -197,8 +246,10 @@ def _values(
         out = []
         for part, raw in parts.items():
             if part not in ADDRESS_PARTS:
-                raise RuleError(f"{where}.{part}: an address has the parts "
-                                + ", ".join(ADDRESS_PARTS))
+                raise RuleError(
+                    f"{where}.{part}: an address has the parts "
+                    + ", ".join(ADDRESS_PARTS)
+                )
             text = clean_text(raw, where=f"{name}.{part}", warnings=warnings)
             if text:
                 out.append({"value": text, "enum_code": part})
@@ -209,8 +260,10 @@ def _values(
         entity: dict[str, Any] = {}
         for key, part in raw.items():
             if key not in LEGAL_ENTITY_KEYS:
-                raise RuleError(f"{where}.{key}: a legal entity has the keys "
-                                + ", ".join(LEGAL_ENTITY_KEYS))
+                raise RuleError(
+                    f"{where}.{key}: a legal entity has the keys "
+                    + ", ".join(LEGAL_ENTITY_KEYS)
+                )
             if key == "entity_type":
                 number = parse_number(part)
                 if number in (1.0, 2.0):
@@ -222,8 +275,10 @@ def _values(
         return [{"value": entity}] if entity else []
 
     if ftype == "file":
-        warnings.append(f"{name}: file fields take amoCRM Drive files; the value "
-                        f"{_plain(items[0])!r} was not written")
+        warnings.append(
+            f"{name}: file fields take amoCRM Drive files; the value "
+            f"{_plain(items[0])!r} was not written"
+        )
         return []
 
     # chained_list, items, linked_entity ... : a table is sent as written.
@@ -259,8 +314,10 @@ def _enum(field: dict[str, Any], raw: Any) -> int | None:
     folded = text.casefold()
     for attr in ("value", "code"):
         for enum in enums:
-            if enum.get(attr) is not None and \
-                    " ".join(str(enum[attr]).split()).casefold() == folded:
+            if (
+                enum.get(attr) is not None
+                and " ".join(str(enum[attr]).split()).casefold() == folded
+            ):
                 return int(enum["id"])
     return None
 
@@ -269,8 +326,11 @@ def _multitext_enum(
     field: dict[str, Any], code: Any, name: str, warnings: list[str]
 ) -> dict[str, Any]:
     enums = field.get("enums") or []
-    wanted = str(code).strip() if code else DEFAULT_ENUM_CODE.get(
-        str(field.get("code")), "WORK")
+    wanted = (
+        str(code).strip()
+        if code
+        else DEFAULT_ENUM_CODE.get(str(field.get("code")), "WORK")
+    )
     if not enums:
         return {"enum_code": wanted.upper()}
     for enum in enums:
@@ -278,8 +338,9 @@ def _multitext_enum(
             if enum.get(attr) and str(enum[attr]).casefold() == wanted.casefold():
                 return {"enum_id": int(enum["id"])}
     if code:
-        warnings.append(f"{name}: there is no kind {code!r}; written as "
-                        f"{enums[0].get('value')}")
+        warnings.append(
+            f"{name}: there is no kind {code!r}; written as {enums[0].get('value')}"
+        )
     return {"enum_id": int(enums[0]["id"])}
 
 
@@ -298,8 +359,14 @@ def to_bool(value: Any) -> bool | None:
 
 
 _DATE_FORMATS = (
-    "%Y-%m-%d", "%d.%m.%Y", "%d.%m.%y", "%d/%m/%Y", "%d-%m-%Y", "%Y/%m/%d",
-    "%Y.%m.%d", "%d %m %Y",
+    "%Y-%m-%d",
+    "%d.%m.%Y",
+    "%d.%m.%y",
+    "%d/%m/%Y",
+    "%d-%m-%Y",
+    "%Y/%m/%d",
+    "%Y.%m.%d",
+    "%d %m %Y",
 )
 _TIME_FORMATS = ("%H:%M", "%H:%M:%S", "%H.%M")
 _STAMP = re.compile(r"^\d{9,11}$")

@@ -35,11 +35,14 @@ def _db_incr(state: _State, name: str) -> int:
     for _ in range(3):
         with state.session() as session:
             result = session.execute(
-                update(Counter).where(Counter.name == name)
-                .values(value=Counter.value + 1))
+                update(Counter)
+                .where(Counter.name == name)
+                .values(value=Counter.value + 1)
+            )
             if result.rowcount:  # type: ignore[attr-defined]
                 value = session.scalar(
-                    select(Counter.value).where(Counter.name == name))
+                    select(Counter.value).where(Counter.name == name)
+                )
                 session.commit()
                 return int(value or 1)
             try:
@@ -62,6 +65,7 @@ def peek_turn(state: _State, key: str, count: int) -> int:
         value = int(redis.get(name) or 0)
     else:
         with state.session() as session:
-            value = int(session.scalar(
-                select(Counter.value).where(Counter.name == name)) or 0)
+            value = int(
+                session.scalar(select(Counter.value).where(Counter.name == name)) or 0
+            )
     return value % count

@@ -38,14 +38,34 @@ from jinja2 import TemplateSyntaxError
 from .templates import compile_template
 
 #: Keys of a rule (and of ``defaults``).
-RULE_KEYS = {"contact", "company", "lead", "task", "unsorted", "tracking", "files",
-             "format", "group", "responsible"}
-_COMMON = {"id", "name", "responsible", "tags", "fields", "note", "notes", "lock",
-           "group", "duplicates"}
+RULE_KEYS = {
+    "contact",
+    "company",
+    "lead",
+    "task",
+    "unsorted",
+    "tracking",
+    "files",
+    "format",
+    "group",
+    "responsible",
+}
+_COMMON = {
+    "id",
+    "name",
+    "responsible",
+    "tags",
+    "fields",
+    "note",
+    "notes",
+    "lock",
+    "group",
+    "duplicates",
+}
 #: Keys of each entity section.
 SECTION_KEYS = {
-    "contact": _COMMON | {"first_name", "last_name", "position", "phone", "email",
-                          "im"},
+    "contact": _COMMON
+    | {"first_name", "last_name", "position", "phone", "email", "im"},
     "company": _COMMON | {"phone", "email", "web", "address"},
     "lead": _COMMON | {"price", "pipeline", "status", "visitor_uid"},
 }
@@ -101,8 +121,10 @@ def _templates(where: str, value: Any) -> None:
         try:
             compile_template(value)
         except TemplateSyntaxError as exc:
-            raise _fail(where, f"has a template error: {exc.message} "
-                               f"(line {exc.lineno}): {value!r}") from None
+            raise _fail(
+                where,
+                f"has a template error: {exc.message} (line {exc.lineno}): {value!r}",
+            ) from None
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _templates(f"{where}[{i}]", item)
@@ -116,11 +138,15 @@ def _check_keys(where: str, table: Any, known: set[str], what: str) -> dict[str,
         raise _fail(where, f"must be a table, not {table!r}.")
     for key in table:
         if key in LATER_KEYS:
-            raise _fail(f"{where}.{key}",
-                        "is not supported by this version of Flask-AmoCRM yet.")
+            raise _fail(
+                f"{where}.{key}",
+                "is not supported by this version of Flask-AmoCRM yet.",
+            )
         if key not in known:
-            raise _fail(f"{where}.{key}", f"is not a setting of {what}. Known: "
-                        + ", ".join(sorted(known)) + ".")
+            raise _fail(
+                f"{where}.{key}",
+                f"is not a setting of {what}. Known: " + ", ".join(sorted(known)) + ".",
+            )
     return table
 
 
@@ -142,27 +168,36 @@ def _check_note(where: str, note: Any) -> None:
             _check_bool(f"{where}.{key}", note[key])
 
 
-def _check_section(where: str, entity: str, section: Any,
-                   complete: bool = False) -> None:
+def _check_section(
+    where: str, entity: str, section: Any, complete: bool = False
+) -> None:
     _check_keys(where, section, SECTION_KEYS[entity], entity)
     for key, value in section.items():
         path = f"{where}.{key}"
         if key == "fields":
             if not isinstance(value, dict):
-                raise _fail(path, "must be a table of field = value (a field's code, "
-                                  "id or name, and a template or a value).")
+                raise _fail(
+                    path,
+                    "must be a table of field = value (a field's code, "
+                    "id or name, and a template or a value).",
+                )
             for field, item in value.items():
                 if not isinstance(item, str | int | float | bool | list | dict):
-                    raise _fail(f"{path}.{field}", f"has a value of an unknown kind: "
-                                                   f"{item!r}.")
+                    raise _fail(
+                        f"{path}.{field}", f"has a value of an unknown kind: {item!r}."
+                    )
         elif key == "tags":
             if not isinstance(value, list | str):
                 raise _fail(path, "must be a list of tags (templates).")
         elif key == "lock":
-            if not isinstance(value, list) or not all(isinstance(v, str | int)
-                                                      for v in value):
-                raise _fail(path, "must be a list of the keys an update never "
-                                  "overwrites (name, price, PHONE, a field's name).")
+            if not isinstance(value, list) or not all(
+                isinstance(v, str | int) for v in value
+            ):
+                raise _fail(
+                    path,
+                    "must be a list of the keys an update never "
+                    "overwrites (name, price, PHONE, a field's name).",
+                )
         elif key == "note":
             _check_note(path, value)
         elif key == "notes":
@@ -180,48 +215,72 @@ def _check_section(where: str, entity: str, section: Any,
                 raise _fail(path, "must be a value or a list of values to add up.")
         elif key in ("responsible",):
             if not isinstance(value, str | int | list) or value == []:
-                raise _fail(path, "must be a user (name, e-mail or id) or a list of "
-                                  "users served in turn.")
+                raise _fail(
+                    path,
+                    "must be a user (name, e-mail or id) or a list of "
+                    "users served in turn.",
+                )
         elif not isinstance(value, str | int | float | list | dict):
             raise _fail(path, f"has a value of an unknown kind: {value!r}.")
         _templates(path, value)
 
 
-def _check_duplicates(where: str, entity: str, section: dict[str, Any],
-                      value: Any, complete: bool) -> None:
+def _check_duplicates(
+    where: str, entity: str, section: dict[str, Any], value: Any, complete: bool
+) -> None:
     from ..dedup import REQUIRE, SCOPES, STRATEGIES, parse_within
 
     if value is False:
         return
     _check_keys(where, value, DUPLICATES_KEYS[entity], "duplicates")
     match = value.get("match")
-    if not isinstance(match, list) or not match or not all(
-            isinstance(m, str | int) and not isinstance(m, bool) for m in match):
-        raise _fail(f"{where}.match", "is required: a list of what to compare ("
-                    + ("name, price, pipeline, status or a lead field"
-                       if entity == "lead" else "PHONE, EMAIL, name or a field")
-                    + ").")
+    if (
+        not isinstance(match, list)
+        or not match
+        or not all(isinstance(m, str | int) and not isinstance(m, bool) for m in match)
+    ):
+        raise _fail(
+            f"{where}.match",
+            "is required: a list of what to compare ("
+            + (
+                "name, price, pipeline, status or a lead field"
+                if entity == "lead"
+                else "PHONE, EMAIL, name or a field"
+            )
+            + ").",
+        )
     for item in match:
         # Only a whole rule (defaults merged in) shows what its section fills.
         if complete and not _fills(entity, section, item):
-            raise _fail(f"{where}.match", f"names {item!r}, which this {entity} "
-                        "section does not fill, so there is nothing to compare.")
+            raise _fail(
+                f"{where}.match",
+                f"names {item!r}, which this {entity} "
+                "section does not fill, so there is nothing to compare.",
+            )
     strategy = value.get("strategy")
     if strategy not in STRATEGIES:
-        raise _fail(f"{where}.strategy", "is required: 'note' (create, and note "
-                    "the duplicates), 'update' (update the earliest duplicate) or "
-                    f"'use' (use it as it is), not {strategy!r}.")
+        raise _fail(
+            f"{where}.strategy",
+            "is required: 'note' (create, and note "
+            "the duplicates), 'update' (update the earliest duplicate) or "
+            f"'use' (use it as it is), not {strategy!r}.",
+        )
     if value.get("require", "any") not in REQUIRE:
-        raise _fail(f"{where}.require", "must be 'any' or 'all', not "
-                    f"{value['require']!r}.")
+        raise _fail(
+            f"{where}.require", f"must be 'any' or 'all', not {value['require']!r}."
+        )
     if value.get("scope", "contact") not in SCOPES:
-        raise _fail(f"{where}.scope", "must be 'contact' or 'all', not "
-                    f"{value['scope']!r}.")
+        raise _fail(
+            f"{where}.scope", f"must be 'contact' or 'all', not {value['scope']!r}."
+        )
     if "open_only" in value:
         _check_bool(f"{where}.open_only", value["open_only"])
     if "within" in value and parse_within(value["within"]) is None:
-        raise _fail(f"{where}.within", f"{value['within']!r} is not a time window; "
-                    "use '30m', '12h', '7d', '2w' or a number of seconds.")
+        raise _fail(
+            f"{where}.within",
+            f"{value['within']!r} is not a time window; "
+            "use '30m', '12h', '7d', '2w' or a number of seconds.",
+        )
 
 
 def _fills(entity: str, section: dict[str, Any], item: Any) -> bool:
@@ -245,8 +304,9 @@ def _check_task(where: str, task: Any) -> None:
     _check_keys(where, task, TASK_KEYS, "a task")
     entity = task.get("entity", "lead")
     if entity not in _ENTITIES:
-        raise _fail(f"{where}.entity", f"must be lead, contact or company, not "
-                                       f"{entity!r}.")
+        raise _fail(
+            f"{where}.entity", f"must be lead, contact or company, not {entity!r}."
+        )
     if "text" in task and not isinstance(task["text"], str):
         raise _fail(f"{where}.text", "must be a text (a template).")
     if "deadline" in task:
@@ -256,12 +316,19 @@ def _check_task(where: str, task: Any) -> None:
         value = task["deadline"]
         if not isinstance(value, str):
             raise _fail(f"{where}.deadline", "must be a text such as '+2h' or 'eod'.")
-        if "{" not in value and not is_static(value) and parse_when(
-                value, tz=_UTC) is None:
-            raise _fail(f"{where}.deadline", f"{value!r} is not a deadline; use "
-                        "'+30m', '+2h', '+1d', 'eod', a date or a template.")
-    if "duration" in task and (isinstance(task["duration"], bool)
-                               or not isinstance(task["duration"], int)):
+        if (
+            "{" not in value
+            and not is_static(value)
+            and parse_when(value, tz=_UTC) is None
+        ):
+            raise _fail(
+                f"{where}.deadline",
+                f"{value!r} is not a deadline; use "
+                "'+30m', '+2h', '+1d', 'eod', a date or a template.",
+            )
+    if "duration" in task and (
+        isinstance(task["duration"], bool) or not isinstance(task["duration"], int)
+    ):
         raise _fail(f"{where}.duration", "must be a number of seconds.")
     _templates(where, task)
 
@@ -269,13 +336,23 @@ def _check_task(where: str, task: Any) -> None:
 def _check_rule(where: str, rule: Any, complete: bool = False) -> None:
     """``complete``: ``rule`` has ``defaults`` merged in (what an event will use)."""
     _check_keys(where, rule, RULE_KEYS, "a rule")
-    lead_dups = (rule.get("lead") or {}).get("duplicates") \
-        if isinstance(rule.get("lead"), dict) else None
-    if complete and isinstance(lead_dups, dict) and lead_dups.get("scope", "contact") == \
-            "contact" and "contact" not in rule:
-        raise _fail(f"{where}.lead.duplicates.scope", "is 'contact' (the default), "
-                    "but the rule has no contact section: use scope = 'all' or add "
-                    "the contact.")
+    lead_dups = (
+        (rule.get("lead") or {}).get("duplicates")
+        if isinstance(rule.get("lead"), dict)
+        else None
+    )
+    if (
+        complete
+        and isinstance(lead_dups, dict)
+        and lead_dups.get("scope", "contact") == "contact"
+        and "contact" not in rule
+    ):
+        raise _fail(
+            f"{where}.lead.duplicates.scope",
+            "is 'contact' (the default), "
+            "but the rule has no contact section: use scope = 'all' or add "
+            "the contact.",
+        )
     for key, value in rule.items():
         path = f"{where}.{key}"
         if key in _ENTITIES:
@@ -283,8 +360,9 @@ def _check_rule(where: str, rule: Any, complete: bool = False) -> None:
         elif key == "task":
             tasks = value if isinstance(value, list) else [value]
             for i, task in enumerate(tasks):
-                _check_task(path if not isinstance(value, list) else f"{path}[{i}]",
-                            task)
+                _check_task(
+                    path if not isinstance(value, list) else f"{path}[{i}]", task
+                )
         elif key == "unsorted":
             if isinstance(value, dict):
                 _check_keys(path, value, UNSORTED_KEYS, "unsorted")
@@ -297,11 +375,17 @@ def _check_rule(where: str, rule: Any, complete: bool = False) -> None:
             if isinstance(value, dict):
                 for tag, field in value.items():
                     if tag not in TRACKING_TAGS:
-                        raise _fail(f"{path}.{tag}", "is not a campaign tag. Known: "
-                                    + ", ".join(sorted(TRACKING_TAGS)) + ".")
+                        raise _fail(
+                            f"{path}.{tag}",
+                            "is not a campaign tag. Known: "
+                            + ", ".join(sorted(TRACKING_TAGS))
+                            + ".",
+                        )
                     if field is not False and not isinstance(field, str | int):
-                        raise _fail(f"{path}.{tag}", "must be a lead field (code, "
-                                                     "name or id) or false.")
+                        raise _fail(
+                            f"{path}.{tag}",
+                            "must be a lead field (code, name or id) or false.",
+                        )
             else:
                 _check_bool(path, value)
         elif key == "files":
@@ -335,23 +419,30 @@ def validate_rules(rules: dict[str, Any]) -> None:
             _check_rule("defaults", value)
         elif top in _KINDS:
             if not isinstance(value, dict):
-                raise _fail(top, "must be a table of rules, one per "
-                            + _KINDS[top] + ".")
+                raise _fail(
+                    top, "must be a table of rules, one per " + _KINDS[top] + "."
+                )
             for name, rule in value.items():
                 if top == "mails" and isinstance(rule, dict) and "subject" in rule:
                     _check_subject(f"mails.{name}.subject", rule["subject"])
                     rule = {k: v for k, v in rule.items() if k != "subject"}
                 _check_rule(f"{top}.{name}", rule)
-                _check_rule(f"{top}.{name}", _merge(rules.get("defaults") or {}, rule),
-                            complete=True)
+                _check_rule(
+                    f"{top}.{name}",
+                    _merge(rules.get("defaults") or {}, rule),
+                    complete=True,
+                )
         else:
             raise _fail(top, "is not a section. Use 'defaults', 'forms' and 'mails'.")
 
 
 def _check_subject(where: str, pattern: Any) -> None:
     if not isinstance(pattern, str) or not pattern.strip():
-        raise _fail(where, "must be a subject pattern such as 'Order #*' "
-                    "(* matches anything, ? one character).")
+        raise _fail(
+            where,
+            "must be a subject pattern such as 'Order #*' "
+            "(* matches anything, ? one character).",
+        )
 
 
 def find_mail_event(rules: dict[str, Any], subject: Any) -> str | None:
@@ -371,11 +462,17 @@ def find_mail_event(rules: dict[str, Any], subject: Any) -> str | None:
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and \
-                key != "fields":
+        if (
+            isinstance(value, dict)
+            and isinstance(merged.get(key), dict)
+            and key != "fields"
+        ):
             merged[key] = _merge(merged[key], value)
-        elif key == "fields" and isinstance(merged.get(key), dict) and \
-                isinstance(value, dict):
+        elif (
+            key == "fields"
+            and isinstance(merged.get(key), dict)
+            and isinstance(value, dict)
+        ):
             merged[key] = {**merged[key], **copy.deepcopy(value)}
         else:
             merged[key] = copy.deepcopy(value)
@@ -399,4 +496,3 @@ def rule_names(rules: dict[str, Any]) -> list[tuple[str, str, str]]:
         for name in rules.get(section) or {}:
             out.append((kind, name, f"{section}.{name}"))
     return out
-

@@ -33,8 +33,9 @@ def compile_template(source: str, html: bool = False) -> Template:
     return (_html_env if html else _env).from_string(source)
 
 
-def render(source: str, variables: dict[str, Any], *, where: str = "",
-           html: bool = False) -> str:
+def render(
+    source: str, variables: dict[str, Any], *, where: str = "", html: bool = False
+) -> str:
     """Render one template string; :class:`RuleError` naming ``where`` on error."""
     if "{" not in source:
         return source
@@ -42,23 +43,30 @@ def render(source: str, variables: dict[str, Any], *, where: str = "",
     try:
         text = compile_template(source, html).render(variables)
     except TemplateError as exc:
-        raise RuleError(f"template error{label}: {exc} "
-                        f"(template: {source!r})") from None
+        raise RuleError(
+            f"template error{label}: {exc} (template: {source!r})"
+        ) from None
     except Exception as exc:  # a filter fed the wrong thing: still the rule's fault
-        raise RuleError(f"template error{label}: {type(exc).__name__}: {exc} "
-                        f"(template: {source!r})") from None
+        raise RuleError(
+            f"template error{label}: {type(exc).__name__}: {exc} (template: {source!r})"
+        ) from None
     return text[:MAX_OUTPUT]
 
 
-def render_value(value: Any, variables: dict[str, Any], *, where: str = "",
-                 html: bool = False) -> Any:
+def render_value(
+    value: Any, variables: dict[str, Any], *, where: str = "", html: bool = False
+) -> Any:
     """Render strings inside lists and dicts; leave numbers and booleans as they are."""
     if isinstance(value, str):
         return render(value, variables, where=where, html=html)
     if isinstance(value, list):
-        return [render_value(v, variables, where=f"{where}[{i}]", html=html)
-                for i, v in enumerate(value)]
+        return [
+            render_value(v, variables, where=f"{where}[{i}]", html=html)
+            for i, v in enumerate(value)
+        ]
     if isinstance(value, dict):
-        return {k: render_value(v, variables, where=f"{where}.{k}", html=html)
-                for k, v in value.items()}
+        return {
+            k: render_value(v, variables, where=f"{where}.{k}", html=html)
+            for k, v in value.items()
+        }
     return value

@@ -121,8 +121,9 @@ class Faults:
                     continue
                 if fault.method and fault.method != method:
                     continue
-                decided = (decision.drop or decision.lose_answer
-                           or decision.status is not None)
+                decided = (
+                    decision.drop or decision.lose_answer or decision.status is not None
+                )
                 terminal = fault.drop or fault.lose_answer or fault.status is not None
                 if terminal and decided and not fault.latency_ms:
                     continue  # an earlier fault already answers this request

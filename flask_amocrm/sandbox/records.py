@@ -252,9 +252,7 @@ def check_tag_refs(store: Store, entity: str, refs: Any, path: str) -> list[Fiel
                 )
         if "id" in ref and ref["id"] is not None:
             if find_tag(store, entity, tag_id=ref["id"]) is None:
-                errors.append(
-                    FieldError.not_a_choice(f"{p}.id")
-                )
+                errors.append(FieldError.not_a_choice(f"{p}.id"))
         elif not isinstance(ref.get("name"), str) or not ref["name"].strip():
             errors.append(
                 FieldError(
@@ -323,13 +321,9 @@ def check_item(
     for key in ("responsible_user_id", "created_by", "updated_by"):
         value = item.get(key)
         if is_int(value) and value != 0 and store.user(value) is None:
-            errors.append(
-                FieldError.not_a_choice(key)
-            )
+            errors.append(FieldError.not_a_choice(key))
         if key == "responsible_user_id" and value == 0:
-            errors.append(
-                FieldError.not_a_choice(key)
-            )
+            errors.append(FieldError.not_a_choice(key))
     if entity == "leads":
         errors += _check_pipeline(store, item, existing)
     _, field_errors = validate_values(
@@ -381,9 +375,7 @@ def _check_refs(store: Store, target: str, refs: Any, path: str) -> list[FieldEr
     for i, ref in enumerate(refs):
         ref_id = ref.get("id") if isinstance(ref, dict) else None
         if not is_int(ref_id) or ref_id not in store.entities(target):
-            errors.append(
-                FieldError.not_a_choice(f"{path}.{i}.id")
-            )
+            errors.append(FieldError.not_a_choice(f"{path}.{i}.id"))
     if target == "companies" and len(refs) > 1:
         errors.append(FieldError(INVALID_TYPE, path, "A lead has at most one company."))
     return errors
@@ -447,13 +439,9 @@ def _check_pipeline(
         return []  # already reported as InvalidType
     pipeline_id, status_id = resolve_status(store, item, existing)
     if pipeline_id is None and pid is not None:
-        return [
-            FieldError.not_a_choice("pipeline_id")
-        ]
+        return [FieldError.not_a_choice("pipeline_id")]
     if status_id is None:
-        return [
-            FieldError.not_a_choice("status_id")
-        ]
+        return [FieldError.not_a_choice("status_id")]
     return []
 
 

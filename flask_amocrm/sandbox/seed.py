@@ -330,12 +330,21 @@ def _one_of_each(ids: _Ids, entity: str, start_sort: int) -> list[dict[str, Any]
         out.append(make_field(ids, entity, f"{label} {name}", type_, sort=sort))
         sort += 1
     with_enums = [
-        ("Delivery type", "select", [("Courier", None), ("Pickup", None),
-                                     ("Post", None)]),
-        ("Interests", "multiselect", [("Windows", None), ("Doors", None),
-                                      ("Roofs", None)]),
-        ("Preferred contact", "radiobutton", [("Phone", None), ("E-mail", None),
-                                              ("Messenger", None)]),
+        (
+            "Delivery type",
+            "select",
+            [("Courier", None), ("Pickup", None), ("Post", None)],
+        ),
+        (
+            "Interests",
+            "multiselect",
+            [("Windows", None), ("Doors", None), ("Roofs", None)],
+        ),
+        (
+            "Preferred contact",
+            "radiobutton",
+            [("Phone", None), ("E-mail", None), ("Messenger", None)],
+        ),
         (f"{label} address", "smart_address", [(c, c) for c in SMART_ADDRESS_ENUMS]),
     ]
     for n, (name, type_, enums) in enumerate(with_enums, 1):

@@ -60,8 +60,10 @@ def retry_delay(attempts: int, cap: int) -> float:
 def _claimable(now: Any) -> Any:
     return or_(
         Event.status == PENDING,
-        and_(Event.status == RETRYING,
-             or_(Event.next_attempt_at.is_(None), Event.next_attempt_at <= now)),
+        and_(
+            Event.status == RETRYING,
+            or_(Event.next_attempt_at.is_(None), Event.next_attempt_at <= now),
+        ),
         and_(Event.status == PROCESSING, Event.locked_until < now),
     )
 
@@ -73,13 +75,18 @@ def claim(state: _State, event_ids: list[int]) -> list[int]:
         return []
     now = utcnow()
     with state.session() as session:
-        claimed = set(session.scalars(
-            update(Event)
-            .where(Event.id.in_(event_ids), _claimable(now))
-            .values(status=PROCESSING, locked_until=now + LEASE,
-                    attempts=Event.attempts + 1)
-            .returning(Event.id)
-        ))
+        claimed = set(
+            session.scalars(
+                update(Event)
+                .where(Event.id.in_(event_ids), _claimable(now))
+                .values(
+                    status=PROCESSING,
+                    locked_until=now + LEASE,
+                    attempts=Event.attempts + 1,
+                )
+                .returning(Event.id)
+            )
+        )
         session.commit()
     return [i for i in event_ids if i in claimed]
 
@@ -106,8 +113,11 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
     worker = f"{socket.gethostname()}:{os.getpid()}"
     outcomes: dict[int, tuple[str, str | None]] = {}
     with state.session() as session:
-        events = list(session.scalars(
-            select(Event).where(Event.id.in_(claimed)).order_by(Event.id)))
+        events = list(
+            session.scalars(
+                select(Event).where(Event.id.in_(claimed)).order_by(Event.id)
+            )
+        )
         attempts = {e.id: EventAttempt(event_id=e.id, worker=worker) for e in events}
         session.add_all(attempts.values())
         session.commit()
@@ -121,12 +131,16 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                 continue
             except Exception as exc:  # Redis or the database hiccuped: try later
                 log.exception("Unexpected error planning event %s", event.id)
-                outcomes[event.id] = (RETRYING,
-                                      f"unexpected {type(exc).__name__}: {exc}")
+                outcomes[event.id] = (
+                    RETRYING,
+                    f"unexpected {type(exc).__name__}: {exc}",
+                )
                 continue
             if delivery is None:
                 outcomes[event.id] = (
-                    (DELIVERED, None) if event.remote.get("lead_id") else (IGNORED, None)
+                    (DELIVERED, None)
+                    if event.remote.get("lead_id")
+                    else (IGNORED, None)
                 )
                 continue
             deliveries.append(delivery)
@@ -134,18 +148,23 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
         batch_error: tuple[str, str] | None = None
         pause = paused(state) if deliveries else None
         if pause:
-            batch_error = (RETRYING, f"paused, no request sent: amoCRM blocked us: "
-                                     f"{pause}")
+            batch_error = (
+                RETRYING,
+                f"paused, no request sent: amoCRM blocked us: {pause}",
+            )
         elif any(d.error is None for d in deliveries):
             try:
-                with event_context(deliveries[0].event.id if len(deliveries) == 1
-                                   else None):
+                with event_context(
+                    deliveries[0].event.id if len(deliveries) == 1 else None
+                ):
                     client = client_for(state)
                     _mark(state, client, deliveries)
                     execute(client, deliveries, locks=key_locks(state))
             except AmoCRMError as exc:
-                batch_error = (RETRYING if exc.retryable else FAILED,
-                               f"{type(exc).__name__}: {exc}")
+                batch_error = (
+                    RETRYING if exc.retryable else FAILED,
+                    f"{type(exc).__name__}: {exc}",
+                )
                 note_failure(state, exc)
             except Exception as exc:  # a bug or a database hiccup: keep trying, loudly
                 log.exception("Unexpected error delivering events %s", claimed)
@@ -156,15 +175,19 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             event = delivery.event
             if delivery.error is not None:
                 exc = delivery.error
-                outcomes[event.id] = (RETRYING if exc.retryable else FAILED,
-                                      f"{type(exc).__name__}: {exc}")
+                outcomes[event.id] = (
+                    RETRYING if exc.retryable else FAILED,
+                    f"{type(exc).__name__}: {exc}",
+                )
                 if exc.retryable:
                     note_failure(state, exc)  # e.g. the metadata could not be read
             elif delivery.plan.done(event.remote):
                 outcomes[event.id] = (DELIVERED, None)
             else:
                 outcomes[event.id] = batch_error or (
-                    RETRYING, "nothing was created; trying again")
+                    RETRYING,
+                    "nothing was created; trying again",
+                )
 
         now = utcnow()
         for event in events:
@@ -194,8 +217,12 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             log.warning("Event %s failed: %s", event.id, error)
             event_failed.send(app, event=event, error=error)
         elif outcome == RETRYING:
-            log.warning("Event %s will be retried at %s: %s", event.id,
-                        event.next_attempt_at, error)
+            log.warning(
+                "Event %s will be retried at %s: %s",
+                event.id,
+                event.next_attempt_at,
+                error,
+            )
     return {event_id: outcome for event_id, (outcome, _) in outcomes.items()}
 
 
@@ -208,8 +235,9 @@ def _prepare(state: _State, session: Any, event: Event) -> Delivery | None:
         return None
     section = "forms" if event.kind == "form" else "mails"
     try:
-        plan = build_plan(rule, event, where=f"{section}.{event.source}",
-                          env=plan_env(state))
+        plan = build_plan(
+            rule, event, where=f"{section}.{event.source}", env=plan_env(state)
+        )
     except RuleError:
         raise
     except AmoCRMError as exc:  # the metadata could not be read: try again later
@@ -221,8 +249,14 @@ def _prepare(state: _State, session: Any, event: Event) -> Delivery | None:
 
 def _mark(state: _State, client: AmoClient, deliveries: list[Delivery]) -> None:
     """Give every lead this batch creates its event's marker (see :mod:`.markers`)."""
-    new = [d for d in deliveries if d.error is None and d.plan.lead is not None
-           and d.plan.lead.id is None and not d.plan.done(d.event.remote)]
+    new = [
+        d
+        for d in deliveries
+        if d.error is None
+        and d.plan.lead is not None
+        and d.plan.lead.id is None
+        and not d.plan.done(d.event.remote)
+    ]
     if not new:
         return
     field_id = marker_field_id(state, client)
@@ -233,7 +267,8 @@ def _mark(state: _State, client: AmoClient, deliveries: list[Delivery]) -> None:
         assert lead is not None
         delivery.marker = field_id
         lead.payload.setdefault("custom_fields_values", []).append(
-            marker_value(field_id, delivery.event.uid))
+            marker_value(field_id, delivery.event.uid)
+        )
         # Only a lead this event creates carries its uid; one that duplicate control
         # reuses keeps the uid of the event that created it.
         lead.lock.add(field_id)

@@ -79,8 +79,11 @@ class Delivery:
     def pending(self, step: str) -> bool:
         """Whether ``step`` is one of this plan's and not done yet."""
         remote = self.event.remote or {}
-        return (self.error is None and step in self.plan.steps(remote)
-                and step not in remote.get("done", []))
+        return (
+            self.error is None
+            and step in self.plan.steps(remote)
+            and step not in remote.get("done", [])
+        )
 
     def record(self, step: str | None = None, **values: Any) -> None:
         """Write ``values`` (and ``step`` as done) into ``remote`` and save now
@@ -109,8 +112,9 @@ class Locks(Protocol):
         """A context manager holding ``keys``; it yields the keys it missed."""
 
 
-def execute(client: AmoClient, deliveries: list[Delivery], *,
-            locks: Locks | None = None) -> None:
+def execute(
+    client: AmoClient, deliveries: list[Delivery], *, locks: Locks | None = None
+) -> None:
     """Make the calls for every delivery. Errors of one item land on its
     :attr:`Delivery.error`; an error of the whole call is raised.
 
@@ -129,16 +133,22 @@ def execute(client: AmoClient, deliveries: list[Delivery], *,
 def _execute(client: AmoClient, deliveries: list[Delivery], locks: Locks) -> None:
     waiting: list[Delivery] = []
     for group in _rounds(deliveries):
-        keyed = {d.request_id: lock_keys(d) for d in group
-                 if d.pending("lookup") or (d.plan.needs_lookup()
-                                            and d.pending("create"))}
-        with locks.hold(sorted({k for keys in keyed.values() for k in keys})) \
-                as missed:
+        keyed = {
+            d.request_id: lock_keys(d)
+            for d in group
+            if d.pending("lookup") or (d.plan.needs_lookup() and d.pending("create"))
+        }
+        with locks.hold(sorted({k for keys in keyed.values() for k in keys})) as missed:
             busy = [d for d in group if set(keyed.get(d.request_id, ())) & missed]
             for d in busy:
                 # Another worker is deciding about the same person: next attempt.
-                d.event.log = [*(d.event.log or []), ("duplicate control: another "
-                               "worker is handling the same person; trying again")]
+                d.event.log = [
+                    *(d.event.log or []),
+                    (
+                        "duplicate control: another "
+                        "worker is handling the same person; trying again"
+                    ),
+                ]
             waiting += busy
             group = [d for d in group if d not in busy]
             lookup(client, [d for d in group if d.pending("lookup")])
@@ -209,8 +219,9 @@ def _send(
                     rid = f"{delivery.request_id}-{n}" if many else delivery.request_id
                     body.append(dict(item, request_id=rid))
             try:
-                answers = client.write_many(method, path, body, key=key,
-                                            chunk_size=CHUNK)
+                answers = client.write_many(
+                    method, path, body, key=key, chunk_size=CHUNK
+                )
             except ValidationError as exc:
                 if not _reject(exc, [d for d, _ in chunk], what=f"{method} {path}"):
                     raise  # not tied to an item: the whole batch fails alike
@@ -218,7 +229,7 @@ def _send(
                 continue
             position = 0
             for delivery, items in chunk:
-                done(delivery, answers[position:position + len(items)])
+                done(delivery, answers[position : position + len(items)])
                 position += len(items)
             _save([d for d, _ in chunk])  # what amoCRM made is known before more
             break
@@ -241,8 +252,10 @@ def _reject(exc: ValidationError, deliveries: list[Delivery], *, what: str) -> b
             for e in item.get("errors", [])
         )
         delivery.error = ValidationError(
-            f"amoCRM rejected the data ({what}): {details}", body=exc.body,
-            errors=[item])
+            f"amoCRM rejected the data ({what}): {details}",
+            body=exc.body,
+            errors=[item],
+        )
     return bool(found)
 
 
@@ -266,21 +279,25 @@ def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
         current = {
             item["id"]: item
             for start in range(0, len(ids), CHUNK)
-            for item in client.get_all(f"/api/v4/{entity}", entity,
-                                       **{"filter[id][]": ids[start:start + CHUNK]})
+            for item in client.get_all(
+                f"/api/v4/{entity}",
+                entity,
+                **{"filter[id][]": ids[start : start + CHUNK]},
+            )
         }
         groups: list[Group] = []
         for delivery, plan, entity_id in targets:
             have = delivery.current.get(key) or current.get(entity_id)
             if have is None:
                 delivery.error = AmoCRMError(
-                    f"the rule's {key}.id is {entity_id}, but amoCRM has no such "
-                    f"{key}")
+                    f"the rule's {key}.id is {entity_id}, but amoCRM has no such {key}"
+                )
                 continue
             groups.append((delivery, [plan.update_payload(entity_id, have)]))
 
-        def done(d: Delivery, _answers: list[dict[str, Any] | None],
-                 key: str = key) -> None:
+        def done(
+            d: Delivery, _answers: list[dict[str, Any] | None], key: str = key
+        ) -> None:
             d.record(**{f"{key}_id": d.plan.existing(d.event.remote)[key]})
 
         _send(client, "PATCH", f"/api/v4/{entity}", entity, groups, done)
@@ -290,27 +307,45 @@ def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
 
 
 def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
-    find_again_or_mark(client, [d for d in deliveries if d.plan.lead is not None
-                                and not d.ids()["lead"]])
+    find_again_or_mark(
+        client,
+        [d for d in deliveries if d.plan.lead is not None and not d.ids()["lead"]],
+    )
     deliveries = [d for d in deliveries if d.pending("create")]
     unsorted = [d for d in deliveries if d.plan.unsorted is not None]
-    complex_ = [d for d in deliveries if d.plan.unsorted is None
-                and d.plan.lead is not None and not d.ids()["lead"]]
+    complex_ = [
+        d
+        for d in deliveries
+        if d.plan.unsorted is None and d.plan.lead is not None and not d.ids()["lead"]
+    ]
     separate = [d for d in deliveries if d not in unsorted and d not in complex_]
 
     def unsorted_done(d: Delivery, answers: list[dict[str, Any] | None]) -> None:
         answer = answers[0] or {}
         embedded = answer.get("_embedded") or {}
-        first = {k: ((embedded.get(k) or [{}])[0] or {}).get("id")
-                 for k in ("leads", "contacts", "companies")}
+        first = {
+            k: ((embedded.get(k) or [{}])[0] or {}).get("id")
+            for k in ("leads", "contacts", "companies")
+        }
         if not answer.get("uid") or not first["leads"]:
             d.error = AmoCRMError("leads/unsorted/forms answered without the item")
             return
-        d.record("create", unsorted_uid=answer["uid"], lead_id=first["leads"],
-                 contact_id=first["contacts"], company_id=first["companies"])
+        d.record(
+            "create",
+            unsorted_uid=answer["uid"],
+            lead_id=first["leads"],
+            contact_id=first["contacts"],
+            company_id=first["companies"],
+        )
 
-    _send(client, "POST", "/api/v4/leads/unsorted/forms", "unsorted",
-          [(d, [d.plan.unsorted_item()]) for d in unsorted], unsorted_done)
+    _send(
+        client,
+        "POST",
+        "/api/v4/leads/unsorted/forms",
+        "unsorted",
+        [(d, [d.plan.unsorted_item()]) for d in unsorted],
+        unsorted_done,
+    )
 
     def complex_done(d: Delivery, answers: list[dict[str, Any] | None]) -> None:
         answer = answers[0]
@@ -324,24 +359,41 @@ def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
             # amoCRM's own duplicate control reused its lead and contact: a note
             # of ours about duplicates would now point at the entity itself.
             extra["duplicate_notes"] = {}
-            d.event.log = [*(d.event.log or []), ("amoCRM's duplicate control "
-                           f"merged this event into lead {answer['id']}")]
-        d.record("create", lead_id=answer["id"],
-                 contact_id=answer.get("contact_id") or ids["contact"],
-                 company_id=answer.get("company_id") or ids["company"],
-                 merged=merged, **extra)
+            d.event.log = [
+                *(d.event.log or []),
+                (
+                    "amoCRM's duplicate control "
+                    f"merged this event into lead {answer['id']}"
+                ),
+            ]
+        d.record(
+            "create",
+            lead_id=answer["id"],
+            contact_id=answer.get("contact_id") or ids["contact"],
+            company_id=answer.get("company_id") or ids["company"],
+            merged=merged,
+            **extra,
+        )
 
-    _send(client, "POST", "/api/v4/leads/complex", "leads",
-          [(d, [d.plan.complex_item(d.ids())]) for d in complex_], complex_done)
+    _send(
+        client,
+        "POST",
+        "/api/v4/leads/complex",
+        "leads",
+        [(d, [d.plan.complex_item(d.ids())]) for d in complex_],
+        complex_done,
+    )
 
     # Without a new lead, contacts and companies are created on their own.
     for key in ("company", "contact"):
         entity = ENTITY[key]
-        todo = [d for d in separate if d.plan.entity(key) is not None
-                and not d.ids()[key]]
+        todo = [
+            d for d in separate if d.plan.entity(key) is not None and not d.ids()[key]
+        ]
 
-        def done(d: Delivery, answers: list[dict[str, Any] | None],
-                 key: str = key) -> None:
+        def done(
+            d: Delivery, answers: list[dict[str, Any] | None], key: str = key
+        ) -> None:
             answer = answers[0]
             if not answer or not answer.get("id"):
                 d.error = AmoCRMError(f"{key} create answered without the item")
@@ -362,10 +414,25 @@ def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
 def _link(client: AmoClient, deliveries: list[Delivery]) -> None:
     """Link what was not created together (mass ``link``, one call per entity)."""
     for entity in ("leads", "contacts"):
-        groups = [(d, [item for e, item in d.plan.links(d.ids(), d.event.remote) if e == entity])
-                  for d in deliveries]
-        _send(client, "POST", f"/api/v4/{entity}/link", "links", groups,
-              lambda _d, _a: None)
+        groups = [
+            (
+                d,
+                [
+                    item
+                    for e, item in d.plan.links(d.ids(), d.event.remote)
+                    if e == entity
+                ],
+            )
+            for d in deliveries
+        ]
+        _send(
+            client,
+            "POST",
+            f"/api/v4/{entity}/link",
+            "links",
+            groups,
+            lambda _d, _a: None,
+        )
     for delivery in deliveries:
         if delivery.error is None:
             delivery.record("link")
@@ -376,13 +443,25 @@ def _notes(client: AmoClient, deliveries: list[Delivery]) -> None:
     its entity already has a note with the same text. On a retry every note is
     checked that way, so a call cut off after amoCRM stored it adds nothing twice."""
     for entity in ("leads", "contacts", "companies"):
-        todo = [d for d in deliveries
-                if entity not in (d.event.remote or {}).get("notes_done", [])]
-        planned = {d.request_id: [(n, body) for e, n, body in
-                                  d.plan.note_items(d.ids(), d.event.remote)
-                                  if e == entity] for d in todo}
-        check = {body["entity_id"] for d in todo for note, body in planned[d.request_id]
-                 if note.unique or d.event.attempts > 1}
+        todo = [
+            d
+            for d in deliveries
+            if entity not in (d.event.remote or {}).get("notes_done", [])
+        ]
+        planned = {
+            d.request_id: [
+                (n, body)
+                for e, n, body in d.plan.note_items(d.ids(), d.event.remote)
+                if e == entity
+            ]
+            for d in todo
+        }
+        check = {
+            body["entity_id"]
+            for d in todo
+            for note, body in planned[d.request_id]
+            if note.unique or d.event.attempts > 1
+        }
         existing = _existing_notes(client, entity, sorted(check)) if check else {}
         groups: list[Group] = []
         for d in todo:
@@ -394,14 +473,18 @@ def _notes(client: AmoClient, deliveries: list[Delivery]) -> None:
                 items.append(body)
             groups.append((d, items))
 
-        def done(d: Delivery, answers: list[dict[str, Any] | None],
-                 entity: str = entity) -> None:
+        def done(
+            d: Delivery, answers: list[dict[str, Any] | None], entity: str = entity
+        ) -> None:
             remote = d.event.remote or {}
             note_ids = dict(remote.get("note_ids") or {})
-            note_ids[entity] = [*note_ids.get(entity, []),
-                                *[a.get("id") for a in answers if a]]
-            d.record(note_ids=note_ids,
-                     notes_done=[*remote.get("notes_done", []), entity])
+            note_ids[entity] = [
+                *note_ids.get(entity, []),
+                *[a.get("id") for a in answers if a],
+            ]
+            d.record(
+                note_ids=note_ids, notes_done=[*remote.get("notes_done", []), entity]
+            )
 
         _send(client, "POST", f"/api/v4/{entity}/notes", "notes", groups, done)
         for d, items in groups:
@@ -412,13 +495,19 @@ def _notes(client: AmoClient, deliveries: list[Delivery]) -> None:
             delivery.record("notes")
 
 
-def _existing_notes(client: AmoClient, entity: str, ids: list[int]
-                    ) -> dict[int, set[str]]:
+def _existing_notes(
+    client: AmoClient, entity: str, ids: list[int]
+) -> dict[int, set[str]]:
     out: dict[int, set[str]] = {}
     for start in range(0, len(ids), CHUNK):
-        notes = client.get_all(f"/api/v4/{entity}/notes", "notes", **{
-            "filter[entity_id][]": ids[start:start + CHUNK],
-            "filter[note_type]": "common"})
+        notes = client.get_all(
+            f"/api/v4/{entity}/notes",
+            "notes",
+            **{
+                "filter[entity_id][]": ids[start : start + CHUNK],
+                "filter[note_type]": "common",
+            },
+        )
         for note in notes:
             text = (note.get("params") or {}).get("text")
             if text is not None:
@@ -434,6 +523,7 @@ def _tasks(client: AmoClient, deliveries: list[Delivery]) -> None:
     """Add the tasks in one call. On a retry, a task its entity already has (same
     text) is not added again: the call that created it may have been cut off before
     the answer was saved."""
+
     def done(d: Delivery, answers: list[dict[str, Any] | None]) -> None:
         d.record("tasks", task_ids=[a.get("id") for a in answers if a])
 
@@ -443,14 +533,20 @@ def _tasks(client: AmoClient, deliveries: list[Delivery]) -> None:
         if d.event.attempts > 1:
             for item in planned[d.request_id]:
                 check.setdefault(item["entity_type"], set()).add(item["entity_id"])
-    existing = {(entity, entity_id, text)
-                for entity, ids in check.items()
-                for entity_id, text in _existing_tasks(client, entity, sorted(ids))}
+    existing = {
+        (entity, entity_id, text)
+        for entity, ids in check.items()
+        for entity_id, text in _existing_tasks(client, entity, sorted(ids))
+    }
     groups: list[Group] = []
     for d in deliveries:
-        items = [item for item in planned[d.request_id]
-                 if d.event.attempts <= 1 or (item["entity_type"], item["entity_id"],
-                                               _norm(item["text"])) not in existing]
+        items = [
+            item
+            for item in planned[d.request_id]
+            if d.event.attempts <= 1
+            or (item["entity_type"], item["entity_id"], _norm(item["text"]))
+            not in existing
+        ]
         groups.append((d, items))
     _send(client, "POST", "/api/v4/tasks", "tasks", groups, done)
     for d in deliveries:
@@ -458,13 +554,19 @@ def _tasks(client: AmoClient, deliveries: list[Delivery]) -> None:
             d.record("tasks", task_ids=[])
 
 
-def _existing_tasks(client: AmoClient, entity: str, ids: list[int]
-                    ) -> list[tuple[int, str]]:
+def _existing_tasks(
+    client: AmoClient, entity: str, ids: list[int]
+) -> list[tuple[int, str]]:
     """``(entity_id, normalised text)`` of the tasks these entities have."""
     out: list[tuple[int, str]] = []
     for start in range(0, len(ids), CHUNK):
-        tasks = client.get_all("/api/v4/tasks", "tasks", **{
-            "filter[entity_type]": entity,
-            "filter[entity_id][]": ids[start:start + CHUNK]})
+        tasks = client.get_all(
+            "/api/v4/tasks",
+            "tasks",
+            **{
+                "filter[entity_type]": entity,
+                "filter[entity_id][]": ids[start : start + CHUNK],
+            },
+        )
         out.extend((int(t["entity_id"]), _norm(t.get("text"))) for t in tasks)
     return out

@@ -68,7 +68,8 @@ LOCK_WAIT = 30.0
 def lookup(client: AmoClient, deliveries: list[Delivery]) -> None:
     """Search the duplicates of each delivery's entities, decide, and record."""
     found: dict[str, dict[str, list[dict[str, Any]]]] = {
-        d.request_id: {} for d in deliveries}
+        d.request_id: {} for d in deliveries
+    }
     contact_leads: dict[str, list[int]] = {d.request_id: [] for d in deliveries}
     for d in deliveries:
         for key in ("contact", "company"):
@@ -80,11 +81,14 @@ def lookup(client: AmoClient, deliveries: list[Delivery]) -> None:
             found[d.request_id][key] = dups
             if with_leads:
                 contact_leads[d.request_id] += [
-                    lead["id"] for dup in dups
-                    for lead in (dup.get("_embedded") or {}).get("leads") or []]
+                    lead["id"]
+                    for dup in dups
+                    for lead in (dup.get("_embedded") or {}).get("leads") or []
+                ]
     _contacts_leads_by_id(client, deliveries, contact_leads)
-    leads = _read_leads(client, sorted({i for ids in contact_leads.values()
-                                        for i in ids}))
+    leads = _read_leads(
+        client, sorted({i for ids in contact_leads.values() for i in ids})
+    )
     for d in deliveries:
         lead = d.plan.lead
         if lead is None or not lead.looks_up:
@@ -101,12 +105,17 @@ def lookup(client: AmoClient, deliveries: list[Delivery]) -> None:
 
 def _leads_of_contact(d: Delivery) -> bool:
     lead = d.plan.lead
-    return bool(lead is not None and lead.looks_up and lead.duplicates is not None
-                and lead.duplicates.scope == "contact")
+    return bool(
+        lead is not None
+        and lead.looks_up
+        and lead.duplicates is not None
+        and lead.duplicates.scope == "contact"
+    )
 
 
-def _search(client: AmoClient, entity: EntityPlan, *,
-            with_leads: bool = False) -> list[dict[str, Any]]:
+def _search(
+    client: AmoClient, entity: EntityPlan, *, with_leads: bool = False
+) -> list[dict[str, Any]]:
     """The duplicates of ``entity``, earliest first. With ``any``, the searches stop
     at the first one that finds a duplicate (one call for a returning visitor)."""
     rule = entity.duplicates
@@ -128,20 +137,28 @@ def _search(client: AmoClient, entity: EntityPlan, *,
     return []
 
 
-def _contacts_leads_by_id(client: AmoClient, deliveries: list[Delivery],
-                          contact_leads: dict[str, list[int]]) -> None:
+def _contacts_leads_by_id(
+    client: AmoClient, deliveries: list[Delivery], contact_leads: dict[str, list[int]]
+) -> None:
     """The leads of contacts the rules name by id (lead scope ``contact``): one call
     for the batch."""
-    wanted = {d.request_id: d.plan.contact.id for d in deliveries
-              if _leads_of_contact(d) and d.plan.contact is not None
-              and d.plan.contact.id is not None}
+    wanted = {
+        d.request_id: d.plan.contact.id
+        for d in deliveries
+        if _leads_of_contact(d)
+        and d.plan.contact is not None
+        and d.plan.contact.id is not None
+    }
     if not wanted:
         return
     ids = sorted(set(wanted.values()))
     contacts: dict[int, dict[str, Any]] = {}
     for start in range(0, len(ids), IDS_PER_CALL):
-        for item in client.get_all("/api/v4/contacts", "contacts", **{
-                "filter[id][]": ids[start:start + IDS_PER_CALL], "with": "leads"}):
+        for item in client.get_all(
+            "/api/v4/contacts",
+            "contacts",
+            **{"filter[id][]": ids[start : start + IDS_PER_CALL], "with": "leads"},
+        ):
             contacts[item["id"]] = item
     for rid, contact_id in wanted.items():
         embedded = (contacts.get(contact_id) or {}).get("_embedded") or {}
@@ -151,14 +168,21 @@ def _contacts_leads_by_id(client: AmoClient, deliveries: list[Delivery],
 def _read_leads(client: AmoClient, ids: list[int]) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for start in range(0, len(ids), IDS_PER_CALL):
-        for item in client.get_all("/api/v4/leads", "leads", **{
-                "filter[id][]": ids[start:start + IDS_PER_CALL]}):
+        for item in client.get_all(
+            "/api/v4/leads",
+            "leads",
+            **{"filter[id][]": ids[start : start + IDS_PER_CALL]},
+        ):
             out[item["id"]] = item
     return out
 
 
-def _decide(client: AmoClient, d: Delivery, found: dict[str, list[dict[str, Any]]],
-            contact_leads: list[int]) -> None:
+def _decide(
+    client: AmoClient,
+    d: Delivery,
+    found: dict[str, list[dict[str, Any]]],
+    contact_leads: list[int],
+) -> None:
     """Turn what was found into ``found``, ``duplicates`` and ``duplicate_notes``,
     and record them (the step ``lookup``)."""
     unsorted = d.plan.unsorted is not None
@@ -177,21 +201,29 @@ def _decide(client: AmoClient, d: Delivery, found: dict[str, list[dict[str, Any]
         if unsorted:
             # Incoming leads are always new: the duplicates are listed on the lead.
             notes.setdefault("lead", []).extend(listed)
-            lines.append(f"duplicate control: {len(dups)} duplicate {key}(s) "
-                         "listed in a note (incoming lead)")
+            lines.append(
+                f"duplicate control: {len(dups)} duplicate {key}(s) "
+                "listed in a note (incoming lead)"
+            )
         elif rule.strategy == "note":
             notes.setdefault(key, []).extend(listed)
-            lines.append(f"duplicate control: a new {key}; {len(dups)} duplicate(s) "
-                         "listed in a note")
+            lines.append(
+                f"duplicate control: a new {key}; {len(dups)} duplicate(s) "
+                "listed in a note"
+            )
         else:
             main = dups[0]
             reused[key] = main["id"]
             d.current[key] = main
             what = "updated" if rule.strategy == "update" else "used as it is"
-            lines.append(f"duplicate control: {key} {main['id']} {what} (same "
-                         f"{', '.join(rule.matched_labels(main))})")
-    texts = {key: duplicates_note(items, client.base_url, html_format=d.plan.html)
-             for key, items in notes.items()}
+            lines.append(
+                f"duplicate control: {key} {main['id']} {what} (same "
+                f"{', '.join(rule.matched_labels(main))})"
+            )
+    texts = {
+        key: duplicates_note(items, client.base_url, html_format=d.plan.html)
+        for key, items in notes.items()
+    }
     # A lead found among the leads of the very contact this event uses is linked to
     # it already: the link step need not do it again.
     linked = []
@@ -206,9 +238,14 @@ def _decide(client: AmoClient, d: Delivery, found: dict[str, list[dict[str, Any]
             linked.append("lead-contact")
     if lines:
         d.event.log = [*(d.event.log or []), *lines]
-    d.record("lookup", found=reused, duplicates=duplicates, duplicate_notes=texts,
-             linked=linked,
-             **{f"{key}_id": entity_id for key, entity_id in reused.items()})
+    d.record(
+        "lookup",
+        found=reused,
+        duplicates=duplicates,
+        duplicate_notes=texts,
+        linked=linked,
+        **{f"{key}_id": entity_id for key, entity_id in reused.items()},
+    )
 
 
 def lock_keys(d: Delivery) -> list[str]:
@@ -220,9 +257,12 @@ def lock_keys(d: Delivery) -> list[str]:
         if entity.looks_up and entity.duplicates is not None:
             keys += [f"{entity.entity}:{k}" for k in entity.duplicates.lock_keys()]
     lead = d.plan.lead
-    if lead is not None and lead.duplicates is not None and \
-            lead.duplicates.scope == "contact" and any(
-                not k.startswith("leads:") for k in keys):
+    if (
+        lead is not None
+        and lead.duplicates is not None
+        and lead.duplicates.scope == "contact"
+        and any(not k.startswith("leads:") for k in keys)
+    ):
         keys = [k for k in keys if not k.startswith("leads:")]
     return sorted(set(keys))
 
@@ -235,8 +275,9 @@ class KeyLocks:
     Redis lock (``amocrm:dup:<host>:<key>``) when Redis answers, else a row in
     ``amocrm_flags`` with an expiry. Keys are hashed: they hold visitors' data."""
 
-    def __init__(self, state: _State, *, ttl: int = LOCK_TTL,
-                 wait: float = LOCK_WAIT) -> None:
+    def __init__(
+        self, state: _State, *, ttl: int = LOCK_TTL, wait: float = LOCK_WAIT
+    ) -> None:
         self.state = state
         self.ttl = ttl
         self.wait = wait
@@ -271,13 +312,18 @@ class KeyLocks:
         if redis is not None:
             from redis.exceptions import RedisError
 
-            lock = redis.lock(name, timeout=self.ttl,
-                              blocking_timeout=max(deadline - time.monotonic(), 0.01))
+            lock = redis.lock(
+                name,
+                timeout=self.ttl,
+                blocking_timeout=max(deadline - time.monotonic(), 0.01),
+            )
             try:
                 return ("redis", lock) if lock.acquire() else None
             except RedisError:
-                log.warning("Redis failed while locking a duplicate-control key; "
-                            "using the database")
+                log.warning(
+                    "Redis failed while locking a duplicate-control key; "
+                    "using the database"
+                )
         token = uuid.uuid4().hex
         while True:
             if self._db_insert(name, token):
@@ -290,10 +336,16 @@ class KeyLocks:
         now = utcnow()
         with self.state.session() as session:
             try:
-                session.execute(delete(Flag).where(Flag.key == name,
-                                                   Flag.expires_at < now))
-                session.add(Flag(key=name, value=token,
-                                 expires_at=now + timedelta(seconds=self.ttl)))
+                session.execute(
+                    delete(Flag).where(Flag.key == name, Flag.expires_at < now)
+                )
+                session.add(
+                    Flag(
+                        key=name,
+                        value=token,
+                        expires_at=now + timedelta(seconds=self.ttl),
+                    )
+                )
                 session.commit()
             except (IntegrityError, OperationalError):
                 # Held by another worker (or SQLite busy with its insert).

@@ -3,7 +3,8 @@
 A worker can die, or the connection drop, after amoCRM created a lead and before its id
 was saved on the event. A plain retry would create a second lead. So every lead we
 create carries its event's ``uid`` in an API-only text field (``AMOCRM_EVENT_FIELD``,
-created in the account on first use, API-only: amoCRM's interface does not show it), and an event
+created in the account on first use, API-only: amoCRM's interface does not show it),
+and an event
 that was sent before without an answer is first looked up by that value
 (``GET /api/v4/leads?query=<uid>``). amoCRM's ``query`` is full-text, so a hit counts
 only when the field really holds the uid.
@@ -41,8 +42,11 @@ def marker_field_id(state: _State, client: AmoClient) -> int | None:
     lock: Any = None
     redis = state.live_redis()
     if redis is not None:
-        lock = redis.lock(f"amocrm:{state.settings.base_url}:marker-field",
-                          timeout=60, blocking_timeout=60)
+        lock = redis.lock(
+            f"amocrm:{state.settings.base_url}:marker-field",
+            timeout=60,
+            blocking_timeout=60,
+        )
         lock.acquire()
     try:
         known = flags.get(state, flag)  # set by whoever held the lock before us
@@ -50,13 +54,24 @@ def marker_field_id(state: _State, client: AmoClient) -> int | None:
             return int(known)
         field_id = _find_field(client, name)
         if field_id is None:
-            answer = client.post("/api/v4/leads/custom_fields", [{
-                "name": name, "type": "text", "is_api_only": True, "sort": 100000,
-                "request_id": "marker",
-            }])
+            answer = client.post(
+                "/api/v4/leads/custom_fields",
+                [
+                    {
+                        "name": name,
+                        "type": "text",
+                        "is_api_only": True,
+                        "sort": 100000,
+                        "request_id": "marker",
+                    }
+                ],
+            )
             field_id = int(answer["_embedded"]["custom_fields"][0]["id"])
-            log.info("Created the API-only lead field %r (id %s) for event ids", name,
-                     field_id)
+            log.info(
+                "Created the API-only lead field %r (id %s) for event ids",
+                name,
+                field_id,
+            )
         flags.clear(state, flag)
         flags.set_once(state, flag, str(field_id))
         return field_id
@@ -78,7 +93,9 @@ def marker_value(field_id: int, uid: str) -> dict[str, Any]:
     return {"field_id": field_id, "values": [{"value": uid}]}
 
 
-def find_marked_lead(client: AmoClient, field_id: int, uid: str) -> dict[str, Any] | None:
+def find_marked_lead(
+    client: AmoClient, field_id: int, uid: str
+) -> dict[str, Any] | None:
     """The lead whose marker field holds ``uid``, with its contacts, or ``None``."""
     answer = client.get("/api/v4/leads", **{"query": uid, "with": "contacts"})
     for lead in (answer or {}).get("_embedded", {}).get("leads", []):
@@ -94,7 +111,9 @@ def remote_ids(lead: dict[str, Any]) -> dict[str, Any]:
     """The ``event.remote`` ids of a lead found again."""
     embedded = lead.get("_embedded") or {}
     contacts = embedded.get("contacts") or []
-    main = next((c for c in contacts if c.get("is_main")), contacts[0] if contacts else {})
+    main = next(
+        (c for c in contacts if c.get("is_main")), contacts[0] if contacts else {}
+    )
     companies = embedded.get("companies") or []
     return {
         "lead_id": lead["id"],
@@ -117,12 +136,20 @@ def find_again_or_mark(client: AmoClient, deliveries: list[Delivery]) -> None:
             continue
         lead = find_marked_lead(client, delivery.marker, delivery.event.uid)
         if lead is not None:
-            log.warning("Event %s: found lead %s that an unanswered attempt created; "
-                        "not creating another", delivery.event.id, lead["id"])
+            log.warning(
+                "Event %s: found lead %s that an unanswered attempt created; "
+                "not creating another",
+                delivery.event.id,
+                lead["id"],
+            )
             delivery.record("create", **remote_ids(lead))
-    pending = [d for d in deliveries
-               if d.marker is not None and d.pending("create")
-               and not (d.event.remote or {}).get("sending")]
+    pending = [
+        d
+        for d in deliveries
+        if d.marker is not None
+        and d.pending("create")
+        and not (d.event.remote or {}).get("sending")
+    ]
     for delivery in pending:
         delivery.event.remote = {**(delivery.event.remote or {}), "sending": True}
     if pending:

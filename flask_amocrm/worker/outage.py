@@ -32,8 +32,13 @@ log = logging.getLogger("flask_amocrm.worker")
 
 #: Failures that mean "amoCRM is down or refuses us", not "this event is bad". A 429
 #: is ours to slow down for, not an outage.
-OUTAGE_ERRORS = (TransportError, ServerError, AuthError, PaymentRequiredError,
-                 AccountBlockedError)
+OUTAGE_ERRORS = (
+    TransportError,
+    ServerError,
+    AuthError,
+    PaymentRequiredError,
+    AccountBlockedError,
+)
 _FLAG = "outage"
 _PAUSE = "paused"
 #: Seconds without any request after amoCRM answered 403 (a block).
@@ -42,8 +47,14 @@ BLOCK_PAUSE = 600
 
 def _waiting(state: _State) -> int:
     with state.session() as session:
-        return int(session.scalar(select(func.count()).where(
-            Event.status.in_((PENDING, RETRYING, PROCESSING)))) or 0)
+        return int(
+            session.scalar(
+                select(func.count()).where(
+                    Event.status.in_((PENDING, RETRYING, PROCESSING))
+                )
+            )
+            or 0
+        )
 
 
 def _when(timestamp: float) -> str:
@@ -66,10 +77,14 @@ def note_failure(state: _State, exc: AmoCRMError) -> None:
     if isinstance(exc, AccountBlockedError) and flags.set_once(
         state, _PAUSE, f"{reason} (since {_when(started)})", seconds=BLOCK_PAUSE
     ):
-        log.error("amoCRM blocked %s: no requests for %s s", state.settings.base_url,
-                  BLOCK_PAUSE)
-    if not flags.set_once(state, _FLAG, json.dumps({"since": started,
-                                                    "reason": reason})):
+        log.error(
+            "amoCRM blocked %s: no requests for %s s",
+            state.settings.base_url,
+            BLOCK_PAUSE,
+        )
+    if not flags.set_once(
+        state, _FLAG, json.dumps({"since": started, "reason": reason})
+    ):
         return
     host = state.settings.base_url
     log.error("amoCRM outage started at %s: %s", host, reason)
@@ -79,11 +94,17 @@ def note_failure(state: _State, exc: AmoCRMError) -> None:
         f"    {reason}\n\n"
         f"{_waiting(state)} event(s) are waiting. Nothing is lost: they are kept and "
         "delivered when amoCRM answers again; you will get one more mail then.\n"
-        + ("\nThe token was refused: reconnect amoCRM (flask amocrm auth).\n"
-           if isinstance(exc, AuthError) else "")
-        + ("\nThe account is blocked or not paid: that needs amoCRM's support or "
-           "billing.\n" if isinstance(exc, AccountBlockedError | PaymentRequiredError)
-           else ""),
+        + (
+            "\nThe token was refused: reconnect amoCRM (flask amocrm auth).\n"
+            if isinstance(exc, AuthError)
+            else ""
+        )
+        + (
+            "\nThe account is blocked or not paid: that needs amoCRM's support or "
+            "billing.\n"
+            if isinstance(exc, AccountBlockedError | PaymentRequiredError)
+            else ""
+        ),
     )
 
 

@@ -57,10 +57,15 @@ if TYPE_CHECKING:
 
 #: Lock names for the top-level keys of a payload.
 LOCK_KEYS = {
-    "name": ("name",), "first_name": ("first_name",), "last_name": ("last_name",),
-    "price": ("price",), "pipeline": ("pipeline_id", "status_id"),
-    "status": ("status_id",), "responsible": ("responsible_user_id",),
-    "tags": ("_embedded",), "visitor_uid": ("visitor_uid",),
+    "name": ("name",),
+    "first_name": ("first_name",),
+    "last_name": ("last_name",),
+    "price": ("price",),
+    "pipeline": ("pipeline_id", "status_id"),
+    "status": ("status_id",),
+    "responsible": ("responsible_user_id",),
+    "tags": ("_embedded",),
+    "visitor_uid": ("visitor_uid",),
 }
 #: Every step a plan may need, in the order :mod:`.execute` runs them. ``lookup``
 #: (duplicate control) decides between ``update`` and ``create`` per entity.
@@ -94,8 +99,9 @@ class PlanEnv:
         if self._meta is None:
             source = self.metadata
             if source is None:
-                raise RuleError(f"{why} needs the account's metadata, which is not "
-                                "available here")
+                raise RuleError(
+                    f"{why} needs the account's metadata, which is not available here"
+                )
             self._meta = source() if callable(source) else source
         return self._meta
 
@@ -103,7 +109,8 @@ class PlanEnv:
     def has_meta(self) -> bool:
         """Whether the metadata was already loaded (nothing is fetched)."""
         return self._meta is not None or (
-            self.metadata is not None and not callable(self.metadata))
+            self.metadata is not None and not callable(self.metadata)
+        )
 
     def timestamp(self) -> float:
         """Now, in Unix seconds."""
@@ -127,8 +134,9 @@ class EntityPlan:
     @property
     def looks_up(self) -> bool:
         """Whether the ``lookup`` step searches duplicates of this entity."""
-        return self.id is None and self.duplicates is not None and \
-            self.duplicates.active
+        return (
+            self.id is None and self.duplicates is not None and self.duplicates.active
+        )
 
     @property
     def entity(self) -> str:
@@ -139,8 +147,9 @@ class EntityPlan:
         """The body item that creates this entity."""
         return _copy(self.payload)
 
-    def update_payload(self, entity_id: int,
-                       current: dict[str, Any] | None = None) -> dict[str, Any]:
+    def update_payload(
+        self, entity_id: int, current: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The PATCH item for ``entity_id``: locked keys left out, tags added (never
         replaced), and multi-value fields (phones, e-mails) merged with ``current``
         (the entity as amoCRM has it), so an update adds a phone instead of
@@ -203,8 +212,7 @@ class Plan:
 
     def entity(self, key: str) -> EntityPlan | None:
         """The plan of ``lead``, ``contact`` or ``company``."""
-        entities = {"lead": self.lead, "contact": self.contact,
-                    "company": self.company}
+        entities = {"lead": self.lead, "contact": self.contact, "company": self.company}
         return entities[key]
 
     def existing(self, remote: dict[str, Any] | None = None) -> dict[str, int]:
@@ -222,9 +230,16 @@ class Plan:
         """The entities the ``update`` step changes: named by id, or reused
         duplicates whose strategy is ``update``."""
         found = (remote or {}).get("found") or {}
-        return [e for e in self.entities() if e.id is not None or (
-            e.key in found and e.duplicates is not None
-            and e.duplicates.strategy == "update")]
+        return [
+            e
+            for e in self.entities()
+            if e.id is not None
+            or (
+                e.key in found
+                and e.duplicates is not None
+                and e.duplicates.strategy == "update"
+            )
+        ]
 
     def needs_lookup(self) -> bool:
         """Whether any entity has duplicate control to apply."""
@@ -242,8 +257,9 @@ class Plan:
             steps.append("lookup")
         if self.updates(remote):
             steps.append("update")
-        if self.unsorted is not None or any(e.key not in existing
-                                            for e in self.entities()):
+        if self.unsorted is not None or any(
+            e.key not in existing for e in self.entities()
+        ):
             steps.append("create")
         if self.needs_links(remote):
             steps.append("link")
@@ -261,12 +277,15 @@ class Plan:
             return False
         existing = self.existing(remote)
         if self.lead is not None and "lead" not in existing:
-            return any(e.key in existing for e in (self.contact, self.company)
-                       if e is not None) and (
-                self.contact is not None and self.company is not None)
+            return any(
+                e.key in existing for e in (self.contact, self.company) if e is not None
+            ) and (self.contact is not None and self.company is not None)
         linked = set((remote or {}).get("linked") or [])
-        return any(f"{a}-{b}" not in linked for a, b in _PAIRS
-                   if self.entity(a) is not None and self.entity(b) is not None)
+        return any(
+            f"{a}-{b}" not in linked
+            for a, b in _PAIRS
+            if self.entity(a) is not None and self.entity(b) is not None
+        )
 
     def done(self, remote: dict[str, Any] | None) -> bool:
         """Whether the event's ``remote`` records every step of this plan: the one
@@ -290,8 +309,9 @@ class Plan:
             sub = self.entity(key)
             if sub is None:
                 continue
-            embedded[group] = [{"id": ids[key]} if ids.get(key) else
-                               sub.create_payload()]
+            embedded[group] = [
+                {"id": ids[key]} if ids.get(key) else sub.create_payload()
+            ]
         if not embedded:
             item.pop("_embedded")
         return item
@@ -311,23 +331,48 @@ class Plan:
         item["_embedded"] = embedded
         return item
 
-    def links(self, ids: dict[str, int | None], remote: dict[str, Any] | None = None
-              ) -> list[tuple[str, dict[str, Any]]]:
+    def links(
+        self, ids: dict[str, int | None], remote: dict[str, Any] | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
         """``(entity, mass-link item)`` pairs linking what this plan has, but those
         the lookup saw linked already (``remote["linked"]``)."""
         out: list[tuple[str, dict[str, Any]]] = []
         linked = set((remote or {}).get("linked") or [])
         lead, contact, company = ids.get("lead"), ids.get("contact"), ids.get("company")
         if lead and contact and "lead-contact" not in linked:
-            out.append(("leads", {"entity_id": lead, "to_entity_id": contact,
-                                  "to_entity_type": "contacts",
-                                  "metadata": {"main_contact": True}}))
+            out.append(
+                (
+                    "leads",
+                    {
+                        "entity_id": lead,
+                        "to_entity_id": contact,
+                        "to_entity_type": "contacts",
+                        "metadata": {"main_contact": True},
+                    },
+                )
+            )
         if lead and company:
-            out.append(("leads", {"entity_id": lead, "to_entity_id": company,
-                                  "to_entity_type": "companies"}))
+            out.append(
+                (
+                    "leads",
+                    {
+                        "entity_id": lead,
+                        "to_entity_id": company,
+                        "to_entity_type": "companies",
+                    },
+                )
+            )
         if contact and company:
-            out.append(("contacts", {"entity_id": contact, "to_entity_id": company,
-                                     "to_entity_type": "companies"}))
+            out.append(
+                (
+                    "contacts",
+                    {
+                        "entity_id": contact,
+                        "to_entity_id": company,
+                        "to_entity_type": "companies",
+                    },
+                )
+            )
         return out
 
     def note_items(
@@ -336,14 +381,24 @@ class Plan:
         """``(entity, note, body item)`` for every note whose entity exists, the
         lookup's notes listing duplicates (in ``remote``) included."""
         out = []
-        extra = [NoteSpec(key, text) for key, text in
-                 ((remote or {}).get("duplicate_notes") or {}).items()]
+        extra = [
+            NoteSpec(key, text)
+            for key, text in ((remote or {}).get("duplicate_notes") or {}).items()
+        ]
         for note in [*self.notes, *extra]:
             entity_id = ids.get(note.key)
             if entity_id:
-                out.append((ENTITY[note.key], note, {
-                    "entity_id": entity_id, "note_type": "common",
-                    "params": {"text": note.text}}))
+                out.append(
+                    (
+                        ENTITY[note.key],
+                        note,
+                        {
+                            "entity_id": entity_id,
+                            "note_type": "common",
+                            "params": {"text": note.text},
+                        },
+                    )
+                )
         return out
 
     def task_items(self, ids: dict[str, int | None]) -> list[dict[str, Any]]:
@@ -352,22 +407,30 @@ class Plan:
         for task in self.tasks:
             entity_id = ids.get(task.key)
             if entity_id:
-                out.append({**task.payload, "entity_id": entity_id,
-                            "entity_type": ENTITY[task.key]})
+                out.append(
+                    {
+                        **task.payload,
+                        "entity_id": entity_id,
+                        "entity_type": ENTITY[task.key],
+                    }
+                )
         return out
 
     def calls(self) -> list[tuple[str, str, Any]]:
         """The API calls this plan causes, as ``(method, path, body)``; ids amoCRM
         has not given yet read ``"<lead_id>"`` and so on (``flask amocrm preview``)."""
-        ids: dict[str, Any] = {e.key: e.id if e.id is not None else f"<{e.key}_id>"
-                               for e in self.entities()}
+        ids: dict[str, Any] = {
+            e.key: e.id if e.id is not None else f"<{e.key}_id>"
+            for e in self.entities()
+        }
         calls: list[tuple[str, str, Any]] = []
         for e in self.entities():
             if not e.looks_up or e.duplicates is None:
                 continue
             if e.key == "lead" and e.duplicates.scope == "contact":
-                calls.append(("GET", ("/api/v4/leads?filter[id][]=<the contact's "
-                                      "leads>"), None))
+                calls.append(
+                    ("GET", ("/api/v4/leads?filter[id][]=<the contact's leads>"), None)
+                )
                 continue
             for _c, query in e.duplicates.searches():
                 where = f"?query={query}" if query else "?filter=..."
@@ -376,13 +439,16 @@ class Plan:
             if e.id is not None:
                 calls.append(("PATCH", f"/api/v4/{e.entity}", [e.update_payload(e.id)]))
         if self.unsorted is not None:
-            calls.append(("POST", "/api/v4/leads/unsorted/forms",
-                          [self.unsorted_item()]))
+            calls.append(
+                ("POST", "/api/v4/leads/unsorted/forms", [self.unsorted_item()])
+            )
         elif self.lead is not None and self.lead.id is None:
-            existing = {k: v for k, v in ids.items()
-                        if isinstance(v, int) and k != "lead"}
-            calls.append(("POST", "/api/v4/leads/complex",
-                          [self.complex_item(existing)]))
+            existing = {
+                k: v for k, v in ids.items() if isinstance(v, int) and k != "lead"
+            }
+            calls.append(
+                ("POST", "/api/v4/leads/complex", [self.complex_item(existing)])
+            )
         else:
             for e in self.entities():
                 if e.id is None:
@@ -413,20 +479,30 @@ def _merge_multi(
     item: dict[str, Any], current: dict[str, Any] | None
 ) -> dict[str, Any]:
     """Keep the values a multitext field already has (PATCH replaces them all)."""
-    if current is None or not any("enum_code" in v or "enum_id" in v and "value" in v
-                                  for v in item["values"]):
+    if current is None or not any(
+        "enum_code" in v or "enum_id" in v and "value" in v for v in item["values"]
+    ):
         return item
     for have in current.get("custom_fields_values") or []:
-        same = (item.get("field_id") is not None and have.get("field_id") ==
-                item["field_id"]) or (item.get("field_code") is not None
-                                      and have.get("field_code") == item["field_code"])
+        same = (
+            item.get("field_id") is not None
+            and have.get("field_id") == item["field_id"]
+        ) or (
+            item.get("field_code") is not None
+            and have.get("field_code") == item["field_code"]
+        )
         if not same or have.get("field_type") not in (None, "multitext"):
             continue
         known = {_digits_or_text(v.get("value")) for v in have.get("values") or []}
-        kept = [{"value": v["value"], "enum_id": v["enum_id"]} if v.get("enum_id")
-                else {"value": v["value"]} for v in have.get("values") or []]
-        added = [v for v in item["values"]
-                 if _digits_or_text(v.get("value")) not in known]
+        kept = [
+            {"value": v["value"], "enum_id": v["enum_id"]}
+            if v.get("enum_id")
+            else {"value": v["value"]}
+            for v in have.get("values") or []
+        ]
+        added = [
+            v for v in item["values"] if _digits_or_text(v.get("value")) not in known
+        ]
         return {**item, "values": kept + added}
     return item
 
@@ -448,8 +524,10 @@ def template_variables(event: Any) -> dict[str, Any]:
     return {
         "data": data,
         "data_text": "\n".join(
-            f"{key}: {_flat(value)}" for key, value in data.items()
-            if key != "mail" and not is_empty(value)),
+            f"{key}: {_flat(value)}"
+            for key, value in data.items()
+            if key != "mail" and not is_empty(value)
+        ),
         "form": event.source if event.kind == "form" else None,
         "event": event.source if event.kind == "mail" else None,
         "source": event.source,
@@ -476,8 +554,9 @@ def _flat(value: Any) -> str:
 
 
 class _Builder:
-    def __init__(self, rule: dict[str, Any], event: Any, where: str,
-                 env: PlanEnv) -> None:
+    def __init__(
+        self, rule: dict[str, Any], event: Any, where: str, env: PlanEnv
+    ) -> None:
         self.rule = rule
         self.event = event
         self.where = where
@@ -500,15 +579,23 @@ class _Builder:
         if key is not None:
             self.remarks[key].append(text)
 
-    def text(self, value: Any, where: str, key: str | None, *,
-             limit: int = NAME_LIMIT, multiline: bool = False,
-             escape: bool = False) -> str:
+    def text(
+        self,
+        value: Any,
+        where: str,
+        key: str | None,
+        *,
+        limit: int = NAME_LIMIT,
+        multiline: bool = False,
+        escape: bool = False,
+    ) -> str:
         rendered = self.render(value, where, escape=escape)
         if isinstance(rendered, list):
             rendered = " ".join(str(v) for v in rendered if not is_empty(v))
         notes: list[str] = []
-        text = clean_text(rendered, limit=limit, multiline=multiline, where=where,
-                          warnings=notes)
+        text = clean_text(
+            rendered, limit=limit, multiline=multiline, where=where, warnings=notes
+        )
         for note in notes:
             self.warn(key, note)
         return text
@@ -550,8 +637,9 @@ class _Builder:
             self._default_user = (True, user_id)
         return user_id
 
-    def pipeline_status(self, section: dict[str, Any], where: str
-                        ) -> tuple[int | None, int | None]:
+    def pipeline_status(
+        self, section: dict[str, Any], where: str
+    ) -> tuple[int | None, int | None]:
         if "pipeline" not in section and "status" not in section:
             return None, None
         meta = self.env.meta(f"{where}.pipeline")
@@ -560,16 +648,20 @@ class _Builder:
             wanted = self.render(section["pipeline"], f"{where}.pipeline")
             pipeline = meta.pipeline(str(wanted).strip())
             if pipeline is None:
-                raise RuleError(f"{where}.pipeline: there is no pipeline {wanted!r} "
-                                "in the account (see 'flask amocrm check')")
+                raise RuleError(
+                    f"{where}.pipeline: there is no pipeline {wanted!r} "
+                    "in the account (see 'flask amocrm check')"
+                )
             pipeline_id = int(pipeline["id"])
         status_id = None
         if "status" in section and not self.unsorted:
             wanted = self.render(section["status"], f"{where}.status")
             status = meta.status(pipeline_id, str(wanted).strip())
             if status is None:
-                raise RuleError(f"{where}.status: there is no status {wanted!r} in "
-                                "that pipeline (see 'flask amocrm check')")
+                raise RuleError(
+                    f"{where}.status: there is no status {wanted!r} in "
+                    "that pipeline (see 'flask amocrm check')"
+                )
             status_id = int(status["id"])
             if pipeline_id is None:
                 main = meta.main_pipeline()
@@ -578,8 +670,9 @@ class _Builder:
 
     # -- fields ----------------------------------------------------------------------
 
-    def resolve_field(self, key: str, name: Any, where: str, *,
-                      required: bool = True) -> dict[str, Any] | None:
+    def resolve_field(
+        self, key: str, name: Any, where: str, *, required: bool = True
+    ) -> dict[str, Any] | None:
         entity = ENTITY[key]
         static = known_field(entity, name)
         # A standard code the rule names itself is trusted without the metadata; an
@@ -590,13 +683,16 @@ class _Builder:
         meta = self.env.meta(where)
         found = meta.field(entity, name)
         if found is None and required:
-            raise RuleError(f"{where}: the {entity} of the account have no field "
-                            f"{name!r} (give its code, id or name; see "
-                            "'flask amocrm check')")
+            raise RuleError(
+                f"{where}: the {entity} of the account have no field "
+                f"{name!r} (give its code, id or name; see "
+                "'flask amocrm check')"
+            )
         return found
 
-    def fields(self, key: str, section: dict[str, Any], where: str
-               ) -> list[dict[str, Any]]:
+    def fields(
+        self, key: str, section: dict[str, Any], where: str
+    ) -> list[dict[str, Any]]:
         wanted: dict[Any, Any] = {}
         for std, code in STANDARD_FIELDS[key].items():
             if std in section:
@@ -605,8 +701,11 @@ class _Builder:
         items: list[dict[str, Any]] = []
         seen: set[Any] = set()
         for name, template in wanted.items():
-            path = f"{where}.fields.{name}" if name in (section.get("fields") or {}) \
+            path = (
+                f"{where}.fields.{name}"
+                if name in (section.get("fields") or {})
                 else f"{where}.{_std_name(key, name)}"
+            )
             value = self.render(template, path)
             if is_empty(value):
                 continue  # amoCRM rejects empty values; an unfilled field stays as is
@@ -635,8 +734,9 @@ class _Builder:
         referrer = page.get("landing_referrer") or page.get("referrer")
         if referrer:
             values.setdefault("referrer", referrer)
-        present = {i.get("field_id") for i in items} | {i.get("field_code")
-                                                        for i in items}
+        present = {i.get("field_id") for i in items} | {
+            i.get("field_code") for i in items
+        }
         for tag, target in mapping.items():
             if target is False or is_empty(values.get(tag)):
                 continue
@@ -646,8 +746,9 @@ class _Builder:
             if fdef is None:
                 continue  # the account lacks this tracking field: nothing to fill
             notes: list[str] = []
-            item = field_item(fdef, values[tag], where=where, warnings=notes,
-                              tz=self.env.tz)
+            item = field_item(
+                fdef, values[tag], where=where, warnings=notes, tz=self.env.tz
+            )
             for note in notes:
                 self.warn("lead", note)
             if item and (item.get("field_id") or item.get("field_code")) not in present:
@@ -667,36 +768,54 @@ class _Builder:
 
     # -- duplicate control -----------------------------------------------------------
 
-    def duplicates(self, key: str, section: dict[str, Any], where: str,
-                   payload: dict[str, Any]) -> DuplicateRule | None:
+    def duplicates(
+        self, key: str, section: dict[str, Any], where: str, payload: dict[str, Any]
+    ) -> DuplicateRule | None:
         """The section's ``duplicates``, with this event's values to compare."""
         setting = section.get("duplicates")
         if not setting:
             return None
         where = f"{where}.duplicates"
-        criteria = [self.criterion(key, item, f"{where}.match", payload)
-                    for item in setting["match"]]
+        criteria = [
+            self.criterion(key, item, f"{where}.match", payload)
+            for item in setting["match"]
+        ]
         return DuplicateRule(
-            key=key, criteria=criteria, require=setting.get("require", "any"),
-            strategy=setting["strategy"], scope=setting.get("scope", "contact"),
+            key=key,
+            criteria=criteria,
+            require=setting.get("require", "any"),
+            strategy=setting["strategy"],
+            scope=setting.get("scope", "contact"),
             open_only=bool(setting.get("open_only", False)),
             within=parse_within(setting["within"]) if "within" in setting else None,
-            now=self.env.timestamp(), region=self.env.phone_region)
+            now=self.env.timestamp(),
+            region=self.env.phone_region,
+        )
 
-    def criterion(self, key: str, item: Any, where: str,
-                  payload: dict[str, Any]) -> Criterion:
+    def criterion(
+        self, key: str, item: Any, where: str, payload: dict[str, Any]
+    ) -> Criterion:
         text = str(item)
         region = self.env.phone_region
         if text in CORE_KEYS[key]:
             if text == "name":
                 name = payload.get("name") or " ".join(
-                    str(payload[k]) for k in ("first_name", "last_name")
-                    if payload.get(k))
+                    str(payload[k])
+                    for k in ("first_name", "last_name")
+                    if payload.get(k)
+                )
                 value = normalize_text(name)
-                return Criterion(text, "name", values=(value,) if value else (),
-                                 queries=(" ".join(name.split()),) if value else ())
-            raw = payload.get({"price": "price", "pipeline": "pipeline_id",
-                               "status": "status_id"}[text])
+                return Criterion(
+                    text,
+                    "name",
+                    values=(value,) if value else (),
+                    queries=(" ".join(name.split()),) if value else (),
+                )
+            raw = payload.get(
+                {"price": "price", "pipeline": "pipeline_id", "status": "status_id"}[
+                    text
+                ]
+            )
             value = normalize_text(raw) if raw is not None else None
             return Criterion(text, text, values=(value,) if value else ())
         code = DEDUP_CODES[key].get(text.lower(), item)
@@ -704,14 +823,21 @@ class _Builder:
         assert fdef is not None
         field_id = fdef.get("id")
         field_code = fdef.get("code")
-        compare = ("phone" if field_code == "PHONE" else "email"
-                   if field_code == "EMAIL" else "enum"
-                   if fdef.get("type") in ENUM_TYPES else "text")
+        compare = (
+            "phone"
+            if field_code == "PHONE"
+            else "email"
+            if field_code == "EMAIL"
+            else "enum"
+            if fdef.get("type") in ENUM_TYPES
+            else "text"
+        )
         values: list[str] = []
         queries: list[str] = []
         for have in payload.get("custom_fields_values") or []:
             same = (field_id is not None and have.get("field_id") == field_id) or (
-                field_code is not None and have.get("field_code") == field_code)
+                field_code is not None and have.get("field_code") == field_code
+            )
             if not same:
                 continue
             for v in have.get("values") or []:
@@ -721,20 +847,32 @@ class _Builder:
                 elif compare == "email":
                     norm = query = normalize_email(raw)
                 elif compare == "enum":
-                    norm = f"enum:{v['enum_id']}" if v.get("enum_id") is not None \
+                    norm = (
+                        f"enum:{v['enum_id']}"
+                        if v.get("enum_id") is not None
                         else normalize_text(raw)
+                    )
                     query = None
                 else:
                     norm = normalize_text(raw)
-                    query = " ".join(str(raw).split()) if isinstance(
-                        raw, str) and norm else None
+                    query = (
+                        " ".join(str(raw).split())
+                        if isinstance(raw, str) and norm
+                        else None
+                    )
                 if norm and norm not in values:
                     values.append(norm)
                     if query:
                         queries.append(query)
-        return Criterion(text, "field", compare, field_id,
-                         str(field_code) if field_code else None, tuple(values),
-                         tuple(queries))
+        return Criterion(
+            text,
+            "field",
+            compare,
+            field_id,
+            str(field_code) if field_code else None,
+            tuple(values),
+            tuple(queries),
+        )
 
     # -- sections --------------------------------------------------------------------
 
@@ -751,11 +889,12 @@ class _Builder:
 
     def tags(self, section: dict[str, Any], where: str) -> list[dict[str, str]]:
         tags = section.get("tags") or []
-        rendered = self.render(tags if isinstance(tags, list) else [tags],
-                               f"{where}.tags")
+        rendered = self.render(
+            tags if isinstance(tags, list) else [tags], f"{where}.tags"
+        )
         names: list[str] = []
         for tag in rendered:
-            for part in (tag if isinstance(tag, list) else [tag]):
+            for part in tag if isinstance(tag, list) else [tag]:
                 text = clean_text(part, limit=TAG_LIMIT)
                 if text and text not in names:
                     names.append(text)
@@ -777,15 +916,23 @@ class _Builder:
         entity_id = self.entity_id(section, where)
         if not payload and entity_id is None:
             return None  # the visitor left everything about it empty
-        responsible = (self.user(section["responsible"], f"{where}.responsible", key)
-                       if "responsible" in section else self.default_user(where, key))
+        responsible = (
+            self.user(section["responsible"], f"{where}.responsible", key)
+            if "responsible" in section
+            else self.default_user(where, key)
+        )
         if responsible:
             payload["responsible_user_id"] = responsible
         tags = self.tags(section, where)
         if tags:
             payload["_embedded"] = {"tags": tags}
-        return EntityPlan(key, payload, entity_id, self.lock(key, section, where),
-                          self.duplicates(key, section, where, payload))
+        return EntityPlan(
+            key,
+            payload,
+            entity_id,
+            self.lock(key, section, where),
+            self.duplicates(key, section, where, payload),
+        )
 
     def lead(self) -> EntityPlan | None:
         section = self.rule.get("lead")
@@ -812,9 +959,11 @@ class _Builder:
             payload["pipeline_id"] = pipeline_id
         if status_id is not None:
             payload["status_id"] = status_id
-        responsible = (self.user(section["responsible"], f"{where}.responsible", "lead")
-                       if "responsible" in section
-                       else self.default_user(where, "lead"))
+        responsible = (
+            self.user(section["responsible"], f"{where}.responsible", "lead")
+            if "responsible" in section
+            else self.default_user(where, "lead")
+        )
         if responsible:
             payload["responsible_user_id"] = responsible
         visitor_uid = (self.vars["client"] or {}).get("visitor_uid")
@@ -829,9 +978,13 @@ class _Builder:
         tags = self.tags(section, where)
         if tags:
             payload["_embedded"] = {"tags": tags}
-        return EntityPlan("lead", payload, self.entity_id(section, where),
-                          self.lock("lead", section, where),
-                          self.duplicates("lead", section, where, payload))
+        return EntityPlan(
+            "lead",
+            payload,
+            self.entity_id(section, where),
+            self.lock("lead", section, where),
+            self.duplicates("lead", section, where, payload),
+        )
 
     def price(self, value: Any, where: str) -> int | None:
         parts = self.render(value if isinstance(value, list) else [value], where)
@@ -842,8 +995,10 @@ class _Builder:
                 continue
             number = parse_number(part)
             if number is None:
-                self.warn("lead", f"{where}: {part!r} is not a number and was not "
-                                  "added to the price")
+                self.warn(
+                    "lead",
+                    f"{where}: {part!r} is not a number and was not added to the price",
+                )
                 continue
             total += number
             seen = True
@@ -880,16 +1035,30 @@ class _Builder:
                 continue
             group = section.get("group", group_rule)
             notes = ([section["note"]] if "note" in section else []) + list(
-                section.get("notes") or [])
+                section.get("notes") or []
+            )
             where = f"{self.where}.{key}"
             for i, note in enumerate(notes):
                 spec = note if isinstance(note, dict) else {"text": note}
-                path = f"{where}.note" if i == 0 and "note" in section \
+                path = (
+                    f"{where}.note"
+                    if i == 0 and "note" in section
                     else f"{where}.notes"
-                text = self.text(spec["text"], path, None, limit=LONG_LIMIT,
-                                 multiline=True, escape=self.html)
-                add(key, text, bool(spec.get("unique", False)),
-                    bool(spec.get("group", group)))
+                )
+                text = self.text(
+                    spec["text"],
+                    path,
+                    None,
+                    limit=LONG_LIMIT,
+                    multiline=True,
+                    escape=self.html,
+                )
+                add(
+                    key,
+                    text,
+                    bool(spec.get("unique", False)),
+                    bool(spec.get("group", group)),
+                )
         files_key, files_text = self.files()
         if files_text:
             add(files_key, files_text, False, group_rule)
@@ -903,8 +1072,11 @@ class _Builder:
                 add(target, self._join([head, *lines]), False, group_rule)
         for slot in order:
             key, unique, _group = slot
-            self.plan.notes.append(NoteSpec(key, self._join(pending[slot], blank=True)
-                                            [:LONG_LIMIT], unique))
+            self.plan.notes.append(
+                NoteSpec(
+                    key, self._join(pending[slot], blank=True)[:LONG_LIMIT], unique
+                )
+            )
 
     def _main_key(self) -> str | None:
         for key in ("lead", "contact", "company"):
@@ -939,13 +1111,19 @@ class _Builder:
             where = f"{self.where}.files.field"
             fdef = self.resolve_field(key, setting["field"], where)
             assert fdef is not None
-            item = field_item(fdef, with_url[0]["url"], where=where, warnings=[],
-                              tz=self.env.tz)
+            item = field_item(
+                fdef, with_url[0]["url"], where=where, warnings=[], tz=self.env.tz
+            )
             if item is not None:
                 values = entity.payload.setdefault("custom_fields_values", [])
-                values[:] = [v for v in values if not (
-                    v.get("field_id") == item.get("field_id")
-                    and v.get("field_code") == item.get("field_code"))] + [item]
+                values[:] = [
+                    v
+                    for v in values
+                    if not (
+                        v.get("field_id") == item.get("field_id")
+                        and v.get("field_code") == item.get("field_code")
+                    )
+                ] + [item]
             if len(files) == 1 and not setting.get("note", False):
                 return "", ""
         if setting.get("note", True) is False:
@@ -955,8 +1133,9 @@ class _Builder:
             name = str(f.get("name") or f.get("field") or "file")
             url = f.get("url")
             if url and self.html:
-                lines.append(f'• <a href="{html.escape(str(url))}">'
-                             f"{html.escape(name)}</a>")
+                lines.append(
+                    f'• <a href="{html.escape(str(url))}">{html.escape(name)}</a>'
+                )
             elif url:
                 lines.append(f"- {name}: {url}")
             else:
@@ -972,31 +1151,46 @@ class _Builder:
         if self.unsorted:
             self.plan.warnings.append(
                 f"{self.where}.task: incoming leads take no tasks; "
-                "the task was not created")
+                "the task was not created"
+            )
             return
         now = self.env.timestamp()
         for i, task in enumerate(tasks):
             where = f"{self.where}.task" + (f"[{i}]" if isinstance(value, list) else "")
             key = task.get("entity", "lead")
             if self.plan.entity(key) is None:
-                raise RuleError(f"{where}.entity: the task is for the {key}, but this "
-                                f"event makes no {key} (the rule has no '{key}' "
-                                "section, or its values were all empty)")
+                raise RuleError(
+                    f"{where}.entity: the task is for the {key}, but this "
+                    f"event makes no {key} (the rule has no '{key}' "
+                    "section, or its values were all empty)"
+                )
             payload: dict[str, Any] = {}
-            text = self.text(task.get("text", "{{ form or event }}"), f"{where}.text",
-                             None, limit=LONG_LIMIT, multiline=True)
+            text = self.text(
+                task.get("text", "{{ form or event }}"),
+                f"{where}.text",
+                None,
+                limit=LONG_LIMIT,
+                multiline=True,
+            )
             payload["text"] = text or str(self.event.source)
-            when = self.text(task.get("deadline", DEFAULT_DEADLINE),
-                             f"{where}.deadline", None)
+            when = self.text(
+                task.get("deadline", DEFAULT_DEADLINE), f"{where}.deadline", None
+            )
             payload["complete_till"] = deadline(
-                when or DEFAULT_DEADLINE, now=now, tz=self.env.tz,
-                workday_end=self.env.workday_end, where=f"{where}.deadline")
+                when or DEFAULT_DEADLINE,
+                now=now,
+                tz=self.env.tz,
+                workday_end=self.env.workday_end,
+                where=f"{where}.deadline",
+            )
             if "type" in task:
                 wanted = self.render(task["type"], f"{where}.type")
                 found = self.env.meta(f"{where}.type").task_type(str(wanted).strip())
                 if found is None:
-                    raise RuleError(f"{where}.type: there is no task type {wanted!r} "
-                                    "in the account (see 'flask amocrm check')")
+                    raise RuleError(
+                        f"{where}.type: there is no task type {wanted!r} "
+                        "in the account (see 'flask amocrm check')"
+                    )
                 payload["task_type_id"] = int(found["id"])
             if "duration" in task:
                 payload["duration"] = int(task["duration"])
@@ -1018,18 +1212,31 @@ class _Builder:
         client = self.vars["client"] or {}
         sent_at = int(context.get("captured_at") or self.env.timestamp())
         where = f"{self.where}.unsorted"
-        form_name = self.text(setting.get("form_name", self.event.source),
-                              f"{where}.form_name", None) or str(self.event.source)
-        source_name = self.text(
-            setting.get("source_name",
-                        site.get("name") or site.get("domain") or "Site"),
-            f"{where}.source_name", None) or "Site"
+        form_name = self.text(
+            setting.get("form_name", self.event.source), f"{where}.form_name", None
+        ) or str(self.event.source)
+        source_name = (
+            self.text(
+                setting.get(
+                    "source_name", site.get("name") or site.get("domain") or "Site"
+                ),
+                f"{where}.source_name",
+                None,
+            )
+            or "Site"
+        )
         metadata: dict[str, Any] = {
             "form_id": clean_text(self.event.source, limit=100),
             "form_name": form_name,
-            "form_page": clean_text(page.get("url") or (
-                f"https://{site['domain']}" if site.get("domain") else
-                f"{self.event.kind}:{self.event.source}"), limit=LONG_LIMIT),
+            "form_page": clean_text(
+                page.get("url")
+                or (
+                    f"https://{site['domain']}"
+                    if site.get("domain")
+                    else f"{self.event.kind}:{self.event.source}"
+                ),
+                limit=LONG_LIMIT,
+            ),
             "form_sent_at": sent_at,
         }
         if client.get("ip"):
@@ -1058,8 +1265,10 @@ class _Builder:
             if key in self.rule:
                 setattr(plan, key, self.person(key))
         if not plan.entities():
-            raise RuleError(f"{self.where}: the rule makes nothing of this event (no "
-                            "lead, and the contact and company values are all empty)")
+            raise RuleError(
+                f"{self.where}: the rule makes nothing of this event (no "
+                "lead, and the contact and company values are all empty)"
+            )
         self.cap_fields()
         if self.unsorted:
             self.unsorted_item()
@@ -1077,10 +1286,15 @@ class _Builder:
             room = MAX_FIELD_VALUES - 1 - (entity.key == "lead")
             for item in values[room:]:
                 ident = item.get("field_code") or item.get("field_id")
-                shown = ", ".join(str(v.get("value", v.get("enum_id")))
-                                  for v in item.get("values") or [])
-                self.warn(entity.key, f"field {ident} not sent (amoCRM takes at most "
-                                      f"{MAX_FIELD_VALUES} values per entity): {shown}")
+                shown = ", ".join(
+                    str(v.get("value", v.get("enum_id")))
+                    for v in item.get("values") or []
+                )
+                self.warn(
+                    entity.key,
+                    f"field {ident} not sent (amoCRM takes at most "
+                    f"{MAX_FIELD_VALUES} values per entity): {shown}",
+                )
             if len(values) > room:
                 entity.payload["custom_fields_values"] = values[:room]
 
@@ -1103,11 +1317,20 @@ def _unsorted_on(rule: dict[str, Any]) -> bool:
     return bool(value)
 
 
-def build_plan(rule: dict[str, Any], event: Any, *, where: str,
-               env: PlanEnv | None = None) -> Plan:
+def build_plan(
+    rule: dict[str, Any], event: Any, *, where: str, env: PlanEnv | None = None
+) -> Plan:
     """Render ``rule`` for ``event``. Raises :class:`RuleError` naming the key."""
     return _Builder(rule, event, where, env or PlanEnv()).build()
 
 
-__all__ = ["STEPS", "EntityPlan", "NoteSpec", "Plan", "PlanEnv", "TaskSpec",
-           "build_plan", "template_variables"]
+__all__ = [
+    "STEPS",
+    "EntityPlan",
+    "NoteSpec",
+    "Plan",
+    "PlanEnv",
+    "TaskSpec",
+    "build_plan",
+    "template_variables",
+]

@@ -21,8 +21,12 @@ RESULT_TTL = 60
 FAILURE_TTL = 7 * 86400
 JOB_TIMEOUT = 600
 
-_WAITING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED,
-            JobStatus.DEFERRED}
+_WAITING = {
+    JobStatus.QUEUED,
+    JobStatus.STARTED,
+    JobStatus.SCHEDULED,
+    JobStatus.DEFERRED,
+}
 
 
 def job_id(state: _State, event_id: int) -> str:
@@ -44,7 +48,10 @@ def get_queue(state: _State, *, for_worker: bool = False) -> Queue:
 
 
 def enqueue_event(
-    state: _State, event_id: int, *, at: datetime | None = None,
+    state: _State,
+    event_id: int,
+    *,
+    at: datetime | None = None,
     abandoned: bool = False,
 ) -> bool:
     """Queue delivery of an event; ``False`` if a job for it is already waiting.
@@ -69,8 +76,9 @@ def enqueue_event(
             if at is None:
                 queue.enqueue("flask_amocrm.worker.jobs.deliver", event_id, **options)
             else:
-                queue.enqueue_at(at, "flask_amocrm.worker.jobs.deliver", event_id,
-                                 **options)
+                queue.enqueue_at(
+                    at, "flask_amocrm.worker.jobs.deliver", event_id, **options
+                )
             return True
         except DuplicateJobError:
             try:

@@ -15,8 +15,7 @@ from ..models import DELIVERED, Event, EventAttempt, utcnow
 def purge_events(state: _State, days: int | None = None) -> int:
     """Delete delivered events older than ``days``; return how many."""
     cutoff = utcnow() - timedelta(days=days or state.settings.retention_days)
-    old = (select(Event.id)
-           .where(Event.status == DELIVERED, Event.delivered_at < cutoff))
+    old = select(Event.id).where(Event.status == DELIVERED, Event.delivered_at < cutoff)
     with state.session() as session:
         session.execute(delete(EventAttempt).where(EventAttempt.event_id.in_(old)))
         count = session.execute(delete(Event).where(Event.id.in_(old))).rowcount

@@ -27,8 +27,9 @@ log = logging.getLogger("flask_amocrm.worker")
 _GRACE = timedelta(seconds=10)
 
 
-def due_event_ids(state: _State, limit: int | None = None,
-                  *, include_fresh: bool = True) -> list[int]:
+def due_event_ids(
+    state: _State, limit: int | None = None, *, include_fresh: bool = True
+) -> list[int]:
     """Ids of the events that are due, oldest first."""
     now = utcnow()
     query = select(Event.id).where(_claimable(now)).order_by(Event.id)
@@ -43,8 +44,13 @@ def due_event_ids(state: _State, limit: int | None = None,
 def _lease_expired(state: _State) -> set[int]:
     """Events whose worker stopped holding them without finishing (killed)."""
     with state.session() as session:
-        return set(session.scalars(select(Event.id).where(
-            Event.status == PROCESSING, Event.locked_until < utcnow())))
+        return set(
+            session.scalars(
+                select(Event.id).where(
+                    Event.status == PROCESSING, Event.locked_until < utcnow()
+                )
+            )
+        )
 
 
 def load_spool(state: _State) -> int:
@@ -59,8 +65,13 @@ def load_spool(state: _State) -> int:
         lines = [line for line in fp if line.strip()]
     for line in lines:
         record: dict[str, Any] = json.loads(line)
-        event = Event(**{k: v for k, v in record.items() if k in {
-            "kind", "source", "data", "files", "context", "dedupe_key"}})
+        event = Event(
+            **{
+                k: v
+                for k, v in record.items()
+                if k in {"kind", "source", "data", "files", "context", "dedupe_key"}
+            }
+        )
         with state.session() as session:
             session.add(event)
             session.commit()

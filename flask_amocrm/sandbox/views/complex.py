@@ -46,9 +46,7 @@ def _check_sub(s: Store, entity: str, sub: Any, prefix: str) -> list[FieldError]
         ]
     if "id" in sub:
         if not is_int(sub["id"]) or sub["id"] not in s.entities(entity):
-            return [
-                FieldError.not_a_choice(f"{prefix}.id")
-            ]
+            return [FieldError.not_a_choice(f"{prefix}.id")]
         errors = check_item(
             s,
             entity,
@@ -113,9 +111,7 @@ def _check_lead(s: Store, item: Any) -> list[FieldError]:
     if metadata is not None:
         category = metadata.get("category") if isinstance(metadata, dict) else None
         if category not in ("forms", "sip"):
-            errors.append(
-                FieldError.not_a_choice("_embedded.metadata.category")
-            )
+            errors.append(FieldError.not_a_choice("_embedded.metadata.category"))
         else:
             errors += check_metadata(category, metadata, "_embedded.metadata")
     return errors
@@ -199,11 +195,13 @@ def create_complex() -> Response:
     items = json_array(MAX_COMPLEX)
     with s.lock:
         rids = [request_id(item, i) for i, item in enumerate(items)]
-        raise_if_errors([(rid, _check_lead(s, item)) for rid, item in zip(rids, items)])
+        raise_if_errors(
+            [(rid, _check_lead(s, item)) for rid, item in zip(rids, items, strict=True)]
+        )
         existing_contacts = set(s.entities("contacts"))
         duplicate_control = bool(s.data["settings"].get("duplicate_control"))
         results = []
-        for rid, item in zip(rids, items):
+        for rid, item in zip(rids, items, strict=True):
             results.append(_apply(s, item, rid, existing_contacts, duplicate_control))
         return hal(results)
 

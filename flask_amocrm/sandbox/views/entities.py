@@ -140,14 +140,20 @@ def create_entities(entity: str) -> Response:
     with s.lock:
         rids = [request_id(item, i) for i, item in enumerate(items)]
         raise_if_errors(
-            [(rid, check_item(s, entity, item)) for rid, item in zip(rids, items)]
+            [
+                (rid, check_item(s, entity, item))
+                for rid, item in zip(rids, items, strict=True)
+            ]
         )
         created = [apply_item(s, entity, item) for item in items]
         return hal(
             {
                 "_links": {"self": {"href": f"{base_url()}/api/v4/{entity}"}},
                 "_embedded": {
-                    entity: [_created(entity, o, rid) for o, rid in zip(created, rids)]
+                    entity: [
+                        _created(entity, o, rid)
+                        for o, rid in zip(created, rids, strict=True)
+                    ]
                 },
             }
         )
@@ -170,7 +176,7 @@ def update_entities(entity: str) -> Response:
         rids = [request_id(item, i) for i, item in enumerate(items)]
         checked = []
         targets = []
-        for rid, item in zip(rids, items):
+        for rid, item in zip(rids, items, strict=True):
             obj = None
             errors: list[FieldError] = []
             if not isinstance(item, dict) or item.get("id") is None:
@@ -180,22 +186,24 @@ def update_entities(entity: str) -> Response:
             else:
                 obj = s.entities(entity).get(item["id"]) if is_int(item["id"]) else None
                 if obj is None or obj.get("is_deleted"):
-                    errors.append(
-                        FieldError.not_a_choice("id")
-                    )
+                    errors.append(FieldError.not_a_choice("id"))
                 else:
                     errors += check_item(s, entity, item, existing=obj, creating=False)
             checked.append((rid, errors))
             targets.append(obj)
         raise_if_errors(checked)
         updated = [
-            apply_item(s, entity, item, obj) for item, obj in zip(items, targets)
+            apply_item(s, entity, item, obj)
+            for item, obj in zip(items, targets, strict=True)
         ]
         return hal(
             {
                 "_links": {"self": {"href": f"{base_url()}/api/v4/{entity}"}},
                 "_embedded": {
-                    entity: [_updated(entity, o, rid) for o, rid in zip(updated, rids)]
+                    entity: [
+                        _updated(entity, o, rid)
+                        for o, rid in zip(updated, rids, strict=True)
+                    ]
                 },
             }
         )

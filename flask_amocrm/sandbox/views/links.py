@@ -44,19 +44,13 @@ def _check(s: Store, entity: str, item: Any, mass: bool) -> list[FieldError]:
                 FieldError(NOT_BLANK, "entity_id", "This value should not be blank.")
             )
         elif not _entity_exists(s, entity, item["entity_id"]):
-            errors.append(
-                FieldError.not_a_choice("entity_id")
-            )
+            errors.append(FieldError.not_a_choice("entity_id"))
     to_type = item.get("to_entity_type")
     if to_type not in LINKABLE[entity]:
         # Catalog elements and customers are not part of the sandbox.
-        errors.append(
-            FieldError.not_a_choice("to_entity_type")
-        )
+        errors.append(FieldError.not_a_choice("to_entity_type"))
     elif not _entity_exists(s, to_type, item.get("to_entity_id")):
-        errors.append(
-            FieldError.not_a_choice("to_entity_id")
-        )
+        errors.append(FieldError.not_a_choice("to_entity_id"))
     metadata = item.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         errors.append(
@@ -75,7 +69,7 @@ def _do(entity: str, entity_id: int | None, unlink: bool) -> Response:
         raise_if_errors(
             [
                 (rid, _check(s, entity, item, entity_id is None))
-                for rid, item in zip(rids, items)
+                for rid, item in zip(rids, items, strict=True)
             ]
         )
         out = []

@@ -291,9 +291,7 @@ def _check_field(entity: str, item: Any, taken: set[str]) -> list[FieldError]:
     if not isinstance(item.get("name"), str) or not item["name"].strip():
         errors.append(FieldError(NOT_BLANK, "name", "This value should not be blank."))
     if item.get("type") not in ENTITY_FIELD_TYPES[entity]:
-        errors.append(
-            FieldError.not_a_choice("type")
-        )
+        errors.append(FieldError.not_a_choice("type"))
     code = item.get("code")
     if code is not None and (not isinstance(code, str) or code in taken):
         errors.append(FieldError(NOT_SUPPORTED, "code", "This code is already used."))
@@ -337,10 +335,13 @@ def create_custom_fields(entity: str) -> Response:
         taken = {f["code"] for f in s.fields(entity) if f["code"]}
         rids = [request_id(item, i) for i, item in enumerate(items)]
         raise_if_errors(
-            [(rid, _check_field(entity, item, taken)) for rid, item in zip(rids, items)]
+            [
+                (rid, _check_field(entity, item, taken))
+                for rid, item in zip(rids, items, strict=True)
+            ]
         )
         out = []
-        for rid, item in zip(rids, items):
+        for rid, item in zip(rids, items, strict=True):
             enums = None
             if item.get("enums"):
                 enums = [(e["value"], e.get("code")) for e in item["enums"]]

@@ -84,14 +84,10 @@ def _check(
             or entity_id not in s.entities(entity)
             or s.entities(entity)[entity_id].get("is_deleted")
         ):
-            errors.append(
-                FieldError.not_a_choice("entity_id")
-            )
+            errors.append(FieldError.not_a_choice("entity_id"))
     note_type = item.get("note_type", existing["note_type"] if existing else None)
     if note_type not in NOTE_TYPES:
-        errors.append(
-            FieldError.not_a_choice("note_type")
-        )
+        errors.append(FieldError.not_a_choice("note_type"))
         return errors
     params = item.get("params")
     if params is None and existing is not None:
@@ -119,9 +115,7 @@ def _check(
     for key in ("created_by", "responsible_user_id"):
         value = item.get(key)
         if value not in (None, 0) and (not is_int(value) or s.user(value) is None):
-            errors.append(
-                FieldError.not_a_choice(key)
-            )
+            errors.append(FieldError.not_a_choice(key))
     return errors
 
 
@@ -224,7 +218,7 @@ def _create(entity: str, entity_id: int | None) -> Response:
         raise_if_errors(
             [
                 (rid, _check(s, entity, item, existing=None, path_entity_id=entity_id))
-                for rid, item in zip(rids, items)
+                for rid, item in zip(rids, items, strict=True)
             ]
         )
         notes = [_apply(s, entity, item, entity_id) for item in items]
@@ -239,7 +233,7 @@ def _create(entity: str, entity_id: int | None) -> Response:
                             "request_id": rid,
                             "_links": render_note(entity, n)["_links"],
                         }
-                        for n, rid in zip(notes, rids)
+                        for n, rid in zip(notes, rids, strict=True)
                     ]
                 },
             }
@@ -264,7 +258,7 @@ def _update(entity: str, entity_id: int | None) -> Response:
     with s.lock:
         rids = [request_id(item, i) for i, item in enumerate(items)]
         checked, targets = [], []
-        for rid, item in zip(rids, items):
+        for rid, item in zip(rids, items, strict=True):
             note = None
             if isinstance(item, dict) and is_int(item.get("id")):
                 note = s.data["notes"][entity].get(item["id"])
@@ -278,9 +272,7 @@ def _update(entity: str, entity_id: int | None) -> Response:
                 checked.append(
                     (
                         rid,
-                        [
-                            FieldError.not_a_choice("id")
-                        ],
+                        [FieldError.not_a_choice("id")],
                     )
                 )
             else:
@@ -290,7 +282,8 @@ def _update(entity: str, entity_id: int | None) -> Response:
             targets.append(note)
         raise_if_errors(checked)
         notes = [
-            _apply(s, entity, item, None, note) for item, note in zip(items, targets)
+            _apply(s, entity, item, None, note)
+            for item, note in zip(items, targets, strict=True)
         ]
         return hal(
             {
@@ -303,7 +296,7 @@ def _update(entity: str, entity_id: int | None) -> Response:
                             "request_id": rid,
                             "_links": render_note(entity, n)["_links"],
                         }
-                        for n, rid in zip(notes, rids)
+                        for n, rid in zip(notes, rids, strict=True)
                     ]
                 }
             }

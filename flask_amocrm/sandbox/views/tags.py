@@ -65,9 +65,11 @@ def create_tags(entity: str) -> Response:
     items = json_array()
     with s.lock:
         rids = [request_id(item, i) for i, item in enumerate(items)]
-        raise_if_errors([(rid, _check(entity, item)) for rid, item in zip(rids, items)])
+        raise_if_errors(
+            [(rid, _check(entity, item)) for rid, item in zip(rids, items, strict=True)]
+        )
         out = []
-        for rid, item in zip(rids, items):
+        for rid, item in zip(rids, items, strict=True):
             tag = find_tag(s, entity, name=item["name"].strip()) or create_tag(
                 s, entity, item["name"].strip(), item.get("color")
             )

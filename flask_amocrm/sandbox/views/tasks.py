@@ -86,29 +86,21 @@ def _check(s: Store, item: Any, existing: dict[str, Any] | None) -> list[FieldEr
     )
     entity_id = item.get("entity_id", existing.get("entity_id") if existing else None)
     if entity_type is not None and entity_type not in ENTITIES:
-        errors.append(
-            FieldError.not_a_choice("entity_type")
-        )
+        errors.append(FieldError.not_a_choice("entity_type"))
     elif entity_id is not None:
         if entity_type is None:
             errors.append(
                 FieldError(NOT_BLANK, "entity_type", "This value should not be blank.")
             )
         elif is_int(entity_id) and entity_id not in s.entities(entity_type):
-            errors.append(
-                FieldError.not_a_choice("entity_id")
-            )
+            errors.append(FieldError.not_a_choice("entity_id"))
     if is_int(item.get("task_type_id")) and not any(
         t["id"] == item["task_type_id"] for t in s.data["task_types"]
     ):
-        errors.append(
-            FieldError.not_a_choice("task_type_id")
-        )
+        errors.append(FieldError.not_a_choice("task_type_id"))
     for key in ("responsible_user_id", "created_by"):
         if is_int(item.get(key)) and item[key] != 0 and s.user(item[key]) is None:
-            errors.append(
-                FieldError.not_a_choice(key)
-            )
+            errors.append(FieldError.not_a_choice(key))
     if "is_completed" in item and not isinstance(item["is_completed"], bool):
         errors.append(
             FieldError(
@@ -239,7 +231,10 @@ def create_tasks() -> Response:
     with s.lock:
         rids = [request_id(item, i) for i, item in enumerate(items)]
         raise_if_errors(
-            [(rid, _check(s, item, None)) for rid, item in zip(rids, items)]
+            [
+                (rid, _check(s, item, None))
+                for rid, item in zip(rids, items, strict=True)
+            ]
         )
         tasks = [_apply(s, item, None) for item in items]
         return hal(
@@ -252,7 +247,7 @@ def create_tasks() -> Response:
                             "request_id": rid,
                             "_links": link(f"/api/v4/tasks/{t['id']}"),
                         }
-                        for t, rid in zip(tasks, rids)
+                        for t, rid in zip(tasks, rids, strict=True)
                     ]
                 },
             }
@@ -267,7 +262,7 @@ def update_tasks() -> Response:
     with s.lock:
         rids = [request_id(item, i) for i, item in enumerate(items)]
         checked, targets = [], []
-        for rid, item in zip(rids, items):
+        for rid, item in zip(rids, items, strict=True):
             task = None
             if isinstance(item, dict) and is_int(item.get("id")):
                 task = s.data["tasks"].get(item["id"])
@@ -275,16 +270,14 @@ def update_tasks() -> Response:
                 checked.append(
                     (
                         rid,
-                        [
-                            FieldError.not_a_choice("id")
-                        ],
+                        [FieldError.not_a_choice("id")],
                     )
                 )
             else:
                 checked.append((rid, _check(s, item, task)))
             targets.append(task)
         raise_if_errors(checked)
-        tasks = [_apply(s, item, t) for item, t in zip(items, targets)]
+        tasks = [_apply(s, item, t) for item, t in zip(items, targets, strict=True)]
         return hal(
             {
                 "_embedded": {
@@ -295,7 +288,7 @@ def update_tasks() -> Response:
                             "request_id": rid,
                             "_links": link(f"/api/v4/tasks/{t['id']}"),
                         }
-                        for t, rid in zip(tasks, rids)
+                        for t, rid in zip(tasks, rids, strict=True)
                     ]
                 }
             }

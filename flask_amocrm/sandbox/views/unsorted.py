@@ -194,7 +194,7 @@ def _create(category: str) -> Response:
         }
         checked = []
         fps = []
-        for rid, item in zip(rids, items):
+        for rid, item in zip(rids, items, strict=True):
             errors = _check_item(s, category, item)
             fp = fingerprint(category, item) if isinstance(item, dict) else ""
             if not errors and fp in pending:
@@ -206,7 +206,7 @@ def _create(category: str) -> Response:
             checked.append((rid, errors))
         raise_if_errors(checked)
         out = []
-        for rid, item, fp in zip(rids, items, fps):
+        for rid, item, fp in zip(rids, items, fps, strict=True):
             created = _apply_item(s, category, item, fp)
             entry = render_unsorted(s, created, full=False)
             entry = {
@@ -233,9 +233,7 @@ def _check_item(s: Store, category: str, item: Any) -> list[FieldError]:
             errors.append(FieldError(NOT_BLANK, key, "This value should not be blank."))
     pid = item.get("pipeline_id")
     if pid is not None and (not is_int(pid) or s.pipeline(pid) is None):
-        errors.append(
-            FieldError.not_a_choice("pipeline_id")
-        )
+        errors.append(FieldError.not_a_choice("pipeline_id"))
     errors += check_metadata(category, item.get("metadata"))
     embedded = item.get("_embedded") or {}
     if not isinstance(embedded, dict):
@@ -454,17 +452,13 @@ def accept(uid: str) -> Response:
         errors = []
         user_id = body.get("user_id")
         if user_id is not None and (not is_int(user_id) or s.user(user_id) is None):
-            errors.append(
-                FieldError.not_a_choice("user_id")
-            )
+            errors.append(FieldError.not_a_choice("user_id"))
         pipeline = s.pipeline(item["pipeline_id"]) or s.main_pipeline()
         status_id = body.get("status_id")
         if status_id is not None and not any(
             st["id"] == status_id and st["type"] == 0 for st in pipeline["statuses"]
         ):
-            errors.append(
-                FieldError.not_a_choice("status_id")
-            )
+            errors.append(FieldError.not_a_choice("status_id"))
         if errors:
             raise ValidationFailed([("0", errors)])
         ts = now()
