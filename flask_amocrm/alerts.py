@@ -4,72 +4,39 @@ Mail goes through Flask-Mail when the app has it, otherwise through :mod:`smtpli
 with the same ``MAIL_*`` keys. Every alert carries the ``X-AmoCRM-Alert: 1`` header, so
 the extension never captures its own alerts as events. Messages are built with
 :class:`email.message.EmailMessage`, which refuses CR/LF in headers; subjects are
-flattened to one line anyway, and recipients only ever come from the configuration
-(reliability 6).
+flattened to one line anyway (no header injection), and recipients only ever come
+from the configuration.
 
 An alert with a ``dedupe_key`` is sent once per ``dedupe_seconds``, across all
-processes when Redis is configured (``SET NX EX``), per process otherwise.
+processes (a shared flag, :mod:`flask_amocrm.shared`).
 """
 
 from __future__ import annotations
 
 import logging
 import smtplib
-import threading
-import time
 from email.message import EmailMessage
 from typing import Any
 
 from flask import current_app
 
+from . import shared
+from .state import get_state
+
 log = logging.getLogger("flask_amocrm.alerts")
 
 #: The header that marks our own mails.
 ALERT_HEADER = "X-AmoCRM-Alert"
-_sent_here: dict[str, float] = {}
-_sent_lock = threading.Lock()
 
 
 def _one_line(text: str, limit: int = 200) -> str:
     return " ".join(str(text).split())[:limit]
 
 
-def _first_time(key: str, seconds: int) -> bool:
-    from .extension import get_state
-
-    state = get_state()
-    redis = state.live_redis()
-    if redis is not None:
-        try:
-            return bool(
-                redis.set(
-                    f"amocrm:alert-sent:{key}", int(time.time()), nx=True, ex=seconds
-                )
-            )
-        except Exception as exc:
-            log.warning(
-                "Alert de-duplication: Redis failed (%s); de-duplicating in "
-                "this process only",
-                type(exc).__name__,
-            )
-    now = time.monotonic()
-    with _sent_lock:
-        if _sent_here.get(key, 0) > now:
-            return False
-        _sent_here[key] = now + seconds
-        return True
-
-
 def clear_alert(key: str) -> None:
     """Forget that the alert ``key`` was sent (the problem is over), so the next
     occurrence alerts again."""
-    from .extension import get_state
-
-    with _sent_lock:
-        _sent_here.pop(key, None)
-    redis = get_state().live_redis()
-    if redis is not None:
-        redis.delete(f"amocrm:alert-sent:{key}")
+    shared.clear(get_state(), f"alert:{key}")
 
 
 def send_alert(
@@ -84,8 +51,6 @@ def send_alert(
     Returns whether a mail was sent. Never raises: a broken mail server is logged,
     it must not hide the problem being reported.
     """
-    from .extension import get_state
-
     try:
         settings = get_state().settings
         recipients = list(settings.admin_emails)
@@ -93,7 +58,9 @@ def send_alert(
         if not recipients:
             log.warning("Alert not mailed (AMOCRM_ADMIN_EMAILS is empty): %s", subject)
             return False
-        if dedupe_key and not _first_time(dedupe_key, dedupe_seconds):
+        if dedupe_key and not shared.set_once(
+            get_state(), f"alert:{dedupe_key}", seconds=dedupe_seconds
+        ):
             log.info("Alert already sent, not repeated: %s", subject)
             return False
         app = current_app._get_current_object()  # type: ignore[attr-defined]

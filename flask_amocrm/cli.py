@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import json
+import time
+from types import SimpleNamespace
+from urllib.parse import parse_qsl, urlsplit
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import func, select
 
-from .extension import get_state
-from .models import FAILED, IGNORED, RETRYING, STATUSES, Event, utcnow
+from .amo.auth import authorize_url
+from .amo.connect import exchange_code
+from .amo.metadata import metadata_for, sync_metadata
+from .errors import AmoCRMError, ImportRowError
+from .importer import import_rows, read_rows
+from .models import FAILED, IGNORED, STATUSES, Event
+from .outbox import make_due
+from .rules.check import check_rules
+from .rules.schema import find_rule
+from .state import get_state
+from .visit import CAMPAIGN_KEYS
+from .worker.agent import process
+from .worker.amo_worker import AmoWorker
+from .worker.deliver import plan_env
+from .worker.dispatch import hand_off_many
+from .worker.outage import current as current_outage
+from .worker.outage import paused, reconnected
+from .worker.plan import build_plan
+from .worker.queue import get_queue
+from .worker.schedule import ensure_tick, housekeeping
 
 amocrm_cli = AppGroup("amocrm", help="Flask-AmoCRM: deliver site events to amoCRM.")
 
@@ -41,22 +62,21 @@ def init_db() -> None:
 )
 def worker(burst: bool, with_scheduler: bool, maintenance_interval: int) -> None:
     """Run an RQ worker for the amoCRM queue, with this app bound to its jobs."""
-    from .worker.job_class import AmoWorker, bind_app
-    from .worker.queue import get_queue
-    from .worker.schedule import ensure_tick
-
     state = get_state()
     if not state.settings.redis_url:
         raise click.UsageError(
             "AMOCRM_REDIS_URL is not set: the worker needs Redis. "
             "Without Redis use 'flask amocrm process'."
         )
-    bind_app(current_app._get_current_object())  # type: ignore[attr-defined]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
     queue = get_queue(state, for_worker=True)
     if with_scheduler:
-        ensure_tick()
+        ensure_tick(state)
     AmoWorker(
-        [queue], connection=queue.connection, maintenance_interval=maintenance_interval
+        [queue],
+        apps=[app],
+        connection=queue.connection,
+        maintenance_interval=maintenance_interval,
     ).work(burst=burst, with_scheduler=with_scheduler)
 
 
@@ -77,15 +97,12 @@ def worker(burst: bool, with_scheduler: bool, maintenance_interval: int) -> None
 def process_command(limit: int | None, everything: bool) -> None:
     """Deliver due events in this process: the agent run for cron, or for sites
     without Redis. Also runs the hourly housekeeping (retention, token keep-alive)."""
-    from .worker.schedule import housekeeping
-    from .worker.sweeper import process
-
     state = get_state()
     if everything:
         limit = None
     elif limit is None:
         limit = state.settings.batch_size
-    counts = process(limit)
+    counts = process(state, limit)
     counts.update(housekeeping(state))
     click.echo(json.dumps(counts, sort_keys=True))
 
@@ -103,27 +120,16 @@ def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
     """Make a failed (or waiting) event due again, once its rule is fixed."""
     if (event_id is not None) + all_failed + all_ignored != 1:
         raise click.UsageError("Give an event id, --failed or --ignored.")
-    from .worker.queue import enqueue_event
-
     state = get_state()
-    with state.session() as session:
-        if all_failed or all_ignored:
-            wanted = FAILED if all_failed else IGNORED
-            events = list(session.scalars(select(Event).where(Event.status == wanted)))
-        else:
-            event = session.get(Event, event_id)
-            if event is None:
-                raise click.ClickException(f"There is no event {event_id}.")
-            events = [event]
-        for event in events:
-            event.status = RETRYING
-            event.next_attempt_at = utcnow()
-            event.locked_until = None
-        session.commit()
-        ids = [e.id for e in events]
+    if all_failed or all_ignored:
+        ids = make_due(state, status=FAILED if all_failed else IGNORED)
+    else:
+        assert event_id is not None
+        ids = make_due(state, ids=[event_id])
+        if not ids:
+            raise click.ClickException(f"There is no event {event_id}.")
     if state.settings.delivery == "rq":
-        for i in ids:
-            enqueue_event(state, i)
+        hand_off_many(state, ids)
     click.echo(f"{len(ids)} event(s) will be retried.")
 
 
@@ -132,14 +138,10 @@ def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
 def import_command(path: str) -> None:
     """Import past form results or mail events from a CSV or JSON-lines file and
     deliver them like live events. Rows imported before are skipped."""
-    from .importer import ImportError_, import_rows, read_rows
-    from .worker.queue import enqueue_event
-    from .worker.sweeper import process
-
     state = get_state()
     try:
         rows = list(read_rows(path))
-    except ImportError_ as exc:
+    except ImportRowError as exc:
         raise click.ClickException(f"{path}: {exc}") from None
     with click.progressbar(length=len(rows), label="Importing") as bar:
         added: list[int] = []
@@ -153,10 +155,9 @@ def import_command(path: str) -> None:
     mode = state.settings.delivery
     if mode == "rq":
         with click.progressbar(added, label="Queueing") as ids:
-            for event_id in ids:
-                enqueue_event(state, event_id)
+            hand_off_many(state, ids)
     elif mode == "inline":
-        click.echo(json.dumps(process(None), sort_keys=True))
+        click.echo(json.dumps(process(state, None), sort_keys=True))
     else:
         click.echo("They will be delivered by the next agent run.")
 
@@ -173,12 +174,9 @@ def status() -> None:
         )
     for name in STATUSES:
         click.echo(f"{name:<11}{rows.get(name, 0)}")
-    from . import flags
-    from .worker.outage import paused
-
-    outage = flags.get(state, "outage")
+    outage = current_outage(state)
     if outage:
-        click.echo(f"amoCRM outage going on: {json.loads(outage)['reason']}")
+        click.echo(f"amoCRM outage going on: {outage}")
     pause = paused(state)
     if pause:
         click.echo(f"Requests paused after a block: {pause}")
@@ -191,9 +189,6 @@ def auth_command(code: str | None) -> None:
 
     Without CODE, print the address where an admin allows access and gets one.
     """
-    from .amo import authorize_url, exchange_code
-    from .errors import AmoCRMError
-
     state = get_state()
     settings = state.settings
     if not settings.client_id:
@@ -212,6 +207,7 @@ def auth_command(code: str | None) -> None:
         row = exchange_code(state, code)
     except AmoCRMError as exc:
         raise click.ClickException(f"amoCRM refused the code: {exc}") from None
+    reconnected(state)
     click.echo(
         f"Connected to {row.base_url}; the access token expires at "
         f"{row.expires_at:%Y-%m-%d %H:%M} UTC and is refreshed automatically."
@@ -221,9 +217,6 @@ def auth_command(code: str | None) -> None:
 @amocrm_cli.command("sync")
 def sync_command() -> None:
     """Fetch the account's pipelines, users, fields and task types again."""
-    from .amo import sync_metadata
-    from .errors import AmoCRMError
-
     try:
         meta = sync_metadata(get_state())
     except AmoCRMError as exc:
@@ -241,10 +234,6 @@ def sync_command() -> None:
 def check_command() -> None:
     """Check the rules against the account: fields, enum labels, pipelines,
     statuses, users and task types they name."""
-    from .amo.metadata import metadata_for
-    from .errors import AmoCRMError
-    from .rules.check import check_rules
-
     state = get_state()
     try:
         meta = metadata_for(state, refresh=True)
@@ -271,16 +260,6 @@ def check_command() -> None:
 @click.option("--page", default=None, help="The page address the form was sent from.")
 def preview_command(source: str, data_json: str, mail: bool, page: str | None) -> None:
     """Print the API calls an event of form SOURCE would cause, without sending."""
-    import time
-    from types import SimpleNamespace
-    from urllib.parse import parse_qsl, urlsplit
-
-    from .context import CAMPAIGN_KEYS
-    from .errors import AmoCRMError
-    from .rules.schema import find_rule
-    from .worker.deliver import plan_env
-    from .worker.plan import build_plan
-
     state = get_state()
     try:
         data = json.loads(data_json)

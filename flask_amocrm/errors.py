@@ -2,9 +2,8 @@
 
 Configuration mistakes raise :class:`RuntimeError` at ``init_app``, as the Pallets
 extensions do. Everything that goes wrong while talking to amoCRM or applying a rule
-is an
-:class:`AmoCRMError`; its ``retryable`` attribute says whether trying the same thing
-again later can succeed.
+is an :class:`AmoCRMError`; its ``retryable`` attribute says whether trying the same
+thing again later can succeed.
 """
 
 from __future__ import annotations
@@ -57,6 +56,17 @@ class AuthError(APIError):
     retryable = True  # a person reconnecting, or a refresh, fixes it: events wait
 
 
+class TokenRevokedError(AuthError):
+    """amoCRM refused to refresh the OAuth pair: a person must connect amoCRM again.
+
+    Events wait (``retrying``) until then; the worker tells the admins once."""
+
+
+class ClientRefusedError(AuthError):
+    """amoCRM refused the integration's ``AMOCRM_CLIENT_ID``/``AMOCRM_CLIENT_SECRET``:
+    the configuration must be fixed. Events wait until then."""
+
+
 class PaymentRequiredError(APIError):
     """402: the account is not paid, or its plan lacks the feature."""
 
@@ -106,3 +116,18 @@ class ServerError(APIError):
     """5xx: amoCRM failed; 504 on a batch means the batch was too large or slow."""
 
     retryable = True
+
+
+class LockTimeoutError(AmoCRMError):
+    """Another process held a shared lock for too long; the work is tried again
+    later (see :mod:`flask_amocrm.shared`)."""
+
+    retryable = True
+
+
+class ImportRowError(ValueError):
+    """A row of an import file cannot be imported; the message names the line."""
+
+
+class UploadRefused(Exception):
+    """An upload was not saved; the message says why, for the event's note."""

@@ -17,17 +17,12 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-
-from .extension import _State
-from .models import Event
+from .errors import ImportRowError
+from .outbox import add, known_keys
+from .state import AppState
 
 _RESERVED = {"source", "time", "kind", "id"}
 _CHUNK = 200
-
-
-class ImportError_(ValueError):  # noqa: N801 - ``ImportError`` is a builtin
-    """A row of the file cannot be imported; the message names the line."""
 
 
 def read_rows(path: str) -> Iterator[dict[str, Any]]:
@@ -40,9 +35,9 @@ def read_rows(path: str) -> Iterator[dict[str, Any]]:
                 try:
                     raw = json.loads(line)
                 except ValueError as exc:
-                    raise ImportError_(f"line {number}: not JSON ({exc})") from None
+                    raise ImportRowError(f"line {number}: not JSON ({exc})") from None
                 if not isinstance(raw, dict):
-                    raise ImportError_(f"line {number}: expected an object")
+                    raise ImportRowError(f"line {number}: expected an object")
                 fields = raw.get("fields", raw.get("data", {}))
                 yield _row(raw, fields, number)
         else:
@@ -58,12 +53,14 @@ def read_rows(path: str) -> Iterator[dict[str, Any]]:
 def _row(raw: dict[str, Any], fields: Any, number: int) -> dict[str, Any]:
     source = str(raw.get("source") or "").strip()
     if not source:
-        raise ImportError_(f"line {number}: 'source' is empty")
+        raise ImportRowError(f"line {number}: 'source' is empty")
     kind = str(raw.get("kind") or "form").strip()
     if kind not in {"form", "mail"}:
-        raise ImportError_(f"line {number}: 'kind' must be form or mail, not {kind!r}")
+        raise ImportRowError(
+            f"line {number}: 'kind' must be form or mail, not {kind!r}"
+        )
     if not isinstance(fields, dict):
-        raise ImportError_(f"line {number}: 'fields' must be an object")
+        raise ImportRowError(f"line {number}: 'fields' must be an object")
     return {
         "source": source,
         "kind": kind,
@@ -90,7 +87,7 @@ def _parse_time(value: Any, number: int) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ImportError_(f"line {number}: cannot read the time {text!r}") from None
+        raise ImportRowError(f"line {number}: cannot read the time {text!r}") from None
     if parsed.tzinfo is not None:
         parsed = parsed.astimezone(UTC).replace(tzinfo=None)
     return parsed
@@ -109,7 +106,9 @@ def row_key(row: dict[str, Any]) -> str:
     return "import:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
-def import_rows(state: _State, rows: Iterable[dict[str, Any]]) -> tuple[list[int], int]:
+def import_rows(
+    state: AppState, rows: Iterable[dict[str, Any]]
+) -> tuple[list[int], int]:
     """Store the rows as events; return the new events' ids and how many rows were
     already imported."""
     added: list[int] = []
@@ -121,32 +120,28 @@ def import_rows(state: _State, rows: Iterable[dict[str, Any]]) -> tuple[list[int
         keyed = {row_key(r): r for r in chunk}
         skipped += len(chunk) - len(keyed)  # the same row twice in one file
         with state.session() as session:
-            known = set(
-                session.scalars(
-                    select(Event.dedupe_key).where(Event.dedupe_key.in_(list(keyed)))
-                )
-            )
+            known = known_keys(session, keyed)
             events = []
             for key, row in keyed.items():
                 if key in known:
                     skipped += 1
                     continue
                 context: dict[str, Any] = {"imported": True, "line": row["line"]}
-                event = Event(
-                    kind=row["kind"],
-                    source=row["source"],
-                    data=row["fields"],
-                    files=[],
-                    context=context,
-                    dedupe_key=key,
-                )
                 if row["time"] is not None:
-                    event.created_at = row["time"]
                     context["captured_at"] = int(
                         row["time"].replace(tzinfo=UTC).timestamp()
                     )
-                events.append(event)
-            session.add_all(events)
+                events.append(
+                    add(
+                        session,
+                        kind=row["kind"],
+                        source=row["source"],
+                        data=row["fields"],
+                        context=context,
+                        dedupe_key=key,
+                        created_at=row["time"],
+                    )
+                )
             session.commit()
             added.extend(e.id for e in events)
         chunk.clear()

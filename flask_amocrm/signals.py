@@ -9,9 +9,28 @@ connected with ``sender=app`` hears only that application. Receivers should acce
 
 from __future__ import annotations
 
-from blinker import Namespace
+import logging
+from typing import Any
+
+from blinker import Namespace, Signal
+
+log = logging.getLogger("flask_amocrm")
 
 _signals = Namespace()
+
+
+def send_safely(signal: Signal, sender: Any, **kwargs: Any) -> None:
+    """Send ``signal`` to each receiver in turn. A receiver that raises is logged
+    and the others still run: a site's receiver never breaks capture or delivery,
+    and nothing of ours raises into the site."""
+    if getattr(signal, "is_muted", False):
+        return
+    for receiver in signal.receivers_for(sender):
+        try:
+            receiver(sender, **kwargs)
+        except Exception:
+            log.exception("A receiver of the %r signal failed", signal.name)
+
 
 form_submitted = _signals.signal(
     "form-submitted",

@@ -19,6 +19,8 @@ from flask import Flask
 
 from .models import Event
 from .signals import event_captured
+from .state import get_state
+from .worker.agent import process
 
 
 @contextmanager
@@ -35,7 +37,5 @@ def record_events(app: Flask) -> Iterator[list[Event]]:
 
 def deliver_pending(app: Flask, limit: int | None = None) -> dict[str, int]:
     """Deliver every due event of ``app`` now, in this process."""
-    from .worker.sweeper import process
-
     with app.app_context():
-        return process(limit)
+        return process(get_state(app), limit)

@@ -12,20 +12,21 @@ event, with the reason.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urljoin
 
-from .config import ACTIVE_EXTENSIONS
+from .config import ACTIVE_EXTENSIONS, Settings
+from .errors import UploadRefused
+
+log = logging.getLogger("flask_amocrm")
 
 #: Bytes copied at a time.
 _CHUNK = 64 * 1024
-
-
-class UploadRefused(Exception):
-    """The upload was not saved; the message says why, for the note."""
 
 
 def save_upload(
@@ -93,3 +94,59 @@ def _size(count: int) -> str:
     if count < 1024 * 1024:
         return f"{count / 1024:g} KB"
     return f"{count / 1024 / 1024:g} MB"
+
+
+def file_links(
+    files: Mapping[str, Any] | None, settings: Settings
+) -> list[dict[str, Any]]:
+    """Uploads saved under ``AMOCRM_UPLOAD_FOLDER``, and links a site passes itself,
+    as ``[{"field", "name", "url"}]``; a file that was not saved has ``url: None`` and
+    the reason in ``error``."""
+    links: list[dict[str, Any]] = []
+    if not files:
+        return links
+    getlist = getattr(files, "getlist", None)
+    items: list[tuple[Any, Any]] = (
+        [(k, v) for k in files for v in getlist(k)]
+        if callable(getlist)
+        else list(files.items())
+    )
+    for field, value in items:
+        if isinstance(value, str):
+            url = value.strip()
+            entry: dict[str, Any] = {
+                "field": str(field),
+                "name": url.rsplit("/", 1)[-1][:200],
+                "url": url[:2000],
+            }
+            if not url.lower().startswith(("http://", "https://")):
+                entry.update(url=None, error="not an http(s) link")
+            links.append(entry)
+        elif value is not None and getattr(value, "filename", None):
+            links.append(_saved(str(field), value, settings))
+    return links
+
+
+def _saved(field: str, storage: Any, settings: Settings) -> dict[str, Any]:
+    # The visitor's path is theirs: keep only the last part, as a label.
+    name = str(storage.filename).replace("\\", "/").rsplit("/", 1)[-1]
+    entry: dict[str, Any] = {"field": field, "name": name[:200], "url": None}
+    if not settings.upload_folder or not settings.upload_url:
+        entry["error"] = "uploads are not saved (AMOCRM_UPLOAD_FOLDER)"
+        return entry
+    try:
+        saved = save_upload(
+            storage,
+            folder=settings.upload_folder,
+            base_url=settings.upload_url,
+            max_size=settings.upload_max_size,
+            extensions=settings.upload_extensions,
+        )
+    except UploadRefused as exc:
+        entry["error"] = str(exc)
+    except OSError as exc:
+        log.exception("Flask-AmoCRM could not save an upload")
+        entry["error"] = f"could not be saved ({exc.strerror})"
+    else:
+        entry.update(url=saved["url"], size=saved["size"])
+    return entry

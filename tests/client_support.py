@@ -69,11 +69,8 @@ def build_app(config: dict[str, Any], instance: str) -> Flask:
 
 @pytest.fixture()
 def amo_app(sandbox: Any, tmp_path: Any) -> Callable[..., Flask]:
-    """``amo_app(**config)``: an app on the reset sandbox (long-lived token)."""
-
-    from flask_amocrm import amo
-
-    amo._local_limiters.clear()  # a 429 in one test must not slow the next one
+    """``amo_app(**config)``: an app on the reset sandbox (long-lived token). Each
+    app has its own client and limiter: a 429 in one test never slows the next."""
 
     def factory(**config: Any) -> Flask:
         return build_app(
@@ -96,7 +93,7 @@ import json, sys, time
 sys.path.insert(0, {tests!r})
 from client_support import build_app
 from flask_amocrm.amo import client_for
-from flask_amocrm.extension import get_state
+from flask_amocrm.state import get_state
 spec = json.loads(sys.argv[1])
 app = build_app(spec["config"], spec["instance"])
 with app.app_context():

@@ -98,10 +98,7 @@ def make_app(
     """Build a Flask app using Flask-AmoCRM against the sandbox; keyword arguments are
     config keys (``AMOCRM_DELIVERY="inline"``)."""
     from flask_amocrm import AmoCRM
-    from flask_amocrm.amo.metadata import forget_local_metadata
 
-    # The sandbox was reset: what this process remembers of its account is stale.
-    forget_local_metadata()
     counter = iter(range(1000))
 
     def factory(*, db: Any = None, **config: Any) -> Flask:
@@ -125,10 +122,6 @@ def make_app(
 
 @pytest.fixture()
 def fast_sandbox(sandbox: Any) -> Any:
-    """The sandbox without its rate limit (for tests about rules, not the limit),
-    and this process's copy of the account's metadata dropped."""
-    from flask_amocrm.amo.metadata import forget_local_metadata
-
+    """The sandbox without its rate limit (for tests about rules, not the limit)."""
     sandbox.config(rate_limit=0)
-    forget_local_metadata()
     return sandbox

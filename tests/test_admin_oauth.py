@@ -11,8 +11,8 @@ import requests
 from sqlalchemy import select
 
 from client_support import OAUTH
-from flask_amocrm.extension import get_state
 from flask_amocrm.models import Token
+from flask_amocrm.state import get_state
 
 
 def test_admin_is_off_without_an_auth_hook(

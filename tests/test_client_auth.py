@@ -14,10 +14,12 @@ from client_support import (
     app_config,
     run_children,
 )
+from flask_amocrm import Event
 from flask_amocrm.amo import client_for, exchange_code, keep_alive
-from flask_amocrm.errors import AuthError
-from flask_amocrm.extension import get_state
+from flask_amocrm.errors import AuthError, TokenRevokedError
 from flask_amocrm.models import Token, utcnow
+from flask_amocrm.state import get_state
+from flask_amocrm.testing import deliver_pending
 
 
 def _token_calls(sandbox: Any) -> list[dict[str, Any]]:
@@ -95,6 +97,7 @@ def test_revoked_refresh_token_stops_delivery_and_alerts_once(
         **OAUTH,
         AMOCRM_ADMIN_EMAILS="admin@example.com",
         MAIL_DEFAULT_SENDER="site@example.com",
+        AMOCRM_RULES={"forms": {"callback": {"lead": {"name": "{{ data.name }}"}}}},
     )
     mail = Mail(app)
     row = _connect(sandbox, app)
@@ -111,13 +114,20 @@ def test_revoked_refresh_token_stops_delivery_and_alerts_once(
     )
     _set(app, access_token="expired." + "x" * 20)
     with app.app_context(), mail.record_messages() as outbox:
-        client = client_for(get_state())
+        # The client raises; it mails nobody.
+        with pytest.raises(TokenRevokedError) as info:
+            client_for(get_state()).get("/api/v4/account")
+        assert info.value.retryable
+        assert outbox == []
+        # The worker decides who is told: once, however many events wait.
+        event = app.extensions["amocrm"].extension.submit("callback", {"name": "Ann"})
+        assert event is not None
         for _ in range(3):
-            with pytest.raises(AuthError) as info:
-                client.get("/api/v4/account")
-            assert info.value.retryable  # events wait as retrying
+            _make_due(app)
+            assert deliver_pending(app) == {"spooled": 0, "retrying": 1}
     assert _row(app).revoked_at is not None
     assert len(outbox) == 1
+    assert "connect amoCRM again" in outbox[0].subject
     assert outbox[0].extra_headers["X-AmoCRM-Alert"] == "1"
     assert row.refresh_token not in outbox[0].body
     api_calls = [r for r in sandbox.requests() if r["path"] == "/api/v4/account"]
@@ -125,8 +135,16 @@ def test_revoked_refresh_token_stops_delivery_and_alerts_once(
     # A person reconnects: delivery resumes.
     _connect(sandbox, app)
     assert _row(app).revoked_at is None
-    with app.app_context():
-        assert client_for(get_state()).get("/api/v4/account")["id"]
+    _make_due(app)
+    assert deliver_pending(app) == {"spooled": 0, "delivered": 1}
+    assert [lead["name"] for lead in sandbox.leads()] == ["Ann"]
+
+
+def _make_due(app: Any) -> None:
+    with get_state(app).session() as session:
+        for event in session.query(Event):
+            event.next_attempt_at = utcnow()
+        session.commit()
 
 
 def test_not_connected_is_a_retryable_auth_error(sandbox: Any, amo_app: Any) -> None:

@@ -18,7 +18,7 @@ from flask_amocrm.errors import (
     TransportError,
     ValidationError,
 )
-from flask_amocrm.extension import get_state
+from flask_amocrm.state import get_state
 
 
 @pytest.fixture()

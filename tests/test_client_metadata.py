@@ -7,15 +7,8 @@ from typing import Any
 import pytest
 
 from flask_amocrm.amo import metadata_for
-from flask_amocrm.amo.metadata import forget_local_metadata
-from flask_amocrm.extension import get_state
-
-
-@pytest.fixture(autouse=True)
-def _fresh() -> Any:
-    forget_local_metadata()
-    yield
-    forget_local_metadata()
+from flask_amocrm.amo.metadata import forget_metadata
+from flask_amocrm.state import get_state
 
 
 def _api_calls(sandbox: Any) -> int:
@@ -32,7 +25,7 @@ def test_fetched_once_then_cached(
         fetched = _api_calls(sandbox)
         assert fetched >= 5
         assert metadata_for(get_state()) is meta  # this process's copy
-        forget_local_metadata()  # another process: reads the shared cache
+        forget_metadata(get_state())  # another process: reads the shared cache
         again = metadata_for(get_state())
         assert again.data == meta.data
         assert _api_calls(sandbox) == fetched
@@ -73,7 +66,7 @@ def test_cli_sync_refreshes_the_cache(sandbox: Any, amo_app: Any, redis14: str) 
     assert result.exit_code == 0, result.output
     assert "2 pipelines, 5 users" in result.output
     fetched = _api_calls(sandbox)
-    forget_local_metadata()
     with app.app_context():
+        forget_metadata(get_state())
         assert metadata_for(get_state()).user("Boris Ivanov") is not None
     assert _api_calls(sandbox) == fetched

@@ -14,7 +14,7 @@ from client_support import (
 )
 from flask_amocrm.amo import client_for
 from flask_amocrm.amo.ratelimit import LocalRateLimiter
-from flask_amocrm.extension import get_state
+from flask_amocrm.state import get_state
 
 
 def test_four_processes_share_one_budget(

@@ -13,7 +13,6 @@ import pytest
 from flask import Flask
 
 from flask_amocrm import AmoCRM
-from flask_amocrm.amo.metadata import forget_local_metadata
 from flask_amocrm.testing import deliver_pending
 
 RULES: dict[str, Any] = {
@@ -71,7 +70,6 @@ def race(
 ) -> list[dict[str, Any]]:
     """Two processes deliver one event each, both of the same person, at the same
     moment; return the sandbox's contacts afterwards."""
-    forget_local_metadata()
     config = _config(sandbox, tmp_path, redis_url)
     app = Flask("race_site", instance_path=str(tmp_path / "instance"))
     app.config.update(config)

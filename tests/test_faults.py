@@ -111,6 +111,7 @@ def _expire_leases(app: Flask) -> None:
 def test_workers_killed_mid_batch_deliver_every_event_exactly_once(
     make_app: Any, sandbox: Any, redis_conn: Any, redis_url: str, tmp_path: Any
 ) -> None:
+    from flask_amocrm.state import get_state
     from flask_amocrm.worker.schedule import tick
 
     sandbox.config(rate_limit=0, latency_ms=120)  # each call takes a while
@@ -138,7 +139,7 @@ def test_workers_killed_mid_batch_deliver_every_event_exactly_once(
             kills += 1
         _expire_leases(app)
         with app.app_context():
-            tick()  # the sweeper queues what the dead worker left
+            tick(get_state())  # the sweeper queues what the dead worker left
     assert kills >= 2, "the workers finished before they could be killed"
 
     for _ in range(3):  # let the survivors finish
@@ -146,7 +147,7 @@ def test_workers_killed_mid_batch_deliver_every_event_exactly_once(
         assert worker.wait(timeout=120) == 0
         _expire_leases(app)
         with app.app_context():
-            if not tick()["queued"]:
+            if not tick(get_state())["queued"]:
                 break
 
     leads = Counter(lead["name"] for lead in sandbox.leads())

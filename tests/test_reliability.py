@@ -125,7 +125,7 @@ def test_redis_restarted_empty_loses_nothing(
 ) -> None:
     from rq import SimpleWorker
 
-    from flask_amocrm.worker.job_class import AppJob, bind_app
+    from flask_amocrm.state import get_state
     from flask_amocrm.worker.queue import get_queue
     from flask_amocrm.worker.schedule import tick
 
@@ -135,18 +135,17 @@ def test_redis_restarted_empty_loses_nothing(
     redis_conn.flushdb()  # Redis restarted without its data
     with app.app_context():
         # events younger than the grace period still have their job on the way
-        assert tick()["queued"] == 0
+        assert tick(get_state())["queued"] == 0
         with app.extensions["amocrm"].session() as session:
             for event in session.query(Event):
                 event.created_at -= timedelta(minutes=1)
             session.commit()
-        assert tick()["queued"] == 5
-        assert tick()["queued"] == 0  # already queued: not twice
-        bind_app(app)
-        queue = get_queue(app.extensions["amocrm"], for_worker=True)
-        SimpleWorker([queue], connection=queue.connection, job_class=AppJob).work(
-            burst=True
-        )
+        assert tick(get_state())["queued"] == 5
+        assert tick(get_state())["queued"] == 0  # already queued: not twice
+        queue = get_queue(get_state(), for_worker=True)
+        SimpleWorker(
+            [queue], connection=queue.connection, job_class=queue.job_class
+        ).work(burst=True)
     assert [e.status for e in stored_events(app)] == ["delivered"] * 5
     assert len(sandbox.leads()) == 5
 
@@ -270,6 +269,7 @@ def test_retention_purges_old_delivered_events_only(
 def test_the_agent_delivers_one_batch_per_interval(
     make_app: Any, sandbox: Any, redis_conn: Any, redis_url: str
 ) -> None:
+    from flask_amocrm.state import get_state
     from flask_amocrm.worker.schedule import tick
 
     app = make_app(
@@ -281,8 +281,8 @@ def test_the_agent_delivers_one_batch_per_interval(
     _submit(app, 5)
     assert sandbox.leads() == []  # capture only stores
     with app.app_context():
-        assert tick()["delivered"] == 3
-        assert "delivered" not in tick()  # the interval has not passed
+        assert tick(get_state())["delivered"] == 3
+        assert "delivered" not in tick(get_state())  # the interval has not passed
     assert len(sandbox.leads()) == 3
     result = app.test_cli_runner().invoke(args=["amocrm", "process", "--now"])
     assert json.loads(result.output)["delivered"] == 2

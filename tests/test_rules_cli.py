@@ -7,15 +7,13 @@ from typing import Any
 
 import pytest
 
-from flask_amocrm.amo.metadata import forget_local_metadata
-from flask_amocrm.extension import get_state
-from flask_amocrm.rules.roundrobin import next_turn, peek_turn
+from flask_amocrm.state import get_state
+from flask_amocrm.worker.deliver import turn
 
 
 @pytest.fixture()
 def fast_sandbox(sandbox: Any) -> Any:
     sandbox.config(rate_limit=0)
-    forget_local_metadata()
     return sandbox
 
 
@@ -142,8 +140,8 @@ def test_round_robin_turns_are_shared(
     turns = []
     for app in (first, second, first, second, first):
         with app.app_context():
-            turns.append(next_turn(get_state(app), "forms.x.lead.responsible", 2))
+            turns.append(turn(get_state(app), "forms.x.lead.responsible", 2))
     assert turns == [0, 1, 0, 1, 0]
     with first.app_context():
-        assert peek_turn(get_state(first), "forms.x.lead.responsible", 2) == 1
-        assert next_turn(get_state(first), "single", 1) == 0
+        assert turn(get_state(first), "forms.x.lead.responsible", 2, take=False) == 1
+        assert turn(get_state(first), "single", 1) == 0

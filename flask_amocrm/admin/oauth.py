@@ -1,4 +1,4 @@
-"""Connecting amoCRM from the admin: the OAuth 2.0 code flow (reference 1.1).
+"""Connecting amoCRM from the admin: the OAuth 2.0 code flow.
 
 ``/amocrm/admin/connect`` stores a random ``state`` in the session and sends the admin
 to amoCRM's grant page (the sandbox's for a sandbox base URL). amoCRM sends the
@@ -14,9 +14,12 @@ import hmac
 from flask import Response, redirect, request, session
 from markupsafe import escape
 
-from ..amo.auth import authorize_url, exchange_code, new_state_value
+from ..amo.auth import authorize_url, new_state_value
+from ..amo.connect import exchange_code
 from ..errors import AmoCRMError
-from . import _state_settings, bp
+from ..state import get_state
+from ..worker.outage import reconnected
+from .blueprint import bp
 
 _SESSION_KEY = "_amocrm_oauth_state"
 
@@ -32,7 +35,7 @@ def _page(title: str, text: str, status: int = 200) -> Response:
 @bp.get("/connect")
 def connect() -> Response:
     """Start the code flow: remember a state, go to the grant page."""
-    settings = _state_settings()
+    settings = get_state().settings
     if not settings.client_id:
         return _page(
             "amoCRM uses a long-lived token",
@@ -47,8 +50,6 @@ def connect() -> Response:
 @bp.get("/oauth/callback")
 def callback() -> Response:
     """The redirect URI: check the state, exchange the code, show the outcome."""
-    from ..extension import get_state
-
     expected = session.pop(_SESSION_KEY, None)
     got = request.args.get("state", "")
     if request.args.get("error"):
@@ -71,6 +72,7 @@ def callback() -> Response:
         row = exchange_code(get_state(), code, referer=request.args.get("referer"))
     except AmoCRMError as exc:
         return _page("amoCRM was not connected", f"The code was refused: {exc}", 400)
+    reconnected(get_state())
     return _page(
         "amoCRM is connected",
         f"Connected to {row.base_url}. Waiting events will be delivered.",

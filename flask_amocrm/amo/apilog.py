@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 if TYPE_CHECKING:
-    from ..extension import _State
+    from ..state import AppState
 
 log = logging.getLogger("flask_amocrm.amo")
 
@@ -151,7 +151,7 @@ class ApiLogSink:
     """Writes one ``amocrm_api_log`` row per call. Failing to write never fails the
     call: the row is lost and a warning is logged."""
 
-    def __init__(self, state: _State) -> None:
+    def __init__(self, state: AppState) -> None:
         self.state = state
 
     def write(self, **row: Any) -> None:
@@ -168,7 +168,7 @@ class ApiLogSink:
             )
 
 
-def purge_api_log(state: _State, days: int | None = None) -> int:
+def purge_api_log(state: AppState, days: int | None = None) -> int:
     """Delete API log rows older than ``days`` (default ``AMOCRM_RETENTION_DAYS``);
     return how many went."""
     from sqlalchemy import delete

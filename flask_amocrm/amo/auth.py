@@ -1,44 +1,48 @@
 """Tokens: a long-lived token, or an OAuth 2.0 pair stored in the database.
 
-amoCRM's refresh tokens work once, for everybody (reference 1.2, 17.1): two workers
-refreshing together lock the account out. So exactly one process refreshes at a time,
-across all workers and machines:
-
-* with Redis, under a redis-py ``Lock`` per account;
-* without Redis, under a lease on the token row (an atomic ``UPDATE ... WHERE
-  lease_until < now``, which works the same on SQLite and PostgreSQL and holds no
-  transaction open during the HTTP call).
+amoCRM's refresh tokens work once, for everybody: a refresh token that was used is
+dead, and two workers refreshing together lock the account out. So exactly one
+process refreshes at a time, across all workers and machines, under the shared lock
+of :mod:`flask_amocrm.shared` (a Redis lock, or a row of ``amocrm_flags``; neither
+holds a database transaction open during the HTTP call).
 
 Whoever gets the lock re-reads the row first: if another process refreshed meanwhile,
 its token is used and amoCRM is not called. The new pair is written with a
 compare-and-swap on ``version``, which fences a lock that expired during a slow call.
 
 A refresh that amoCRM refuses ("Token has been revoked", expired) marks the row
-``revoked_at``: from then on no process calls amoCRM for that account, every event
-waits as ``retrying``, and the admin gets one alert. Connecting again
-(:func:`exchange_code`) clears it and delivery resumes.
+``revoked_at`` and raises :class:`~flask_amocrm.errors.TokenRevokedError`: from then
+on no process calls amoCRM for that account and every event waits as ``retrying``
+(the worker tells the admins). Connecting again
+(:func:`~flask_amocrm.amo.connect.exchange_code`) clears it and delivery resumes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 
-from ..errors import APIError, AuthError, TransportError
+from .. import shared
+from ..errors import (
+    APIError,
+    AuthError,
+    ClientRefusedError,
+    TokenRevokedError,
+    TransportError,
+)
 from ..models import Token, utcnow
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from ..extension import _State
+    from ..state import AppState
     from .client import AmoClient
 
 log = logging.getLogger("flask_amocrm.amo")
@@ -52,21 +56,6 @@ LOCAL_SECONDS = 60.0
 TOKEN_PATH = "/oauth2/access_token"
 
 
-class LongLivedToken:
-    """A long-lived token of a private integration: no refresh, a 401 is final."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def access_token(self) -> str:
-        """The token."""
-        return self._token
-
-    def refresh(self, rejected: str) -> str | None:
-        """Long-lived tokens cannot be refreshed (reference 1.4)."""
-        return None
-
-
 class OAuthTokens:
     """The OAuth pair of one account, kept in the ``amocrm_tokens`` table.
 
@@ -74,7 +63,7 @@ class OAuthTokens:
     calls the token endpoint, under the same rate limit and API log as the rest.
     """
 
-    def __init__(self, state: _State, token_client: AmoClient) -> None:
+    def __init__(self, state: AppState, token_client: AmoClient) -> None:
         self.state = state
         self.settings = state.settings
         self.base_url = state.settings.base_url
@@ -134,7 +123,7 @@ class OAuthTokens:
                 "use 'Connect amoCRM' in the admin"
             )
         if row.revoked_at is not None:
-            raise AuthError(
+            raise TokenRevokedError(
                 f"amoCRM access was revoked at {row.revoked_at:%Y-%m-%d %H:%M} UTC; "
                 "events wait until a person connects amoCRM again "
                 "('flask amocrm auth' or 'Connect amoCRM' in the admin)"
@@ -177,15 +166,9 @@ class OAuthTokens:
             "client" in str(body.get("title", "")).lower()
         )
         if bad_client:
-            _alert_once(
-                self.state,
-                "client",
-                "amoCRM refuses the integration's credentials",
-                f"amoCRM refused AMOCRM_CLIENT_ID/AMOCRM_CLIENT_SECRET for "
-                f"{self.base_url}: {exc}. Events wait until they are fixed.",
-            )
-            raise AuthError(
-                f"amoCRM refused the client credentials: {exc}",
+            raise ClientRefusedError(
+                f"amoCRM refused the client credentials (AMOCRM_CLIENT_ID, "
+                f"AMOCRM_CLIENT_SECRET): {exc}",
                 status=exc.status,
                 body=exc.body,
             ) from None
@@ -207,79 +190,29 @@ class OAuthTokens:
                 self.base_url,
                 exc,
             )
-            _alert_once(
-                self.state,
-                "revoked",
-                "amoCRM access lost: connect amoCRM again",
-                f"amoCRM refused to refresh the access of {self.base_url}: {exc}\n\n"
-                "No event is lost: they wait as 'retrying' and are delivered once "
-                "amoCRM is connected again. Run 'flask amocrm auth' or use "
-                "'Connect amoCRM' in the site's admin.",
-            )
-        raise AuthError(
+        raise TokenRevokedError(
             f"amoCRM access was revoked: {exc}; connect amoCRM again",
             status=exc.status,
             body=exc.body,
         ) from None
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        host = urlsplit(self.base_url).netloc
-        redis = self.state.live_redis()
-        if redis is not None:
-            lock = redis.lock(
-                f"amocrm:token-lock:{host}",
-                timeout=LOCK_SECONDS,
-                blocking_timeout=LOCK_SECONDS + 5,
-            )
-            if not lock.acquire():
-                raise AuthError(
-                    "another process has been refreshing the amoCRM "
-                    "token for too long; trying again later"
-                )
-            try:
-                yield
-            finally:
-                with contextlib.suppress(Exception):
-                    lock.release()
-            return
-        with self._lease():
-            yield
+    def _lock(self) -> AbstractContextManager[None]:
+        return shared.lock(
+            self.state, "token-refresh", ttl=LOCK_SECONDS, wait=LOCK_SECONDS + 5
+        )
 
-    @contextlib.contextmanager
-    def _lease(self) -> Iterator[None]:
-        deadline = time.monotonic() + LOCK_SECONDS + 5
-        while True:
-            now = utcnow()
-            until = now + timedelta(seconds=LOCK_SECONDS)
-            with self.state.session() as session:
-                got = session.execute(
-                    update(Token)
-                    .where(
-                        Token.base_url == self.base_url,
-                        or_(Token.lease_until.is_(None), Token.lease_until < now),
-                    )
-                    .values(lease_until=until)
-                ).rowcount  # type: ignore[attr-defined]
-                session.commit()
-            if got:
-                break
-            if time.monotonic() > deadline:
-                raise AuthError(
-                    "another process has been refreshing the amoCRM "
-                    "token for too long; trying again later"
-                )
-            time.sleep(0.05)
-        try:
-            yield
-        finally:
-            with self.state.session() as session:
-                session.execute(
-                    update(Token)
-                    .where(Token.base_url == self.base_url, Token.lease_until == until)
-                    .values(lease_until=None)
-                )
-                session.commit()
+    def refresh_if_older(self, age: timedelta) -> bool:
+        """Refresh the pair if it was obtained more than ``age`` ago (the
+        keep-alive); whether this call refreshed it. Safe from every process at
+        once: whoever comes second sees the fresh row and does nothing."""
+        with self._thread_lock, self._lock():
+            row = self._load()
+            if not row.refresh_token:
+                return False
+            if row.refreshed_at is not None and utcnow() - row.refreshed_at < age:
+                return False
+            self._refresh_row(row)
+        return True
 
 
 def _expiring(row: Token) -> bool:
@@ -287,7 +220,7 @@ def _expiring(row: Token) -> bool:
 
 
 def store_pair(
-    state: _State, pair: dict[str, Any], *, expected_version: int | None = None
+    state: AppState, pair: dict[str, Any], *, expected_version: int | None = None
 ) -> Token:
     """Save a token pair from amoCRM. With ``expected_version`` the row is only
     replaced if nobody else wrote it since (compare-and-swap)."""
@@ -336,52 +269,6 @@ def store_pair(
     return row
 
 
-def exchange_code(state: _State, code: str, *, referer: str | None = None) -> Token:
-    """Exchange an authorization code for a token pair and store it; this also
-    reconnects an account whose refresh token was revoked."""
-    from . import client_for, token_client_for
-
-    settings = state.settings
-    if not settings.client_id:
-        raise AuthError(
-            "OAuth is not configured: set AMOCRM_CLIENT_ID, "
-            "AMOCRM_CLIENT_SECRET and AMOCRM_REDIRECT_URI"
-        )
-    if (
-        referer
-        and urlsplit(f"//{referer}").hostname != urlsplit(settings.base_url).hostname
-    ):
-        log.warning(
-            "amoCRM sent the code from %s, but AMOCRM_BASE_URL is %s",
-            referer,
-            settings.base_url,
-        )
-    client = token_client_for(state)
-    client.redactor.add(code)
-    client.redactor.add(settings.client_secret)
-    pair = client.request(
-        "POST",
-        TOKEN_PATH,
-        auth=False,
-        oauth=True,
-        json_body={
-            "client_id": settings.client_id,
-            "client_secret": settings.client_secret,
-            "grant_type": "authorization_code",
-            "code": code.strip(),
-            "redirect_uri": settings.redirect_uri,
-        },
-    )
-    row = store_pair(state, pair)
-    tokens = client_for(state).tokens
-    if isinstance(tokens, OAuthTokens):
-        tokens.forget()
-    _clear_alert(state, "revoked")
-    _clear_alert(state, "client")
-    log.info("amoCRM connected: %s (token version %s)", settings.base_url, row.version)
-    return row
-
-
 def authorize_url(settings: Settings, state_value: str | None = None) -> str:
     """Where to send a person to allow access (reference 1.1): amoCRM's or Kommo's
     grant page, or the sandbox's ``/oauth`` for any other base URL."""
@@ -404,59 +291,3 @@ def authorize_url(settings: Settings, state_value: str | None = None) -> str:
 def new_state_value() -> str:
     """A random ``state`` for the code flow."""
     return secrets.token_urlsafe(24)
-
-
-def keep_alive(state: _State) -> bool:
-    """Refresh the OAuth pair if it was obtained more than ``AMOCRM_KEEPALIVE_DAYS``
-    ago, so a quiet site never reaches amoCRM's three-month refresh-token expiry.
-    Returns whether it refreshed. Safe to call from every scheduler at once."""
-    from . import client_for
-
-    if not state.settings.client_id:
-        return False
-    with state.session() as session:
-        row = session.scalar(
-            select(Token).where(Token.base_url == state.settings.base_url)
-        )
-    if row is None or row.revoked_at is not None or not row.refresh_token:
-        return False
-    limit = timedelta(days=state.settings.keepalive_days)
-    if row.refreshed_at is not None and utcnow() - row.refreshed_at < limit:
-        return False
-    tokens = client_for(state).tokens
-    assert isinstance(tokens, OAuthTokens)
-    with tokens._thread_lock, tokens._lock():
-        fresh = tokens._load()
-        if fresh.refreshed_at is not None and utcnow() - fresh.refreshed_at < limit:
-            return False  # another scheduler did it while we waited for the lock
-        tokens._refresh_row(fresh)
-    log.info("amoCRM keep-alive refreshed the token of %s", state.settings.base_url)
-    return True
-
-
-# -- the one alert per problem ------------------------------------------------------
-
-
-def _alert_key(state: _State, what: str) -> str:
-    return f"amocrm:alert:{what}:{urlsplit(state.settings.base_url).netloc}"
-
-
-def _alert_once(state: _State, what: str, subject: str, body: str) -> None:
-    from ..alerts import send_alert
-
-    try:
-        send_alert(
-            subject,
-            body,
-            dedupe_key=_alert_key(state, what),
-            dedupe_seconds=30 * 24 * 3600,
-        )
-    except Exception:  # an alert must never hide the real error
-        log.exception("Could not send the amoCRM alert %r", subject)
-
-
-def _clear_alert(state: _State, what: str) -> None:
-    from ..alerts import clear_alert
-
-    with contextlib.suppress(Exception):
-        clear_alert(_alert_key(state, what))

@@ -65,8 +65,9 @@ class TokenProvider(Protocol):
         is no way to get one."""
 
 
-class StaticToken:
-    """A fixed token, such as a long-lived one: a 401 is final."""
+class LongLivedToken:
+    """A fixed token, such as the long-lived token of a private integration: it
+    cannot be refreshed, so a 401 is final."""
 
     def __init__(self, token: str | None) -> None:
         self._token = token
@@ -81,7 +82,8 @@ class StaticToken:
         return self._token
 
     def refresh(self, rejected: str) -> str | None:
-        """A fixed token cannot be refreshed."""
+        """A long-lived token cannot be refreshed: amoCRM has no refresh token for
+        it."""
         return None
 
 
@@ -113,7 +115,7 @@ class AmoClient:
         self.tokens: TokenProvider = (
             token
             if token is not None and not isinstance(token, str)
-            else StaticToken(token)
+            else LongLivedToken(token)
         )
         self.timeout = timeout
         self.connect_timeout = connect_timeout

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .. import shared
+from .clients import client_for
+
 if TYPE_CHECKING:
-    from ..extension import _State
+    from ..state import AppState
     from .client import AmoClient
 
 log = logging.getLogger("flask_amocrm.amo")
@@ -303,109 +305,63 @@ def _entity(entity: str) -> str:
 
 # -- the shared cache ------------------------------------------------------------------
 
-_local: dict[str, tuple[float, AccountMetadata]] = {}
-_local_lock = threading.Lock()
+#: The shared cache's name for the account's metadata.
+_CACHE = "metadata"
 
 
-def _host(state: _State) -> str:
+def _host(state: AppState) -> str:
     return urlsplit(state.settings.base_url).netloc
 
 
-def _cache_key(state: _State) -> str:
-    return f"amocrm:meta:{_host(state)}"
-
-
-def _ttl(state: _State) -> int:
-    return int(getattr(state.settings, "metadata_ttl", 3600))
-
-
-def _read_cache(state: _State) -> AccountMetadata | None:
-    text: Any = None
-    redis = state.live_redis()
-    if redis is not None:
-        text = redis.get(_cache_key(state))
-    else:
-        from ..models import AccountMetadataRow
-
-        with state.session() as session:
-            row = session.get(AccountMetadataRow, state.settings.base_url)
-            if row is not None:
-                text = row.data
+def _read_cache(state: AppState) -> AccountMetadata | None:
+    text = shared.cache_get(state, _CACHE)
     if not text:
         return None
     meta = AccountMetadata.from_json(text)
-    if meta.data.get("format") != FORMAT or time.time() - meta.fetched_at > _ttl(state):
+    if (
+        meta.data.get("format") != FORMAT
+        or time.time() - meta.fetched_at > state.settings.metadata_ttl
+    ):
         return None
     return meta
 
 
-def _write_cache(state: _State, meta: AccountMetadata) -> None:
-    text = meta.to_json()
-    redis = state.live_redis()
-    if redis is not None:
-        redis.set(_cache_key(state), text, ex=_ttl(state))
-        return
-    from ..models import AccountMetadataRow, utcnow
-
-    with state.session() as session:
-        row = session.get(AccountMetadataRow, state.settings.base_url)
-        if row is None:
-            session.add(
-                AccountMetadataRow(
-                    base_url=state.settings.base_url, data=text, fetched_at=utcnow()
-                )
-            )
-        else:
-            row.data = text
-            row.fetched_at = utcnow()
-        session.commit()
-
-
-def sync_metadata(state: _State, client: AmoClient | None = None) -> AccountMetadata:
-    """Fetch the metadata from amoCRM now and replace the cached copy
-    (``flask amocrm sync``)."""
-    from . import client_for
-
-    meta = AccountMetadata.fetch(client or client_for(state))
-    _write_cache(state, meta)
-    with _local_lock:
-        _local[_cache_key(state)] = (time.monotonic(), meta)
-    log.info("amoCRM metadata of %s synced: %s", _host(state), meta)
+def _keep(state: AppState, meta: AccountMetadata) -> AccountMetadata:
+    """Keep ``meta`` in this process for :data:`LOCAL_SECONDS`."""
+    state.local("metadata", dict)["held"] = (time.monotonic(), meta)
     return meta
 
 
-def metadata_for(state: _State, *, refresh: bool = False) -> AccountMetadata:
+def sync_metadata(state: AppState, client: AmoClient | None = None) -> AccountMetadata:
+    """Fetch the metadata from amoCRM now and replace the cached copy
+    (``flask amocrm sync``)."""
+    meta = AccountMetadata.fetch(client or client_for(state))
+    shared.cache_set(state, _CACHE, meta.to_json(), state.settings.metadata_ttl)
+    log.info("amoCRM metadata of %s synced: %s", _host(state), meta)
+    return _keep(state, meta)
+
+
+def metadata_for(state: AppState, *, refresh: bool = False) -> AccountMetadata:
     """The account's metadata, from this process, the shared cache, or amoCRM.
 
-    Only one process fetches when the cache is empty (a Redis lock); the others wait
-    for it and read its result.
+    Only one process fetches when the cache is empty (a shared lock); the others
+    wait for it and read its result.
     """
-    key = _cache_key(state)
     if not refresh:
-        with _local_lock:
-            held = _local.get(key)
+        held = state.local("metadata", dict).get("held")
         if held is not None and time.monotonic() - held[0] < LOCAL_SECONDS:
-            return held[1]
+            return held[1]  # type: ignore[no-any-return]
         meta = _read_cache(state)
         if meta is not None:
-            with _local_lock:
-                _local[key] = (time.monotonic(), meta)
-            return meta
-    redis = state.live_redis()
-    if redis is None:
-        return sync_metadata(state)
-    lock = redis.lock(f"{key}:lock", timeout=60, blocking_timeout=60)
-    with lock:
+            return _keep(state, meta)
+    with shared.lock(state, "metadata-fetch", ttl=60, wait=60):
         if not refresh:
             meta = _read_cache(state)  # fetched by whoever held the lock before us
             if meta is not None:
-                with _local_lock:
-                    _local[key] = (time.monotonic(), meta)
-                return meta
+                return _keep(state, meta)
         return sync_metadata(state)
 
 
-def forget_local_metadata() -> None:
-    """Drop this process's copies (tests; after ``sync`` in another process)."""
-    with _local_lock:
-        _local.clear()
+def forget_metadata(state: AppState) -> None:
+    """Drop this process's copy (the next use reads the shared cache)."""
+    state.forget_local("metadata")

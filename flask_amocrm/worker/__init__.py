@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from .job_class import AmoWorker, AppJob
+from .amo_worker import AmoWorker
+from .job_class import AppJob
 
 __all__ = ["AmoWorker", "AppJob"]

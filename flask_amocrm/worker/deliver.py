@@ -13,29 +13,24 @@ import random
 import socket
 from datetime import time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from flask import current_app
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select
 
-from ..amo import client_for
+from .. import shared
 from ..amo.apilog import event_context
 from ..amo.client import AmoClient
+from ..amo.clients import client_for
+from ..amo.metadata import metadata_for
 from ..errors import AmoCRMError, RuleError
-from ..extension import _State, get_state
-from ..models import (
-    DELIVERED,
-    FAILED,
-    IGNORED,
-    PENDING,
-    PROCESSING,
-    RETRYING,
-    Event,
-    EventAttempt,
-    utcnow,
-)
+from ..models import DELIVERED, FAILED, IGNORED, RETRYING, Event, EventAttempt, utcnow
+from ..outbox import claim
 from ..rules.schema import find_rule
-from ..signals import event_delivered, event_failed
-from .execute import Delivery, execute
+from ..signals import event_delivered, event_failed, send_safely
+from ..state import AppState, get_state
+from .delivery import Delivery
+from .execute import execute
 from .lookup import key_locks
 from .markers import marker_field_id, marker_value
 from .outage import note_failure, note_success, paused
@@ -43,10 +38,6 @@ from .plan import Plan, PlanEnv, build_plan
 
 log = logging.getLogger("flask_amocrm.worker")
 
-#: How long a worker holds an event before others may take it over (a killed
-#: worker). Longer than the RQ job timeout, after which RQ stops a job itself, so a
-#: slow job never shares its event with a second worker.
-LEASE = timedelta(minutes=15)
 #: The first retry waits about this long; each next one twice as long, up to the cap.
 RETRY_BASE_SECONDS = 30
 
@@ -55,40 +46,6 @@ def retry_delay(attempts: int, cap: int) -> float:
     """Exponential backoff with jitter: half fixed, half random (never near zero)."""
     ceiling = min(cap, RETRY_BASE_SECONDS * 2 ** max(attempts - 1, 0))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def _claimable(now: Any) -> Any:
-    return or_(
-        Event.status == PENDING,
-        and_(
-            Event.status == RETRYING,
-            or_(Event.next_attempt_at.is_(None), Event.next_attempt_at <= now),
-        ),
-        and_(Event.status == PROCESSING, Event.locked_until < now),
-    )
-
-
-def claim(state: _State, event_ids: list[int]) -> list[int]:
-    """Take the events that are due and that nobody else holds, in one statement;
-    return their ids. Two workers claiming the same ids split them, never share."""
-    if not event_ids:
-        return []
-    now = utcnow()
-    with state.session() as session:
-        claimed = set(
-            session.scalars(
-                update(Event)
-                .where(Event.id.in_(event_ids), _claimable(now))
-                .values(
-                    status=PROCESSING,
-                    locked_until=now + LEASE,
-                    attempts=Event.attempts + 1,
-                )
-                .returning(Event.id)
-            )
-        )
-        session.commit()
-    return [i for i in event_ids if i in claimed]
 
 
 def deliver_event(event_id: int) -> str:
@@ -212,10 +169,10 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
         outcome, error = outcomes[event.id]
         if outcome == DELIVERED:
             log.info("Event %s delivered: %s", event.id, event.remote)
-            event_delivered.send(app, event=event)
+            send_safely(event_delivered, app, event=event)
         elif outcome == FAILED:
             log.warning("Event %s failed: %s", event.id, error)
-            event_failed.send(app, event=event, error=error)
+            send_safely(event_failed, app, event=event, error=error)
         elif outcome == RETRYING:
             log.warning(
                 "Event %s will be retried at %s: %s",
@@ -226,7 +183,7 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
     return {event_id: outcome for event_id, (outcome, _) in outcomes.items()}
 
 
-def _prepare(state: _State, session: Any, event: Event) -> Delivery | None:
+def _prepare(state: AppState, session: Any, event: Event) -> Delivery | None:
     """The event's delivery, or ``None`` when there is no rule for it. A plan whose
     steps an earlier attempt finished is returned as well: it sends nothing."""
     rule = find_rule(state.settings.rules, event.kind, event.source)
@@ -247,7 +204,7 @@ def _prepare(state: _State, session: Any, event: Event) -> Delivery | None:
     return Delivery(event=event, plan=plan, save=session.commit)
 
 
-def _mark(state: _State, client: AmoClient, deliveries: list[Delivery]) -> None:
+def _mark(state: AppState, client: AmoClient, deliveries: list[Delivery]) -> None:
     """Give every lead this batch creates its event's marker (see :mod:`.markers`)."""
     new = [
         d
@@ -274,20 +231,27 @@ def _mark(state: _State, client: AmoClient, deliveries: list[Delivery]) -> None:
         lead.lock.add(field_id)
 
 
-def plan_env(state: _State, *, preview: bool = False) -> PlanEnv:
+def plan_env(state: AppState, *, preview: bool = False) -> PlanEnv:
     """What planning needs from this app: the account's metadata (fetched only when
-    a rule needs it), the shared round-robin turns, the time zone and working day."""
-    from zoneinfo import ZoneInfo
-
-    from ..amo.metadata import metadata_for
-    from ..rules.roundrobin import next_turn, peek_turn
-
+    a rule needs it), the shared round-robin turns, the time zone and working day.
+    ``preview`` looks at the turns without taking them."""
     hours, _, minutes = state.settings.workday_end.partition(":")
-    turn = peek_turn if preview else next_turn
     return PlanEnv(
         metadata=lambda: metadata_for(state),
-        pick=lambda key, count: turn(state, key, count),
+        pick=lambda key, count: turn(state, key, count, take=not preview),
         tz=ZoneInfo(state.settings.timezone),
         workday_end=time(int(hours), int(minutes)),
         phone_region=state.settings.phone_region,
     )
+
+
+def turn(state: AppState, key: str, count: int, *, take: bool = True) -> int:
+    """The index (``0 … count-1``) of the next of ``count`` users at the rule key
+    ``key``, in turn across every worker on every machine; ``take=False`` only
+    looks at whose turn it is."""
+    if count <= 1:
+        return 0
+    name = f"turn:{key}"
+    if take:
+        return (shared.incr(state, name) - 1) % count
+    return shared.peek(state, name) % count

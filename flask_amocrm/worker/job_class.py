@@ -1,10 +1,13 @@
-"""Running RQ jobs inside the Flask app (after pallets-eco/flask-rq).
+"""Running RQ jobs inside the Flask app (after pallets-eco/flask-rq's job class).
 
-``flask amocrm worker`` binds the app it was started with; every job then runs in a
-fresh app context of it, so teardown handlers run after each job. ``rq worker -w
-flask_amocrm.worker.AmoWorker amocrm`` does the same with the app named by
-``FLASK_APP``, loaded once in the worker process (work horses fork from it). A plain
-``rq worker amocrm`` works too: then each job's work horse loads the app itself.
+:func:`make_job_class` builds a job class bound to one or more apps (held weakly):
+each job runs in a fresh app context of the app whose queue it came from, so teardown
+handlers run after each job, and one worker process can serve several sites, each on
+its own ``AMOCRM_QUEUE``. ``flask amocrm worker`` uses it with the app it was started
+with; ``rq worker -w flask_amocrm.worker.AmoWorker amocrm`` (:mod:`.amo_worker`)
+loads the app that ``FLASK_APP`` names, once, before work horses fork. A plain
+``rq worker amocrm`` works too: then each job loads that app itself
+(:func:`flask_app`).
 """
 
 from __future__ import annotations
@@ -15,62 +18,50 @@ from typing import Any
 
 from flask import Flask
 from rq.job import Job
-from rq.worker import Worker
 
-_bound: weakref.ReferenceType[Flask] | None = None
-_loaded: Flask | None = None
+from ..state import get_state
 
-
-def bind_app(app: Flask) -> None:
-    """Make ``app`` the one jobs in this process run in."""
-    global _bound
-    _bound = weakref.ref(app)
+_loaded: dict[str, Flask] = {}
 
 
-def job_app() -> Flask:
-    """The app jobs run in: the bound one, else the one ``FLASK_APP`` names."""
-    global _loaded
-    app = _bound() if _bound is not None else None
-    if app is not None:
-        return app
-    if _loaded is None:
+def flask_app() -> Flask:
+    """The app ``FLASK_APP`` names, loaded once per process (for workers started
+    without an app of their own)."""
+    path = os.environ.get("FLASK_APP") or ""
+    if path not in _loaded:
         from flask.cli import ScriptInfo
 
         # The ``flask`` command reads FLASK_APP through click; outside it we must.
-        _loaded = ScriptInfo(app_import_path=os.environ.get("FLASK_APP")).load_app()
-        if "amocrm" not in _loaded.extensions:
+        app = ScriptInfo(app_import_path=path or None).load_app()
+        if "amocrm" not in app.extensions:
             raise RuntimeError(
                 "The app FLASK_APP names does not use Flask-AmoCRM; RQ jobs of "
                 "flask_amocrm need it."
             )
-    return _loaded
+        _loaded[path] = app
+    return _loaded[path]
 
 
 class AppJob(Job):
-    """A job that runs in a fresh app context of the bound app."""
+    """A job that runs in a fresh app context of the app its queue belongs to."""
+
+    #: Queue name -> weak reference to its app; set by :func:`make_job_class`.
+    apps: dict[str, weakref.ReferenceType[Flask]] = {}
+
+    def app(self) -> Flask:
+        """The app this job runs in."""
+        ref = self.apps.get(self.origin)
+        if ref is None and len(self.apps) == 1:
+            ref = next(iter(self.apps.values()))
+        app = ref() if ref is not None else None
+        return app if app is not None else flask_app()
 
     def perform(self) -> Any:
-        with job_app().app_context():
+        with self.app().app_context():
             return super().perform()
 
 
-class AmoWorker(Worker):
-    """An RQ worker that loads the Flask app once and runs jobs in its context.
-
-    On every maintenance pass it also makes sure the periodic tick is scheduled (it
-    runs when a worker with ``--with-scheduler`` is up), so events due for a retry, or
-    lost by Redis, are queued again even after Redis restarted empty.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("job_class", AppJob)
-        kwargs.setdefault("log_job_description", False)  # never log ids' payloads
-        super().__init__(*args, **kwargs)
-        job_app()  # load it now, before work horses fork
-
-    def run_maintenance_tasks(self) -> None:
-        super().run_maintenance_tasks()
-        from .schedule import ensure_tick
-
-        with job_app().app_context():
-            ensure_tick()
+def make_job_class(*apps: Flask) -> type[AppJob]:
+    """A job class bound to ``apps``: each job runs in the app of its queue."""
+    bound = {get_state(app).settings.queue: weakref.ref(app) for app in apps}
+    return type("AppJob", (AppJob,), {"apps": bound})

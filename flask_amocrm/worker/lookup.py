@@ -26,27 +26,20 @@ e-mail, name ...) across processes and machines: a Redis lock per key, or a row 
 from __future__ import annotations
 
 import logging
-import random
 import time
-import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
-from datetime import timedelta
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError, OperationalError
-
+from .. import shared
 from ..amo.client import AmoClient
 from ..dedup import DuplicateRule, duplicates_note, lock_name, pick
-from ..models import Flag, utcnow
 from ..rules.fields import ENTITY
 from .plan import EntityPlan
 
 if TYPE_CHECKING:
-    from ..extension import _State
-    from .execute import Delivery
+    from ..state import AppState
+    from .delivery import Delivery
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -271,17 +264,16 @@ def lock_keys(d: Delivery) -> list[str]:
 
 
 class KeyLocks:
-    """Locks per duplicate-control key, shared by every worker on every machine: a
-    Redis lock (``amocrm:dup:<host>:<key>``) when Redis answers, else a row in
-    ``amocrm_flags`` with an expiry. Keys are hashed: they hold visitors' data."""
+    """Locks per duplicate-control key, shared by every worker on every machine
+    (:func:`flask_amocrm.shared.acquire`). Keys are hashed: they hold visitors'
+    data."""
 
     def __init__(
-        self, state: _State, *, ttl: int = LOCK_TTL, wait: float = LOCK_WAIT
+        self, state: AppState, *, ttl: int = LOCK_TTL, wait: float = LOCK_WAIT
     ) -> None:
         self.state = state
         self.ttl = ttl
         self.wait = wait
-        self.host = urlsplit(state.settings.base_url).netloc
 
     @contextmanager
     def hold(self, keys: Iterable[str]) -> Iterator[set[str]]:
@@ -289,11 +281,16 @@ class KeyLocks:
         each other in a circle) and release them on leaving; yields the keys that
         another worker held for longer than ``wait``."""
         deadline = time.monotonic() + self.wait
-        held: list[Any] = []
+        held: list[shared.Held] = []
         missed: set[str] = set()
         try:
             for key in sorted(set(keys)):
-                lock = self._acquire(key, deadline)
+                lock = shared.acquire(
+                    self.state,
+                    f"dup:{lock_name(key)}",
+                    ttl=self.ttl,
+                    wait=max(deadline - time.monotonic(), 0.01),
+                )
                 if lock is None:
                     missed.add(key)
                 else:
@@ -301,71 +298,7 @@ class KeyLocks:
             yield missed
         finally:
             for lock in reversed(held):
-                self._release(lock)
-
-    def _name(self, key: str) -> str:
-        return f"amocrm:dup:{self.host}:{lock_name(key)}"
-
-    def _acquire(self, key: str, deadline: float) -> Any:
-        name = self._name(key)
-        redis = self.state.live_redis()
-        if redis is not None:
-            from redis.exceptions import RedisError
-
-            lock = redis.lock(
-                name,
-                timeout=self.ttl,
-                blocking_timeout=max(deadline - time.monotonic(), 0.01),
-            )
-            try:
-                return ("redis", lock) if lock.acquire() else None
-            except RedisError:
-                log.warning(
-                    "Redis failed while locking a duplicate-control key; "
-                    "using the database"
-                )
-        token = uuid.uuid4().hex
-        while True:
-            if self._db_insert(name, token):
-                return ("db", (name, token))
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(random.uniform(0.02, 0.1))
-
-    def _db_insert(self, name: str, token: str) -> bool:
-        now = utcnow()
-        with self.state.session() as session:
-            try:
-                session.execute(
-                    delete(Flag).where(Flag.key == name, Flag.expires_at < now)
-                )
-                session.add(
-                    Flag(
-                        key=name,
-                        value=token,
-                        expires_at=now + timedelta(seconds=self.ttl),
-                    )
-                )
-                session.commit()
-            except (IntegrityError, OperationalError):
-                # Held by another worker (or SQLite busy with its insert).
-                session.rollback()
-                return False
-        return True
-
-    def _release(self, held: tuple[str, Any]) -> None:
-        kind, lock = held
-        if kind == "redis":
-            from redis.exceptions import RedisError
-
-            with suppress(RedisError):  # expired: someone else may hold it now
-                lock.release()
-            return
-        name, token = lock
-        with self.state.session() as session:
-            # Only our own row: an expired lock may belong to another worker now.
-            session.execute(delete(Flag).where(Flag.key == name, Flag.value == token))
-            session.commit()
+                shared.release(self.state, lock)
 
 
 class NoLocks:
@@ -378,6 +311,6 @@ class NoLocks:
         yield set()
 
 
-def key_locks(state: _State) -> KeyLocks:
+def key_locks(state: AppState) -> KeyLocks:
     """The duplicate-control locks of an app."""
     return KeyLocks(state)

@@ -4,8 +4,7 @@ A worker can die, or the connection drop, after amoCRM created a lead and before
 was saved on the event. A plain retry would create a second lead. So every lead we
 create carries its event's ``uid`` in an API-only text field (``AMOCRM_EVENT_FIELD``,
 created in the account on first use, API-only: amoCRM's interface does not show it),
-and an event
-that was sent before without an answer is first looked up by that value
+and an event that was sent before without an answer is first looked up by that value
 (``GET /api/v4/leads?query=<uid>``). amoCRM's ``query`` is full-text, so a hit counts
 only when the field really holds the uid.
 """
@@ -15,41 +14,34 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .. import flags
+from .. import shared
 from ..amo.client import AmoClient
-from ..extension import _State
+from ..state import AppState
 
 if TYPE_CHECKING:
-    from .execute import Delivery
+    from .delivery import Delivery
 
 log = logging.getLogger("flask_amocrm.worker")
 
 
-def marker_field_id(state: _State, client: AmoClient) -> int | None:
+def marker_field_id(state: AppState, client: AmoClient) -> int | None:
     """The id of the lead field that holds event uids, or ``None`` when
     ``AMOCRM_EVENT_FIELD`` is off.
 
     The id is kept as a shared flag; only on a fresh install (or after the flag was
-    lost) is the account asked, under a lock, and the field created if missing.
+    lost) is the account asked, under a shared lock, and the field created if
+    missing. A lock another process holds for over a minute raises
+    :class:`~flask_amocrm.errors.LockTimeoutError` (the batch is tried again later).
     """
     name = state.settings.event_field
     if not name:
         return None
     flag = f"marker-field:{name}"
-    known = flags.get(state, flag)
+    known = shared.get(state, flag)
     if known:
         return int(known)
-    lock: Any = None
-    redis = state.live_redis()
-    if redis is not None:
-        lock = redis.lock(
-            f"amocrm:{state.settings.base_url}:marker-field",
-            timeout=60,
-            blocking_timeout=60,
-        )
-        lock.acquire()
-    try:
-        known = flags.get(state, flag)  # set by whoever held the lock before us
+    with shared.lock(state, "marker-field", ttl=60, wait=60):
+        known = shared.get(state, flag)  # set by whoever held the lock before us
         if known:
             return int(known)
         field_id = _find_field(client, name)
@@ -72,12 +64,8 @@ def marker_field_id(state: _State, client: AmoClient) -> int | None:
                 name,
                 field_id,
             )
-        flags.clear(state, flag)
-        flags.set_once(state, flag, str(field_id))
+        shared.put(state, flag, str(field_id))
         return field_id
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _find_field(client: AmoClient, name: str) -> int | None:

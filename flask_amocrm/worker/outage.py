@@ -15,18 +15,19 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from .. import flags
-from ..alerts import send_alert
+from .. import shared
+from ..alerts import clear_alert, send_alert
 from ..errors import (
     AccountBlockedError,
-    AmoCRMError,
     AuthError,
+    ClientRefusedError,
     PaymentRequiredError,
     ServerError,
+    TokenRevokedError,
     TransportError,
 )
-from ..extension import _State
 from ..models import PENDING, PROCESSING, RETRYING, Event
+from ..state import AppState
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -45,7 +46,7 @@ _PAUSE = "paused"
 BLOCK_PAUSE = 600
 
 
-def _waiting(state: _State) -> int:
+def _waiting(state: AppState) -> int:
     with state.session() as session:
         return int(
             session.scalar(
@@ -61,20 +62,41 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def paused(state: _State) -> str | None:
+def paused(state: AppState) -> str | None:
     """Why no request may be sent now (amoCRM blocked us recently), or ``None``."""
-    return flags.get(state, _PAUSE)
+    return shared.get(state, _PAUSE)
 
 
-def note_failure(state: _State, exc: AmoCRMError) -> None:
+def current(state: AppState) -> str | None:
+    """The reason of the outage going on, or ``None``."""
+    value = shared.get(state, _FLAG)
+    if value is None:
+        return None
+    try:
+        return str(json.loads(value)["reason"])
+    except (ValueError, KeyError, TypeError):
+        return value
+
+
+def note_failure(state: AppState, exc: BaseException) -> None:
     """Record a failed call; the first one of an outage mails the admins. A block
     (403) also pauses every worker for :data:`BLOCK_PAUSE` seconds: hammering a
-    blocked account only prolongs the block."""
+    blocked account only prolongs the block. Access that a person must restore
+    (a revoked token, refused credentials) gets its own mail, once."""
     if not isinstance(exc, OUTAGE_ERRORS):
+        return
+    if alert_auth_failure(state, exc):
+        shared.set_once(
+            state,
+            _FLAG,
+            json.dumps(
+                {"since": time.time(), "reason": f"{type(exc).__name__}: {exc}"[:500]}
+            ),
+        )
         return
     started = time.time()
     reason = f"{type(exc).__name__}: {exc}"[:500]
-    if isinstance(exc, AccountBlockedError) and flags.set_once(
+    if isinstance(exc, AccountBlockedError) and shared.set_once(
         state, _PAUSE, f"{reason} (since {_when(started)})", seconds=BLOCK_PAUSE
     ):
         log.error(
@@ -82,7 +104,7 @@ def note_failure(state: _State, exc: AmoCRMError) -> None:
             state.settings.base_url,
             BLOCK_PAUSE,
         )
-    if not flags.set_once(
+    if not shared.set_once(
         state, _FLAG, json.dumps({"since": started, "reason": reason})
     ):
         return
@@ -108,9 +130,9 @@ def note_failure(state: _State, exc: AmoCRMError) -> None:
     )
 
 
-def note_success(state: _State) -> None:
+def note_success(state: AppState) -> None:
     """Record a successful call; the first one after an outage mails the admins."""
-    value = flags.clear(state, _FLAG)
+    value = shared.clear(state, _FLAG)
     if value is None:
         return
     try:
@@ -126,3 +148,41 @@ def note_success(state: _State) -> None:
         f"lasted {minutes:.1f} minutes.\n\n{_waiting(state)} event(s) are still "
         "waiting and are being delivered now.\n",
     )
+
+
+#: Alerts about access a person must restore, and how long each is not repeated.
+_AUTH_ALERT_SECONDS = 30 * 24 * 3600
+
+
+def alert_auth_failure(state: AppState, exc: BaseException) -> bool:
+    """Tell the admins, once, that amoCRM access must be restored by a person: a
+    revoked OAuth pair (connect again) or refused client credentials (fix the
+    configuration). Whether ``exc`` was such a failure."""
+    host = state.settings.base_url
+    if isinstance(exc, TokenRevokedError):
+        send_alert(
+            "amoCRM access lost: connect amoCRM again",
+            f"amoCRM refused to refresh the access of {host}: {exc}\n\n"
+            "No event is lost: they wait as 'retrying' and are delivered once "
+            "amoCRM is connected again. Run 'flask amocrm auth' or use "
+            "'Connect amoCRM' in the site's admin.",
+            dedupe_key="revoked",
+            dedupe_seconds=_AUTH_ALERT_SECONDS,
+        )
+        return True
+    if isinstance(exc, ClientRefusedError):
+        send_alert(
+            "amoCRM refuses the integration's credentials",
+            f"amoCRM refused AMOCRM_CLIENT_ID/AMOCRM_CLIENT_SECRET for {host}: "
+            f"{exc}. Events wait until they are fixed.",
+            dedupe_key="client",
+            dedupe_seconds=_AUTH_ALERT_SECONDS,
+        )
+        return True
+    return False
+
+
+def reconnected(state: AppState) -> None:
+    """amoCRM was connected again: the next loss of access alerts again."""
+    clear_alert("revoked")
+    clear_alert("client")

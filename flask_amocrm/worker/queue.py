@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -10,8 +11,10 @@ from rq import Queue
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 
+from .job_class import make_job_class
+
 if TYPE_CHECKING:
-    from ..extension import _State
+    from ..state import AppState
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -29,26 +32,32 @@ _WAITING = {
 }
 
 
-def job_id(state: _State, event_id: int) -> str:
-    """The RQ job id of an event: one job per event at a time. Job ids are global in
-    Redis, so they carry the queue name: two sites sharing a Redis with their own
-    ``AMOCRM_QUEUE`` never take each other's ids (``amocrm-event-<id>`` by default)."""
-    return f"{state.settings.queue.replace('.', '_')}-event-{event_id}"
+def job_name(state: AppState, *parts: object) -> str:
+    """An RQ job id of this app. Job ids are global in Redis, so they carry the queue
+    name: two sites sharing a Redis with their own ``AMOCRM_QUEUE`` never take each
+    other's ids. RQ allows letters, digits, ``_`` and ``-`` only."""
+    queue = re.sub(r"[^A-Za-z0-9_-]", "_", state.settings.queue)
+    return "-".join([queue, *(str(p) for p in parts)])
 
 
-def get_queue(state: _State, *, for_worker: bool = False) -> Queue:
-    """The RQ queue of this app (``AMOCRM_QUEUE``)."""
-    from .job_class import AppJob
+def job_id(state: AppState, event_id: int) -> str:
+    """The RQ job id of an event: one job per event at a time
+    (``amocrm-event-<id>`` by default)."""
+    return job_name(state, "event", event_id)
 
+
+def get_queue(state: AppState, *, for_worker: bool = False) -> Queue:
+    """The RQ queue of this app (``AMOCRM_QUEUE``); its jobs run in this app."""
+    job_class = state.local("job_class", lambda: make_job_class(state.app))
     return Queue(
         state.settings.queue,
         connection=state.redis(for_worker=for_worker),
-        job_class=AppJob,
+        job_class=job_class,
     )
 
 
 def enqueue_event(
-    state: _State,
+    state: AppState,
     event_id: int,
     *,
     at: datetime | None = None,
@@ -92,7 +101,7 @@ def enqueue_event(
     return False
 
 
-def drop_jobs(state: _State, event_ids: list[int]) -> None:
+def drop_jobs(state: AppState, event_ids: list[int]) -> None:
     """Remove the queued jobs of events a batch already handled, so workers do not
     spend a fork each on jobs that would only find their event done. A job that a
     worker already took runs and finds nothing to do (the event's claim decides)."""

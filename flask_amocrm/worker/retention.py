@@ -8,11 +8,11 @@ from datetime import timedelta
 
 from sqlalchemy import delete, select
 
-from ..extension import _State
 from ..models import DELIVERED, Event, EventAttempt, utcnow
+from ..state import AppState
 
 
-def purge_events(state: _State, days: int | None = None) -> int:
+def purge_events(state: AppState, days: int | None = None) -> int:
     """Delete delivered events older than ``days``; return how many."""
     cutoff = utcnow() - timedelta(days=days or state.settings.retention_days)
     old = select(Event.id).where(Event.status == DELIVERED, Event.delivered_at < cutoff)

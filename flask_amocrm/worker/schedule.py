@@ -18,8 +18,17 @@ import logging
 import time
 from datetime import timedelta
 
-from .. import flags
-from ..extension import _State, get_state
+from rq.exceptions import DuplicateJobError
+
+from .. import shared
+from ..amo.apilog import purge_api_log
+from ..amo.connect import keep_alive
+from ..state import AppState
+from .agent import process
+from .outage import alert_auth_failure
+from .queue import get_queue, job_name
+from .retention import purge_events
+from .sweeper import sweep
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -28,47 +37,37 @@ TICK = 30
 _HOURLY = 3600
 
 
-def housekeeping(state: _State) -> dict[str, int]:
+def housekeeping(state: AppState) -> dict[str, int]:
     """The hourly tasks, run at most once an hour across all processes."""
     done: dict[str, int] = {}
-    if not flags.set_once(state, "housekeeping", seconds=_HOURLY):
+    if not shared.set_once(state, "housekeeping", seconds=_HOURLY):
         return done
-    from ..amo.apilog import purge_api_log
-    from ..amo.auth import keep_alive
-    from .retention import purge_events
-
     done["purged_events"] = purge_events(state)
     done["purged_api_log"] = purge_api_log(state)
     try:
         done["keep_alive"] = int(keep_alive(state))
-    except Exception:  # a failed refresh alerts by itself; the tick goes on
+    except Exception as exc:  # the tick goes on; the admins hear of a dead token
         log.exception("amoCRM keep-alive refresh failed")
+        alert_auth_failure(state, exc)
     return done
 
 
-def tick() -> dict[str, int]:
+def tick(state: AppState) -> dict[str, int]:
     """Run what is due now (the body of the periodic job)."""
-    from .sweeper import process, sweep
-
-    state = get_state()
     done: dict[str, int] = {}
     if state.settings.delivery == "rq":
-        done["queued"] = sweep()
-    elif state.settings.delivery == "deferred" and flags.set_once(
+        done["queued"] = sweep(state)
+    elif state.settings.delivery == "deferred" and shared.set_once(
         state, "agent", seconds=state.settings.agent_interval
     ):
-        done.update(process(state.settings.batch_size))
+        done.update(process(state, state.settings.batch_size))
     done.update(housekeeping(state))
     return done
 
 
-def ensure_tick() -> None:
-    """Schedule the next tick unless it is scheduled already (idempotent)."""
-    from rq.exceptions import DuplicateJobError
-
-    from .queue import get_queue
-
-    state = get_state()
+def ensure_tick(state: AppState) -> None:
+    """Schedule this app's next tick unless it is scheduled already (idempotent).
+    The job id carries the queue: two sites sharing one Redis each get their own."""
     if not state.settings.redis_url:
         return
     queue = get_queue(state)
@@ -77,7 +76,7 @@ def ensure_tick() -> None:
         queue.enqueue_in(
             timedelta(seconds=max(slot * TICK - time.time(), 0)),
             "flask_amocrm.worker.jobs.tick",
-            job_id=f"amocrm-tick-{slot}",
+            job_id=job_name(state, "tick", slot),
             unique=True,
             result_ttl=TICK * 2,
             description="amoCRM periodic tasks",
@@ -86,9 +85,9 @@ def ensure_tick() -> None:
         pass
 
 
-def run_tick() -> dict[str, int]:
+def run_tick(state: AppState) -> dict[str, int]:
     """The periodic job: do what is due, then schedule the next tick."""
     try:
-        return tick()
+        return tick(state)
     finally:
-        ensure_tick()
+        ensure_tick(state)

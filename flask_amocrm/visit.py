@@ -136,10 +136,11 @@ def remember_campaign(response: Response, cookie: str, days: int) -> Response:
     return response
 
 
-def capture(
+def read_visit(
     *, site_name: str | None, cookie: str, data: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Build the context of an event from the current request, if there is one."""
+    """The context of an event: what the current request (if any) says of the
+    visit."""
     context: dict[str, Any] = {
         "site": {"name": site_name, "domain": None, "ip": server_ip()},
         "utm": {},

@@ -1,0 +1,17 @@
+"""The admin blueprint, and the check every admin view passes first."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort
+
+from ..state import get_state
+
+#: The admin blueprint; every view on it passes ``AMOCRM_ADMIN_AUTH`` first.
+bp = Blueprint("amocrm_admin", __name__, url_prefix="/amocrm/admin")
+
+
+@bp.before_request
+def _require_admin() -> None:
+    allowed = get_state().settings.admin_auth
+    if allowed is None or not allowed():
+        abort(403)

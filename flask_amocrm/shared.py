@@ -1,0 +1,295 @@
+"""State that every process of a site shares: flags, locks, counters, a small cache.
+
+Several web processes and workers on several machines must agree on a few things: an
+outage mail goes out once, one process refreshes the token, two workers never create
+the same person, round-robin turns go round. This module is the one way to do that.
+
+Every name is turned into a key by :func:`key`, which always carries the amoCRM
+account (its host) and the queue (``AMOCRM_QUEUE``), so two sites sharing one Redis
+or one database never share a flag, a lock or a turn.
+
+Redis keeps this state when it answers (``SET NX EX``, redis-py locks, ``INCR``); when
+it is not configured or does not answer, the ``amocrm_flags`` and ``amocrm_counters``
+tables do, because delivery must not stop when Redis does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from .errors import LockTimeoutError
+from .models import Counter, Flag, utcnow
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from .state import AppState
+
+log = logging.getLogger("flask_amocrm")
+
+#: The longest key the tables take; longer keys end in a hash of their tail.
+KEY_LIMIT = 200
+
+
+def key(state: AppState, *parts: str) -> str:
+    """The shared key of ``parts`` for this app's account and queue."""
+    host = urlsplit(state.settings.base_url).netloc or state.settings.base_url
+    name = ":".join(["amocrm", host, state.settings.queue, *parts])
+    if len(name) > KEY_LIMIT:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:32]
+        name = f"{name[: KEY_LIMIT - 33]}#{digest}"
+    return name
+
+
+def _redis(state: AppState) -> Redis | None:
+    return state.live_redis()
+
+
+def _text(raw: Any) -> str | None:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+# -- flags -----------------------------------------------------------------------------
+
+
+def set_once(
+    state: AppState, name: str, value: str = "1", seconds: int | None = None
+) -> bool:
+    """Set the flag ``name`` unless it is set; ``True`` if this call set it."""
+    full = key(state, name)
+    redis = _redis(state)
+    if redis is not None:
+        return bool(redis.set(full, value, nx=True, ex=seconds))
+    now = utcnow()
+    expires = now + timedelta(seconds=seconds) if seconds else None
+    with state.session() as session:
+        session.execute(delete(Flag).where(Flag.key == full, Flag.expires_at < now))
+        session.commit()
+        session.add(Flag(key=full, value=value, expires_at=expires))
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            return False
+    return True
+
+
+def get(state: AppState, name: str) -> str | None:
+    """The flag's value, or ``None`` when it is not set (or expired)."""
+    full = key(state, name)
+    redis = _redis(state)
+    if redis is not None:
+        return _text(redis.get(full))
+    with state.session() as session:
+        flag = session.get(Flag, full)
+        if flag is None or (flag.expires_at and flag.expires_at < utcnow()):
+            return None
+        return flag.value
+
+
+def put(state: AppState, name: str, value: str, seconds: int | None = None) -> None:
+    """Set the flag ``name`` to ``value``, whether it was set or not."""
+    full = key(state, name)
+    redis = _redis(state)
+    if redis is not None:
+        redis.set(full, value, ex=seconds)
+        return
+    now = utcnow()
+    expires = now + timedelta(seconds=seconds) if seconds else None
+    with state.session() as session:
+        flag = session.get(Flag, full)
+        if flag is None:
+            session.add(Flag(key=full, value=value, expires_at=expires))
+        else:
+            flag.value = value
+            flag.created_at = now
+            flag.expires_at = expires
+        try:
+            session.commit()
+        except IntegrityError:  # set by another process meanwhile: ours is newer
+            session.rollback()
+            session.execute(
+                update(Flag)
+                .where(Flag.key == full)
+                .values(value=value, created_at=now, expires_at=expires)
+            )
+            session.commit()
+
+
+def clear(state: AppState, name: str) -> str | None:
+    """Remove the flag; return its value if this call removed it (else ``None``)."""
+    full = key(state, name)
+    redis = _redis(state)
+    if redis is not None:
+        return _text(redis.getdel(full))
+    with state.session() as session:
+        flag = session.get(Flag, full)
+        if flag is None:
+            return None
+        value = flag.value
+        deleted = session.execute(delete(Flag).where(Flag.key == full))
+        session.commit()
+        return value if deleted.rowcount else None  # type: ignore[attr-defined]
+
+
+# -- locks -----------------------------------------------------------------------------
+
+
+@dataclass
+class Held:
+    """A lock this process holds (see :func:`acquire`)."""
+
+    name: str
+    redis_lock: Any = None
+    token: str | None = None
+
+
+def acquire(state: AppState, name: str, *, ttl: float, wait: float) -> Held | None:
+    """Take the lock ``name`` for at most ``ttl`` seconds, waiting up to ``wait``
+    seconds for it; ``None`` if another process held it all that time.
+
+    The lock expires by itself after ``ttl``, so a killed process cannot hold it for
+    ever; a lock that expired is never released by its old holder."""
+    full = key(state, "lock", name)
+    deadline = time.monotonic() + wait
+    redis = _redis(state)
+    if redis is not None:
+        from redis.exceptions import RedisError
+
+        lock = redis.lock(
+            full, timeout=ttl, blocking_timeout=max(deadline - time.monotonic(), 0.01)
+        )
+        try:
+            return Held(full, redis_lock=lock) if lock.acquire() else None
+        except RedisError as exc:
+            log.warning("Redis failed while locking (%s); using the database", exc)
+            state.redis_failed()
+    token = uuid.uuid4().hex
+    while True:
+        if _insert_lock(state, full, token, ttl):
+            return Held(full, token=token)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(random.uniform(0.02, 0.1))
+
+
+def _insert_lock(state: AppState, full: str, token: str, ttl: float) -> bool:
+    now = utcnow()
+    with state.session() as session:
+        try:
+            session.execute(delete(Flag).where(Flag.key == full, Flag.expires_at < now))
+            session.add(
+                Flag(key=full, value=token, expires_at=now + timedelta(seconds=ttl))
+            )
+            session.commit()
+        except (IntegrityError, OperationalError):
+            # Held by another process (or SQLite busy with its insert).
+            session.rollback()
+            return False
+    return True
+
+
+def release(state: AppState, held: Held) -> None:
+    """Give the lock back. A lock that expired meanwhile may belong to another
+    process now: it is left alone."""
+    if held.redis_lock is not None:
+        from redis.exceptions import RedisError
+
+        with contextlib.suppress(RedisError):
+            held.redis_lock.release()
+        return
+    with state.session() as session:
+        session.execute(
+            delete(Flag).where(Flag.key == held.name, Flag.value == held.token)
+        )
+        session.commit()
+
+
+@contextlib.contextmanager
+def lock(state: AppState, name: str, *, ttl: float, wait: float) -> Iterator[None]:
+    """Hold the lock ``name`` for the block; :class:`LockTimeoutError` if another
+    process held it for ``wait`` seconds (the caller tries again later)."""
+    held = acquire(state, name, ttl=ttl, wait=wait)
+    if held is None:
+        raise LockTimeoutError(
+            f"another process has held the lock {name!r} for more than {wait:g} "
+            "seconds; trying again later"
+        )
+    try:
+        yield
+    finally:
+        release(state, held)
+
+
+# -- counters --------------------------------------------------------------------------
+
+
+def incr(state: AppState, name: str) -> int:
+    """Add one to the counter ``name`` and return the new value (1 the first time)."""
+    full = key(state, "count", name)
+    redis = _redis(state)
+    if redis is not None:
+        return int(redis.incr(full))
+    for _ in range(3):
+        with state.session() as session:
+            result = session.execute(
+                update(Counter)
+                .where(Counter.name == full)
+                .values(value=Counter.value + 1)
+            )
+            if result.rowcount:  # type: ignore[attr-defined]
+                value = session.scalar(
+                    select(Counter.value).where(Counter.name == full)
+                )
+                session.commit()
+                return int(value or 1)
+            try:
+                session.execute(insert(Counter).values(name=full, value=1))
+                session.commit()
+                return 1
+            except IntegrityError:  # another process inserted it first: bump that
+                session.rollback()
+    raise RuntimeError(f"could not advance the counter {name!r}")
+
+
+def peek(state: AppState, name: str) -> int:
+    """The counter's value, without changing it (0 when it was never advanced)."""
+    full = key(state, "count", name)
+    redis = _redis(state)
+    if redis is not None:
+        return int(redis.get(full) or 0)
+    with state.session() as session:
+        return int(
+            session.scalar(select(Counter.value).where(Counter.name == full)) or 0
+        )
+
+
+# -- cache -----------------------------------------------------------------------------
+
+
+def cache_get(state: AppState, name: str) -> str | None:
+    """A cached text, or ``None`` when it is missing or expired."""
+    return get(state, f"cache:{name}")
+
+
+def cache_set(state: AppState, name: str, value: str, seconds: int) -> None:
+    """Cache a text for ``seconds``."""
+    put(state, f"cache:{name}", value, seconds)
+
+
+def cache_clear(state: AppState, name: str) -> None:
+    """Drop a cached text."""
+    clear(state, f"cache:{name}")

@@ -1,0 +1,214 @@
+"""What Flask-AmoCRM keeps for one application: settings, the events database, Redis,
+and the objects each process builds once (the amoCRM client, its rate limiter, the
+account's metadata).
+
+:class:`AppState` lives in ``app.extensions["amocrm"]``; :func:`get_state` finds it.
+It knows nothing of capture, delivery or amoCRM: the modules above it put their
+per-process objects in it through :meth:`AppState.local`, so nothing is kept in module
+globals and two apps in one process never share a client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flask import Flask, current_app
+from sqlalchemy import create_engine
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from .config import Settings
+from .models import metadata
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+    from redis import Redis
+
+log = logging.getLogger("flask_amocrm")
+
+T = TypeVar("T")
+
+#: How long a Redis health check is trusted, in seconds.
+REDIS_CHECK_SECONDS = 5.0
+
+
+class AppState:
+    """What Flask-AmoCRM keeps for one application (``app.extensions["amocrm"]``)."""
+
+    def __init__(
+        self,
+        app: Flask,
+        settings: Settings,
+        db: SQLAlchemy | None = None,
+        *,
+        extension: Any = None,
+    ) -> None:
+        #: The :class:`~flask_amocrm.AmoCRM` instance registered on the app.
+        self.extension = extension
+        self.settings = settings
+        self.db = db
+        self.import_name = app.import_name
+        self._app = weakref.ref(app)
+        self._engine: Engine | None = None
+        self._engine_pid = 0
+        self._session_factory: sessionmaker[Session] | None = None
+        self._redis: dict[str, Redis] = {}
+        self._redis_checked = 0.0
+        self._redis_alive = False
+        self._lock = threading.RLock()
+        self._local: dict[str, tuple[int, Any]] = {}
+        self.tables_ready = db is not None
+
+    @property
+    def app(self) -> Flask:
+        """The application (held weakly: the state never keeps an app alive)."""
+        app = self._app()
+        if app is None:
+            raise RuntimeError("The Flask app of this Flask-AmoCRM state is gone.")
+        return app
+
+    # -- per-process objects ---------------------------------------------------------
+
+    def local(self, name: str, factory: Callable[[], T]) -> T:
+        """The object ``name`` of this process, built by ``factory`` on first use.
+
+        A forked child (an RQ work horse) builds its own: sockets, locks and pools
+        are never shared with the parent."""
+        pid = os.getpid()
+        held = self._local.get(name)
+        if held is not None and held[0] == pid:
+            return held[1]  # type: ignore[no-any-return]
+        with self._lock:
+            held = self._local.get(name)
+            if held is None or held[0] != pid:
+                held = (pid, factory())
+                self._local[name] = held
+        return held[1]  # type: ignore[no-any-return]
+
+    def forget_local(self, name: str) -> None:
+        """Drop the per-process object ``name``; the next use builds it again."""
+        with self._lock:
+            self._local.pop(name, None)
+
+    # -- database --------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The engine events live in; re-created after a fork (RQ work horses)."""
+        pid = os.getpid()
+        if self._engine is not None and self._engine_pid != pid:
+            # A forked child must not share pooled connections with its parent.
+            self._engine.dispose(close=False)
+            self._engine_pid = pid
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = self._make_engine()
+                    self._engine_pid = pid
+        return self._engine
+
+    def _make_engine(self) -> Engine:
+        if self.db is not None:
+            return self.db.engine
+        uri = self.settings.database_uri
+        if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+            os.makedirs(os.path.dirname(uri[len("sqlite:///") :]) or ".", exist_ok=True)
+        engine = create_engine(uri, pool_pre_ping=not uri.startswith("sqlite"))
+        if engine.dialect.name == "sqlite":
+            sa_event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+
+    def session(self) -> Session:
+        """A new ORM session on the events database (use it as a context manager)."""
+        engine = self.engine
+        factory = self._session_factory
+        if factory is None or factory.kw["bind"] is not engine:
+            factory = self._session_factory = sessionmaker(
+                engine, expire_on_commit=False
+            )
+        if not self.tables_ready:
+            self.create_tables()
+        return factory()
+
+    def create_tables(self) -> None:
+        """Create the ``amocrm_*`` tables that do not exist yet."""
+        metadata.create_all(self.engine)
+        self.tables_ready = True
+
+    # -- redis -----------------------------------------------------------------------
+
+    def redis(self, *, for_worker: bool = False) -> Redis:
+        """The Redis connection. Web processes get short timeouts so a dead Redis
+        cannot hold a visitor's request; workers block on the queue and get none."""
+        from redis import Redis
+
+        if not self.settings.redis_url:
+            raise RuntimeError("AMOCRM_REDIS_URL is not set: this feature needs Redis.")
+        key = f"{os.getpid()}:{for_worker}"
+        if key not in self._redis:
+            options: dict[str, Any] = {"health_check_interval": 30}
+            if not for_worker:
+                options.update(socket_connect_timeout=0.5, socket_timeout=2)
+            self._redis[key] = Redis.from_url(self.settings.redis_url, **options)
+        return self._redis[key]
+
+    def live_redis(self) -> Redis | None:
+        """Redis for state shared between processes (locks, counters, caches), or
+        ``None`` when it is not configured or does not answer: then the database
+        keeps that state, because delivery must not stop when Redis does. Whether it
+        answers is checked at most every :data:`REDIS_CHECK_SECONDS`."""
+        if not self.settings.redis_url:
+            return None
+        now = time.monotonic()
+        if now - self._redis_checked > REDIS_CHECK_SECONDS:
+            from redis.exceptions import RedisError
+
+            try:
+                self.redis().ping()
+                self._redis_alive = True
+            except RedisError as exc:
+                if self._redis_alive or not self._redis_checked:
+                    log.warning(
+                        "Redis does not answer (%s); shared state goes to "
+                        "the database until it is back",
+                        type(exc).__name__,
+                    )
+                self._redis_alive = False
+            self._redis_checked = now
+        return self.redis() if self._redis_alive else None
+
+    def redis_failed(self) -> None:
+        """A Redis call failed: treat Redis as down until the next health check."""
+        self._redis_alive = False
+        self._redis_checked = time.monotonic()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the web process write while a worker reads; FULL keeps a committed
+    # event through a power loss (NORMAL could roll the last commits back).
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def get_state(app: Flask | None = None) -> AppState:
+    """The Flask-AmoCRM state of ``app`` (default: the current app)."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        state = app.extensions["amocrm"]
+    except KeyError:
+        raise RuntimeError(
+            "The current Flask app is not registered with Flask-AmoCRM. Did you forget "
+            "to call 'AmoCRM(app)' or 'amocrm.init_app(app)'?"
+        ) from None
+    assert isinstance(state, AppState)
+    return state

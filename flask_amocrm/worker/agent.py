@@ -1,0 +1,23 @@
+"""The agent: delivering due events in batches in this process (``flask amocrm
+process``, cron, the ``deferred`` mode's periodic run, tests)."""
+
+from __future__ import annotations
+
+from flask import current_app
+
+from ..outbox import due_ids, load_spool
+from ..state import AppState
+from .deliver import deliver_events
+
+
+def process(state: AppState, limit: int | None = None) -> dict[str, int]:
+    """Store what was spooled, then deliver up to ``limit`` due events (all of them
+    with ``None``) in batches of ``AMOCRM_BATCH_SIZE``; return how many ended in
+    each status, and how many were ``spooled``."""
+    counts: dict[str, int] = {"spooled": load_spool(state, current_app.instance_path)}
+    ids = due_ids(state, limit)
+    size = state.settings.batch_size
+    for start in range(0, len(ids), size):
+        for outcome in deliver_events(ids[start : start + size]).values():
+            counts[outcome] = counts.get(outcome, 0) + 1
+    return counts

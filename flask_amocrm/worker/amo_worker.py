@@ -1,0 +1,39 @@
+"""The RQ worker of Flask-AmoCRM (``flask amocrm worker``, or ``rq worker -w
+flask_amocrm.worker.AmoWorker``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flask import Flask
+from rq.worker import Worker
+
+from ..state import get_state
+from .job_class import flask_app, make_job_class
+from .schedule import ensure_tick
+
+
+class AmoWorker(Worker):
+    """An RQ worker whose jobs run in their app's context.
+
+    ``apps``: the apps whose queues it serves (default: the app ``FLASK_APP`` names,
+    loaded now, before work horses fork). On every maintenance pass it also makes
+    sure each app's periodic tick is scheduled (it runs when a worker with
+    ``--with-scheduler`` is up), so events due for a retry, or lost by Redis, are
+    queued again even after Redis restarted empty.
+    """
+
+    def __init__(
+        self, *args: Any, apps: Sequence[Flask] | None = None, **kwargs: Any
+    ) -> None:
+        self.apps = list(apps) if apps else [flask_app()]
+        kwargs.setdefault("job_class", make_job_class(*self.apps))
+        kwargs.setdefault("log_job_description", False)  # never log ids' payloads
+        super().__init__(*args, **kwargs)
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()
+        for app in self.apps:
+            with app.app_context():
+                ensure_tick(get_state(app))
