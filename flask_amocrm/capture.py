@@ -19,7 +19,7 @@ from .alerts import ALERT_HEADER
 from .models import Event
 from .outbox import spool, store
 from .rules.schema import find_mail_event
-from .signals import event_captured, send_safely
+from .signals import event_captured
 from .state import AppState, get_state
 from .uploads import file_links
 from .visit import read_visit
@@ -130,7 +130,7 @@ def capture(
         _spool(record)
         return None
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    send_safely(event_captured, app, event=event)
+    event_captured.send(app, event=event)
     _hand_off(state, event.id)
     return event
 

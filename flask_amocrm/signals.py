@@ -4,32 +4,74 @@ They live in their own :class:`blinker.Namespace`; Flask's namespace is for Flas
 signals. Every signal is sent with the real application object as the sender
 (``current_app._get_current_object()``), never the ``current_app`` proxy, so a receiver
 connected with ``sender=app`` hears only that application. Receivers should accept
-``**extra``: more keyword arguments may be added later.
+``**extra``: more keyword arguments may be added later. A receiver that raises is
+logged and never reaches the sender (:class:`SafeSignal`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
+from inspect import iscoroutinefunction
 from typing import Any
 
-from blinker import Namespace, Signal
+from blinker import NamedSignal, Namespace
 
 log = logging.getLogger("flask_amocrm")
 
-_signals = Namespace()
+
+class SafeSignal(NamedSignal):
+    """A signal whose receivers can never break the sender.
+
+    Blinker lets a raising receiver's exception propagate to whoever sent the
+    signal, and the receivers after it are not called. For these signals that would
+    mean a site's view failing because a receiver of ``form_submitted`` broke, or a
+    delivery stopping because a site's receiver of ``event_delivered`` did. So each
+    receiver is called on its own: one that raises is logged (with its traceback)
+    and the others still run.
+    """
+
+    def send(
+        self,
+        sender: Any | None = None,
+        /,
+        *,
+        _async_wrapper: Callable[
+            [Callable[..., Coroutine[Any, Any, Any]]], Callable[..., Any]
+        ]
+        | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Callable[..., Any], Any]]:
+        """Call every receiver connected to ``sender`` (or to any sender); return
+        ``(receiver, result)`` for those that did not raise."""
+        if self.is_muted:
+            return []
+        results = []
+        for receiver in self.receivers_for(sender):
+            try:
+                if iscoroutinefunction(receiver):
+                    if _async_wrapper is None:
+                        raise RuntimeError("Cannot send to a coroutine function.")
+                    result = _async_wrapper(receiver)(sender, **kwargs)
+                else:
+                    result = receiver(sender, **kwargs)
+            except Exception:
+                log.exception("A receiver of the %r signal failed", self.name)
+                continue
+            results.append((receiver, result))
+        return results
 
 
-def send_safely(signal: Signal, sender: Any, **kwargs: Any) -> None:
-    """Send ``signal`` to each receiver in turn. A receiver that raises is logged
-    and the others still run: a site's receiver never breaks capture or delivery,
-    and nothing of ours raises into the site."""
-    if getattr(signal, "is_muted", False):
-        return
-    for receiver in signal.receivers_for(sender):
-        try:
-            receiver(sender, **kwargs)
-        except Exception:
-            log.exception("A receiver of the %r signal failed", signal.name)
+class _Namespace(Namespace):
+    def signal(self, name: str, doc: str | None = None) -> SafeSignal:
+        if name not in self:
+            self[name] = SafeSignal(name, doc)
+        found = self[name]
+        assert isinstance(found, SafeSignal)
+        return found
+
+
+_signals = _Namespace()
 
 
 form_submitted = _signals.signal(

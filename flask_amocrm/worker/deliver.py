@@ -27,7 +27,7 @@ from ..errors import AmoCRMError, RuleError
 from ..models import DELIVERED, FAILED, IGNORED, RETRYING, Event, EventAttempt, utcnow
 from ..outbox import claim
 from ..rules.schema import find_rule
-from ..signals import event_delivered, event_failed, send_safely
+from ..signals import event_delivered, event_failed
 from ..state import AppState, get_state
 from .delivery import Delivery
 from .execute import execute
@@ -169,10 +169,10 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
         outcome, error = outcomes[event.id]
         if outcome == DELIVERED:
             log.info("Event %s delivered: %s", event.id, event.remote)
-            send_safely(event_delivered, app, event=event)
+            event_delivered.send(app, event=event)
         elif outcome == FAILED:
             log.warning("Event %s failed: %s", event.id, error)
-            send_safely(event_failed, app, event=event, error=error)
+            event_failed.send(app, event=event, error=error)
         elif outcome == RETRYING:
             log.warning(
                 "Event %s will be retried at %s: %s",

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flask_amocrm.worker")
 
+#: Seconds a worker waits for another one that is creating the marker field.
+FIELD_LOCK_WAIT = 60.0
+
 
 def marker_field_id(state: AppState, client: AmoClient) -> int | None:
     """The id of the lead field that holds event uids, or ``None`` when
@@ -40,7 +43,7 @@ def marker_field_id(state: AppState, client: AmoClient) -> int | None:
     known = shared.get(state, flag)
     if known:
         return int(known)
-    with shared.lock(state, "marker-field", ttl=60, wait=60):
+    with shared.lock(state, "marker-field", ttl=60, wait=FIELD_LOCK_WAIT):
         known = shared.get(state, flag)  # set by whoever held the lock before us
         if known:
             return int(known)
