@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench redis clean
+.PHONY: demo test lint bench redis clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ redis: $(STAMP)
 
 demo: redis
 	$(PY) -m example_app.demo
+
+# One house style, types, and the one-way house (import contracts in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check flask_amocrm tests example_app bench
+	$(VENV)/bin/ruff check flask_amocrm tests example_app bench
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 test: redis
 	$(PY) -m pytest -q -p no:cacheprovider tests

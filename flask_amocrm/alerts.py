@@ -80,7 +80,7 @@ def _send_flask_mail(app: Any, subject: str, body: str, recipients: list[str]) -
 
     message = Message(
         subject=subject,
-        recipients=recipients,
+        recipients=list[str | tuple[str, str]](recipients),
         body=body,
         extra_headers={ALERT_HEADER: "1"},
     )

@@ -249,7 +249,8 @@ def load_rules(value: Any, root: str | None = None) -> dict[str, Any]:
                 import tomllib
 
                 return tomllib.loads(raw.decode("utf-8"))
-            return json.loads(raw)
+            loaded: dict[str, Any] = json.loads(raw)
+            return loaded
         except ValueError as exc:
             raise _fail(key, f"file {path!r} is not valid: {exc}") from None
     raise _fail(key, f"must be a dict or a path to a TOML or JSON file, not {value!r}.")

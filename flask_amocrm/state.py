@@ -90,7 +90,8 @@ class AppState:
             if held is None or held[0] != pid:
                 held = (pid, factory())
                 self._local[name] = held
-        return held[1]  # type: ignore[no-any-return]
+        found: T = held[1]
+        return found
 
     def forget_local(self, name: str) -> None:
         """Drop the per-process object ``name``; the next use builds it again."""

@@ -326,9 +326,14 @@ def _read_cache(state: AppState) -> AccountMetadata | None:
     return meta
 
 
+def _held(state: AppState) -> dict[str, tuple[float, AccountMetadata]]:
+    """This process's copy of the metadata, on the app's state."""
+    return state.local("metadata", dict[str, tuple[float, AccountMetadata]])
+
+
 def _keep(state: AppState, meta: AccountMetadata) -> AccountMetadata:
     """Keep ``meta`` in this process for :data:`LOCAL_SECONDS`."""
-    state.local("metadata", dict)["held"] = (time.monotonic(), meta)
+    _held(state)["held"] = (time.monotonic(), meta)
     return meta
 
 
@@ -348,9 +353,9 @@ def metadata_for(state: AppState, *, refresh: bool = False) -> AccountMetadata:
     wait for it and read its result.
     """
     if not refresh:
-        held = state.local("metadata", dict).get("held")
+        held = _held(state).get("held")
         if held is not None and time.monotonic() - held[0] < LOCAL_SECONDS:
-            return held[1]  # type: ignore[no-any-return]
+            return held[1]
         meta = _read_cache(state)
         if meta is not None:
             return _keep(state, meta)

@@ -33,7 +33,7 @@ class AmoWorker(Worker):
         super().__init__(*args, **kwargs)
 
     def run_maintenance_tasks(self) -> None:
-        super().run_maintenance_tasks()
+        super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
         for app in self.apps:
             with app.app_context():
                 ensure_tick(get_state(app))

@@ -45,7 +45,7 @@ RETRY_BASE_SECONDS = 30
 def retry_delay(attempts: int, cap: int) -> float:
     """Exponential backoff with jitter: half fixed, half random (never near zero)."""
     ceiling = min(cap, RETRY_BASE_SECONDS * 2 ** max(attempts - 1, 0))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+    return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
 
 def deliver_event(event_id: int) -> str:
@@ -131,13 +131,13 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
         for delivery in deliveries:
             event = delivery.event
             if delivery.error is not None:
-                exc = delivery.error
+                failure = delivery.error
                 outcomes[event.id] = (
-                    RETRYING if exc.retryable else FAILED,
-                    f"{type(exc).__name__}: {exc}",
+                    RETRYING if failure.retryable else FAILED,
+                    f"{type(failure).__name__}: {failure}",
                 )
-                if exc.retryable:
-                    note_failure(state, exc)  # e.g. the metadata could not be read
+                if failure.retryable:
+                    note_failure(state, failure)  # e.g. the metadata could not be read
             elif delivery.plan.done(event.remote):
                 outcomes[event.id] = (DELIVERED, None)
             else:

@@ -18,6 +18,7 @@ def purge_events(state: AppState, days: int | None = None) -> int:
     old = select(Event.id).where(Event.status == DELIVERED, Event.delivered_at < cutoff)
     with state.session() as session:
         session.execute(delete(EventAttempt).where(EventAttempt.event_id.in_(old)))
-        count = session.execute(delete(Event).where(Event.id.in_(old))).rowcount
+        result = session.execute(delete(Event).where(Event.id.in_(old)))
+        count = result.rowcount  # type: ignore[attr-defined]
         session.commit()
     return int(count or 0)
