@@ -9,7 +9,7 @@ Run it with ``python -m flask_amocrm.sandbox`` or in-process::
                      headers={"Authorization": f"Bearer {amo.token}"})
 
 It shares no code with the rest of flask_amocrm: it is written from the API
-reference alone, so that it can judge the product's client.
+documentation alone, so that it can judge the product's client.
 """
 
 from __future__ import annotations

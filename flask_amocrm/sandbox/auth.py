@@ -1,4 +1,4 @@
-"""Bearer tokens and OAuth 2.0 (reference section 1).
+"""Bearer tokens and OAuth 2.0.
 
 Long-lived tokens are fixed strings given at start-up. OAuth access tokens are
 HS256 JWTs with ``exp`` (clients such as the Krukov SDK decode them); refresh tokens
@@ -296,7 +296,7 @@ def access_token() -> Response:
 
 @bp.get("/oauth2/account/subdomain")
 def account_subdomain() -> Response:
-    """The account's current subdomain (reference 1.5)."""
+    """The account's current subdomain."""
     sandbox = current_app.extensions["amocrm_sandbox"]
     reason = sandbox.auth.check_bearer(request.headers.get("Authorization"))
     if reason is not None:

@@ -1,4 +1,4 @@
-"""Error bodies as amoCRM sends them (reference sections 1.2, 1.3 and 13).
+"""Error bodies as amoCRM sends them.
 
 API errors are ``application/problem+json`` objects ``{title, type, status, detail}``;
 validation failures add ``validation-errors`` keyed by the item's ``request_id``;
@@ -68,9 +68,9 @@ class ApiError(Exception):
 
 
 #: Validation error codes. amoCRM's documented ones are the first two; for a value of
-#: the wrong shape the real service answers 400 too, but its code is not in the
-#: reference. Its codes follow Symfony constraint names, so "InvalidType" is our best
-#: guess.
+#: the wrong shape the real service answers 400 too, but its code is not
+#: documented. Its codes follow Symfony constraint names, so "InvalidType" is our
+#: best guess.
 NOT_SUPPORTED = "NotSupportedChoice"
 NOT_EXPECTED = "FieldNotExpected"
 INVALID_TYPE = "InvalidType"
@@ -143,7 +143,7 @@ class OAuthError(Exception):
 
 
 # The gateway pages. amoCRM's 429 and 403 come from nginx in front of the API, so
-# they are HTML without Retry-After (reference section 13, issues #434, #526).
+# they are HTML without Retry-After (as users of the real API report).
 HTML_429 = (
     "<html>\r\n<head><title>429 Too Many Requests</title></head>\r\n<body>\r\n"
     "<center><h1>429 Too Many Requests</h1></center>\r\n<hr><center>nginx</center>\r\n"

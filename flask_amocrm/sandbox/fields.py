@@ -1,4 +1,4 @@
-"""Validation of ``custom_fields_values`` per field type (reference section 4.3).
+"""Validation of ``custom_fields_values`` per field type.
 
 A request names each field by ``field_id`` or ``field_code`` and gives ``values``.
 This module checks every value against the field's type and returns the values in
@@ -84,7 +84,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _parse_time(value: Any, path: str) -> int:
-    """Unix seconds from an int or an RFC 3339 string (reference 4.3)."""
+    """Unix seconds from an int or an RFC 3339 string."""
     if _is_int(value):
         return int(value)
     if isinstance(value, str):
@@ -130,7 +130,7 @@ def _match_enum(
         # interface does when a value is typed without choosing its kind.
         return enums[0]
     if "value" in value:
-        # Labels must match exactly: case and spaces count (reference gotcha 7).
+        # Labels must match exactly: case and spaces count (as in amoCRM).
         for enum in enums:
             if enum["value"] == value["value"]:
                 return enum
@@ -284,8 +284,8 @@ def _validate_item(
             INVALID_TYPE, f"{path}.values", "This value should be of type array."
         )
     if not values:
-        # The reference advises against empty arrays without saying what the API
-        # answers; rejecting them makes a client's mistake visible here.
+        # amoCRM's documentation advises against empty arrays without saying what
+        # the API answers; rejecting them makes a client's mistake visible here.
         raise FieldError(
             NOT_BLANK,
             f"{path}.values",

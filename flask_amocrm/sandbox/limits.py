@@ -1,4 +1,4 @@
-"""The per-token rate limit and the block that follows abuse (reference section 13).
+"""The per-token rate limit and the block that follows abuse.
 
 amoCRM allows 7 requests per second per integration. Over that the gateway answers
 429 with an HTML page and no Retry-After; an integration that keeps going over is

@@ -60,8 +60,8 @@ ENTITY_KEYS = {
 }
 EMBEDDED_KEYS = {
     "leads": {"tags", "contacts", "companies", "source", "metadata"},
-    # Contacts may name their company on create (amoCRM links it); the reference
-    # only documents links for that, so this is a lenient guess.
+    # Contacts may name their company on create (amoCRM links it); amoCRM only
+    # documents links for that, so this is a lenient guess.
     "contacts": {"tags", "companies"},
     "companies": {"tags"},
 }
@@ -80,7 +80,7 @@ INT_KEYS = {
 }
 STR_KEYS = {"name", "first_name", "last_name", "visitor_uid"}
 
-# What may link to what (reference 11), catalog elements and customers aside.
+# What may link to what, catalog elements and customers aside.
 LINKABLE = {
     "leads": {"contacts", "companies"},
     "contacts": {"companies", "leads"},
@@ -124,7 +124,7 @@ def add_link(
 ) -> dict[str, Any]:
     """Link two entities both ways and return the forward link.
 
-    A lead and a contact have at most one company each (reference 2.1, 3.2): a
+    A lead and a contact have at most one company each: a
     new company link replaces the old one, as the interface does.
     """
     metadata = dict(metadata or {})

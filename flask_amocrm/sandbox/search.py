@@ -1,6 +1,6 @@
 """List parameters: ``query``, ``filter[...]``, ``order[...]``, ``page``, ``limit``.
 
-Also the HAL collection envelope with ``_page`` and ``_links`` (reference 0, 14).
+Also the HAL collection envelope with ``_page`` and ``_links``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The seeded account: what a fresh sandbox (and every ``/_sandbox/reset``) holds.
 
 IDs look like a real account's (large integers) but are fixed, so tests and demos
-can rely on them. Field codes and enum codes follow reference sections 3.3 and 12.
+can rely on them. Field codes and enum codes are amoCRM's own.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ SMART_ADDRESS_ENUMS = [
     "country",
 ]
 
-# Which field types each entity accepts (reference 4.2). ``multitext`` is listed
+# Which field types each entity accepts. ``multitext`` is listed
 # as contacts-only by Kommo's table, yet every real account has the predefined
 # multitext PHONE/EMAIL on companies, so companies accept it too.
 ENTITY_FIELD_TYPES: dict[str, set[str]] = {

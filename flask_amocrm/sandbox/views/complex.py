@@ -1,6 +1,6 @@
 """``POST /api/v4/leads/complex``: a lead with its contact and company in one call.
 
-Limits (reference 2.5): 50 leads per call, one contact and one company per lead,
+Limits: 50 leads per call, one contact and one company per lead,
 40 field values per entity. The answer is a bare array with ``merged`` flags.
 Duplicate control is an account setting (off by default, switched with
 ``/_sandbox/config``); it looks only at data that existed before the request.

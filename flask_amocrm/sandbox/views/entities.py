@@ -113,7 +113,7 @@ def list_entities(entity: str) -> Response:
 @bp.get(f"/{ENTITY}/<int:entity_id>")
 def get_entity(entity: str, entity_id: int) -> Response:
     """One entity. A missing id answers 204, as the real API does for lists and
-    as the Krukov SDK expects (the reference allows 204 or 404)."""
+    as the Krukov SDK expects (amoCRM's documentation allows 204 or 404)."""
     s = store()
     with s.lock:
         obj = s.entities(entity).get(entity_id)

@@ -1,4 +1,4 @@
-"""Links between entities (reference section 11)."""
+"""Links between entities."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Account, users, pipelines, statuses and custom fields (reference 4, 5, 6, 15)."""
+"""Account, users, pipelines, statuses and custom fields."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Notes of leads, contacts and companies (reference section 7)."""
+"""Notes of leads, contacts and companies."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tags of leads, contacts and companies (reference section 9)."""
+"""Tags of leads, contacts and companies."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def _check(entity: str, item: Any) -> list[FieldError]:
 @bp.post(f"/{ENTITY}/tags")
 def create_tags(entity: str) -> Response:
     """Create tags. Tag names are unique per entity type, so an existing name
-    answers with the existing tag (our reading; the reference is silent)."""
+    answers with the existing tag (our reading; amoCRM's documentation is silent)."""
     s = store()
     items = json_array()
     with s.lock:

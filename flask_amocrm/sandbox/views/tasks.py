@@ -1,4 +1,4 @@
-"""Tasks (reference section 8)."""
+"""Tasks."""
 
 from __future__ import annotations
 

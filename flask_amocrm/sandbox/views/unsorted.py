@@ -1,4 +1,4 @@
-"""``/api/v4/leads/unsorted``: incoming leads (reference section 10)."""
+"""``/api/v4/leads/unsorted``: incoming leads."""
 
 from __future__ import annotations
 
