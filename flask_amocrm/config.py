@@ -11,15 +11,15 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask
 
 #: Delivery modes: ``rq`` hands events to RQ workers, ``inline`` delivers in the web
-#: process after the response, ``deferred`` only stores them for
-#: ``flask amocrm process``
-#: or the scheduler.
+#: process after the response, ``deferred`` only stores them for ``flask amocrm
+#: process`` or the scheduler.
 DELIVERY_MODES = ("rq", "inline", "deferred")
 
 #: Every key this package reads, with its default. ``None`` means "not set".
@@ -111,7 +111,8 @@ ACTIVE_EXTENSIONS = frozenset(
 
 @dataclass(frozen=True)
 class Settings:
-    """The validated configuration of one application."""
+    """The validated configuration of one application. Every field comes from
+    :data:`DEFAULTS` and the app's config: the defaults are written once, there."""
 
     base_url: str
     token: str | None
@@ -137,27 +138,27 @@ class Settings:
     retry_max_delay: int
     event_field: str | None
     #: Seconds the cached account metadata (pipelines, users, fields) is kept.
-    metadata_ttl: int = 3600
+    metadata_ttl: int
     #: ``callable() -> bool`` that allows the current user into the admin views;
     #: ``None``: the admin views are not registered.
-    admin_auth: Callable[[], bool] | None = None
+    admin_auth: Callable[[], bool] | None
     #: Refresh the OAuth tokens when the refresh token is older than this many days
     #: (keeps a quiet site inside amoCRM's three-month refresh-token lifetime).
-    keepalive_days: int = 14
+    keepalive_days: int
     #: The account's time zone (an IANA name): form dates and task deadlines are read
     #: in it.
-    timezone: str = "UTC"
+    timezone: str
     #: When the working day ends (``HH:MM``), for the task deadline ``eod``.
-    workday_end: str = "18:00"
+    workday_end: time
     #: Where uploaded files are saved (default: the app's ``UPLOAD_FOLDER``); unset:
     #: uploads are not saved and only their names reach amoCRM.
-    upload_folder: str | None = None
+    upload_folder: str | None
     #: The public address of that folder (absolute, or a path on this site).
-    upload_url: str | None = None
+    upload_url: str | None
     #: The largest upload saved, in bytes.
-    upload_max_size: int = 10 * 1024 * 1024
+    upload_max_size: int
     #: File name extensions saved (lower case, without the dot).
-    upload_extensions: tuple[str, ...] = ()
+    upload_extensions: tuple[str, ...]
 
 
 def _fail(key: str, problem: str) -> RuntimeError:
@@ -438,7 +439,7 @@ def _rules_settings(app: Flask, config: Any) -> dict[str, Any]:
         )
     return {
         "timezone": timezone,
-        "workday_end": workday_end,
+        "workday_end": time(int(hours), int(minutes)),
         "upload_folder": os.fspath(folder) if folder else None,
         "upload_url": str(url) if url else None,
         "upload_max_size": _int(config, "AMOCRM_UPLOAD_MAX_SIZE", 1),

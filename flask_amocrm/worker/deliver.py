@@ -11,7 +11,7 @@ import logging
 import os
 import random
 import socket
-from datetime import time, timedelta
+from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -235,12 +235,11 @@ def plan_env(state: AppState, *, preview: bool = False) -> PlanEnv:
     """What planning needs from this app: the account's metadata (fetched only when
     a rule needs it), the shared round-robin turns, the time zone and working day.
     ``preview`` looks at the turns without taking them."""
-    hours, _, minutes = state.settings.workday_end.partition(":")
     return PlanEnv(
         metadata=lambda: metadata_for(state),
         pick=lambda key, count: turn(state, key, count, take=not preview),
         tz=ZoneInfo(state.settings.timezone),
-        workday_end=time(int(hours), int(minutes)),
+        workday_end=state.settings.workday_end,
         phone_region=state.settings.phone_region,
     )
 
