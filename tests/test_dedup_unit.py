@@ -18,8 +18,8 @@ from flask_amocrm.dedup import (
     phone_query,
     pick,
 )
+from flask_amocrm.rules.plan import PlanEnv, build_plan
 from flask_amocrm.rules.schema import validate_rules
-from flask_amocrm.worker.plan import PlanEnv, build_plan
 
 NOW = 1_715_940_000.0
 

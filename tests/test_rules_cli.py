@@ -9,7 +9,7 @@ import pytest
 
 from flask_amocrm.amo.metadata import forget_local_metadata
 from flask_amocrm.extension import get_state
-from flask_amocrm.rules.roundrobin import next_turn, peek_turn
+from flask_amocrm.worker.roundrobin import next_turn, peek_turn
 
 
 @pytest.fixture()

@@ -14,10 +14,10 @@ from flask_amocrm.errors import RuleError
 from flask_amocrm.rules.clean import clean_text, parse_number
 from flask_amocrm.rules.deadlines import deadline, end_of_working_day
 from flask_amocrm.rules.fields import field_item, parse_when
+from flask_amocrm.rules.plan import PlanEnv, build_plan
 from flask_amocrm.rules.schema import find_rule, validate_rules
 from flask_amocrm.rules.templates import render
 from flask_amocrm.sandbox.seed import make_seed
-from flask_amocrm.worker.plan import PlanEnv, build_plan
 
 MSK = ZoneInfo("Europe/Moscow")
 # Friday 2024-05-17 12:00 in Moscow.
@@ -534,7 +534,7 @@ def test_preview_calls_describe_the_plan(meta: AccountMetadata) -> None:
 def test_html_notes_escape_what_visitors_typed() -> None:
     from types import SimpleNamespace
 
-    from flask_amocrm.worker.plan import build_plan
+    from flask_amocrm.rules.plan import build_plan
 
     event = SimpleNamespace(
         id=1,
@@ -563,7 +563,7 @@ def test_html_notes_escape_what_visitors_typed() -> None:
 
 
 def test_field_values_over_amocrms_limit_go_into_a_note() -> None:
-    from flask_amocrm.worker.plan import MAX_FIELD_VALUES
+    from flask_amocrm.rules.plan import MAX_FIELD_VALUES
 
     seed = make_seed()
     text_field = next(f for f in seed["custom_fields"]["leads"] if f["type"] == "text")

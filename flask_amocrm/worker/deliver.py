@@ -33,13 +33,13 @@ from ..models import (
     EventAttempt,
     utcnow,
 )
+from ..rules.plan import Plan, PlanEnv, build_plan
 from ..rules.schema import find_rule
 from ..signals import event_delivered, event_failed
 from .execute import Delivery, execute
 from .lookup import key_locks
 from .markers import marker_field_id, marker_value
 from .outage import note_failure, note_success, paused
-from .plan import Plan, PlanEnv, build_plan
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -280,7 +280,7 @@ def plan_env(state: _State, *, preview: bool = False) -> PlanEnv:
     from zoneinfo import ZoneInfo
 
     from ..amo.metadata import metadata_for
-    from ..rules.roundrobin import next_turn, peek_turn
+    from .roundrobin import next_turn, peek_turn
 
     hours, _, minutes = state.settings.workday_end.partition(":")
     turn = peek_turn if preview else next_turn

@@ -34,9 +34,9 @@ from ..amo.client import AmoClient
 from ..errors import AmoCRMError, ValidationError
 from ..models import Event
 from ..rules.fields import ENTITY
+from ..rules.plan import Plan
 from .lookup import NoLocks, lock_keys, lookup
 from .markers import find_again_or_mark
-from .plan import Plan
 
 #: amoCRM takes at most 50 items per batch write (and 50 leads per ``complex``).
 CHUNK = 50

@@ -42,7 +42,7 @@ from ..amo.client import AmoClient
 from ..dedup import DuplicateRule, duplicates_note, lock_name, pick
 from ..models import Flag, utcnow
 from ..rules.fields import ENTITY
-from .plan import EntityPlan
+from ..rules.plan import EntityPlan
 
 if TYPE_CHECKING:
     from ..extension import _State
