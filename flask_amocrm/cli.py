@@ -277,7 +277,7 @@ def preview_command(source: str, data_json: str, mail: bool, page: str | None) -
 
     from .context import CAMPAIGN_KEYS
     from .errors import AmoCRMError
-    from .rules.plan import build_plan
+    from .rules.render import build_plan
     from .rules.schema import find_rule
     from .worker.deliver import plan_env
 

@@ -33,7 +33,9 @@ from ..models import (
     EventAttempt,
     utcnow,
 )
-from ..rules.plan import Plan, PlanEnv, build_plan
+from ..progress import Progress
+from ..rules.plan import Plan, PlanEnv
+from ..rules.render import build_plan
 from ..rules.schema import find_rule
 from ..signals import event_delivered, event_failed
 from .execute import Delivery, execute
@@ -181,7 +183,7 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                 )
                 if exc.retryable:
                     note_failure(state, exc)  # e.g. the metadata could not be read
-            elif delivery.plan.done(event.remote):
+            elif delivery.plan.done(Progress.from_json(event.remote)):
                 outcomes[event.id] = (DELIVERED, None)
             else:
                 outcomes[event.id] = batch_error or (
@@ -242,7 +244,7 @@ def _prepare(state: _State, session: Any, event: Event) -> Delivery | None:
         raise
     except AmoCRMError as exc:  # the metadata could not be read: try again later
         return Delivery(event=event, plan=Plan(), save=session.commit, error=exc)
-    if plan.warnings and not plan.done(event.remote):
+    if plan.warnings and not plan.done(Progress.from_json(event.remote)):
         event.log = [*event.log, *plan.warnings]
     return Delivery(event=event, plan=plan, save=session.commit)
 
@@ -255,7 +257,7 @@ def _mark(state: _State, client: AmoClient, deliveries: list[Delivery]) -> None:
         if d.error is None
         and d.plan.lead is not None
         and d.plan.lead.id is None
-        and not d.plan.done(d.event.remote)
+        and not d.plan.done(Progress.from_json(d.event.remote))
     ]
     if not new:
         return

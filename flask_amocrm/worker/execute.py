@@ -33,8 +33,9 @@ from typing import Any, Protocol
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, ValidationError
 from ..models import Event
-from ..rules.fields import ENTITY
+from ..progress import Progress
 from ..rules.plan import Plan
+from ..vocabulary import ENTITY
 from .lookup import NoLocks, lock_keys, lookup
 from .markers import find_again_or_mark
 
@@ -70,7 +71,7 @@ class Delivery:
     def ids(self) -> dict[str, int | None]:
         """The lead, contact and company of this event known so far."""
         remote = self.event.remote or {}
-        existing = self.plan.existing(remote)
+        existing = self.plan.existing(Progress.from_json(remote))
         out: dict[str, int | None] = {}
         for key in ("lead", "contact", "company"):
             out[key] = remote.get(f"{key}_id") or existing.get(key)
@@ -81,7 +82,7 @@ class Delivery:
         remote = self.event.remote or {}
         return (
             self.error is None
-            and step in self.plan.steps(remote)
+            and step in self.plan.steps(Progress.from_json(remote))
             and step not in remote.get("done", [])
         )
 
@@ -270,9 +271,10 @@ def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
         targets = []
         for d in deliveries:
             remote = d.event.remote or {}
-            plan = next((e for e in d.plan.updates(remote) if e.key == key), None)
+            progress = Progress.from_json(remote)
+            plan = next((e for e in d.plan.updates(progress) if e.key == key), None)
             if plan is not None:
-                targets.append((d, plan, d.plan.existing(remote)[key]))
+                targets.append((d, plan, d.plan.existing(progress)[key]))
         if not targets:
             continue
         ids = sorted({i for d, _, i in targets if key not in d.current})
@@ -298,7 +300,8 @@ def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
         def done(
             d: Delivery, _answers: list[dict[str, Any] | None], key: str = key
         ) -> None:
-            d.record(**{f"{key}_id": d.plan.existing(d.event.remote)[key]})
+            progress = Progress.from_json(d.event.remote)
+            d.record(**{f"{key}_id": d.plan.existing(progress)[key]})
 
         _send(client, "PATCH", f"/api/v4/{entity}", entity, groups, done)
     for delivery in deliveries:
@@ -419,7 +422,9 @@ def _link(client: AmoClient, deliveries: list[Delivery]) -> None:
                 d,
                 [
                     item
-                    for e, item in d.plan.links(d.ids(), d.event.remote)
+                    for e, item in d.plan.links(
+                        d.ids(), Progress.from_json(d.event.remote)
+                    )
                     if e == entity
                 ],
             )
@@ -451,7 +456,9 @@ def _notes(client: AmoClient, deliveries: list[Delivery]) -> None:
         planned = {
             d.request_id: [
                 (n, body)
-                for e, n, body in d.plan.note_items(d.ids(), d.event.remote)
+                for e, n, body in d.plan.note_items(
+                    d.ids(), Progress.from_json(d.event.remote)
+                )
                 if e == entity
             ]
             for d in todo

@@ -41,8 +41,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from ..amo.client import AmoClient
 from ..dedup import DuplicateRule, duplicates_note, lock_name, pick
 from ..models import Flag, utcnow
-from ..rules.fields import ENTITY
 from ..rules.plan import EntityPlan
+from ..vocabulary import ENTITY
 
 if TYPE_CHECKING:
     from ..extension import _State
