@@ -20,6 +20,7 @@ from .importer import import_rows, read_rows
 from .models import FAILED, IGNORED, STATUSES, Event
 from .outbox import make_due
 from .rules.check import check_rules
+from .rules.render import build_plan
 from .rules.schema import find_rule
 from .state import get_state
 from .visit import CAMPAIGN_KEYS
@@ -29,7 +30,6 @@ from .worker.deliver import plan_env
 from .worker.dispatch import hand_off_many
 from .worker.outage import current as current_outage
 from .worker.outage import paused, reconnected
-from .worker.plan import build_plan
 from .worker.queue import get_queue
 from .worker.schedule import ensure_tick, housekeeping
 

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 from flask import Flask
 
+from .vocabulary import DEFAULT_PHONE_REGION
+
 #: Delivery modes: ``rq`` hands events to RQ workers, ``inline`` delivers in the web
 #: process after the response, ``deferred`` only stores them for ``flask amocrm
 #: process`` or the scheduler.
@@ -41,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_ADMIN_EMAILS": (),
     "AMOCRM_LOG_REQUESTS": True,
     "AMOCRM_RETENTION_DAYS": 90,
-    "AMOCRM_PHONE_REGION": "RU",
+    "AMOCRM_PHONE_REGION": DEFAULT_PHONE_REGION,
     "AMOCRM_UTM_COOKIE": "amocrm_utm",
     "AMOCRM_UTM_COOKIE_DAYS": 90,
     "AMOCRM_TIMEOUT": 15,

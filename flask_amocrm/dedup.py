@@ -1,12 +1,11 @@
 """Duplicate control: normalising phones and e-mails, and deciding what is a duplicate.
 
-Pure code: no Flask, no network. A rule's ``duplicates`` setting (DESIGN.md 3.1,
-docs/duplicates.md) becomes a :class:`DuplicateRule` when the event is planned: the
-criteria to compare, each with the new entity's values already normalised. The
-worker's lookup step (:mod:`.worker.lookup`) searches amoCRM with
-:meth:`DuplicateRule.searches` and keeps only the candidates that
-:meth:`DuplicateRule.matches`: amoCRM's ``query`` is full-text, so a hit means
-nothing until the actual field was compared.
+Pure code: no Flask, no network. A rule's ``duplicates`` setting (docs/duplicates.md)
+becomes a :class:`DuplicateRule` when the event is planned: the criteria to compare,
+each with the new entity's values already normalised. The worker's lookup step
+(:mod:`.worker.lookup`) searches amoCRM with :meth:`DuplicateRule.searches` and keeps
+only the candidates that :meth:`DuplicateRule.matches`: amoCRM's ``query`` is
+full-text, so a hit means nothing until the actual field was compared.
 
 Phones are compared in E.164 (``phonenumbers``, with the site's default region, so
 ``8 912 345-67-89``, ``+7 (912) 345 67 89`` and ``912 345 67 89`` are one number);
@@ -24,6 +23,8 @@ from typing import Any
 
 import phonenumbers
 
+from .vocabulary import DEFAULT_PHONE_REGION, fold
+
 #: Strategies: ``note`` (create, and note the duplicates), ``update`` (update and reuse
 #: the earliest duplicate), ``use`` (reuse the earliest duplicate as it is).
 STRATEGIES = ("note", "update", "use")
@@ -33,18 +34,6 @@ REQUIRE = ("any", "all")
 SCOPES = ("contact", "all")
 #: Lead statuses of every pipeline that close a deal: won, lost.
 CLOSED_STATUSES = (142, 143)
-#: Section keys that are not custom fields, per entity.
-CORE_KEYS = {
-    "contact": ("name",),
-    "company": ("name",),
-    "lead": ("name", "price", "pipeline", "status"),
-}
-#: Standard section keys and the predefined field code each one fills.
-STANDARD_CODES = {
-    "contact": {"phone": "PHONE", "email": "EMAIL", "position": "POSITION", "im": "IM"},
-    "company": {"phone": "PHONE", "email": "EMAIL", "web": "WEB", "address": "ADDRESS"},
-    "lead": {},
-}
 #: amoCRM's web pages of an entity's card, per API entity.
 CARD_PATHS = {
     "leads": "leads/detail",
@@ -59,7 +48,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # -- normalisation -------------------------------------------------------------------
 
 
-def normalize_phone(value: Any, region: str = "RU") -> str | None:
+def normalize_phone(value: Any, region: str = DEFAULT_PHONE_REGION) -> str | None:
     """The phone in E.164 (``+79123456789``), or its bare digits when
     ``phonenumbers`` cannot read it as a possible number; ``None`` without digits.
 
@@ -80,7 +69,7 @@ def normalize_phone(value: Any, region: str = "RU") -> str | None:
     return digits
 
 
-def phone_query(value: Any, region: str = "RU") -> str | None:
+def phone_query(value: Any, region: str = DEFAULT_PHONE_REGION) -> str | None:
     """What to give amoCRM's ``query`` for a phone: its national number, which is
     part of the phone however it was stored (``8 912…``, ``+7 912…``)."""
     if value is None or isinstance(value, bool):
@@ -113,7 +102,7 @@ def normalize_text(value: Any) -> str | None:
         return _number(float(value))
     if isinstance(value, dict):
         value = " ".join(str(v) for v in value.values() if v is not None)
-    text = " ".join(str(value).split()).casefold()
+    text = fold(value)
     if re.fullmatch(r"-?\d+(\.\d+)?", text):
         return _number(float(text))
     return text or None
@@ -238,7 +227,7 @@ class DuplicateRule:
     #: The moment the event is handled, in Unix seconds (for ``within``).
     now: float = 0.0
     #: The country assumed for phones written without one.
-    region: str = "RU"
+    region: str = DEFAULT_PHONE_REGION
     #: Remarks for the event's log.
     remarks: list[str] = field(default_factory=list)
 

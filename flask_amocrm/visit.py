@@ -26,26 +26,11 @@ from typing import Any
 
 from flask import Request, Response, has_request_context, request
 
-#: Query parameters and cookies that describe where a visitor came from.
-CAMPAIGN_KEYS = (
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_content",
-    "utm_term",
-    "utm_referrer",
-    "gclid",
-    "yclid",
-    "fbclid",
-    "roistat",
-    "_ym_uid",
-    "_ym_counter",
-    "openstat_service",
-    "openstat_campaign",
-    "openstat_ad",
-    "openstat_source",
-    "from",
-)
+from .vocabulary import TRACKING_TAGS
+
+#: Query parameters and cookies that describe where a visitor came from: the
+#: campaign tags, less the referrer, which the request itself gives.
+CAMPAIGN_KEYS = tuple(tag for tag in TRACKING_TAGS if tag != "referrer")
 
 #: Cookies set by analytics services, read when the query string lacks the value.
 _ANALYTICS_COOKIES = {"_ym_uid": "_ym_uid", "roistat": "roistat_visit"}

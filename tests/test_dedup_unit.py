@@ -18,8 +18,10 @@ from flask_amocrm.dedup import (
     phone_query,
     pick,
 )
+from flask_amocrm.progress import Progress
+from flask_amocrm.rules.plan import PlanEnv
+from flask_amocrm.rules.render import build_plan
 from flask_amocrm.rules.schema import validate_rules
-from flask_amocrm.worker.plan import PlanEnv, build_plan
 
 NOW = 1_715_940_000.0
 
@@ -325,13 +327,13 @@ def test_a_plan_carries_normalised_values_and_steps_follow_the_lookup() -> None:
     assert name.values == ("ann lee",)
     assert plan.steps() == ["lookup", "create", "notes"]
     # the contact found and reused: it is updated, then linked to the new lead
-    found = {"done": ["lookup"], "found": {"contact": 5}}
+    found = Progress(done=["lookup"], found={"contact": 5})
     assert plan.steps(found) == ["lookup", "update", "create", "notes"]
     assert plan.complex_item({"contact": 5})["_embedded"]["contacts"] == [{"id": 5}]
     # both found: nothing is created, the two are linked
-    both = {"done": ["lookup"], "found": {"contact": 5, "lead": 6}}
+    both = Progress(done=["lookup"], found={"contact": 5, "lead": 6})
     assert plan.steps(both) == ["lookup", "update", "link", "notes"]
-    noted = {"done": ["lookup"], "duplicate_notes": {"contact": "Possible..."}}
+    noted = Progress(done=["lookup"], duplicate_notes={"contact": "Possible..."})
     assert [
         n.text for _e, n, _b in plan.note_items({"contact": 9, "lead": 1}, noted)
     ] == ["hi", "Possible..."]

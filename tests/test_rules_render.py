@@ -11,13 +11,15 @@ import pytest
 
 from flask_amocrm.amo.metadata import AccountMetadata
 from flask_amocrm.errors import RuleError
+from flask_amocrm.progress import Progress
 from flask_amocrm.rules.clean import clean_text, parse_number
 from flask_amocrm.rules.deadlines import deadline, end_of_working_day
 from flask_amocrm.rules.fields import field_item, parse_when
+from flask_amocrm.rules.plan import PlanEnv
+from flask_amocrm.rules.render import build_plan
 from flask_amocrm.rules.schema import find_rule, validate_rules
 from flask_amocrm.rules.templates import render
 from flask_amocrm.sandbox.seed import make_seed
-from flask_amocrm.worker.plan import PlanEnv, build_plan
 
 MSK = ZoneInfo("Europe/Moscow")
 # Friday 2024-05-17 12:00 in Moscow.
@@ -347,7 +349,7 @@ def test_a_rule_with_codes_only_needs_no_metadata() -> None:
         },
     }
     assert plan.warnings == ["forms.callback.lead.price: 12.5 was rounded to 12"]
-    assert plan.done({"done": ["create"]}) and not plan.done({})
+    assert plan.done(Progress(done=["create"])) and not plan.done(Progress())
 
 
 def test_names_need_metadata() -> None:
@@ -534,7 +536,7 @@ def test_preview_calls_describe_the_plan(meta: AccountMetadata) -> None:
 def test_html_notes_escape_what_visitors_typed() -> None:
     from types import SimpleNamespace
 
-    from flask_amocrm.worker.plan import build_plan
+    from flask_amocrm.rules.render import build_plan
 
     event = SimpleNamespace(
         id=1,
@@ -563,7 +565,7 @@ def test_html_notes_escape_what_visitors_typed() -> None:
 
 
 def test_field_values_over_amocrms_limit_go_into_a_note() -> None:
-    from flask_amocrm.worker.plan import MAX_FIELD_VALUES
+    from flask_amocrm.rules.render.entities import MAX_FIELD_VALUES
 
     seed = make_seed()
     text_field = next(f for f in seed["custom_fields"]["leads"] if f["type"] == "text")

@@ -3,7 +3,7 @@
 A rule gives a field's value as a rendered template (text), a number, a boolean, a
 list (several values) or a table (``{enum = "Courier"}``, an address, a legal entity).
 :func:`field_item` turns that into one ``custom_fields_values`` item for the field's
-type (reference 4.3). A value that cannot go into the field (an enum label that matches
+type. A value that cannot go into the field (an enum label that matches
 nothing, a date or number that does not parse) never rejects the entity: it is left out
 and reported in ``warnings``, whose lines end up in a note on the entity.
 """
@@ -15,16 +15,9 @@ from datetime import date, datetime, time, tzinfo
 from typing import Any
 
 from ..errors import RuleError
+from ..vocabulary import TRACKING_TAGS, fold
 from .clean import LONG_LIMIT, TEXT_LIMIT, clean_text, parse_number
 
-#: Rule section → API entity.
-ENTITY = {"lead": "leads", "contact": "contacts", "company": "companies"}
-#: Standard keys of a section that are custom fields with a predefined code.
-STANDARD_FIELDS = {
-    "contact": {"position": "POSITION", "phone": "PHONE", "email": "EMAIL", "im": "IM"},
-    "company": {"phone": "PHONE", "email": "EMAIL", "web": "WEB", "address": "ADDRESS"},
-    "lead": {},
-}
 #: Types written as one line of text.
 TEXT_TYPES = {"text", "url", "tracking_data", "streetaddress"}
 #: Types written as a number.
@@ -56,7 +49,8 @@ LEGAL_ENTITY_KEYS = (
 )
 
 #: Predefined field codes whose type is the same in every account, so a rule that uses
-#: only these needs no account metadata (reference 3.3 and 12).
+#: only these needs no account metadata. The lead's are the tracking fields
+#: (``tracking_data``): the campaign tags' fields and Google's client id.
 KNOWN_CODES: dict[str, dict[str, str]] = {
     "contacts": {
         "PHONE": "multitext",
@@ -70,30 +64,7 @@ KNOWN_CODES: dict[str, dict[str, str]] = {
         "WEB": "url",
         "ADDRESS": "textarea",
     },
-    "leads": {
-        code: "tracking_data"
-        for code in (
-            "UTM_SOURCE",
-            "UTM_MEDIUM",
-            "UTM_CAMPAIGN",
-            "UTM_CONTENT",
-            "UTM_TERM",
-            "UTM_REFERRER",
-            "ROISTAT",
-            "REFERRER",
-            "OPENSTAT_SERVICE",
-            "OPENSTAT_CAMPAIGN",
-            "OPENSTAT_AD",
-            "OPENSTAT_SOURCE",
-            "FROM",
-            "GCLIENTID",
-            "_YM_UID",
-            "_YM_COUNTER",
-            "GCLID",
-            "YCLID",
-            "FBCLID",
-        )
-    },
+    "leads": {code: "tracking_data" for code in (*TRACKING_TAGS.values(), "GCLIENTID")},
 }
 #: The enum codes a multitext value takes when the rule names none.
 DEFAULT_ENUM_CODE = {"PHONE": "WORK", "EMAIL": "WORK", "IM": "OTHER"}
@@ -211,9 +182,9 @@ def _values(
         return [{"value": stamp}]
 
     if ftype in ENUM_TYPES:
-        out = []
+        out: list[dict[str, Any]] = []
         for raw in items:
-            enum = _enum(field, raw)
+            enum = find_enum(field, raw)
             if enum is None:
                 shown = _plain(raw)
                 options = ", ".join(
@@ -267,7 +238,7 @@ def _values(
             if key == "entity_type":
                 number = parse_number(part)
                 if number in (1.0, 2.0):
-                    entity[key] = int(number)  # type: ignore[arg-type]
+                    entity[key] = int(number)
                 else:
                     warnings.append(f"{name}: entity_type {part!r} is not 1 or 2")
             elif not is_empty(part):
@@ -297,7 +268,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _enum(field: dict[str, Any], raw: Any) -> int | None:
+def find_enum(field: dict[str, Any], raw: Any) -> int | None:
+    """The id of the value of list ``field`` that ``raw`` names: an id, a label or a
+    code (a table ``{enum = ...}`` too), compared without case; else ``None``."""
     enums = field.get("enums") or []
     if isinstance(raw, dict):
         if "enum_id" in raw:
@@ -311,13 +284,10 @@ def _enum(field: dict[str, Any], raw: Any) -> int | None:
         for enum in enums:
             if enum.get("id") == int(text):
                 return int(enum["id"])
-    folded = text.casefold()
+    folded = fold(text)
     for attr in ("value", "code"):
         for enum in enums:
-            if (
-                enum.get(attr) is not None
-                and " ".join(str(enum[attr]).split()).casefold() == folded
-            ):
+            if enum.get(attr) is not None and fold(enum[attr]) == folded:
                 return int(enum["id"])
     return None
 

@@ -8,7 +8,7 @@
 
 A rule has the sections ``contact``, ``company`` and ``lead`` (each optional), ``task``
 (one table or a list of them), and the options ``unsorted``, ``tracking``, ``files``,
-``format``, ``group`` and ``responsible``; DESIGN.md 3.1 shows them. Every template is
+``format``, ``group`` and ``responsible``; docs/rules.md shows them. Every template is
 compiled here, so a syntax error is reported at start-up, naming the rule and the key,
 not on the first visitor's event.
 
@@ -35,6 +35,7 @@ from typing import Any
 
 from jinja2 import TemplateSyntaxError
 
+from ..vocabulary import CORE_KEYS, STANDARD_FIELDS, TRACKING_TAGS, fold
 from .templates import compile_template
 
 #: Keys of a rule (and of ``defaults``).
@@ -83,27 +84,6 @@ DUPLICATES_KEYS = {
 }
 #: Keys of ``files``.
 FILES_KEYS = {"entity", "field", "note"}
-#: The campaign tags ``tracking`` may map to fields.
-TRACKING_TAGS = {
-    "utm_source": "UTM_SOURCE",
-    "utm_medium": "UTM_MEDIUM",
-    "utm_campaign": "UTM_CAMPAIGN",
-    "utm_content": "UTM_CONTENT",
-    "utm_term": "UTM_TERM",
-    "utm_referrer": "UTM_REFERRER",
-    "gclid": "GCLID",
-    "yclid": "YCLID",
-    "fbclid": "FBCLID",
-    "roistat": "ROISTAT",
-    "_ym_uid": "_YM_UID",
-    "_ym_counter": "_YM_COUNTER",
-    "openstat_service": "OPENSTAT_SERVICE",
-    "openstat_campaign": "OPENSTAT_CAMPAIGN",
-    "openstat_ad": "OPENSTAT_AD",
-    "openstat_source": "OPENSTAT_SOURCE",
-    "from": "FROM",
-    "referrer": "REFERRER",
-}
 #: Keys of the design that a later release implements; naming one now is an error
 #: rather than a silently ignored setting.
 LATER_KEYS: set[str] = set()
@@ -285,19 +265,17 @@ def _check_duplicates(
 
 def _fills(entity: str, section: dict[str, Any], item: Any) -> bool:
     """Whether ``section`` fills what a ``duplicates.match`` item names."""
-    from ..dedup import CORE_KEYS, STANDARD_CODES
-
     text = str(item)
     if text in CORE_KEYS[entity]:
         if text == "name" and entity == "contact":
             return any(k in section for k in ("name", "first_name", "last_name"))
         return text in section
     fields = {str(k) for k in section.get("fields") or {}}
-    for std, code in STANDARD_CODES[entity].items():
+    for std, code in STANDARD_FIELDS[entity].items():
         if std in section:
             fields |= {std, code}
-    code = STANDARD_CODES[entity].get(text.lower())
-    return text in fields or code is not None and code in fields
+    standard = STANDARD_FIELDS[entity].get(text.lower())
+    return text in fields or standard is not None and standard in fields
 
 
 def _check_task(where: str, task: Any) -> None:
@@ -451,10 +429,10 @@ def find_mail_event(rules: dict[str, Any], subject: Any) -> str | None:
     site sends without an ``X-AmoCRM-Event`` header."""
     if not subject:
         return None
-    text = " ".join(str(subject).split()).casefold()
+    text = fold(subject)
     for name, rule in (rules.get("mails") or {}).items():
         pattern = rule.get("subject") if isinstance(rule, dict) else None
-        if pattern and fnmatch.fnmatchcase(text, " ".join(pattern.split()).casefold()):
+        if pattern and fnmatch.fnmatchcase(text, fold(pattern)):
             return str(name)
     return None
 

@@ -26,6 +26,9 @@ from ..amo.metadata import metadata_for
 from ..errors import AmoCRMError, RuleError
 from ..models import DELIVERED, FAILED, IGNORED, RETRYING, Event, EventAttempt, utcnow
 from ..outbox import claim
+from ..progress import Progress
+from ..rules.plan import Plan, PlanEnv
+from ..rules.render import build_plan
 from ..rules.schema import find_rule
 from ..signals import event_delivered, event_failed
 from ..state import AppState, get_state
@@ -34,7 +37,6 @@ from .execute import execute
 from .lookup import key_locks
 from .markers import marker_field_id, marker_value
 from .outage import note_failure, note_success, paused
-from .plan import Plan, PlanEnv, build_plan
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -138,7 +140,7 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                 )
                 if failure.retryable:
                     note_failure(state, failure)  # e.g. the metadata could not be read
-            elif delivery.plan.done(event.remote):
+            elif delivery.plan.done(Progress.from_json(event.remote)):
                 outcomes[event.id] = (DELIVERED, None)
             else:
                 outcomes[event.id] = batch_error or (
@@ -199,7 +201,7 @@ def _prepare(state: AppState, session: Any, event: Event) -> Delivery | None:
         raise
     except AmoCRMError as exc:  # the metadata could not be read: try again later
         return Delivery(event=event, plan=Plan(), save=session.commit, error=exc)
-    if plan.warnings and not plan.done(event.remote):
+    if plan.warnings and not plan.done(Progress.from_json(event.remote)):
         event.log = [*event.log, *plan.warnings]
     return Delivery(event=event, plan=plan, save=session.commit)
 
@@ -212,7 +214,7 @@ def _mark(state: AppState, client: AmoClient, deliveries: list[Delivery]) -> Non
         if d.error is None
         and d.plan.lead is not None
         and d.plan.lead.id is None
-        and not d.plan.done(d.event.remote)
+        and not d.plan.done(Progress.from_json(d.event.remote))
     ]
     if not new:
         return

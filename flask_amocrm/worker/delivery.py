@@ -8,7 +8,8 @@ from typing import Any
 
 from ..errors import AmoCRMError
 from ..models import Event
-from .plan import Plan
+from ..progress import Progress
+from ..rules.plan import Plan
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Delivery:
     def ids(self) -> dict[str, int | None]:
         """The lead, contact and company of this event known so far."""
         remote = self.event.remote or {}
-        existing = self.plan.existing(remote)
+        existing = self.plan.existing(Progress.from_json(remote))
         out: dict[str, int | None] = {}
         for key in ("lead", "contact", "company"):
             out[key] = remote.get(f"{key}_id") or existing.get(key)
@@ -50,7 +51,7 @@ class Delivery:
         remote = self.event.remote or {}
         return (
             self.error is None
-            and step in self.plan.steps(remote)
+            and step in self.plan.steps(Progress.from_json(remote))
             and step not in remote.get("done", [])
         )
 

@@ -31,7 +31,8 @@ from typing import Any, Protocol
 
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, ValidationError
-from ..rules.fields import ENTITY
+from ..progress import Progress
+from ..vocabulary import ENTITY
 from .delivery import Delivery
 from .lookup import NoLocks, lock_keys, lookup
 from .markers import find_again_or_mark
@@ -211,9 +212,10 @@ def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
         targets = []
         for d in deliveries:
             remote = d.event.remote or {}
-            plan = next((e for e in d.plan.updates(remote) if e.key == key), None)
+            progress = Progress.from_json(remote)
+            plan = next((e for e in d.plan.updates(progress) if e.key == key), None)
             if plan is not None:
-                targets.append((d, plan, d.plan.existing(remote)[key]))
+                targets.append((d, plan, d.plan.existing(progress)[key]))
         if not targets:
             continue
         ids = sorted({i for d, _, i in targets if key not in d.current})
@@ -239,7 +241,8 @@ def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
         def done(
             d: Delivery, _answers: list[dict[str, Any] | None], key: str = key
         ) -> None:
-            d.record(**{f"{key}_id": d.plan.existing(d.event.remote)[key]})
+            progress = Progress.from_json(d.event.remote)
+            d.record(**{f"{key}_id": d.plan.existing(progress)[key]})
 
         _send(client, "PATCH", f"/api/v4/{entity}", entity, groups, done)
     for delivery in deliveries:
@@ -360,7 +363,9 @@ def _link(client: AmoClient, deliveries: list[Delivery]) -> None:
                 d,
                 [
                     item
-                    for e, item in d.plan.links(d.ids(), d.event.remote)
+                    for e, item in d.plan.links(
+                        d.ids(), Progress.from_json(d.event.remote)
+                    )
                     if e == entity
                 ],
             )
@@ -392,7 +397,9 @@ def _notes(client: AmoClient, deliveries: list[Delivery]) -> None:
         planned = {
             d.request_id: [
                 (n, body)
-                for e, n, body in d.plan.note_items(d.ids(), d.event.remote)
+                for e, n, body in d.plan.note_items(
+                    d.ids(), Progress.from_json(d.event.remote)
+                )
                 if e == entity
             ]
             for d in todo

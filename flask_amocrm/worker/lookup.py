@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 from .. import shared
 from ..amo.client import AmoClient
 from ..dedup import DuplicateRule, duplicates_note, lock_name, pick
-from ..rules.fields import ENTITY
-from .plan import EntityPlan
+from ..rules.plan import EntityPlan
+from ..vocabulary import ENTITY
 
 if TYPE_CHECKING:
     from ..state import AppState

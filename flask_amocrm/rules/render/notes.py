@@ -1,0 +1,147 @@
+"""Notes: the rule's notes, the uploaded files, and the values that did not fit.
+
+Notes of one entity are joined into one note (``group``, on by default) so the card
+stays readable. Files go to a url field (the first file) and/or a note (all of them).
+A value that could not go where the rule said (a label that matches nothing, a text
+cut to amoCRM's limit) is kept in a note on its entity, so nothing the visitor sent is
+lost. With ``format = "html"`` notes are HTML.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from ..clean import LONG_LIMIT
+from ..fields import field_item
+from ..plan import NoteSpec
+from .builder import PlanBuilder
+
+_SECTIONS = ("lead", "contact", "company")
+_REMARKS_HEAD = "Flask-AmoCRM could not write some values as the rule says:"
+
+
+def notes(b: PlanBuilder) -> None:
+    """Add the event's notes to the plan, grouped per entity where the rule says."""
+    group_rule = b.rule.get("group", True)
+    pending: dict[tuple[str, bool, bool], list[str]] = {}
+    order: list[tuple[str, bool, bool]] = []
+
+    def add(key: str, text: str, unique: bool, group: bool) -> None:
+        if not text:
+            return
+        unique = unique and not b.unsorted
+        slot = (key, unique, group)
+        if not group:
+            b.plan.notes.append(NoteSpec(key, text, unique))
+            return
+        if slot not in pending:
+            pending[slot] = []
+            order.append(slot)
+        pending[slot].append(text)
+
+    for key in _SECTIONS:
+        section = b.rule.get(key) or {}
+        if b.plan.entity(key) is None:
+            continue
+        group = section.get("group", group_rule)
+        items = ([section["note"]] if "note" in section else []) + list(
+            section.get("notes") or []
+        )
+        where = f"{b.where}.{key}"
+        for i, note in enumerate(items):
+            spec = note if isinstance(note, dict) else {"text": note}
+            path = f"{where}.note" if i == 0 and "note" in section else f"{where}.notes"
+            text = b.text(
+                spec["text"],
+                path,
+                None,
+                limit=LONG_LIMIT,
+                multiline=True,
+                escape=b.html,
+            )
+            add(
+                key,
+                text,
+                bool(spec.get("unique", False)),
+                bool(spec.get("group", group)),
+            )
+    files_key, files_text = files(b)
+    if files_text:
+        add(files_key, files_text, False, group_rule)
+    # Values that could not go where the rule said are kept in a note.
+    for key in _SECTIONS:
+        remarks = b.remarks[key]
+        target = b.entity_key(key)
+        if remarks and target:
+            lines = [line(b, r) for r in remarks]
+            add(target, join(b, [_REMARKS_HEAD, *lines]), False, group_rule)
+    for slot in order:
+        key, unique, _group = slot
+        b.plan.notes.append(
+            NoteSpec(key, join(b, pending[slot], blank=True)[:LONG_LIMIT], unique)
+        )
+
+
+def files(b: PlanBuilder) -> tuple[str, str]:
+    """Put the first file's link into the rule's url field (``files.field``), and
+    return ``(section, text)`` of the note listing the files (an empty text when
+    there is none to write)."""
+    setting = b.rule.get("files", {})
+    uploaded = [f for f in b.vars["files"] if isinstance(f, dict)]
+    if setting is False or not uploaded:
+        return "", ""
+    setting = setting or {}
+    key = b.entity_key(setting.get("entity", "lead"))
+    if not key:
+        return "", ""
+    entity = b.plan.entity(key)
+    assert entity is not None
+    with_url = [f for f in uploaded if f.get("url")]
+    if "field" in setting and with_url:
+        where = f"{b.where}.files.field"
+        fdef = b.resolve_field(key, setting["field"], where)
+        assert fdef is not None
+        item = field_item(
+            fdef, with_url[0]["url"], where=where, warnings=[], tz=b.env.tz
+        )
+        if item is not None:
+            values = entity.payload.setdefault("custom_fields_values", [])
+            values[:] = [v for v in values if not _same_field(v, item)] + [item]
+        if len(uploaded) == 1 and not setting.get("note", False):
+            return "", ""
+    if setting.get("note", True) is False:
+        return "", ""
+    lines = ["Files:"]
+    for f in uploaded:
+        name = str(f.get("name") or f.get("field") or "file")
+        url = f.get("url")
+        if url and b.html:
+            lines.append(f'• <a href="{html.escape(str(url))}">{html.escape(name)}</a>')
+        elif url:
+            lines.append(f"- {name}: {url}")
+        else:
+            why = f.get("error") or "not saved"
+            lines.append(line(b, f"{name} ({why})"))
+    return key, join(b, lines)
+
+
+def _same_field(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.get("field_id") == b.get("field_id") and a.get("field_code") == b.get(
+        "field_code"
+    )
+
+
+def line(b: PlanBuilder, text: str) -> str:
+    """A list item of a note."""
+    return f"• {html.escape(text)}" if b.html else f"- {text}"
+
+
+def join(b: PlanBuilder, parts: list[str], blank: bool = False) -> str:
+    """Lines (``blank``: paragraphs) of a note."""
+    if b.html:
+        return ("<br><br>" if blank else "<br>").join(parts)
+    return ("\n\n" if blank else "\n").join(parts)
+
+
+__all__ = ["files", "join", "line", "notes"]
