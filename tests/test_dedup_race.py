@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from flask import Flask
 from flask_amocrm import AmoCRM
 from flask_amocrm.amo.metadata import forget_local_metadata
 from flask_amocrm.testing import deliver_pending
+from tests.helpers.process import child_env
 
 RULES: dict[str, Any] = {
     "forms": {
@@ -104,7 +104,7 @@ def race(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-                env=dict(os.environ),
+                env=child_env(),
             )
         )
     outcomes = []
