@@ -1,4 +1,9 @@
-"""Shared fixtures: a real Redis, a real database, the sandbox over real HTTP."""
+"""Shared fixtures: a real Redis, a real database, the sandbox over real HTTP.
+
+Redis: the session starts its own ``redis-server`` on a free port (databases 15 and
+14 for ``redis_url`` and ``redis14``) unless ``AMOCRM_TEST_REDIS_URL`` and
+``AMOCRM_TEST_CLIENT_REDIS_URL`` name databases the tests may flush.
+"""
 
 from __future__ import annotations
 
