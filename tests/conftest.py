@@ -1,9 +1,13 @@
-"""Shared fixtures: a real Redis, a real database, the sandbox over real HTTP."""
+"""Shared fixtures: a real Redis, a real database, the sandbox over real HTTP.
+
+Redis: the session starts its own ``redis-server`` on a free port (databases 15 and
+14 for ``redis_url`` and ``redis14``) unless ``AMOCRM_TEST_REDIS_URL`` and
+``AMOCRM_TEST_CLIENT_REDIS_URL`` name databases the tests may flush.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,11 +16,10 @@ import redis
 from flask import Flask
 from sqlalchemy import create_engine, text
 
-sys.path.insert(0, os.path.dirname(__file__))
+from tests.helpers.redis_server import RedisServer, RedisServerError
 
-pytest_plugins = ["sandbox_fixtures", "client_support"]
+pytest_plugins = ["tests.helpers.sandbox", "tests.helpers.client"]
 
-REDIS_URL = os.environ.get("AMOCRM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get(
     "AMOCRM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -39,22 +42,70 @@ CALLBACK_RULES: dict[str, Any] = {
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    conn = redis.Redis.from_url(REDIS_URL)
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``redis://127.0.0.1:<port>`` of a ``redis-server`` this session starts on a
+    free port, and stops at its end. Only used where an ``AMOCRM_TEST_*REDIS_URL``
+    variable does not name a Redis to use instead."""
+    server = RedisServer(tmp_path_factory.mktemp("redis-server"))
+    problem = None
+    try:
+        server.start()
+    except RedisServerError as exc:
+        problem = str(exc)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _redis_url(request: pytest.FixtureRequest, variable: str, db: int) -> str:
+    """The Redis URL in ``variable``, else database ``db`` of the session's own
+    server; fails the test when it does not answer."""
+    url = os.environ.get(variable) or f"{request.getfixturevalue('redis_server')}/{db}"
+    conn = redis.Redis.from_url(url)
     try:
         conn.ping()
+        answers = True
     except redis.ConnectionError:
-        pytest.fail(f"Redis does not answer at {REDIS_URL}: 'make test' starts one.")
+        answers = False
     finally:
         conn.close()
-    return REDIS_URL
+    if not answers:
+        pytest.fail(f"Redis does not answer at {url} ({variable}).", pytrace=False)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """Database 15 of the session's own Redis, or ``AMOCRM_TEST_REDIS_URL``."""
+    return _redis_url(request, "AMOCRM_TEST_REDIS_URL", 15)
+
+
+@pytest.fixture(scope="session")
+def client_redis_url(request: pytest.FixtureRequest) -> str:
+    """Database 14 of the session's own Redis, or ``AMOCRM_TEST_CLIENT_REDIS_URL``;
+    the ``test_client_*`` modules' keys live there."""
+    return _redis_url(request, "AMOCRM_TEST_CLIENT_REDIS_URL", 14)
 
 
 @pytest.fixture()
 def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
+    """A connection to ``redis_url``, its database flushed before and after."""
     conn = redis.Redis.from_url(redis_url)
     conn.flushdb()
     yield conn
+    conn.flushdb()
+    conn.close()
+
+
+@pytest.fixture()
+def redis14(client_redis_url: str) -> Iterator[str]:
+    """``client_redis_url``, its database empty, for the client's keys."""
+    conn = redis.Redis.from_url(client_redis_url)
+    conn.flushdb()
+    yield client_redis_url
     conn.flushdb()
     conn.close()
 

@@ -10,9 +10,9 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from client_support import OAUTH
 from flask_amocrm.models import Token
 from flask_amocrm.state import get_state
+from tests.helpers.client import OAUTH
 
 
 def test_admin_is_off_without_an_auth_hook(

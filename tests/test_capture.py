@@ -9,9 +9,9 @@ import pytest
 from flask import Flask, current_app, request
 from werkzeug.datastructures import MultiDict
 
-from e2e_support import stored_events
 from flask_amocrm import event_captured, form_submitted, mail_sent
 from flask_amocrm.testing import record_events
+from tests.helpers.e2e import stored_events
 
 
 def _with_form_view(app: Flask) -> Flask:

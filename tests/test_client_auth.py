@@ -9,17 +9,18 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from client_support import (
-    OAUTH,
-    app_config,
-    run_children,
-)
 from flask_amocrm import Event
 from flask_amocrm.amo import client_for, exchange_code, keep_alive
 from flask_amocrm.errors import AuthError, TokenRevokedError
 from flask_amocrm.models import Token, utcnow
 from flask_amocrm.state import get_state
 from flask_amocrm.testing import deliver_pending
+from tests.helpers.client import (
+    OAUTH,
+    app_config,
+    build_app,
+    run_children,
+)
 
 
 def _token_calls(sandbox: Any) -> list[dict[str, Any]]:
@@ -56,10 +57,6 @@ def test_refresh_race_in_four_processes_refreshes_once(
         **OAUTH,
         AMOCRM_REDIS_URL=redis14 if with_redis else None,
     )
-    from client_support import (
-        build_app,
-    )
-
     app = build_app(config, str(tmp_path / "instance"))
     _connect(sandbox, app)
     # The stored access token is dead: every process gets a 401 and wants to refresh.

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from client_support import fast
 from flask_amocrm.amo import AmoClient, client_for
 from flask_amocrm.errors import (
     AccountBlockedError,
@@ -19,6 +18,7 @@ from flask_amocrm.errors import (
     ValidationError,
 )
 from flask_amocrm.state import get_state
+from tests.helpers.client import fast
 
 
 @pytest.fixture()

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from client_support import OAUTH
 from flask_amocrm.amo import client_for, event_context, exchange_code, purge_api_log
 from flask_amocrm.amo.apilog import Redactor
 from flask_amocrm.models import ApiLog, Token, utcnow
 from flask_amocrm.state import get_state
+from tests.helpers.client import OAUTH
 
 
 def test_logs_and_rows_never_hold_secrets(

@@ -6,15 +6,15 @@ import threading
 import time
 from typing import Any
 
-from client_support import (
+from flask_amocrm.amo import client_for
+from flask_amocrm.amo.ratelimit import LocalRateLimiter
+from flask_amocrm.state import get_state
+from tests.helpers.client import (
     app_config,
     fast,
     max_per_second,
     run_children,
 )
-from flask_amocrm.amo import client_for
-from flask_amocrm.amo.ratelimit import LocalRateLimiter
-from flask_amocrm.state import get_state
 
 
 def test_four_processes_share_one_budget(

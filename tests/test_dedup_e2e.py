@@ -8,8 +8,8 @@ from typing import Any
 import requests
 from flask import Flask
 
-from e2e_support import field_values, form_site, stored_events
 from flask_amocrm.testing import deliver_pending
+from tests.helpers.e2e import field_values, form_site, stored_events
 
 
 def _send(app: Flask, form: str, **data: str) -> dict[str, int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from flask import Flask
 
 from flask_amocrm import AmoCRM
 from flask_amocrm.testing import deliver_pending
+from tests.helpers.process import child_env
 
 RULES: dict[str, Any] = {
     "forms": {
@@ -29,7 +29,7 @@ RULES: dict[str, Any] = {
 }
 
 CHILD = r"""
-import json, sys, time
+import json, os, pathlib, sys, time
 from flask import Flask
 from flask_amocrm import AmoCRM
 from flask_amocrm.worker.deliver import deliver_event
@@ -39,9 +39,26 @@ app.config.update(spec["config"])
 AmoCRM(app)
 with app.app_context():
     if spec.get("no_locks"):  # the control run: what happens without the locks
-        from flask_amocrm.worker import deliver
+        from flask_amocrm.worker import deliver, execute
         from flask_amocrm.worker.lookup import NoLocks
         deliver.key_locks = lambda state: NoLocks()
+        # A barrier between lookup and create: every process has looked up (and
+        # found no one) before any creates, whatever the timing of this machine.
+        barrier = pathlib.Path(spec["barrier"])
+        real_lookup = execute.lookup
+
+        def lookup_then_wait(client, deliveries):
+            real_lookup(client, deliveries)
+            if not deliveries:
+                return
+            (barrier / str(os.getpid())).touch()
+            deadline = time.monotonic() + 30
+            while len(list(barrier.iterdir())) < spec["parties"]:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("barrier: the other process never looked up")
+                time.sleep(0.01)
+
+        execute.lookup = lookup_then_wait
     delay = spec["start_at"] - time.time()
     if delay > 0:
         time.sleep(delay)
@@ -69,7 +86,11 @@ def race(
     sandbox: Any, tmp_path: Any, redis_url: str | None, *, no_locks: bool = False
 ) -> list[dict[str, Any]]:
     """Two processes deliver one event each, both of the same person, at the same
-    moment; return the sandbox's contacts afterwards."""
+    moment; return the sandbox's contacts afterwards.
+
+    ``no_locks``: the control run, without the duplicate-control locks, and with a
+    barrier that holds each process between its lookup and its create until both have
+    looked up: the interleaving the locks exist to prevent, every time."""
     config = _config(sandbox, tmp_path, redis_url)
     app = Flask("race_site", instance_path=str(tmp_path / "instance"))
     app.config.update(config)
@@ -87,6 +108,8 @@ def race(
     # Slow answers: both lookups would be over before either create.
     sandbox.config(latency_ms=150)
     start_at = time.time() + 1.5
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     children = []
     for event_id in ids:
         spec = {
@@ -95,6 +118,8 @@ def race(
             "event_id": event_id,
             "start_at": start_at,
             "no_locks": no_locks,
+            "barrier": str(barrier),
+            "parties": len(ids),
         }
         children.append(
             subprocess.Popen(
@@ -102,7 +127,7 @@ def race(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-                env=dict(os.environ),
+                env=child_env(),
             )
         )
     outcomes = []
@@ -123,3 +148,13 @@ def test_two_workers_one_person_one_contact(
     contacts = race(sandbox, tmp_path, redis_url if backend == "redis" else None)
     assert len(contacts) == 1, contacts
     assert len(sandbox.leads()) == 3  # the warm-up's and one per event
+
+
+def test_without_the_locks_the_race_makes_two_contacts(
+    sandbox: Any, tmp_path: Any
+) -> None:
+    """The control arm: the same race with the locks taken out (and both lookups
+    over before either create) makes two contacts, so the test above can fail."""
+    sandbox.config(rate_limit=0)
+    contacts = race(sandbox, tmp_path, None, no_locks=True)
+    assert len(contacts) == 2, contacts

@@ -21,7 +21,7 @@ from flask_amocrm.dedup import (
 from flask_amocrm.progress import Progress
 from flask_amocrm.rules.plan import PlanEnv
 from flask_amocrm.rules.render import build_plan
-from flask_amocrm.rules.schema import validate_rules
+from flask_amocrm.rules.schema import find_rule, validate_rules
 
 NOW = 1_715_940_000.0
 
@@ -280,6 +280,18 @@ def test_defaults_may_switch_duplicates_on_and_a_rule_off() -> None:
         },
     }
     validate_rules(rules)
+    event = _Event({"phone": "8 912 345 67 89"})
+    a = build_plan(find_rule(rules, "form", "a"), event, where="forms.a")
+    b = build_plan(find_rule(rules, "form", "b"), event, where="forms.b")
+    # a: the defaults' duplicate control, on its phone
+    assert a.contact is not None and a.contact.duplicates is not None
+    assert a.contact.duplicates.strategy == "update"
+    [phone] = a.contact.duplicates.criteria
+    assert phone.values == ("+79123456789",)
+    assert a.steps() == ["lookup", "create"]
+    # b: switched off, so nothing is looked up before the contact is created
+    assert b.contact is not None and b.contact.duplicates is None
+    assert b.steps() == ["create"]
 
 
 class _Event:

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from flask import Flask, current_app, request
 
-from e2e_support import field_values, stored_events
 from flask_amocrm import Event, event_delivered, event_failed, form_submitted
 from flask_amocrm.testing import deliver_pending
+from tests.helpers.e2e import field_values, stored_events
+from tests.helpers.process import child_env
 
 
 def _with_form_view(app: Flask) -> Flask:
@@ -82,7 +83,7 @@ def test_rq_mode_delivers_through_a_real_worker(
 
     config = {k: v for k, v in app.config.items() if k.startswith("AMOCRM_")}
     path = _worker_app_module(tmp_path, config)
-    env = dict(os.environ, FLASK_APP="site_app", PYTHONPATH=path)
+    env = child_env(path, FLASK_APP="site_app")
     bindir = os.path.dirname(sys.executable)
     args = (
         [f"{bindir}/flask", "amocrm", "worker", "--burst"]

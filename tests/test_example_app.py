@@ -3,6 +3,7 @@ its rules validate against the sandbox's account."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -15,6 +16,11 @@ from flask_amocrm.testing import deliver_pending, record_events
 def site(sandbox: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     from example_app.site import create_app
 
+    # The site reads every AMOCRM_* variable as a setting: not the runner's own
+    # (AMOCRM_TEST_REDIS_URL and the like are not settings).
+    for name in list(os.environ):
+        if name.startswith("AMOCRM_"):
+            monkeypatch.delenv(name)
     monkeypatch.setenv("AMOCRM_BASE_URL", sandbox.url)
     monkeypatch.setenv("AMOCRM_TOKEN", sandbox.token)
     monkeypatch.setenv("AMOCRM_DELIVERY", "deferred")

@@ -22,6 +22,7 @@ from flask import Flask
 
 from flask_amocrm import Event
 from flask_amocrm.models import utcnow
+from tests.helpers.process import child_env
 
 RULES = {
     "forms": {
@@ -82,7 +83,7 @@ def _site(tmp_path: Any, app: Flask) -> dict[str, str]:
         AmoCRM(app)
     """)
     )
-    return dict(os.environ, FLASK_APP="fault_site", PYTHONPATH=str(tmp_path))
+    return child_env(str(tmp_path), FLASK_APP="fault_site")
 
 
 def _worker(env: dict[str, str], cwd: str) -> subprocess.Popen[bytes]:

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from e2e_support import stored_events
 from flask_amocrm import Event
 from flask_amocrm.models import utcnow
 from flask_amocrm.testing import deliver_pending
+from tests.helpers.e2e import stored_events
 
 
 def _submit(app: Flask, n: int, form: str = "callback", **extra: Any) -> list[int]:

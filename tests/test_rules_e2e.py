@@ -8,10 +8,10 @@ from typing import Any
 
 from werkzeug.datastructures import FileStorage
 
-from e2e_support import field_values, form_site, stored_events
 from flask_amocrm import Event, mail_sent
 from flask_amocrm.sandbox.seed import ADMIN_ID
 from flask_amocrm.testing import deliver_pending
+from tests.helpers.e2e import field_values, form_site, stored_events
 
 ANNA, BORIS, GLEB = ADMIN_ID + 1, ADMIN_ID + 2, ADMIN_ID + 4
 

@@ -9,7 +9,6 @@ import pytest
 from flask import Flask
 from rq.registry import ScheduledJobRegistry
 
-from e2e_support import stored_events
 from flask_amocrm import shared
 from flask_amocrm.errors import LockTimeoutError
 from flask_amocrm.state import get_state
@@ -17,6 +16,7 @@ from flask_amocrm.testing import deliver_pending
 from flask_amocrm.worker import markers
 from flask_amocrm.worker.queue import get_queue
 from flask_amocrm.worker.schedule import ensure_tick
+from tests.helpers.e2e import stored_events
 
 
 @pytest.fixture(params=["redis", "database"])

@@ -6,7 +6,6 @@ from typing import Any
 
 from flask import Flask, current_app, request
 
-from e2e_support import stored_events
 from flask_amocrm import (
     event_captured,
     event_delivered,
@@ -15,6 +14,7 @@ from flask_amocrm import (
     mail_sent,
 )
 from flask_amocrm.testing import deliver_pending
+from tests.helpers.e2e import stored_events
 
 
 def _boom(sender: Flask, **extra: Any) -> None:

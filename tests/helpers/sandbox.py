@@ -1,6 +1,6 @@
 """Pytest plugin: the amoCRM sandbox on a free port, for tests over real HTTP.
 
-Register it with ``pytest_plugins = ["sandbox_fixtures"]`` in ``tests/conftest.py``.
+Registered with ``pytest_plugins`` in ``tests/conftest.py``.
 
 - ``sandbox_server`` (session): one running :class:`SandboxServer` with a short
   block time, so rate-limit tests stay fast.

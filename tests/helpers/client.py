@@ -1,46 +1,30 @@
 """Fixtures and helpers shared by the ``test_client_*`` modules (no tests here).
 
-The client's tests use Redis database 14, flushed around each test, and build apps
-against the session's sandbox.
+A pytest plugin (``pytest_plugins`` in ``tests/conftest.py``). The client's tests use
+the ``redis14`` fixture (``tests/conftest.py``: database 14, flushed around each test)
+and build apps against the session's sandbox.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 from flask import Flask
 
-CLIENT_REDIS_URL = os.environ.get(
-    "AMOCRM_TEST_CLIENT_REDIS_URL", "redis://127.0.0.1:6379/14"
-)
+from tests.helpers.process import child_env
+
 OAUTH = {
     "AMOCRM_TOKEN": None,
     "AMOCRM_CLIENT_ID": "sandbox-client",
     "AMOCRM_CLIENT_SECRET": "sandbox-secret",
     "AMOCRM_REDIRECT_URI": "http://localhost/amocrm/admin/oauth/callback",
 }
-
-
-@pytest.fixture()
-def redis14() -> Iterator[str]:
-    """Redis database 14, empty, for the client's keys."""
-    conn = redis.Redis.from_url(CLIENT_REDIS_URL)
-    try:
-        conn.ping()
-    except redis.ConnectionError:
-        pytest.fail(f"Redis does not answer at {CLIENT_REDIS_URL}.")
-    conn.flushdb()
-    yield CLIENT_REDIS_URL
-    conn.flushdb()
-    conn.close()
 
 
 def app_config(sandbox: Any, db_path: str, **config: Any) -> dict[str, Any]:
@@ -90,8 +74,7 @@ def fast(client: Any) -> Any:
 
 CHILD = r"""
 import json, sys, time
-sys.path.insert(0, {tests!r})
-from client_support import build_app
+from tests.helpers.client import build_app
 from flask_amocrm.amo import client_for
 from flask_amocrm.state import get_state
 spec = json.loads(sys.argv[1])
@@ -130,13 +113,13 @@ def run_children(
         "path": path,
         "start_at": time.time() + start_in,
     }
-    code = CHILD.format(tests=os.path.dirname(__file__))
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", code, json.dumps(spec)],
+            [sys.executable, "-c", CHILD, json.dumps(spec)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=child_env(),
         )
         for _ in range(processes)
     ]

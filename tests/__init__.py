@@ -1,0 +1,1 @@
+"""The test suite: a package, so the tests import ``tests.helpers`` normally."""
