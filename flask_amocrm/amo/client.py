@@ -5,6 +5,11 @@ in the account's shared rate limit; it sends the token its provider gives it and
 401, asks the provider once for a fresh one. Every non-success answer becomes a typed
 :class:`~flask_amocrm.errors.APIError`; 204 is an empty result (``None``).
 
+The verbs (:meth:`AmoClient.read`, :meth:`~AmoClient.search`,
+:meth:`~AmoClient.create_complex`, :meth:`~AmoClient.add_notes` ...) are what the
+delivery code asks of amoCRM: they build every ``/api/v4`` path and its filters, and
+return the parsed items. Batch writes go through :meth:`AmoClient.write_many`.
+
 Retries, all bounded:
 
 * 429: every method, because amoCRM's gateway refused the request before it was
@@ -367,8 +372,7 @@ class AmoClient:
         limit: int | None = None,
         oldest_first: bool = False,
     ) -> list[dict[str, Any]]:
-        """One page of ``entity`` items matching the full-text ``query`` and the
-        ``filter[...]`` parameters ``filters`` (empty when amoCRM finds none)."""
+        """One page of ``entity`` matching full-text ``query`` and ``filter[...]``."""
         params: dict[str, Any] = {}
         if limit is not None:
             params["limit"] = limit
@@ -384,8 +388,7 @@ class AmoClient:
     def create(
         self, entity: str, items: Sequence[dict[str, Any]]
     ) -> list[dict[str, Any] | None]:
-        """Create ``entity`` items (``contacts``, ``companies``, ``leads``); the
-        answer item (``id``) of each, as :meth:`write_many`."""
+        """Create ``entity`` items; amoCRM's answer item (``id``) for each, in order."""
         return self.write_many("POST", f"{API}/{entity}", items, key=entity)
 
     def update(
@@ -397,15 +400,13 @@ class AmoClient:
     def create_complex(
         self, items: Sequence[dict[str, Any]]
     ) -> list[dict[str, Any] | None]:
-        """Create leads with their contact and company (``leads/complex``); per lead
-        ``id``, ``contact_id``, ``company_id`` and ``merged``."""
+        """Create leads with contact and company; per lead its ids and ``merged``."""
         return self.write_many("POST", f"{API}/leads/complex", items, key="leads")
 
     def create_unsorted(
         self, items: Sequence[dict[str, Any]]
     ) -> list[dict[str, Any] | None]:
-        """Create incoming leads of the ``forms`` category; per item its ``uid`` and
-        the ``_embedded`` leads, contacts and companies made."""
+        """Create incoming leads (forms); per item its ``uid`` and ``_embedded`` ids."""
         return self.write_many(
             "POST", f"{API}/leads/unsorted/forms", items, key="unsorted"
         )
