@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
-from types import SimpleNamespace
-from urllib.parse import parse_qsl, urlsplit
 
 import click
 from flask import current_app
@@ -20,16 +17,14 @@ from .importer import import_rows, read_rows
 from .models import FAILED, IGNORED, STATUSES, Event
 from .outbox import make_due
 from .rules.check import check_rules
-from .rules.render import build_plan
 from .rules.schema import find_rule
 from .state import get_state
-from .visit import CAMPAIGN_KEYS
 from .worker.agent import process
 from .worker.amo_worker import AmoWorker
-from .worker.deliver import plan_env
 from .worker.dispatch import hand_off_many
 from .worker.outage import current as current_outage
 from .worker.outage import paused, reconnected
+from .worker.preview import preview
 from .worker.queue import get_queue
 from .worker.schedule import ensure_tick, housekeeping
 
@@ -259,7 +254,10 @@ def check_command() -> None:
 @click.option("--mail", is_flag=True, help="SOURCE is a mail event, not a form.")
 @click.option("--page", default=None, help="The page address the form was sent from.")
 def preview_command(source: str, data_json: str, mail: bool, page: str | None) -> None:
-    """Print the API calls an event of form SOURCE would cause, without sending."""
+    """Print the API calls an event of form SOURCE would cause, without sending.
+
+    The real delivery code runs against a client that records the calls: searches
+    find nothing, and amoCRM's ids are made up."""
     state = get_state()
     try:
         data = json.loads(data_json)
@@ -271,39 +269,17 @@ def preview_command(source: str, data_json: str, mail: bool, page: str | None) -
     rule = find_rule(state.settings.rules, kind, source)
     if rule is None:
         raise click.ClickException(f"There is no rule for {kind} {source!r}.")
-    query = dict(parse_qsl(urlsplit(page).query)) if page else {}
-    event = SimpleNamespace(
-        id=0,
-        uid="preview",
-        kind=kind,
-        source=source,
-        data=data,
-        files=[],
-        remote={},
-        attempts=0,
-        context={
-            "site": {
-                "name": state.settings.site_name,
-                "domain": urlsplit(page).hostname if page else None,
-                "ip": None,
-            },
-            "utm": {k: v for k, v in query.items() if k in CAMPAIGN_KEYS},
-            "utm_first": {},
-            "page": {"url": page, "referrer": None},
-            "client": {},
-            "cookies": {},
-            "captured_at": int(time.time()),
-        },
-    )
-    section = "mails" if mail else "forms"
     try:
-        plan = build_plan(
-            rule, event, where=f"{section}.{source}", env=plan_env(state, preview=True)
-        )
+        result = preview(state, rule, kind=kind, source=source, data=data, page=page)
     except AmoCRMError as exc:
         raise click.ClickException(str(exc)) from None
-    for warning in plan.warnings:
+    for warning in result.warnings:
         click.echo(f"warning: {warning}")
-    for method, path, body in plan.calls():
-        click.echo(f"{method} {path}")
-        click.echo(json.dumps(body, ensure_ascii=False, indent=2))
+    for line in result.log:
+        click.echo(f"note: {line}")
+    for call in result.calls:
+        click.echo(f"{call.method} {call.target}")
+        if call.body is not None:
+            click.echo(json.dumps(call.body, ensure_ascii=False, indent=2))
+    if result.error is not None:
+        raise click.ClickException(f"the event would fail: {result.error}")

@@ -26,11 +26,7 @@ from typing import Any
 
 from flask import Request, Response, has_request_context, request
 
-from .vocabulary import TRACKING_TAGS
-
-#: Query parameters and cookies that describe where a visitor came from: the
-#: campaign tags, less the referrer, which the request itself gives.
-CAMPAIGN_KEYS = tuple(tag for tag in TRACKING_TAGS if tag != "referrer")
+from .vocabulary import CAMPAIGN_KEYS
 
 #: Cookies set by analytics services, read when the query string lacks the value.
 _ANALYTICS_COOKIES = {"_ym_uid": "_ym_uid", "roistat": "roistat_visit"}

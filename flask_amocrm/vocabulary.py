@@ -56,6 +56,9 @@ TRACKING_TAGS = {
     "from": "FROM",
     "referrer": "REFERRER",
 }
+#: Query parameters and cookies that describe where a visitor came from: the
+#: campaign tags, less the referrer, which the request itself gives.
+CAMPAIGN_KEYS = tuple(tag for tag in TRACKING_TAGS if tag != "referrer")
 #: The country assumed for phones written without one (``AMOCRM_PHONE_REGION``).
 DEFAULT_PHONE_REGION = "RU"
 

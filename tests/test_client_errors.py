@@ -145,7 +145,7 @@ def test_writes_are_chunked_and_matched_by_request_id(
     sandbox: Any, client: AmoClient
 ) -> None:
     items = [{"name": f"Lead {i}", "request_id": f"ev-{i}"} for i in range(120)]
-    results = client.create_many("/api/v4/leads", items, key="leads")
+    results = client.create("leads", items)
     assert [len(r["body"]) for r in _calls(sandbox, "POST")] == [50, 50, 20]
     assert all(
         r is not None and r["request_id"] == f"ev-{i}" for i, r in enumerate(results)
@@ -162,7 +162,7 @@ def test_complex_matches_the_bare_array_answer(sandbox: Any, client: AmoClient) 
         }
         for i in range(3)
     ]
-    results = client.complex(items)
+    results = client.create_complex(items)
     assert all(r and r["id"] and r["contact_id"] for r in results)
     assert len({r["id"] for r in results if r}) == 3
 
@@ -170,7 +170,7 @@ def test_complex_matches_the_bare_array_answer(sandbox: Any, client: AmoClient) 
 def test_504_on_a_batch_splits_it(sandbox: Any, client: AmoClient) -> None:
     sandbox.faults(status=504, count=1, method="POST")
     items = [{"name": f"Lead {i}"} for i in range(6)]
-    results = client.create_many("/api/v4/leads", items, key="leads")
+    results = client.create("leads", items)
     sizes = [(r["status"], len(r["body"])) for r in _calls(sandbox, "POST")]
     assert sizes == [(504, 6), (200, 3), (200, 3)]
     assert all(results) and len(sandbox.leads()) == 6

@@ -516,23 +516,6 @@ def test_a_rule_that_makes_nothing_is_an_error() -> None:
         _plan({"lead": {}, "task": {"entity": "company"}})
 
 
-def test_preview_calls_describe_the_plan(meta: AccountMetadata) -> None:
-    rule = {
-        "contact": {"id": "7", "name": "A"},
-        "lead": {"note": "n"},
-        "task": {"text": "t"},
-    }
-    calls = _plan(rule, meta=meta).calls()
-    assert [(m, p) for m, p, _ in calls] == [
-        ("PATCH", "/api/v4/contacts"),
-        ("POST", "/api/v4/leads/complex"),
-        ("POST", "/api/v4/leads/notes"),
-        ("POST", "/api/v4/tasks"),
-    ]
-    assert calls[1][2][0]["_embedded"]["contacts"] == [{"id": 7}]
-    assert calls[2][2][0]["entity_id"] == "<lead_id>"
-
-
 def test_html_notes_escape_what_visitors_typed() -> None:
     from types import SimpleNamespace
 

@@ -5,6 +5,11 @@ in the account's shared rate limit; it sends the token its provider gives it and
 401, asks the provider once for a fresh one. Every non-success answer becomes a typed
 :class:`~flask_amocrm.errors.APIError`; 204 is an empty result (``None``).
 
+The verbs (:meth:`AmoClient.read`, :meth:`~AmoClient.search`,
+:meth:`~AmoClient.create_complex`, :meth:`~AmoClient.add_notes` ...) are what the
+delivery code asks of amoCRM: they build every ``/api/v4`` path and its filters, and
+return the parsed items. Batch writes go through :meth:`AmoClient.write_many`.
+
 Retries, all bounded:
 
 * 429: every method, because amoCRM's gateway refused the request before it was
@@ -12,8 +17,8 @@ Retries, all bounded:
   jitter.
 * 5xx, timeouts, dropped connections: GET only. A POST or PATCH may have been carried
   out, so it is retried only when the connection was never made.
-* 504 on a batch write: the batch is split in halves, each sent again (amoCRM's own
-  advice, reference 2.4).
+* 504 on a batch write: the batch is split in halves, each sent again (amoCRM's
+  documentation advises it for a batch that times out).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import requests
@@ -51,6 +56,8 @@ CONNECT_TIMEOUT = 5.0
 BATCH_SIZE = 50
 #: The API's largest page for lists.
 PAGE_LIMIT = 250
+#: Where every path of the API starts.
+API = "/api/v4"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -339,43 +346,130 @@ class AmoClient:
             page += 1
         return items
 
-    # -- batches -----------------------------------------------------------------------
+    # -- verbs: what the delivery code asks of amoCRM; every path is built here -------
 
-    def create_many(
+    def read(
+        self, entity: str, ids: Sequence[int], *, with_: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The ``entity`` items with these ids (50 ids per call), ``with_`` embedded."""
+        items: list[dict[str, Any]] = []
+        for start in range(0, len(ids), BATCH_SIZE):
+            params: dict[str, Any] = {
+                "filter[id][]": list(ids[start : start + BATCH_SIZE])
+            }
+            if with_:
+                params["with"] = with_
+            items += self.get_all(f"{API}/{entity}", entity, **params)
+        return items
+
+    def search(
         self,
-        path: str,
-        items: Sequence[dict[str, Any]],
+        entity: str,
+        query: str | None = None,
         *,
-        key: str,
-        chunk_size: int = BATCH_SIZE,
-    ) -> list[dict[str, Any] | None]:
-        """POST ``items`` in chunks; return amoCRM's answer item for each, in order
-        (matched by ``request_id``; ``None`` where amoCRM returned nothing for it)."""
-        return self.write_many("POST", path, items, key=key, chunk_size=chunk_size)
+        with_: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        oldest_first: bool = False,
+    ) -> list[dict[str, Any]]:
+        """One page of ``entity`` matching full-text ``query`` and ``filter[...]``."""
+        params: dict[str, Any] = {}
+        if limit is not None:
+            params["limit"] = limit
+        if oldest_first:
+            params["order[created_at]"] = "asc"
+        if with_:
+            params["with"] = with_
+        if query:
+            params["query"] = query
+        params.update(filters or {})
+        return answer_items(self.get(f"{API}/{entity}", **params), entity)
 
-    def update_many(
-        self,
-        path: str,
-        items: Sequence[dict[str, Any]],
-        *,
-        key: str,
-        chunk_size: int = BATCH_SIZE,
+    def create(
+        self, entity: str, items: Sequence[dict[str, Any]]
     ) -> list[dict[str, Any] | None]:
-        """PATCH ``items`` (each with an ``id``) in chunks, as :meth:`create_many`."""
-        return self.write_many("PATCH", path, items, key=key, chunk_size=chunk_size)
+        """Create ``entity`` items; amoCRM's answer item (``id``) for each, in order."""
+        return self.write_many("POST", f"{API}/{entity}", items, key=entity)
 
-    def complex(
-        self, items: Sequence[dict[str, Any]], *, chunk_size: int = BATCH_SIZE
+    def update(
+        self, entity: str, items: Sequence[dict[str, Any]]
     ) -> list[dict[str, Any] | None]:
-        """``POST /api/v4/leads/complex`` in chunks of at most 50 leads; return the
-        answer item (``id``, ``contact_id``, ``company_id``, ``merged``) per lead."""
+        """Change ``entity`` items, each naming its ``id``; the answer item of each."""
+        return self.write_many("PATCH", f"{API}/{entity}", items, key=entity)
+
+    def create_complex(
+        self, items: Sequence[dict[str, Any]]
+    ) -> list[dict[str, Any] | None]:
+        """Create leads with contact and company; per lead its ids and ``merged``."""
+        return self.write_many("POST", f"{API}/leads/complex", items, key="leads")
+
+    def create_unsorted(
+        self, items: Sequence[dict[str, Any]]
+    ) -> list[dict[str, Any] | None]:
+        """Create incoming leads (forms); per item its ``uid`` and ``_embedded`` ids."""
         return self.write_many(
-            "POST",
-            "/api/v4/leads/complex",
-            items,
-            key="leads",
-            chunk_size=min(chunk_size, BATCH_SIZE),
+            "POST", f"{API}/leads/unsorted/forms", items, key="unsorted"
         )
+
+    def link(
+        self, entity: str, items: Sequence[dict[str, Any]]
+    ) -> list[dict[str, Any] | None]:
+        """Link ``entity`` items (``entity_id``) to others (``to_entity_id``, ...)."""
+        return self.write_many("POST", f"{API}/{entity}/link", items, key="links")
+
+    def add_notes(
+        self, entity: str, items: Sequence[dict[str, Any]]
+    ) -> list[dict[str, Any] | None]:
+        """Add notes to ``entity`` items (``entity_id``); the answer item of each."""
+        return self.write_many("POST", f"{API}/{entity}/notes", items, key="notes")
+
+    def list_notes(
+        self, entity: str, entity_ids: Sequence[int], *, note_type: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every note (of ``note_type``) of these ``entity`` items, 50 ids per call."""
+        notes: list[dict[str, Any]] = []
+        for start in range(0, len(entity_ids), BATCH_SIZE):
+            params: dict[str, Any] = {
+                "filter[entity_id][]": list(entity_ids[start : start + BATCH_SIZE])
+            }
+            if note_type:
+                params["filter[note_type]"] = note_type
+            notes += self.get_all(f"{API}/{entity}/notes", "notes", **params)
+        return notes
+
+    def add_tasks(self, items: Sequence[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        """Add tasks (each naming ``entity_type`` and ``entity_id``)."""
+        return self.write_many("POST", f"{API}/tasks", items, key="tasks")
+
+    def list_tasks(
+        self, entity: str, entity_ids: Sequence[int]
+    ) -> list[dict[str, Any]]:
+        """Every task of these ``entity`` items, 50 ids per call."""
+        tasks: list[dict[str, Any]] = []
+        for start in range(0, len(entity_ids), BATCH_SIZE):
+            tasks += self.get_all(
+                f"{API}/tasks",
+                "tasks",
+                **{
+                    "filter[entity_type]": entity,
+                    "filter[entity_id][]": list(entity_ids[start : start + BATCH_SIZE]),
+                },
+            )
+        return tasks
+
+    def fields(self, entity: str) -> list[dict[str, Any]]:
+        """Every custom field of ``entity`` (``leads``, ``contacts``, ``companies``)."""
+        return self.get_all(f"{API}/{entity}/custom_fields", "custom_fields")
+
+    def create_field(self, entity: str, item: dict[str, Any]) -> dict[str, Any]:
+        """Create one custom field of ``entity``; amoCRM's answer item (``id``)."""
+        answer = self.post(f"{API}/{entity}/custom_fields", [item])
+        created = answer_items(answer, "custom_fields")
+        if not created:
+            raise APIError(f"POST {API}/{entity}/custom_fields answered without it")
+        return created[0]
+
+    # -- batches -----------------------------------------------------------------------
 
     def write_many(
         self,
@@ -390,7 +484,7 @@ class AmoClient:
         in halves and sent again. Items without a ``request_id`` get their index.
 
         A 504 may come after amoCRM did part of the work, so a split batch can create
-        an entity twice; amoCRM advises the split all the same (reference 2.4), and
+        an entity twice; amoCRM advises the split all the same, and
         the delivery code looks entities up before creating them again.
         """
         prepared = []

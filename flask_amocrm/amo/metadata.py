@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .. import shared
+from ..vocabulary import fold
 from .clients import client_for
 
 if TYPE_CHECKING:
@@ -46,10 +47,6 @@ LOCAL_SECONDS = 30.0
 FORMAT = 1
 
 
-def _norm(text: Any) -> str:
-    return " ".join(str(text).split()).casefold()
-
-
 def _as_id(key: Any) -> int | None:
     if isinstance(key, bool):
         return None
@@ -73,13 +70,13 @@ def _find(
         for item in items:
             if item.get("id") == wanted_id:
                 return item
-    wanted = _norm(key)
+    wanted = fold(key)
     if not wanted:
         return None
     for attr in names:
         for item in items:
             value = item.get(attr)
-            if value is not None and _norm(value) == wanted:
+            if value is not None and fold(value) == wanted:
                 return item
     return None
 

@@ -377,56 +377,6 @@ class Plan:
                 )
         return out
 
-    def calls(self) -> list[tuple[str, str, Any]]:
-        """The API calls this plan causes, as ``(method, path, body)``; ids amoCRM
-        has not given yet read ``"<lead_id>"`` and so on (``flask amocrm preview``)."""
-        ids: dict[str, Any] = {
-            e.key: e.id if e.id is not None else f"<{e.key}_id>"
-            for e in self.entities()
-        }
-        calls: list[tuple[str, str, Any]] = []
-        for e in self.entities():
-            if not e.looks_up or e.duplicates is None:
-                continue
-            if e.key == "lead" and e.duplicates.scope == "contact":
-                calls.append(
-                    ("GET", ("/api/v4/leads?filter[id][]=<the contact's leads>"), None)
-                )
-                continue
-            for _c, query in e.duplicates.searches():
-                where = f"?query={query}" if query else "?filter=..."
-                calls.append(("GET", f"/api/v4/{e.entity}{where}", None))
-        for e in self.entities():
-            if e.id is not None:
-                calls.append(("PATCH", f"/api/v4/{e.entity}", [e.update_payload(e.id)]))
-        if self.unsorted is not None:
-            calls.append(
-                ("POST", "/api/v4/leads/unsorted/forms", [self.unsorted_item()])
-            )
-        elif self.lead is not None and self.lead.id is None:
-            existing = {
-                k: v for k, v in ids.items() if isinstance(v, int) and k != "lead"
-            }
-            calls.append(
-                ("POST", "/api/v4/leads/complex", [self.complex_item(existing)])
-            )
-        else:
-            for e in self.entities():
-                if e.id is None:
-                    calls.append(("POST", f"/api/v4/{e.entity}", [e.create_payload()]))
-        if self.needs_links():
-            for entity, item in self.links(ids):
-                calls.append(("POST", f"/api/v4/{entity}/link", [item]))
-        by_entity: dict[str, list[dict[str, Any]]] = {}
-        for entity, _note, body in self.note_items(ids):
-            by_entity.setdefault(entity, []).append(body)
-        for entity, bodies in by_entity.items():
-            calls.append(("POST", f"/api/v4/{entity}/notes", bodies))
-        tasks = self.task_items(ids)
-        if tasks:
-            calls.append(("POST", "/api/v4/tasks", tasks))
-        return calls
-
 
 def _copy(value: _T) -> _T:
     """``value`` with its tables and lists copied (payloads are JSON-like)."""

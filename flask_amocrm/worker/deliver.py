@@ -20,7 +20,6 @@ from sqlalchemy import select
 
 from .. import shared
 from ..amo.apilog import event_context
-from ..amo.client import AmoClient
 from ..amo.clients import client_for
 from ..amo.metadata import metadata_for
 from ..errors import AmoCRMError, RuleError
@@ -35,7 +34,7 @@ from ..state import AppState, get_state
 from .delivery import Delivery
 from .execute import execute
 from .lookup import key_locks
-from .markers import marker_field_id, marker_value
+from .markers import mark
 from .outage import note_failure, note_success, paused
 
 log = logging.getLogger("flask_amocrm.worker")
@@ -117,7 +116,7 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                     deliveries[0].event.id if len(deliveries) == 1 else None
                 ):
                     client = client_for(state)
-                    _mark(state, client, deliveries)
+                    mark(state, client, deliveries)
                     execute(client, deliveries, locks=key_locks(state))
             except AmoCRMError as exc:
                 batch_error = (
@@ -204,33 +203,6 @@ def _prepare(state: AppState, session: Any, event: Event) -> Delivery | None:
     if plan.warnings and not plan.done(Progress.from_json(event.remote)):
         event.log = [*event.log, *plan.warnings]
     return Delivery(event=event, plan=plan, save=session.commit)
-
-
-def _mark(state: AppState, client: AmoClient, deliveries: list[Delivery]) -> None:
-    """Give every lead this batch creates its event's marker (see :mod:`.markers`)."""
-    new = [
-        d
-        for d in deliveries
-        if d.error is None
-        and d.plan.lead is not None
-        and d.plan.lead.id is None
-        and not d.plan.done(Progress.from_json(d.event.remote))
-    ]
-    if not new:
-        return
-    field_id = marker_field_id(state, client)
-    if field_id is None:
-        return
-    for delivery in new:
-        lead = delivery.plan.lead
-        assert lead is not None
-        delivery.marker = field_id
-        lead.payload.setdefault("custom_fields_values", []).append(
-            marker_value(field_id, delivery.event.uid)
-        )
-        # Only a lead this event creates carries its uid; one that duplicate control
-        # reuses keeps the uid of the event that created it.
-        lead.lock.add(field_id)
 
 
 def plan_env(state: AppState, *, preview: bool = False) -> PlanEnv:

@@ -55,7 +55,7 @@ class Delivery:
             and step not in remote.get("done", [])
         )
 
-    def record(self, step: str | None = None, **values: Any) -> None:
+    def record(self, step: str | None = None, /, **values: Any) -> None:
         """Write ``values`` (and ``step`` as done) into ``remote`` and save now
         (inside :func:`execute`: with the rest of the answer it came in).
 

@@ -27,12 +27,13 @@ rounds, the later one finding what the earlier one created.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, ValidationError
 from ..progress import Progress
-from ..vocabulary import ENTITY
+from ..vocabulary import ENTITY, fold
 from .delivery import Delivery
 from .lookup import NoLocks, lock_keys, lookup
 from .markers import find_again_or_mark
@@ -126,6 +127,9 @@ def _rounds(deliveries: list[Delivery]) -> list[list[Delivery]]:
 
 
 Group = tuple[Delivery, list[dict[str, Any]]]
+#: A batch verb of the client with its entity bound, e.g.
+#: ``partial(client.create, "contacts")``: items in, one answer item per item out.
+Write = Callable[[list[dict[str, Any]]], list[dict[str, Any] | None]]
 
 
 def _chunks(groups: list[Group], size: int = CHUNK) -> Iterator[list[Group]]:
@@ -143,15 +147,14 @@ def _chunks(groups: list[Group], size: int = CHUNK) -> Iterator[list[Group]]:
 
 
 def _send(
-    client: AmoClient,
-    method: str,
-    path: str,
-    key: str,
+    what: str,
+    write: Write,
     groups: list[Group],
     done: Callable[[Delivery, list[dict[str, Any] | None]], None],
 ) -> None:
-    """Send every group's items, chunk by chunk; call ``done(delivery, answers)``
-    right after the chunk holding them was answered."""
+    """Send every group's items with ``write``, chunk by chunk; call
+    ``done(delivery, answers)`` right after the chunk holding them was answered.
+    ``what`` names the call in the errors of rejected items."""
     for chunk in _chunks([g for g in groups if g[1]]):
         while chunk:
             body = []
@@ -161,11 +164,9 @@ def _send(
                     rid = f"{delivery.request_id}-{n}" if many else delivery.request_id
                     body.append(dict(item, request_id=rid))
             try:
-                answers = client.write_many(
-                    method, path, body, key=key, chunk_size=CHUNK
-                )
+                answers = write(body)
             except ValidationError as exc:
-                if not _reject(exc, [d for d, _ in chunk], what=f"{method} {path}"):
+                if not _reject(exc, [d for d, _ in chunk], what=what):
                     raise  # not tied to an item: the whole batch fails alike
                 chunk = [g for g in chunk if g[0].error is None]
                 continue
@@ -219,15 +220,7 @@ def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
         if not targets:
             continue
         ids = sorted({i for d, _, i in targets if key not in d.current})
-        current = {
-            item["id"]: item
-            for start in range(0, len(ids), CHUNK)
-            for item in client.get_all(
-                f"/api/v4/{entity}",
-                entity,
-                **{"filter[id][]": ids[start : start + CHUNK]},
-            )
-        }
+        current = {item["id"]: item for item in client.read(entity, ids)}
         groups: list[Group] = []
         for delivery, plan, entity_id in targets:
             have = delivery.current.get(key) or current.get(entity_id)
@@ -244,7 +237,7 @@ def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
             progress = Progress.from_json(d.event.remote)
             d.record(**{f"{key}_id": d.plan.existing(progress)[key]})
 
-        _send(client, "PATCH", f"/api/v4/{entity}", entity, groups, done)
+        _send(f"PATCH {entity}", partial(client.update, entity), groups, done)
     for delivery in deliveries:
         if delivery.error is None:
             delivery.record("update")
@@ -283,10 +276,8 @@ def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
         )
 
     _send(
-        client,
-        "POST",
-        "/api/v4/leads/unsorted/forms",
-        "unsorted",
+        "POST leads/unsorted/forms",
+        client.create_unsorted,
         [(d, [d.plan.unsorted_item()]) for d in unsorted],
         unsorted_done,
     )
@@ -320,10 +311,8 @@ def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
         )
 
     _send(
-        client,
-        "POST",
-        "/api/v4/leads/complex",
-        "leads",
+        "POST leads/complex",
+        client.create_complex,
         [(d, [d.plan.complex_item(d.ids())]) for d in complex_],
         complex_done,
     )
@@ -349,7 +338,7 @@ def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
             sub = d.plan.entity(key)
             assert sub is not None
             groups.append((d, [sub.create_payload()]))
-        _send(client, "POST", f"/api/v4/{entity}", entity, groups, done)
+        _send(f"POST {entity}", partial(client.create, entity), groups, done)
     for delivery in separate:
         if delivery.error is None:
             delivery.record("create")
@@ -372,10 +361,8 @@ def _link(client: AmoClient, deliveries: list[Delivery]) -> None:
             for d in deliveries
         ]
         _send(
-            client,
-            "POST",
-            f"/api/v4/{entity}/link",
-            "links",
+            f"POST {entity}/link",
+            partial(client.link, entity),
             groups,
             lambda _d, _a: None,
         )
@@ -416,7 +403,7 @@ def _notes(client: AmoClient, deliveries: list[Delivery]) -> None:
             items = []
             for note, body in planned[d.request_id]:
                 seen = existing.get(body["entity_id"], set())
-                if (note.unique or d.event.attempts > 1) and _norm(note.text) in seen:
+                if (note.unique or d.event.attempts > 1) and fold(note.text) in seen:
                     continue
                 items.append(body)
             groups.append((d, items))
@@ -434,7 +421,7 @@ def _notes(client: AmoClient, deliveries: list[Delivery]) -> None:
                 note_ids=note_ids, notes_done=[*remote.get("notes_done", []), entity]
             )
 
-        _send(client, "POST", f"/api/v4/{entity}/notes", "notes", groups, done)
+        _send(f"POST {entity}/notes", partial(client.add_notes, entity), groups, done)
         for d, items in groups:
             if not items and d.error is None:
                 done(d, [])
@@ -446,25 +433,13 @@ def _notes(client: AmoClient, deliveries: list[Delivery]) -> None:
 def _existing_notes(
     client: AmoClient, entity: str, ids: list[int]
 ) -> dict[int, set[str]]:
+    """The normalised texts of the common notes each of these entities has."""
     out: dict[int, set[str]] = {}
-    for start in range(0, len(ids), CHUNK):
-        notes = client.get_all(
-            f"/api/v4/{entity}/notes",
-            "notes",
-            **{
-                "filter[entity_id][]": ids[start : start + CHUNK],
-                "filter[note_type]": "common",
-            },
-        )
-        for note in notes:
-            text = (note.get("params") or {}).get("text")
-            if text is not None:
-                out.setdefault(note.get("entity_id"), set()).add(_norm(text))
+    for note in client.list_notes(entity, ids, note_type="common"):
+        text = (note.get("params") or {}).get("text")
+        if text is not None:
+            out.setdefault(int(note["entity_id"]), set()).add(fold(text))
     return out
-
-
-def _norm(text: Any) -> str:
-    return " ".join(str(text).split()).casefold()
 
 
 def _tasks(client: AmoClient, deliveries: list[Delivery]) -> None:
@@ -492,11 +467,11 @@ def _tasks(client: AmoClient, deliveries: list[Delivery]) -> None:
             item
             for item in planned[d.request_id]
             if d.event.attempts <= 1
-            or (item["entity_type"], item["entity_id"], _norm(item["text"]))
+            or (item["entity_type"], item["entity_id"], fold(item["text"]))
             not in existing
         ]
         groups.append((d, items))
-    _send(client, "POST", "/api/v4/tasks", "tasks", groups, done)
+    _send("POST tasks", client.add_tasks, groups, done)
     for d in deliveries:
         if d.error is None and "tasks" not in (d.event.remote or {}).get("done", []):
             d.record("tasks", task_ids=[])
@@ -506,15 +481,7 @@ def _existing_tasks(
     client: AmoClient, entity: str, ids: list[int]
 ) -> list[tuple[int, str]]:
     """``(entity_id, normalised text)`` of the tasks these entities have."""
-    out: list[tuple[int, str]] = []
-    for start in range(0, len(ids), CHUNK):
-        tasks = client.get_all(
-            "/api/v4/tasks",
-            "tasks",
-            **{
-                "filter[entity_type]": entity,
-                "filter[entity_id][]": ids[start : start + CHUNK],
-            },
-        )
-        out.extend((int(t["entity_id"]), _norm(t.get("text"))) for t in tasks)
-    return out
+    return [
+        (int(t["entity_id"]), fold(t.get("text")))
+        for t in client.list_tasks(entity, ids)
+    ]

@@ -45,8 +45,6 @@ log = logging.getLogger("flask_amocrm.worker")
 
 #: One search reads at most this many candidates (amoCRM's largest page).
 SEARCH_LIMIT = 250
-#: Leads read by id per call.
-IDS_PER_CALL = 50
 #: A lock expires after this many seconds, so a killed worker cannot hold a person
 #: for ever; longer than a batch takes from its lookups to its creates.
 LOCK_TTL = 300
@@ -113,17 +111,15 @@ def _search(
     at the first one that finds a duplicate (one call for a returning visitor)."""
     rule = entity.duplicates
     assert rule is not None
-    params: dict[str, Any] = {"limit": SEARCH_LIMIT, "order[created_at]": "asc"}
-    if with_leads:
-        params["with"] = "leads"
     for criterion, query in rule.searches():
-        call = dict(params)
-        if query:
-            call["query"] = query
-        if entity.key == "lead":
-            call.update(rule.filters(criterion))
-        answer = client.get(f"/api/v4/{entity.entity}", **call)
-        items = ((answer or {}).get("_embedded") or {}).get(entity.entity) or []
+        items = client.search(
+            entity.entity,
+            query,
+            with_="leads" if with_leads else None,
+            filters=rule.filters(criterion) if entity.key == "lead" else None,
+            limit=SEARCH_LIMIT,
+            oldest_first=True,
+        )
         dups = pick(rule, items)
         if dups:
             return dups
@@ -145,29 +141,16 @@ def _contacts_leads_by_id(
     if not wanted:
         return
     ids = sorted(set(wanted.values()))
-    contacts: dict[int, dict[str, Any]] = {}
-    for start in range(0, len(ids), IDS_PER_CALL):
-        for item in client.get_all(
-            "/api/v4/contacts",
-            "contacts",
-            **{"filter[id][]": ids[start : start + IDS_PER_CALL], "with": "leads"},
-        ):
-            contacts[item["id"]] = item
+    contacts = {
+        item["id"]: item for item in client.read("contacts", ids, with_="leads")
+    }
     for rid, contact_id in wanted.items():
         embedded = (contacts.get(contact_id) or {}).get("_embedded") or {}
         contact_leads[rid] += [lead["id"] for lead in embedded.get("leads") or []]
 
 
 def _read_leads(client: AmoClient, ids: list[int]) -> dict[int, dict[str, Any]]:
-    out: dict[int, dict[str, Any]] = {}
-    for start in range(0, len(ids), IDS_PER_CALL):
-        for item in client.get_all(
-            "/api/v4/leads",
-            "leads",
-            **{"filter[id][]": ids[start : start + IDS_PER_CALL]},
-        ):
-            out[item["id"]] = item
-    return out
+    return {item["id"]: item for item in client.read("leads", ids)}
 
 
 def _decide(

@@ -5,7 +5,7 @@ was saved on the event. A plain retry would create a second lead. So every lead 
 create carries its event's ``uid`` in an API-only text field (``AMOCRM_EVENT_FIELD``,
 created in the account on first use, API-only: amoCRM's interface does not show it),
 and an event that was sent before without an answer is first looked up by that value
-(``GET /api/v4/leads?query=<uid>``). amoCRM's ``query`` is full-text, so a hit counts
+(a lead search with ``query=<uid>``). amoCRM's ``query`` is full-text, so a hit counts
 only when the field really holds the uid.
 """
 
@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import shared
 from ..amo.client import AmoClient
+from ..progress import Progress
 from ..state import AppState
+from ..vocabulary import fold
 
 if TYPE_CHECKING:
     from .delivery import Delivery
@@ -27,7 +29,9 @@ log = logging.getLogger("flask_amocrm.worker")
 FIELD_LOCK_WAIT = 60.0
 
 
-def marker_field_id(state: AppState, client: AmoClient) -> int | None:
+def marker_field_id(
+    state: AppState, client: AmoClient, *, remember: bool = True
+) -> int | None:
     """The id of the lead field that holds event uids, or ``None`` when
     ``AMOCRM_EVENT_FIELD`` is off.
 
@@ -35,6 +39,7 @@ def marker_field_id(state: AppState, client: AmoClient) -> int | None:
     lost) is the account asked, under a shared lock, and the field created if
     missing. A lock another process holds for over a minute raises
     :class:`~flask_amocrm.errors.LockTimeoutError` (the batch is tried again later).
+    ``remember=False`` (a preview) neither takes the lock nor keeps the id.
     """
     name = state.settings.event_field
     if not name:
@@ -43,40 +48,36 @@ def marker_field_id(state: AppState, client: AmoClient) -> int | None:
     known = shared.get(state, flag)
     if known:
         return int(known)
+    if not remember:
+        return _find_or_create_field(client, name)
     with shared.lock(state, "marker-field", ttl=60, wait=FIELD_LOCK_WAIT):
         known = shared.get(state, flag)  # set by whoever held the lock before us
         if known:
             return int(known)
-        field_id = _find_field(client, name)
-        if field_id is None:
-            answer = client.post(
-                "/api/v4/leads/custom_fields",
-                [
-                    {
-                        "name": name,
-                        "type": "text",
-                        "is_api_only": True,
-                        "sort": 100000,
-                        "request_id": "marker",
-                    }
-                ],
-            )
-            field_id = int(answer["_embedded"]["custom_fields"][0]["id"])
-            log.info(
-                "Created the API-only lead field %r (id %s) for event ids",
-                name,
-                field_id,
-            )
+        field_id = _find_or_create_field(client, name)
         shared.put(state, flag, str(field_id))
         return field_id
 
 
-def _find_field(client: AmoClient, name: str) -> int | None:
-    wanted = " ".join(name.split()).casefold()
-    for field in client.get_all("/api/v4/leads/custom_fields", "custom_fields"):
-        if " ".join(str(field.get("name", "")).split()).casefold() == wanted:
+def _find_or_create_field(client: AmoClient, name: str) -> int:
+    """The id of the lead field ``name``, created API-only if the account has none."""
+    wanted = fold(name)
+    for field in client.fields("leads"):
+        if fold(field.get("name", "")) == wanted:
             return int(field["id"])
-    return None
+    created = client.create_field(
+        "leads",
+        {
+            "name": name,
+            "type": "text",
+            "is_api_only": True,
+            "sort": 100000,
+            "request_id": "marker",
+        },
+    )
+    field_id = int(created["id"])
+    log.info("Created the API-only lead field %r (id %s) for event ids", name, field_id)
+    return field_id
 
 
 def marker_value(field_id: int, uid: str) -> dict[str, Any]:
@@ -88,13 +89,12 @@ def find_marked_lead(
     client: AmoClient, field_id: int, uid: str
 ) -> dict[str, Any] | None:
     """The lead whose marker field holds ``uid``, with its contacts, or ``None``."""
-    answer = client.get("/api/v4/leads", **{"query": uid, "with": "contacts"})
-    for lead in (answer or {}).get("_embedded", {}).get("leads", []):
+    for lead in client.search("leads", uid, with_="contacts"):
         for item in lead.get("custom_fields_values") or []:
             if item.get("field_id") == field_id and any(
                 str(v.get("value")) == uid for v in item.get("values") or []
             ):
-                return lead  # type: ignore[no-any-return]
+                return lead
     return None
 
 
@@ -145,3 +145,37 @@ def find_again_or_mark(client: AmoClient, deliveries: list[Delivery]) -> None:
         delivery.event.remote = {**(delivery.event.remote or {}), "sending": True}
     if pending:
         pending[0].save()  # one commit for the batch: they share the session
+
+
+def mark(
+    state: AppState,
+    client: AmoClient,
+    deliveries: list[Delivery],
+    *,
+    remember: bool = True,
+) -> None:
+    """Give every lead this batch creates its event's marker. ``remember=False``
+    (a preview) keeps no marker field id it had to find or create."""
+    new = [
+        d
+        for d in deliveries
+        if d.error is None
+        and d.plan.lead is not None
+        and d.plan.lead.id is None
+        and not d.plan.done(Progress.from_json(d.event.remote))
+    ]
+    if not new:
+        return
+    field_id = marker_field_id(state, client, remember=remember)
+    if field_id is None:
+        return
+    for delivery in new:
+        lead = delivery.plan.lead
+        assert lead is not None
+        delivery.marker = field_id
+        lead.payload.setdefault("custom_fields_values", []).append(
+            marker_value(field_id, delivery.event.uid)
+        )
+        # Only a lead this event creates carries its uid; one that duplicate control
+        # reuses keeps the uid of the event that created it.
+        lead.lock.add(field_id)

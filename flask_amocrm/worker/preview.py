@@ -1,0 +1,113 @@
+"""What delivering an event would send, without sending it (``flask amocrm preview``).
+
+:func:`preview` builds an unsaved event, plans it as a worker would (without taking a
+round-robin turn), and runs the real delivery code on it: the marker step of
+:mod:`.markers` and :func:`~.execute.execute` (with :class:`~.lookup.NoLocks`), against
+a :class:`~flask_amocrm.amo.recording.RecordingClient`. The calls it made are the
+preview. Nothing is written to amoCRM or to the database: the event is never added to
+a session, its progress is never saved, and a marker field the account lacks is
+"created" by the recording client only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from ..amo.recording import Call, RecordingClient
+from ..errors import AmoCRMError
+from ..models import Event
+from ..rules.render import build_plan
+from ..state import AppState
+from ..vocabulary import CAMPAIGN_KEYS
+from .deliver import plan_env
+from .delivery import Delivery
+from .execute import execute
+from .lookup import NoLocks
+from .markers import mark
+
+
+@dataclass
+class Preview:
+    """The calls one event would cause, and what delivering it would note."""
+
+    #: Every call, in the order the worker would make it.
+    calls: list[Call]
+    #: The plan's warnings (rounded prices, unknown labels ...).
+    warnings: list[str]
+    #: What the delivery wrote to the event's log (duplicate control's decisions).
+    log: list[str]
+    #: The error the event would fail with, if any.
+    error: AmoCRMError | None
+
+
+def preview(
+    state: AppState,
+    rule: dict[str, Any],
+    *,
+    kind: str,
+    source: str,
+    data: dict[str, Any],
+    page: str | None = None,
+) -> Preview:
+    """Run the delivery of a ``kind`` event of ``source`` with ``data``, sent from
+    ``page``, against a recording client. Raises :class:`AmoCRMError` where a
+    delivery would (a rule error, the account's metadata unreadable)."""
+    event = preview_event(state, kind=kind, source=source, data=data, page=page)
+    section = "mails" if kind == "mail" else "forms"
+    plan = build_plan(
+        rule, event, where=f"{section}.{source}", env=plan_env(state, preview=True)
+    )
+    client = RecordingClient(state.settings.base_url)
+    delivery = Delivery(event=event, plan=plan, save=_keep_nothing)
+    mark(state, client, [delivery], remember=False)
+    execute(client, [delivery], locks=NoLocks())
+    return Preview(
+        calls=client.calls,
+        warnings=list(plan.warnings),
+        log=list(event.log or []),
+        error=delivery.error,
+    )
+
+
+def preview_event(
+    state: AppState,
+    *,
+    kind: str,
+    source: str,
+    data: dict[str, Any],
+    page: str | None = None,
+) -> Event:
+    """A transient event (never added to a session) as the site would capture it,
+    on its first attempt."""
+    query = dict(parse_qsl(urlsplit(page).query)) if page else {}
+    return Event(
+        id=0,
+        uid="preview",
+        kind=kind,
+        source=source,
+        data=data,
+        files=[],
+        remote={},
+        log=[],
+        attempts=1,
+        context={
+            "site": {
+                "name": state.settings.site_name,
+                "domain": urlsplit(page).hostname if page else None,
+                "ip": None,
+            },
+            "utm": {k: v for k, v in query.items() if k in CAMPAIGN_KEYS},
+            "utm_first": {},
+            "page": {"url": page, "referrer": None},
+            "client": {},
+            "cookies": {},
+            "captured_at": int(time.time()),
+        },
+    )
+
+
+def _keep_nothing() -> None:
+    """:attr:`Delivery.save` of a preview: the event is not stored."""
