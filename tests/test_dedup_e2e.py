@@ -8,6 +8,7 @@ from typing import Any
 import requests
 from flask import Flask
 
+from flask_amocrm.progress import Progress
 from flask_amocrm.testing import deliver_pending
 from tests.helpers.e2e import field_values, form_site, stored_events
 
@@ -142,7 +143,7 @@ def test_note_creates_a_contact_and_links_every_duplicate(
     assert len(sandbox.contacts()) == 3
     old = [first.remote["contact_id"], second.remote["contact_id"]]
     assert third.remote["duplicates"] == {"contact": old}
-    assert third.remote["found"] == {}
+    assert Progress.from_json(third.remote).found == {}
     notes = dict(_notes(sandbox, "contacts"))
     text = notes[third.remote["contact_id"]]
     assert text.splitlines() == ["Possible duplicates:"] + [
@@ -183,7 +184,7 @@ def test_a_phone_in_a_note_or_a_name_is_no_duplicate(
     # amoCRM's full-text search finds the first contact by its name; it is no
     # duplicate, since its phone is another one
     assert len(sandbox.contacts()) == 2
-    assert second.remote["duplicates"] == {}
+    assert Progress.from_json(second.remote).duplicates == {}
     assert second.remote["contact_id"] != first.remote["contact_id"]
 
 
@@ -369,7 +370,7 @@ def test_scope_contact_ignores_other_peoples_leads(
     )
     assert len(sandbox.leads()) == 2
     [event] = stored_events(app)
-    assert event.remote["duplicates"] == {}
+    assert Progress.from_json(event.remote).duplicates == {}
 
 
 def test_scope_all_with_a_time_window_and_a_note(
@@ -493,7 +494,8 @@ def test_incoming_leads_always_note_the_duplicates(
     assert _send(app, "callback", name="Ann", phone="89123456789")["delivered"] == 1
     first, second = stored_events(app)
     assert len(sandbox.unsorted()) == 2 and len(sandbox.contacts()) == 2
-    assert second.remote["found"] == {}  # incoming leads are always new
+    # incoming leads are always new
+    assert Progress.from_json(second.remote).found == {}
     assert second.remote["duplicates"] == {"contact": [first.remote["contact_id"]]}
     [(lead_id, text)] = _notes(sandbox, "leads")
     assert lead_id == second.remote["lead_id"]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from flask_amocrm.amo.recording import RecordingClient
+from flask_amocrm.progress import Progress
 from flask_amocrm.testing import deliver_pending
 from tests.helpers.e2e import form_site, stored_events
 
@@ -116,7 +117,7 @@ def test_preview_makes_the_calls_delivery_makes(
         assert paths.count("/api/v4/contacts") >= 1
         assert "/api/v4/companies" in paths
         [event] = stored_events(app)
-        assert event.remote["duplicates"] == {}
+        assert Progress.from_json(event.remote).duplicates == {}
 
 
 def test_preview_updates_an_entity_the_rule_names(

@@ -97,7 +97,7 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             if delivery is None:
                 outcomes[event.id] = (
                     (DELIVERED, None)
-                    if event.remote.get("lead_id")
+                    if Progress.from_json(event.remote).lead_id
                     else (IGNORED, None)
                 )
                 continue
@@ -139,7 +139,7 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                 )
                 if failure.retryable:
                     note_failure(state, failure)  # e.g. the metadata could not be read
-            elif delivery.plan.done(Progress.from_json(event.remote)):
+            elif delivery.plan.done(delivery.progress):
                 outcomes[event.id] = (DELIVERED, None)
             else:
                 outcomes[event.id] = batch_error or (
@@ -169,7 +169,11 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
     for event in events:
         outcome, error = outcomes[event.id]
         if outcome == DELIVERED:
-            log.info("Event %s delivered: %s", event.id, event.remote)
+            log.info(
+                "Event %s delivered: %s",
+                event.id,
+                Progress.from_json(event.remote).ids(),
+            )
             event_delivered.send(app, event=event)
         elif outcome == FAILED:
             log.warning("Event %s failed: %s", event.id, error)

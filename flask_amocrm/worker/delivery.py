@@ -37,33 +37,41 @@ class Delivery:
         """The event's id, as the ``request_id`` of its items."""
         return str(self.event.id)
 
+    @property
+    def progress(self) -> Progress:
+        """How far this event got (a fresh copy of what ``event.remote`` holds)."""
+        return Progress.from_json(self.event.remote)
+
     def ids(self) -> dict[str, int | None]:
         """The lead, contact and company of this event known so far."""
-        remote = self.event.remote or {}
-        existing = self.plan.existing(Progress.from_json(remote))
-        out: dict[str, int | None] = {}
-        for key in ("lead", "contact", "company"):
-            out[key] = remote.get(f"{key}_id") or existing.get(key)
-        return out
+        progress = self.progress
+        existing = self.plan.existing(progress)
+        known = progress.ids()
+        return {key: known[key] or existing.get(key) for key in known}
 
     def pending(self, step: str) -> bool:
         """Whether ``step`` is one of this plan's and not done yet."""
-        remote = self.event.remote or {}
+        progress = self.progress
         return (
             self.error is None
-            and step in self.plan.steps(Progress.from_json(remote))
-            and step not in remote.get("done", [])
+            and step in self.plan.steps(progress)
+            and not progress.is_done(step)
         )
 
     def record(self, step: str | None = None, /, **values: Any) -> None:
-        """Write ``values`` (and ``step`` as done) into ``remote`` and save now
-        (inside :func:`execute`: with the rest of the answer it came in).
+        """Set these :class:`~flask_amocrm.progress.Progress` fields (and ``step``
+        as done) and save now (inside :func:`~.execute.execute`: with the rest of
+        the answer it came in).
 
-        ``remote`` is reassigned, never changed in place, so SQLAlchemy sees it."""
-        remote = dict(self.event.remote or {})
-        remote.update(values)
+        ``event.remote`` is reassigned, never changed in place, so SQLAlchemy sees
+        it."""
+        progress = self.progress
+        for name, value in values.items():
+            if name == "extra" or not hasattr(progress, name):
+                raise TypeError(f"{name!r} is not a field of Progress")
+            setattr(progress, name, value)
         if step is not None:
-            remote["done"] = [*remote.get("done", []), step]
-        self.event.remote = remote
+            progress = progress.mark_done(step)
+        self.event.remote = progress.to_json()
         if self.autosave:
             self.save()

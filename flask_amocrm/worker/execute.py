@@ -1,22 +1,18 @@
 """Executing plans against amoCRM, batch first.
 
 :func:`execute` takes the deliveries of one batch (each an event with its plan) and
-runs the plans' steps (:data:`~.plan.STEPS`) for all of them together, one step after
+runs the plans' steps (:data:`~flask_amocrm.rules.plan.STEPS`) for all of them
+together, one step after
 the other: each step is one call per entity type for the whole batch, 50 items at a
 time (``leads/complex``, ``leads/unsorted/forms``, ``contacts``, ``notes``, ``tasks``,
 ``link``).
 
-After each call the ids amoCRM returned are written to each event's ``remote`` and
-saved at once, with the step's name in ``remote["done"]``, so a retry resumes at the
-first step not done instead of creating a second lead. A validation error on one item
-fails that event only; the rest of its chunk is sent again without it. An error of a
-whole call (network, 5xx, 429) is raised after the progress made so far was saved.
-
-``remote`` holds ``lead_id``, ``contact_id``, ``company_id``, ``unsorted_uid``,
-``note_ids`` (per entity type), ``task_ids``, ``done`` (the finished steps) and
-``notes_done`` (entity types whose notes went out); duplicate control adds ``found``,
-``duplicates`` and ``duplicate_notes`` (:mod:`.lookup`), and ``merged`` says whether
-amoCRM's own duplicate control merged the lead (``leads/complex``).
+After each call the ids amoCRM returned are recorded in each event's
+:class:`~flask_amocrm.progress.Progress` and saved at once, with the step marked done,
+so a retry resumes at the first step not done instead of creating a second lead. A
+validation error on one item fails that event only; the rest of its chunk is sent
+again without it. An error of a whole call (network, 5xx, 429) is raised after the
+progress made so far was saved.
 
 Duplicate control decides between creating and reusing: its lookups and the creates
 they decide run under per-person locks (:class:`~.lookup.KeyLocks`), so two workers
@@ -32,7 +28,6 @@ from typing import Any, Protocol
 
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, ValidationError
-from ..progress import Progress
 from ..vocabulary import ENTITY, fold
 from .delivery import Delivery
 from .lookup import NoLocks, lock_keys, lookup
@@ -212,8 +207,7 @@ def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
     for key, entity in ENTITY.items():
         targets = []
         for d in deliveries:
-            remote = d.event.remote or {}
-            progress = Progress.from_json(remote)
+            progress = d.progress
             plan = next((e for e in d.plan.updates(progress) if e.key == key), None)
             if plan is not None:
                 targets.append((d, plan, d.plan.existing(progress)[key]))
@@ -234,8 +228,7 @@ def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
         def done(
             d: Delivery, _answers: list[dict[str, Any] | None], key: str = key
         ) -> None:
-            progress = Progress.from_json(d.event.remote)
-            d.record(**{f"{key}_id": d.plan.existing(progress)[key]})
+            d.record(**{f"{key}_id": d.plan.existing(d.progress)[key]})
 
         _send(f"PATCH {entity}", partial(client.update, entity), groups, done)
     for delivery in deliveries:
@@ -350,13 +343,7 @@ def _link(client: AmoClient, deliveries: list[Delivery]) -> None:
         groups = [
             (
                 d,
-                [
-                    item
-                    for e, item in d.plan.links(
-                        d.ids(), Progress.from_json(d.event.remote)
-                    )
-                    if e == entity
-                ],
+                [item for e, item in d.plan.links(d.ids(), d.progress) if e == entity],
             )
             for d in deliveries
         ]
@@ -376,17 +363,11 @@ def _notes(client: AmoClient, deliveries: list[Delivery]) -> None:
     its entity already has a note with the same text. On a retry every note is
     checked that way, so a call cut off after amoCRM stored it adds nothing twice."""
     for entity in ("leads", "contacts", "companies"):
-        todo = [
-            d
-            for d in deliveries
-            if entity not in (d.event.remote or {}).get("notes_done", [])
-        ]
+        todo = [d for d in deliveries if entity not in d.progress.notes_done]
         planned = {
             d.request_id: [
                 (n, body)
-                for e, n, body in d.plan.note_items(
-                    d.ids(), Progress.from_json(d.event.remote)
-                )
+                for e, n, body in d.plan.note_items(d.ids(), d.progress)
                 if e == entity
             ]
             for d in todo
@@ -411,15 +392,13 @@ def _notes(client: AmoClient, deliveries: list[Delivery]) -> None:
         def done(
             d: Delivery, answers: list[dict[str, Any] | None], entity: str = entity
         ) -> None:
-            remote = d.event.remote or {}
-            note_ids = dict(remote.get("note_ids") or {})
+            progress = d.progress
+            note_ids = dict(progress.note_ids)
             note_ids[entity] = [
                 *note_ids.get(entity, []),
-                *[a.get("id") for a in answers if a],
+                *[int(a["id"]) for a in answers if a and a.get("id")],
             ]
-            d.record(
-                note_ids=note_ids, notes_done=[*remote.get("notes_done", []), entity]
-            )
+            d.record(note_ids=note_ids, notes_done=[*progress.notes_done, entity])
 
         _send(f"POST {entity}/notes", partial(client.add_notes, entity), groups, done)
         for d, items in groups:
@@ -448,7 +427,7 @@ def _tasks(client: AmoClient, deliveries: list[Delivery]) -> None:
     the answer was saved."""
 
     def done(d: Delivery, answers: list[dict[str, Any] | None]) -> None:
-        d.record("tasks", task_ids=[a.get("id") for a in answers if a])
+        d.record("tasks", task_ids=[int(a["id"]) for a in answers if a and a.get("id")])
 
     planned = {d.request_id: d.plan.task_items(d.ids()) for d in deliveries}
     check: dict[str, set[int]] = {}
@@ -473,7 +452,7 @@ def _tasks(client: AmoClient, deliveries: list[Delivery]) -> None:
         groups.append((d, items))
     _send("POST tasks", client.add_tasks, groups, done)
     for d in deliveries:
-        if d.error is None and "tasks" not in (d.event.remote or {}).get("done", []):
+        if d.error is None and not d.progress.is_done("tasks"):
             d.record("tasks", task_ids=[])
 
 

@@ -3,15 +3,9 @@
 Before a batch creates anything, :func:`lookup` searches amoCRM for duplicates of every
 entity that has duplicate control (:mod:`flask_amocrm.dedup`), decides per entity
 whether to create it or reuse the earliest duplicate, and saves that decision in the
-event's ``remote`` at once, so a retry never decides differently:
-
-- ``found``: ``{"contact": id, ...}``, the entities reused (strategies ``update`` and
-  ``use``);
-- ``duplicates``: ``{"contact": [ids], ...}``, every duplicate found, earliest first;
-- ``duplicate_notes``: ``{"contact": text, ...}``, the notes listing the duplicates
-  (strategy ``note``, and always in incoming-leads mode, where they go on the lead);
-- ``linked``: ``["lead-contact"]`` when the lead reused is one of the contact's own,
-  so the link step leaves it; and ``contact_id`` … for the entities reused.
+event's :class:`~flask_amocrm.progress.Progress` at once (``found``, ``duplicates``,
+``duplicate_notes``, ``linked`` and the ids of the entities reused), so a retry never
+decides differently.
 
 Searching costs one GET per value searched: a contact search asks for the contacts'
 leads too (``with=leads``) when the lead's duplicates are looked for among them, and

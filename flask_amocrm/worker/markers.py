@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from .. import shared
 from ..amo.client import AmoClient
-from ..progress import Progress
 from ..state import AppState
 from ..vocabulary import fold
 
@@ -98,8 +97,8 @@ def find_marked_lead(
     return None
 
 
-def remote_ids(lead: dict[str, Any]) -> dict[str, Any]:
-    """The ``event.remote`` ids of a lead found again."""
+def found_ids(lead: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~flask_amocrm.progress.Progress` ids of a lead found again."""
     embedded = lead.get("_embedded") or {}
     contacts = embedded.get("contacts") or []
     main = next(
@@ -118,12 +117,11 @@ def find_again_or_mark(client: AmoClient, deliveries: list[Delivery]) -> None:
     """Before a create call: adopt the leads that an earlier, unanswered attempt did
     create (found by their marker), and note on the others that they are being sent.
 
-    An event whose ``remote`` says ``sending`` was sent before and no answer was
+    An event whose progress says ``sending`` was sent before and no answer was
     saved: amoCRM may or may not have created its lead.
     """
     for delivery in deliveries:
-        remote = delivery.event.remote or {}
-        if delivery.marker is None or not remote.get("sending"):
+        if delivery.marker is None or not delivery.progress.sending:
             continue
         lead = find_marked_lead(client, delivery.marker, delivery.event.uid)
         if lead is not None:
@@ -133,16 +131,14 @@ def find_again_or_mark(client: AmoClient, deliveries: list[Delivery]) -> None:
                 delivery.event.id,
                 lead["id"],
             )
-            delivery.record("create", **remote_ids(lead))
+            delivery.record("create", **found_ids(lead))
     pending = [
         d
         for d in deliveries
-        if d.marker is not None
-        and d.pending("create")
-        and not (d.event.remote or {}).get("sending")
+        if d.marker is not None and d.pending("create") and not d.progress.sending
     ]
     for delivery in pending:
-        delivery.event.remote = {**(delivery.event.remote or {}), "sending": True}
+        delivery.record(sending=True)  # inside execute: saved with the batch
     if pending:
         pending[0].save()  # one commit for the batch: they share the session
 
@@ -162,7 +158,7 @@ def mark(
         if d.error is None
         and d.plan.lead is not None
         and d.plan.lead.id is None
-        and not d.plan.done(Progress.from_json(d.event.remote))
+        and not d.plan.done(d.progress)
     ]
     if not new:
         return
