@@ -1,13 +1,14 @@
 # The two commands a new user needs: `make demo` and `make test`.
-# Both create .venv, install the package with what it needs, and start a Redis
-# server where none answers on 127.0.0.1:6379.
+# Both create .venv and install the package with what it needs (Debian's
+# redis-server too, where the user may). The demo starts a Redis server where none
+# answers on 127.0.0.1:6379; the tests start their own on a free port.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench redis clean
+.PHONY: demo test lint bench redis redis-server clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,28 +16,29 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-# Start redis-server where none answers; install Debian's package first if it is
-# missing and we may (root with apt). Never fails: the demo then falls back to
-# inline delivery, and the tests say clearly that Redis is missing.
-redis: $(STAMP)
+# Debian's redis-server, installed where it is missing and we may (root with apt).
+# The tests start their own server on a free port; the demo uses 127.0.0.1:6379.
+redis-server:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "redis: installing Debian's redis-server"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null 2>&1 || true; \
+		else \
+			echo "redis: redis-server is not installed (apt-get install redis-server)"; \
+		fi; \
+	fi
+
+# Start redis-server where none answers on 127.0.0.1:6379. Never fails: the demo then
+# falls back to inline delivery.
+redis: $(STAMP) redis-server
 	@if $(PY) -c "import redis; redis.Redis(socket_connect_timeout=1).ping()" 2>/dev/null; then \
 		echo "redis: answering on 127.0.0.1:6379"; \
-	else \
-		if ! command -v redis-server >/dev/null 2>&1; then \
-			if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-				echo "redis: installing Debian's redis-server"; \
-				(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null 2>&1 || true; \
-			else \
-				echo "redis: redis-server is not installed (apt-get install redis-server)"; \
-			fi; \
-		fi; \
-		if command -v redis-server >/dev/null 2>&1; then \
-			redis-server --daemonize yes --save "" --appendonly no --port 6379 --bind 127.0.0.1 >/dev/null && \
-			for i in 1 2 3 4 5 6 7 8 9 10; do \
-				$(PY) -c "import redis; redis.Redis(socket_connect_timeout=1).ping()" 2>/dev/null && break; sleep 0.3; \
-			done; \
-			echo "redis: started redis-server on 127.0.0.1:6379"; \
-		fi; \
+	elif command -v redis-server >/dev/null 2>&1; then \
+		redis-server --daemonize yes --save "" --appendonly no --port 6379 --bind 127.0.0.1 >/dev/null && \
+		for i in 1 2 3 4 5 6 7 8 9 10; do \
+			$(PY) -c "import redis; redis.Redis(socket_connect_timeout=1).ping()" 2>/dev/null && break; sleep 0.3; \
+		done; \
+		echo "redis: started redis-server on 127.0.0.1:6379"; \
 	fi
 
 demo: redis
@@ -49,7 +51,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-test: redis
+test: lint redis-server
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: redis

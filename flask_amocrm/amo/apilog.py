@@ -6,7 +6,7 @@ status, duration, amoCRM's ``X-Request-Id``; DEBUG: the bodies, shortened) and, 
 delivered. The delivery code names that event with :func:`event_context` (or by
 setting :data:`current_event_id`).
 
-Credentials never reach either place (reliability 6, CWE-532): the Authorization header
+Credentials never reach either place (CWE-532): the Authorization header
 is never logged at all, OAuth bodies have ``access_token``, ``refresh_token``,
 ``client_secret`` and ``code`` masked, and every known secret value and anything that
 looks like a JWT is masked wherever it appears. CR and LF in logged text are escaped

@@ -270,7 +270,7 @@ def store_pair(
 
 
 def authorize_url(settings: Settings, state_value: str | None = None) -> str:
-    """Where to send a person to allow access (reference 1.1): amoCRM's or Kommo's
+    """Where to send a person to allow access: amoCRM's or Kommo's
     grant page, or the sandbox's ``/oauth`` for any other base URL."""
     host = urlsplit(settings.base_url).hostname or ""
     if host.endswith(".amocrm.ru"):

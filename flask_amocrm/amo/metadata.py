@@ -8,7 +8,7 @@ there is no Redis) for ``AMOCRM_METADATA_TTL`` seconds, so the forked RQ work ho
 share it instead of each fetching it again; ``flask amocrm sync`` refreshes it.
 
 Lookups return ``None`` when nothing matches, so the caller decides whether that is a
-rule error or a warning (an unknown enum label goes into a note, DESIGN 6).
+rule error or a warning (an unknown enum label goes into a note, with a warning).
 """
 
 from __future__ import annotations

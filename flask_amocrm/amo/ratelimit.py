@@ -1,8 +1,9 @@
 """One request budget per amoCRM account, shared by every process on every machine.
 
 amoCRM allows 7 requests per second per integration and answers 429, then blocks the
-account with 403, when a client keeps going over (reference 13). RQ forks a work horse
-per job, so the budget cannot live in a process (reliability 1.8): with Redis it is a
+account with 403, when a client keeps going over. RQ forks a work horse per job, so
+the budget cannot live in a process (nor can RQ's own limits, which cap concurrency,
+not requests per second): with Redis it is a
 key ``amocrm:rl:<host>`` updated by a small Lua script; without Redis (one process
 delivering inline or from cron) it is a thread-safe object in the process.
 
