@@ -163,29 +163,12 @@ class Token(Base):
     #: When the pair was last obtained (code exchange or refresh): the keep-alive
     #: refreshes before amoCRM's three-month refresh-token lifetime runs out.
     refreshed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    #: Without Redis, the process refreshing the pair holds this lease (a row lock
-    #: that needs no open transaction during the HTTP call).
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime, default=utcnow, onupdate=utcnow
     )
 
     def __repr__(self) -> str:  # never show the tokens themselves
         return f"<Token {self.base_url} v{self.version}>"
-
-
-class AccountMetadataRow(Base):
-    """The cached account metadata (pipelines, users, fields) where there is no Redis.
-
-    With Redis the snapshot lives there instead; see :mod:`flask_amocrm.amo.metadata`.
-    """
-
-    __tablename__ = "amocrm_metadata"
-
-    base_url: Mapped[str] = mapped_column(String(300), primary_key=True)
-    #: The snapshot as JSON text (:meth:`AccountMetadata.to_json`).
-    data: Mapped[str] = mapped_column(Text)
-    fetched_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Flag(Base):

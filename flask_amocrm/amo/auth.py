@@ -262,7 +262,6 @@ def store_pair(
                 for key, value in values.items():
                     setattr(row, key, value)
                 row.version = (row.version or 0) + 1
-                row.lease_until = None
             session.commit()
         row = session.scalar(select(Token).where(Token.base_url == base_url))
     assert row is not None

@@ -3,9 +3,10 @@
 Rules name these things the way people see them ("Sales", "New", "Anna", "Delivery
 type" = "Courier"); the API wants ids. :class:`AccountMetadata` holds one snapshot of
 the account and answers lookups by id, code or name, case-insensitively. The snapshot
-is fetched once and cached as JSON in Redis (or in the ``amocrm_metadata`` table when
-there is no Redis) for ``AMOCRM_METADATA_TTL`` seconds, so the forked RQ work horses
-share it instead of each fetching it again; ``flask amocrm sync`` refreshes it.
+is fetched once and cached as JSON in the shared cache of :mod:`flask_amocrm.shared`
+(Redis, or the ``amocrm_flags`` table when there is no Redis) for
+``AMOCRM_METADATA_TTL`` seconds, so the forked RQ work horses share it instead of each
+fetching it again; ``flask amocrm sync`` refreshes it.
 
 Lookups return ``None`` when nothing matches, so the caller decides whether that is a
 rule error or a warning (an unknown enum label goes into a note, with a warning).
