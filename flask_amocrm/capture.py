@@ -115,7 +115,7 @@ def capture(
         if not isinstance(values, dict):
             values = {"value": values}
         if message is not None:
-            values.setdefault("mail", _message_fields(message))
+            values.setdefault("mail", plain(_message_fields(message)))
         record["data"] = values
         record["files"] = file_links(files, state.settings)
         record["context"] = read_visit(

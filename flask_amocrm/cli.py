@@ -123,8 +123,7 @@ def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
         ids = make_due(state, ids=[event_id])
         if not ids:
             raise click.ClickException(f"There is no event {event_id}.")
-    if state.settings.delivery == "rq":
-        hand_off_many(state, ids)
+    hand_off_many(state, ids)
     click.echo(f"{len(ids)} event(s) will be retried.")
 
 

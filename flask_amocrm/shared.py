@@ -5,12 +5,16 @@ outage mail goes out once, one process refreshes the token, two workers never cr
 the same person, round-robin turns go round. This module is the one way to do that.
 
 Every name is turned into a key by :func:`key`, which always carries the amoCRM
-account (its host) and the queue (``AMOCRM_QUEUE``), so two sites sharing one Redis
-or one database never share a flag, a lock or a turn.
+account (its host) and, for what belongs to one site, the queue (``AMOCRM_QUEUE``): two
+sites sharing one Redis or one database never share a site's flag, tick or turn. What
+belongs to the amoCRM account itself (``account=True``: its people being created, its
+fields, its token refresh, a block by amoCRM) is shared by every site feeding that
+account, so that two sites never create one person twice or refresh one token at once.
 
 Redis keeps this state when it answers (``SET NX EX``, redis-py locks, ``INCR``); when
-it is not configured or does not answer, the ``amocrm_flags`` and ``amocrm_counters``
-tables do, because delivery must not stop when Redis does.
+it is not configured, does not answer, or fails in the middle of a call, the
+``amocrm_flags`` and ``amocrm_counters`` tables do, because delivery must not stop when
+Redis does.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete, insert, select, update
@@ -40,22 +44,46 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flask_amocrm")
 
+T = TypeVar("T")
+
 #: The longest key the tables take; longer keys end in a hash of their tail.
 KEY_LIMIT = 200
 
 
-def key(state: AppState, *parts: str) -> str:
-    """The shared key of ``parts`` for this app's account and queue."""
+def key(state: AppState, *parts: str, account: bool = False) -> str:
+    """The shared key of ``parts`` for this app's account and queue (for the account
+    alone with ``account=True``)."""
     host = urlsplit(state.settings.base_url).netloc or state.settings.base_url
-    name = ":".join(["amocrm", host, state.settings.queue, *parts])
+    scope = [host] if account else [host, state.settings.queue]
+    name = ":".join(["amocrm", *scope, *parts])
     if len(name) > KEY_LIMIT:
         digest = hashlib.sha256(name.encode()).hexdigest()[:32]
         name = f"{name[: KEY_LIMIT - 33]}#{digest}"
     return name
 
 
-def _redis(state: AppState) -> Redis | None:
-    return state.live_redis()
+class _Down:
+    """What :func:`_via_redis` gives when Redis is off, down, or failed."""
+
+
+_DOWN = _Down()
+
+
+def _via_redis(state: AppState, op: Callable[[Redis], T]) -> T | _Down:
+    """``op`` on Redis, or :data:`_DOWN` when there is no Redis to ask or it failed
+    (then Redis counts as down until its next health check, and the caller uses the
+    database)."""
+    redis = state.live_redis()
+    if redis is None:
+        return _DOWN
+    from redis.exceptions import RedisError
+
+    try:
+        return op(redis)
+    except RedisError as exc:
+        log.warning("Redis failed (%s); shared state goes to the database", exc)
+        state.redis_failed()
+        return _DOWN
 
 
 def _text(raw: Any) -> str | None:
@@ -66,13 +94,18 @@ def _text(raw: Any) -> str | None:
 
 
 def set_once(
-    state: AppState, name: str, value: str = "1", seconds: int | None = None
+    state: AppState,
+    name: str,
+    value: str = "1",
+    seconds: int | None = None,
+    *,
+    account: bool = False,
 ) -> bool:
     """Set the flag ``name`` unless it is set; ``True`` if this call set it."""
-    full = key(state, name)
-    redis = _redis(state)
-    if redis is not None:
-        return bool(redis.set(full, value, nx=True, ex=seconds))
+    full = key(state, name, account=account)
+    done = _via_redis(state, lambda r: bool(r.set(full, value, nx=True, ex=seconds)))
+    if not isinstance(done, _Down):
+        return done
     now = utcnow()
     expires = now + timedelta(seconds=seconds) if seconds else None
     with state.session() as session:
@@ -87,12 +120,12 @@ def set_once(
     return True
 
 
-def get(state: AppState, name: str) -> str | None:
+def get(state: AppState, name: str, *, account: bool = False) -> str | None:
     """The flag's value, or ``None`` when it is not set (or expired)."""
-    full = key(state, name)
-    redis = _redis(state)
-    if redis is not None:
-        return _text(redis.get(full))
+    full = key(state, name, account=account)
+    found = _via_redis(state, lambda r: _text(r.get(full)))
+    if not isinstance(found, _Down):
+        return found
     with state.session() as session:
         flag = session.get(Flag, full)
         if flag is None or (flag.expires_at and flag.expires_at < utcnow()):
@@ -100,12 +133,19 @@ def get(state: AppState, name: str) -> str | None:
         return flag.value
 
 
-def put(state: AppState, name: str, value: str, seconds: int | None = None) -> None:
+def put(
+    state: AppState,
+    name: str,
+    value: str,
+    seconds: int | None = None,
+    *,
+    account: bool = False,
+) -> None:
     """Set the flag ``name`` to ``value``, whether it was set or not."""
-    full = key(state, name)
-    redis = _redis(state)
-    if redis is not None:
-        redis.set(full, value, ex=seconds)
+    full = key(state, name, account=account)
+    if not isinstance(
+        _via_redis(state, lambda r: r.set(full, value, ex=seconds)), _Down
+    ):
         return
     now = utcnow()
     expires = now + timedelta(seconds=seconds) if seconds else None
@@ -129,12 +169,12 @@ def put(state: AppState, name: str, value: str, seconds: int | None = None) -> N
             session.commit()
 
 
-def clear(state: AppState, name: str) -> str | None:
+def clear(state: AppState, name: str, *, account: bool = False) -> str | None:
     """Remove the flag; return its value if this call removed it (else ``None``)."""
-    full = key(state, name)
-    redis = _redis(state)
-    if redis is not None:
-        return _text(redis.getdel(full))
+    full = key(state, name, account=account)
+    found = _via_redis(state, lambda r: _text(r.getdel(full)))
+    if not isinstance(found, _Down):
+        return found
     with state.session() as session:
         flag = session.get(Flag, full)
         if flag is None:
@@ -157,26 +197,26 @@ class Held:
     token: str | None = None
 
 
-def acquire(state: AppState, name: str, *, ttl: float, wait: float) -> Held | None:
+def acquire(
+    state: AppState, name: str, *, ttl: float, wait: float, account: bool = False
+) -> Held | None:
     """Take the lock ``name`` for at most ``ttl`` seconds, waiting up to ``wait``
     seconds for it; ``None`` if another process held it all that time.
 
     The lock expires by itself after ``ttl``, so a killed process cannot hold it for
     ever; a lock that expired is never released by its old holder."""
-    full = key(state, "lock", name)
+    full = key(state, "lock", name, account=account)
     deadline = time.monotonic() + wait
-    redis = _redis(state)
-    if redis is not None:
-        from redis.exceptions import RedisError
 
+    def take(redis: Redis) -> Held | None:
         lock = redis.lock(
             full, timeout=ttl, blocking_timeout=max(deadline - time.monotonic(), 0.01)
         )
-        try:
-            return Held(full, redis_lock=lock) if lock.acquire() else None
-        except RedisError as exc:
-            log.warning("Redis failed while locking (%s); using the database", exc)
-            state.redis_failed()
+        return Held(full, redis_lock=lock) if lock.acquire() else None
+
+    held = _via_redis(state, take)
+    if not isinstance(held, _Down):
+        return held
     token = uuid.uuid4().hex
     while True:
         if _insert_lock(state, full, token, ttl):
@@ -219,10 +259,12 @@ def release(state: AppState, held: Held) -> None:
 
 
 @contextlib.contextmanager
-def lock(state: AppState, name: str, *, ttl: float, wait: float) -> Iterator[None]:
+def lock(
+    state: AppState, name: str, *, ttl: float, wait: float, account: bool = False
+) -> Iterator[None]:
     """Hold the lock ``name`` for the block; :class:`LockTimeoutError` if another
     process held it for ``wait`` seconds (the caller tries again later)."""
-    held = acquire(state, name, ttl=ttl, wait=wait)
+    held = acquire(state, name, ttl=ttl, wait=wait, account=account)
     if held is None:
         raise LockTimeoutError(
             f"another process has held the lock {name!r} for more than {wait:g} "
@@ -240,9 +282,9 @@ def lock(state: AppState, name: str, *, ttl: float, wait: float) -> Iterator[Non
 def incr(state: AppState, name: str) -> int:
     """Add one to the counter ``name`` and return the new value (1 the first time)."""
     full = key(state, "count", name)
-    redis = _redis(state)
-    if redis is not None:
-        return int(redis.incr(full))
+    value = _via_redis(state, lambda r: int(r.incr(full)))
+    if not isinstance(value, _Down):
+        return value
     for _ in range(3):
         with state.session() as session:
             result = session.execute(
@@ -251,11 +293,11 @@ def incr(state: AppState, name: str) -> int:
                 .values(value=Counter.value + 1)
             )
             if result.rowcount:  # type: ignore[attr-defined]
-                value = session.scalar(
+                found = session.scalar(
                     select(Counter.value).where(Counter.name == full)
                 )
                 session.commit()
-                return int(value or 1)
+                return int(found or 1)
             try:
                 session.execute(insert(Counter).values(name=full, value=1))
                 session.commit()
@@ -268,9 +310,9 @@ def incr(state: AppState, name: str) -> int:
 def peek(state: AppState, name: str) -> int:
     """The counter's value, without changing it (0 when it was never advanced)."""
     full = key(state, "count", name)
-    redis = _redis(state)
-    if redis is not None:
-        return int(redis.get(full) or 0)
+    value = _via_redis(state, lambda r: int(r.get(full) or 0))
+    if not isinstance(value, _Down):
+        return value
     with state.session() as session:
         return int(
             session.scalar(select(Counter.value).where(Counter.name == full)) or 0
@@ -280,16 +322,18 @@ def peek(state: AppState, name: str) -> int:
 # -- cache -----------------------------------------------------------------------------
 
 
-def cache_get(state: AppState, name: str) -> str | None:
+def cache_get(state: AppState, name: str, *, account: bool = False) -> str | None:
     """A cached text, or ``None`` when it is missing or expired."""
-    return get(state, f"cache:{name}")
+    return get(state, f"cache:{name}", account=account)
 
 
-def cache_set(state: AppState, name: str, value: str, seconds: int) -> None:
+def cache_set(
+    state: AppState, name: str, value: str, seconds: int, *, account: bool = False
+) -> None:
     """Cache a text for ``seconds``."""
-    put(state, f"cache:{name}", value, seconds)
+    put(state, f"cache:{name}", value, seconds, account=account)
 
 
-def cache_clear(state: AppState, name: str) -> None:
+def cache_clear(state: AppState, name: str, *, account: bool = False) -> None:
     """Drop a cached text."""
-    clear(state, f"cache:{name}")
+    clear(state, f"cache:{name}", account=account)

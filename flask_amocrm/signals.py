@@ -48,13 +48,43 @@ class SafeSignal(NamedSignal):
             return []
         results = []
         for receiver in self.receivers_for(sender):
+            call = receiver
+            if iscoroutinefunction(receiver):
+                if _async_wrapper is None:  # a mistake in the wiring: say so
+                    raise RuntimeError("Cannot send to a coroutine function.")
+                call = _async_wrapper(receiver)
             try:
-                if iscoroutinefunction(receiver):
-                    if _async_wrapper is None:
-                        raise RuntimeError("Cannot send to a coroutine function.")
-                    result = _async_wrapper(receiver)(sender, **kwargs)
-                else:
-                    result = receiver(sender, **kwargs)
+                result = call(sender, **kwargs)
+            except Exception:
+                log.exception("A receiver of the %r signal failed", self.name)
+                continue
+            results.append((receiver, result))
+        return results
+
+    async def send_async(
+        self,
+        sender: Any | None = None,
+        /,
+        *,
+        _sync_wrapper: Callable[
+            [Callable[..., Any]], Callable[..., Coroutine[Any, Any, Any]]
+        ]
+        | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Callable[..., Any], Any]]:
+        """Await every receiver as :meth:`send` calls them: one that raises is
+        logged, the others still run."""
+        if self.is_muted:
+            return []
+        results = []
+        for receiver in self.receivers_for(sender):
+            call = receiver
+            if not iscoroutinefunction(receiver):
+                if _sync_wrapper is None:  # a mistake in the wiring: say so
+                    raise RuntimeError("Cannot send to a non-coroutine function.")
+                call = _sync_wrapper(receiver)
+            try:
+                result = await call(sender, **kwargs)
             except Exception:
                 log.exception("A receiver of the %r signal failed", self.name)
                 continue

@@ -93,7 +93,9 @@ def test_a_marker_field_lock_that_cannot_be_had_retries_the_event(
     app = make_app(AMOCRM_REDIS_URL=redis_url)
     with app.app_context():
         # Another worker is creating the field and holds the lock.
-        other = shared.acquire(get_state(), "marker-field", ttl=60, wait=0.1)
+        other = shared.acquire(
+            get_state(), "marker-field", ttl=60, wait=0.1, account=True
+        )
         assert other is not None
         app.extensions["amocrm"].extension.submit(
             "callback", {"name": "Ann", "phone": "+79120001122"}
@@ -109,3 +111,48 @@ def test_a_marker_field_lock_that_cannot_be_had_retries_the_event(
             session.commit()
     assert deliver_pending(app) == {"spooled": 0, "delivered": 1}
     assert [lead["name"] for lead in sandbox.leads()] == ["Callback: Ann"]
+
+
+def test_what_belongs_to_the_account_is_shared_by_every_site_on_it(
+    make_app: Any, redis_conn: Any, redis_url: str
+) -> None:
+    from flask_amocrm.errors import AccountBlockedError
+    from flask_amocrm.worker.outage import note_failure, paused
+
+    shop = make_app(AMOCRM_REDIS_URL=redis_url, AMOCRM_QUEUE="shop")
+    blog = make_app(AMOCRM_REDIS_URL=redis_url, AMOCRM_QUEUE="blog")
+    with shop.app_context():
+        person = shared.acquire(get_state(), "dup:ann", ttl=30, wait=0.1, account=True)
+        site = shared.acquire(get_state(), "tick", ttl=30, wait=0.1)
+        note_failure(get_state(), AccountBlockedError("HTTP 403", status=403))
+    assert person is not None and site is not None
+    with blog.app_context():
+        # The same person is being created by the shop: the blog waits for it.
+        assert (
+            shared.acquire(get_state(), "dup:ann", ttl=30, wait=0.2, account=True)
+            is None
+        )
+        # A site's own lock is its own.
+        assert shared.acquire(get_state(), "tick", ttl=30, wait=0.1) is not None
+        # amoCRM blocked the account: the blog pauses too.
+        assert paused(get_state()) is not None
+
+
+def test_redis_failing_mid_call_falls_back_to_the_database(make_app: Any) -> None:
+    import redis
+
+    app = make_app(AMOCRM_REDIS_URL="redis://127.0.0.1:9/0")  # nothing listens
+    dead = redis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.2)
+    with app.app_context():
+        state = get_state()
+        # Redis answered the last health check, then died.
+        state.live_redis = lambda: dead  # type: ignore[method-assign]
+        assert shared.set_once(state, "outage", "down")
+        assert shared.incr(state, "turn") == 1
+        held = shared.acquire(state, "person", ttl=30, wait=0.1)
+        assert held is not None
+        del state.live_redis  # the health check now says it is down
+        assert shared.get(state, "outage") == "down"
+        assert not shared.set_once(state, "outage", "again")
+        assert shared.acquire(state, "person", ttl=30, wait=0.1) is None
+        shared.release(state, held)

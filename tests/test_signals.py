@@ -107,3 +107,31 @@ def test_mail_sent_with_data_that_is_not_a_mapping_is_kept_as_value(
         ("mail", "ORDER_NEW", {"value": "a plain string"}),
         ("mail", "ORDER_NEW", {"value": 42}),
     ]
+
+
+class _Lazy:
+    """A text that is not a str until asked (as Flask-Babel's lazy_gettext)."""
+
+    def __str__(self) -> str:
+        return "Order 42"
+
+
+def test_a_mail_message_whose_fields_are_not_plain_text_is_stored(
+    make_app: Any,
+) -> None:
+    from types import SimpleNamespace
+
+    app = _site(make_app)
+    message = SimpleNamespace(
+        subject=_Lazy(),
+        sender=("Shop", "shop@example.com"),
+        recipients=["ann@example.com"],
+        body=_Lazy(),
+        html=None,
+    )
+    with app.app_context():
+        mail_sent.send(app, event="ORDER_NEW", data={"total": 5}, message=message)
+    [event] = stored_events(app)
+    assert event.data["total"] == 5
+    assert event.data["mail"]["subject"] == "Order 42"
+    assert event.data["mail"]["sender"] == "Shop <shop@example.com>"

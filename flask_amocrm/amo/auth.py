@@ -197,8 +197,13 @@ class OAuthTokens:
         ) from None
 
     def _lock(self) -> AbstractContextManager[None]:
+        # The account's refresh token is one, whichever site refreshes it.
         return shared.lock(
-            self.state, "token-refresh", ttl=LOCK_SECONDS, wait=LOCK_SECONDS + 5
+            self.state,
+            "token-refresh",
+            ttl=LOCK_SECONDS,
+            wait=LOCK_SECONDS + 5,
+            account=True,
         )
 
     def refresh_if_older(self, age: timedelta) -> bool:

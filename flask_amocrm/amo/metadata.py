@@ -312,7 +312,7 @@ def _host(state: AppState) -> str:
 
 
 def _read_cache(state: AppState) -> AccountMetadata | None:
-    text = shared.cache_get(state, _CACHE)
+    text = shared.cache_get(state, _CACHE, account=True)
     if not text:
         return None
     meta = AccountMetadata.from_json(text)
@@ -339,7 +339,9 @@ def sync_metadata(state: AppState, client: AmoClient | None = None) -> AccountMe
     """Fetch the metadata from amoCRM now and replace the cached copy
     (``flask amocrm sync``)."""
     meta = AccountMetadata.fetch(client or client_for(state))
-    shared.cache_set(state, _CACHE, meta.to_json(), state.settings.metadata_ttl)
+    shared.cache_set(
+        state, _CACHE, meta.to_json(), state.settings.metadata_ttl, account=True
+    )
     log.info("amoCRM metadata of %s synced: %s", _host(state), meta)
     return _keep(state, meta)
 
@@ -357,7 +359,7 @@ def metadata_for(state: AppState, *, refresh: bool = False) -> AccountMetadata:
         meta = _read_cache(state)
         if meta is not None:
             return _keep(state, meta)
-    with shared.lock(state, "metadata-fetch", ttl=60, wait=60):
+    with shared.lock(state, "metadata-fetch", ttl=60, wait=60, account=True):
         if not refresh:
             meta = _read_cache(state)  # fetched by whoever held the lock before us
             if meta is not None:

@@ -61,15 +61,11 @@ def hand_off(state: AppState, event_id: int) -> None:
 
 
 def hand_off_many(state: AppState, event_ids: Iterable[int]) -> None:
-    """Hand several stored events on (``retry``, ``import``): queued one by one in
-    ``rq`` mode, delivered in batches in ``inline`` mode, left to the agent in
-    ``deferred`` mode."""
-    ids = list(event_ids)
-    mode = state.settings.delivery
-    if mode == "rq":
-        for event_id in ids:
-            enqueue_event(state, event_id)
-    elif mode == "inline":
-        size = state.settings.batch_size
-        for start in range(0, len(ids), size):
-            deliver_events(ids[start : start + size])
+    """Hand on events that were made due outside a request (``retry``, ``import``):
+    queued one by one in ``rq`` mode. In the other modes they stay due in the table,
+    where ``flask amocrm process``, the agent or the next inline delivery takes
+    them."""
+    if state.settings.delivery != "rq":
+        return
+    for event_id in event_ids:
+        enqueue_event(state, event_id)

@@ -267,6 +267,7 @@ class KeyLocks:
                     f"dup:{lock_name(key)}",
                     ttl=self.ttl,
                     wait=max(deadline - time.monotonic(), 0.01),
+                    account=True,  # every site feeding the account shares its people
                 )
                 if lock is None:
                     missed.add(key)

@@ -44,17 +44,20 @@ def marker_field_id(
     if not name:
         return None
     flag = f"marker-field:{name}"
-    known = shared.get(state, flag)
+    known = shared.get(state, flag, account=True)
     if known:
         return int(known)
     if not remember:
         return _find_or_create_field(client, name)
-    with shared.lock(state, "marker-field", ttl=60, wait=FIELD_LOCK_WAIT):
-        known = shared.get(state, flag)  # set by whoever held the lock before us
+    lock = shared.lock(
+        state, "marker-field", ttl=60, wait=FIELD_LOCK_WAIT, account=True
+    )
+    with lock:
+        known = shared.get(state, flag, account=True)  # set by the holder before us
         if known:
             return int(known)
         field_id = _find_or_create_field(client, name)
-        shared.put(state, flag, str(field_id))
+        shared.put(state, flag, str(field_id), account=True)
         return field_id
 
 

@@ -64,7 +64,7 @@ def _when(timestamp: float) -> str:
 
 def paused(state: AppState) -> str | None:
     """Why no request may be sent now (amoCRM blocked us recently), or ``None``."""
-    return shared.get(state, _PAUSE)
+    return shared.get(state, _PAUSE, account=True)
 
 
 def current(state: AppState) -> str | None:
@@ -85,19 +85,19 @@ def note_failure(state: AppState, exc: BaseException) -> None:
     (a revoked token, refused credentials) gets its own mail, once."""
     if not isinstance(exc, OUTAGE_ERRORS):
         return
-    if alert_auth_failure(state, exc):
-        shared.set_once(
-            state,
-            _FLAG,
-            json.dumps(
-                {"since": time.time(), "reason": f"{type(exc).__name__}: {exc}"[:500]}
-            ),
-        )
-        return
     started = time.time()
     reason = f"{type(exc).__name__}: {exc}"[:500]
+    if alert_auth_failure(state, exc):
+        # Its own mail said what to do; the outage starts quietly, and its end is
+        # announced as any other.
+        shared.set_once(state, _FLAG, json.dumps({"since": started, "reason": reason}))
+        return
     if isinstance(exc, AccountBlockedError) and shared.set_once(
-        state, _PAUSE, f"{reason} (since {_when(started)})", seconds=BLOCK_PAUSE
+        state,
+        _PAUSE,
+        f"{reason} (since {_when(started)})",
+        seconds=BLOCK_PAUSE,
+        account=True,  # the block is the account's: every site feeding it pauses
     ):
         log.error(
             "amoCRM blocked %s: no requests for %s s",
@@ -157,10 +157,11 @@ _AUTH_ALERT_SECONDS = 30 * 24 * 3600
 def alert_auth_failure(state: AppState, exc: BaseException) -> bool:
     """Tell the admins, once, that amoCRM access must be restored by a person: a
     revoked OAuth pair (connect again) or refused client credentials (fix the
-    configuration). Whether ``exc`` was such a failure."""
+    configuration). Whether a mail went out for it: when it did not (already
+    sent), the caller treats the failure as any outage."""
     host = state.settings.base_url
     if isinstance(exc, TokenRevokedError):
-        send_alert(
+        return send_alert(
             "amoCRM access lost: connect amoCRM again",
             f"amoCRM refused to refresh the access of {host}: {exc}\n\n"
             "No event is lost: they wait as 'retrying' and are delivered once "
@@ -169,20 +170,22 @@ def alert_auth_failure(state: AppState, exc: BaseException) -> bool:
             dedupe_key="revoked",
             dedupe_seconds=_AUTH_ALERT_SECONDS,
         )
-        return True
     if isinstance(exc, ClientRefusedError):
-        send_alert(
+        return send_alert(
             "amoCRM refuses the integration's credentials",
             f"amoCRM refused AMOCRM_CLIENT_ID/AMOCRM_CLIENT_SECRET for {host}: "
             f"{exc}. Events wait until they are fixed.",
             dedupe_key="client",
             dedupe_seconds=_AUTH_ALERT_SECONDS,
         )
-        return True
     return False
 
 
 def reconnected(state: AppState) -> None:
-    """amoCRM was connected again: the next loss of access alerts again."""
-    clear_alert("revoked")
-    clear_alert("client")
+    """amoCRM was connected again: the next loss of access alerts again. Never
+    raises: the connection is made, whatever happens to this bookkeeping."""
+    try:
+        clear_alert("revoked")
+        clear_alert("client")
+    except Exception:
+        log.exception("Could not reset the amoCRM access alerts")
