@@ -7,7 +7,9 @@ each other raise :class:`RuntimeError` with a message that names the key.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +84,8 @@ DEFAULTS: dict[str, Any] = {
         "7z",
     ),
 }
+
+log = logging.getLogger("flask_amocrm")
 
 _HOST_SUFFIXES = (".amocrm.ru", ".kommo.com", ".amocrm.com")
 #: Uploads a browser would run as a page or script when the site serves them back
@@ -211,7 +215,9 @@ def validate_base_url(url: Any) -> str:
             f"must be an http(s) address such as "
             f"'https://example.amocrm.ru', not {url!r}.",
         )
-    host = parts.hostname
+    # A fully qualified name ("example.amocrm.ru.") is the same host: without its
+    # trailing dot, so the https rule below cannot be stepped around.
+    host = parts.hostname.rstrip(".")
     is_account = host.endswith(_HOST_SUFFIXES)
     if is_account and parts.scheme != "https":
         raise _fail(key, f"must use https for an amoCRM account, not {url!r}.")
@@ -226,7 +232,23 @@ def validate_base_url(url: Any) -> str:
             f"must be the account's address only, without a path: "
             f"{parts.scheme}://{parts.netloc}",
         )
-    return f"{parts.scheme}://{parts.netloc}"
+    netloc = parts.netloc
+    if parts.hostname.endswith("."):  # a name, not an IPv6 address in brackets
+        userinfo, at, hostport = netloc.rpartition("@")
+        name, colon, port = hostport.partition(":")
+        netloc = userinfo + at + name.rstrip(".") + colon + port
+    return f"{parts.scheme}://{netloc}"
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` names this machine (the bundled sandbox, a local test)."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_rules(value: Any, root: str | None = None) -> dict[str, Any]:
@@ -276,6 +298,13 @@ def read_settings(app: Flask) -> Settings:
     config = app.config
 
     base_url = validate_base_url(config["AMOCRM_BASE_URL"])
+    if is_loopback_url(base_url) and not (app.debug or app.testing):
+        log.warning(
+            "AMOCRM_BASE_URL is %s, an address on this machine (the sandbox?), "
+            "and the app runs in production (neither DEBUG nor TESTING): events "
+            "will not reach a real amoCRM account.",
+            base_url,
+        )
     token = config["AMOCRM_TOKEN"] or None
     client_id = config["AMOCRM_CLIENT_ID"] or None
     client_secret = config["AMOCRM_CLIENT_SECRET"] or None
