@@ -449,7 +449,9 @@ def test_the_install_metadata_gives_setuptools_nothing_to_warn_about() -> None:
                 folder = path.parent.relative_to(ROOT).as_posix().replace("/", ".")
                 assert folder in packages, folder
     assert packages >= set(
-        find_namespace_packages(str(ROOT), include=["flask_amocrm*"])
+        find_namespace_packages(
+            str(ROOT), include=["flask_amocrm*"], exclude=["*.__pycache__"]
+        )
     )
 
 
