@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -184,6 +185,22 @@ def _int(config: dict[str, Any], key: str, minimum: int = 0) -> int:
     return number
 
 
+def _number(config: dict[str, Any], key: str) -> float:
+    """A finite number; a string from the environment (``"2.5"``) is read as one."""
+    value = config[key]
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number):
+        raise _fail(key, f"must be a number, not {value!r}.")
+    return number
+
+
 def _bool(config: dict[str, Any], key: str) -> bool:
     value = config[key]
     if isinstance(value, str):
@@ -348,9 +365,7 @@ def read_settings(app: Flask) -> Settings:
         "sqlite:///" + os.path.join(app.instance_path, "amocrm.sqlite3")
     )
 
-    rate_limit = config["AMOCRM_RATE_LIMIT"]
-    if isinstance(rate_limit, bool) or not isinstance(rate_limit, int | float):
-        raise _fail("AMOCRM_RATE_LIMIT", f"must be a number, not {rate_limit!r}.")
+    rate_limit = _number(config, "AMOCRM_RATE_LIMIT")
     if not 0 < rate_limit <= 50:
         raise _fail(
             "AMOCRM_RATE_LIMIT",
@@ -373,12 +388,8 @@ def read_settings(app: Flask) -> Settings:
     ):
         raise _fail("AMOCRM_QUEUE", f"must be a plain queue name, not {queue!r}.")
 
-    timeout = config["AMOCRM_TIMEOUT"]
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or timeout <= 0
-    ):
+    timeout = _number(config, "AMOCRM_TIMEOUT")
+    if timeout <= 0:
         raise _fail("AMOCRM_TIMEOUT", f"must be a positive number, not {timeout!r}.")
 
     return Settings(
@@ -393,7 +404,7 @@ def read_settings(app: Flask) -> Settings:
         delivery=delivery,
         batch_size=_int(config, "AMOCRM_BATCH_SIZE", 1),
         agent_interval=_int(config, "AMOCRM_AGENT_INTERVAL", 1),
-        rate_limit=float(rate_limit),
+        rate_limit=rate_limit,
         rules=load_rules(config["AMOCRM_RULES"], app.root_path),
         site_name=config["AMOCRM_SITE_NAME"],
         admin_emails=emails,
@@ -402,7 +413,7 @@ def read_settings(app: Flask) -> Settings:
         phone_region=str(config["AMOCRM_PHONE_REGION"]).upper(),
         utm_cookie=str(config["AMOCRM_UTM_COOKIE"]),
         utm_cookie_days=_int(config, "AMOCRM_UTM_COOKIE_DAYS", 1),
-        timeout=float(timeout),
+        timeout=timeout,
         retry_max_delay=_int(config, "AMOCRM_RETRY_MAX_DELAY", 1),
         event_field=str(config["AMOCRM_EVENT_FIELD"]).strip() or None
         if config["AMOCRM_EVENT_FIELD"]
