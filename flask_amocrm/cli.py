@@ -387,8 +387,15 @@ def check_command() -> None:
     help="The submitted fields, as a JSON object.",
 )
 @click.option("--mail", is_flag=True, help="SOURCE is a mail event, not a form.")
+@click.option(
+    "--subject",
+    default=None,
+    help="The mail's subject (with --mail): what a rule reads as data.mail.subject.",
+)
 @click.option("--page", default=None, help="The page address the form was sent from.")
-def preview_command(source: str, data_json: str, mail: bool, page: str | None) -> None:
+def preview_command(
+    source: str, data_json: str, mail: bool, subject: str | None, page: str | None
+) -> None:
     """Print the API calls an event of form SOURCE would cause, without sending.
 
     The real delivery code runs against a client that records the calls: searches
@@ -400,6 +407,16 @@ def preview_command(source: str, data_json: str, mail: bool, page: str | None) -
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
     if not isinstance(data, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--data")
+    if subject is not None:
+        if not mail:
+            raise click.BadParameter(
+                "is for a mail: add --mail", param_hint="--subject"
+            )
+        message = data.get("mail")
+        data["mail"] = {
+            **(message if isinstance(message, dict) else {}),
+            "subject": subject,
+        }
     kind = "mail" if mail else "form"
     rule = find_rule(state.settings.rules, kind, source)
     if rule is None:
