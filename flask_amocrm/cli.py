@@ -390,7 +390,7 @@ def check_command() -> None:
 @click.option(
     "--subject",
     default=None,
-    help="The mail's subject (with --mail): what a rule reads as data.mail.subject.",
+    help="The mail's subject (with --mail): what a rule reads as mail.subject.",
 )
 @click.option("--page", default=None, help="The page address the form was sent from.")
 def preview_command(

@@ -421,7 +421,7 @@ def test_the_import_format_and_the_redirect_path_are_documented(
 
 
 def test_preview_of_a_mail_takes_its_subject(make_app: Any, fast_sandbox: Any) -> None:
-    rules = {"mails": {"order": {"lead": {"name": "Mail: {{ data.mail.subject }}"}}}}
+    rules = {"mails": {"order": {"lead": {"name": "Mail: {{ mail.subject }}"}}}}
     app = make_app(AMOCRM_RULES=rules)
     result = app.test_cli_runner().invoke(
         args=["amocrm", "preview", "order", "--mail", "--subject", "Order 42"]
