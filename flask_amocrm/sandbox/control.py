@@ -71,7 +71,9 @@ def _loopback_host(host: str) -> bool:
 @bp.before_request
 def _only_local_json() -> Response | None:
     if not _loopback_host(request.host):
-        return _json({"error": "the control endpoints answer a loopback Host only"}, 403)
+        return _json(
+            {"error": "the control endpoints answer a loopback Host only"}, 403
+        )
     if request.method not in ("GET", "HEAD", "OPTIONS") and (
         request.mimetype != "application/json"
     ):
