@@ -236,6 +236,14 @@ def test_dependency_floors_exclude_versions_with_advisories() -> None:
     for name, version in refused.items():
         assert name in requirements, name
         assert not requirements[name].specifier.contains(version), name
+    # The build: setuptools < 78.1.1 (CVE-2024-6345, CVE-2025-47273); 77 is also the
+    # first to read the SPDX `license` expression setup.cfg gives.
+    import tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as fp:
+        build = [Requirement(r) for r in tomllib.load(fp)["build-system"]["requires"]]
+    [setuptools] = [r for r in build if r.name == "setuptools"]
+    assert not setuptools.specifier.contains("78.1.0")
     from importlib.metadata import version as installed
 
     for name, requirement in requirements.items():
