@@ -74,7 +74,8 @@ def _echo_counts(counts: dict[str, Any]) -> None:
 
 
 def _one_line(text: str | None, limit: int = 160) -> str:
-    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    lines = (text or "").strip().splitlines()
+    line = lines[0] if lines else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
