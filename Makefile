@@ -41,8 +41,10 @@ redis: $(STAMP) redis-server
 		echo "redis: started redis-server on 127.0.0.1:6379"; \
 	fi
 
+# The demo's addresses stop working when it exits; KEEP=1 keeps its servers up until
+# Ctrl-C.
 demo: redis
-	$(PY) -m example_app.demo
+	$(PY) -m example_app.demo $(if $(KEEP),--keep)
 
 # One house style, types, and the one-way house (import contracts in pyproject.toml).
 lint: $(STAMP)

@@ -106,7 +106,7 @@ def api_calls(sandbox: str) -> int:
 
 
 def forget_calls(sandbox: str) -> None:
-    requests.delete(sandbox + "/_sandbox/requests", timeout=10)
+    requests.delete(sandbox + "/_sandbox/requests", json={}, timeout=10)
 
 
 def leads(sandbox: str) -> int:
@@ -150,7 +150,7 @@ def calls_per_event(sandbox: str, tmp: str) -> None:
 
 def burst(sandbox: str, tmp: str, workers: int) -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
-    requests.post(sandbox + "/_sandbox/reset", timeout=10)
+    requests.post(sandbox + "/_sandbox/reset", json={}, timeout=10)
     site_module(tmp, config_for(sandbox, fresh_database(tmp, f"burst{workers}"), "rq"))
     flask(tmp, "amocrm", "init-db")
     flask(tmp, "amocrm", "sync")  # metadata once, as a running site has it
@@ -186,7 +186,7 @@ def burst(sandbox: str, tmp: str, workers: int) -> None:
 def memory(sandbox: str, tmp: str) -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
     requests.post(sandbox + "/_sandbox/config", json={"latency_ms": 0}, timeout=10)
-    requests.post(sandbox + "/_sandbox/reset", timeout=10)
+    requests.post(sandbox + "/_sandbox/reset", json={}, timeout=10)
     site_module(tmp, config_for(sandbox, fresh_database(tmp, "memory"), "deferred"))
     flask(tmp, "amocrm", "init-db")
     capture(tmp, BACKLOG)
@@ -238,7 +238,7 @@ def duplicate_control_calls(sandbox: str, tmp: str) -> None:
 
     for label, rules in (("off", RULES), ("on", dedup)):
         redis.Redis.from_url(REDIS_URL).flushdb()  # the marker field id goes too
-        requests.post(sandbox + "/_sandbox/reset", timeout=10)
+        requests.post(sandbox + "/_sandbox/reset", json={}, timeout=10)
         config = config_for(sandbox, fresh_database(tmp, f"dedup-{label}"), "deferred")
         config["AMOCRM_RULES"] = rules
         site_module(tmp, config)

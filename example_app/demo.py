@@ -4,10 +4,15 @@ Starts the bundled amoCRM sandbox, the example site and an RQ worker, submits sa
 forms over HTTP (one arriving with UTM tags), waits for delivery, prints what the
 sandbox holds, stops everything and exits 0 only if every form became a lead.
 Without Redis it says so and delivers inline instead.
+
+The addresses it prints stop working when it exits; ``--keep`` (``make demo KEEP=1``)
+keeps the servers up until Ctrl-C, to try the site in a browser. It removes the Redis
+keys it made (the queue's, the workers', the extension's) before it exits.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import socket
@@ -107,7 +112,45 @@ def show(state: dict[str, Any]) -> None:
                 print(f"      task: {task.get('text')}")
 
 
-def main() -> int:
+def demo_keys(redis_url: str) -> set[bytes]:
+    """The keys the demo may make: RQ's and the extension's (``amocrm:``)."""
+    import redis
+
+    conn = redis.Redis.from_url(redis_url)
+    return {k for pattern in ("rq:*", "amocrm:*") for k in conn.scan_iter(pattern)}
+
+
+def clean_redis(redis_url: str, before: set[bytes], queue: str) -> None:
+    """Delete the keys the demo made, and its queue from RQ's lists."""
+    import redis
+
+    conn = redis.Redis.from_url(redis_url)
+    made = demo_keys(redis_url) - before
+    if made:
+        conn.delete(*made)
+    conn.srem("rq:queues", f"rq:queue:{queue}")
+
+
+def wait_for_ctrl_c(sandbox: str, site: str) -> None:
+    print(
+        f"demo: the servers stay up until Ctrl-C: open {site} in a browser; "
+        f"the sandbox's account is at {sandbox}"
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the sandbox, the site and the worker up until Ctrl-C",
+    )
+    keep = parser.parse_args(argv).keep
     redis_url = os.environ.get("DEMO_REDIS_URL", "redis://127.0.0.1:6379/13")
     use_rq = redis_available(redis_url)
     if not use_rq:
@@ -129,11 +172,13 @@ def main() -> int:
             EXAMPLE_INSTANCE_PATH=tmp,
             FLASK_APP="example_app.site",
         )
+        before: set[bytes] = set()
         if use_rq:
             env["AMOCRM_REDIS_URL"] = redis_url
             import redis
 
             redis.Redis.from_url(redis_url).delete("rq:queue:amocrm-demo")
+            before = demo_keys(redis_url)
         try:
             print(f"demo: amoCRM sandbox at {sandbox}")
             processes.append(
@@ -195,9 +240,9 @@ def main() -> int:
                 subprocess.run([f"{BIN}/flask", "amocrm", "status"], env=env)
                 subprocess.run([f"{BIN}/flask", "amocrm", "check"], env=env)
                 return 1
-            print(
-                "demo: every form became a lead with its contact, note and task. Done."
-            )
+            print("demo: every form became a lead with its contact, note and task.")
+            if keep:
+                wait_for_ctrl_c(sandbox, site)
             return 0
         finally:
             for process in reversed(processes):
@@ -207,6 +252,13 @@ def main() -> int:
                     process.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     process.kill()
+            if use_rq:
+                clean_redis(redis_url, before, "amocrm-demo")
+            print(
+                "demo: stopped: the addresses above no longer answer (they stop "
+                "working when the demo exits)."
+                + ("" if keep else " To keep them up until Ctrl-C: make demo KEEP=1")
+            )
 
 
 if __name__ == "__main__":

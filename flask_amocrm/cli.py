@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
-from sqlalchemy import func, select
+from redis import RedisError
+from sqlalchemy import func, inspect, or_, select
+from sqlalchemy.exc import DBAPIError
 
 from .amo.auth import authorize_url
 from .amo.connect import exchange_code
 from .amo.metadata import metadata_for, sync_metadata
 from .errors import AmoCRMError, ImportRowError
 from .importer import import_rows, read_rows
-from .models import FAILED, IGNORED, STATUSES, Event
+from .models import (
+    FAILED,
+    IGNORED,
+    PENDING,
+    PROCESSING,
+    RETRYING,
+    STATUSES,
+    Event,
+    utcnow,
+)
 from .outbox import make_due
 from .rules.check import check_rules
 from .rules.schema import find_rule
-from .state import get_state
+from .state import AppState, get_state
 from .worker.agent import process
 from .worker.amo_worker import AmoWorker
 from .worker.dispatch import hand_off_many
@@ -29,6 +43,40 @@ from .worker.queue import get_queue
 from .worker.schedule import ensure_tick, housekeeping
 
 amocrm_cli = AppGroup("amocrm", help="Flask-AmoCRM: deliver site events to amoCRM.")
+
+#: An event due this long ago and still not delivered is shown as stuck by ``status``.
+STUCK_AFTER = timedelta(minutes=15)
+#: How many failed (and stuck) events ``status`` lists.
+STATUS_LIST = 20
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without its password, to be printed."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def _redis_down(state: AppState, exc: Exception) -> click.ClickException:
+    return click.ClickException(
+        f"Redis at {_safe_url(state.settings.redis_url or '')} does not answer "
+        f"({type(exc).__name__}): start it, or correct AMOCRM_REDIS_URL."
+    )
+
+
+def _echo_counts(counts: dict[str, Any]) -> None:
+    """One ``what: how many`` line per count."""
+    for key in sorted(counts):
+        click.echo(f"{key.replace('_', ' ')}: {counts[key]}")
+
+
+def _one_line(text: str | None, limit: int = 160) -> str:
+    lines = (text or "").strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 @amocrm_cli.command("init-db")
@@ -64,9 +112,13 @@ def worker(burst: bool, with_scheduler: bool, maintenance_interval: int) -> None
             "Without Redis use 'flask amocrm process'."
         )
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    queue = get_queue(state, for_worker=True)
-    if with_scheduler:
-        ensure_tick(state)
+    try:
+        state.redis().ping()  # the short timeouts: a dead host cannot hang this
+        queue = get_queue(state, for_worker=True)
+        if with_scheduler:
+            ensure_tick(state)
+    except RedisError as exc:
+        raise _redis_down(state, exc) from None
     AmoWorker(
         [queue],
         apps=[app],
@@ -99,7 +151,7 @@ def process_command(limit: int | None, everything: bool) -> None:
         limit = state.settings.batch_size
     counts = process(state, limit)
     counts.update(housekeeping(state))
-    click.echo(json.dumps(counts, sort_keys=True))
+    _echo_counts(counts)
 
 
 @amocrm_cli.command("retry")
@@ -151,29 +203,113 @@ def import_command(path: str) -> None:
         with click.progressbar(added, label="Queueing") as ids:
             hand_off_many(state, ids)
     elif mode == "inline":
-        click.echo(json.dumps(process(state, None), sort_keys=True))
+        _echo_counts(process(state, None))
     else:
         click.echo("They will be delivered by the next agent run.")
 
 
 @amocrm_cli.command("status")
 def status() -> None:
-    """Show how many events are in each state."""
+    """Show how many events are in each state, the failed and stuck ones with their
+    reasons, and whether a worker listens on the queue."""
     state = get_state()
-    with state.session() as session:
-        rows = dict(
-            session.execute(
-                select(Event.status, func.count()).group_by(Event.status)
-            ).all()
-        )
+    try:
+        with state.session() as session:
+            rows = dict(
+                session.execute(
+                    select(Event.status, func.count()).group_by(Event.status)
+                ).all()
+            )
+            failed = _listed(session, Event.status == FAILED)
+            stuck = _listed(session, _stuck_clause())
+    except DBAPIError as exc:
+        raise _database_problem(state, exc) from None
     for name in STATUSES:
         click.echo(f"{name:<11}{rows.get(name, 0)}")
+    if failed:
+        click.echo(f"Failed ({rows.get(FAILED, 0)}), newest first:")
+        for event in failed:
+            click.echo("  " + _event_line(event, event.last_error))
+    if stuck:
+        click.echo(f"Stuck: due {_minutes(STUCK_AFTER)} ago or more, not delivered:")
+        for event in stuck:
+            click.echo("  " + _event_line(event, _stuck_reason(event)))
     outage = current_outage(state)
     if outage:
         click.echo(f"amoCRM outage going on: {outage}")
     pause = paused(state)
     if pause:
         click.echo(f"Requests paused after a block: {pause}")
+    if state.settings.delivery == "rq":
+        _warn_without_worker(state)
+
+
+def _listed(session: Any, clause: Any) -> list[Event]:
+    return list(
+        session.scalars(
+            select(Event).where(clause).order_by(Event.id.desc()).limit(STATUS_LIST)
+        )
+    )
+
+
+def _stuck_clause() -> Any:
+    since = utcnow() - STUCK_AFTER
+    due = func.coalesce(Event.next_attempt_at, Event.created_at)
+    return or_(
+        Event.status.in_((PENDING, RETRYING)) & (due < since),
+        (Event.status == PROCESSING) & (Event.updated_at < since),
+    )
+
+
+def _minutes(delta: timedelta) -> str:
+    return f"{int(delta.total_seconds() // 60)} min"
+
+
+def _event_line(event: Event, reason: str | None) -> str:
+    """Id, form, when and why: never the event's data (personal data)."""
+    when = f"{event.created_at:%Y-%m-%d %H:%M} UTC" if event.created_at else "-"
+    return (
+        f"#{event.id} {event.status} {event.kind} {_one_line(event.source, 60)} "
+        f"{when}: {_one_line(reason) or 'no reason stored'}"
+    )
+
+
+def _stuck_reason(event: Event) -> str:
+    if event.status == PROCESSING:
+        return "a worker took it and has not finished (retried when its lease ends)"
+    if event.last_error:
+        return event.last_error
+    return "no worker or agent run has taken it"
+
+
+def _database_problem(state: AppState, exc: DBAPIError) -> click.ClickException:
+    try:
+        exists = inspect(state.engine).has_table(Event.__tablename__)
+    except DBAPIError:
+        exists = True
+    if not exists:
+        return click.ClickException(
+            "The amocrm_* tables do not exist yet: run 'flask amocrm init-db' "
+            "(or your migrations)."
+        )
+    return click.ClickException(
+        f"The events database cannot be read: {type(exc.orig).__name__}."
+    )
+
+
+def _warn_without_worker(state: AppState) -> None:
+    from rq import Worker
+
+    try:
+        workers = Worker.all(queue=get_queue(state))
+    except RedisError as exc:
+        click.echo(f"warning: {_redis_down(state, exc).message}")
+        return
+    if not workers:
+        click.echo(
+            f"warning: no worker is listening on queue {state.settings.queue!r}: "
+            "events wait until 'flask amocrm worker' runs."
+        )
 
 
 @amocrm_cli.command("auth")
@@ -251,8 +387,15 @@ def check_command() -> None:
     help="The submitted fields, as a JSON object.",
 )
 @click.option("--mail", is_flag=True, help="SOURCE is a mail event, not a form.")
+@click.option(
+    "--subject",
+    default=None,
+    help="The mail's subject (with --mail): what a rule reads as mail.subject.",
+)
 @click.option("--page", default=None, help="The page address the form was sent from.")
-def preview_command(source: str, data_json: str, mail: bool, page: str | None) -> None:
+def preview_command(
+    source: str, data_json: str, mail: bool, subject: str | None, page: str | None
+) -> None:
     """Print the API calls an event of form SOURCE would cause, without sending.
 
     The real delivery code runs against a client that records the calls: searches
@@ -264,6 +407,16 @@ def preview_command(source: str, data_json: str, mail: bool, page: str | None) -
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
     if not isinstance(data, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--data")
+    if subject is not None:
+        if not mail:
+            raise click.BadParameter(
+                "is for a mail: add --mail", param_hint="--subject"
+            )
+        message = data.get("mail")
+        data["mail"] = {
+            **(message if isinstance(message, dict) else {}),
+            "subject": subject,
+        }
     kind = "mail" if mail else "form"
     rule = find_rule(state.settings.rules, kind, source)
     if rule is None:

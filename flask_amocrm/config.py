@@ -7,7 +7,10 @@ each other raise :class:`RuntimeError` with a message that names the key.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +85,8 @@ DEFAULTS: dict[str, Any] = {
         "7z",
     ),
 }
+
+log = logging.getLogger("flask_amocrm")
 
 _HOST_SUFFIXES = (".amocrm.ru", ".kommo.com", ".amocrm.com")
 #: Uploads a browser would run as a page or script when the site serves them back
@@ -180,6 +185,22 @@ def _int(config: dict[str, Any], key: str, minimum: int = 0) -> int:
     return number
 
 
+def _number(config: dict[str, Any], key: str) -> float:
+    """A finite number; a string from the environment (``"2.5"``) is read as one."""
+    value = config[key]
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number):
+        raise _fail(key, f"must be a number, not {value!r}.")
+    return number
+
+
 def _bool(config: dict[str, Any], key: str) -> bool:
     value = config[key]
     if isinstance(value, str):
@@ -211,7 +232,9 @@ def validate_base_url(url: Any) -> str:
             f"must be an http(s) address such as "
             f"'https://example.amocrm.ru', not {url!r}.",
         )
-    host = parts.hostname
+    # A fully qualified name ("example.amocrm.ru.") is the same host: without its
+    # trailing dot, so the https rule below cannot be stepped around.
+    host = parts.hostname.rstrip(".")
     is_account = host.endswith(_HOST_SUFFIXES)
     if is_account and parts.scheme != "https":
         raise _fail(key, f"must use https for an amoCRM account, not {url!r}.")
@@ -226,7 +249,23 @@ def validate_base_url(url: Any) -> str:
             f"must be the account's address only, without a path: "
             f"{parts.scheme}://{parts.netloc}",
         )
-    return f"{parts.scheme}://{parts.netloc}"
+    netloc = parts.netloc
+    if parts.hostname.endswith("."):  # a name, not an IPv6 address in brackets
+        userinfo, at, hostport = netloc.rpartition("@")
+        name, colon, port = hostport.partition(":")
+        netloc = userinfo + at + name.rstrip(".") + colon + port
+    return f"{parts.scheme}://{netloc}"
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` names this machine (the bundled sandbox, a local test)."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_rules(value: Any, root: str | None = None) -> dict[str, Any]:
@@ -276,6 +315,13 @@ def read_settings(app: Flask) -> Settings:
     config = app.config
 
     base_url = validate_base_url(config["AMOCRM_BASE_URL"])
+    if is_loopback_url(base_url) and not (app.debug or app.testing):
+        log.warning(
+            "AMOCRM_BASE_URL is %s, an address on this machine (the sandbox?), "
+            "and the app runs in production (neither DEBUG nor TESTING): events "
+            "will not reach a real amoCRM account.",
+            base_url,
+        )
     token = config["AMOCRM_TOKEN"] or None
     client_id = config["AMOCRM_CLIENT_ID"] or None
     client_secret = config["AMOCRM_CLIENT_SECRET"] or None
@@ -319,9 +365,7 @@ def read_settings(app: Flask) -> Settings:
         "sqlite:///" + os.path.join(app.instance_path, "amocrm.sqlite3")
     )
 
-    rate_limit = config["AMOCRM_RATE_LIMIT"]
-    if isinstance(rate_limit, bool) or not isinstance(rate_limit, int | float):
-        raise _fail("AMOCRM_RATE_LIMIT", f"must be a number, not {rate_limit!r}.")
+    rate_limit = _number(config, "AMOCRM_RATE_LIMIT")
     if not 0 < rate_limit <= 50:
         raise _fail(
             "AMOCRM_RATE_LIMIT",
@@ -344,12 +388,8 @@ def read_settings(app: Flask) -> Settings:
     ):
         raise _fail("AMOCRM_QUEUE", f"must be a plain queue name, not {queue!r}.")
 
-    timeout = config["AMOCRM_TIMEOUT"]
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or timeout <= 0
-    ):
+    timeout = _number(config, "AMOCRM_TIMEOUT")
+    if timeout <= 0:
         raise _fail("AMOCRM_TIMEOUT", f"must be a positive number, not {timeout!r}.")
 
     return Settings(
@@ -364,7 +404,7 @@ def read_settings(app: Flask) -> Settings:
         delivery=delivery,
         batch_size=_int(config, "AMOCRM_BATCH_SIZE", 1),
         agent_interval=_int(config, "AMOCRM_AGENT_INTERVAL", 1),
-        rate_limit=float(rate_limit),
+        rate_limit=rate_limit,
         rules=load_rules(config["AMOCRM_RULES"], app.root_path),
         site_name=config["AMOCRM_SITE_NAME"],
         admin_emails=emails,
@@ -373,7 +413,7 @@ def read_settings(app: Flask) -> Settings:
         phone_region=str(config["AMOCRM_PHONE_REGION"]).upper(),
         utm_cookie=str(config["AMOCRM_UTM_COOKIE"]),
         utm_cookie_days=_int(config, "AMOCRM_UTM_COOKIE_DAYS", 1),
-        timeout=float(timeout),
+        timeout=timeout,
         retry_max_delay=_int(config, "AMOCRM_RETRY_MAX_DELAY", 1),
         event_field=str(config["AMOCRM_EVENT_FIELD"]).strip() or None
         if config["AMOCRM_EVENT_FIELD"]

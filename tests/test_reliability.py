@@ -285,7 +285,7 @@ def test_the_agent_delivers_one_batch_per_interval(
         assert "delivered" not in tick(get_state())  # the interval has not passed
     assert len(sandbox.leads()) == 3
     result = app.test_cli_runner().invoke(args=["amocrm", "process", "--now"])
-    assert json.loads(result.output)["delivered"] == 2
+    assert "delivered: 2" in result.output.splitlines()
     assert len(sandbox.leads()) == 5
 
 

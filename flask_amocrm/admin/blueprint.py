@@ -13,5 +13,7 @@ bp = Blueprint("amocrm_admin", __name__, url_prefix="/amocrm/admin")
 @bp.before_request
 def _require_admin() -> None:
     allowed = get_state().settings.admin_auth
-    if allowed is None or not allowed():
+    # Only ``True`` itself admits: a hook that returns a method it forgot to call
+    # (``lambda: current_user.is_admin``), a string or a number refuses.
+    if allowed is None or allowed() is not True:
         abort(403)

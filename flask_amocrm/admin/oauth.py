@@ -22,6 +22,30 @@ from ..worker.outage import reconnected
 from .blueprint import bp
 
 _SESSION_KEY = "_amocrm_oauth_state"
+#: How many connects may be in progress in one session at once (several tabs): a new
+#: GET of the connect page adds a state and never replaces the one a connect uses.
+_MAX_STATES = 5
+
+
+def _pending_states() -> list[str]:
+    value = session.get(_SESSION_KEY)
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def _take_state(got: str) -> bool:
+    """Whether ``got`` is a state of a connect in progress; it is spent if so."""
+    pending = _pending_states()
+    given = got.encode("utf-8", "replace")
+    # compared as bytes: hmac.compare_digest refuses str with non-ASCII characters
+    matches = [v for v in pending if hmac.compare_digest(v.encode("utf-8"), given)]
+    if not matches:
+        return False
+    session[_SESSION_KEY] = [v for v in pending if v not in matches]
+    return True
 
 
 def _page(title: str, text: str, status: int = 200) -> Response:
@@ -43,22 +67,22 @@ def connect() -> Response:
             400,
         )
     value = new_state_value()
-    session[_SESSION_KEY] = value
+    session[_SESSION_KEY] = [*_pending_states(), value][-_MAX_STATES:]
     return redirect(authorize_url(settings, value))  # type: ignore[return-value]
 
 
 @bp.get("/oauth/callback")
 def callback() -> Response:
     """The redirect URI: check the state, exchange the code, show the outcome."""
-    expected = session.pop(_SESSION_KEY, None)
     got = request.args.get("state", "")
+    valid = bool(got) and _take_state(got)
     if request.args.get("error"):
         return _page(
             "amoCRM was not connected",
             f"amoCRM answered: {request.args['error']}.",
             400,
         )
-    if not expected or not hmac.compare_digest(str(expected), got):
+    if not valid:
         return _page(
             "amoCRM was not connected",
             "The request did not come from a connection started here "

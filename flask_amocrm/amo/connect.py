@@ -39,9 +39,11 @@ def exchange_code(state: AppState, code: str, *, referer: str | None = None) -> 
         referer
         and urlsplit(f"//{referer}").hostname != urlsplit(settings.base_url).hostname
     ):
+        # the referer is the visitor's query string: quoted (repr), so CR/LF in it
+        # cannot start a forged log line
         log.warning(
-            "amoCRM sent the code from %s, but AMOCRM_BASE_URL is %s",
-            referer,
+            "amoCRM sent the code from %r, but AMOCRM_BASE_URL is %s",
+            referer[:200],
             settings.base_url,
         )
     client = token_client_for(state)

@@ -1,10 +1,15 @@
 """Control endpoints outside ``/api/v4``: ``/_sandbox/...`` for tests and demos.
 
-They are never rate limited, never faulted and never logged.
+They are never rate limited, never faulted and never logged. A web page must not
+drive them: they answer only a loopback ``Host`` (``localhost``, ``127.0.0.1``,
+``[::1]``; another name is what DNS rebinding sends, 403), and a ``POST`` or
+``DELETE`` must carry ``Content-Type: application/json``, which a cross-origin form
+cannot send without CORS allowing it (415).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 from collections import deque
@@ -50,6 +55,30 @@ class RequestLog:
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._items)
+
+
+def _loopback_host(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@bp.before_request
+def _only_local_json() -> Response | None:
+    if not _loopback_host(request.host):
+        return _json(
+            {"error": "the control endpoints answer a loopback Host only"}, 403
+        )
+    if request.method not in ("GET", "HEAD", "OPTIONS") and (
+        request.mimetype != "application/json"
+    ):
+        return _json({"error": "send Content-Type: application/json"}, 415)
+    return None
 
 
 def _json(body: Any, status: int = 200) -> Response:
