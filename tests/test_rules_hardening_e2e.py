@@ -4,6 +4,7 @@ site, delivered to the sandbox, and what the sandbox and the event rows hold aft
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,11 +15,26 @@ from flask_amocrm.testing import deliver_pending
 from tests.helpers.e2e import field_values, form_site, stored_events
 
 
+@pytest.fixture()
+def site(make_app: Any, database_uri: str) -> Iterator[Callable[..., Flask]]:
+    """``form_site`` on SQLite and PostgreSQL; its engine is closed afterwards."""
+    apps: list[Flask] = []
+
+    def make(rules: dict[str, Any]) -> Flask:
+        app = form_site(make_app, rules, AMOCRM_DATABASE_URI=database_uri)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["amocrm"].engine.dispose()
+
+
 def test_a_visitor_number_used_as_a_multiplier_fails_only_its_event(
-    make_app: Any, fast_sandbox: Any, database_uri: str
+    site: Any, fast_sandbox: Any
 ) -> None:
     rules = {"forms": {"f": {"lead": {"name": "{{ 'x' * (data.n | int) }}"}}}}
-    app = form_site(make_app, rules, AMOCRM_DATABASE_URI=database_uri)
+    app = site(rules)
     client = app.test_client()
     assert client.post("/form/f", data={"n": "200000000"}).status_code == 200
     assert client.post("/form/f", data={"n": "3"}).status_code == 200
@@ -61,12 +77,12 @@ SIGNED_RULES: dict[str, Any] = {
 
 
 def test_an_entity_id_from_a_form_must_carry_the_sites_signature(
-    make_app: Any, fast_sandbox: Any, database_uri: str
+    site: Any, fast_sandbox: Any
 ) -> None:
     from flask_amocrm import sign_id
 
     sandbox = fast_sandbox
-    app = form_site(make_app, SIGNED_RULES, AMOCRM_DATABASE_URI=database_uri)
+    app = site(SIGNED_RULES)
     client = app.test_client()
     client.post("/form/signup", data={"name": "Ann", "phone": "+79120001122"})
     deliver_pending(app)
@@ -145,7 +161,9 @@ def test_prices_in_roubles_reach_the_lead(make_app: Any, fast_sandbox: Any) -> N
     assert b["price"] == 1500
     assert field_values(b, "Lead Visit date")  # read as a date, so written
     for event in stored_events(app):
-        assert not any("not a number" in line or "not a date" in line for line in event.log)
+        assert not any(
+            "not a number" in line or "not a date" in line for line in event.log
+        )
 
 
 @pytest.mark.parametrize("interval", [1, 29])

@@ -77,7 +77,7 @@ def clean_text(
 #: A currency word or sign before or after a price: ``руб.``, ``р.``, ``RUB``, ``₽``,
 #: ``$``, ``USD``.
 _UNIT = r"(?:[^\W\d_]{1,5}\.?|[^\w\s.,'+\-]{1,3})"
-#: A number as visitors write it: ``1 500,50``, ``1,500.50``, ``1'500``, ``-3``, ``2e3``.
+#: A number as visitors write it: ``1 500,50``, ``1,500.50``, ``1'500``, ``2e3``.
 _NUMBER = re.compile(
     rf"{_UNIT}?\s*([+\-]?[.,]?\d(?:[\d\s\u00a0\u202f'.,]*\d)?(?:[eE][+\-]?\d+)?)"
     rf"\s*{_UNIT}?"

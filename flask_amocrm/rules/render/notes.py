@@ -140,7 +140,7 @@ def cut(b: PlanBuilder, key: str, text: str) -> str:
     if len(text) <= LONG_LIMIT:
         return text
     tail = ("<br>" if b.html else "\n") + (
-        "… {} more characters were cut (amoCRM keeps " f"{LONG_LIMIT} in a note)"
+        f"… {{}} more characters were cut (amoCRM keeps {LONG_LIMIT} in a note)"
     )
     # Room for the count: it has no more digits than the whole length.
     kept = text[: LONG_LIMIT - len(tail.format(len(text)))]
