@@ -87,6 +87,9 @@ def test_templates_cannot_mutate_their_inputs() -> None:
         "{{ 'a' | indent(999999999, true) }}",
         "{{ ('x' * 1000).replace('x', 'y' * 100000) }}",
         "{{ (['x' * 100000] * 1000) | join }}",
+        "{{ (['x' * 100000] * 10) | map('upper') | join }}",
+        "{{ range(100000) | map('string') | map('center', 9000) | list | length }}",
+        "{{ dict(a='x' * 900000, b='y' * 900000).values() | join }}",
         NESTED_RANGES,
         "{% for a in data.l %}{% for b in data.l %}{% for c in data.l %}"
         "{% endfor %}{% endfor %}{% endfor %}",
@@ -285,6 +288,28 @@ def test_the_docs_quote_the_messages_the_code_gives() -> None:
         )
     assert f"rule error: {error.value}" in docs
     assert f"Error: {error.value}" in docs
+    # the messages of items 10 and 13 that docs/rules.md quotes
+    from flask_amocrm.rules.signing import CHECK_VARIABLE, IdCheck
+
+    with pytest.raises(RuleError) as error:
+        render(
+            "{{ 'x' * (data.n | int) }}",
+            {"data": {"n": "200000000"}},
+            where="forms.f.lead.name",
+        )
+    assert f"rule error: {error.value}" in docs
+    with pytest.raises(RuleError) as error:
+        render(
+            "{{ data.contact_id | default('') | signed }}",
+            {"data": {"contact_id": "5"}, CHECK_VARIABLE: IdCheck("contact", "k")},
+            where="forms.again.contact.id",
+        )
+    assert f"rule error: {error.value}" in docs
+    with pytest.raises(RuntimeError) as info:
+        validate_rules(
+            {"forms": {"again": {"contact": {"id": "{{ data.contact_id }}"}}}}
+        )
+    assert f"RuntimeError: {info.value}" in docs
 
 
 # -- item 23: ungrouped notes are cut like grouped ones ------------------------------

@@ -13,7 +13,8 @@ characters or items (repetition, ``+``, ``~``, ``join``, ``replace``, padding), 
 format width or precision is over :data:`MAX_WIDTH` (``'%0999999999d' | format(1)``,
 ``'{:>999999999}'.format(x)``, ``center``, ``ljust`` ...), no ``**`` or ``*`` of whole
 numbers makes one over :data:`MAX_BITS` bits, and one rendering runs at most
-:data:`MAX_STEPS` loop iterations and calls (nested ``range`` loops, recursive macros).
+:data:`MAX_STEPS` loop iterations and calls (nested ``range`` loops, recursive macros)
+and builds at most :data:`MAX_BUILT` characters with those operations in all.
 A template that goes over a bound raises :class:`BoundError`, which fails that event
 with the reason (a :class:`~flask_amocrm.errors.RuleError`), not the worker.
 :func:`check_cost` runs each template once when the rules are loaded, with every
@@ -37,9 +38,11 @@ from jinja2 import (
     TemplateError,
     nodes,
     pass_context,
+    pass_eval_context,
 )
 from jinja2.exceptions import SecurityError
 from jinja2.filters import FILTERS
+from jinja2.nodes import EvalContext
 from jinja2.runtime import Context, markup_join, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
@@ -57,13 +60,15 @@ MAX_WIDTH = 10_000
 MAX_BITS = 10_000
 #: Loop iterations plus calls one rendering may make.
 MAX_STEPS = 100_000
+#: The most characters the bounded operations of one rendering may build in all.
+MAX_BUILT = 10 * MAX_SIZE
 
 
 class BoundError(SecurityError):
     """A template went over one of the sandbox's bounds."""
 
 
-#: The steps left to the rendering under way (one list per :func:`render`).
+#: ``[steps, characters]`` left to the rendering under way (one list per rendering).
 _steps: ContextVar[list[int] | None] = ContextVar("amocrm_template_steps", default=None)
 
 
@@ -79,12 +84,27 @@ def _step(count: int = 1) -> None:
         )
 
 
-def _size(what: str, size: int) -> None:
+def _charge(size: int) -> None:
+    left = _steps.get()
+    if left is None:
+        return
+    left[1] -= size
+    if left[1] < 0:
+        raise BoundError(
+            f"the template builds more than {MAX_BUILT} characters in all "
+            "(a bound of the template sandbox)"
+        )
+
+
+def _size(what: str, size: int, *, charge: bool = True) -> None:
+    """An operation is about to build ``size`` characters or items."""
     if size > MAX_SIZE:
         raise BoundError(
             f"the template builds {what} of {size} characters or items; a template "
             f"may build at most {MAX_SIZE} (a bound of the template sandbox)"
         )
+    if charge:
+        _charge(size)
 
 
 def _width(width: Any) -> None:
@@ -95,6 +115,7 @@ def _width(width: Any) -> None:
             f"the template asks for a width of {width}; at most {MAX_WIDTH} "
             "(a bound of the template sandbox)"
         )
+    _charge(max(width, 0))
 
 
 def _bits(bits: int) -> None:
@@ -162,19 +183,28 @@ def _check_str_call(text: str, name: str, args: tuple[Any, ...]) -> tuple[Any, .
             times = min(times, args[2])
         _size("a text", len(text) + times * max(len(new) - len(old), 0))
     elif name == "join" and args:
-        items = list(args[0])
-        _size("a text", _text_size(items) + len(text) * len(items))
-        return (items, *args[1:])
+        return (_collect(args[0], len(text)), *args[1:])
     return args
 
 
-def _text_size(items: Iterable[Any]) -> int:
-    return sum(len(item if isinstance(item, str) else str(item)) for item in items)
+def _collect(items: Iterable[Any], separator: int) -> list[Any]:
+    """``items`` as a list, stopped as soon as joining them would go over a bound."""
+    out: list[Any] = []
+    total = 0
+    for item in items:
+        total += len(item if isinstance(item, str) else str(item)) + separator
+        if total > MAX_SIZE:
+            _size("a text", total)
+        out.append(item)
+    _size("a text", total)
+    return out
 
 
 def _repeat(seq: Any, times: Any) -> None:
     size = _sized(seq)
     if size is not None and isinstance(times, int) and not isinstance(times, bool):
+        if isinstance(seq, list | tuple):  # [big] * n: n references, joined later
+            size += sum(len(item) for item in seq if isinstance(item, str))
         _size("a text or list", size * times)
 
 
@@ -215,8 +245,21 @@ def _steps_filter(context: Context, iterable: Iterable[Any]) -> Iterator[Any]:
 def _concat_filter(context: Context, parts: list[Any]) -> str:
     _size("a text", sum(len(p) for p in parts if isinstance(p, str)))
     joined: str = (markup_join if context.eval_ctx.autoescape else str_join)(parts)
-    _size("a text", len(joined))
+    _size("a text", len(joined), charge=False)
     return joined
+
+
+@pass_eval_context
+def _join_filter(
+    eval_ctx: EvalContext, value: Any, d: str = "", attribute: Any = None
+) -> str:
+    join = FILTERS["join"]
+    if attribute is not None:
+        joined: str = join(eval_ctx, value, d, attribute)
+        _size("a text", len(joined))
+        return joined
+    result: str = join(eval_ctx, _collect(value, len(str(d))), d)
+    return result
 
 
 def _bounded_filter(name: str, check: Callable[..., None]) -> Callable[..., Any]:
@@ -249,11 +292,6 @@ def _check_indent(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> None
         _size("a text", len(str(value)) + lines * width)
     else:
         _size("a text", len(str(value)) + lines * len(str(width)))
-
-
-def _check_join(eval_ctx: Any, value: Any, d: Any = "", attribute: Any = None) -> None:
-    if isinstance(value, list | tuple | str) and attribute is None:
-        _size("a text", _text_size(value) + len(str(d)) * len(value))
 
 
 def _check_replace(
@@ -294,7 +332,7 @@ class _Environment(ImmutableSandboxedEnvironment):
             format=_bounded_filter("format", _check_format),
             center=_bounded_filter("center", _check_center),
             indent=_bounded_filter("indent", _check_indent),
-            join=_bounded_filter("join", _check_join),
+            join=_join_filter,
             replace=_bounded_filter("replace", _check_replace),
             batch=_bounded_filter("batch", _check_fill),
             slice=_bounded_filter("slice", _check_fill),
@@ -358,7 +396,7 @@ def compile_template(source: str, html: bool = False) -> Template:
 
 def _run(template: Template, variables: dict[str, Any]) -> str:
     """Render within the bounds; the output stops a little past :data:`MAX_OUTPUT`."""
-    token = _steps.set([MAX_STEPS])
+    token = _steps.set([MAX_STEPS, MAX_BUILT])
     chunks: list[str] = []
     total = 0
     stream = template.generate(variables)
@@ -430,6 +468,7 @@ def render_value(
     return value
 
 
+@lru_cache(maxsize=256)
 def signed_only(source: str) -> bool:
     """Whether an ``id`` template takes nothing from the event unless through the
     ``signed`` filter: fixed text, or outputs each ending in ``| signed``."""
