@@ -414,6 +414,7 @@ def _run(template: Template, variables: dict[str, Any]) -> str:
     return "".join(chunks)
 
 
+@lru_cache(maxsize=1024)
 def check_cost(source: str) -> str | None:
     """Why ``source`` breaks a bound of the sandbox on its own (rendered with every
     variable empty), else ``None``. Other errors are left to delivery, where the
