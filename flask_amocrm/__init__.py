@@ -8,6 +8,7 @@ from __future__ import annotations
 from .errors import AmoCRMError
 from .extension import AmoCRM
 from .models import Event
+from .rules.signing import sign_id
 from .signals import (
     event_captured,
     event_delivered,
@@ -25,4 +26,5 @@ __all__ = [
     "event_failed",
     "form_submitted",
     "mail_sent",
+    "sign_id",
 ]

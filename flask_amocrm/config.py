@@ -168,6 +168,11 @@ class Settings:
     upload_extensions: tuple[str, ...]
 
 
+#: The shortest ``AMOCRM_AGENT_INTERVAL``: the agent runs on the worker's periodic
+#: tick, which comes every 30 seconds (``TICK`` in flask_amocrm/worker/schedule.py).
+MIN_AGENT_INTERVAL = 30
+
+
 def _fail(key: str, problem: str) -> RuntimeError:
     return RuntimeError(f"{key} {problem}")
 
@@ -403,7 +408,7 @@ def read_settings(app: Flask) -> Settings:
         queue=queue,
         delivery=delivery,
         batch_size=_int(config, "AMOCRM_BATCH_SIZE", 1),
-        agent_interval=_int(config, "AMOCRM_AGENT_INTERVAL", 1),
+        agent_interval=_agent_interval(config),
         rate_limit=rate_limit,
         rules=load_rules(config["AMOCRM_RULES"], app.root_path),
         site_name=config["AMOCRM_SITE_NAME"],
@@ -423,6 +428,18 @@ def read_settings(app: Flask) -> Settings:
         keepalive_days=_int(config, "AMOCRM_KEEPALIVE_DAYS", 1),
         **_rules_settings(app, config),
     )
+
+
+def _agent_interval(config: Any) -> int:
+    seconds = _int(config, "AMOCRM_AGENT_INTERVAL", 1)
+    if seconds < MIN_AGENT_INTERVAL:
+        raise _fail(
+            "AMOCRM_AGENT_INTERVAL",
+            f"must be at least {MIN_AGENT_INTERVAL} seconds, not {seconds}: the agent "
+            f"runs on the worker's tick, which comes every {MIN_AGENT_INTERVAL} "
+            "seconds, so a shorter interval would not be kept.",
+        )
+    return seconds
 
 
 def _admin_auth(value: Any) -> Callable[[], bool] | None:

@@ -51,7 +51,7 @@ class AmoCRM:
                 " Import and use that instance instead."
             )
         settings = read_settings(app)
-        validate_rules(settings.rules)
+        validate_rules(settings.rules, secret_key=app.secret_key)
         if self._db is not None:
             for table in metadata.sorted_tables:
                 if table.name not in self._db.metadata.tables:

@@ -9,6 +9,7 @@ import requests
 from flask import Flask
 
 from flask_amocrm.progress import Progress
+from flask_amocrm.rules.signing import sign_id
 from flask_amocrm.testing import deliver_pending
 from tests.helpers.e2e import field_values, form_site, stored_events
 
@@ -460,7 +461,7 @@ def test_the_rule_names_the_contact_and_its_leads_are_searched(
     rules = {
         "forms": {
             "renew": {
-                "contact": {"id": "{{ data.cid }}"},
+                "contact": {"id": "{{ data.cid | signed }}"},
                 "lead": {
                     "name": "Renewal",
                     "tags": ["again"],
@@ -470,7 +471,9 @@ def test_the_rule_names_the_contact_and_its_leads_are_searched(
         }
     }
     app = form_site(make_app, rules)
-    assert _send(app, "renew", cid=str(contact))["delivered"] == 1
+    assert (
+        _send(app, "renew", cid=sign_id("contact", contact, "test"))["delivered"] == 1
+    )
     [event] = stored_events(app)
     assert event.remote["lead_id"] == mine
     [lead] = sandbox.leads()

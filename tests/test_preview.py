@@ -11,6 +11,7 @@ import pytest
 
 from flask_amocrm.amo.recording import RecordingClient
 from flask_amocrm.progress import Progress
+from flask_amocrm.rules.signing import sign_id
 from flask_amocrm.testing import deliver_pending
 from tests.helpers.e2e import form_site, stored_events
 
@@ -124,13 +125,19 @@ def test_preview_updates_an_entity_the_rule_names(
     make_app: Any, fast_sandbox: Any
 ) -> None:
     rule = {
-        "contact": {"id": "{{ data.contact }}", "name": "{{ data.name }}"},
+        "contact": {"id": "{{ data.contact | signed }}", "name": "{{ data.name }}"},
         "lead": {"name": "Call {{ data.name }}", "note": "n"},
         "task": {"text": "t"},
     }
     app = make_app(AMOCRM_RULES={"forms": {"f": rule}}, AMOCRM_RATE_LIMIT=50)
     result = app.test_cli_runner().invoke(
-        args=["amocrm", "preview", "f", "--data", '{"name": "Ann", "contact": "7"}']
+        args=[
+            "amocrm",
+            "preview",
+            "f",
+            "--data",
+            json.dumps({"name": "Ann", "contact": sign_id("contact", 7, "test")}),
+        ]
     )
     assert result.exit_code == 0, result.output
     calls = _printed_calls(result.output)

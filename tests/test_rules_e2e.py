@@ -8,7 +8,7 @@ from typing import Any
 
 from werkzeug.datastructures import FileStorage
 
-from flask_amocrm import Event, mail_sent
+from flask_amocrm import Event, mail_sent, sign_id
 from flask_amocrm.sandbox.seed import ADMIN_ID
 from flask_amocrm.testing import deliver_pending
 from tests.helpers.e2e import field_values, form_site, stored_events
@@ -251,14 +251,14 @@ def test_update_by_id_keeps_locked_fields_and_adds_phones(
             },
             "again": {
                 "contact": {
-                    "id": "{{ data.contact_id }}",
+                    "id": "{{ data.contact_id | signed }}",
                     "name": "{{ data.name }}",
                     "phone": "{{ data.phone }}",
                     "lock": ["name"],
                     "note": {"text": "Known customer", "unique": True},
                 },
                 "lead": {
-                    "id": "{{ data.lead_id }}",
+                    "id": "{{ data.lead_id | signed }}",
                     "name": "Renamed",
                     "price": "900",
                     "lock": ["price"],
@@ -277,8 +277,8 @@ def test_update_by_id_keeps_locked_fields_and_adds_phones(
         data={
             "name": "Someone else",
             "phone": "+79995556677",
-            "contact_id": str(first.remote["contact_id"]),
-            "lead_id": str(first.remote["lead_id"]),
+            "contact_id": sign_id("contact", first.remote["contact_id"], "test"),
+            "lead_id": sign_id("lead", first.remote["lead_id"], "test"),
         },
     )
     assert deliver_pending(app)["delivered"] == 1
@@ -294,9 +294,9 @@ def test_update_by_id_keeps_locked_fields_and_adds_phones(
 
 
 def test_an_unknown_id_fails_the_event(make_app: Any, fast_sandbox: Any) -> None:
-    rules = {"forms": {"f": {"lead": {"id": "{{ data.id }}", "name": "x"}}}}
+    rules = {"forms": {"f": {"lead": {"id": "{{ data.id | signed }}", "name": "x"}}}}
     app = form_site(make_app, rules)
-    app.test_client().post("/form/f", data={"id": "999"})
+    app.test_client().post("/form/f", data={"id": sign_id("lead", 999, "test")})
     assert deliver_pending(app)["failed"] == 1
     [event] = stored_events(app)
     assert "no such lead" in event.last_error

@@ -18,6 +18,7 @@ from flask_amocrm.rules.fields import field_item, parse_when
 from flask_amocrm.rules.plan import PlanEnv
 from flask_amocrm.rules.render import build_plan
 from flask_amocrm.rules.schema import find_rule, validate_rules
+from flask_amocrm.rules.signing import sign_id
 from flask_amocrm.rules.templates import render
 from flask_amocrm.sandbox.seed import make_seed
 
@@ -449,14 +450,19 @@ def test_unsorted_plan(meta: AccountMetadata) -> None:
 def test_update_payload_respects_locks_and_merges_phones() -> None:
     rule = {
         "contact": {
-            "id": "{{ data.id }}",
+            "id": "{{ data.id | signed }}",
             "name": "{{ data.name }}",
             "phone": "{{ data.phone }}",
             "tags": ["x"],
             "lock": ["name", "responsible"],
         }
     }
-    plan = _plan(rule, {"id": "42", "name": "New", "phone": "+7 999 111-22-33"})
+    data = {
+        "id": sign_id("contact", 42, "k"),
+        "name": "New",
+        "phone": "+7 999 111-22-33",
+    }
+    plan = _plan(rule, data, secret_key="k")
     contact = plan.contact
     assert contact.id == 42 and plan.steps() == ["update"]
     current = {

@@ -74,19 +74,28 @@ def clean_text(
     return text
 
 
+#: A currency word or sign before or after a price: ``руб.``, ``р.``, ``RUB``, ``₽``,
+#: ``$``, ``USD``.
+_UNIT = r"(?:[^\W\d_]{1,5}\.?|[^\w\s.,'+\-]{1,3})"
+#: A number as visitors write it: ``1 500,50``, ``1,500.50``, ``1'500``, ``2e3``.
+_NUMBER = re.compile(
+    rf"{_UNIT}?\s*([+\-]?[.,]?\d(?:[\d\s\u00a0\u202f'.,]*\d)?(?:[eE][+\-]?\d+)?)"
+    rf"\s*{_UNIT}?"
+)
+
+
 def parse_number(value: Any) -> float | None:
-    """A number from what a visitor typed (``"1 500,50"``, ``"1500.5 ₽"``), or
-    ``None`` when it is not one."""
+    """A number from what a visitor typed (``"1 500,50"``, ``"1500.5 ₽"``,
+    ``"1 500,50 руб."``, ``"1500р."``, ``"$20"``), or ``None`` when it is not one."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         return float(value) if math.isfinite(value) else None
-    text = str(value).strip()
-    if not text:
+    found = _NUMBER.fullmatch(str(value).strip())
+    if found is None:
         return None
-    # Spaces (also no-break and thin ones) group thousands; a currency sign may follow.
-    text = re.sub(r"[\s\u00a0\u202f']", "", text)
-    text = re.sub(r"[^\d.,+\-eE]+$", "", re.sub(r"^[^\d.,+\-]+", "", text))
+    # Spaces (also no-break and thin ones) and apostrophes group thousands.
+    text = re.sub(r"[\s\u00a0\u202f']", "", found.group(1))
     if "," in text and "." in text:
         # "1,500.50" or "1.500,50": the last separator is the decimal one.
         if text.rfind(",") > text.rfind("."):

@@ -340,6 +340,7 @@ _DATE_FORMATS = (
 )
 _TIME_FORMATS = ("%H:%M", "%H:%M:%S", "%H.%M")
 _STAMP = re.compile(r"^\d{9,11}$")
+_SPACED_DAY = re.compile(r"^(\d{1,2} \d{1,2} \d{4})(?= |$)")
 
 
 def parse_when(value: Any, *, tz: tzinfo, with_time: bool = True) -> int | None:
@@ -375,7 +376,11 @@ def _parse_text(text: str) -> datetime | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         pass
-    day_part, _, time_part = text.partition(" ")
+    spaced = _SPACED_DAY.match(text)  # "17 05 2024": the day's own spaces
+    if spaced:
+        day_part, time_part = spaced.group(1), text[spaced.end() :].strip()
+    else:
+        day_part, _, time_part = text.partition(" ")
     day = _parse_day(day_part)
     if day is None:
         return None

@@ -54,6 +54,9 @@ class PlanEnv:
     workday_end: time = time(18, 0)
     #: The country assumed for phones written without one (``AMOCRM_PHONE_REGION``).
     phone_region: str = DEFAULT_PHONE_REGION
+    #: The app's ``SECRET_KEY``: a section's ``id`` taken from the event is verified
+    #: with it (:mod:`~flask_amocrm.rules.signing`).
+    secret_key: str | bytes | None = field(default=None, repr=False)
     _meta: AccountNames | None = field(default=None, repr=False)
 
     def meta(self, why: str) -> AccountNames:

@@ -36,7 +36,8 @@ from typing import Any
 from jinja2 import TemplateSyntaxError
 
 from ..vocabulary import CORE_KEYS, STANDARD_FIELDS, TRACKING_TAGS, fold
-from .templates import compile_template
+from .signing import unsigned_id
+from .templates import check_cost, compile_template, signed_only
 
 #: Keys of a rule (and of ``defaults``).
 RULE_KEYS = {
@@ -105,6 +106,9 @@ def _templates(where: str, value: Any) -> None:
                 where,
                 f"has a template error: {exc.message} (line {exc.lineno}): {value!r}",
             ) from None
+        problem = check_cost(value)
+        if problem:
+            raise _fail(where, f"breaks a bound: {problem}: {value!r}")
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _templates(f"{where}[{i}]", item)
@@ -193,6 +197,13 @@ def _check_section(
         elif key == "price":
             if not isinstance(value, str | int | float | list):
                 raise _fail(path, "must be a value or a list of values to add up.")
+        elif key == "id":
+            if not isinstance(value, str | int) or isinstance(value, bool):
+                raise _fail(path, "must be an entity id or a template.")
+            if isinstance(value, str) and "{" in value:
+                _templates(path, value)  # a syntax error first
+                if not signed_only(value):
+                    raise _fail(path, unsigned_id(entity))
         elif key in ("responsible",):
             if not isinstance(value, str | int | list) or value == []:
                 raise _fail(
@@ -385,13 +396,42 @@ def _check_rule(where: str, rule: Any, complete: bool = False) -> None:
             _templates(path, value)
 
 
-def validate_rules(rules: dict[str, Any]) -> None:
+def validate_rules(rules: dict[str, Any], *, secret_key: Any = ...) -> None:
     """Raise :class:`RuntimeError` naming the rule and key if ``rules`` is invalid.
 
     Each rule is checked with ``defaults`` merged under it, as it will be used.
+    ``secret_key``: the app's ``SECRET_KEY``, which signed ids need (not checked when
+    not given).
     """
     if not isinstance(rules, dict):
         raise _fail("", "must be a table with 'defaults', 'forms' and 'mails'.")
+    _check_all(rules)
+    if secret_key is not ... and not secret_key:
+        for where in _signed_ids(rules):
+            raise _fail(
+                where,
+                "verifies a signed id, which needs the app's SECRET_KEY: set it.",
+            )
+
+
+def _signed_ids(rules: dict[str, Any]) -> list[str]:
+    """Where the rules verify a signed id (``| signed``)."""
+    out = []
+    for top in ("defaults", *_KINDS):
+        section = rules.get(top) or {}
+        named = {"defaults": section} if top == "defaults" else section
+        for name, rule in named.items():
+            if not isinstance(rule, dict):
+                continue
+            for key in _ENTITIES:
+                value = (rule.get(key) or {}).get("id")
+                if isinstance(value, str) and "signed" in value:
+                    where = "defaults" if top == "defaults" else f"{top}.{name}"
+                    out.append(f"{where}.{key}.id")
+    return out
+
+
+def _check_all(rules: dict[str, Any]) -> None:
     for top, value in rules.items():
         if top == "defaults":
             _check_rule("defaults", value)

@@ -219,6 +219,7 @@ def plan_env(state: AppState, *, preview: bool = False) -> PlanEnv:
         tz=ZoneInfo(state.settings.timezone),
         workday_end=state.settings.workday_end,
         phone_region=state.settings.phone_region,
+        secret_key=state.app.secret_key,
     )
 
 

@@ -16,6 +16,8 @@ from ...vocabulary import LOCK_KEYS, STANDARD_FIELDS, TRACKING_TAGS
 from ..clean import NAME_LIMIT, TAG_LIMIT, clean_text, parse_number
 from ..fields import field_item, is_empty
 from ..plan import EntityPlan
+from ..signing import CHECK_VARIABLE, IdCheck, unsigned_id
+from ..templates import render_value, signed_only
 from .builder import PlanBuilder
 from .duplicates import duplicates
 from .people import pipeline_status, responsible
@@ -182,7 +184,12 @@ def entity_id(b: PlanBuilder, section: dict[str, Any], where: str) -> int | None
     mode)."""
     if "id" not in section or b.unsorted:
         return None
-    value = b.render(section["id"], f"{where}.id")
+    key = where.rsplit(".", 1)[-1]
+    template = section["id"]
+    if isinstance(template, str) and "{" in template and not signed_only(template):
+        raise RuleError(f"{where}.id: {unsigned_id(key)}")
+    variables = {**b.vars, CHECK_VARIABLE: IdCheck(key, b.env.secret_key)}
+    value = render_value(template, variables, where=f"{where}.id")
     if is_empty(value):
         return None
     text = str(value).strip()

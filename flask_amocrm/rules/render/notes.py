@@ -10,6 +10,7 @@ lost. With ``format = "html"`` notes are HTML.
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 from ..clean import LONG_LIMIT
@@ -33,7 +34,7 @@ def notes(b: PlanBuilder) -> None:
         unique = unique and not b.unsorted
         slot = (key, unique, group)
         if not group:
-            b.plan.notes.append(NoteSpec(key, text, unique))
+            b.plan.notes.append(NoteSpec(key, cut(b, key, text), unique))
             return
         if slot not in pending:
             pending[slot] = []
@@ -79,7 +80,7 @@ def notes(b: PlanBuilder) -> None:
     for slot in order:
         key, unique, _group = slot
         b.plan.notes.append(
-            NoteSpec(key, join(b, pending[slot], blank=True)[:LONG_LIMIT], unique)
+            NoteSpec(key, cut(b, key, join(b, pending[slot], blank=True)), unique)
         )
 
 
@@ -132,6 +133,25 @@ def _same_field(a: dict[str, Any], b: dict[str, Any]) -> bool:
     )
 
 
+def cut(b: PlanBuilder, key: str, text: str) -> str:
+    """``text`` cut to amoCRM's note limit (:data:`LONG_LIMIT`), ending with a line
+    that says how much was cut; the cut is written to the event's log. (The event
+    row keeps what the visitor sent in full.)"""
+    if len(text) <= LONG_LIMIT:
+        return text
+    tail = ("<br>" if b.html else "\n") + (
+        f"… {{}} more characters were cut (amoCRM keeps {LONG_LIMIT} in a note)"
+    )
+    # Room for the count: it has no more digits than the whole length.
+    kept = text[: LONG_LIMIT - len(tail.format(len(text)))]
+    if b.html:  # never leave half a tag or an entity behind
+        kept = re.sub(r"<[^>]*$|&[#\w]*$", "", kept)
+    b.plan.warnings.append(
+        f"{b.where}.{key}: a note of {len(text)} characters was cut to {LONG_LIMIT}"
+    )
+    return kept + tail.format(len(text) - len(kept))
+
+
 def line(b: PlanBuilder, text: str) -> str:
     """A list item of a note."""
     return f"• {html.escape(text)}" if b.html else f"- {text}"
@@ -144,4 +164,4 @@ def join(b: PlanBuilder, parts: list[str], blank: bool = False) -> str:
     return ("\n\n" if blank else "\n").join(parts)
 
 
-__all__ = ["files", "join", "line", "notes"]
+__all__ = ["cut", "files", "join", "line", "notes"]
