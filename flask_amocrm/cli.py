@@ -134,19 +134,17 @@ def import_command(path: str) -> None:
     """Import past form results or mail events from a CSV or JSON-lines file and
     deliver them like live events. Rows imported before are skipped."""
     state = get_state()
-    try:
-        rows = list(read_rows(path))
-    except ImportRowError as exc:
-        raise click.ClickException(f"{path}: {exc}") from None
-    with click.progressbar(length=len(rows), label="Importing") as bar:
-        added: list[int] = []
-        skipped = 0
-        for start in range(0, len(rows), 200):
-            new, old = import_rows(state, rows[start : start + 200])
-            added += new
-            skipped += old
-            bar.update(len(new) + old)
+    bad: list[str] = []
+
+    def report(problem: str) -> None:
+        bad.append(problem)
+        click.echo(f"{path}: {problem} (skipped)", err=True)
+
+    # read as a stream: the rows are stored a chunk at a time
+    added, skipped = import_rows(state, read_rows(path, on_error=report))
     click.echo(f"{len(added)} event(s) imported, {skipped} already imported before.")
+    if bad:
+        click.echo(f"{len(bad)} row(s) skipped: see the lines above.", err=True)
     mode = state.settings.delivery
     if mode == "rq":
         with click.progressbar(added, label="Queueing") as ids:
@@ -155,6 +153,8 @@ def import_command(path: str) -> None:
         click.echo(json.dumps(process(state, None), sort_keys=True))
     else:
         click.echo("They will be delivered by the next agent run.")
+    if bad:
+        raise SystemExit(1)
 
 
 @amocrm_cli.command("status")
