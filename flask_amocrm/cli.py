@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from .amo.auth import authorize_url
 from .amo.connect import exchange_code
 from .amo.metadata import metadata_for, sync_metadata
-from .errors import AmoCRMError, ImportRowError
+from .errors import AmoCRMError
 from .importer import import_rows, read_rows
 from .models import FAILED, IGNORED, STATUSES, Event
 from .outbox import make_due

@@ -102,7 +102,9 @@ def finite(value: Any) -> Any:
     """``value`` with ``NaN`` and the infinities as the strings JSON writes for them
     (PostgreSQL's ``json`` refuses them as numbers), and lone surrogates cleaned."""
     if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        return (
+            "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        )
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, dict):
@@ -141,9 +143,7 @@ def bounded(
     def cut(text: str, path: str) -> str:
         text = clean_text(text)
         if len(text) > max_value:
-            notes.append(
-                f"{path[:100]} cut from {len(text)} to {max_value} characters"
-            )
+            notes.append(f"{path[:100]} cut from {len(text)} to {max_value} characters")
             text = text[:max_value]
         budget[0] -= len(text) + 4
         return text
@@ -502,7 +502,9 @@ def _load_file(state: AppState, instance_path: str, working: str) -> int:
         )
     if keep:
         with open(spool_path(instance_path), "a", encoding="utf-8") as out:
-            out.writelines(line if line.endswith("\n") else line + "\n" for line in keep)
+            out.writelines(
+                line if line.endswith("\n") else line + "\n" for line in keep
+            )
     os.remove(working)
     return loaded
 

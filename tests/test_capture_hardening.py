@@ -44,7 +44,8 @@ def test_the_spool_survives_any_line(
     spool = os.path.join(app.instance_path, "amocrm-spool.jsonl")
     lines = [
         json.dumps(_record("First")),
-        '{"kind": "form", "source": "callback", "data": {"name": "Nan", "phone": "1", "n": NaN}}',
+        '{"kind": "form", "source": "callback", '
+        '"data": {"name": "Nan", "phone": "1", "n": NaN}}',
         "{not json at all",
         "[" * 5000,
         json.dumps(["a list"]),
@@ -141,9 +142,7 @@ def test_import_skips_bad_rows_and_reports_their_lines(
 
     csv_file = tmp_path / "rows.csv"
     csv_file.write_text(
-        "source,time,name,comment\n"
-        f"callback,,Big,{'c' * 200_000}\n"
-        "callback,,After,ok\n"
+        f"source,time,name,comment\ncallback,,Big,{'c' * 200_000}\ncallback,,After,ok\n"
     )
     result = app.test_cli_runner().invoke(args=["amocrm", "import", str(csv_file)])
     assert "Traceback" not in result.output
@@ -160,7 +159,8 @@ def test_imported_events_get_the_sites_context(
             "callback": {
                 "lead": {
                     "name": "From {{ site.name }}",
-                    "note": "Page: {{ page.url }} / {{ utm.utm_source | default('-') }}",
+                    "note": "Page: {{ page.url }} / "
+                    "{{ utm.utm_source | default('-') }}",
                 }
             }
         }

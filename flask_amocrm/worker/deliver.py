@@ -193,7 +193,9 @@ def _prepare(state: AppState, session: Any, event: Event) -> Delivery | None:
     steps an earlier attempt finished is returned as well: it sends nothing."""
     rule = find_rule(state.settings.rules, event.kind, event.source)
     if rule is None:
-        event.log = append_log(event.log, [f"no rule for {event.kind} {event.source!r}"])
+        event.log = append_log(
+            event.log, [f"no rule for {event.kind} {event.source!r}"]
+        )
         return None
     section = "forms" if event.kind == "form" else "mails"
     try:
