@@ -288,6 +288,26 @@ def test_a_file_flood_is_bounded(
     assert [e.status for e in _settled(app)] == [DELIVERED, DELIVERED]
 
 
+def test_a_file_flood_saves_the_default_number_of_files(
+    make_app: Any, fast_sandbox: Any, database_uri: str, tmp_path: Any
+) -> None:
+    folder = tmp_path / "uploads"
+    app = _site(
+        make_app,
+        database_uri,
+        AMOCRM_UPLOAD_FOLDER=str(folder),
+        AMOCRM_UPLOAD_URL="https://files.example.com/up",
+    )
+    files = [("cv", (f"cv{i}.pdf", b"%PDF", "application/pdf")) for i in range(100)]
+    with _serving(app) as base:
+        flood = requests.post(f"{base}/form/callback", data=GOOD, files=files)
+    assert flood.status_code == 200
+    assert len([p for p in folder.rglob("*") if p.is_file()]) == 10
+    [event] = stored_events(app)
+    assert len(event.files) == 11
+    assert event.files[-1]["error"] == "90 more file(s) not saved"
+
+
 def test_upload_links_never_take_the_visitors_host(
     make_app: Any, fast_sandbox: Any, database_uri: str, tmp_path: Any
 ) -> None:
@@ -381,8 +401,6 @@ def test_sqlite_capture_waits_well_under_a_second_then_spools(
 def test_warnings_are_recorded_once_and_the_log_is_capped(
     make_app: Any, fast_sandbox: Any, database_uri: str
 ) -> None:
-    from flask_amocrm.outbox import LOG_MAX_ENTRIES, LOG_MAX_LENGTH
-
     app = _site(make_app, database_uri)
     with _serving(app) as base:
         # a name over amoCRM's limit: the plan warns, with the full value
@@ -405,5 +423,7 @@ def test_warnings_are_recorded_once_and_the_log_is_capped(
     assert event.attempts == 4
     assert event.log, "the plan's warning is recorded"
     assert len(event.log) == len(set(event.log))
+    from flask_amocrm.outbox import LOG_MAX_ENTRIES, LOG_MAX_LENGTH
+
     assert len(event.log) <= LOG_MAX_ENTRIES
     assert all(len(line) <= LOG_MAX_LENGTH for line in event.log)
