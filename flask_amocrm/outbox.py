@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, and_, insert, or_, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from .models import FAILED, IGNORED, PENDING, PROCESSING, RETRYING, Event, utcnow
@@ -82,6 +82,8 @@ LOG_MAX_ENTRIES = 50
 LOG_MAX_LENGTH = 2000
 #: Longest dict key an event keeps, in characters.
 _MAX_KEY = 200
+#: Integers JSON may hold (Python refuses to write ones over 4,300 digits).
+_MAX_INT_BITS = 13_000
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -154,7 +156,10 @@ def bounded(
             return item
         if isinstance(item, int):
             budget[0] -= 20
-            return item if abs(item) < 10**300 else cut(str(item), path)
+            if item.bit_length() > _MAX_INT_BITS:  # str() of it would raise
+                notes.append(f"{path[:100]} is a number too long to store")
+                return None
+            return item
         if isinstance(item, float):
             budget[0] -= 20
             return finite(item)
@@ -447,7 +452,7 @@ def _take_spool_files(path: str) -> list[str]:
         else:
             taken.append(working)
     for leftover in sorted(glob.glob(glob.escape(path) + ".*.loading")):
-        if leftover in taken:
+        if leftover in taken or _loading_elsewhere(leftover):
             continue
         # a new name of our own, so a second run never takes the same file
         mine = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.loading"
@@ -457,6 +462,20 @@ def _take_spool_files(path: str) -> list[str]:
             continue
         taken.append(mine)
     return taken
+
+
+def _loading_elsewhere(name: str) -> bool:
+    """Whether another live process is loading this file (its pid is in the name)."""
+    match = re.search(r"\.(\d+)(?:\.[0-9a-f]{8})?\.loading$", name)
+    if match is None or int(match.group(1)) == os.getpid():
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # alive, another user's
+    return True
 
 
 def _load_file(state: AppState, instance_path: str, working: str) -> int:
@@ -486,6 +505,11 @@ def _load_file(state: AppState, instance_path: str, working: str) -> int:
                     type(exc).__name__,
                 )
                 keep.append(line)
+            except IntegrityError as exc:
+                if not _stored(state, record):  # else: another run stored it
+                    rejected.append(
+                        {"line": number, "reason": _reason(exc), "text": line.rstrip()}
+                    )
             except (DBAPIError, ValueError) as exc:  # this record's own values
                 rejected.append(
                     {"line": number, "reason": _reason(exc), "text": line.rstrip()}
@@ -505,8 +529,19 @@ def _load_file(state: AppState, instance_path: str, working: str) -> int:
             out.writelines(
                 line if line.endswith("\n") else line + "\n" for line in keep
             )
-    os.remove(working)
+    try:
+        os.remove(working)
+    except FileNotFoundError:
+        pass
     return loaded
+
+
+def _stored(state: AppState, fields: dict[str, Any]) -> bool:
+    uid = fields.get("uid")
+    if not uid:
+        return False
+    with state.session() as session:
+        return session.scalar(select(Event.id).where(Event.uid == uid)) is not None
 
 
 def _read_record(line: str) -> dict[str, Any]:

@@ -244,3 +244,17 @@ def test_the_readme_quick_start_holds() -> None:
     assert re.search(r"flask amocrm init-db|db\.create_all\(\)", readme)
     worker = re.search(r"rq worker [^`\n]*", readme)
     assert worker and " -u " in worker.group(0), worker
+
+
+def test_a_file_another_live_process_is_loading_is_left_to_it(
+    make_app: Any, fast_sandbox: Any, tmp_path: Any
+) -> None:
+    app = make_app()
+    os.makedirs(app.instance_path, exist_ok=True)
+    spool = os.path.join(app.instance_path, "amocrm-spool.jsonl")
+    busy = f"{spool}.{os.getppid()}.deadbeef.loading"  # a live process's name
+    with open(busy, "w", encoding="utf-8") as fp:
+        fp.write(json.dumps(_record("Theirs")) + "\n")
+    assert _process(app)["spooled"] == 0
+    assert os.path.exists(busy)
+    assert stored_events(app) == []
