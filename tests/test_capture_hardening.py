@@ -258,3 +258,26 @@ def test_a_file_another_live_process_is_loading_is_left_to_it(
     assert _process(app)["spooled"] == 0
     assert os.path.exists(busy)
     assert stored_events(app) == []
+
+
+def test_capture_keeps_the_data_when_the_visit_and_uploads_fail(
+    make_app: Any, monkeypatch: Any
+) -> None:
+    import flask_amocrm.capture as capture_module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(capture_module, "read_visit", broken)
+    monkeypatch.setattr(capture_module, "file_links", broken)
+    app = form_site(make_app, {"forms": {}}, AMOCRM_SITE_NAME="Shop")
+    response = app.test_client().post(
+        "/form/callback", data={"name": "Real Customer", "phone": "+79161112233"}
+    )
+    assert response.status_code == 200
+    [event] = stored_events(app)
+    assert event.data == {"name": "Real Customer", "phone": "+79161112233"}
+    assert event.context["site"]["name"] == "Shop"
+    assert event.files == []
+    assert any("visit could not be read (RecursionError)" in x for x in event.log)
+    assert any("uploads could not be read (RecursionError)" in x for x in event.log)
