@@ -3,8 +3,12 @@
 Run it against the sandbox::
 
     python -m flask_amocrm.sandbox --port 8089 &
-    AMOCRM_BASE_URL=http://127.0.0.1:8089 AMOCRM_TOKEN=sandbox-token \
-        flask --app example_app.site run
+    export AMOCRM_BASE_URL=http://127.0.0.1:8089 AMOCRM_TOKEN=sandbox-token
+    flask --app example_app.site amocrm init-db     # the amocrm_* tables, once
+    flask --app example_app.site run
+
+The form sends the fields the visitor filled in, not ``request.form``: Flask-WTF's
+``csrf_token`` is not something the visitor said (capture leaves it out anyway).
 """
 
 from __future__ import annotations

@@ -10,19 +10,22 @@ refuses the event, it is spooled to a file and stored later (:mod:`.outbox`).
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, current_app
 
 from .alerts import ALERT_HEADER
+from .config import Settings
 from .models import Event
-from .outbox import spool, store
+from .outbox import MAX_DEPTH, append_log, as_text, bounded, spool, store
 from .rules.schema import find_mail_event
 from .signals import event_captured
 from .state import AppState, get_state
 from .uploads import file_links
-from .visit import read_visit
+from .visit import cookies_named, read_visit
 from .worker.dispatch import hand_off
 
 log = logging.getLogger("flask_amocrm")
@@ -75,17 +78,23 @@ def _message_fields(message: Any) -> dict[str, Any]:
     }
 
 
-def plain(value: Any) -> Any:
-    """Make submitted data JSON-safe: MultiDicts keep repeated keys as lists."""
+def plain(value: Any, depth: int = 0) -> Any:
+    """Make submitted data JSON-safe: MultiDicts keep repeated keys as lists. Past
+    :data:`~flask_amocrm.outbox.MAX_DEPTH` levels a value is kept as text (a body
+    nested 500 deep must not exhaust the stack)."""
+    if depth > MAX_DEPTH and isinstance(value, Mapping | list | tuple | set):
+        return as_text(value)
     if hasattr(value, "to_dict") and hasattr(value, "getlist"):
         return {
             key: (vals[0] if len(vals) == 1 else vals)
-            for key, vals in ((k, [plain(v) for v in value.getlist(k)]) for k in value)
+            for key, vals in (
+                (k, [plain(v, depth + 1) for v in value.getlist(k)]) for k in value
+            )
         }
     if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
-        return [plain(v) for v in value]
+        return [plain(v, depth + 1) for v in value]
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, bytes):
@@ -103,36 +112,117 @@ def capture(
     dedupe_key: str | None = None,
 ) -> Event | None:
     """Store an event and hand it to delivery; return it, or ``None`` when it could
-    not be stored (it is spooled then, and the reason logged). Never raises."""
+    not be stored (it is spooled then, and the reason logged). Never raises.
+
+    Each part of the record is built on its own: when one fails (the visit, the
+    uploads), the others are kept and the event's log says what is missing, so the
+    visitor's data is never lost with it."""
     try:
         state = get_state()
     except RuntimeError:
         log.exception("Flask-AmoCRM: an event was sent but the app is not registered")
         return None
-    record: dict[str, Any] = {"kind": kind, "source": _source(source)}
+    settings = state.settings
+    notes: list[str] = []
+    record: dict[str, Any] = {
+        "uid": uuid.uuid4().hex,
+        "kind": kind,
+        "source": _source(source),
+        "dedupe_key": dedupe_key,
+    }
+    values = _data(data, message, settings, notes)
+    record["data"] = values
     try:
-        values = plain(data) if data is not None else {}
-        if not isinstance(values, dict):
-            values = {"value": values}
-        if message is not None:
-            values.setdefault("mail", plain(_message_fields(message)))
-        record["data"] = values
-        record["files"] = file_links(files, state.settings)
-        record["context"] = read_visit(
-            site_name=state.settings.site_name,
-            cookie=state.settings.utm_cookie,
-            data=values,
-        )
-        record["dedupe_key"] = dedupe_key
+        record["files"] = file_links(files, settings)
+    except Exception as exc:
+        log.exception("Flask-AmoCRM could not read the uploads of an event")
+        record["files"] = []
+        notes.append(f"the uploads could not be read ({type(exc).__name__})")
+    record["context"] = _context(state, values, notes)
+    record["log"] = append_log([], notes)
+    try:
         event = store(state, **record)
-    except Exception:
-        log.exception("Flask-AmoCRM could not store an event")
+    except Exception as exc:
+        log.error(
+            "Flask-AmoCRM could not store an event (%s); spooling it",
+            type(exc).__name__,
+        )
         _spool(record)
         return None
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     event_captured.send(app, event=event)
     _hand_off(state, event.id)
     return event
+
+
+def _data(
+    data: Any, message: Any, settings: Settings, notes: list[str]
+) -> dict[str, Any]:
+    """The submitted data, within the caps of :func:`~flask_amocrm.outbox.bounded`;
+    whatever cannot be read is kept as text."""
+    try:
+        values = plain(data) if data is not None else {}
+    except Exception as exc:
+        notes.append(f"the data could not be read as fields ({type(exc).__name__})")
+        values = {"value": as_text(data)}
+    if not isinstance(values, dict):
+        values = {"value": values}
+    _drop_csrf_token(values)
+    if message is not None:
+        try:
+            values.setdefault("mail", plain(_message_fields(message)))
+        except Exception as exc:
+            notes.append(f"the mail could not be read ({type(exc).__name__})")
+    try:
+        result = bounded(
+            values,
+            max_value=settings.max_value_length,
+            max_size=settings.max_event_size,
+            notes=notes,
+        )
+    except Exception as exc:
+        notes.append(f"the data was kept as text ({type(exc).__name__})")
+        return {"value": as_text(values)[: settings.max_value_length]}
+    assert isinstance(result, dict)
+    return result
+
+
+def _drop_csrf_token(values: dict[str, Any]) -> None:
+    """Flask-WTF's CSRF field is not something the visitor said."""
+    try:
+        name = current_app.config.get("WTF_CSRF_FIELD_NAME") or "csrf_token"
+    except RuntimeError:
+        name = "csrf_token"
+    values.pop(str(name), None)
+
+
+def _context(state: AppState, values: dict[str, Any], notes: list[str]) -> Any:
+    settings = state.settings
+    try:
+        return read_visit(
+            site_name=settings.site_name,
+            cookie=settings.utm_cookie,
+            data=values,
+            cookies=rule_cookies(state),
+        )
+    except Exception as exc:
+        log.exception("Flask-AmoCRM could not read the visit of an event")
+        notes.append(f"the visit could not be read ({type(exc).__name__})")
+        return {
+            "site": {"name": settings.site_name},
+            "utm": {},
+            "utm_first": {},
+            "page": {},
+            "client": {},
+            "cookies": {},
+            "captured_at": int(time.time()),
+        }
+
+
+def rule_cookies(state: AppState) -> frozenset[str]:
+    """The cookies the rules name (``cookies.partner``, ``cookies['x']``): with the
+    campaign and analytics ones, the only cookies an event keeps."""
+    return state.local("rule_cookies", lambda: cookies_named(state.settings.rules))
 
 
 def _source(source: Any) -> str:
@@ -150,6 +240,12 @@ def _spool(record: dict[str, Any]) -> None:
         log.error("Flask-AmoCRM spooled the event to %s", path)
     except Exception:
         log.exception("Flask-AmoCRM could not spool the event either")
+        try:  # keep what can be kept: the data as text
+            record = {**record, "data": {"value": as_text(record.get("data"))}}
+            record.update(files=[], context={})
+            spool(current_app.instance_path, record)
+        except Exception:
+            log.exception("Flask-AmoCRM lost an event: it could not be spooled")
 
 
 def _hand_off(state: AppState, event_id: int) -> None:

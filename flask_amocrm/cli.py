@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from .amo.auth import authorize_url
 from .amo.connect import exchange_code
 from .amo.metadata import metadata_for, sync_metadata
-from .errors import AmoCRMError, ImportRowError
+from .errors import AmoCRMError
 from .importer import import_rows, read_rows
 from .models import (
     FAILED,
@@ -185,19 +185,17 @@ def import_command(path: str) -> None:
     """Import past form results or mail events from a CSV or JSON-lines file and
     deliver them like live events. Rows imported before are skipped."""
     state = get_state()
-    try:
-        rows = list(read_rows(path))
-    except ImportRowError as exc:
-        raise click.ClickException(f"{path}: {exc}") from None
-    with click.progressbar(length=len(rows), label="Importing") as bar:
-        added: list[int] = []
-        skipped = 0
-        for start in range(0, len(rows), 200):
-            new, old = import_rows(state, rows[start : start + 200])
-            added += new
-            skipped += old
-            bar.update(len(new) + old)
+    bad: list[str] = []
+
+    def report(problem: str) -> None:
+        bad.append(problem)
+        click.echo(f"{path}: {problem} (skipped)", err=True)
+
+    # read as a stream: the rows are stored a chunk at a time
+    added, skipped = import_rows(state, read_rows(path, on_error=report))
     click.echo(f"{len(added)} event(s) imported, {skipped} already imported before.")
+    if bad:
+        click.echo(f"{len(bad)} row(s) skipped: see the lines above.", err=True)
     mode = state.settings.delivery
     if mode == "rq":
         with click.progressbar(added, label="Queueing") as ids:
@@ -206,6 +204,8 @@ def import_command(path: str) -> None:
         _echo_counts(process(state, None))
     else:
         click.echo("They will be delivered by the next agent run.")
+    if bad:
+        raise SystemExit(1)
 
 
 @amocrm_cli.command("status")

@@ -84,6 +84,11 @@ DEFAULTS: dict[str, Any] = {
         "rar",
         "7z",
     ),
+    # Capture: what one event may store (issue 11, items 8 and 9).
+    "AMOCRM_MAX_VALUE_LENGTH": 65536,
+    "AMOCRM_MAX_EVENT_SIZE": 1024 * 1024,
+    "AMOCRM_UPLOAD_MAX_FILES": 10,
+    "AMOCRM_UPLOAD_MAX_TOTAL": 50 * 1024 * 1024,
 }
 
 log = logging.getLogger("flask_amocrm")
@@ -166,6 +171,16 @@ class Settings:
     upload_max_size: int
     #: File name extensions saved (lower case, without the dot).
     upload_extensions: tuple[str, ...]
+    #: The longest text value an event stores, in characters (longer ones are cut,
+    #: with a note in the event's log).
+    max_value_length: int
+    #: About how many characters of submitted data one event stores; fields past it
+    #: are left out, with a note.
+    max_event_size: int
+    #: How many uploads of one event are saved; the rest are named, not saved.
+    upload_max_files: int
+    #: How many bytes of uploads one event saves in all.
+    upload_max_total: int
 
 
 #: The shortest ``AMOCRM_AGENT_INTERVAL``: the agent runs on the worker's periodic
@@ -453,6 +468,25 @@ def _admin_auth(value: Any) -> Callable[[], bool] | None:
     return value  # type: ignore[no-any-return]
 
 
+def _upload_url_on_site(app: Flask, path: str) -> str:
+    """``AMOCRM_UPLOAD_URL`` given as a path on this site, made absolute with the
+    site's configured ``SERVER_NAME``: never with a request's ``Host`` header, which
+    the visitor chooses, so a link a manager clicks in amoCRM cannot point elsewhere."""
+    server = str(app.config.get("SERVER_NAME") or "").strip()
+    if not server or "/" in server:
+        raise _fail(
+            "AMOCRM_UPLOAD_URL",
+            f"is a path ({path!r}): set SERVER_NAME to the site's host "
+            "('shop.example.com'), or give AMOCRM_UPLOAD_URL with its host "
+            "('https://shop.example.com/uploads'), so links in amoCRM never take "
+            "the host a visitor sent.",
+        )
+    scheme = str(app.config.get("PREFERRED_URL_SCHEME") or "http")
+    root = str(app.config.get("APPLICATION_ROOT") or "/").strip("/")
+    prefix = f"/{root}" if root else ""
+    return f"{scheme}://{server}{prefix}/{path.lstrip('/')}"
+
+
 def _rules_settings(app: Flask, config: Any) -> dict[str, Any]:
     """The settings rules and uploads use: time zone, working day, upload folder."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -483,6 +517,8 @@ def _rules_settings(app: Flask, config: Any) -> dict[str, Any]:
             "address the folder is served at ('/uploads' or "
             "'https://files.example.com/'), so amoCRM gets working links.",
         )
+    if url and "://" not in str(url):
+        url = _upload_url_on_site(app, str(url))
     extensions = config["AMOCRM_UPLOAD_EXTENSIONS"] or ()
     if isinstance(extensions, str):
         extensions = extensions.replace(";", ",").split(",")
@@ -503,4 +539,8 @@ def _rules_settings(app: Flask, config: Any) -> dict[str, Any]:
         "upload_url": str(url) if url else None,
         "upload_max_size": _int(config, "AMOCRM_UPLOAD_MAX_SIZE", 1),
         "upload_extensions": tuple(extensions),
+        "max_value_length": _int(config, "AMOCRM_MAX_VALUE_LENGTH", 100),
+        "max_event_size": _int(config, "AMOCRM_MAX_EVENT_SIZE", 10_000),
+        "upload_max_files": _int(config, "AMOCRM_UPLOAD_MAX_FILES", 0),
+        "upload_max_total": _int(config, "AMOCRM_UPLOAD_MAX_TOTAL", 0),
     }

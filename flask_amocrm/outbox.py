@@ -8,20 +8,36 @@ empty), ``retrying`` past its ``next_attempt_at``, or ``processing`` past its le
 ``UPDATE ... WHERE ... RETURNING``, so two workers never hold the same event.
 
 When the database refuses an event at capture, its record goes to the *spool*, a
-JSON-lines file in the instance folder, which :func:`load_spool` stores later.
+JSON-lines file in the instance folder, which :func:`load_spool` stores later. The
+spool is a journal: a line that cannot be read is set aside with its reason
+(``amocrm-spool.rejected.jsonl``) and never stops the lines after it; a file a
+stopped run left behind is loaded by the next one; a record carries its event's
+``uid``, so a line stored twice is stored once.
+
+What one event stores is bounded (:func:`bounded`): text values are cut at
+``AMOCRM_MAX_VALUE_LENGTH``, fields past ``AMOCRM_MAX_EVENT_SIZE`` are left out,
+nesting deeper than :data:`MAX_DEPTH` is kept as text, numbers JSON cannot hold
+(``NaN``, ``Infinity``) are kept as strings and lone surrogates become U+FFFD; each
+cut is noted in the event's log. The log itself is bounded (:func:`append_log`).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
+import math
 import os
+import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, and_, insert, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from .models import FAILED, IGNORED, PENDING, PROCESSING, RETRYING, Event, utcnow
@@ -38,11 +54,175 @@ LEASE = timedelta(minutes=15)
 #: A pending event younger than this still has its own job on the way.
 GRACE = timedelta(seconds=10)
 #: The columns a new event may be given; the rest start as every event does.
-FIELDS = ("kind", "source", "data", "files", "context", "dedupe_key", "created_at")
+FIELDS = (
+    "uid",
+    "kind",
+    "source",
+    "data",
+    "files",
+    "context",
+    "dedupe_key",
+    "log",
+    "created_at",
+)
 #: The fields of a spooled record that are stored.
-SPOOLED = ("kind", "source", "data", "files", "context", "dedupe_key")
+SPOOLED = ("uid", "kind", "source", "data", "files", "context", "dedupe_key", "log")
 #: The spool's file name, in the app's instance folder.
 SPOOL_NAME = "amocrm-spool.jsonl"
+#: Where spool lines that cannot be read are kept, with the reason.
+REJECTED_NAME = "amocrm-spool.rejected.jsonl"
+#: How long, in milliseconds, storing an event at capture waits for SQLite's write
+#: lock before it gives up and spools the event: the visitor is waiting.
+CAPTURE_BUSY_MS = 200
+
+#: Nesting deeper than this is stored as text.
+MAX_DEPTH = 20
+#: The most entries an event's log keeps, and the longest entry, in characters.
+LOG_MAX_ENTRIES = 50
+LOG_MAX_LENGTH = 2000
+#: Longest dict key an event keeps, in characters.
+_MAX_KEY = 200
+#: Integers JSON may hold (Python refuses to write ones over 4,300 digits).
+_MAX_INT_BITS = 13_000
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+# -- bounds ----------------------------------------------------------------------------
+
+
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates (which no database or JSON encoder takes)
+    replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def finite(value: Any) -> Any:
+    """``value`` with ``NaN`` and the infinities as the strings JSON writes for them
+    (PostgreSQL's ``json`` refuses them as numbers), and lone surrogates cleaned."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return (
+            "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        )
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def as_text(value: Any) -> str:
+    """Any value as text, never raising (a last resort for what cannot be kept as
+    it is)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except Exception:  # noqa: BLE001 - too deep, or a repr that raises
+        try:
+            return repr(value)
+        except Exception:  # noqa: BLE001
+            return "(a value that cannot be read)"
+
+
+def bounded(
+    value: Any,
+    *,
+    max_value: int,
+    max_size: int,
+    notes: list[str],
+    name: str = "data",
+) -> Any:
+    """A JSON-safe copy of ``value`` within the caps: texts at most ``max_value``
+    characters, about ``max_size`` characters in all (the fields past it left out),
+    at most :data:`MAX_DEPTH` levels deep (deeper parts kept as text). Each cut adds
+    a line to ``notes``."""
+    budget = [max_size]
+
+    def cut(text: str, path: str) -> str:
+        text = clean_text(text)
+        if len(text) > max_value:
+            notes.append(f"{path[:100]} cut from {len(text)} to {max_value} characters")
+            text = text[:max_value]
+        budget[0] -= len(text) + 4
+        return text
+
+    def walk(item: Any, path: str, depth: int) -> Any:
+        if item is None or isinstance(item, bool):
+            budget[0] -= 5
+            return item
+        if isinstance(item, int):
+            budget[0] -= 20
+            if item.bit_length() > _MAX_INT_BITS:  # str() of it would raise
+                notes.append(f"{path[:100]} is a number too long to store")
+                return None
+            return item
+        if isinstance(item, float):
+            budget[0] -= 20
+            return finite(item)
+        if isinstance(item, str):
+            return cut(item, path)
+        if isinstance(item, dict | list | tuple) and depth >= MAX_DEPTH:
+            notes.append(
+                f"{path[:100]} nested deeper than {MAX_DEPTH} levels: kept as text"
+            )
+            return cut(as_text(item), path)
+        if isinstance(item, dict):
+            result: dict[str, Any] = {}
+            items = list(item.items())
+            for index, (key, sub) in enumerate(items):
+                if budget[0] <= 0:
+                    notes.append(
+                        f"{path[:100]}: {len(items) - index} more field(s) left "
+                        f"out, past {max_size} characters"
+                    )
+                    break
+                text = clean_text(str(key))[:_MAX_KEY]
+                budget[0] -= len(text) + 4
+                result[text] = walk(sub, f"{path}.{text}", depth + 1)
+            return result
+        if isinstance(item, list | tuple):
+            values: list[Any] = []
+            for index, sub in enumerate(item):
+                if budget[0] <= 0:
+                    notes.append(
+                        f"{path[:100]}: {len(item) - index} more value(s) left "
+                        f"out, past {max_size} characters"
+                    )
+                    break
+                values.append(walk(sub, f"{path}[{index}]", depth + 1))
+            return values
+        return cut(str(item), path)
+
+    return walk(value, name, 0)
+
+
+def append_log(log: Iterable[str] | None, lines: Iterable[str]) -> list[str]:
+    """``log`` with ``lines`` added: a line already there is not added again (a
+    retry records its warnings once), each line is at most :data:`LOG_MAX_LENGTH`
+    characters and the log at most :data:`LOG_MAX_ENTRIES` lines (the last one
+    says how many were left out)."""
+    result = list(log or [])
+    full = len(result) >= LOG_MAX_ENTRIES
+    seen = set(result)
+    left_out = 0
+    for line in lines:
+        text = clean_text(str(line))
+        if len(text) > LOG_MAX_LENGTH:
+            text = text[: LOG_MAX_LENGTH - 1] + "…"
+        if text in seen:
+            continue
+        if full or len(result) >= LOG_MAX_ENTRIES - 1:
+            left_out += 1
+            continue
+        seen.add(text)
+        result.append(text)
+    if left_out and not full:
+        result.append(f"… {left_out} more log line(s) left out")
+    return result
 
 
 # -- creating --------------------------------------------------------------------------
@@ -83,11 +263,28 @@ def store(state: AppState, **fields: Any) -> Event:
     if not state.tables_ready:
         state.create_tables()
     values = new_values(**fields)
-    with state.engine.begin() as connection:
+    with state.engine.begin() as connection, _short_wait(connection):
         event_id = connection.execute(
             insert(Event).values(**values).returning(Event.id)
         ).scalar_one()
     return Event(id=event_id, **values)
+
+
+@contextmanager
+def _short_wait(connection: Connection) -> Iterator[None]:
+    """On SQLite, wait at most :data:`CAPTURE_BUSY_MS` for the write lock (then the
+    insert fails and capture spools the event), and give the pooled connection its
+    usual wait back afterwards."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    from .state import SQLITE_BUSY_MS
+
+    connection.exec_driver_sql(f"PRAGMA busy_timeout={CAPTURE_BUSY_MS}")
+    try:
+        yield
+    finally:
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
 
 
 def add(session: Session, **fields: Any) -> Event:
@@ -216,10 +413,11 @@ def spool_path(instance_path: str) -> str:
 
 
 def spool(instance_path: str, record: dict[str, Any]) -> str:
-    """Append an event the database refused to the spool; return the file's path."""
+    """Append an event the database refused to the spool; return the file's path.
+    The line is strict JSON (no ``NaN``), written in one call."""
     os.makedirs(instance_path, exist_ok=True)
     path = spool_path(instance_path)
-    line = json.dumps(record, default=str)
+    line = json.dumps(finite(record), default=str, allow_nan=False)
     with open(path, "a", encoding="utf-8") as fp:
         fp.write(line + "\n")
     return path
@@ -227,20 +425,164 @@ def spool(instance_path: str, record: dict[str, Any]) -> str:
 
 def load_spool(state: AppState, instance_path: str) -> int:
     """Store the events that were spooled to a file when the database refused them;
-    return how many."""
+    return how many.
+
+    The spool is taken under a new name first (new events go to a new spool), then
+    read line by line: a line that is not a record is appended to
+    :data:`REJECTED_NAME` with its line number and the reason; when the database
+    refuses to store, the lines not yet stored go back to the spool for the next
+    run. Files a stopped run left (``*.loading``) are loaded too. A record whose
+    ``uid`` is already stored is not stored again."""
     path = spool_path(instance_path)
-    if not os.path.exists(path):
-        return 0
-    working = f"{path}.{os.getpid()}.loading"
-    os.replace(path, working)
     loaded = 0
-    with open(working, encoding="utf-8") as fp:
-        lines = [line for line in fp if line.strip()]
-    for line in lines:
-        record: dict[str, Any] = json.loads(line)
-        with state.session() as session:
-            add(session, **{k: v for k, v in record.items() if k in SPOOLED})
-            session.commit()
-        loaded += 1
-    os.remove(working)
+    for working in _take_spool_files(path):
+        loaded += _load_file(state, instance_path, working)
     return loaded
+
+
+def _take_spool_files(path: str) -> list[str]:
+    """The spool files this run loads: the spool (renamed) and leftovers."""
+    taken = []
+    if os.path.exists(path):
+        working = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.loading"
+        try:
+            os.replace(path, working)
+        except FileNotFoundError:
+            pass  # another run took it
+        else:
+            taken.append(working)
+    for leftover in sorted(glob.glob(glob.escape(path) + ".*.loading")):
+        if leftover in taken or _loading_elsewhere(leftover):
+            continue
+        # a new name of our own, so a second run never takes the same file
+        mine = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.loading"
+        try:
+            os.replace(leftover, mine)
+        except FileNotFoundError:
+            continue
+        taken.append(mine)
+    return taken
+
+
+def _loading_elsewhere(name: str) -> bool:
+    """Whether another live process is loading this file (its pid is in the name)."""
+    match = re.search(r"\.(\d+)(?:\.[0-9a-f]{8})?\.loading$", name)
+    if match is None or int(match.group(1)) == os.getpid():
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # alive, another user's
+    return True
+
+
+def _load_file(state: AppState, instance_path: str, working: str) -> int:
+    loaded = 0
+    keep: list[str] = []
+    rejected: list[dict[str, Any]] = []
+    with open(working, encoding="utf-8", errors="replace") as fp:
+        for number, line in enumerate(fp, 1):
+            if not line.strip():
+                continue
+            if keep:  # the database refused: keep the rest for the next run
+                keep.append(line)
+                continue
+            try:
+                record = _read_record(line)
+            except Exception as exc:  # noqa: BLE001 - any line, any reason
+                rejected.append(
+                    {"line": number, "reason": _reason(exc), "text": line.rstrip("\n")}
+                )
+                continue
+            try:
+                loaded += _store_spooled(state, record)
+            except OperationalError as exc:  # the database is down or locked
+                log.warning(
+                    "Flask-AmoCRM could not store spooled events (%s); they stay "
+                    "in the spool",
+                    type(exc).__name__,
+                )
+                keep.append(line)
+            except IntegrityError as exc:
+                if not _stored(state, record):  # else: another run stored it
+                    rejected.append(
+                        {"line": number, "reason": _reason(exc), "text": line.rstrip()}
+                    )
+            except (DBAPIError, ValueError) as exc:  # this record's own values
+                rejected.append(
+                    {"line": number, "reason": _reason(exc), "text": line.rstrip()}
+                )
+    if rejected:
+        target = os.path.join(instance_path, REJECTED_NAME)
+        with open(target, "a", encoding="utf-8") as out:
+            for entry in rejected:
+                out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        log.error(
+            "Flask-AmoCRM set %d spooled line(s) aside in %s: they could not be read",
+            len(rejected),
+            target,
+        )
+    if keep:
+        with open(spool_path(instance_path), "a", encoding="utf-8") as out:
+            out.writelines(
+                line if line.endswith("\n") else line + "\n" for line in keep
+            )
+    try:
+        os.remove(working)
+    except FileNotFoundError:
+        pass
+    return loaded
+
+
+def _stored(state: AppState, fields: dict[str, Any]) -> bool:
+    uid = fields.get("uid")
+    if not uid:
+        return False
+    with state.session() as session:
+        return session.scalar(select(Event.id).where(Event.uid == uid)) is not None
+
+
+def _read_record(line: str) -> dict[str, Any]:
+    record = json.loads(line)
+    if not isinstance(record, dict):
+        raise ValueError(f"a record is a JSON object, not {type(record).__name__}")
+    fields = {k: v for k, v in finite(record).items() if k in SPOOLED}
+    for key in ("data", "context"):
+        if not isinstance(fields.get(key, {}), dict):
+            fields[key] = {"value": fields[key]}
+    if not isinstance(fields.get("files", []), list):
+        fields["files"] = []
+    if not isinstance(fields.get("log", []), list):
+        fields["log"] = []
+    for key in ("uid", "kind", "source", "dedupe_key"):
+        if key in fields and fields[key] is not None:
+            fields[key] = str(fields[key])
+    fields["source"] = (fields.get("source") or "(unnamed)")[:200]
+    fields["kind"] = fields.get("kind") if fields.get("kind") == "mail" else "form"
+    uid = fields.get("uid")
+    if uid is not None and (len(uid) != 32 or not uid.isalnum()):
+        fields.pop("uid")
+    if fields.get("dedupe_key") is not None:
+        fields["dedupe_key"] = fields["dedupe_key"][:200]
+    return fields
+
+
+def _store_spooled(state: AppState, fields: dict[str, Any]) -> int:
+    """Store one spooled record; 0 when its event is stored already."""
+    with state.session() as session:
+        uid = fields.get("uid")
+        if uid and session.scalar(select(Event.id).where(Event.uid == uid)):
+            return 0
+        key = fields.get("dedupe_key")
+        if key and known_keys(session, [key]):
+            return 0
+        add(session, **fields)
+        session.commit()
+    return 1
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:300]}"

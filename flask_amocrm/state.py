@@ -35,6 +35,10 @@ log = logging.getLogger("flask_amocrm")
 
 T = TypeVar("T")
 
+#: How long, in milliseconds, an SQLite connection waits for another writer's lock
+#: (capture waits much less: :data:`flask_amocrm.outbox.CAPTURE_BUSY_MS`).
+SQLITE_BUSY_MS = 10000
+
 #: How long a Redis health check is trusted, in seconds.
 REDIS_CHECK_SECONDS = 5.0
 
@@ -197,7 +201,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
     cursor.close()
 
 

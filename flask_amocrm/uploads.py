@@ -6,8 +6,15 @@ never used as a path: no ``../``, no overwriting, no guessing other people's fil
 and its address under ``AMOCRM_UPLOAD_URL`` goes into a note or a url field. Only
 extensions in ``AMOCRM_UPLOAD_EXTENSIONS`` are kept (never ``.html`` or ``.svg``,
 which a browser would run on the site's origin), and files over
-``AMOCRM_UPLOAD_MAX_SIZE`` bytes are refused. A refused file is still named in the
-event, with the reason.
+``AMOCRM_UPLOAD_MAX_SIZE`` bytes are refused. One event saves at most
+``AMOCRM_UPLOAD_MAX_FILES`` files and ``AMOCRM_UPLOAD_MAX_TOTAL`` bytes in all. A
+refused file is still named in the event, with the reason (past the file limit,
+one line says how many more were sent). Each saved file's ``path`` under the
+folder is kept, so the retention purge deletes it with its event.
+
+Links are built from configuration only (``AMOCRM_UPLOAD_URL`` with its host, or a
+path made absolute with ``SERVER_NAME`` at ``init_app``), never from the ``Host``
+header a visitor sends.
 """
 
 from __future__ import annotations
@@ -18,7 +25,6 @@ import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urljoin
 
 from .config import ACTIVE_EXTENSIONS, Settings
 from .errors import UploadRefused
@@ -36,9 +42,11 @@ def save_upload(
     base_url: str,
     max_size: int,
     extensions: tuple[str, ...],
+    room: int | None = None,
 ) -> dict[str, Any]:
     """Save a :class:`werkzeug.datastructures.FileStorage` and return
-    ``{"name", "url", "size"}``; raise :class:`UploadRefused` with the reason."""
+    ``{"name", "url", "size", "path"}``; raise :class:`UploadRefused` with the
+    reason. ``room``: how many bytes the event may still save."""
     original = os.path.basename(str(storage.filename or "").replace("\\", "/"))
     extension = original.rsplit(".", 1)[-1].lower() if "." in original else ""
     if not extension or extension not in extensions or extension in ACTIVE_EXTENSIONS:
@@ -59,6 +67,10 @@ def save_upload(
                 size += len(chunk)
                 if size > max_size:
                     raise UploadRefused(f"larger than {_size(max_size)}")
+                if room is not None and size > room:
+                    raise UploadRefused(
+                        "not saved: the files of this form are over their total size"
+                    )
                 out.write(chunk)
     except BaseException:
         if os.path.exists(path):
@@ -71,19 +83,14 @@ def save_upload(
         "name": original,
         "url": file_url(base_url, f"{month}/{name}"),
         "size": size,
+        "path": f"{month}/{name}",
     }
 
 
 def file_url(base_url: str, relative: str) -> str:
-    """The public address of a saved file. A base on this site (``/uploads``) is
-    made absolute with the current request's host, since amoCRM opens the link from
-    elsewhere."""
+    """The public address of a saved file: ``AMOCRM_UPLOAD_URL`` (made absolute
+    from ``SERVER_NAME`` at ``init_app`` when it is a path) and the file's place."""
     base = base_url if base_url.endswith("/") else base_url + "/"
-    if "://" not in base:
-        from flask import has_request_context, request
-
-        if has_request_context():
-            base = urljoin(request.host_url, base.lstrip("/"))
     return base + relative
 
 
@@ -111,7 +118,19 @@ def file_links(
         if callable(getlist)
         else list(files.items())
     )
-    for field, value in items:
+    limit = settings.upload_max_files
+    saved = {"count": 0, "bytes": 0}
+    for index, (field, value) in enumerate(items):
+        if index >= limit:
+            links.append(
+                {
+                    "field": "",
+                    "name": "",
+                    "url": None,
+                    "error": f"{len(items) - index} more file(s) not saved",
+                }
+            )
+            break
         if isinstance(value, str):
             url = value.strip()
             entry: dict[str, Any] = {
@@ -123,24 +142,32 @@ def file_links(
                 entry.update(url=None, error="not an http(s) link")
             links.append(entry)
         elif value is not None and getattr(value, "filename", None):
-            links.append(_saved(str(field), value, settings))
+            links.append(_saved(str(field), value, settings, saved))
     return links
 
 
-def _saved(field: str, storage: Any, settings: Settings) -> dict[str, Any]:
+def _saved(
+    field: str, storage: Any, settings: Settings, saved: dict[str, int]
+) -> dict[str, Any]:
     # The visitor's path is theirs: keep only the last part, as a label.
     name = str(storage.filename).replace("\\", "/").rsplit("/", 1)[-1]
     entry: dict[str, Any] = {"field": field, "name": name[:200], "url": None}
     if not settings.upload_folder or not settings.upload_url:
         entry["error"] = "uploads are not saved (AMOCRM_UPLOAD_FOLDER)"
         return entry
+    if saved["count"] >= settings.upload_max_files:
+        entry["error"] = (
+            f"not saved: a form saves at most {settings.upload_max_files} file(s)"
+        )
+        return entry
     try:
-        saved = save_upload(
+        result = save_upload(
             storage,
             folder=settings.upload_folder,
             base_url=settings.upload_url,
             max_size=settings.upload_max_size,
             extensions=settings.upload_extensions,
+            room=settings.upload_max_total - saved["bytes"],
         )
     except UploadRefused as exc:
         entry["error"] = str(exc)
@@ -148,5 +175,7 @@ def _saved(field: str, storage: Any, settings: Settings) -> dict[str, Any]:
         log.exception("Flask-AmoCRM could not save an upload")
         entry["error"] = f"could not be saved ({exc.strerror})"
     else:
-        entry.update(url=saved["url"], size=saved["size"])
+        saved["count"] += 1
+        saved["bytes"] += result["size"]
+        entry.update(url=result["url"], size=result["size"], path=result["path"])
     return entry

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import socket
 import time
@@ -28,13 +29,28 @@ from flask import Request, Response, has_request_context, request
 
 from .vocabulary import CAMPAIGN_KEYS
 
+log = logging.getLogger("flask_amocrm")
+
 #: Cookies set by analytics services, read when the query string lacks the value.
 _ANALYTICS_COOKIES = {"_ym_uid": "_ym_uid", "roistat": "roistat_visit"}
 #: Where the amoCRM site tracker's visitor id may be found.
 _VISITOR_UID_KEYS = ("visitor_uid", "amo_visitor_uid")
 
-#: Cookies never copied into an event: they authenticate the visitor to the site.
-_PRIVATE_COOKIE = re.compile(r"sess|csrf|xsrf|token|auth|remember|login", re.I)
+#: The cookies an event keeps (an allow-list: a site's session, login and API
+#: cookies have names of every kind, so they are never copied): those of analytics
+#: and ad services, campaign tags, the amoCRM tracker's visitor id, and the cookies
+#: the rules name (``{{ cookies.partner }}``).
+_CAMPAIGN_COOKIE = re.compile(
+    r"^(_ga(_\w+)?|_gid|_gcl_\w+|_ym_uid|_ym_d|_fbp|_fbc|_ttp|_tt_\w*|_hjid|"
+    r"roistat_\w+|utm_\w+|gclid|yclid|fbclid|ysclid|ttclid|_uetsid|_uetvid|"
+    r"visitor_uid|amo_visitor_uid|_ct|_ct_\w+|calltouch_\w*|comagic_\w*)$",
+    re.I,
+)
+#: ``cookies.name``, ``cookies['name']`` and ``cookies.get('name')`` in a template.
+_COOKIE_IN_TEMPLATE = re.compile(
+    r"cookies\s*(?:\.\s*get\s*\(\s*['\"]([^'\"]+)['\"]|\.\s*([A-Za-z_]\w*)|"
+    r"\[\s*['\"]([^'\"]+)['\"]\s*\])"
+)
 
 _MAX_VALUE = 250  # no campaign tag is longer; a longer one is garbage or an attack
 _MAX_COOKIES = 30
@@ -55,6 +71,25 @@ def server_ip() -> str | None:
         return None
 
 
+def cookies_named(rules: Any) -> frozenset[str]:
+    """The cookie names the rules' templates read."""
+    try:
+        text = json.dumps(rules, default=str)
+    except (TypeError, ValueError, RecursionError):
+        return frozenset()
+    names = set()
+    for match in _COOKIE_IN_TEMPLATE.finditer(text):
+        name = next(g for g in match.groups() if g)
+        if name != "get":
+            names.add(name)
+    return frozenset(names)
+
+
+def kept_cookie(name: str, named: frozenset[str] = frozenset()) -> bool:
+    """Whether an event keeps the cookie ``name``."""
+    return name in named or bool(_CAMPAIGN_COOKIE.match(name))
+
+
 def campaign_from_query(req: Request) -> dict[str, str]:
     """The campaign tags present in the request's query string."""
     return {
@@ -65,22 +100,32 @@ def campaign_from_query(req: Request) -> dict[str, str]:
 
 
 def read_campaign_cookie(req: Request, cookie: str) -> dict[str, dict[str, str]]:
-    """``{"first": {...}, "last": {...}}`` from the campaign cookie, or empties."""
-    raw = req.cookies.get(cookie)
+    """``{"first": {...}, "last": {...}}`` from the campaign cookie, or empties when
+    it cannot be read. Never raises: the visitor sets the cookie."""
     empty: dict[str, dict[str, str]] = {"first": {}, "last": {}}
-    if not raw:
-        return empty
     try:
+        raw = req.cookies.get(cookie)
+        if not raw or len(raw) > 8192:
+            return empty
         value = json.loads(base64.urlsafe_b64decode(raw.encode("ascii")))
-    except (ValueError, UnicodeError):
+        return _touches(value)
+    except Exception:  # noqa: BLE001 - garbage, too deep (RecursionError), ...
         return empty
+
+
+def _touches(value: Any) -> dict[str, dict[str, str]]:
+    empty: dict[str, dict[str, str]] = {"first": {}, "last": {}}
     if not isinstance(value, dict):
         return empty
     result = {}
     for touch in ("first", "last"):
         part = value.get(touch)
         result[touch] = (
-            {str(k): _clean(v) for k, v in part.items() if isinstance(v, str | int)}
+            {
+                _clean(k, 50): _clean(v)
+                for k, v in list(part.items())[:50]
+                if isinstance(v, str | int) and not isinstance(v, bool)
+            }
             if isinstance(part, dict)
             else {}
         )
@@ -90,8 +135,17 @@ def read_campaign_cookie(req: Request, cookie: str) -> dict[str, dict[str, str]]
 def remember_campaign(response: Response, cookie: str, days: int) -> Response:
     """Store this request's campaign tags in the cookie (first touch is kept).
 
-    Registered as an ``after_request`` handler; does nothing on requests without tags.
+    Registered as an ``after_request`` handler; does nothing on requests without tags,
+    and never fails a page: a cookie it cannot write is logged and left as it is.
     """
+    try:
+        return _remember(response, cookie, days)
+    except Exception:
+        log.exception("Flask-AmoCRM could not update the campaign cookie")
+        return response
+
+
+def _remember(response: Response, cookie: str, days: int) -> Response:
     tags = campaign_from_query(request)
     if not tags:
         return response
@@ -118,10 +172,15 @@ def remember_campaign(response: Response, cookie: str, days: int) -> Response:
 
 
 def read_visit(
-    *, site_name: str | None, cookie: str, data: dict[str, Any] | None = None
+    *,
+    site_name: str | None,
+    cookie: str,
+    data: dict[str, Any] | None = None,
+    cookies: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """The context of an event: what the current request (if any) says of the
-    visit."""
+    visit. Only the cookies :func:`kept_cookie` allows are copied (``cookies``:
+    those the rules name)."""
     context: dict[str, Any] = {
         "site": {"name": site_name, "domain": None, "ip": server_ip()},
         "utm": {},
@@ -138,18 +197,19 @@ def read_visit(
 
     stored = read_campaign_cookie(request, cookie)
     query = campaign_from_query(request)
-    cookies = {
+    jar = {
         name: _clean(value)
-        for name, value in list(request.cookies.items())[:_MAX_COOKIES]
-        if name != cookie and not _PRIVATE_COOKIE.search(name)
+        for name, value in list(request.cookies.items())
+        if name != cookie and kept_cookie(name, cookies)
     }
+    jar = dict(list(jar.items())[:_MAX_COOKIES])
     last: dict[str, str] = {
         k: v for k, v in stored["last"].items() if k in CAMPAIGN_KEYS
     }
     last.update(query)
     for key, cookie_name in _ANALYTICS_COOKIES.items():
-        if key not in last and cookies.get(cookie_name):
-            last[key] = cookies[cookie_name]
+        if key not in last and jar.get(cookie_name):
+            last[key] = jar[cookie_name]
     first = {k: v for k, v in stored["first"].items() if k in CAMPAIGN_KEYS} or dict(
         query
     )
@@ -168,9 +228,9 @@ def read_visit(
     context["client"] = {
         "ip": request.remote_addr,
         "user_agent": _clean(request.user_agent.string, 500),
-        "visitor_uid": _visitor_uid(data, cookies),
+        "visitor_uid": _visitor_uid(data, jar),
     }
-    context["cookies"] = cookies
+    context["cookies"] = jar
     return context
 
 

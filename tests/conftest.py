@@ -145,9 +145,10 @@ def database_uri(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]
 @pytest.fixture()
 def make_app(
     tmp_path: Any, sandbox: Any, request: pytest.FixtureRequest
-) -> Callable[..., Flask]:
+) -> Iterator[Callable[..., Flask]]:
     """Build a Flask app using Flask-AmoCRM against the sandbox; keyword arguments are
-    config keys (``AMOCRM_DELIVERY="inline"``)."""
+    config keys (``AMOCRM_DELIVERY="inline"``). Their database connections are
+    closed at the end of the test."""
     from flask_amocrm import AmoCRM
 
     counter = iter(range(1000))
@@ -166,9 +167,15 @@ def make_app(
         )
         app.config.update(config)
         AmoCRM(app, db=db)
+        apps.append(app)
         return app
 
-    return factory
+    apps: list[Flask] = []
+    yield factory
+    for app in apps:
+        engine = getattr(app.extensions.get("amocrm"), "_engine", None)
+        if engine is not None:
+            engine.dispose()
 
 
 @pytest.fixture()

@@ -151,6 +151,7 @@ def test_uploads_that_would_run_as_pages_are_refused_in_config(tmp_path: Any) ->
         tmp_path,
         AMOCRM_UPLOAD_FOLDER=str(tmp_path),
         AMOCRM_UPLOAD_URL="/up",
+        SERVER_NAME="localhost",
         AMOCRM_UPLOAD_EXTENSIONS=["pdf", "SVG"],
     )
     with pytest.raises(RuntimeError, match="AMOCRM_UPLOAD_EXTENSIONS lists .svg"):

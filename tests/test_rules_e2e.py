@@ -492,6 +492,7 @@ def test_uploads_are_saved_and_linked(
         rules,
         AMOCRM_UPLOAD_FOLDER=str(folder),
         AMOCRM_UPLOAD_URL="/uploads",
+        SERVER_NAME="localhost",
         AMOCRM_UPLOAD_MAX_SIZE=1000,
     )
     app.test_client().post(

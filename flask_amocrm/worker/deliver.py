@@ -24,7 +24,7 @@ from ..amo.clients import client_for
 from ..amo.metadata import metadata_for
 from ..errors import AmoCRMError, RuleError
 from ..models import DELIVERED, FAILED, IGNORED, RETRYING, Event, EventAttempt, utcnow
-from ..outbox import claim
+from ..outbox import append_log, claim
 from ..progress import Progress
 from ..rules.plan import Plan, PlanEnv
 from ..rules.render import build_plan
@@ -193,7 +193,9 @@ def _prepare(state: AppState, session: Any, event: Event) -> Delivery | None:
     steps an earlier attempt finished is returned as well: it sends nothing."""
     rule = find_rule(state.settings.rules, event.kind, event.source)
     if rule is None:
-        event.log = [*event.log, f"no rule for {event.kind} {event.source!r}"]
+        event.log = append_log(
+            event.log, [f"no rule for {event.kind} {event.source!r}"]
+        )
         return None
     section = "forms" if event.kind == "form" else "mails"
     try:
@@ -205,7 +207,8 @@ def _prepare(state: AppState, session: Any, event: Event) -> Delivery | None:
     except AmoCRMError as exc:  # the metadata could not be read: try again later
         return Delivery(event=event, plan=Plan(), save=session.commit, error=exc)
     if plan.warnings and not plan.done(Progress.from_json(event.remote)):
-        event.log = [*event.log, *plan.warnings]
+        # once, however often the event is tried; the log is capped (outbox)
+        event.log = append_log(event.log, plan.warnings)
     return Delivery(event=event, plan=plan, save=session.commit)
 
 
