@@ -222,6 +222,19 @@ class AmoClient:
         if self.limiter is not None:
             self.limiter.acquire()
         shown = path + (f"?{self.redactor.query(params)}" if params else "")
+        try:
+            data = (
+                None
+                if json_body is None
+                else json.dumps(json_body, ensure_ascii=False, allow_nan=False).encode()
+            )
+        except (UnicodeError, ValueError, OverflowError, TypeError) as exc:
+            # A lone surrogate or a non-finite number: never sent, never retried.
+            raise ValidationError(
+                f"{method} {path}: the body cannot be sent as JSON: "
+                f"{type(exc).__name__}",
+                status=None,
+            ) from None
         started = time.monotonic()
         response: requests.Response | None = None
         error: TransportError | None = None
@@ -230,11 +243,7 @@ class AmoClient:
                 method,
                 f"{self.base_url}{path}",
                 params=params,
-                data=(
-                    None
-                    if json_body is None
-                    else json.dumps(json_body, ensure_ascii=False).encode()
-                ),
+                data=data,
                 headers={**headers, "Content-Type": "application/json"}
                 if json_body is not None
                 else headers,

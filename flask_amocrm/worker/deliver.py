@@ -39,6 +39,11 @@ from .outage import note_failure, note_success, paused
 
 log = logging.getLogger("flask_amocrm.worker")
 
+#: Errors of an event's own values while its plan is built (``OverflowError`` for a
+#: date out of range or an integer too large for a float, ``ValueError`` for digits
+#: Python will not read, ``UnicodeError``): the event fails, it is not retried.
+VALUE_ERRORS = (OverflowError, ValueError, UnicodeError, RecursionError)
+
 #: The first retry waits about this long; each next one twice as long, up to the cap.
 RETRY_BASE_SECONDS = 30
 
@@ -86,6 +91,14 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                 delivery = _prepare(state, session, event)
             except RuleError as exc:
                 outcomes[event.id] = (FAILED, f"rule error: {exc}")
+                continue
+            except VALUE_ERRORS as exc:
+                # A date out of range, a number too large: this event's data can
+                # never be sent as it is, so it fails now instead of retrying.
+                outcomes[event.id] = (
+                    FAILED,
+                    f"value error: {type(exc).__name__}: {str(exc)[:200]}",
+                )
                 continue
             except Exception as exc:  # Redis or the database hiccuped: try later
                 log.exception("Unexpected error planning event %s", event.id)
