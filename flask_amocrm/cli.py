@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from .amo.auth import authorize_url
 from .amo.connect import exchange_code
-from .amo.metadata import metadata_for, sync_metadata
+from .amo.metadata import clear_metadata, metadata_for, sync_metadata
 from .errors import AmoCRMError, ImportRowError
 from .importer import import_rows, read_rows
 from .models import FAILED, IGNORED, STATUSES, Event
@@ -22,6 +22,7 @@ from .state import get_state
 from .worker.agent import process
 from .worker.amo_worker import AmoWorker
 from .worker.dispatch import hand_off_many
+from .worker.markers import forget_marker_field
 from .worker.outage import current as current_outage
 from .worker.outage import paused, reconnected
 from .worker.preview import preview
@@ -211,9 +212,13 @@ def auth_command(code: str | None) -> None:
 
 @amocrm_cli.command("sync")
 def sync_command() -> None:
-    """Fetch the account's pipelines, users, fields and task types again."""
+    """Fetch the account's pipelines, users, fields and task types again, and
+    forget every cached id (the marker field's too)."""
+    state = get_state()
+    forget_marker_field(state)
+    clear_metadata(state)
     try:
-        meta = sync_metadata(get_state())
+        meta = sync_metadata(state)
     except AmoCRMError as exc:
         raise click.ClickException(f"Could not read the account: {exc}") from None
     fields = sum(
