@@ -125,14 +125,31 @@ def capture(
         )
         record["dedupe_key"] = dedupe_key
         event = store(state, **record)
-    except Exception:
-        log.exception("Flask-AmoCRM could not store an event")
+    except Exception as exc:
+        # Not log.exception: the traceback of a failed insert shows the SQL
+        # parameters, i.e. the visitor's form data; logs carry no personal data.
+        log.error("Flask-AmoCRM could not store an event: %s", safe_reason(exc))
         _spool(record)
         return None
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     event_captured.send(app, event=event)
     _hand_off(state, event.id)
     return event
+
+
+def safe_reason(exc: BaseException) -> str:
+    """What went wrong, without the values involved: the exception's type and the
+    first line of the database's own message (its DETAIL and CONTEXT lines, and
+    SQLAlchemy's parameter list, quote the data)."""
+    orig = getattr(exc, "orig", None)
+    inner = orig if isinstance(orig, BaseException) else exc
+    first = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+    if orig is None and hasattr(exc, "statement"):
+        first = ""
+    name = type(exc).__name__
+    if inner is not exc:
+        name = f"{name} ({type(inner).__name__})"
+    return f"{name}: {first[:200]}" if first else name
 
 
 def _source(source: Any) -> str:

@@ -29,6 +29,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import requests
 
@@ -222,6 +223,9 @@ class AmoClient:
         if self.limiter is not None:
             self.limiter.acquire()
         shown = path + (f"?{self.redactor.query(params)}" if params else "")
+        # Python logs get the path without what was searched for (a phone, an
+        # e-mail): they outlive AMOCRM_RETENTION_DAYS. The API log keeps it all.
+        logged = path + (f"?{_log_query(params)}" if params else "")
         try:
             data = (
                 None
@@ -261,7 +265,9 @@ class AmoClient:
         except requests.RequestException as exc:
             error = TransportError(f"{method} {path}: {type(exc).__name__}", sent=True)
         duration = (time.monotonic() - started) * 1000
-        self._record(method, shown, json_body, response, error, duration, oauth=oauth)
+        self._record(
+            method, shown, logged, json_body, response, error, duration, oauth=oauth
+        )
         if error is not None:
             raise error from None
         assert response is not None
@@ -271,6 +277,7 @@ class AmoClient:
         self,
         method: str,
         shown: str,
+        logged: str,
         json_body: Any,
         response: requests.Response | None,
         error: Exception | None,
@@ -285,13 +292,13 @@ class AmoClient:
         )
         if error is not None:
             log.warning(
-                "amoCRM %s %s failed after %.0f ms: %s", method, shown, duration, error
+                "amoCRM %s %s failed after %.0f ms: %s", method, logged, duration, error
             )
         else:
             log.info(
                 "amoCRM %s %s -> %s in %.0f ms (request id %s)",
                 method,
-                shown,
+                logged,
                 status,
                 duration,
                 request_id or "-",
@@ -307,8 +314,15 @@ class AmoClient:
             except ValueError:
                 response_text = redact.dump(response.text, oauth=oauth)
         if want_debug:
-            log.debug("amoCRM %s %s request body: %s", method, shown, request_text)
-            log.debug("amoCRM %s %s response body: %s", method, shown, response_text)
+            # Sizes only: the bodies hold the visitors' data (the API log has them).
+            log.debug(
+                "amoCRM %s %s request body: %s characters, response body: %s "
+                "characters (see the API log)",
+                method,
+                logged,
+                len(request_text or ""),
+                len(response_text or ""),
+            )
         if self.sink is not None:
             self.sink.write(
                 method=method,
@@ -542,6 +556,21 @@ class AmoClient:
                 rids = [chunk[position]["request_id"]] if position < len(chunk) else []
             for rid in rids if isinstance(rids, list) else [rids]:
                 results[str(rid)] = item
+
+
+#: Query parameters whose values may be personal data (a search for a phone).
+_PERSONAL_PARAMS = frozenset({"query"})
+
+
+def _log_query(params: dict[str, Any]) -> str:
+    """The query string for Python logs: searched-for text replaced by its length."""
+    return urlencode(
+        [
+            (k, f"[{len(str(v))} chars]" if k in _PERSONAL_PARAMS else v)
+            for k, v in params.items()
+        ],
+        doseq=True,
+    )
 
 
 def answer_items(answer: Any, key: str) -> list[dict[str, Any]]:
