@@ -530,7 +530,9 @@ def test_a_refused_long_lived_token_alert_says_to_make_a_new_token(
     )
     mail = Mail(app)
     with app.app_context():
-        app.extensions["amocrm"].extension.submit("callback", {"name": "Ann"})
+        app.extensions["amocrm"].extension.submit(
+            "callback", {"name": "Ann", "phone": "+79120001122"}
+        )
     with mail.record_messages() as outbox:
         deliver_pending(app)
     [message] = outbox
