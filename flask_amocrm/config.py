@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass, field
 from datetime import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -81,6 +84,8 @@ DEFAULTS: dict[str, Any] = {
         "rar",
         "7z",
     ),
+    # Encryption of the stored OAuth tokens (default: a key derived from SECRET_KEY).
+    "AMOCRM_TOKEN_KEY": None,
 }
 
 _HOST_SUFFIXES = (".amocrm.ru", ".kommo.com", ".amocrm.com")
@@ -117,12 +122,12 @@ class Settings:
     :data:`DEFAULTS` and the app's config: the defaults are written once, there."""
 
     base_url: str
-    token: str | None
+    token: str | None = field(repr=False)
     client_id: str | None
-    client_secret: str | None
+    client_secret: str | None = field(repr=False)
     redirect_uri: str | None
-    database_uri: str
-    redis_url: str | None
+    database_uri: str = field(repr=False)
+    redis_url: str | None = field(repr=False)
     queue: str
     delivery: str
     batch_size: int
@@ -161,6 +166,9 @@ class Settings:
     upload_max_size: int
     #: File name extensions saved (lower case, without the dot).
     upload_extensions: tuple[str, ...]
+    #: The Fernet keys of the stored OAuth tokens, newest first (from
+    #: ``AMOCRM_TOKEN_KEY``, else derived from ``SECRET_KEY``); empty: none.
+    token_keys: tuple[str, ...] = field(default=(), repr=False)
 
 
 def _fail(key: str, problem: str) -> RuntimeError:
@@ -381,8 +389,48 @@ def read_settings(app: Flask) -> Settings:
         metadata_ttl=_int(config, "AMOCRM_METADATA_TTL", 1),
         admin_auth=_admin_auth(config["AMOCRM_ADMIN_AUTH"]),
         keepalive_days=_int(config, "AMOCRM_KEEPALIVE_DAYS", 1),
+        token_keys=_token_keys(config, oauth=bool(client_id)),
         **_rules_settings(app, config),
     )
+
+
+#: Mixed into a passphrase or SECRET_KEY before it becomes a Fernet key, so the key
+#: that encrypts the tokens is never the one that signs the site's sessions.
+_KEY_LABEL = b"flask-amocrm token encryption\x00"
+
+
+def _token_keys(config: Any, *, oauth: bool) -> tuple[str, ...]:
+    """The Fernet keys for the stored tokens: ``AMOCRM_TOKEN_KEY`` (a Fernet key,
+    any other secret string, or a list of them, newest first, to rotate), else one
+    derived from ``SECRET_KEY``. OAuth without either is refused."""
+    value = config["AMOCRM_TOKEN_KEY"]
+    if value:
+        secrets = [value] if isinstance(value, str | bytes) else list(value)
+    elif config.get("SECRET_KEY"):
+        secrets = [config["SECRET_KEY"]]
+    elif oauth:
+        raise _fail(
+            "AMOCRM_TOKEN_KEY",
+            "is not set and neither is SECRET_KEY: the OAuth tokens are stored "
+            "encrypted, with AMOCRM_TOKEN_KEY or a key derived from SECRET_KEY.",
+        )
+    else:
+        return ()
+    keys = []
+    for secret in secrets:
+        if not isinstance(secret, str | bytes) or not secret:
+            raise _fail("AMOCRM_TOKEN_KEY", "must be a secret string or a list of them.")
+        raw = secret.encode() if isinstance(secret, str) else secret
+        try:
+            is_fernet_key = len(base64.urlsafe_b64decode(raw)) == 32 and len(raw) == 44
+        except (binascii.Error, ValueError):
+            is_fernet_key = False
+        if is_fernet_key:
+            keys.append(raw.decode())
+        else:
+            digest = hashlib.sha256(_KEY_LABEL + raw).digest()
+            keys.append(base64.urlsafe_b64encode(digest).decode())
+    return tuple(keys)
 
 
 def _admin_auth(value: Any) -> Callable[[], bool] | None:

@@ -15,6 +15,10 @@ A refresh that amoCRM refuses ("Token has been revoked", expired) marks the row
 on no process calls amoCRM for that account and every event waits as ``retrying``
 (the worker tells the admins). Connecting again
 (:func:`~flask_amocrm.amo.connect.exchange_code`) clears it and delivery resumes.
+
+Both tokens are stored encrypted (:func:`seal`, Fernet from :mod:`cryptography`) with
+the key of ``AMOCRM_TOKEN_KEY``, or one derived from ``SECRET_KEY``. A row written in
+clear text by an older version is still read, and encrypted on that first read.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import select, update
 
 from .. import shared
@@ -54,6 +59,68 @@ LOCK_SECONDS = 30
 #: How long a process keeps the token it read before looking at the row again.
 LOCAL_SECONDS = 60.0
 TOKEN_PATH = "/oauth2/access_token"
+
+
+#: What starts an encrypted token in the table; anything else is clear text.
+SEALED = "fernet:"
+
+
+def _cipher(settings: Settings) -> MultiFernet | None:
+    keys = settings.token_keys
+    return MultiFernet([Fernet(key) for key in keys]) if keys else None
+
+
+def seal(settings: Settings, value: str | None) -> str | None:
+    """``value`` encrypted for the ``amocrm_tokens`` table (unchanged without a
+    key, or when it is empty)."""
+    cipher = _cipher(settings)
+    if not value or cipher is None:
+        return value
+    return SEALED + cipher.encrypt(value.encode()).decode()
+
+
+def unseal(settings: Settings, value: str | None) -> str | None:
+    """A token as the table holds it, decrypted; clear text is returned as it is.
+    :class:`AuthError` when the key cannot decrypt it (the key changed)."""
+    if not value or not value.startswith(SEALED):
+        return value
+    cipher = _cipher(settings)
+    try:
+        if cipher is None:
+            raise InvalidToken
+        return cipher.decrypt(value[len(SEALED) :].encode()).decode()
+    except InvalidToken:
+        raise AuthError(
+            "the stored amoCRM tokens cannot be decrypted: AMOCRM_TOKEN_KEY (or "
+            "SECRET_KEY, which it defaults to) changed. Put the old key first in "
+            "a list, or connect amoCRM again ('flask amocrm auth')"
+        ) from None
+
+
+def read_row(state: AppState, row: Token) -> Token:
+    """``row`` (detached) with its tokens decrypted; a clear-text row is encrypted
+    in the table now."""
+    access, refresh = row.access_token, row.refresh_token
+    row.access_token = unseal(state.settings, access) or ""
+    row.refresh_token = unseal(state.settings, refresh)
+    clear = [v for v in (access, refresh) if v and not v.startswith(SEALED)]
+    if clear and state.settings.token_keys:
+        with state.session() as session:
+            session.execute(
+                update(Token)
+                .where(
+                    Token.id == row.id,
+                    Token.version == row.version,
+                    Token.access_token == access,
+                )
+                .values(
+                    access_token=seal(state.settings, row.access_token),
+                    refresh_token=seal(state.settings, row.refresh_token),
+                )
+            )
+            session.commit()
+        log.info("amoCRM tokens of %s are now stored encrypted", row.base_url)
+    return row
 
 
 class OAuthTokens:
@@ -122,6 +189,8 @@ class OAuthTokens:
                 "amoCRM is not connected yet: run 'flask amocrm auth' or "
                 "use 'Connect amoCRM' in the admin"
             )
+        if row.revoked_at is None:
+            row = read_row(self.state, row)
         if row.revoked_at is not None:
             raise TokenRevokedError(
                 f"amoCRM access was revoked at {row.revoked_at:%Y-%m-%d %H:%M} UTC; "
@@ -230,8 +299,8 @@ def store_pair(
     now = utcnow()
     expires_in = pair.get("expires_in")
     values = {
-        "access_token": access,
-        "refresh_token": pair.get("refresh_token"),
+        "access_token": seal(state.settings, access),
+        "refresh_token": seal(state.settings, pair.get("refresh_token")),
         "expires_at": (
             now + timedelta(seconds=int(expires_in)) if expires_in else None
         ),
@@ -265,7 +334,7 @@ def store_pair(
             session.commit()
         row = session.scalar(select(Token).where(Token.base_url == base_url))
     assert row is not None
-    return row
+    return read_row(state, row)
 
 
 def authorize_url(settings: Settings, state_value: str | None = None) -> str:
