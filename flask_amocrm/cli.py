@@ -27,6 +27,7 @@ from .worker.outage import current as current_outage
 from .worker.outage import paused, reconnected
 from .worker.preview import preview
 from .worker.queue import get_queue
+from .worker.rules_file import rules_age
 from .worker.schedule import ensure_tick, housekeeping
 
 amocrm_cli = AppGroup("amocrm", help="Flask-AmoCRM: deliver site events to amoCRM.")
@@ -127,6 +128,11 @@ def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
     if state.settings.delivery == "rq":
         hand_off_many(state, ids)
     click.echo(f"{len(ids)} event(s) will be retried.")
+    if state.settings.rules_file:
+        click.echo(
+            "Workers read the rules file again before their next batch when it "
+            "changed (see 'flask amocrm status')."
+        )
 
 
 @amocrm_cli.command("import")
@@ -176,6 +182,9 @@ def status() -> None:
     pause = paused(state)
     if pause:
         click.echo(f"Requests paused after a block: {pause}")
+    rules = rules_age(state)
+    if rules:
+        click.echo(rules)
 
 
 @amocrm_cli.command("auth")

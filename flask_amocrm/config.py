@@ -7,12 +7,12 @@ each other raise :class:`RuntimeError` with a message that names the key.
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Callable
 import base64
 import binascii
 import hashlib
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import time
 from typing import Any
@@ -169,6 +169,10 @@ class Settings:
     #: The Fernet keys of the stored OAuth tokens, newest first (from
     #: ``AMOCRM_TOKEN_KEY``, else derived from ``SECRET_KEY``); empty: none.
     token_keys: tuple[str, ...] = field(default=(), repr=False)
+    #: The rules file ``AMOCRM_RULES`` names (``None``: rules given as a mapping)
+    #: and its modification time when it was read: workers reload a changed file.
+    rules_file: str | None = None
+    rules_mtime: float | None = None
 
 
 def _fail(key: str, problem: str) -> RuntimeError:
@@ -265,6 +269,25 @@ def load_rules(value: Any, root: str | None = None) -> dict[str, Any]:
         except ValueError as exc:
             raise _fail(key, f"file {path!r} is not valid: {exc}") from None
     raise _fail(key, f"must be a dict or a path to a TOML or JSON file, not {value!r}.")
+
+
+def rules_file_path(value: Any, root: str | None) -> str | None:
+    """The path of the rules file ``AMOCRM_RULES`` names, or ``None``."""
+    if not isinstance(value, str | os.PathLike):
+        return None
+    path = os.fspath(value)
+    if root and not os.path.isabs(path):
+        path = os.path.join(root, path)
+    return path
+
+
+def _rules_file(value: Any, root: str | None) -> dict[str, Any]:
+    path = rules_file_path(value, root)
+    try:
+        mtime = os.stat(path).st_mtime if path else None
+    except OSError:
+        mtime = None
+    return {"rules_file": path, "rules_mtime": mtime}
 
 
 def read_settings(app: Flask) -> Settings:
@@ -390,6 +413,7 @@ def read_settings(app: Flask) -> Settings:
         admin_auth=_admin_auth(config["AMOCRM_ADMIN_AUTH"]),
         keepalive_days=_int(config, "AMOCRM_KEEPALIVE_DAYS", 1),
         token_keys=_token_keys(config, oauth=bool(client_id)),
+        **_rules_file(config["AMOCRM_RULES"], app.root_path),
         **_rules_settings(app, config),
     )
 
@@ -419,7 +443,9 @@ def _token_keys(config: Any, *, oauth: bool) -> tuple[str, ...]:
     keys = []
     for secret in secrets:
         if not isinstance(secret, str | bytes) or not secret:
-            raise _fail("AMOCRM_TOKEN_KEY", "must be a secret string or a list of them.")
+            raise _fail(
+                "AMOCRM_TOKEN_KEY", "must be a secret string or a list of them."
+            )
         raw = secret.encode() if isinstance(secret, str) else secret
         try:
             is_fernet_key = len(base64.urlsafe_b64decode(raw)) == 32 and len(raw) == 44

@@ -13,7 +13,6 @@ import textwrap
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from flask import Flask, current_app, request
 from sqlalchemy import select, text
 
@@ -101,6 +100,7 @@ def test_a_lone_surrogate_fails_its_event_only(
         "Callback: Ann",
         "Callback: Bob",
     ]
+    get_state(app).engine.dispose()
 
 
 # -- item 5: value errors fail their event; a 400 naming no item splits ------------
@@ -174,7 +174,9 @@ def test_a_400_on_one_event_alone_fails_only_that_event(
 # -- item 4: a deleted marker field, stale caches -------------------------------------
 
 
-def test_a_deleted_marker_field_is_found_again(make_app: Any, fast_sandbox: Any) -> None:
+def test_a_deleted_marker_field_is_found_again(
+    make_app: Any, fast_sandbox: Any
+) -> None:
     app = make_app(AMOCRM_RATE_LIMIT=50)
     amocrm = app.extensions["amocrm"].extension
     with app.app_context():
@@ -263,7 +265,7 @@ def test_a_lost_refresh_answer_reads_the_row_again(
     with app.app_context():
         app.extensions["amocrm"].extension.submit("callback", {"name": "Ann"})
     sandbox.faults(lose_answer=True, count=1, path="/oauth2/access_token")
-    real = auth.OAuthTokens._refresh_call
+    real = getattr(auth.OAuthTokens, "_refresh_call", None)
     calls: list[int] = []
 
     def other_process_stores(self: Any, body: dict[str, Any]) -> Any:
@@ -286,9 +288,13 @@ def test_a_lost_refresh_answer_reads_the_row_again(
                     oauth=True,
                 )
                 store_pair(get_state(), pair)
+        assert real is not None
         return real(self, body)
 
-    monkeypatch.setattr(auth.OAuthTokens, "_refresh_call", other_process_stores)
+    # (raising=False: before the fix there was no such method to replace.)
+    monkeypatch.setattr(
+        auth.OAuthTokens, "_refresh_call", other_process_stores, raising=False
+    )
     assert deliver_pending(app).get("delivered") == 1
     assert len(calls) == 2
     with get_state(app).session() as session:
@@ -374,7 +380,10 @@ def test_search_queries_keep_phones_and_emails_out_of_logs(
             "callback": {
                 "contact": {
                     "name": "{{ data.name }}",
-                    "fields": {"PHONE": "{{ data.phone }}", "EMAIL": "{{ data.email }}"},
+                    "fields": {
+                        "PHONE": "{{ data.phone }}",
+                        "EMAIL": "{{ data.email }}",
+                    },
                     "duplicates": {"match": ["PHONE", "EMAIL"], "strategy": "use"},
                 },
                 "lead": {"name": "Callback"},
@@ -385,7 +394,11 @@ def test_search_queries_keep_phones_and_emails_out_of_logs(
     with app.app_context():
         app.extensions["amocrm"].extension.submit(
             "callback",
-            {"name": "Ivan", "phone": "+7 912 555-44-33", "email": "ivan.p@example.com"},
+            {
+                "name": "Ivan",
+                "phone": "+7 912 555-44-33",
+                "email": "ivan.p@example.com",
+            },
         )
     with caplog.at_level(logging.DEBUG, logger="flask_amocrm"):
         assert deliver_pending(app).get("delivered") == 1
@@ -411,7 +424,8 @@ def test_a_failed_insert_logs_no_form_data(
             "callback", {"name": "Secret Person", "phone": "+79161234567"}
         )
     logged = "\n".join(
-        r.getMessage() + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "")
+        r.getMessage()
+        + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "")
         for r in caplog.records
     )
     assert "could not store" in logged

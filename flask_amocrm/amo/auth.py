@@ -210,13 +210,26 @@ class OAuthTokens:
         self.token_client.redactor.add(row.refresh_token)
         self.token_client.redactor.add(self.settings.client_secret)
         try:
-            pair = self.token_client.request(
-                "POST", TOKEN_PATH, json_body=body, auth=False, oauth=True
-            )
+            try:
+                pair = self._refresh_call(body)
+            except TransportError as exc:
+                if not exc.sent:
+                    raise  # it never reached amoCRM: the token is surely unspent
+                # The answer was lost. amoCRM may not have got the request (then
+                # the same refresh token works now), or may have carried it out (then
+                # that token is dead, "Token has been revoked", and the new pair it
+                # sent is lost with the answer). Send it once more, at once.
+                log.warning(
+                    "amoCRM token refresh of %s lost its answer (%s); sending the "
+                    "same refresh token once more",
+                    self.base_url,
+                    exc,
+                )
+                pair = self._refresh_call(body)
         except (TransportError, APIError) as exc:
             if exc.retryable and not isinstance(exc, AuthError):
                 raise  # amoCRM is down or busy: try again later, the token is fine
-            return self._refused(row, exc)
+            return self._refused(row, exc)  # re-reads the row before giving up
         new = store_pair(self.state, pair, expected_version=row.version)
         self.token_client.redactor.add(new.access_token)
         self._held = (time.monotonic(), new.access_token, new.expires_at)
@@ -224,6 +237,12 @@ class OAuthTokens:
             "amoCRM token of %s refreshed (version %s)", self.base_url, new.version
         )
         return new.access_token
+
+    def _refresh_call(self, body: dict[str, Any]) -> Any:
+        """One call of the token endpoint with the refresh grant ``body``."""
+        return self.token_client.request(
+            "POST", TOKEN_PATH, json_body=body, auth=False, oauth=True
+        )
 
     def _refused(self, row: Token, exc: APIError) -> str:
         current = self._load()

@@ -11,9 +11,10 @@ from flask import Flask
 from rq.worker import Worker
 
 from ..state import get_state
-from .sweeper import sweep
 from .job_class import flask_app, make_job_class
+from .rules_file import reload_rules
 from .schedule import ensure_tick
+from .sweeper import sweep
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -48,6 +49,14 @@ class AmoWorker(Worker):
                 except Exception:  # a worker that cannot sweep still works
                     log.exception("The start-up sweep of %s failed", app.name)
         return bool(super().work(burst, *args, **kwargs))
+
+    def execute_job(self, job: Any, queue: Any) -> Any:
+        # Before the work horse forks: a changed rules file is read once here,
+        # not again in every horse.
+        for app in self.apps:
+            with app.app_context():
+                reload_rules(get_state(app))
+        return super().execute_job(job, queue)
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]

@@ -36,6 +36,7 @@ from .execute import execute
 from .lookup import key_locks
 from .markers import forget_marker_field, mark
 from .outage import note_failure, note_success, paused
+from .rules_file import reload_rules
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -69,6 +70,7 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
     another worker holds are left out.
     """
     state = get_state()
+    reload_rules(state)  # a rules file fixed since the last batch is used now
     claimed = claim(state, list(dict.fromkeys(event_ids)))
     if not claimed:
         return {}
