@@ -224,7 +224,7 @@ def _run(
 
 
 #: amoCRM's code for "this field, enum, pipeline or status is not one of the
-#: account's" (``validation-errors``; see docs/sandbox.md for what the sandbox gives).
+#: account's" (in ``validation-errors``; the sandbox gives it too, sandbox/errors.py).
 STALE_CODES = frozenset({"NotSupportedChoice"})
 #: At most one metadata refresh this often (seconds) for such answers, across workers.
 STALE_REFRESH_SECONDS = 60
