@@ -552,3 +552,70 @@ def test_a_refused_long_lived_token_alert_says_to_make_a_new_token(
     [message] = outbox
     assert "flask amocrm auth" not in message.body
     assert "AMOCRM_TOKEN" in message.body
+
+
+# -- item 24: JWT-shaped tokens, and the token's api_domain ------------------------
+
+
+def test_the_sandbox_issues_jwt_long_lived_tokens_that_deliver(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    from urllib.parse import urlsplit
+
+    from flask_amocrm.amo.client import token_claims
+
+    token = fast_sandbox.long_lived_token(days=30)
+    claims = token_claims(token)
+    assert claims["exp"] % 86400 == 0  # midnight UTC, as amoCRM's long-lived tokens
+    assert 29 * 86400 < claims["exp"] - utcnow().timestamp() <= 31 * 86400
+    assert claims["api_domain"] == urlsplit(fast_sandbox.url).netloc
+    app = make_app(AMOCRM_TOKEN=token, AMOCRM_RATE_LIMIT=50)
+    with app.app_context():
+        app.extensions["amocrm"].extension.submit(
+            "callback", {"name": "Ann", "phone": "+79120001122"}
+        )
+    assert deliver_pending(app).get("delivered") == 1
+
+
+def test_an_expired_long_lived_jwt_is_not_sent(make_app: Any, sandbox: Any) -> None:
+    import base64
+
+    def part(value: dict[str, Any]) -> str:
+        raw = json.dumps(value).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    expired = ".".join(
+        [part({"typ": "JWT", "alg": "RS256"}), part({"exp": 1700000000}), "sig"]
+    )
+    app = make_app(AMOCRM_TOKEN=expired)
+    with app.app_context():
+        app.extensions["amocrm"].extension.submit(
+            "callback", {"name": "Ann", "phone": "+79120001122"}
+        )
+    assert deliver_pending(app).get("retrying") == 1
+    [event] = stored_events(app)
+    assert "expired at 2023-11-14" in (event.last_error or "")
+    assert [r for r in sandbox.requests() if r["path"].startswith("/api/v4")] == []
+
+
+def test_a_moved_account_is_found_through_the_tokens_api_domain(
+    sandbox: Any, amo_app: Any
+) -> None:
+    app = _oauth_app(amo_app, sandbox)
+    _expire(app)
+    with app.app_context():
+        app.extensions["amocrm"].extension.submit("callback", {"name": "Ann"})
+    sandbox.config(moved_to="renamed.amocrm.ru")
+    assert deliver_pending(app).get("retrying") == 1
+    [event] = stored_events(app)
+    assert "renamed.amocrm.ru" in (event.last_error or "")
+    assert "AMOCRM_BASE_URL" in (event.last_error or "")
+    with get_state(app).session() as session:
+        row = session.scalar(select(Token))
+        assert row is not None and row.revoked_at is None  # not spent, not revoked
+    lookups = [
+        r
+        for r in sandbox.requests()
+        if r["path"] == "/oauth2/account/current/subdomain"
+    ]
+    assert [r["status"] for r in lookups] == [200]

@@ -44,6 +44,7 @@ from ..errors import (
     TransportError,
 )
 from ..models import Token, utcnow
+from .client import token_claims
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -260,6 +261,17 @@ class OAuthTokens:
                 status=exc.status,
                 body=exc.body,
             ) from None
+        moved = self._moved_to(row, exc)
+        if moved:
+            # The account was renamed or moved: the refresh token is not spent, it
+            # is refused on this host only. Nothing is marked revoked.
+            raise AuthError(
+                f"amoCRM says this account now lives at {moved}: set AMOCRM_BASE_URL "
+                f"to https://{moved} and restart (the refresh on {self.base_url} "
+                f"answered {exc.status})",
+                status=exc.status,
+                body=exc.body,
+            ) from None
         with self.state.session() as session:
             marked = session.execute(
                 update(Token)
@@ -284,6 +296,38 @@ class OAuthTokens:
             body=exc.body,
         ) from None
 
+    def _moved_to(self, row: Token, exc: APIError) -> str | None:
+        """After a refused refresh (401 or 404): the domain amoCRM names for the
+        account when it is not ours, asked of the ``api_domain`` in the access
+        token (``GET /oauth2/account/current/subdomain`` with the refresh token,
+        as amoCRM's PHP SDK does); ``None`` when it is ours or cannot be told."""
+        if exc.status not in (401, 404) or not row.refresh_token:
+            return None
+        api_domain = token_claims(row.access_token).get("api_domain")
+        ours = urlsplit(self.base_url)
+        if not isinstance(api_domain, str) or not _trusted_api_domain(
+            api_domain, ours.netloc
+        ):
+            return None
+        try:
+            answer = self.token_client.request(
+                "GET",
+                "/oauth2/account/current/subdomain",
+                auth=False,
+                oauth=True,
+                host=f"{ours.scheme}://{api_domain}",
+                headers={"X-Refresh-Token": row.refresh_token},
+            )
+        except (TransportError, APIError) as lookup:
+            log.info("amoCRM account domain lookup failed: %s", lookup)
+            return None
+        domain = answer.get("domain") if isinstance(answer, dict) else None
+        if not isinstance(domain, str) or not domain or "/" in domain:
+            return None
+        if domain.lower() in (ours.netloc.lower(), (ours.hostname or "").lower()):
+            return None
+        return domain
+
     def _lock(self) -> AbstractContextManager[None]:
         return shared.lock(
             self.state, "token-refresh", ttl=LOCK_SECONDS, wait=LOCK_SECONDS + 5
@@ -301,6 +345,19 @@ class OAuthTokens:
                 return False
             self._refresh_row(row)
         return True
+
+
+#: The hosts an ``api_domain`` claim may name: amoCRM's and Kommo's own.
+_API_SUFFIXES = (".amocrm.ru", ".kommo.com", ".amocrm.com")
+
+
+def _trusted_api_domain(api_domain: str, account_netloc: str) -> bool:
+    """Whether the refresh token may be sent to ``api_domain``: a host of amoCRM's
+    own, or, for an account elsewhere (the sandbox), the account's own host."""
+    host = api_domain.lower()
+    if host.endswith(_API_SUFFIXES) and all(c.isalnum() or c in ".-" for c in host):
+        return True
+    return host == account_netloc.lower()
 
 
 def _expiring(row: Token) -> bool:
