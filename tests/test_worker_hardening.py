@@ -13,6 +13,7 @@ import textwrap
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from flask import Flask, current_app, request
 from sqlalchemy import select, text
 
@@ -457,9 +458,11 @@ def test_oauth_tokens_are_encrypted_at_rest(sandbox: Any, amo_app: Any) -> None:
 
 
 def test_clear_text_tokens_still_read_and_are_encrypted(
-    sandbox: Any, amo_app: Any
+    sandbox: Any, amo_app: Any, database_uri: str
 ) -> None:
-    app = _oauth_app(amo_app, sandbox, AMOCRM_TOKEN_KEY="k")
+    app = _oauth_app(
+        amo_app, sandbox, AMOCRM_TOKEN_KEY="k", AMOCRM_DATABASE_URI=database_uri
+    )
     with app.app_context():
         from flask_amocrm.amo import client_for
         from flask_amocrm.amo.auth import OAuthTokens
@@ -482,6 +485,36 @@ def test_clear_text_tokens_still_read_and_are_encrypted(
             text("SELECT access_token, refresh_token FROM amocrm_tokens")
         ).one()
     assert all(v.startswith("fernet:") for v in stored)
+    get_state(app).engine.dispose()
+
+
+def test_the_token_key_can_be_rotated(sandbox: Any, amo_app: Any) -> None:
+    from flask_amocrm.amo import client_for
+    from flask_amocrm.errors import AuthError
+
+    old_app = _oauth_app(amo_app, sandbox, AMOCRM_TOKEN_KEY="old key")
+    with get_state(old_app).session() as session:
+        sealed = session.execute(text("SELECT access_token FROM amocrm_tokens")).one()
+    # A new key alone cannot read the rows: events wait with a clear reason.
+    wrong = amo_app(**OAUTH, AMOCRM_TOKEN_KEY="new key")
+    with wrong.app_context(), pytest.raises(AuthError) as info:
+        client_for(get_state()).get("/api/v4/account")
+    assert "cannot be decrypted" in str(info.value)
+    # The new key first, the old one after it: read with the old, written with new.
+    rotated = amo_app(**OAUTH, AMOCRM_TOKEN_KEY=["new key", "old key"])
+    with rotated.app_context():
+        assert client_for(get_state()).get("/api/v4/account")["id"]
+    _expire(rotated)
+    with rotated.app_context():
+        tokens = client_for(get_state()).tokens
+        tokens.forget()  # type: ignore[attr-defined]
+        assert client_for(get_state()).get("/api/v4/account")["id"]  # refreshed
+    with get_state(rotated).session() as session:
+        resealed = session.execute(text("SELECT access_token FROM amocrm_tokens")).one()
+    assert resealed[0] != sealed[0] and resealed[0].startswith("fernet:")
+    newest = amo_app(**OAUTH, AMOCRM_TOKEN_KEY="new key")
+    with newest.app_context():
+        assert client_for(get_state()).get("/api/v4/account")["id"]
 
 
 def test_settings_repr_keeps_secrets_out(make_app: Any) -> None:
