@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .amo.auth import authorize_url
 from .amo.connect import exchange_code
-from .amo.metadata import metadata_for, sync_metadata
+from .amo.metadata import clear_metadata, metadata_for, sync_metadata
 from .errors import AmoCRMError
 from .importer import import_rows, read_rows
 from .models import (
@@ -36,10 +36,12 @@ from .state import AppState, get_state
 from .worker.agent import process
 from .worker.amo_worker import AmoWorker
 from .worker.dispatch import hand_off_many
+from .worker.markers import forget_marker_field
 from .worker.outage import current as current_outage
 from .worker.outage import paused, reconnected
 from .worker.preview import preview
 from .worker.queue import get_queue
+from .worker.rules_file import rules_age
 from .worker.schedule import ensure_tick, housekeeping
 
 amocrm_cli = AppGroup("amocrm", help="Flask-AmoCRM: deliver site events to amoCRM.")
@@ -177,6 +179,11 @@ def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
             raise click.ClickException(f"There is no event {event_id}.")
     hand_off_many(state, ids)
     click.echo(f"{len(ids)} event(s) will be retried.")
+    if state.settings.rules_file:
+        click.echo(
+            "Workers read the rules file again before their next batch when it "
+            "changed (see 'flask amocrm status')."
+        )
 
 
 @amocrm_cli.command("import")
@@ -242,6 +249,9 @@ def status() -> None:
         click.echo(f"Requests paused after a block: {pause}")
     if state.settings.delivery == "rq":
         _warn_without_worker(state)
+    rules = rules_age(state)
+    if rules:
+        click.echo(rules)
 
 
 def _listed(session: Any, clause: Any) -> list[Event]:
@@ -346,9 +356,13 @@ def auth_command(code: str | None) -> None:
 
 @amocrm_cli.command("sync")
 def sync_command() -> None:
-    """Fetch the account's pipelines, users, fields and task types again."""
+    """Fetch the account's pipelines, users, fields and task types again, and
+    forget every cached id (the marker field's too)."""
+    state = get_state()
+    forget_marker_field(state)
+    clear_metadata(state)
     try:
-        meta = sync_metadata(get_state())
+        meta = sync_metadata(state)
     except AmoCRMError as exc:
         raise click.ClickException(f"Could not read the account: {exc}") from None
     fields = sum(

@@ -7,13 +7,16 @@ each other raise :class:`RuntimeError` with a message that names the key.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import ipaddress
 import json
 import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -89,6 +92,8 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_MAX_EVENT_SIZE": 1024 * 1024,
     "AMOCRM_UPLOAD_MAX_FILES": 10,
     "AMOCRM_UPLOAD_MAX_TOTAL": 50 * 1024 * 1024,
+    # Encryption of the stored OAuth tokens (default: a key derived from SECRET_KEY).
+    "AMOCRM_TOKEN_KEY": None,
 }
 
 log = logging.getLogger("flask_amocrm")
@@ -127,12 +132,12 @@ class Settings:
     :data:`DEFAULTS` and the app's config: the defaults are written once, there."""
 
     base_url: str
-    token: str | None
+    token: str | None = field(repr=False)
     client_id: str | None
-    client_secret: str | None
+    client_secret: str | None = field(repr=False)
     redirect_uri: str | None
-    database_uri: str
-    redis_url: str | None
+    database_uri: str = field(repr=False)
+    redis_url: str | None = field(repr=False)
     queue: str
     delivery: str
     batch_size: int
@@ -181,6 +186,13 @@ class Settings:
     upload_max_files: int
     #: How many bytes of uploads one event saves in all.
     upload_max_total: int
+    #: The rules file ``AMOCRM_RULES`` names (``None``: rules given as a mapping)
+    #: and its modification time when it was read: workers reload a changed file.
+    rules_file: str | None
+    rules_mtime: float | None
+    #: The Fernet keys of the stored OAuth tokens, newest first (from
+    #: ``AMOCRM_TOKEN_KEY``, else derived from ``SECRET_KEY``); empty: none.
+    token_keys: tuple[str, ...] = field(repr=False)
 
 
 #: The shortest ``AMOCRM_AGENT_INTERVAL``: the agent runs on the worker's periodic
@@ -318,6 +330,25 @@ def load_rules(value: Any, root: str | None = None) -> dict[str, Any]:
     raise _fail(key, f"must be a dict or a path to a TOML or JSON file, not {value!r}.")
 
 
+def rules_file_path(value: Any, root: str | None) -> str | None:
+    """The path of the rules file ``AMOCRM_RULES`` names, or ``None``."""
+    if not isinstance(value, str | os.PathLike):
+        return None
+    path = os.fspath(value)
+    if root and not os.path.isabs(path):
+        path = os.path.join(root, path)
+    return path
+
+
+def _rules_file(value: Any, root: str | None) -> dict[str, Any]:
+    path = rules_file_path(value, root)
+    try:
+        mtime = os.stat(path).st_mtime if path else None
+    except OSError:
+        mtime = None
+    return {"rules_file": path, "rules_mtime": mtime}
+
+
 def read_settings(app: Flask) -> Settings:
     """Apply the defaults to ``app.config`` and return the validated settings."""
     for key, default in DEFAULTS.items():
@@ -441,6 +472,8 @@ def read_settings(app: Flask) -> Settings:
         metadata_ttl=_int(config, "AMOCRM_METADATA_TTL", 1),
         admin_auth=_admin_auth(config["AMOCRM_ADMIN_AUTH"]),
         keepalive_days=_int(config, "AMOCRM_KEEPALIVE_DAYS", 1),
+        token_keys=_token_keys(config, oauth=bool(client_id)),
+        **_rules_file(config["AMOCRM_RULES"], app.root_path),
         **_rules_settings(app, config),
     )
 
@@ -455,6 +488,47 @@ def _agent_interval(config: Any) -> int:
             "seconds, so a shorter interval would not be kept.",
         )
     return seconds
+
+
+#: Mixed into a passphrase or SECRET_KEY before it becomes a Fernet key, so the key
+#: that encrypts the tokens is never the one that signs the site's sessions.
+_KEY_LABEL = b"flask-amocrm token encryption\x00"
+
+
+def _token_keys(config: Any, *, oauth: bool) -> tuple[str, ...]:
+    """The Fernet keys for the stored tokens: ``AMOCRM_TOKEN_KEY`` (a Fernet key,
+    any other secret string, or a list of them, newest first, to rotate), else one
+    derived from ``SECRET_KEY``. OAuth without either is refused."""
+    value = config["AMOCRM_TOKEN_KEY"]
+    if value:
+        secrets = [value] if isinstance(value, str | bytes) else list(value)
+    elif config.get("SECRET_KEY"):
+        secrets = [config["SECRET_KEY"]]
+    elif oauth:
+        raise _fail(
+            "AMOCRM_TOKEN_KEY",
+            "is not set and neither is SECRET_KEY: the OAuth tokens are stored "
+            "encrypted, with AMOCRM_TOKEN_KEY or a key derived from SECRET_KEY.",
+        )
+    else:
+        return ()
+    keys = []
+    for secret in secrets:
+        if not isinstance(secret, str | bytes) or not secret:
+            raise _fail(
+                "AMOCRM_TOKEN_KEY", "must be a secret string or a list of them."
+            )
+        raw = secret.encode() if isinstance(secret, str) else secret
+        try:
+            is_fernet_key = len(base64.urlsafe_b64decode(raw)) == 32 and len(raw) == 44
+        except (binascii.Error, ValueError):
+            is_fernet_key = False
+        if is_fernet_key:
+            keys.append(raw.decode())
+        else:
+            digest = hashlib.sha256(_KEY_LABEL + raw).digest()
+            keys.append(base64.urlsafe_b64encode(digest).decode())
+    return tuple(keys)
 
 
 def _admin_auth(value: Any) -> Callable[[], bool] | None:

@@ -125,7 +125,12 @@ class AppState:
         uri = self.settings.database_uri
         if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
             os.makedirs(os.path.dirname(uri[len("sqlite:///") :]) or ".", exist_ok=True)
-        engine = create_engine(uri, pool_pre_ping=not uri.startswith("sqlite"))
+        engine = create_engine(
+            uri,
+            pool_pre_ping=not uri.startswith("sqlite"),
+            # An error's message never quotes the visitor's data (issue 11, item 16).
+            hide_parameters=True,
+        )
         if engine.dialect.name == "sqlite":
             sa_event.listen(engine, "connect", _sqlite_pragmas)
         return engine

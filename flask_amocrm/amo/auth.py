@@ -15,6 +15,10 @@ A refresh that amoCRM refuses ("Token has been revoked", expired) marks the row
 on no process calls amoCRM for that account and every event waits as ``retrying``
 (the worker tells the admins). Connecting again
 (:func:`~flask_amocrm.amo.connect.exchange_code`) clears it and delivery resumes.
+
+Both tokens are stored encrypted (:func:`seal`, Fernet from :mod:`cryptography`) with
+the key of ``AMOCRM_TOKEN_KEY``, or one derived from ``SECRET_KEY``. A row written in
+clear text by an older version is still read, and encrypted on that first read.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import select, update
 
 from .. import shared
@@ -39,6 +44,7 @@ from ..errors import (
     TransportError,
 )
 from ..models import Token, utcnow
+from .client import token_claims
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -54,6 +60,68 @@ LOCK_SECONDS = 30
 #: How long a process keeps the token it read before looking at the row again.
 LOCAL_SECONDS = 60.0
 TOKEN_PATH = "/oauth2/access_token"
+
+
+#: What starts an encrypted token in the table; anything else is clear text.
+SEALED = "fernet:"
+
+
+def _cipher(settings: Settings) -> MultiFernet | None:
+    keys = settings.token_keys
+    return MultiFernet([Fernet(key) for key in keys]) if keys else None
+
+
+def seal(settings: Settings, value: str | None) -> str | None:
+    """``value`` encrypted for the ``amocrm_tokens`` table (unchanged without a
+    key, or when it is empty)."""
+    cipher = _cipher(settings)
+    if not value or cipher is None:
+        return value
+    return SEALED + cipher.encrypt(value.encode()).decode()
+
+
+def unseal(settings: Settings, value: str | None) -> str | None:
+    """A token as the table holds it, decrypted; clear text is returned as it is.
+    :class:`AuthError` when the key cannot decrypt it (the key changed)."""
+    if not value or not value.startswith(SEALED):
+        return value
+    cipher = _cipher(settings)
+    try:
+        if cipher is None:
+            raise InvalidToken
+        return cipher.decrypt(value[len(SEALED) :].encode()).decode()
+    except InvalidToken:
+        raise AuthError(
+            "the stored amoCRM tokens cannot be decrypted: AMOCRM_TOKEN_KEY (or "
+            "SECRET_KEY, which it defaults to) changed. Put the old key first in "
+            "a list, or connect amoCRM again ('flask amocrm auth')"
+        ) from None
+
+
+def read_row(state: AppState, row: Token) -> Token:
+    """``row`` (detached) with its tokens decrypted; a clear-text row is encrypted
+    in the table now."""
+    access, refresh = row.access_token, row.refresh_token
+    row.access_token = unseal(state.settings, access) or ""
+    row.refresh_token = unseal(state.settings, refresh)
+    clear = [v for v in (access, refresh) if v and not v.startswith(SEALED)]
+    if clear and state.settings.token_keys:
+        with state.session() as session:
+            session.execute(
+                update(Token)
+                .where(
+                    Token.id == row.id,
+                    Token.version == row.version,
+                    Token.access_token == access,
+                )
+                .values(
+                    access_token=seal(state.settings, row.access_token),
+                    refresh_token=seal(state.settings, row.refresh_token),
+                )
+            )
+            session.commit()
+        log.info("amoCRM tokens of %s are now stored encrypted", row.base_url)
+    return row
 
 
 class OAuthTokens:
@@ -122,6 +190,8 @@ class OAuthTokens:
                 "amoCRM is not connected yet: run 'flask amocrm auth' or "
                 "use 'Connect amoCRM' in the admin"
             )
+        if row.revoked_at is None:
+            row = read_row(self.state, row)
         if row.revoked_at is not None:
             raise TokenRevokedError(
                 f"amoCRM access was revoked at {row.revoked_at:%Y-%m-%d %H:%M} UTC; "
@@ -141,13 +211,26 @@ class OAuthTokens:
         self.token_client.redactor.add(row.refresh_token)
         self.token_client.redactor.add(self.settings.client_secret)
         try:
-            pair = self.token_client.request(
-                "POST", TOKEN_PATH, json_body=body, auth=False, oauth=True
-            )
+            try:
+                pair = self._refresh_call(body)
+            except TransportError as exc:
+                if not exc.sent:
+                    raise  # it never reached amoCRM: the token is surely unspent
+                # The answer was lost. amoCRM may not have got the request (then
+                # the same refresh token works now), or may have carried it out (then
+                # that token is dead, "Token has been revoked", and the new pair it
+                # sent is lost with the answer). Send it once more, at once.
+                log.warning(
+                    "amoCRM token refresh of %s lost its answer (%s); sending the "
+                    "same refresh token once more",
+                    self.base_url,
+                    exc,
+                )
+                pair = self._refresh_call(body)
         except (TransportError, APIError) as exc:
             if exc.retryable and not isinstance(exc, AuthError):
                 raise  # amoCRM is down or busy: try again later, the token is fine
-            return self._refused(row, exc)
+            return self._refused(row, exc)  # re-reads the row before giving up
         new = store_pair(self.state, pair, expected_version=row.version)
         self.token_client.redactor.add(new.access_token)
         self._held = (time.monotonic(), new.access_token, new.expires_at)
@@ -155,6 +238,12 @@ class OAuthTokens:
             "amoCRM token of %s refreshed (version %s)", self.base_url, new.version
         )
         return new.access_token
+
+    def _refresh_call(self, body: dict[str, Any]) -> Any:
+        """One call of the token endpoint with the refresh grant ``body``."""
+        return self.token_client.request(
+            "POST", TOKEN_PATH, json_body=body, auth=False, oauth=True
+        )
 
     def _refused(self, row: Token, exc: APIError) -> str:
         current = self._load()
@@ -169,6 +258,17 @@ class OAuthTokens:
             raise ClientRefusedError(
                 f"amoCRM refused the client credentials (AMOCRM_CLIENT_ID, "
                 f"AMOCRM_CLIENT_SECRET): {exc}",
+                status=exc.status,
+                body=exc.body,
+            ) from None
+        moved = self._moved_to(row, exc)
+        if moved:
+            # The account was renamed or moved: the refresh token is not spent, it
+            # is refused on this host only. Nothing is marked revoked.
+            raise AuthError(
+                f"amoCRM says this account now lives at {moved}: set AMOCRM_BASE_URL "
+                f"to https://{moved} and restart (the refresh on {self.base_url} "
+                f"answered {exc.status})",
                 status=exc.status,
                 body=exc.body,
             ) from None
@@ -196,6 +296,38 @@ class OAuthTokens:
             body=exc.body,
         ) from None
 
+    def _moved_to(self, row: Token, exc: APIError) -> str | None:
+        """After a refused refresh (401 or 404): the domain amoCRM names for the
+        account when it is not ours, asked of the ``api_domain`` in the access
+        token (``GET /oauth2/account/current/subdomain`` with the refresh token,
+        as amoCRM's PHP SDK does); ``None`` when it is ours or cannot be told."""
+        if exc.status not in (401, 404) or not row.refresh_token:
+            return None
+        api_domain = token_claims(row.access_token).get("api_domain")
+        ours = urlsplit(self.base_url)
+        if not isinstance(api_domain, str) or not _trusted_api_domain(
+            api_domain, ours.netloc
+        ):
+            return None
+        try:
+            answer = self.token_client.request(
+                "GET",
+                "/oauth2/account/current/subdomain",
+                auth=False,
+                oauth=True,
+                host=f"{ours.scheme}://{api_domain}",
+                headers={"X-Refresh-Token": row.refresh_token},
+            )
+        except (TransportError, APIError) as lookup:
+            log.info("amoCRM account domain lookup failed: %s", lookup)
+            return None
+        domain = answer.get("domain") if isinstance(answer, dict) else None
+        if not isinstance(domain, str) or not domain or "/" in domain:
+            return None
+        if domain.lower() in (ours.netloc.lower(), (ours.hostname or "").lower()):
+            return None
+        return domain
+
     def _lock(self) -> AbstractContextManager[None]:
         # The account's refresh token is one, whichever site refreshes it.
         return shared.lock(
@@ -220,6 +352,19 @@ class OAuthTokens:
         return True
 
 
+#: The hosts an ``api_domain`` claim may name: amoCRM's and Kommo's own.
+_API_SUFFIXES = (".amocrm.ru", ".kommo.com", ".amocrm.com")
+
+
+def _trusted_api_domain(api_domain: str, account_netloc: str) -> bool:
+    """Whether the refresh token may be sent to ``api_domain``: a host of amoCRM's
+    own, or, for an account elsewhere (the sandbox), the account's own host."""
+    host = api_domain.lower()
+    if host.endswith(_API_SUFFIXES) and all(c.isalnum() or c in ".-" for c in host):
+        return True
+    return host == account_netloc.lower()
+
+
 def _expiring(row: Token) -> bool:
     return row.expires_at is not None and row.expires_at - utcnow() <= REFRESH_MARGIN
 
@@ -235,8 +380,8 @@ def store_pair(
     now = utcnow()
     expires_in = pair.get("expires_in")
     values = {
-        "access_token": access,
-        "refresh_token": pair.get("refresh_token"),
+        "access_token": seal(state.settings, access),
+        "refresh_token": seal(state.settings, pair.get("refresh_token")),
         "expires_at": (
             now + timedelta(seconds=int(expires_in)) if expires_in else None
         ),
@@ -270,7 +415,7 @@ def store_pair(
             session.commit()
         row = session.scalar(select(Token).where(Token.base_url == base_url))
     assert row is not None
-    return row
+    return read_row(state, row)
 
 
 def authorize_url(settings: Settings, state_value: str | None = None) -> str:

@@ -23,12 +23,15 @@ Retries, all bounded:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import requests
 
@@ -61,6 +64,21 @@ API = "/api/v4"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+def token_claims(token: str | None) -> dict[str, Any]:
+    """The claims of an amoCRM token (a JWT: ``exp``, ``api_domain``, ...), read
+    without checking the signature (amoCRM does not publish its key; the token
+    is only ever sent back to amoCRM); ``{}`` for a token that is not a JWT."""
+    parts = (token or "").split(".")
+    if len(parts) != 3:
+        return {}
+    try:
+        raw = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = json.loads(raw)
+    except (ValueError, binascii.Error):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
 class TokenProvider(Protocol):
     """Where the client gets its bearer token (see :mod:`flask_amocrm.amo.auth`)."""
 
@@ -80,11 +98,24 @@ class LongLivedToken:
         self._token = token
 
     def access_token(self) -> str:
-        """The token; :class:`AuthError` if none was given."""
+        """The token; :class:`AuthError` if none was given, or if it is a JWT whose
+        ``exp`` has passed (amoCRM would refuse it: no request is sent)."""
         if not self._token:
             raise AuthError(
                 "amoCRM is not connected: no access token is set "
                 "(AMOCRM_TOKEN, or 'flask amocrm auth' for OAuth)"
+            )
+        exp = token_claims(self._token).get("exp")
+        if (
+            isinstance(exp, int | float)
+            and not isinstance(exp, bool)
+            and exp < time.time()
+        ):
+            raise AuthError(
+                "the long-lived token (AMOCRM_TOKEN) expired at "
+                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(exp))}: an admin "
+                "of the account makes a new one ('Keys and scopes' of the private "
+                "integration) and sets AMOCRM_TOKEN"
             )
         return self._token
 
@@ -148,27 +179,38 @@ class AmoClient:
         json_body: Any = None,
         auth: bool = True,
         oauth: bool = False,
+        host: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         """Make one call, with the retries described in the module docstring; return
         the parsed JSON body, or ``None`` for 204.
 
         ``auth=False`` sends no token (the OAuth token endpoint); ``oauth=True`` masks
-        the OAuth secrets in the body and answer, ``code`` included.
+        the OAuth secrets in the body and answer, ``code`` included. ``host``
+        (``https://api-b.amocrm.ru``) sends to another host than the account's, with
+        the extra ``headers``.
         """
+        extra = dict(headers or {})
         method = method.upper()
         failures = 0  # transport errors and 5xx
         limited = 0  # 429 answers
         refreshed = False
         token: str | None = None
         while True:
-            headers: dict[str, str] = {}
+            sent_headers: dict[str, str] = dict(extra)
             if auth:
                 token = self.tokens.access_token()
                 self.redactor.add(token)
-                headers["Authorization"] = f"Bearer {token}"
+                sent_headers["Authorization"] = f"Bearer {token}"
             try:
                 response = self._exchange(
-                    method, path, params, json_body, headers, oauth=oauth
+                    method,
+                    path,
+                    params,
+                    json_body,
+                    sent_headers,
+                    oauth=oauth,
+                    host=host,
                 )
             except TransportError as exc:
                 if (method in _IDEMPOTENT or not exc.sent) and failures < self.retries:
@@ -217,24 +259,42 @@ class AmoClient:
         headers: dict[str, str],
         *,
         oauth: bool,
+        host: str | None = None,
     ) -> requests.Response:
         """Send once (after waiting for a slot) and log what happened."""
         if self.limiter is not None:
             self.limiter.acquire()
-        shown = path + (f"?{self.redactor.query(params)}" if params else "")
+        base = (host or self.base_url).rstrip("/")
+        if host:
+            path_shown = f"{base}{path}"
+        else:
+            path_shown = path
+        shown = path_shown + (f"?{self.redactor.query(params)}" if params else "")
+        # Python logs get the path without what was searched for (a phone, an
+        # e-mail): they outlive AMOCRM_RETENTION_DAYS. The API log keeps it all.
+        logged = path_shown + (f"?{_log_query(params)}" if params else "")
+        try:
+            data = (
+                None
+                if json_body is None
+                else json.dumps(json_body, ensure_ascii=False, allow_nan=False).encode()
+            )
+        except (UnicodeError, ValueError, OverflowError, TypeError) as exc:
+            # A lone surrogate or a non-finite number: never sent, never retried.
+            raise ValidationError(
+                f"{method} {path}: the body cannot be sent as JSON: "
+                f"{type(exc).__name__}",
+                status=None,
+            ) from None
         started = time.monotonic()
         response: requests.Response | None = None
         error: TransportError | None = None
         try:
             response = self.session.request(
                 method,
-                f"{self.base_url}{path}",
+                f"{base}{path}",
                 params=params,
-                data=(
-                    None
-                    if json_body is None
-                    else json.dumps(json_body, ensure_ascii=False).encode()
-                ),
+                data=data,
                 headers={**headers, "Content-Type": "application/json"}
                 if json_body is not None
                 else headers,
@@ -252,7 +312,9 @@ class AmoClient:
         except requests.RequestException as exc:
             error = TransportError(f"{method} {path}: {type(exc).__name__}", sent=True)
         duration = (time.monotonic() - started) * 1000
-        self._record(method, shown, json_body, response, error, duration, oauth=oauth)
+        self._record(
+            method, shown, logged, json_body, response, error, duration, oauth=oauth
+        )
         if error is not None:
             raise error from None
         assert response is not None
@@ -262,6 +324,7 @@ class AmoClient:
         self,
         method: str,
         shown: str,
+        logged: str,
         json_body: Any,
         response: requests.Response | None,
         error: Exception | None,
@@ -276,13 +339,13 @@ class AmoClient:
         )
         if error is not None:
             log.warning(
-                "amoCRM %s %s failed after %.0f ms: %s", method, shown, duration, error
+                "amoCRM %s %s failed after %.0f ms: %s", method, logged, duration, error
             )
         else:
             log.info(
                 "amoCRM %s %s -> %s in %.0f ms (request id %s)",
                 method,
-                shown,
+                logged,
                 status,
                 duration,
                 request_id or "-",
@@ -298,8 +361,15 @@ class AmoClient:
             except ValueError:
                 response_text = redact.dump(response.text, oauth=oauth)
         if want_debug:
-            log.debug("amoCRM %s %s request body: %s", method, shown, request_text)
-            log.debug("amoCRM %s %s response body: %s", method, shown, response_text)
+            # Sizes only: the bodies hold the visitors' data (the API log has them).
+            log.debug(
+                "amoCRM %s %s request body: %s characters, response body: %s "
+                "characters (see the API log)",
+                method,
+                logged,
+                len(request_text or ""),
+                len(response_text or ""),
+            )
         if self.sink is not None:
             self.sink.write(
                 method=method,
@@ -533,6 +603,21 @@ class AmoClient:
                 rids = [chunk[position]["request_id"]] if position < len(chunk) else []
             for rid in rids if isinstance(rids, list) else [rids]:
                 results[str(rid)] = item
+
+
+#: Query parameters whose values may be personal data (a search for a phone).
+_PERSONAL_PARAMS = frozenset({"query"})
+
+
+def _log_query(params: dict[str, Any]) -> str:
+    """The query string for Python logs: searched-for text replaced by its length."""
+    return urlencode(
+        [
+            (k, f"[{len(str(v))} chars]" if k in _PERSONAL_PARAMS else v)
+            for k, v in params.items()
+        ],
+        doseq=True,
+    )
 
 
 def answer_items(answer: Any, key: str) -> list[dict[str, Any]]:

@@ -370,3 +370,10 @@ def metadata_for(state: AppState, *, refresh: bool = False) -> AccountMetadata:
 def forget_metadata(state: AppState) -> None:
     """Drop this process's copy (the next use reads the shared cache)."""
     state.forget_local("metadata")
+
+
+def clear_metadata(state: AppState) -> None:
+    """Drop the shared copy and this process's (``flask amocrm sync``): the next use
+    reads the account again."""
+    shared.cache_clear(state, _CACHE, account=True)
+    forget_metadata(state)

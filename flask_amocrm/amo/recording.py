@@ -74,6 +74,8 @@ class RecordingClient(AmoClient):
         json_body: Any = None,
         auth: bool = True,
         oauth: bool = False,
+        host: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         """Record the call and return the made-up answer (``None`` for "204")."""
         method = method.upper()

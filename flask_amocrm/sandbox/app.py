@@ -75,6 +75,7 @@ class Sandbox:
             "access_token_ttl": access_token_ttl,
             "block_after": block_after,
             "block_seconds": block_seconds,
+            "moved_to": None,
         }
 
     @property
@@ -103,6 +104,8 @@ class Sandbox:
             self.latency_ms = float(settings["latency_ms"])
         if "access_token_ttl" in settings:
             self.auth.access_token_ttl = int(settings["access_token_ttl"])
+        if "moved_to" in settings:
+            self.auth.moved_to = settings["moved_to"] or None
         if "duplicate_control" in settings:
             with self.store.lock:
                 self.store.data["settings"]["duplicate_control"] = bool(
@@ -118,6 +121,7 @@ class Sandbox:
             "block_seconds": self.limiter.block_seconds,
             "latency_ms": self.latency_ms,
             "access_token_ttl": self.auth.access_token_ttl,
+            "moved_to": self.auth.moved_to,
             "duplicate_control": bool(
                 self.store.data["settings"].get("duplicate_control")
             ),

@@ -1,8 +1,12 @@
 """Bearer tokens and OAuth 2.0.
 
-Long-lived tokens are fixed strings given at start-up. OAuth access tokens are
-HS256 JWTs with ``exp`` (clients such as the Krukov SDK decode them); refresh tokens
-are opaque, live three months and work once. amoCRM's OAuth server is built on
+Long-lived tokens are the fixed string given at start-up, or JWTs issued on request
+(``POST /_sandbox/long_lived_token``) that expire at midnight UTC of their last day,
+as amoCRM's do. OAuth access tokens are HS256 JWTs with ``exp`` and ``api_domain``
+(clients such as the Krukov SDK decode them); refresh tokens are opaque, live three
+months and work once. ``moved_to`` plays an account that was renamed: refreshes on
+this host answer 404, and ``GET /oauth2/account/current/subdomain`` (with the header
+``X-Refresh-Token``) names the new domain. amoCRM's OAuth server is built on
 thephpleague/oauth2-server, whose error statuses we follow: a bad client is 401, a
 bad or reused refresh token is 401 with a hint, a bad code is 400.
 """
@@ -68,6 +72,8 @@ class Auth:
         self.client_secret = client_secret
         self.redirect_uri = redirect_uri
         self.access_token_ttl = access_token_ttl
+        #: A domain the account "moved" to: refreshes here answer 404 (see above).
+        self.moved_to: str | None = None
 
     @property
     def _oauth(self) -> dict[str, Any]:
@@ -83,6 +89,16 @@ class Auth:
 
     def make_access_token(self, api_domain: str) -> str:
         """A signed JWT that expires after ``access_token_ttl`` seconds."""
+        return self._jwt(api_domain, int(time.time()) + int(self.access_token_ttl))
+
+    def make_long_lived_token(self, api_domain: str, days: int) -> tuple[str, int]:
+        """A long-lived token (a signed JWT, no refresh token) valid ``days`` days:
+        it expires at midnight UTC, as amoCRM's do. The token and its ``exp``."""
+        now = int(time.time())
+        exp = (now // 86400 + max(1, int(days))) * 86400
+        return self._jwt(api_domain, exp), exp
+
+    def _jwt(self, api_domain: str, exp: int) -> str:
         now = int(time.time())
         header = {"typ": "JWT", "alg": "HS256"}
         payload = {
@@ -90,7 +106,7 @@ class Auth:
             "jti": str(uuid.uuid4()),
             "iat": now,
             "nbf": now,
-            "exp": now + int(self.access_token_ttl),
+            "exp": exp,
             "sub": str(self.store.data["account"]["current_user_id"]),
             "grant_type": "",
             "account_id": self.store.account_id,
@@ -190,6 +206,10 @@ class Auth:
             if grant == "authorization_code":
                 return self._exchange_code(body, api_domain)
             if grant == "refresh_token":
+                if self.moved_to:
+                    raise OAuthError(
+                        404, "Not found", "The account is not on this domain", None
+                    )
                 return self._exchange_refresh(body, api_domain)
         raise OAuthError(
             400,
@@ -291,6 +311,36 @@ def access_token() -> Response:
     pair = get_auth().exchange(body, api_domain=request.host)
     return current_app.response_class(
         json.dumps(pair), status=200, mimetype="application/json"
+    )
+
+
+@bp.get("/oauth2/account/current/subdomain")
+def current_subdomain() -> Response:
+    """The account's domain, found by its refresh token (header ``X-Refresh-Token``,
+    no bearer token): 400 without it, 401 for an unknown or used one."""
+    from .errors import problem_body, problem_response
+
+    auth = get_auth()
+    token = request.headers.get("X-Refresh-Token")
+    if not token:
+        return problem_response(400, problem_body(400, "X-Refresh-Token is required"))
+    with auth.store.lock:
+        grant = auth._oauth["refresh"].get(token)
+        valid = grant is not None and not grant["used"]
+        account = dict(auth.store.data["account"])
+    if not valid:
+        return problem_response(401, problem_body(401, "Invalid refresh token"))
+    domain = auth.moved_to or request.host
+    return current_app.response_class(
+        json.dumps(
+            {
+                "id": account["id"],
+                "subdomain": domain.split(".")[0],
+                "domain": domain,
+                "top_level_domain": domain.rsplit(".", 1)[-1],
+            }
+        ),
+        mimetype="application/json",
     )
 
 

@@ -28,6 +28,7 @@ bp = Blueprint("sandbox_control", __name__, url_prefix="/_sandbox")
 # Enough for long benchmark runs without unbounded memory.
 LOG_SIZE = 100_000
 CONFIG_KEYS = {
+    "moved_to",
     "rate_limit",
     "latency_ms",
     "access_token_ttl",
@@ -167,6 +168,20 @@ def oauth_code() -> Response:
             "redirect_uri": sbx.auth.redirect_uri,
         }
     )
+
+
+@bp.post("/long_lived_token")
+def long_lived_token() -> Response:
+    """Issue a long-lived token (a JWT with ``exp`` and ``api_domain``), valid for
+    ``days`` (default 365), accepted like the one given at start-up."""
+    spec = request.get_json(silent=True)
+    if not isinstance(spec, dict):
+        return _json({"error": "send a JSON object"}, 400)
+    days = spec.get("days", 365)
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 1830:
+        return _json({"error": "days must be a whole number from 1 to 1830"}, 400)
+    token, exp = _sandbox().auth.make_long_lived_token(request.host, days)
+    return _json({"token": token, "expires_at": exp})
 
 
 @bp.get("/state")

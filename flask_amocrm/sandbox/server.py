@@ -119,6 +119,12 @@ class SandboxServer:
         """A fresh OAuth authorization code for the configured client."""
         return self._call("POST", "/_sandbox/oauth/code", {})["code"]
 
+    def long_lived_token(self, days: int = 365) -> str:
+        """A new long-lived token: a JWT with ``exp`` and ``api_domain``."""
+        return str(
+            self._call("POST", "/_sandbox/long_lived_token", {"days": days})["token"]
+        )
+
     def state(self) -> dict[str, Any]:
         """Everything the account holds (``GET /_sandbox/state``)."""
         return self._call("GET", "/_sandbox/state")

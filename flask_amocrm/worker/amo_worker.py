@@ -3,6 +3,7 @@ flask_amocrm.worker.AmoWorker``)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,11 @@ from rq.worker import Worker
 
 from ..state import get_state
 from .job_class import flask_app, make_job_class
+from .rules_file import reload_rules
 from .schedule import ensure_tick
+from .sweeper import sweep
+
+log = logging.getLogger("flask_amocrm.worker")
 
 
 class AmoWorker(Worker):
@@ -31,6 +36,27 @@ class AmoWorker(Worker):
         kwargs.setdefault("job_class", make_job_class(*self.apps))
         kwargs.setdefault("log_job_description", False)  # never log ids' payloads
         super().__init__(*args, **kwargs)
+
+    def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
+        """Sweep once, then work. The sweep queues the events that are due and have
+        no job (Redis was down at capture, or the response that would have queued
+        one was never closed); in ``burst`` mode every pending event is queued,
+        however young, so the burst delivers everything due before it stops."""
+        for app in self.apps:
+            with app.app_context():
+                try:
+                    sweep(get_state(app), include_fresh=burst)
+                except Exception:  # a worker that cannot sweep still works
+                    log.exception("The start-up sweep of %s failed", app.name)
+        return bool(super().work(burst, *args, **kwargs))
+
+    def execute_job(self, job: Any, queue: Any) -> Any:
+        # Before the work horse forks: a changed rules file is read once here,
+        # not again in every horse.
+        for app in self.apps:
+            with app.app_context():
+                reload_rules(get_state(app))
+        return super().execute_job(job, queue)
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]

@@ -22,7 +22,7 @@ from .. import shared
 from ..amo.apilog import event_context
 from ..amo.clients import client_for
 from ..amo.metadata import metadata_for
-from ..errors import AmoCRMError, RuleError
+from ..errors import AmoCRMError, RuleError, ValidationError
 from ..models import DELIVERED, FAILED, IGNORED, RETRYING, Event, EventAttempt, utcnow
 from ..outbox import append_log, claim
 from ..progress import Progress
@@ -34,10 +34,16 @@ from ..state import AppState, get_state
 from .delivery import Delivery
 from .execute import execute
 from .lookup import key_locks
-from .markers import mark
+from .markers import forget_marker_field, mark
 from .outage import note_failure, note_success, paused
+from .rules_file import reload_rules
 
 log = logging.getLogger("flask_amocrm.worker")
+
+#: Errors of an event's own values while its plan is built (``OverflowError`` for a
+#: date out of range or an integer too large for a float, ``ValueError`` for digits
+#: Python will not read, ``UnicodeError``): the event fails, it is not retried.
+VALUE_ERRORS = (OverflowError, ValueError, UnicodeError, RecursionError)
 
 #: The first retry waits about this long; each next one twice as long, up to the cap.
 RETRY_BASE_SECONDS = 30
@@ -64,6 +70,7 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
     another worker holds are left out.
     """
     state = get_state()
+    reload_rules(state)  # a rules file fixed since the last batch is used now
     claimed = claim(state, list(dict.fromkeys(event_ids)))
     if not claimed:
         return {}
@@ -87,6 +94,14 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             except RuleError as exc:
                 outcomes[event.id] = (FAILED, f"rule error: {exc}")
                 continue
+            except VALUE_ERRORS as exc:
+                # A date out of range, a number too large: this event's data can
+                # never be sent as it is, so it fails now instead of retrying.
+                outcomes[event.id] = (
+                    FAILED,
+                    f"value error: {type(exc).__name__}: {str(exc)[:200]}",
+                )
+                continue
             except Exception as exc:  # Redis or the database hiccuped: try later
                 log.exception("Unexpected error planning event %s", event.id)
                 outcomes[event.id] = (
@@ -103,32 +118,27 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                 continue
             deliveries.append(delivery)
 
-        batch_error: tuple[str, str] | None = None
-        pause = paused(state) if deliveries else None
-        if pause:
-            batch_error = (
-                RETRYING,
-                f"paused, no request sent: amoCRM blocked us: {pause}",
-            )
-        elif any(d.error is None for d in deliveries):
-            try:
-                with event_context(
-                    deliveries[0].event.id if len(deliveries) == 1 else None
-                ):
-                    client = client_for(state)
-                    mark(state, client, deliveries)
-                    execute(client, deliveries, locks=key_locks(state))
-            except AmoCRMError as exc:
-                batch_error = (
-                    RETRYING if exc.retryable else FAILED,
-                    f"{type(exc).__name__}: {exc}",
-                )
-                note_failure(state, exc)
-            except Exception as exc:  # a bug or a database hiccup: keep trying, loudly
-                log.exception("Unexpected error delivering events %s", claimed)
-                batch_error = (RETRYING, f"unexpected {type(exc).__name__}: {exc}")
-            else:
-                note_success(state)
+        batch_error = _run(state, deliveries, claimed)
+        stale = [d for d in deliveries if stale_metadata(d.error)]
+        if batch_error is None and stale and _refresh_caches(state):
+            # amoCRM says a field, enum or status we had cached is gone: with the
+            # metadata read again, these events are planned and sent once more.
+            again: list[Delivery] = []
+            for old in stale:
+                deliveries.remove(old)
+                try:
+                    delivery = _prepare(state, session, old.event)
+                except RuleError as exc:
+                    outcomes[old.event.id] = (FAILED, f"rule error: {exc}")
+                    continue
+                except Exception:  # noqa: BLE001 - keep the first answer's error
+                    delivery = old
+                if delivery is None:
+                    outcomes[old.event.id] = (IGNORED, None)
+                    continue
+                again.append(delivery)
+            deliveries += again
+            batch_error = _run(state, [d for d in again if d.error is None], claimed)
         for delivery in deliveries:
             event = delivery.event
             if delivery.error is not None:
@@ -186,6 +196,68 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                 error,
             )
     return {event_id: outcome for event_id, (outcome, _) in outcomes.items()}
+
+
+def _run(
+    state: AppState, deliveries: list[Delivery], claimed: list[int]
+) -> tuple[str, str] | None:
+    """Send these deliveries; the outcome of every one of them if the whole batch
+    failed, else ``None`` (each delivery's own error is on it)."""
+    pause = paused(state) if deliveries else None
+    if pause:
+        return (RETRYING, f"paused, no request sent: amoCRM blocked us: {pause}")
+    if not any(d.error is None for d in deliveries):
+        return None
+    try:
+        with event_context(deliveries[0].event.id if len(deliveries) == 1 else None):
+            client = client_for(state)
+            mark(state, client, deliveries)
+            execute(client, deliveries, locks=key_locks(state))
+    except AmoCRMError as exc:
+        note_failure(state, exc)
+        return (RETRYING if exc.retryable else FAILED, f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # a bug or a database hiccup: keep trying, loudly
+        log.exception("Unexpected error delivering events %s", claimed)
+        return (RETRYING, f"unexpected {type(exc).__name__}: {exc}")
+    note_success(state)
+    return None
+
+
+#: amoCRM's code for "this field, enum, pipeline or status is not one of the
+#: account's" (in ``validation-errors``; the sandbox gives it too, sandbox/errors.py).
+STALE_CODES = frozenset({"NotSupportedChoice"})
+#: At most one metadata refresh this often (seconds) for such answers, across workers.
+STALE_REFRESH_SECONDS = 60
+
+
+def stale_metadata(error: BaseException | None) -> bool:
+    """Whether amoCRM refused an item because an id we took from the cached
+    metadata (a field, an enum, a status, the marker field) no longer exists."""
+    if not isinstance(error, ValidationError):
+        return False
+    return any(
+        err.get("code") in STALE_CODES
+        for item in error.errors
+        for err in (item.get("errors") or [])
+        if isinstance(err, dict)
+    )
+
+
+def _refresh_caches(state: AppState) -> bool:
+    """Read the account's metadata again and forget the marker field id; whether
+    this worker did (another one may have done it within the last minute)."""
+    if not shared.set_once(
+        state, "stale-refresh", seconds=STALE_REFRESH_SECONDS, account=True
+    ):
+        return False
+    log.warning("amoCRM refused a cached id: reading the account's metadata again")
+    forget_marker_field(state)
+    try:
+        metadata_for(state, refresh=True)
+    except AmoCRMError as exc:
+        log.warning("Could not read the account's metadata again: %s", exc)
+        return False
+    return True
 
 
 def _prepare(state: AppState, session: Any, event: Event) -> Delivery | None:

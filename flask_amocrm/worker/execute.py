@@ -22,6 +22,8 @@ rounds, the later one finding what the earlier one created.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -32,6 +34,8 @@ from ..vocabulary import ENTITY, fold
 from .delivery import Delivery
 from .lookup import NoLocks, lock_keys, lookup
 from .markers import find_again_or_mark
+
+log = logging.getLogger("flask_amocrm.worker")
 
 #: amoCRM takes at most 50 items per batch write (and 50 leads per ``complex``).
 CHUNK = 50
@@ -149,28 +153,81 @@ def _send(
 ) -> None:
     """Send every group's items with ``write``, chunk by chunk; call
     ``done(delivery, answers)`` right after the chunk holding them was answered.
-    ``what`` names the call in the errors of rejected items."""
-    for chunk in _chunks([g for g in groups if g[1]]):
-        while chunk:
-            body = []
-            for delivery, items in chunk:
-                many = len(items) > 1
-                for n, item in enumerate(items):
-                    rid = f"{delivery.request_id}-{n}" if many else delivery.request_id
-                    body.append(dict(item, request_id=rid))
-            try:
-                answers = write(body)
-            except ValidationError as exc:
-                if not _reject(exc, [d for d, _ in chunk], what=what):
-                    raise  # not tied to an item: the whole batch fails alike
+    ``what`` names the call in the errors of rejected items.
+
+    An event whose items cannot be written as JSON (a lone surrogate, a number too
+    large) fails alone before anything is sent. A 400 that names no item is not
+    blamed on the whole chunk: the chunk is split in halves, each sent again (as
+    for a 504), until the event that amoCRM refuses is alone and fails alone."""
+    for chunk in _chunks([g for g in groups if g[1] and _encodable(what, g)]):
+        _send_chunk(what, write, chunk, done)
+
+
+def _encodable(what: str, group: Group) -> bool:
+    """Whether the group's items can be sent; if not, its delivery fails."""
+    try:
+        json.dumps(group[1], ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (UnicodeError, ValueError, OverflowError, TypeError) as exc:
+        group[0].error = ValidationError(
+            f"the data of this event cannot be sent to amoCRM ({what}): "
+            f"{type(exc).__name__}: {_short(exc)}",
+            status=None,
+        )
+        return False
+    return True
+
+
+def _short(exc: BaseException) -> str:
+    # Not the value itself: the message names the position, never the data.
+    if isinstance(exc, UnicodeEncodeError):
+        return f"cannot encode {exc.object[exc.start : exc.end]!a} as {exc.encoding}"
+    return str(exc)[:200]
+
+
+def _send_chunk(
+    what: str,
+    write: Write,
+    chunk: list[Group],
+    done: Callable[[Delivery, list[dict[str, Any] | None]], None],
+) -> None:
+    while chunk:
+        body = []
+        for delivery, items in chunk:
+            many = len(items) > 1
+            for n, item in enumerate(items):
+                rid = f"{delivery.request_id}-{n}" if many else delivery.request_id
+                body.append(dict(item, request_id=rid))
+        try:
+            answers = write(body)
+        except ValidationError as exc:
+            if _reject(exc, [d for d, _ in chunk], what=what):
                 chunk = [g for g in chunk if g[0].error is None]
                 continue
-            position = 0
-            for delivery, items in chunk:
-                done(delivery, answers[position : position + len(items)])
-                position += len(items)
-            _save([d for d, _ in chunk])  # what amoCRM made is known before more
-            break
+            if len(chunk) == 1:
+                # Not tied to an item, but this event was alone: it is the bad one.
+                chunk[0][0].error = ValidationError(
+                    f"amoCRM rejected the data ({what}): {exc}",
+                    body=exc.body,
+                    errors=exc.errors,
+                )
+                return
+            half = len(chunk) // 2
+            log.warning(
+                "%s: 400 naming no item on %d events; sending %d and %d",
+                what,
+                len(chunk),
+                half,
+                len(chunk) - half,
+            )
+            _send_chunk(what, write, chunk[:half], done)
+            _send_chunk(what, write, chunk[half:], done)
+            return
+        position = 0
+        for delivery, items in chunk:
+            done(delivery, answers[position : position + len(items)])
+            position += len(items)
+        _save([d for d, _ in chunk])  # what amoCRM made is known before more
+        return
 
 
 def _reject(exc: ValidationError, deliveries: list[Delivery], *, what: str) -> bool:

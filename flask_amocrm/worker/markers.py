@@ -61,6 +61,14 @@ def marker_field_id(
         return field_id
 
 
+def forget_marker_field(state: AppState) -> None:
+    """Forget the cached marker field id (``flask amocrm sync``, or amoCRM said the
+    field is gone): the next lead looks the field up again, or creates it."""
+    name = state.settings.event_field
+    if name:
+        shared.clear(state, f"marker-field:{name}", account=True)
+
+
 def _find_or_create_field(client: AmoClient, name: str) -> int:
     """The id of the lead field ``name``, created API-only if the account has none."""
     wanted = fold(name)

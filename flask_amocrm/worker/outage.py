@@ -116,17 +116,28 @@ def note_failure(state: AppState, exc: BaseException) -> None:
         f"    {reason}\n\n"
         f"{_waiting(state)} event(s) are waiting. Nothing is lost: they are kept and "
         "delivered when amoCRM answers again; you will get one more mail then.\n"
-        + (
-            "\nThe token was refused: reconnect amoCRM (flask amocrm auth).\n"
-            if isinstance(exc, AuthError)
-            else ""
-        )
+        + (_token_advice(state) if isinstance(exc, AuthError) else "")
         + (
             "\nThe account is blocked or not paid: that needs amoCRM's support or "
             "billing.\n"
             if isinstance(exc, AccountBlockedError | PaymentRequiredError)
             else ""
         ),
+    )
+
+
+def _token_advice(state: AppState) -> str:
+    """What to do about a refused token: it depends on the kind of token."""
+    if state.settings.token:
+        return (
+            "\nThe long-lived token (AMOCRM_TOKEN) was refused: it expired or was "
+            "revoked. An admin of the amoCRM account makes a new one (the private "
+            "integration's 'Keys and scopes', 'Generate long-lived token'), sets it as "
+            "AMOCRM_TOKEN and restarts the site and its workers.\n"
+        )
+    return (
+        "\nThe OAuth token was refused: connect amoCRM again ('flask amocrm auth' "
+        "or 'Connect amoCRM' in the site's admin).\n"
     )
 
 

@@ -17,11 +17,17 @@ from .queue import enqueue_event
 log = logging.getLogger("flask_amocrm.worker")
 
 
-def sweep(state: AppState, limit: int | None = None) -> int:
-    """Queue every due event that has no job; return how many were queued."""
+def sweep(
+    state: AppState, limit: int | None = None, *, include_fresh: bool = False
+) -> int:
+    """Queue every due event that has no job; return how many were queued.
+
+    ``include_fresh`` also queues pending events younger than the grace period (a
+    burst worker: it must not stop while one waits for a job that never comes). An
+    event that has its job already is not queued twice (:func:`enqueue_event`)."""
     queued = 0
     held = lease_expired(state)
-    for event_id in due_ids(state, limit, include_fresh=False):
+    for event_id in due_ids(state, limit, include_fresh=include_fresh):
         if enqueue_event(state, event_id, abandoned=event_id in held):
             queued += 1
     if queued:
