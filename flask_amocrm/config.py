@@ -195,9 +195,10 @@ class Settings:
     token_keys: tuple[str, ...] = field(repr=False)
 
 
-#: The shortest ``AMOCRM_AGENT_INTERVAL``: the agent runs on the worker's periodic
-#: tick, which comes every 30 seconds (``TICK`` in flask_amocrm/worker/schedule.py).
-MIN_AGENT_INTERVAL = 30
+#: Seconds between two runs of the workers' periodic job (the tick).
+TICK_SECONDS = 30
+#: The shortest ``AMOCRM_AGENT_INTERVAL``: the agent runs on that tick.
+MIN_AGENT_INTERVAL = TICK_SECONDS
 
 
 def _fail(key: str, problem: str) -> RuntimeError:

@@ -200,6 +200,15 @@ def bounded(
     return walk(value, name, 0)
 
 
+def cut_reason(text: str | None) -> str | None:
+    """A failure reason as it is stored (``last_error``, an attempt's ``error``):
+    one clean text of at most :data:`LOG_MAX_LENGTH` characters."""
+    if text is None:
+        return None
+    text = clean_text(text)
+    return text if len(text) <= LOG_MAX_LENGTH else text[: LOG_MAX_LENGTH - 1] + "…"
+
+
 def append_log(log: Iterable[str] | None, lines: Iterable[str]) -> list[str]:
     """``log`` with ``lines`` added: a line already there is not added again (a
     retry records its warnings once), each line is at most :data:`LOG_MAX_LENGTH`

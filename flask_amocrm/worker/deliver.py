@@ -24,7 +24,7 @@ from ..amo.clients import client_for
 from ..amo.metadata import metadata_for
 from ..errors import AmoCRMError, RuleError, ValidationError
 from ..models import DELIVERED, FAILED, IGNORED, RETRYING, Event, EventAttempt, utcnow
-from ..outbox import append_log, claim
+from ..outbox import append_log, claim, cut_reason
 from ..progress import Progress
 from ..rules.plan import Plan, PlanEnv
 from ..rules.render import build_plan
@@ -160,6 +160,8 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
         now = utcnow()
         for event in events:
             outcome, error = outcomes[event.id]
+            error = cut_reason(error)
+            outcomes[event.id] = (outcome, error)
             event.status = outcome
             event.locked_until = None
             event.last_error = error

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import AmoCRMError
 from ..models import Event
+from ..outbox import append_log
 from ..progress import Progress
 from ..rules.plan import Plan
 
@@ -36,6 +37,10 @@ class Delivery:
     def request_id(self) -> str:
         """The event's id, as the ``request_id`` of its items."""
         return str(self.event.id)
+
+    def note(self, *lines: str) -> None:
+        """Add ``lines`` to the event's log, within its caps, each line once."""
+        self.event.log = append_log(self.event.log, lines)
 
     @property
     def progress(self) -> Progress:

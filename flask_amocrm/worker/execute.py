@@ -84,13 +84,10 @@ def _execute(client: AmoClient, deliveries: list[Delivery], locks: Locks) -> Non
             busy = [d for d in group if set(keyed.get(d.request_id, ())) & missed]
             for d in busy:
                 # Another worker is deciding about the same person: next attempt.
-                d.event.log = [
-                    *(d.event.log or []),
-                    (
-                        "duplicate control: another "
-                        "worker is handling the same person; trying again"
-                    ),
-                ]
+                d.note(
+                    "duplicate control: another worker is handling the same person; "
+                    "trying again"
+                )
             waiting += busy
             group = [d for d in group if d not in busy]
             lookup(client, [d for d in group if d.pending("lookup")])
@@ -344,13 +341,9 @@ def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
             # amoCRM's own duplicate control reused its lead and contact: a note
             # of ours about duplicates would now point at the entity itself.
             extra["duplicate_notes"] = {}
-            d.event.log = [
-                *(d.event.log or []),
-                (
-                    "amoCRM's duplicate control "
-                    f"merged this event into lead {answer['id']}"
-                ),
-            ]
+            d.note(
+                f"amoCRM's duplicate control merged this event into lead {answer['id']}"
+            )
         d.record(
             "create",
             lead_id=answer["id"],

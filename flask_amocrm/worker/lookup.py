@@ -207,7 +207,7 @@ def _decide(
         if reused["lead"] in own:
             linked.append("lead-contact")
     if lines:
-        d.event.log = [*(d.event.log or []), *lines]
+        d.note(*lines)
     d.record(
         "lookup",
         found=reused,

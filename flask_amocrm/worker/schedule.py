@@ -23,6 +23,7 @@ from rq.exceptions import DuplicateJobError
 from .. import shared
 from ..amo.apilog import purge_api_log
 from ..amo.connect import keep_alive
+from ..config import TICK_SECONDS
 from ..state import AppState
 from .agent import process
 from .outage import alert_auth_failure
@@ -32,8 +33,9 @@ from .sweeper import sweep
 
 log = logging.getLogger("flask_amocrm.worker")
 
-#: Seconds between two ticks.
-TICK = 30
+#: Seconds between two ticks (defined with the settings, which refuse an agent
+#: interval shorter than it).
+TICK = TICK_SECONDS
 _HOURLY = 3600
 
 
