@@ -19,6 +19,7 @@ from flask import Flask, current_app
 
 from .alerts import ALERT_HEADER
 from .config import Settings
+from .errors import describe
 from .models import Event
 from .outbox import MAX_DEPTH, append_log, as_text, bounded, spool, store
 from .rules.schema import find_mail_event
@@ -147,7 +148,7 @@ def capture(
         # parameters, i.e. the visitor's form data; logs carry no personal data.
         log.error(
             "Flask-AmoCRM could not store an event (%s); spooling it",
-            safe_reason(exc),
+            describe(exc),
         )
         _spool(record)
         return None
@@ -225,21 +226,6 @@ def rule_cookies(state: AppState) -> frozenset[str]:
     """The cookies the rules name (``cookies.partner``, ``cookies['x']``): with the
     campaign and analytics ones, the only cookies an event keeps."""
     return state.local("rule_cookies", lambda: cookies_named(state.settings.rules))
-
-
-def safe_reason(exc: BaseException) -> str:
-    """What went wrong, without the values involved: the exception's type and the
-    first line of the database's own message (its DETAIL and CONTEXT lines, and
-    SQLAlchemy's parameter list, quote the data)."""
-    orig = getattr(exc, "orig", None)
-    inner = orig if isinstance(orig, BaseException) else exc
-    first = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
-    if orig is None and hasattr(exc, "statement"):
-        first = ""
-    name = type(exc).__name__
-    if inner is not exc:
-        name = f"{name} ({type(inner).__name__})"
-    return f"{name}: {first[:200]}" if first else name
 
 
 def _source(source: Any) -> str:

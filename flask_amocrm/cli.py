@@ -264,7 +264,9 @@ def _listed(session: Any, clause: Any) -> list[Event]:
 
 def _stuck_clause() -> Any:
     since = utcnow() - STUCK_AFTER
-    due = func.coalesce(Event.next_attempt_at, Event.created_at)
+    # Waiting since the last time it was touched (an imported event's created_at is
+    # the past moment it happened, not when it was stored).
+    due = func.coalesce(Event.next_attempt_at, Event.updated_at)
     return or_(
         Event.status.in_((PENDING, RETRYING)) & (due < since),
         (Event.status == PROCESSING) & (Event.updated_at < since),

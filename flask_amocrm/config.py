@@ -504,7 +504,9 @@ def _token_keys(config: Any, *, oauth: bool) -> tuple[str, ...]:
     if value:
         secrets = [value] if isinstance(value, str | bytes) else list(value)
     elif config.get("SECRET_KEY"):
-        secrets = [config["SECRET_KEY"]]
+        # The current key first (it encrypts), then Flask's fallbacks: tokens
+        # stored before a SECRET_KEY rotation still read, and are sealed anew.
+        secrets = [config["SECRET_KEY"], *(config.get("SECRET_KEY_FALLBACKS") or [])]
     elif oauth:
         raise _fail(
             "AMOCRM_TOKEN_KEY",

@@ -131,3 +131,18 @@ class ImportRowError(ValueError):
 
 class UploadRefused(Exception):
     """An upload was not saved; the message says why, for the event's note."""
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, without the values involved: the exception's type and the
+    first line of the database's own message (its DETAIL and CONTEXT lines, and
+    SQLAlchemy's parameter list, quote the data)."""
+    orig = getattr(exc, "orig", None)
+    inner = orig if isinstance(orig, BaseException) else exc
+    first = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+    if orig is None and hasattr(exc, "statement"):
+        first = ""
+    name = type(exc).__name__
+    if inner is not exc:
+        name = f"{name} ({type(inner).__name__})"
+    return f"{name}: {first[:200]}" if first else name

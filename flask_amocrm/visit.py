@@ -72,17 +72,28 @@ def server_ip() -> str | None:
 
 
 def cookies_named(rules: Any) -> frozenset[str]:
-    """The cookie names the rules' templates read."""
-    try:
-        text = json.dumps(rules, default=str)
-    except (TypeError, ValueError, RecursionError):
-        return frozenset()
+    """The cookie names the rules' templates read (``cookies.x``, ``cookies['x']``,
+    ``cookies["x"]``, ``cookies.get('x')``)."""
     names = set()
-    for match in _COOKIE_IN_TEMPLATE.finditer(text):
-        name = next(g for g in match.groups() if g)
-        if name != "get":
-            names.add(name)
+    for text in _texts(rules):
+        for match in _COOKIE_IN_TEMPLATE.finditer(text):
+            name = next(g for g in match.groups() if g)
+            if name != "get":
+                names.add(name)
     return frozenset(names)
+
+
+def _texts(value: Any, depth: int = 0) -> list[str]:
+    """Every text in the rules (their templates), as written."""
+    if depth > 50:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in _texts(v, depth + 1)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _texts(v, depth + 1)]
+    return []
 
 
 def kept_cookie(name: str, named: frozenset[str] = frozenset()) -> bool:

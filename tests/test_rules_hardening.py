@@ -332,3 +332,14 @@ def test_every_note_is_cut_to_amocrms_limit(group: bool) -> None:
     cut = [n.text for n in plan.notes if "characters were cut" in n.text]
     assert cut, [n.text[-200:] for n in plan.notes]
     assert any("was cut to 20000" in w for w in plan.warnings), plan.warnings
+
+
+def test_ids_signed_before_a_secret_key_rotation_still_verify() -> None:
+    from flask_amocrm.rules.signing import IdCheck, SignedIdError, sign_id
+
+    old = sign_id("contact", 5, secret_key="old secret")
+    rotated = IdCheck("contact", ["old secret", "new secret"])
+    assert rotated.verify(old) == "5"
+    assert rotated.verify(sign_id("contact", 6, secret_key="new secret")) == "6"
+    with pytest.raises(SignedIdError):
+        IdCheck("contact", ["new secret"]).verify(old)

@@ -56,7 +56,9 @@ class PlanEnv:
     phone_region: str = DEFAULT_PHONE_REGION
     #: The app's ``SECRET_KEY``: a section's ``id`` taken from the event is verified
     #: with it (:mod:`~flask_amocrm.rules.signing`).
-    secret_key: str | bytes | None = field(default=None, repr=False)
+    #: The site's secret key, or its keys (older ``SECRET_KEY_FALLBACKS`` first, the
+    #: current one last), that signed ids are verified with.
+    secret_key: str | bytes | list[str | bytes] | None = field(default=None, repr=False)
     _meta: AccountNames | None = field(default=None, repr=False)
 
     def meta(self, why: str) -> AccountNames:

@@ -42,8 +42,15 @@ def unsigned_id(entity: str) -> str:
     )
 
 
-def _signer(entity: str, secret_key: str | bytes) -> Signer:
-    return Signer(secret_key, salt=f"flask-amocrm.{entity}-id")
+#: A secret key, or several (older ones first, the current one last: ids signed with
+#: any of them verify, new ones are signed with the last).
+SecretKey = str | bytes | list[str | bytes]
+
+
+def _signer(entity: str, secret_key: SecretKey) -> Signer:
+    keys = secret_key if isinstance(secret_key, list) else [secret_key]
+    as_bytes = [k.encode() if isinstance(k, str) else k for k in keys]
+    return Signer(as_bytes, salt=f"flask-amocrm.{entity}-id")
 
 
 def sign_id(
@@ -77,7 +84,7 @@ class IdCheck:
 
     __slots__ = ("_entity", "_secret_key")
 
-    def __init__(self, entity: str, secret_key: str | bytes | None) -> None:
+    def __init__(self, entity: str, secret_key: SecretKey | None) -> None:
         self._entity = entity
         self._secret_key = secret_key
 

@@ -10,6 +10,7 @@ from typing import Any
 from flask import Flask
 from rq.worker import Worker
 
+from ..outbox import load_spool
 from ..state import get_state
 from .job_class import flask_app, make_job_class
 from .rules_file import reload_rules
@@ -38,14 +39,16 @@ class AmoWorker(Worker):
         super().__init__(*args, **kwargs)
 
     def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
-        """Sweep once, then work. The sweep queues the events that are due and have
-        no job (Redis was down at capture, or the response that would have queued
-        one was never closed); in ``burst`` mode every pending event is queued,
-        however young, so the burst delivers everything due before it stops."""
+        """Sweep once, then work. The sweep stores what capture spooled on this
+        machine and queues the events that are due and have no job (Redis was down
+        at capture, or the response that would have queued one was never closed);
+        in ``burst`` mode every pending event is queued, however young, so the
+        burst delivers everything due before it stops."""
         for app in self.apps:
             with app.app_context():
                 try:
-                    sweep(get_state(app), include_fresh=burst)
+                    spooled = load_spool(get_state(app), app.instance_path)
+                    sweep(get_state(app), include_fresh=burst or bool(spooled))
                 except Exception:  # a worker that cannot sweep still works
                     log.exception("The start-up sweep of %s failed", app.name)
         return bool(super().work(burst, *args, **kwargs))

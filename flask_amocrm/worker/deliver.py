@@ -22,7 +22,7 @@ from .. import shared
 from ..amo.apilog import event_context
 from ..amo.clients import client_for
 from ..amo.metadata import metadata_for
-from ..errors import AmoCRMError, RuleError, ValidationError
+from ..errors import AmoCRMError, RuleError, ValidationError, describe
 from ..models import DELIVERED, FAILED, IGNORED, RETRYING, Event, EventAttempt, utcnow
 from ..outbox import append_log, claim, cut_reason
 from ..progress import Progress
@@ -106,7 +106,7 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                 log.exception("Unexpected error planning event %s", event.id)
                 outcomes[event.id] = (
                     RETRYING,
-                    f"unexpected {type(exc).__name__}: {exc}",
+                    f"unexpected {describe(exc)}",
                 )
                 continue
             if delivery is None:
@@ -188,16 +188,31 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             )
             event_delivered.send(app, event=event)
         elif outcome == FAILED:
-            log.warning("Event %s failed: %s", event.id, error)
+            # The reason may quote what the visitor sent: it stays on the event.
+            log.warning("Event %s failed (%s)", event.id, _kind(error))
             event_failed.send(app, event=event, error=error)
         elif outcome == RETRYING:
             log.warning(
-                "Event %s will be retried at %s: %s",
+                "Event %s will be retried at %s (%s)",
                 event.id,
                 event.next_attempt_at,
-                error,
+                _kind(error),
             )
     return {event_id: outcome for event_id, (outcome, _) in outcomes.items()}
+
+
+def _secret_keys(app: Any) -> list[str | bytes] | None:
+    """The keys signed ids verify with: Flask's ``SECRET_KEY_FALLBACKS`` (old keys,
+    still accepted after a rotation) and the current ``SECRET_KEY``, last."""
+    if not app.secret_key:
+        return None
+    return [*(app.config.get("SECRET_KEY_FALLBACKS") or []), app.secret_key]
+
+
+def _kind(reason: str | None) -> str:
+    """What kind of failure a stored reason is (its words before the first colon),
+    for the Python log: the rest may quote what the visitor sent."""
+    return (reason or "").split(":", 1)[0][:80] or "no reason"
 
 
 def _run(
@@ -220,7 +235,7 @@ def _run(
         return (RETRYING if exc.retryable else FAILED, f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # a bug or a database hiccup: keep trying, loudly
         log.exception("Unexpected error delivering events %s", claimed)
-        return (RETRYING, f"unexpected {type(exc).__name__}: {exc}")
+        return (RETRYING, f"unexpected {describe(exc)}")
     note_success(state)
     return None
 
@@ -296,7 +311,7 @@ def plan_env(state: AppState, *, preview: bool = False) -> PlanEnv:
         tz=ZoneInfo(state.settings.timezone),
         workday_end=state.settings.workday_end,
         phone_region=state.settings.phone_region,
-        secret_key=state.app.secret_key,
+        secret_key=_secret_keys(state.app),
     )
 
 

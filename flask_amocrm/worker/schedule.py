@@ -24,6 +24,7 @@ from .. import shared
 from ..amo.apilog import purge_api_log
 from ..amo.connect import keep_alive
 from ..config import TICK_SECONDS
+from ..outbox import load_spool
 from ..state import AppState
 from .agent import process
 from .outage import alert_auth_failure
@@ -58,7 +59,10 @@ def tick(state: AppState) -> dict[str, int]:
     """Run what is due now (the body of the periodic job)."""
     done: dict[str, int] = {}
     if state.settings.delivery == "rq":
-        done["queued"] = sweep(state)
+        # Events the database refused at capture, on this machine (the spool is a
+        # file in the instance folder), are stored, then queued with the rest.
+        done["spooled"] = load_spool(state, state.app.instance_path)
+        done["queued"] = sweep(state, include_fresh=bool(done["spooled"]))
     elif state.settings.delivery == "deferred" and shared.set_once(
         state, "agent", seconds=state.settings.agent_interval
     ):
