@@ -31,7 +31,10 @@ COMMON_KEYS = {
     "tags_to_add",
     "tags_to_delete",
 }
-# Read-only keys a client may echo back from a GET; the API ignores them.
+# Read-only keys a client may echo back from a GET; the API ignores them. The
+# same rule holds on every entity (leads, contacts, companies, tasks, notes):
+# a fetched object sent back whole is accepted, its read-only keys unchanged;
+# a key the entity never has is refused with ``NotExpected``.
 IGNORED_KEYS = {
     "account_id",
     "_links",
@@ -42,7 +45,39 @@ IGNORED_KEYS = {
     "labor_cost",
     "is_unsorted",
     "is_price_modified_by_robot",
+    "is_pinned",
 }
+
+
+def echoed_key_errors(item: dict[str, Any], writable: set[str]) -> list[FieldError]:
+    """``NotExpected`` for the keys of ``item`` that are neither writable nor the
+    read-only keys a GET returns. ``_embedded`` (an object) is accepted; each key
+    inside it must be writable-embedded, and an entity with none refuses them."""
+    errors = []
+    for key in item:
+        if key in writable or key in IGNORED_KEYS:
+            continue
+        if key == "_embedded":
+            embedded = item[key]
+            if embedded is not None and not isinstance(embedded, dict):
+                errors.append(
+                    FieldError(
+                        INVALID_TYPE, key, "This value should be of type object."
+                    )
+                )
+            for inner in embedded or {}:
+                errors.append(
+                    FieldError(
+                        NOT_EXPECTED,
+                        f"_embedded.{inner}",
+                        "This field was not expected.",
+                    )
+                )
+            continue
+        errors.append(FieldError(NOT_EXPECTED, key, "This field was not expected."))
+    return errors
+
+
 ENTITY_KEYS = {
     "leads": COMMON_KEYS
     | {

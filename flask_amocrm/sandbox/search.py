@@ -27,36 +27,52 @@ PHONE_TAIL = 10
 MIN_PHONE_DIGITS = 5
 
 
+_APPEND = "\x00"
+# Keys under which numeric keys are ids, not list positions.
+_ID_KEYED = {"custom_fields_values"}
+
+
 def parse_nested(args: MultiDict[str, str], root: str) -> dict[str, Any]:
-    """``filter[a][b]=1&filter[c][]=2`` → ``{"a": {"b": "1"}, "c": ["2"]}``."""
+    """``filter[a][b]=1&filter[c][]=2`` → ``{"a": {"b": "1"}, "c": ["2"]}``.
+
+    The one place every list reads ``filter[...]`` and ``order[...]``. A list may
+    be sent as ``[]=…&[]=…`` or indexed, ``[0]=…&[1]=…`` (amoCRM's own PHP SDK
+    sends the indexed form): both give the same list. Index groups such as
+    ``filter[statuses][0][pipeline_id]=…&filter[statuses][0][status_id]=…`` give
+    a list of objects. Only the level under ``custom_fields_values`` keeps
+    numeric keys, since there they are field ids.
+    """
     out: dict[str, Any] = {}
+    appended = 0
     for key, value in args.items(multi=True):
         if not key.startswith(root + "["):
             continue
         parts = _BRACKETS.findall(key[len(root) :])
         if not parts:
             continue
-        node: Any = out
+        node: dict[str, Any] = out
         for i, part in enumerate(parts):
-            last = i == len(parts) - 1
             if part == "":
-                # "[]" appends; it may only be last in the forms amoCRM documents.
-                if isinstance(node, list):
-                    node.append(value)
+                appended += 1
+                part = f"{_APPEND}{appended}"
+            if i == len(parts) - 1:
+                node[part] = value
                 break
-            nxt_is_list = not last and parts[i + 1] == ""
-            if last:
-                if isinstance(node, dict):
-                    node[part] = value
-            else:
-                if not isinstance(node, dict):
-                    break
-                default: Any = [] if nxt_is_list else {}
-                child = node.setdefault(part, default)
-                if nxt_is_list and not isinstance(child, list):
-                    child = node[part] = [child] if not isinstance(child, dict) else []
-                node = child
-    return out
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+    return _listify(out, None)
+
+
+def _listify(node: Any, parent: str | None) -> Any:
+    if not isinstance(node, dict):
+        return node
+    positional = bool(node) and parent not in _ID_KEYED
+    positional = positional and all(k.isdigit() or k[0] == _APPEND for k in node)
+    if positional:
+        return [_listify(v, None) for v in node.values()]
+    return {k: _listify(v, k) for k, v in node.items()}
 
 
 def digits(text: str) -> str:

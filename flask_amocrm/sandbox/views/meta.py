@@ -232,7 +232,9 @@ def custom_fields(entity: str) -> Response:
         filters = parse_nested(request.args, "filter")
         items = apply_filters(items, filters, {"type", "id"})
         items = order_items(items, parse_nested(request.args, "order"), ("sort", "id"))
-        body = envelope("custom_fields", items, page, limit, total=True)
+        body = envelope(
+            "custom_fields", items, page, limit, total=True, page_count=True
+        )
         if body is None:
             return no_content()
         body["_embedded"]["custom_fields"] = [

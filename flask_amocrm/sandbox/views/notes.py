@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from ..errors import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, ApiError, FieldError
-from ..records import is_int
+from ..records import echoed_key_errors, is_int
 from ..search import apply_filters, envelope, order_items, paging, parse_nested
 from ..store import Store, now
 from .common import (
@@ -68,11 +68,7 @@ def _check(
 ) -> list[FieldError]:
     if not isinstance(item, dict):
         return [FieldError(INVALID_TYPE, "", "This value should be of type object.")]
-    errors = [
-        FieldError(NOT_EXPECTED, k, "This field was not expected.")
-        for k in item
-        if k not in NOTE_KEYS
-    ]
+    errors = echoed_key_errors(item, NOTE_KEYS)
     entity_id = path_entity_id if path_entity_id is not None else item.get("entity_id")
     if existing is None:
         if entity_id is None:
@@ -206,6 +202,18 @@ def get_note(entity: str, entity_id: int, note_id: int) -> Response:
     with s.lock:
         note = s.data["notes"][entity].get(note_id)
         if note is None or note["entity_id"] != entity_id:
+            return no_content()
+        return hal(render_note(entity, note))
+
+
+@bp.get(f"/{ENTITY}/notes/<int:note_id>")
+def get_note_by_id(entity: str, note_id: int) -> Response:
+    """One note by its id alone, without the parent entity (ref. 7; the SDK's
+    ``EntityNotes::getOne``). A missing note answers 204, as a missing entity."""
+    s = store()
+    with s.lock:
+        note = s.data["notes"][entity].get(note_id)
+        if note is None:
             return no_content()
         return hal(render_note(entity, note))
 

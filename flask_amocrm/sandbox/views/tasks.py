@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..errors import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, ApiError, FieldError
-from ..records import ENTITIES, is_int
+from ..errors import INVALID_TYPE, NOT_BLANK, ApiError, FieldError
+from ..records import ENTITIES, echoed_key_errors, is_int
 from ..search import apply_filters, envelope, order_items, paging, parse_nested
 from ..store import Store, now
 from .common import (
@@ -57,11 +57,7 @@ INT_KEYS = {
 def _check(s: Store, item: Any, existing: dict[str, Any] | None) -> list[FieldError]:
     if not isinstance(item, dict):
         return [FieldError(INVALID_TYPE, "", "This value should be of type object.")]
-    errors = [
-        FieldError(NOT_EXPECTED, k, "This field was not expected.")
-        for k in item
-        if k not in TASK_KEYS
-    ]
+    errors = echoed_key_errors(item, TASK_KEYS)
     for key in INT_KEYS:
         if item.get(key) is not None and not is_int(item[key]):
             errors.append(
@@ -108,7 +104,7 @@ def _check(s: Store, item: Any, existing: dict[str, Any] | None) -> list[FieldEr
             )
         )
     result = item.get("result")
-    if result is not None and (
+    if result not in (None, []) and (
         not isinstance(result, dict) or not isinstance(result.get("text", ""), str)
     ):
         errors.append(
