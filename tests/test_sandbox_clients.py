@@ -1,4 +1,4 @@
-"""What published amoCRM clients call and the sandbox lacked (issue 17), over real HTTP."""
+"""What published amoCRM clients call and the sandbox lacked (issue 17), via HTTP."""
 
 from __future__ import annotations
 
@@ -190,3 +190,179 @@ def test_fetched_entity_and_note_sent_back_whole(amo, entity):
     r = amo.patch(f"/{entity}/notes", json=[note])
     assert r.status_code == 200, r.text
     assert amo.get(f"/{entity}/notes/{note_id}").json()["params"] == {"text": "b"}
+
+
+# -- item 4: PATCH and DELETE a custom field, the field groups -------------
+
+
+def test_custom_field_patch_delete_and_groups(amo):
+    r = amo.post(
+        "/leads/custom_fields",
+        json=[
+            {
+                "name": "Size",
+                "type": "select",
+                "enums": [{"value": "S"}, {"value": "M"}],
+            }
+        ],
+    )
+    field = r.json()["_embedded"]["custom_fields"][0]
+    small, medium = field["enums"]
+    # a single object on /{id}: rename, keep S (renamed), drop M, add L
+    r = amo.patch(
+        f"/leads/custom_fields/{field['id']}",
+        json={
+            "name": "Shirt size",
+            "sort": 7,
+            "enums": [{"id": small["id"], "value": "Small"}, {"value": "L"}],
+        },
+    )
+    assert r.status_code == 200, r.text
+    got = amo.get(f"/leads/custom_fields/{field['id']}").json()
+    assert got["name"] == "Shirt size" and got["sort"] == 7
+    assert [(e["value"]) for e in got["enums"]] == ["Small", "L"]
+    assert got["enums"][0]["id"] == small["id"]
+    assert medium["id"] not in [e["id"] for e in got["enums"]]
+    # the collection form, an array naming ids, echoing request_id
+    r = amo.patch("/leads/custom_fields", json=[{"id": field["id"], "name": "Size"}])
+    assert r.status_code == 200, r.text
+    assert r.json()["_embedded"]["custom_fields"][0]["request_id"] == "0"
+    assert amo.get(f"/leads/custom_fields/{field['id']}").json()["name"] == "Size"
+    # the type is fixed; a fetched field sent back whole is accepted
+    got = amo.get(f"/leads/custom_fields/{field['id']}").json()
+    assert amo.patch(f"/leads/custom_fields/{field['id']}", json=got).status_code == 200
+    # a lead holding a value loses it when the field goes
+    lead = amo.post(
+        "/leads",
+        json=[
+            {
+                "name": "With size",
+                "custom_fields_values": [
+                    {"field_id": field["id"], "values": [{"value": "L"}]}
+                ],
+            }
+        ],
+    ).json()["_embedded"]["leads"][0]["id"]
+    r = amo.delete(f"/leads/custom_fields/{field['id']}")
+    assert r.status_code == 204 and r.content == b""
+    r = amo.get(f"/leads/custom_fields/{field['id']}")
+    assert r.status_code == 404
+    assert r.json()["detail"] == "Custom field not found"
+    assert amo.delete(f"/leads/custom_fields/{field['id']}").status_code == 404
+    assert amo.get(f"/leads/{lead}").json()["custom_fields_values"] is None
+    # a predefined field (PHONE) cannot be deleted
+    fields = amo.get("/contacts/custom_fields").json()["_embedded"]["custom_fields"]
+    phone = next(f for f in fields if f["code"] == "PHONE")
+    r = amo.delete(f"/contacts/custom_fields/{phone['id']}")
+    assert r.status_code == 400
+    assert r.headers["Content-Type"].startswith("application/problem+json")
+    # groups: the default group holds the fields
+    for entity in ("leads", "contacts", "companies"):
+        r = amo.get(f"/{entity}/custom_fields/groups")
+        assert r.status_code == 200, (entity, r.status_code)
+        body = r.json()
+        assert body["_page"] == 1 and body["_total_items"] >= 1
+        groups = body["_embedded"]["custom_field_groups"]
+        default = groups[0]
+        assert default["is_predefined"] is True and default["entity_type"] == entity
+        assert isinstance(default["id"], str) and default["fields"]
+
+
+# -- item 5: pipelines and statuses: create, change, delete ------------------
+
+
+def test_pipeline_and_status_writes(amo):
+    r = amo.post(
+        "/leads/pipelines",
+        json=[
+            {
+                "name": "Wholesale",
+                "sort": 30,
+                "is_main": False,
+                "is_unsorted_on": True,
+                "_embedded": {
+                    "statuses": [
+                        {"name": "New order", "sort": 10, "color": "#fffeb2"},
+                        {"name": "Invoice sent", "sort": 20, "color": "#fffd7f"},
+                        {"id": 142, "name": "Paid"},
+                    ]
+                },
+            }
+        ],
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["_total_items"] == 1
+    created = body["_embedded"]["pipelines"][0]
+    assert created["request_id"] == "0" and created["name"] == "Wholesale"
+    pid = created["id"]
+    statuses = created["_embedded"]["statuses"]
+    assert statuses[0]["type"] == 1
+    assert [st["name"] for st in statuses[1:3]] == ["New order", "Invoice sent"]
+    assert [st["id"] for st in statuses[-2:]] == [142, 143]
+    assert statuses[-2]["name"] == "Paid"
+    assert all(st["pipeline_id"] == pid for st in statuses)
+    assert pid in [
+        p["id"] for p in amo.get("/leads/pipelines").json()["_embedded"]["pipelines"]
+    ]
+    # statuses: add, change, delete
+    r = amo.post(
+        f"/leads/pipelines/{pid}/statuses",
+        json=[{"name": "Shipped", "sort": 30, "color": "#ffcc66"}],
+    )
+    assert r.status_code == 200, r.text
+    shipped = r.json()["_embedded"]["statuses"][0]
+    assert shipped["request_id"] == "0" and shipped["pipeline_id"] == pid
+    r = amo.patch(
+        f"/leads/pipelines/{pid}/statuses/{shipped['id']}", json={"name": "Sent out"}
+    )
+    assert r.status_code == 200, r.text
+    got = amo.get(f"/leads/pipelines/{pid}/statuses/{shipped['id']}").json()
+    assert got["name"] == "Sent out"
+    ids = [
+        st["id"]
+        for st in amo.get(f"/leads/pipelines/{pid}/statuses").json()["_embedded"][
+            "statuses"
+        ]
+    ]
+    assert ids[-2:] == [142, 143] and shipped["id"] in ids
+    # a lead in the new status: the status cannot go while it holds it
+    lead = amo.post(
+        "/leads",
+        json=[{"name": "Order", "pipeline_id": pid, "status_id": shipped["id"]}],
+    ).json()["_embedded"]["leads"][0]["id"]
+    assert (
+        amo.delete(f"/leads/pipelines/{pid}/statuses/{shipped['id']}").status_code
+        == 400
+    )
+    amo.patch(f"/leads/{lead}", json={"status_id": 142, "pipeline_id": pid})
+    r = amo.delete(f"/leads/pipelines/{pid}/statuses/{shipped['id']}")
+    assert r.status_code == 204
+    assert (
+        amo.get(f"/leads/pipelines/{pid}/statuses/{shipped['id']}").status_code == 404
+    )
+    # 142, 143 and Incoming leads cannot be deleted
+    for system in (142, 143, statuses[0]["id"]):
+        r = amo.delete(f"/leads/pipelines/{pid}/statuses/{system}")
+        assert r.status_code == 400, system
+        assert r.headers["Content-Type"].startswith("application/problem+json")
+    # the pipeline: change, make main, delete
+    r = amo.patch(f"/leads/pipelines/{pid}", json={"name": "Wholesale B2B"})
+    assert r.status_code == 200 and r.json()["name"] == "Wholesale B2B"
+    assert amo.delete(f"/leads/pipelines/{pid}").status_code == 400  # holds a lead
+    amo.patch(f"/leads/{lead}", json={"pipeline_id": 7000001, "status_id": 142})
+    assert (
+        amo.patch(f"/leads/pipelines/{pid}", json={"is_main": True}).status_code == 200
+    )
+    pipelines = amo.get("/leads/pipelines").json()["_embedded"]["pipelines"]
+    assert [p["id"] for p in pipelines if p["is_main"]] == [pid]
+    assert amo.delete(f"/leads/pipelines/{pid}").status_code == 400  # the main one
+    amo.patch("/leads/pipelines/7000001", json={"is_main": True})
+    r = amo.delete(f"/leads/pipelines/{pid}")
+    assert r.status_code == 204
+    assert amo.get(f"/leads/pipelines/{pid}").status_code == 404
+    # a pipeline needs a name and statuses
+    r = amo.post("/leads/pipelines", json=[{"name": ""}])
+    assert r.status_code == 400
+    paths = {e["path"] for e in r.json()["validation-errors"][0]["errors"]}
+    assert paths == {"name", "_embedded.statuses"}

@@ -31,7 +31,7 @@ from .faults import Faults
 from .limits import RateLimiter
 from .store import Store
 from .views import complex as complex_views
-from .views import entities, links, meta, notes, page, tags, tasks, unsorted
+from .views import entities, links, meta, notes, page, schema, tags, tasks, unsorted
 
 EXTENSION_KEY = "amocrm_sandbox"
 SECRET_KEYS = ("client_secret", "code", "refresh_token")
@@ -164,6 +164,7 @@ def create_app(
     )
     for blueprint in (
         meta.bp,
+        schema.bp,
         complex_views.bp,
         unsorted.bp,
         notes.bp,
