@@ -346,6 +346,14 @@ def test_pipeline_and_status_writes(amo):
         r = amo.delete(f"/leads/pipelines/{pid}/statuses/{system}")
         assert r.status_code == 400, system
         assert r.headers["Content-Type"].startswith("application/problem+json")
+    # fetched objects sent back whole are accepted; 142 cannot move
+    won = amo.get(f"/leads/pipelines/{pid}/statuses/142").json()
+    r = amo.patch(f"/leads/pipelines/{pid}/statuses/142", json=won)
+    assert r.status_code == 200, r.text
+    r = amo.patch(f"/leads/pipelines/{pid}/statuses/142", json={"sort": 5})
+    assert r.status_code == 400
+    fetched = amo.get(f"/leads/pipelines/{pid}").json()
+    assert amo.patch(f"/leads/pipelines/{pid}", json=fetched).status_code == 200
     # the pipeline: change, make main, delete
     r = amo.patch(f"/leads/pipelines/{pid}", json={"name": "Wholesale B2B"})
     assert r.status_code == 200 and r.json()["name"] == "Wholesale B2B"

@@ -589,13 +589,16 @@ def update_status(pipeline_id: int, status_id: int) -> Response:
         pipeline = _find_pipeline(s, pipeline_id)
         st = _find_status(pipeline, status_id)
         errors = _check_status(item, False)
-        if st["type"] == 1:
+        changes = {
+            k for k in ("name", "sort", "color") if k in item and item[k] != st[k]
+        }
+        if st["type"] == 1 and changes:
             errors.append(
                 FieldError(
                     NOT_SUPPORTED, "id", "The Incoming leads stage can not be changed."
                 )
             )
-        if st["id"] in (WON, LOST) and "sort" in item:
+        if st["id"] in (WON, LOST) and "sort" in changes:
             errors.append(
                 FieldError(NOT_EXPECTED, "sort", "This field was not expected.")
             )
