@@ -7,6 +7,7 @@ sends) and §2 (the events log and its filters), over real HTTP.
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -263,14 +264,24 @@ def test_dropped_webhooks_and_a_slow_receiver_do_not_hold_requests(
     # The events log still has all three: reconciliation can find what was lost.
     events = amo.get("/events", params={"filter[type]": "lead_added"}).json()
     assert len(events["_embedded"]["events"]) == 3
-    # A destination that never answers: the API request is not held up.
-    amo.post(
-        "/webhooks",
-        json={"destination": "http://10.255.255.1/", "settings": ["add_contact"]},
-    )
-    started = time.time()
-    assert amo.post("/contacts", json=[{"name": "x"}]).status_code == 200
-    assert time.time() - started < 1.0
+    # A destination that takes the connection and never answers: the API request
+    # is not held up; the sender gives up after 2 s and records no answer (0).
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        host, port = silent.getsockname()
+        amo.post(
+            "/webhooks",
+            json={"destination": f"http://{host}:{port}/", "settings": ["add_contact"]},
+        )
+        started = time.time()
+        assert amo.post("/contacts", json=[{"name": "x"}]).status_code == 200
+        assert time.time() - started < 1.0
+        got = _wait_deliveries(sandbox, 4, timeout=6)
+        assert got[3]["event"] == "add_contact" and got[3]["status"] == 0
+    finally:
+        silent.close()
 
 
 def test_events_log_and_filters(sandbox, amo):

@@ -383,7 +383,8 @@ class WebhookSender:
     """
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[str, str, str]] = queue.Queue()
+        self._queue: queue.Queue[tuple[int, str, str, str]] = queue.Queue()
+        self._generation = 0  # a reset forgets what was queued or in flight before
         self._lock = threading.Lock()
         self.deliveries: list[dict[str, Any]] = []
         self.drop = 0
@@ -396,16 +397,23 @@ class WebhookSender:
                     target=self._run, name="sandbox-webhooks", daemon=True
                 )
                 self._thread.start()
-        self._queue.put((destination, code, body))
+        with self._lock:
+            generation = self._generation
+        self._queue.put((generation, destination, code, body))
 
     def clear(self) -> None:
         with self._lock:
+            self._generation += 1
             self.deliveries = []
             self.drop = 0
 
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.deliveries)
+
+    def _current(self, generation: int) -> bool:
+        with self._lock:
+            return generation == self._generation
 
     def _take_drop(self) -> bool:
         with self._lock:
@@ -417,7 +425,9 @@ class WebhookSender:
 
     def _run(self) -> None:
         while True:
-            destination, code, body = self._queue.get()
+            generation, destination, code, body = self._queue.get()
+            if not self._current(generation):
+                continue
             entry: dict[str, Any] = {
                 "destination": destination,
                 "event": code,
@@ -431,7 +441,8 @@ class WebhookSender:
             else:
                 entry["status"] = self._post(destination, body)
             with self._lock:
-                self.deliveries.append(entry)
+                if generation == self._generation:
+                    self.deliveries.append(entry)
 
     @staticmethod
     def _post(destination: str, body: str) -> int:
