@@ -409,3 +409,37 @@ def test_events_log_and_filters(sandbox, amo):
         ][0]["id"]
         == status["id"]
     )
+
+
+def test_webhook_custom_fields_in_the_legacy_shape(sandbox, amo, receiver):
+    amo.post(
+        "/webhooks", json={"destination": receiver.url + "/", "settings": ["add_lead"]}
+    )
+    fields = amo.get("/leads/custom_fields", params={"limit": 250}).json()
+    fields = fields["_embedded"]["custom_fields"]
+    date = next(f for f in fields if f["type"] == "date")
+    select = next(f for f in fields if f["type"] == "select")
+    enum = select["enums"][0]
+    amo.post(
+        "/leads",
+        json=[
+            {
+                "name": "Fields",
+                "custom_fields_values": [
+                    {"field_id": date["id"], "values": [{"value": 1700000000}]},
+                    {"field_id": select["id"], "values": [{"enum_id": enum["id"]}]},
+                ],
+            }
+        ],
+    )
+    [form] = receiver.forms(1)
+    by_id = {
+        form[k]: k[: -len("[id]")]
+        for k in form
+        if k.startswith("leads[add][0][custom_fields][") and k.endswith("][id]")
+    }
+    d, s = by_id[str(date["id"])], by_id[str(select["id"])]
+    assert form[f"{d}[name]"] == date["name"]
+    assert form[f"{d}[values][0]"] == "1700000000"  # dates: a bare value
+    assert form[f"{s}[values][0][value]"] == enum["value"]
+    assert form[f"{s}[values][0][enum]"] == str(enum["id"])
