@@ -27,11 +27,13 @@ from .errors import (
     problem_body,
     problem_response,
 )
+from .events import WebhookSender
 from .faults import Faults
 from .limits import RateLimiter
 from .store import Store
 from .views import complex as complex_views
 from .views import entities, links, meta, notes, page, schema, tags, tasks, unsorted
+from .views import events as events_views
 
 EXTENSION_KEY = "amocrm_sandbox"
 SECRET_KEYS = ("client_secret", "code", "refresh_token")
@@ -58,6 +60,8 @@ class Sandbox:
         self.token = token
         self.latency_ms = latency_ms
         self.store = Store(subdomain=subdomain, state_file=state_file)
+        self.webhooks = WebhookSender()
+        self.store.webhook_sink = self.webhooks
         self.auth = Auth(
             self.store,
             token=token,
@@ -88,6 +92,7 @@ class Sandbox:
         self.store.reset()
         self.log.clear()
         self.faults.clear()
+        self.webhooks.clear()
         self.limiter.reset()
         self.configure(**self._initial)
         self.store.save_if_dirty()
@@ -106,6 +111,8 @@ class Sandbox:
             self.auth.access_token_ttl = int(settings["access_token_ttl"])
         if "moved_to" in settings:
             self.auth.moved_to = settings["moved_to"] or None
+        if "drop_webhooks" in settings:
+            self.webhooks.drop = int(settings["drop_webhooks"])
         if "duplicate_control" in settings:
             with self.store.lock:
                 self.store.data["settings"]["duplicate_control"] = bool(
@@ -122,6 +129,7 @@ class Sandbox:
             "latency_ms": self.latency_ms,
             "access_token_ttl": self.auth.access_token_ttl,
             "moved_to": self.auth.moved_to,
+            "drop_webhooks": self.webhooks.drop,
             "duplicate_control": bool(
                 self.store.data["settings"].get("duplicate_control")
             ),
@@ -171,6 +179,7 @@ def create_app(
         tags.bp,
         links.bp,
         tasks.bp,
+        events_views.bp,
         entities.bp,
         oauth_bp,
         control_bp,

@@ -19,7 +19,6 @@ import hmac
 import json
 import secrets
 import time
-import uuid
 from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request
@@ -100,10 +99,11 @@ class Auth:
 
     def _jwt(self, api_domain: str, exp: int) -> str:
         now = int(time.time())
-        header = {"typ": "JWT", "alg": "HS256"}
+        jti = secrets.token_hex(40)  # amoCRM's: 80 hex characters, also in the header
+        header = {"typ": "JWT", "alg": "HS256", "jti": jti}
         payload = {
             "aud": self.client_id,
-            "jti": str(uuid.uuid4()),
+            "jti": jti,
             "iat": now,
             "nbf": now,
             "exp": exp,

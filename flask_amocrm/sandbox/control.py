@@ -35,6 +35,7 @@ CONFIG_KEYS = {
     "block_after",
     "block_seconds",
     "duplicate_control",
+    "drop_webhooks",
 }
 
 
@@ -152,6 +153,12 @@ def config() -> Response:
             return _json({"error": f"unknown settings: {sorted(unknown)}"}, 400)
         sbx.configure(**spec)
     return _json(sbx.config_dict())
+
+
+@bp.get("/webhooks")
+def webhook_deliveries() -> Response:
+    """Every webhook the sandbox sent (or dropped) since the last reset."""
+    return _json(_sandbox().webhooks.list())
 
 
 @bp.post("/oauth/code")

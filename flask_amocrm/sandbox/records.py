@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from . import events
 from .errors import INVALID_TYPE, NOT_EXPECTED, FieldError
 from .fields import apply_values, validate_values
 from .store import Store, now
@@ -529,6 +530,7 @@ def apply_item(
     """Create or update an entity from a validated item; returns the stored object."""
     ts = now()
     creating = existing is None
+    before = events.snapshot(existing)
     obj = new_entity(store, entity, ts) if creating else existing
     for key in (
         "name",
@@ -603,6 +605,7 @@ def apply_item(
                 if target == "contacts" and ref.get("is_main"):
                     meta["main_contact"] = True
                 add_link(store, entity, obj["id"], target, ref["id"], meta)
+    events.entity_saved(store, entity, obj, before)
     store.touch()
     return obj
 

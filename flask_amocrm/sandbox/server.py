@@ -152,3 +152,8 @@ class SandboxServer:
     def unsorted(self) -> list[dict[str, Any]]:
         """All incoming leads, with ``status`` pending, accepted or declined."""
         return self.state()["unsorted"]
+
+    def webhook_deliveries(self) -> list[dict[str, Any]]:
+        """Every webhook sent (or dropped) since the last reset: ``destination``,
+        ``event``, ``body`` (form-encoded), ``status`` (0: no answer), ``dropped``."""
+        return self._call("GET", "/_sandbox/webhooks")

@@ -12,6 +12,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .seed import make_seed
@@ -30,6 +31,8 @@ class Store:
         self.state_file = state_file
         self.data: dict[str, Any] = make_seed(subdomain)
         self.dirty = False
+        # Called with (destination, event code, form body) for each webhook due.
+        self.webhook_sink: Callable[[str, str, str], None] | None = None
         if state_file and os.path.exists(state_file):
             self.load(state_file)
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
+from .. import events
 from ..errors import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, ApiError, FieldError
 from ..records import echoed_key_errors, is_int
 from ..search import apply_filters, envelope, order_items, paging, parse_nested
@@ -147,6 +148,7 @@ def _apply(
             "is_pinned": False,
         }
         s.data["notes"][entity][note["id"]] = note
+        events.note_added(s, entity, note)
     else:
         note = existing
         if "note_type" in item:

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
+from .. import events
 from ..errors import INVALID_TYPE, NOT_BLANK, ApiError, FieldError
 from ..records import ENTITIES, echoed_key_errors, is_int
 from ..search import apply_filters, envelope, order_items, paging, parse_nested
@@ -147,6 +148,7 @@ def _apply(
         s.data["tasks"][task["id"]] = task
     else:
         task = existing
+        was_completed = bool(task.get("is_completed"))
         for key in (
             "text",
             "complete_till",
@@ -162,6 +164,9 @@ def _apply(
             if key in item:
                 task[key] = item[key]
         task["updated_at"] = item.get("updated_at") or ts
+    events.task_saved(
+        s, task, existing is None, was_completed if existing is not None else False
+    )
     s.touch()
     return task
 
