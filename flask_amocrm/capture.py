@@ -10,7 +10,6 @@ refuses the event, it is spooled to a file and stored later (:mod:`.outbox`).
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +20,15 @@ from .alerts import ALERT_HEADER
 from .config import Settings
 from .errors import describe
 from .models import Event
-from .outbox import MAX_DEPTH, append_log, as_text, bounded, spool, store
+from .outbox import (
+    MAX_DEPTH,
+    append_log,
+    as_text,
+    blank_context,
+    bounded,
+    spool,
+    store,
+)
 from .rules.schema import find_mail_event
 from .signals import event_captured
 from .state import AppState, get_state
@@ -211,15 +218,7 @@ def _context(state: AppState, values: dict[str, Any], notes: list[str]) -> Any:
     except Exception as exc:
         log.exception("Flask-AmoCRM could not read the visit of an event")
         notes.append(f"the visit could not be read ({type(exc).__name__})")
-        return {
-            "site": {"name": settings.site_name},
-            "utm": {},
-            "utm_first": {},
-            "page": {},
-            "client": {},
-            "cookies": {},
-            "captured_at": int(time.time()),
-        }
+        return blank_context(settings.site_name)
 
 
 def rule_cookies(state: AppState) -> frozenset[str]:

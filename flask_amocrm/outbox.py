@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -235,6 +236,21 @@ def append_log(log: Iterable[str] | None, lines: Iterable[str]) -> list[str]:
 
 
 # -- creating --------------------------------------------------------------------------
+
+
+def blank_context(site_name: str | None, **site: Any) -> dict[str, Any]:
+    """The context of an event before anything is known of its visit: the keys rule
+    templates read (``site``, ``utm``, ``utm_first``, ``page``, ``client``,
+    ``cookies``), empty, and the time. ``site`` adds to the site's entry."""
+    return {
+        "site": {"name": site_name, "domain": None, "ip": None, **site},
+        "utm": {},
+        "utm_first": {},
+        "page": {},
+        "client": {},
+        "cookies": {},
+        "captured_at": int(time.time()),
+    }
 
 
 def new_values(**fields: Any) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 
 from flask import Request, Response, has_request_context, request
 
+from .outbox import blank_context
 from .vocabulary import CAMPAIGN_KEYS
 
 log = logging.getLogger("flask_amocrm")
@@ -192,15 +193,7 @@ def read_visit(
     """The context of an event: what the current request (if any) says of the
     visit. Only the cookies :func:`kept_cookie` allows are copied (``cookies``:
     those the rules name)."""
-    context: dict[str, Any] = {
-        "site": {"name": site_name, "domain": None, "ip": server_ip()},
-        "utm": {},
-        "utm_first": {},
-        "page": {},
-        "client": {},
-        "cookies": {},
-        "captured_at": int(time.time()),
-    }
+    context = blank_context(site_name, ip=server_ip())
     data = data or {}
     if not has_request_context():
         context["client"]["visitor_uid"] = _visitor_uid(data, {})

@@ -11,7 +11,6 @@ a session, its progress is never saved, and a marker field the account lacks is
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -19,6 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 from ..amo.recording import Call, RecordingClient
 from ..errors import AmoCRMError
 from ..models import Event
+from ..outbox import blank_context
 from ..rules.render import build_plan
 from ..state import AppState
 from ..vocabulary import CAMPAIGN_KEYS
@@ -94,17 +94,12 @@ def preview_event(
         log=[],
         attempts=1,
         context={
-            "site": {
-                "name": state.settings.site_name,
-                "domain": urlsplit(page).hostname if page else None,
-                "ip": None,
-            },
+            **blank_context(
+                state.settings.site_name,
+                domain=urlsplit(page).hostname if page else None,
+            ),
             "utm": {k: v for k, v in query.items() if k in CAMPAIGN_KEYS},
-            "utm_first": {},
             "page": {"url": page, "referrer": None},
-            "client": {},
-            "cookies": {},
-            "captured_at": int(time.time()),
         },
     )
 
