@@ -70,6 +70,19 @@ def _serving(app: Flask) -> Iterator[str]:
         server.server_close()
 
 
+def _post_raw_then_good(app: Flask, body: str) -> tuple[int, int]:
+    """POST ``body`` as a raw JSON request, then a good customer's form, over HTTP;
+    the two status codes."""
+    with _serving(app) as base:
+        bad = requests.post(
+            f"{base}/api/callback",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        good = requests.post(f"{base}/api/callback", json=GOOD)
+    return bad.status_code, good.status_code
+
+
 def _deliver(app: Flask) -> dict[str, int]:
     with app.app_context():
         return process(get_state(app))
@@ -97,14 +110,7 @@ def test_non_finite_numbers_are_stored_as_strings(
 ) -> None:
     app = _site(make_app, database_uri)
     body = '{"name": "Nan Person", "phone": "+79161112234", "n": NaN, "i": -Infinity}'
-    with _serving(app) as base:
-        bad = requests.post(
-            f"{base}/api/callback",
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
-        good = requests.post(f"{base}/api/callback", json=GOOD)
-    assert (bad.status_code, good.status_code) == (200, 200)
+    assert _post_raw_then_good(app, body) == (200, 200)
     spool = os.path.join(app.instance_path, "amocrm-spool.jsonl")
     assert not os.path.exists(spool)  # stored, not spooled
     counts = _deliver(app)
@@ -158,14 +164,7 @@ def test_a_json_body_500_deep_keeps_the_visitors_data(
     app = _site(make_app, database_uri)
     deep = "[" * 500 + "]" * 500
     body = '{"name": "Deep Diver", "phone": "+79161112235", "x": ' + deep + "}"
-    with _serving(app) as base:
-        response = requests.post(
-            f"{base}/api/callback",
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
-        requests.post(f"{base}/api/callback", json=GOOD)
-    assert response.status_code == 200
+    assert _post_raw_then_good(app, body)[0] == 200
     _deliver(app)
     first, second = _settled(app)
     assert first.data["name"] == "Deep Diver"
@@ -182,14 +181,7 @@ def test_lone_surrogates_are_cleaned_at_capture(
 ) -> None:
     app = _site(make_app, database_uri)
     body = '{"name": "Mal\\ud800lory", "phone": "+79161112236", "\\udfff": "k"}'
-    with _serving(app) as base:
-        response = requests.post(
-            f"{base}/api/callback",
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
-        requests.post(f"{base}/api/callback", json=GOOD)
-    assert response.status_code == 200
+    assert _post_raw_then_good(app, body)[0] == 200
     _deliver(app)
     first, second = _settled(app)
     assert first.data["name"] == "Mal\ufffdlory"

@@ -32,31 +32,14 @@ from .common import (
     request_id,
     store,
 )
-from .meta import ENUM_TYPES, FIELDS_PER_PAGE, _field, _pipeline, _status
+from .meta import ENUM_TYPES, FIELD_KEYS, FIELDS_PER_PAGE, _field, _pipeline, _status
 
 bp = Blueprint("sandbox_schema", __name__, url_prefix="/api/v4")
 ENTITY = "<any(leads, contacts, companies):entity>"
 
 # Keys a field update may change. ``type`` and ``entity_type`` are fixed once the
 # field exists; the read-only keys of a fetched field sent back are ignored.
-FIELD_UPDATE_KEYS = {
-    "id",
-    "name",
-    "code",
-    "sort",
-    "enums",
-    "is_api_only",
-    "is_required",
-    "is_visible",
-    "group_id",
-    "settings",
-    "remind",
-    "currency",
-    "required_statuses",
-    "tracking_callback",
-    "search_in",
-    "request_id",
-}
+FIELD_UPDATE_KEYS = (FIELD_KEYS - {"type"}) | {"id"}
 FIELD_READ_ONLY = IGNORED_KEYS | {
     "type",
     "entity_type",
@@ -142,20 +125,8 @@ def _check_field_update(
 
 
 def _apply_field_update(s: Store, field: dict[str, Any], item: dict[str, Any]) -> None:
-    for key in (
-        "code",
-        "sort",
-        "is_api_only",
-        "is_required",
-        "is_visible",
-        "group_id",
-        "settings",
-        "remind",
-        "currency",
-        "required_statuses",
-        "tracking_callback",
-        "search_in",
-    ):
+    # name and enums are applied on their own, below.
+    for key in FIELD_UPDATE_KEYS - {"id", "name", "enums", "request_id"}:
         if key in item:
             field[key] = item[key]
     if "name" in item:
