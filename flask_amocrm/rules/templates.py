@@ -72,28 +72,23 @@ class BoundError(SecurityError):
 _steps: ContextVar[list[int] | None] = ContextVar("amocrm_template_steps", default=None)
 
 
-def _step(count: int = 1) -> None:
+def _spend(budget: int, amount: int, what: str) -> None:
+    """Take ``amount`` from budget ``budget`` (0: steps, 1: characters) of the
+    rendering under way; :class:`BoundError` naming ``what`` when it runs out."""
     left = _steps.get()
     if left is None:
         return
-    left[0] -= count
-    if left[0] < 0:
-        raise BoundError(
-            f"the template makes more than {MAX_STEPS} loop iterations and calls "
-            "(a bound of the template sandbox)"
-        )
+    left[budget] -= amount
+    if left[budget] < 0:
+        raise BoundError(f"the template {what} (a bound of the template sandbox)")
+
+
+def _step(count: int = 1) -> None:
+    _spend(0, count, f"makes more than {MAX_STEPS} loop iterations and calls")
 
 
 def _charge(size: int) -> None:
-    left = _steps.get()
-    if left is None:
-        return
-    left[1] -= size
-    if left[1] < 0:
-        raise BoundError(
-            f"the template builds more than {MAX_BUILT} characters in all "
-            "(a bound of the template sandbox)"
-        )
+    _spend(1, size, f"builds more than {MAX_BUILT} characters in all")
 
 
 def _size(what: str, size: int, *, charge: bool = True) -> None:
