@@ -13,6 +13,7 @@ import html
 import re
 from typing import Any
 
+from ...i18n import N_
 from ..clean import LONG_LIMIT
 from ..fields import field_item
 from ..plan import NoteSpec
@@ -147,7 +148,13 @@ def cut(b: PlanBuilder, key: str, text: str) -> str:
     if b.html:  # never leave half a tag or an entity behind
         kept = re.sub(r"<[^>]*$|&[#\w]*$", "", kept)
     b.plan.warnings.append(
-        f"{b.where}.{key}: a note of {len(text)} characters was cut to {LONG_LIMIT}"
+        N_(
+            "%(where)s.%(key)s: a note of %(length)s characters was cut to %(max)s",
+            where=b.where,
+            key=key,
+            length=len(text),
+            max=LONG_LIMIT,
+        )
     )
     return kept + tail.format(len(text) - len(kept))
 
