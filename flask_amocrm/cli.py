@@ -201,7 +201,7 @@ def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
     hand_off_many(state, ids)
     click.echo(
         ngettext(
-            "%(count)s event will be retried.",
+            "%(count)s event(s) will be retried.",
             "%(count)s event(s) will be retried.",
             len(ids),
         )
@@ -238,7 +238,7 @@ def import_command(path: str) -> None:
     added, skipped = import_rows(state, read_rows(path, on_error=report))
     click.echo(
         ngettext(
-            "%(count)s event imported, %(skipped)s already imported before.",
+            "%(count)s event(s) imported, %(skipped)s already imported before.",
             "%(count)s event(s) imported, %(skipped)s already imported before.",
             len(added),
             skipped=skipped,
@@ -247,7 +247,7 @@ def import_command(path: str) -> None:
     if bad:
         click.echo(
             ngettext(
-                "%(count)s row skipped: see the lines above.",
+                "%(count)s row(s) skipped: see the lines above.",
                 "%(count)s row(s) skipped: see the lines above.",
                 len(bad),
             ),
@@ -428,7 +428,7 @@ def auth_command(code: str | None) -> None:
             "Connected to %(url)s; the access token expires at %(when)s UTC and is "
             "refreshed automatically.",
             url=row.base_url,
-            when=row.expires_at.strftime("%Y-%m-%d %H:%M"),
+            when=format(row.expires_at, "%Y-%m-%d %H:%M"),
         )
     )
 
@@ -477,7 +477,7 @@ def check_command() -> None:
     if problems:
         raise click.ClickException(
             ngettext(
-                "%(count)s problem in AMOCRM_RULES.",
+                "%(count)s problem(s) in AMOCRM_RULES.",
                 "%(count)s problem(s) in AMOCRM_RULES.",
                 len(problems),
             )

@@ -154,7 +154,7 @@ def note_failure(state: AppState, exc: BaseException) -> None:
 def _waiting_text(state: AppState, locale: str) -> str:
     """How many events wait, as a sentence."""
     return ngettext(
-        "%(count)s event is waiting.",
+        "%(count)s event(s) are waiting.",
         "%(count)s event(s) are waiting.",
         _waiting(state),
         locale=locale,
@@ -205,7 +205,7 @@ def note_success(state: AppState) -> None:
         )
         + "\n\n"
         + ngettext(
-            "%(count)s event is still waiting and is being delivered now.",
+            "%(count)s event(s) are still waiting and are being delivered now.",
             "%(count)s event(s) are still waiting and are being delivered now.",
             _waiting(state),
             locale=locale,

@@ -13,14 +13,14 @@ import html
 import re
 from typing import Any
 
-from ...i18n import N_
+from ...i18n import N_, localize, site_locale
 from ..clean import LONG_LIMIT
 from ..fields import field_item
 from ..plan import NoteSpec
 from .builder import PlanBuilder
 
 _SECTIONS = ("lead", "contact", "company")
-_REMARKS_HEAD = "Flask-AmoCRM could not write some values as the rule says:"
+_REMARKS_HEAD = N_("Flask-AmoCRM could not write some values as the rule says:")
 
 
 def notes(b: PlanBuilder) -> None:
@@ -77,7 +77,8 @@ def notes(b: PlanBuilder) -> None:
         target = b.entity_key(key)
         if remarks and target:
             lines = [line(b, r) for r in remarks]
-            add(target, join(b, [_REMARKS_HEAD, *lines]), False, group_rule)
+            head = localize(_REMARKS_HEAD, site_locale())
+            add(target, join(b, [head, *lines]), False, group_rule)
     for slot in order:
         key, unique, _group = slot
         b.plan.notes.append(
@@ -160,7 +161,8 @@ def cut(b: PlanBuilder, key: str, text: str) -> str:
 
 
 def line(b: PlanBuilder, text: str) -> str:
-    """A list item of a note."""
+    """A list item of a note (in the site's language: amoCRM's users read it)."""
+    text = localize(text, site_locale())
     return f"• {html.escape(text)}" if b.html else f"- {text}"
 
 
