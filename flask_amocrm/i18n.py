@@ -7,7 +7,8 @@ repository keeps only the ``.po`` file (``make messages`` updates it from the co
 
 The language is ``AMOCRM_LOCALE`` when the site sets it; otherwise, on a page, the
 request's ``Accept-Language``; otherwise English. Mails, worker reasons and CLI output
-follow ``AMOCRM_LOCALE`` (there is no browser to ask).
+follow ``AMOCRM_LOCALE`` (there is no browser to ask); what is stored or mailed is
+written in :func:`site_locale`, even inside a visitor's request.
 
 Text that is made where no reader is known yet (a rule error raised inside the
 worker, a reason kept until it is stored) is written with :func:`N_` and placeholders:

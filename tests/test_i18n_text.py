@@ -206,3 +206,16 @@ def test_a_message_reads_english_until_it_is_localized() -> None:
         assert localize(error) == "x: нет пользователя 'A'"
         assert localize("plain text") == "plain text"
         assert str(error) == "x: there is no user 'A'"  # logs and tracebacks
+
+
+def test_a_visitors_browser_does_not_choose_the_stored_language(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    app = _site(make_app, AMOCRM_MAX_VALUE_LENGTH=100)
+    with app.test_request_context(headers={"Accept-Language": "ru-RU,ru;q=0.9"}):
+        event = app.extensions["amocrm"].extension.submit(
+            "callback", {"name": "Ann", "note": "x" * 150}
+        )
+        assert event is not None
+    [stored] = stored_events(app)
+    assert stored.log == ["data.note cut from 150 to 100 characters"]
