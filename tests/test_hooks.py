@@ -386,3 +386,35 @@ def test_a_hook_that_sets_a_wrong_type_fails_its_event_with_the_reason(
         "before_push hook: plan.lead.price must be a whole number or None"
     )
     assert fast_sandbox.leads() == []
+
+
+def test_preview_shows_what_the_hooks_make_of_an_event(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    app = _site(make_app, AMOCRM_SOURCE="shop-site")
+
+    @_amocrm(app).before_push
+    def rename(event: Event, plan: PushPlan) -> None:
+        if event.data["name"] == "Test":
+            raise Cancel("tests are not sent")
+        assert plan.lead is not None
+        plan.lead.name = "Previewed"
+
+    runner = app.test_cli_runner()
+    data = '{"name": "Ann", "phone": "+79120001122"}'
+    result = runner.invoke(args=["amocrm", "preview", "callback", "--data", data])
+    assert result.exit_code == 0, result.output
+    assert '"name": "Previewed"' in result.output
+    assert '"external_id": "shop-site"' in result.output
+    result = runner.invoke(
+        args=["amocrm", "preview", "callback", "--data", data.replace("Ann", "Test")]
+    )
+    assert result.exit_code == 1
+    assert "a before_push hook would end it cancelled: tests are not sent" in (
+        result.output
+    )
+    # a preview registers nothing and sends nothing
+    assert (
+        not [r for r in fast_sandbox.requests() if r["method"] != "GET"]
+        and fast_sandbox.state()["sources"] == []
+    )

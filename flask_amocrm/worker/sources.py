@@ -92,8 +92,15 @@ def forget_source(state: AppState) -> None:
         shared.clear(state, f"source-refused:{external_id}", account=True)
 
 
-def tag_source(state: AppState, client: AmoClient, deliveries: list[Delivery]) -> None:
-    """Name the site's source on every lead this batch creates."""
+def tag_source(
+    state: AppState,
+    client: AmoClient,
+    deliveries: list[Delivery],
+    *,
+    register: bool = True,
+) -> None:
+    """Name the site's source on every lead this batch creates. ``register=False``
+    (a preview) names it without asking amoCRM for it."""
     external_id = state.settings.source
     if not external_id:
         return
@@ -107,7 +114,7 @@ def tag_source(state: AppState, client: AmoClient, deliveries: list[Delivery]) -
     ]
     if not new:
         return
-    if source_id(state, client, external_id) is None:
+    if register and source_id(state, client, external_id) is None:
         for delivery in new:
             delivery.note(f"amoCRM refused the source {external_id!r}: sent without it")
         return
