@@ -418,3 +418,35 @@ def test_preview_shows_what_the_hooks_make_of_an_event(
         not [r for r in fast_sandbox.requests() if r["method"] != "GET"]
         and fast_sandbox.state()["sources"] == []
     )
+
+
+def test_a_plan_rendered_again_in_the_same_attempt_keeps_the_hooks_changes(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    app = _site(make_app, AMOCRM_SOURCE="shop-site")
+    runs: list[str] = []
+
+    @_amocrm(app).before_push
+    def rename(event: Event, plan: PushPlan) -> None:
+        runs.append(event.data["name"])
+        assert plan.lead is not None
+        plan.lead.name = f"Hooked {event.data['name']}"
+
+    _post(app, "callback", name="Ann", phone="+79120001122")
+    assert deliver_pending(app)["delivered"] == 1
+    # the sandbox restarts without its state: the marker field and the source are
+    # gone, amoCRM refuses their ids, and the worker renders Bob's plan again
+    fast_sandbox.reset()
+    _post(app, "callback", name="Bob", phone="+79120003344")
+    assert deliver_pending(app)["delivered"] == 1
+    assert runs == ["Ann", "Bob"]  # not twice for Bob
+    [lead] = fast_sandbox.leads()
+    assert lead["name"] == "Hooked Bob"
+    [source] = fast_sandbox.state()["sources"]
+    assert lead["source_id"] == source["id"]
+    assert any(
+        r["method"] == "POST"
+        and r["path"] == "/api/v4/leads/complex"
+        and r["status"] == 400
+        for r in fast_sandbox.requests()
+    )

@@ -48,7 +48,7 @@ from .markers import forget_marker_field, mark
 from .outage import note_failure, note_success, paused
 from .push import after_push, before_push, reapply
 from .rules_file import reload_rules
-from .sources import tag_source
+from .sources import forget_source, tag_source
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -315,14 +315,16 @@ def stale_metadata(error: BaseException | None) -> bool:
 
 
 def _refresh_caches(state: AppState) -> bool:
-    """Read the account's metadata again and forget the marker field id; whether
-    this worker did (another one may have done it within the last minute)."""
+    """Read the account's metadata again and forget the marker field's and the
+    site source's ids; whether this worker did (another one may have done it within
+    the last minute)."""
     if not shared.set_once(
         state, "stale-refresh", seconds=STALE_REFRESH_SECONDS, account=True
     ):
         return False
     log.warning("amoCRM refused a cached id: reading the account's metadata again")
     forget_marker_field(state)
+    forget_source(state)
     try:
         metadata_for(state, refresh=True)
     except AmoCRMError as exc:
