@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask
 
-from .vocabulary import DEFAULT_PHONE_REGION
+from .vocabulary import DEFAULT_PHONE_REGION, LOCALES
 
 #: Delivery modes: ``rq`` hands events to RQ workers, ``inline`` delivers in the web
 #: process after the response, ``deferred`` only stores them for ``flask amocrm
@@ -57,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_EVENT_FIELD": "Site event id",
     "AMOCRM_METADATA_TTL": 3600,
     "AMOCRM_ADMIN_AUTH": None,
+    "AMOCRM_ADMIN_URL_PREFIX": "/amocrm/admin",
+    "AMOCRM_LOCALE": None,
     "AMOCRM_KEEPALIVE_DAYS": 14,
     # Rules: dates and deadlines, uploaded files.
     "AMOCRM_TIMEZONE": "UTC",
@@ -163,6 +165,11 @@ class Settings:
     #: ``callable() -> bool`` that allows the current user into the admin views;
     #: ``None``: the admin views are not registered.
     admin_auth: Callable[[], bool] | None
+    #: Where the admin pages live (``/amocrm/admin``).
+    admin_url_prefix: str
+    #: The language of every text a person reads (``en`` or ``ru``); ``None``: the
+    #: request's ``Accept-Language`` on pages, English elsewhere.
+    locale: str | None
     #: Refresh the OAuth tokens when the refresh token is older than this many days
     #: (keeps a quiet site inside amoCRM's three-month refresh-token lifetime).
     keepalive_days: int
@@ -482,6 +489,7 @@ def read_settings(app: Flask) -> Settings:
         else None,
         metadata_ttl=_int(config, "AMOCRM_METADATA_TTL", 1),
         admin_auth=_admin_auth(config["AMOCRM_ADMIN_AUTH"]),
+        **_admin_settings(config),
         keepalive_days=_int(config, "AMOCRM_KEEPALIVE_DAYS", 1),
         token_keys=_token_keys(config, oauth=bool(client_id)),
         enabled=_bool(config, "AMOCRM_ENABLED"),
@@ -583,6 +591,29 @@ def _admin_auth(value: Any) -> Callable[[], bool] | None:
             f"must be a callable returning True for allowed users, not {value!r}.",
         )
     return value  # type: ignore[no-any-return]
+
+
+def _admin_settings(config: Any) -> dict[str, Any]:
+    prefix = config["AMOCRM_ADMIN_URL_PREFIX"]
+    if (
+        not isinstance(prefix, str)
+        or not prefix.startswith("/")
+        or prefix.endswith("/")
+        or any(c in prefix for c in '?#<>"\\ ')
+    ):
+        raise _fail(
+            "AMOCRM_ADMIN_URL_PREFIX",
+            f"must be a path such as '/amocrm/admin' (a leading '/', none at the "
+            f"end), not {prefix!r}.",
+        )
+    locale = config["AMOCRM_LOCALE"] or None
+    if locale is not None and locale not in LOCALES:
+        raise _fail(
+            "AMOCRM_LOCALE",
+            f"must be one of {', '.join(LOCALES)} (or None: the browser's "
+            f"language), not {locale!r}.",
+        )
+    return {"admin_url_prefix": prefix, "locale": locale}
 
 
 def _upload_url_on_site(app: Flask, path: str) -> str:

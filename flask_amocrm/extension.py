@@ -6,12 +6,13 @@ commands, admin pages) to an application, and nothing inside the package imports
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask
 
-from .admin import register_admin
+from .admin import admin_is_off, register_admin
 from .capture import capture, on_email_dispatched, on_form_submitted, on_mail_sent
 from .cli import amocrm_cli
 from .config import read_settings
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
 F = TypeVar("F", bound=Callable[..., Any])
+AuthHook = TypeVar("AuthHook", bound=Callable[[], Any])
 
 
 class AmoCRM:
@@ -45,6 +47,8 @@ class AmoCRM:
         #: The hooks registered with the decorators below; every app this instance
         #: is registered on shares them (docs/hooks.md).
         self.hooks = Hooks()
+        self._admin_auth: Callable[[], Any] | None = None
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -62,9 +66,9 @@ class AmoCRM:
             for table in metadata.sorted_tables:
                 if table.name not in self._db.metadata.tables:
                     table.to_metadata(self._db.metadata)
-        app.extensions["amocrm"] = AppState(
-            app, settings, self._db, extension=self, hooks=self.hooks
-        )
+        state = AppState(app, settings, self._db, extension=self, hooks=self.hooks)
+        app.extensions["amocrm"] = state
+        self._apps.add(app)
 
         form_submitted.connect(on_form_submitted, sender=app)
         mail_sent.connect(on_mail_sent, sender=app)
@@ -78,7 +82,32 @@ class AmoCRM:
         cookie, days = settings.utm_cookie, settings.utm_cookie_days
         app.after_request(lambda response: remember_campaign(response, cookie, days))
         app.cli.add_command(amocrm_cli)
-        register_admin(app, settings)
+        if self._admin_auth is not None:
+            state.admin_auth = self._admin_auth
+        if state.admin_auth is not None:
+            register_admin(app, settings.admin_url_prefix)
+        else:
+            admin_is_off(app)
+
+    def admin_auth(self, hook: AuthHook) -> AuthHook:
+        """Decorate the function that says who may use the admin pages, and switch
+        them on (under ``AMOCRM_ADMIN_URL_PREFIX``)::
+
+            @amocrm.admin_auth
+            def may_run_amocrm():
+                if not current_user.is_authenticated:
+                    return redirect(url_for("login", next=request.path))
+                return current_user.is_admin
+
+        It is called on every admin request. ``True`` admits; a response is sent as
+        it is; anything else (``False``, ``None``, a truthy non-bool) is a 403.
+        Decorate before the app serves its first request."""
+        self._admin_auth = hook
+        for app in list(self._apps):
+            state = app.extensions["amocrm"]
+            state.admin_auth = hook
+            register_admin(app, state.settings.admin_url_prefix)
+        return hook
 
     # -- hooks (docs/hooks.md) --------------------------------------------------------
 

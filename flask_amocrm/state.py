@@ -74,6 +74,9 @@ class AppState:
         self._lock = threading.RLock()
         self._local: dict[str, tuple[int, Any]] = {}
         self.tables_ready = db is not None
+        #: Who may use the admin pages: ``AMOCRM_ADMIN_AUTH`` or the function
+        #: decorated with ``@amocrm.admin_auth`` (``None``: the pages are off).
+        self.admin_auth: Callable[[], Any] | None = settings.admin_auth
 
     @property
     def app(self) -> Flask:
