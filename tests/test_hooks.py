@@ -96,9 +96,9 @@ def test_a_before_push_hook_changes_the_lead_contact_notes_and_tasks(
 
 
 def test_a_before_push_hook_that_cancels_sends_nothing(
-    make_app: Any, fast_sandbox: Any
+    make_app: Any, fast_sandbox: Any, database_uri: str
 ) -> None:
-    app = _site(make_app)
+    app = _site(make_app, AMOCRM_DATABASE_URI=database_uri)
     cancelled: list[tuple[Event, str]] = []
 
     @_amocrm(app).before_push
@@ -129,9 +129,9 @@ def test_a_before_push_hook_that_cancels_sends_nothing(
 
 
 def test_a_raising_hook_fails_only_its_own_event_of_the_batch(
-    make_app: Any, fast_sandbox: Any
+    make_app: Any, fast_sandbox: Any, database_uri: str
 ) -> None:
-    app = _site(make_app)
+    app = _site(make_app, AMOCRM_DATABASE_URI=database_uri)
 
     @_amocrm(app).before_push
     def picky(event: Event, plan: PushPlan) -> None:

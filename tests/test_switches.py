@@ -44,9 +44,9 @@ def _status(app: Flask) -> str:
 
 
 def test_amocrm_enabled_false_holds_every_event_until_switched_on(
-    make_app: Any, fast_sandbox: Any, tmp_path: Any
+    make_app: Any, fast_sandbox: Any, database_uri: str
 ) -> None:
-    database = f"sqlite:///{tmp_path}/shared.sqlite3"
+    database = database_uri  # SQLite and PostgreSQL: the claim's condition differs
     app = form_site(make_app, RULES, AMOCRM_ENABLED=False, AMOCRM_DATABASE_URI=database)
     _post(app, "callback", name="Ann", phone="+79120001122")
     _post(app, "order", name="Bob")
@@ -74,13 +74,13 @@ def test_amocrm_enabled_false_holds_every_event_until_switched_on(
 
 
 def test_a_disabled_rule_holds_only_its_events_until_the_file_switches_it_on(
-    make_app: Any, fast_sandbox: Any, tmp_path: Any
+    make_app: Any, fast_sandbox: Any, tmp_path: Any, database_uri: str
 ) -> None:
     path = tmp_path / "rules.json"
     rules = json.loads(json.dumps(RULES))
     rules["forms"]["callback"]["enabled"] = False
     path.write_text(json.dumps(rules))
-    app = form_site(make_app, str(path))
+    app = form_site(make_app, str(path), AMOCRM_DATABASE_URI=database_uri)
     _post(app, "callback", name="Ann", phone="+79120001122")
     _post(app, "order", name="Bob")
     assert deliver_pending(app) == {"spooled": 0, "delivered": 1}
