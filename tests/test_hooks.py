@@ -450,3 +450,28 @@ def test_a_plan_rendered_again_in_the_same_attempt_keeps_the_hooks_changes(
         and r["status"] == 400
         for r in fast_sandbox.requests()
     )
+
+
+def test_a_veto_of_a_request_for_the_whole_batch_cancels_its_events(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    app = _site(make_app, AMOCRM_SOURCE="shop-site")
+    seen: list[tuple[int, ...]] = []
+
+    @_amocrm(app).before_api_call
+    def no_sources(call: ApiCall) -> None:
+        if call.path == "/api/v4/sources":
+            seen.append(call.events)
+            raise Cancel("no sources from this site")
+
+    _post(app, "callback", name="Ann", phone="+79120001122")
+    _post(app, "order", name="Bob")
+    assert deliver_pending(app) == {"spooled": 0, "cancelled": 2}
+    ann, bob = stored_events(app)
+    assert seen == [(ann.id, bob.id)]
+    for event in (ann, bob):
+        assert event.status == "cancelled"
+        assert "vetoed GET /api/v4/sources: no sources from this site" in (
+            event.last_error or ""
+        )
+    assert fast_sandbox.leads() == [] and fast_sandbox.state()["sources"] == []

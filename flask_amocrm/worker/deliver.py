@@ -257,7 +257,7 @@ def _run(
     remaining = [d for d in deliveries if d.error is None]
     if not remaining:
         return None
-    marked = False
+    marked = sourced = False  # each once: a veto below runs the rest again
     while remaining:
         try:
             with (
@@ -267,8 +267,10 @@ def _run(
                 client = client_for(state)
                 if not marked:
                     mark(state, client, remaining)
-                    tag_source(state, client, remaining)
                     marked = True
+                if not sourced:
+                    tag_source(state, client, remaining)
+                    sourced = True
                 execute(client, remaining, locks=key_locks(state))
         except CallVetoed as exc:
             # A before_api_call hook refused a request: the events it was for end

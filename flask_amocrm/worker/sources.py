@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from .. import shared
 from ..amo.client import AmoClient
-from ..errors import AmoCRMError
+from ..errors import AmoCRMError, CallVetoed
 from ..state import AppState
 
 if TYPE_CHECKING:
@@ -63,6 +63,8 @@ def source_id(state: AppState, client: AmoClient, external_id: str) -> int | Non
                 )
                 number = int(created["id"])
                 log.info("Registered the site as amoCRM source %s", number)
+        except CallVetoed:
+            raise  # a before_api_call hook said no: that cancels the events
         except AmoCRMError as exc:
             if exc.retryable:
                 raise
