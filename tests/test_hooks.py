@@ -475,3 +475,22 @@ def test_a_veto_of_a_request_for_the_whole_batch_cancels_its_events(
             event.last_error or ""
         )
     assert fast_sandbox.leads() == [] and fast_sandbox.state()["sources"] == []
+
+
+def test_a_note_on_an_entity_the_plan_lacks_fails_the_event(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    app = _site(make_app)
+
+    @_amocrm(app).before_push(form="order")
+    def note_on_contact(event: Event, plan: PushPlan) -> None:
+        plan.notes.append(NoteDraft("for nobody", entity="contact"))
+
+    _post(app, "order", name="Bob")
+    assert deliver_pending(app)["failed"] == 1
+    [event] = stored_events(app)
+    assert event.last_error == (
+        "before_push hook: plan.notes[0].entity is the contact, which the plan no "
+        "longer has"
+    )
+    assert fast_sandbox.leads() == []

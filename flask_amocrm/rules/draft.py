@@ -268,6 +268,9 @@ def apply_draft(plan: Plan, before: PushPlan, after: PushPlan) -> None:
                 if key == "lead" and plan.unsorted is not None:
                     raise _fail("lead", "cannot be removed from an incoming lead")
                 setattr(plan, key, None)
+                # its notes and tasks go with it (unless the hook wrote new lists)
+                plan.notes = [n for n in plan.notes if n.key != key]
+                plan.tasks = [t for t in plan.tasks if t.key != key]
             continue
         new = _check_entity(key, new)
         entity = plan.entity(key)
@@ -291,6 +294,13 @@ def apply_draft(plan: Plan, before: PushPlan, after: PushPlan) -> None:
         plan.tasks = [_task(i, t) for i, t in enumerate(after.tasks)]
     if not plan.entities():
         raise _fail("", "has no lead, contact or company left: raise Cancel instead")
+    keys = [("notes", i, n.key) for i, n in enumerate(plan.notes)]
+    keys += [("tasks", i, t.key) for i, t in enumerate(plan.tasks)]
+    for what, i, key in keys:
+        if plan.entity(key) is None:
+            raise _fail(
+                f"{what}[{i}].entity", f"is the {key}, which the plan no longer has"
+            )
 
 
 def _task(index: int, task: Any) -> TaskSpec:
