@@ -127,6 +127,13 @@ def N_(message: str, /, **params: Any) -> Message:  # noqa: N802 - gettext's own
     return Message(message, params)
 
 
+def message_of(exc: BaseException) -> str:
+    """What ``exc`` says, kept translatable: its :func:`N_` message when it was
+    raised with one (English as a ``str``), else ``str(exc)``."""
+    first = exc.args[0] if len(exc.args) == 1 else None
+    return first if isinstance(first, Message) else str(exc)
+
+
 def localize(value: Any, /, locale: str | None = None) -> str:
     """``value`` as the reader reads it: a :func:`N_` message, or an exception raised
     with one, in the current language (its parameters too); anything else as
