@@ -219,3 +219,19 @@ def test_a_visitors_browser_does_not_choose_the_stored_language(
         assert event is not None
     [stored] = stored_events(app)
     assert stored.log == ["data.note cut from 150 to 100 characters"]
+
+
+def test_the_notes_flask_amocrm_writes_into_amocrm_are_in_russian(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    app = _site(make_app, AMOCRM_LOCALE="ru")
+    with app.app_context():
+        event = app.extensions["amocrm"].extension.submit(
+            "callback", {"name": "Ann"}, files={"cv": "ftp://example.com/cv.pdf"}
+        )
+        assert event is not None
+    assert deliver_pending(app).get("delivered") == 1
+    [stored] = stored_events(app)
+    assert stored.files[0]["error"] == "не ссылка http(s)"
+    [note] = [n["params"]["text"] for n in fast_sandbox.notes("leads")]
+    assert note.splitlines() == ["Файлы:", "- cv.pdf (не ссылка http(s))"]

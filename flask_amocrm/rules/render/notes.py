@@ -115,7 +115,7 @@ def files(b: PlanBuilder) -> tuple[str, str]:
             return "", ""
     if setting.get("note", True) is False:
         return "", ""
-    lines = ["Files:"]
+    lines = [localize(N_("Files:"), site_locale())]
     for f in uploaded:
         name = str(f.get("name") or f.get("field") or "file")
         url = f.get("url")
@@ -124,8 +124,8 @@ def files(b: PlanBuilder) -> tuple[str, str]:
         elif url:
             lines.append(f"- {name}: {url}")
         else:
-            why = f.get("error") or "not saved"
-            lines.append(line(b, f"{name} ({why})"))
+            why = f.get("error") or N_("not saved")
+            lines.append(line(b, N_("%(name)s (%(why)s)", name=name, why=why)))
     return key, join(b, lines)
 
 
