@@ -1,7 +1,7 @@
 """Injected faults for tests and benchmarks (``POST /_sandbox/faults``).
 
 A fault answers matching requests with a status, drops their connection, or delays
-them. It applies to ``/api/v4`` and ``/oauth2`` paths only, for ``count`` requests,
+them. It applies to ``/api/v4``, ``/drive`` and ``/oauth2`` paths only, for ``count`` requests,
 for ``seconds``, or until cleared.
 """
 
