@@ -188,9 +188,7 @@ def open_session() -> Response:
     if not isinstance(name, str) or not name.strip():
         errors.append(FieldError(NOT_BLANK, "file_name", "This value is required."))
     if not int_arg(size) or size < 1:
-        errors.append(
-            FieldError(NOT_BLANK, "file_size", "A positive number of bytes.")
-        )
+        errors.append(FieldError(NOT_BLANK, "file_size", "A positive number of bytes."))
     if errors:
         raise ValidationFailed([("0", errors)])
     sizes = limits()
@@ -334,7 +332,9 @@ def list_files() -> Response:
 
 
 @bp.get("/download/<account_uuid>/<file_uuid>/<version_uuid>/<path:name>")
-def download(account_uuid: str, file_uuid: str, version_uuid: str, name: str) -> Response:
+def download(
+    account_uuid: str, file_uuid: str, version_uuid: str, name: str
+) -> Response:
     """The file's bytes (its active version)."""
     s = store()
     with s.lock:
