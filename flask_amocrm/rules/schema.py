@@ -329,7 +329,8 @@ def _check_files(where: str, value: Any) -> None:
     """``files``: ``"links"`` (the default), ``"drive"``, ``false`` or a table."""
     if value is False:
         return
-    if isinstance(value, str):
+    given_as_text = isinstance(value, str)
+    if given_as_text:
         value = {"mode": value}
     elif not isinstance(value, dict):
         raise _fail(
@@ -340,7 +341,7 @@ def _check_files(where: str, value: Any) -> None:
     mode = value.get("mode", "links")
     if mode not in FILES_MODES:
         raise _fail(
-            where if "mode" not in value or len(value) == 1 else f"{where}.mode",
+            where if given_as_text else f"{where}.mode",
             "must be 'links' (links to the files saved on the site) or 'drive' "
             f"(the files uploaded to amoCRM's drive), not {mode!r}.",
         )
