@@ -286,6 +286,9 @@ def test_a_bad_files_value_fails_naming_the_rule(
     with pytest.raises(RuntimeError) as caught:
         make_app(AMOCRM_RULES=_rules(files))
     assert f"AMOCRM_RULES: {where} " in str(caught.value)
+    if files == "cloud":  # the message docs/rules.md quotes
+        docs = Path(__file__).parent.parent / "docs" / "rules.md"
+        assert f"RuntimeError: {caught.value}" in docs.read_text("utf-8")
 
 
 def test_drive_in_defaults_applies_under_a_rules_own_files_table(
@@ -297,3 +300,19 @@ def test_drive_in_defaults_applies_under_a_rules_own_files_table(
     _send(app)
     assert _deliver(app) == {"delivered": 1}
     assert len(Amo(fast_sandbox).drive_files()) == 1
+
+
+def test_check_names_a_files_field_that_is_not_a_file_field(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    rules = _rules(
+        {"mode": "drive", "fields": {"cv": "Lead Comment", "photo": "Lead Attachment"}}
+    )
+    app = make_app(AMOCRM_RULES=rules)
+    result = app.test_cli_runner().invoke(args=["amocrm", "check"])
+    assert result.exit_code == 1
+    assert (
+        "forms.cv.files.fields.cv: the leads have no field 'Lead Comment' of type file"
+        in result.output
+    )
+    assert "files.fields.photo" not in result.output
