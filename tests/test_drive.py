@@ -316,3 +316,20 @@ def test_check_names_a_files_field_that_is_not_a_file_field(
         in result.output
     )
     assert "files.fields.photo" not in result.output
+
+
+def test_a_stored_path_outside_the_upload_folder_is_never_read(
+    make_app: Any, fast_sandbox: Any, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.pdf"
+    secret.write_bytes(b"%PDF not for amoCRM")
+    app = _site(make_app, tmp_path, _rules())
+    _send(app)
+    with app.app_context(), app.extensions["amocrm"].session() as session:
+        event = session.query(Event).one()
+        event.files = [dict(event.files[0], path="../secret.pdf")]
+        session.commit()
+    assert _deliver(app) == {"delivered": 1}
+    assert Amo(fast_sandbox).drive_files() == []
+    [event] = stored_events(app)
+    assert any("not in the upload folder" in line for line in event.log), event.log

@@ -98,7 +98,11 @@ def _upload(
     client: AmoClient, delivery: Delivery, item: DriveFile, record: dict[str, Any]
 ) -> None:
     if item.path is None:
-        return _fail(delivery, item, "uploads are not kept here (AMOCRM_UPLOAD_FOLDER)")
+        return _fail(
+            delivery,
+            item,
+            "it is not in the upload folder here (AMOCRM_UPLOAD_FOLDER)",
+        )
     try:
         size = os.path.getsize(item.path)
     except OSError:

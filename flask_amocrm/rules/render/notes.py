@@ -174,7 +174,7 @@ def drive(
             DriveFile(
                 index=i,
                 name=str(f.get("name") or f.get("field") or "file"),
-                path=os.path.join(folder, str(f["path"])) if folder else None,
+                path=_inside(folder, str(f["path"])),
                 size=int(f.get("size") or 0),
                 url=f.get("url"),
                 field=str(f.get("field") or ""),
@@ -186,6 +186,16 @@ def drive(
     )
     chosen = {id(f) for _, f in saved}
     return [f for f in uploaded if id(f) not in chosen]
+
+
+def _inside(folder: str | None, relative: str) -> str | None:
+    """The saved file's place on disk, or ``None`` when there is no upload folder
+    or the stored path leads out of it (it is never read then)."""
+    if not folder:
+        return None
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, relative))
+    return path if path.startswith(root + os.sep) else None
 
 
 def _same_field(a: dict[str, Any], b: dict[str, Any]) -> bool:
