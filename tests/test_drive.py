@@ -333,3 +333,59 @@ def test_a_stored_path_outside_the_upload_folder_is_never_read(
     assert Amo(fast_sandbox).drive_files() == []
     [event] = stored_events(app)
     assert any("not in the upload folder" in line for line in event.log), event.log
+
+
+def test_the_api_log_keeps_the_sizes_of_files_not_their_bytes(
+    make_app: Any, fast_sandbox: Any, tmp_path: Path
+) -> None:
+    from flask_amocrm.models import ApiLog
+
+    app = _site(make_app, tmp_path, _rules())
+    _send(app)
+    # The last part's answer is lost: the retry reads the file back to compare it.
+    fast_sandbox.faults(lose_answer=True, count=1, path="/drive/v1.0/sessions/upload/")
+    assert _deliver(app) == {"retrying": 1}
+    _make_due(app)
+    assert _deliver(app) == {"delivered": 1}
+    with app.app_context(), app.extensions["amocrm"].session() as session:
+        rows = session.query(ApiLog).all()
+    parts = [r for r in rows if "/sessions/upload/" in r.path]
+    downloads = [r for r in rows if "/download/" in r.path]
+    assert parts and downloads
+    assert {r.request_body for r in parts} == {f"[{len(PDF)} bytes]"}
+    assert downloads[0].response_body == f"[{len(PDF)} bytes of application/pdf]"
+    assert not any(
+        "%PDF" in (r.request_body or "") + (r.response_body or "") for r in rows
+    )
+
+
+def test_incoming_leads_get_their_files_too(
+    make_app: Any, fast_sandbox: Any, tmp_path: Path
+) -> None:
+    rules = _rules()
+    rules["forms"]["cv"]["unsorted"] = True
+    app = _site(make_app, tmp_path, rules)
+    _send(app)
+    assert _deliver(app) == {"delivered": 1}
+    amo = Amo(fast_sandbox)
+    [stored] = amo.drive_files()
+    [lead] = fast_sandbox.leads()
+    assert [f["file_uuid"] for f in amo.entity_files("leads", lead["id"])] == [
+        stored["uuid"]
+    ]
+
+
+def test_with_html_notes_the_link_of_a_file_not_in_the_drive_is_a_link(
+    make_app: Any, fast_sandbox: Any, tmp_path: Path
+) -> None:
+    fast_sandbox.config(drive_max_file_size=1000)
+    rules = _rules()
+    rules["forms"]["cv"]["format"] = "html"
+    app = _site(make_app, tmp_path, rules)
+    _send(app, name="a&b <1>.pdf")
+    assert _deliver(app) == {"delivered": 1}
+    [note] = fast_sandbox.notes("leads")
+    [saved] = stored_events(app)[0].files
+    text = note["params"]["text"]
+    assert text.startswith("Files not in amoCRM's drive:<br>• ")
+    assert f'<a href="{saved["url"]}">a&amp;b &lt;1&gt;.pdf</a>' in text

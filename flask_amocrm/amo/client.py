@@ -369,7 +369,11 @@ class AmoClient:
             return
         request_text = redact.dump(json_body, oauth=oauth)
         response_text = None
-        if response is not None and response.content:
+        kind = response.headers.get("Content-Type", "") if response is not None else ""
+        if response is not None and response.content and _binary(kind):
+            # A file read back from the drive: its size, not its bytes.
+            response_text = f"[{len(response.content)} bytes of {kind}]"
+        elif response is not None and response.content:
             try:
                 response_text = redact.dump(response.json(), oauth=oauth)
             except ValueError:
@@ -767,6 +771,12 @@ def answer_items(answer: Any, key: str) -> list[dict[str, Any]]:
     if isinstance(answer, dict):
         return list((answer.get("_embedded") or {}).get(key) or [])
     return []
+
+
+def _binary(kind: str) -> bool:
+    """Whether a ``Content-Type`` is neither JSON nor text (a file's bytes)."""
+    kind = kind.lower()
+    return bool(kind) and "json" not in kind and not kind.startswith("text/")
 
 
 def _is_html(response: requests.Response) -> bool:
