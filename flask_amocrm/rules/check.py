@@ -105,6 +105,21 @@ def _check_rule(rule: dict[str, Any], names: AccountNames, where: str) -> list[s
         entity = ENTITY.get(files.get("entity", "lead"), "leads")
         if names.field(entity, files["field"]) is None:
             problems.append(_no_field(f"{where}.files.field", entity, files["field"]))
+    if isinstance(files, dict):
+        entity = ENTITY.get(files.get("entity", "lead"), "leads")
+        for form_field, name in (files.get("fields") or {}).items():
+            found = names.field(entity, name)
+            if found is None or found.get("type") != "file":
+                problems.append(
+                    N_(
+                        "%(where)s.files.fields.%(field)s: the %(entity)s have no "
+                        "field %(name)s of type file",
+                        where=where,
+                        field=form_field,
+                        entity=entity,
+                        name=repr(name),
+                    )
+                )
     tasks = rule.get("task") or []
     for i, task in enumerate(tasks if isinstance(tasks, list) else [tasks]):
         path = f"{where}.task" + (f"[{i}]" if isinstance(tasks, list) else "")

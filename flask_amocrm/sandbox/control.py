@@ -36,6 +36,8 @@ CONFIG_KEYS = {
     "block_seconds",
     "duplicate_control",
     "drop_webhooks",
+    "drive_max_file_size",
+    "drive_max_part_size",
 }
 
 
