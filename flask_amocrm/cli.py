@@ -298,13 +298,24 @@ def status() -> None:
         for event in failed:
             click.echo("  " + _event_line(event, event.last_error))
     if cancelled:
-        click.echo(f"Cancelled by a hook ({rows.get(CANCELLED, 0)}), newest first:")
+        click.echo(
+            _(
+                "Cancelled by a hook (%(count)s), newest first:",
+                count=rows.get(CANCELLED, 0),
+            )
+        )
         for event in cancelled:
             click.echo("  " + _event_line(event, event.last_error))
     for switch in switches:
         click.echo(
-            f"Switched off: {switch.what}: {switch.waiting} event(s) wait, "
-            "delivered once it is switched on again"
+            ngettext(
+                "Switched off: %(what)s: %(count)s event(s) wait, delivered once it "
+                "is switched on again",
+                "Switched off: %(what)s: %(count)s event(s) wait, delivered once it "
+                "is switched on again",
+                switch.waiting,
+                what=switch.what,
+            )
         )
     if stuck:
         click.echo(
