@@ -134,3 +134,22 @@ def test_a_long_lived_tokens_expiry(amo_app: Any, sandbox: Any) -> None:
     html = app.test_client().get(CONNECT).get_data(as_text=True)
     assert format_datetime(jwt_expiry(token), "UTC") in html
     assert "Connect amoCRM" not in html and "Disconnect" not in html
+
+
+def test_hostile_text_in_the_callback_is_shown_as_text(
+    amo_app: Any, serve: Any, page: Any
+) -> None:
+    from urllib.parse import urlencode
+
+    from tests.helpers.xss import CORPUS, assert_inert, watch
+
+    app = amo_app(**OAUTH, **ADMIN)
+    base = serve(app)
+    opened = watch(page)
+    for value in CORPUS:
+        query = urlencode({"error": value, "state": value, "code": value})
+        page.goto(f"{base}{PREFIX}/oauth/callback?{query}")
+        assert_inert(page, opened)
+        assert value in page.locator("main p").first.inner_text()
+    page.goto(f"{base}{CONNECT}")
+    assert_inert(page, opened)

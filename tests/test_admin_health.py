@@ -171,6 +171,18 @@ def test_queue_depth_and_the_workers_in_rqs_registry(
     assert "<td>idle</td>" in html
 
 
+def test_a_403_block_shows_the_pause(make_app: Any, sandbox: Any) -> None:
+    app = make_app(**ADMIN)
+    client = app.test_client()
+    assert 'am-s-failed">paused' not in client.get(f"{PREFIX}/").get_data(as_text=True)
+    _submit(app, 2)
+    sandbox.faults(status=403, count=1, method="POST")
+    assert deliver_pending(app)["retrying"] == 2
+    html = client.get(f"{PREFIX}/").get_data(as_text=True)
+    assert 'am-s-failed">paused' in html
+    assert "AccountBlockedError" in html and "unreachable" in html
+
+
 def test_redis_that_does_not_answer_is_said_not_a_500(make_app: Any) -> None:
     app = make_app(
         AMOCRM_DELIVERY="rq", AMOCRM_REDIS_URL="redis://127.0.0.1:1/0", **ADMIN
