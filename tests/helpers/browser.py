@@ -2,7 +2,7 @@
 
 Registered with ``pytest_plugins`` in ``tests/conftest.py``.
 
-- ``browser`` (session): Debian's ``chromium`` driven by Playwright (its own browser
+- ``browser`` (per test module): Debian's ``chromium`` driven by Playwright (its own browser
   download cannot be fetched here). Skipped, saying what is missing, where Playwright
   or ``chromium`` is not installed (``make test`` installs both where it may).
 - ``page``: a fresh browser context and page; ``page_ru`` the same in Russian.
@@ -40,7 +40,10 @@ def _chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API runs, the main thread has
+# a running event loop, and a later module's asyncio.run() (the second client's
+# contract test) would refuse to start.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
