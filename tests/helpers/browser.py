@@ -2,9 +2,10 @@
 
 Registered with ``pytest_plugins`` in ``tests/conftest.py``.
 
-- ``browser`` (per test module): Debian's ``chromium`` driven by Playwright (its own browser
-  download cannot be fetched here). Skipped, saying what is missing, where Playwright
-  or ``chromium`` is not installed (``make test`` installs both where it may).
+- ``browser`` (per test module): Debian's ``chromium`` driven by Playwright (its
+  own browser download cannot be fetched here). Skipped, saying what is missing,
+  where Playwright or ``chromium`` is not installed (``make test`` installs both
+  where it may).
 - ``page``: a fresh browser context and page; ``page_ru`` the same in Russian.
 - ``serve(app)``: serves ``app`` on a free port in a thread (a real HTTP server: the
   browser cannot reach the Flask test client) and returns its base URL; stopped at
