@@ -171,6 +171,20 @@ def test_queue_depth_and_the_workers_in_rqs_registry(
     assert "<td>idle</td>" in html
 
 
+def test_what_is_switched_off_is_said_and_its_events_are_not_due(
+    make_app: Any,
+) -> None:
+    app = make_app(AMOCRM_ENABLED=False, **ADMIN)
+    _submit(app, 2)
+    html = app.test_client().get(f"{PREFIX}/").get_data(as_text=True)
+    assert "Switched off: AMOCRM_ENABLED = False. 2 events wait" in html
+    assert "nothing is due" in html
+    app = make_app(**ADMIN)
+    _submit(app, 1)
+    html = app.test_client().get(f"{PREFIX}/").get_data(as_text=True)
+    assert "Switched off" not in html and "waiting 0 s" in html
+
+
 def test_a_403_block_shows_the_pause(make_app: Any, sandbox: Any) -> None:
     app = make_app(**ADMIN)
     client = app.test_client()

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from ..amo.connect import token_state
 from ..i18n import N_, gettext
 from ..models import (
+    CANCELLED,
     DELIVERED,
     FAILED,
     IGNORED,
@@ -28,6 +29,7 @@ from ..models import (
     ApiLog,
     utcnow,
 )
+from ..outbox import switched_off
 from ..state import AppState, get_state
 from ..worker.health import (
     budget_per_minute,
@@ -49,6 +51,7 @@ STATUS_COLORS = {
     PROCESSING: "#e0a030",
     PENDING: "#1f5fbf",
     IGNORED: "#8a93a0",
+    CANCELLED: "#c4c9d1",
 }
 #: The statuses as the charts' legend says them.
 STATUS_LABELS = {
@@ -58,6 +61,7 @@ STATUS_LABELS = {
     PROCESSING: N_("processing"),
     PENDING: N_("pending"),
     IGNORED: N_("ignored"),
+    CANCELLED: N_("cancelled"),
 }
 
 
@@ -159,8 +163,6 @@ def health() -> str:
         span = "24h"
     due_since = oldest_due(state)
     used = requests_last_minute(state)
-    # AMOCRM_ENABLED (a switch another change adds): shown only where it exists
-    enabled = getattr(settings, "enabled", True)
     return render_template(
         "amocrm_admin/health.html",
         settings=settings,
@@ -174,7 +176,7 @@ def health() -> str:
         due_since=due_since,
         due_age=age(due_since) if due_since is not None else None,
         age=age,
-        enabled=enabled is not False,
+        switches=switched_off(state),
         span=span,
         spans=list(stats.SPANS),
         charts=_charts(state, span),

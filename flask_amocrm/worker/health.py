@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, case, func, select
 
 from ..amo.metadata import metadata_for
 from ..models import PROCESSING, ApiLog, Event, utcnow
-from ..outbox import due
+from ..outbox import due, on_hold
 from ..rules.check import check_rules
 from ..state import AppState
 from .queue import get_queue
@@ -82,8 +82,11 @@ def oldest_due(state: AppState) -> datetime | None:
     """Since when the event that has waited longest among the due ones has been
     waiting (naive UTC); ``None`` when nothing is due."""
     now = utcnow()
+    # events whose delivery is switched off are not due: they wait for a person
     with state.session() as session:
-        found = session.scalar(select(func.min(waiting_since())).where(due(now)))
+        found = session.scalar(
+            select(func.min(waiting_since())).where(due(now, on_hold(state)))
+        )
     return found if isinstance(found, datetime) else None
 
 
