@@ -157,9 +157,16 @@ def test_status_prints_russian(make_app: Any, fast_sandbox: Any) -> None:
     result = app.test_cli_runner().invoke(args=["amocrm", "status"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert "доставлено 1" in lines
-    assert "ошибка     1" in lines
-    assert "ожидает    0" in lines
+    counts = {" ".join(line.split()[:-1]): line.split()[-1] for line in lines[:7]}
+    assert counts == {
+        "в очереди": "0",
+        "доставляется": "0",
+        "повтор": "0",
+        "доставлено": "1",
+        "ошибка": "1",
+        "пропущено": "0",
+        "отменено": "0",
+    }
     assert "С ошибкой (1), сначала новые:" in lines
     [failed] = [line for line in lines if f"#{bad} " in line]
     assert f"#{bad} ошибка form order " in failed
