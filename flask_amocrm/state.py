@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
-from .models import metadata
+from .models import metadata, upgrade_tables
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -151,8 +151,13 @@ class AppState:
         return factory()
 
     def create_tables(self) -> None:
-        """Create the ``amocrm_*`` tables that do not exist yet."""
+        """Create the ``amocrm_*`` tables that do not exist yet, and add what an
+        earlier version's tables lack (:func:`~flask_amocrm.models.upgrade_tables`)."""
         metadata.create_all(self.engine)
+        with self.engine.begin() as connection:
+            added = upgrade_tables(connection)
+        if added:
+            log.info("Flask-AmoCRM added to its tables: %s", ", ".join(added))
         self.tables_ready = True
 
     # -- redis -----------------------------------------------------------------------

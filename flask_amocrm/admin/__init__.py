@@ -12,7 +12,10 @@ import logging
 
 from flask import Flask
 
-from . import oauth  # noqa: F401  (adds its views to the blueprint)
+from . import (
+    events,  # noqa: F401  (adds its views to the blueprint)
+    oauth,  # noqa: F401  (adds its views to the blueprint)
+)
 from .blueprint import bp
 
 log = logging.getLogger("flask_amocrm")

@@ -1,0 +1,619 @@
+"""The admin's events pages: the list (filters, search, pages), one event, and the
+actions (retry, retry every failed, cancel, deliver now), over the test client and
+in a real browser."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import create_engine, inspect, select, text, update
+
+from flask_amocrm import Event
+from flask_amocrm.models import ApiLog
+from flask_amocrm.outbox import add
+from flask_amocrm.state import get_state
+from flask_amocrm.testing import deliver_pending
+from tests.helpers.browser import shoot
+from tests.helpers.e2e import stored_events
+from tests.helpers.xss import CORPUS, assert_inert, watch
+
+EVENTS = "/amocrm/admin/events"
+
+
+def _admin(make_app: Any, **config: Any) -> Flask:
+    config.setdefault("AMOCRM_ADMIN_AUTH", lambda: True)
+    config.setdefault("AMOCRM_RATE_LIMIT", 50)
+    return make_app(**config)
+
+
+def _submit(app: Flask, data: dict[str, Any], form: str = "callback", **kw: Any) -> int:
+    """Capture one form as the site would, from a page with ``query_string``."""
+    with app.test_request_context(
+        "/contacts", query_string=kw.get("query_string"), headers=kw.get("headers")
+    ):
+        event = app.extensions["amocrm"].extension.submit(form, data)
+    assert event is not None
+    return int(event.id)
+
+
+def _csrf(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "the page has no form with a CSRF token"
+    return match.group(1)
+
+
+def _ids(html: str) -> list[int]:
+    """The event ids listed on an events page, in order."""
+    return [
+        int(i)
+        for i in re.findall(
+            r'<td class="num am-head"><a href="[^"]*/events/(\d+)"', html
+        )
+    ]
+
+
+def _event(app: Flask, event_id: int) -> Event:
+    [event] = [e for e in stored_events(app) if e.id == event_id]
+    return event
+
+
+# -- the list --------------------------------------------------------------------
+
+
+def test_search_finds_a_phone_in_any_spelling_an_email_and_a_name(
+    make_app: Any, database_uri: str
+) -> None:
+    app = _admin(make_app, AMOCRM_DATABASE_URI=database_uri)
+    ivan = _submit(
+        app,
+        {"name": "Иван Петров", "phone": "+7 916 123 45 67", "email": "Ivan@Mail.RU"},
+    )
+    anna = _submit(app, {"name": "Anna Smith", "phone": "8 (903) 000-11-22"})
+    mail = _submit(
+        app, {"mail": {"from": "Boss <Boss@Shop.example>", "subject": "Order"}}, "x"
+    )
+    client = app.test_client()
+
+    def found(q: str) -> list[int]:
+        page = client.get(EVENTS, query_string={"q": q})
+        assert page.status_code == 200
+        return _ids(page.get_data(as_text=True))
+
+    assert found("8 (916) 123-45-67") == [ivan]
+    assert found("+79161234567") == [ivan]
+    assert found("916 123 45 67") == [ivan]
+    assert found("45 67") == [ivan]  # a part of the digits
+    assert found("IVAN@mail.ru") == [ivan]
+    assert found("@mail.ru") == [ivan]
+    assert found("иван") == [ivan]
+    assert found("ПЕТР") == [ivan]  # the beginning of a word
+    assert found("etrov") == []  # not the middle of one
+    assert found("anna smith") == [anna]
+    assert found("+7 903 000 11 22") == [anna]
+    assert found("boss@shop.example") == [mail]
+    assert found("nobody") == []
+    assert found("") == [mail, anna, ivan]
+
+
+def test_an_event_stored_before_search_existed_is_listed_not_found(
+    make_app: Any,
+) -> None:
+    app = _admin(make_app)
+    old = _submit(app, {"name": "Old Timer", "phone": "+79160000001"})
+    with app.app_context(), get_state(app).session() as session:
+        session.execute(update(Event).where(Event.id == old).values(search=None))
+        session.commit()
+    client = app.test_client()
+    assert _ids(client.get(EVENTS).get_data(as_text=True)) == [old]
+    assert (
+        _ids(client.get(EVENTS, query_string={"q": "old"}).get_data(as_text=True)) == []
+    )
+
+
+def test_filters_by_status_kind_source_and_local_dates(make_app: Any) -> None:
+    app = _admin(make_app, AMOCRM_TIMEZONE="Europe/Moscow")
+    a = _submit(app, {"name": "A"}, "callback")
+    b = _submit(app, {"name": "B"}, "order")
+    with app.app_context():
+        state = get_state(app)
+        with state.session() as session:
+            c = add(session, kind="mail", source="ORDER_NEW", data={"name": "C"})
+            session.commit()
+            c_id = c.id
+            # a: 2026-03-01 23:30 in Moscow is 20:30 UTC the same day
+            session.execute(
+                update(Event)
+                .where(Event.id == a)
+                .values(created_at=datetime(2026, 3, 1, 20, 30), status="failed")
+            )
+            # b: 2026-03-02 00:30 in Moscow is 21:30 UTC on March 1st
+            session.execute(
+                update(Event)
+                .where(Event.id == b)
+                .values(created_at=datetime(2026, 3, 1, 21, 30))
+            )
+            session.commit()
+    client = app.test_client()
+
+    def listed(**args: str) -> list[int]:
+        page = client.get(EVENTS, query_string=args)
+        assert page.status_code == 200
+        return _ids(page.get_data(as_text=True))
+
+    assert listed(status="failed") == [a]
+    assert listed(status="pending") == [c_id, b]
+    assert listed(kind="mail") == [c_id]
+    assert listed(kind="form") == [b, a]
+    assert listed(source="order") == [b]
+    assert listed(since="2026-03-01", until="2026-03-01") == [a]
+    assert listed(since="2026-03-02", until="2026-03-02") == [b]
+    assert listed(since="2026-03-02") == [c_id, b]
+    assert listed(until="2026-03-01", kind="form") == [a]
+    assert listed(since="garbage", status="<script>") == []  # never a 500
+    page = client.get(EVENTS).get_data(as_text=True)
+    # counts per status at the top, each a link that filters
+    assert re.search(
+        r'href="/amocrm/admin/events\?status=failed"[^>]*>.*?<b>1</b>', page
+    )
+    assert re.search(
+        r'href="/amocrm/admin/events\?status=pending"[^>]*>.*?<b>2</b>', page
+    )
+
+
+def test_pages_by_keyset_newest_first(make_app: Any) -> None:
+    app = _admin(make_app)
+    with app.app_context(), get_state(app).session() as session:
+        for n in range(120):
+            add(session, kind="form", source="callback", data={"name": f"N{n}"})
+        session.commit()
+    client = app.test_client()
+    first = client.get(EVENTS).get_data(as_text=True)
+    ids = _ids(first)
+    assert ids == list(range(120, 70, -1))
+    assert "Newer" not in first
+    older = re.search(r'href="([^"]*before=71[^"]*)"', first)
+    assert older is not None
+    second = client.get(older.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert _ids(second) == list(range(70, 20, -1))
+    third = client.get(EVENTS, query_string={"before": 21}).get_data(as_text=True)
+    assert _ids(third) == list(range(20, 0, -1))
+    assert "Older" not in third
+    newer = re.search(r'href="([^"]*after=20[^"]*)"', third)
+    assert newer is not None
+    back = client.get(newer.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert _ids(back) == list(range(70, 20, -1))
+    # filters carry over to the next page
+    searched = client.get(EVENTS, query_string={"q": "n1"}).get_data(as_text=True)
+    assert _ids(searched)[:3] == [120, 119, 118]
+
+
+# -- older tables ----------------------------------------------------------------------
+
+
+def test_tables_of_an_earlier_version_get_the_search_column(
+    make_app: Any, database_uri: str
+) -> None:
+    app = _admin(make_app, AMOCRM_DATABASE_URI=database_uri)
+    first = _submit(app, {"name": "Before", "phone": "+79161112233"})
+    engine = create_engine(database_uri)
+    with engine.begin() as conn:  # as an earlier version created it
+        conn.execute(text("DROP INDEX ix_amocrm_events_status_id"))
+        conn.execute(text("ALTER TABLE amocrm_events DROP COLUMN search"))
+    assert "search" not in {
+        c["name"] for c in inspect(engine).get_columns("amocrm_events")
+    }
+    again = _admin(make_app, AMOCRM_DATABASE_URI=database_uri)
+    result = again.test_cli_runner().invoke(args=["amocrm", "init-db"])
+    assert result.exit_code == 0, result.output
+    inspector = inspect(engine)
+    assert "search" in {c["name"] for c in inspector.get_columns("amocrm_events")}
+    assert "ix_amocrm_events_status_id" in {
+        i["name"] for i in inspector.get_indexes("amocrm_events")
+    }
+    engine.dispose()
+    # the old row is listed, not found; a new one is found
+    second = _submit(again, {"name": "After", "phone": "+79161112233"})
+    client = again.test_client()
+    assert _ids(client.get(EVENTS).get_data(as_text=True)) == [second, first]
+    found = client.get(EVENTS, query_string={"q": "8 916 111-22-33"})
+    assert _ids(found.get_data(as_text=True)) == [second]
+
+
+def test_the_first_use_adds_the_column_without_init_db(
+    make_app: Any, tmp_path: Any
+) -> None:
+    uri = f"sqlite:///{tmp_path}/old.sqlite3"
+    app = _admin(make_app, AMOCRM_DATABASE_URI=uri)
+    _submit(app, {"name": "Before"})
+    engine = create_engine(uri)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE amocrm_events DROP COLUMN search"))
+    again = _admin(make_app, AMOCRM_DATABASE_URI=uri)
+    _submit(again, {"name": "After Upgrade"})
+    found = again.test_client().get(EVENTS, query_string={"q": "upgrade"})
+    assert len(_ids(found.get_data(as_text=True))) == 1
+    engine.dispose()
+
+
+# -- one event -------------------------------------------------------------------------
+
+
+def test_an_event_shows_its_data_visit_preview_progress_and_api_calls(
+    make_app: Any, sandbox: Any
+) -> None:
+    app = _admin(make_app)
+    event_id = _submit(
+        app,
+        {"name": "Ann Lee", "phone": "+79161234567", "email": "ann@example.com"},
+        query_string={"utm_source": "yandex", "utm_campaign": "spring"},
+        headers={"Referer": "https://search.example/q"},
+    )
+    with app.app_context():
+        assert deliver_pending(app) == {"delivered": 1, "spooled": 0}
+    event = _event(app, event_id)
+    lead_id = event.remote["lead_id"]
+    contact_id = event.remote["contact_id"]
+    page = app.test_client().get(f"{EVENTS}/{event_id}")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "Ann Lee" in html and "+79161234567" in html
+    assert "yandex" in html and "spring" in html  # the campaign
+    assert "https://search.example/q" in html  # the referrer
+    assert f'href="{sandbox.url}/leads/detail/{lead_id}"' in html
+    assert f'href="{sandbox.url}/contacts/detail/{contact_id}"' in html
+    # the preview: the calls the rule makes of it, bodies included
+    assert "/api/v4/leads/complex" in html
+    assert "Callback: Ann Lee" in html
+    # every request made for it, with its answer; the token is nowhere
+    with app.app_context(), get_state(app).session() as session:
+        logged = list(
+            session.scalars(select(ApiLog).where(ApiLog.event_id == event_id))
+        )
+    assert logged
+    for row in logged:
+        assert row.path.split("?")[0] in html
+    assert str(lead_id) in html
+    assert sandbox.token not in html
+    assert "delivered" in html
+    assert client_404(app)
+
+
+def client_404(app: Flask) -> bool:
+    return app.test_client().get(f"{EVENTS}/999999").status_code == 404
+
+
+def test_secrets_in_stored_bodies_are_masked_on_display(
+    make_app: Any, sandbox: Any
+) -> None:
+    app = _admin(make_app)
+    event_id = _submit(app, {"name": "Ann"})
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    with app.app_context(), get_state(app).session() as session:
+        session.add(
+            ApiLog(
+                event_id=event_id,
+                method="POST",
+                path="/oauth2/access_token",
+                status=200,
+                request_body='{"client_secret": "s3cr3t-value", "code": "x"}',
+                response_body=f'{{"access_token": "{jwt}", "note": "{sandbox.token}"}}',
+                error=f"Authorization: Bearer {sandbox.token}",
+            )
+        )
+        session.commit()
+    html = app.test_client().get(f"{EVENTS}/{event_id}").get_data(as_text=True)
+    assert "s3cr3t-value" not in html
+    assert jwt not in html
+    assert sandbox.token not in html
+    assert "[redacted]" in html
+
+
+# -- actions ---------------------------------------------------------------------------
+
+
+def test_retry_in_rq_mode_is_delivered_by_a_worker(
+    make_app: Any, sandbox: Any, redis_conn: Any, redis_url: str
+) -> None:
+    from rq import SimpleWorker
+
+    from flask_amocrm.worker.queue import get_queue
+
+    app = _admin(make_app, AMOCRM_DELIVERY="rq", AMOCRM_REDIS_URL=redis_url)
+    event_id = _submit(app, {"name": "Retry Me", "phone": "+79160000002"})
+    redis_conn.flushdb()  # its job is gone
+    sandbox.faults(status=400, count=1, method="POST")
+    with app.app_context():
+        deliver_pending(app)
+    failed = _event(app, event_id)
+    assert failed.status == "failed", failed.last_error
+    assert sandbox.leads() == []
+    client = app.test_client()
+    page = client.get(f"{EVENTS}/{event_id}").get_data(as_text=True)
+    answer = client.post(f"{EVENTS}/{event_id}/retry", data={"csrf_token": _csrf(page)})
+    assert answer.status_code == 302
+    assert answer.location.endswith(f"{EVENTS}/{event_id}")
+    assert _event(app, event_id).status == "retrying"
+    assert redis_conn.llen("rq:queue:amocrm") == 1
+    with app.app_context():
+        queue = get_queue(get_state(app), for_worker=True)
+        SimpleWorker(
+            [queue], connection=queue.connection, job_class=queue.job_class
+        ).work(burst=True)
+    delivered = _event(app, event_id)
+    assert delivered.status == "delivered"
+    [lead] = sandbox.leads()
+    assert (
+        lead["id"] == delivered.remote["lead_id"]
+        and lead["name"] == "Callback: Retry Me"
+    )
+    shown = client.get(answer.location).get_data(as_text=True)
+    assert "will be retried" in shown  # the flash
+
+
+def test_retry_all_failed_in_inline_mode_delivers_after_the_response(
+    make_app: Any, sandbox: Any
+) -> None:
+    app = _admin(make_app, AMOCRM_DELIVERY="deferred")
+    ids = [
+        _submit(app, {"name": f"F{n}", "phone": f"+7916000001{n}"}) for n in range(3)
+    ]
+    with app.app_context(), get_state(app).session() as session:
+        session.execute(
+            update(Event)
+            .where(Event.id.in_(ids[:2]))
+            .values(status="failed", last_error="x")
+        )
+        session.commit()
+    inline = _admin(
+        make_app,
+        AMOCRM_DELIVERY="inline",
+        AMOCRM_DATABASE_URI=app.config["AMOCRM_DATABASE_URI"],
+    )
+    client = inline.test_client()
+    token = _csrf(client.get(EVENTS).get_data(as_text=True))
+    answer = client.post(f"{EVENTS}/retry-failed", data={"csrf_token": token})
+    assert answer.status_code == 302
+    answer.close()  # the response went out: the delivery runs
+    statuses = {e.id: e.status for e in stored_events(inline)}
+    assert statuses == {ids[0]: "delivered", ids[1]: "delivered", ids[2]: "pending"}
+    assert len(sandbox.leads()) == 2
+    # deliver due events now: the pending one goes too
+    answer = client.post(f"{EVENTS}/process", data={"csrf_token": token})
+    assert answer.status_code == 302
+    assert "delivered: 1" in client.get(EVENTS).get_data(as_text=True)
+    assert _event(inline, ids[2]).status == "delivered"
+    assert len(sandbox.leads()) == 3
+
+
+def test_a_post_without_csrf_is_refused_and_changes_nothing(make_app: Any) -> None:
+    app = _admin(make_app)
+    event_id = _submit(app, {"name": "Keep"})
+    client = app.test_client()
+    for path, data in [
+        (f"{EVENTS}/{event_id}/cancel", {"who": "Eve", "reason": "spam"}),
+        (f"{EVENTS}/{event_id}/retry", {}),
+        (f"{EVENTS}/retry-failed", {}),
+        (f"{EVENTS}/process", {}),
+        (
+            f"{EVENTS}/{event_id}/cancel",
+            {"who": "Eve", "reason": "x", "csrf_token": "forged"},
+        ),
+    ]:
+        assert client.post(path, data=data).status_code == 400
+    event = _event(app, event_id)
+    assert event.status == "pending" and event.attempts == 0 and not event.last_error
+
+
+def test_cancel_ends_the_event_ignored_with_who_and_why(make_app: Any) -> None:
+    app = _admin(make_app)
+    event_id = _submit(app, {"name": "Spammer"})
+    client = app.test_client()
+    page = client.get(f"{EVENTS}/{event_id}").get_data(as_text=True)
+    token = _csrf(page)
+    # without a name or a reason: refused, said why
+    answer = client.post(
+        f"{EVENTS}/{event_id}/cancel", data={"csrf_token": token, "reason": "spam"}
+    )
+    assert answer.status_code == 302
+    assert _event(app, event_id).status == "pending"
+    answer = client.post(
+        f"{EVENTS}/{event_id}/cancel",
+        data={"csrf_token": token, "who": "Olga", "reason": "a test from the office"},
+    )
+    assert answer.status_code == 302
+    event = _event(app, event_id)
+    assert event.status == "ignored"
+    assert event.last_error == "Cancelled by Olga: a test from the office"
+    assert event.log[-1] == event.last_error
+    # a delivered or already cancelled event is not cancelled again
+    answer = client.post(
+        f"{EVENTS}/{event_id}/cancel",
+        data={"csrf_token": token, "who": "Olga", "reason": "again"},
+    )
+    shown = client.get(answer.location).get_data(as_text=True)
+    assert "was not cancelled" in shown
+    assert (
+        _event(app, event_id).last_error == "Cancelled by Olga: a test from the office"
+    )
+
+
+def test_cancel_names_the_signed_in_user_of_flask_login(make_app: Any) -> None:
+    flask_login = pytest.importorskip("flask_login")
+
+    class User(flask_login.UserMixin):
+        id = "7"
+        name = "Maria Admin"
+
+    app = _admin(make_app)
+    manager = flask_login.LoginManager(app)
+    manager.user_loader(lambda user_id: User() if user_id == "7" else None)
+
+    @app.get("/login")
+    def login() -> str:
+        flask_login.login_user(User())
+        return "ok"
+
+    event_id = _submit(app, {"name": "X"})
+    client = app.test_client()
+    client.get("/login")
+    page = client.get(f"{EVENTS}/{event_id}").get_data(as_text=True)
+    assert 'name="who"' not in page
+    client.post(
+        f"{EVENTS}/{event_id}/cancel",
+        data={"csrf_token": _csrf(page), "who": "Forged Name", "reason": "duplicate"},
+    )
+    assert _event(app, event_id).last_error == "Cancelled by Maria Admin: duplicate"
+
+
+# -- in a real browser -----------------------------------------------------------
+
+
+def _hostile_site(make_app: Any) -> tuple[Flask, int]:
+    """An app with events that carry the XSS corpus everywhere the pages show."""
+    app = _admin(make_app)
+    for value in CORPUS:
+        event_id = _submit(
+            app,
+            {"name": value, "phone": "+7 916 123 45 67", "comment": value},
+            query_string={"utm_source": value, "utm_campaign": value},
+        )
+    with app.app_context(), get_state(app).session() as session:
+        session.execute(
+            update(Event)
+            .where(Event.id == event_id)
+            .values(
+                status="failed",
+                last_error=CORPUS[0],
+                files=[{"field": "cv", "name": v, "url": v} for v in CORPUS],
+                log=list(CORPUS),
+            )
+        )
+        for value in CORPUS:
+            session.add(
+                ApiLog(
+                    event_id=event_id,
+                    method="POST",
+                    path="/api/v4/leads/complex",
+                    status=400,
+                    request_body=f'{{"name": "{value.replace(chr(34), chr(39))}"}}',
+                    response_body=value,
+                    error=value,
+                )
+            )
+        session.commit()
+    return app, event_id
+
+
+def test_the_pages_in_a_browser_with_hostile_values(
+    make_app: Any, serve: Any, page: Any, browser: Any
+) -> None:
+    app, event_id = _hostile_site(make_app)
+    base = serve(app)
+    opened = watch(page)
+    page.goto(f"{base}{EVENTS}")
+    assert_inert(page, opened)
+    body = page.locator("table.am-events").inner_text()
+    for value in CORPUS:
+        assert value.strip().split("\n")[0][:20] in body
+    page.goto(f"{base}{EVENTS}/{event_id}")
+    page.locator("details summary").first.click()
+    for summary in page.locator("details > summary").all():
+        summary.click()
+    assert_inert(page, opened)
+    text = page.locator("main").inner_text()
+    for value in CORPUS:
+        assert value[:20] in text
+    # a javascript: address is never a link
+    assert page.locator('a[href^="javascript"]').count() == 0
+    assert_inert(page, opened)
+
+
+def test_list_search_detail_and_cancel_in_a_browser(
+    make_app: Any, sandbox: Any, serve: Any, page: Any
+) -> None:
+    app = _admin(make_app, AMOCRM_LOG_REQUESTS=True)
+    ivan = _submit(
+        app,
+        {
+            "name": "Иван Петров",
+            "phone": "+7 916 123 45 67",
+            "email": "ivan@example.ru",
+        },
+        query_string={"utm_source": "yandex", "utm_medium": "cpc"},
+    )
+    for n in range(6):
+        _submit(app, {"name": f"Client {n}", "phone": f"+7 903 555 00 0{n}"}, "order")
+    with app.app_context():
+        deliver_pending(app)
+    spam = _submit(app, {"name": "Spam Bot", "email": "bot@spam.example"})
+    base = serve(app)
+    page.goto(f"{base}{EVENTS}")
+    assert page.locator("table.am-events tbody tr").count() == 8
+    shoot(page, "events-list")
+    page.fill('input[name="q"]', "8 (916) 123-45-67")
+    page.click('form.am-filters button[type="submit"]')
+    rows = page.locator("table.am-events tbody tr")
+    assert rows.count() == 1 and "Иван Петров" in rows.inner_text()
+    page.goto(f"{base}{EVENTS}")
+    page.select_option('select[name="status"]', "pending")
+    page.click('form.am-filters button[type="submit"]')
+    assert page.locator("table.am-events tbody tr").count() == 1
+    page.locator("a", has_text="Иван Петров").count()  # filtered out now
+    page.goto(f"{base}{EVENTS}/{ivan}")
+    assert page.locator("h1").inner_text().startswith(f"Event {ivan}")
+    assert page.locator("table.am-apicalls tbody tr").count() >= 1
+    assert page.locator('a[href*="/leads/detail/"]').count() == 1
+    shoot(page, "event-detail")
+    # cancel, in the browser: a name and a reason
+    page.goto(f"{base}{EVENTS}/{spam}")
+    page.locator("details.am-cancel summary").click()
+    page.fill('input[name="who"]', "Olga")
+    page.fill('textarea[name="reason"]', "a bot")
+    page.click("details.am-cancel button")
+    assert "is cancelled" in page.locator(".am-flash").inner_text()
+    assert page.locator("h1 .am-badge").inner_text() == "ignored"
+    assert _event(app, spam).last_error == "Cancelled by Olga: a bot"
+
+
+def test_the_pages_in_russian_and_on_a_phone(
+    make_app: Any, sandbox: Any, serve: Any, page_ru: Any, browser: Any
+) -> None:
+    app = _admin(make_app)
+    event_id = _submit(
+        app,
+        {
+            "name": "Мария Иванова",
+            "phone": "+7 916 765 43 21",
+            "email": "maria@example.ru",
+        },
+        query_string={"utm_source": "google"},
+    )
+    with app.app_context():
+        deliver_pending(app)
+    _submit(app, {"name": "Пётр", "phone": "89031112233"}, "order")
+    base = serve(app)
+    page_ru.goto(f"{base}{EVENTS}")
+    assert page_ru.locator("h1").inner_text() == "События"
+    assert "доставлено" in page_ru.locator(".am-counts").inner_text()
+    shoot(page_ru, "events-list-ru")
+    page_ru.goto(f"{base}{EVENTS}/{event_id}")
+    assert "Данные события" in page_ru.locator("main").inner_text()
+    shoot(page_ru, "event-detail-ru")
+    phone = browser.new_context(
+        locale="ru-RU", viewport={"width": 375, "height": 800}, is_mobile=True
+    )
+    try:
+        small = phone.new_page()
+        small.goto(f"{base}{EVENTS}")
+        # nothing wider than the screen but the table, which scrolls in its box
+        assert small.evaluate("document.documentElement.scrollWidth") <= 375
+        shoot(small, "events-list-phone")
+        small.goto(f"{base}{EVENTS}/{event_id}")
+        assert small.evaluate("document.documentElement.scrollWidth") <= 375
+        shoot(small, "event-detail-phone")
+    finally:
+        phone.close()
