@@ -17,7 +17,8 @@ from flask_amocrm.models import ApiLog
 from flask_amocrm.outbox import add
 from flask_amocrm.state import get_state
 from flask_amocrm.testing import deliver_pending
-from tests.helpers.browser import shoot
+from tests.conftest import CALLBACK_RULES
+from tests.helpers.browser import SCREENSHOTS, shoot
 from tests.helpers.e2e import stored_events
 from tests.helpers.xss import CORPUS, assert_inert, watch
 
@@ -315,43 +316,43 @@ def test_secrets_in_stored_bodies_are_masked_on_display(
 # -- actions ---------------------------------------------------------------------------
 
 
-def test_retry_in_rq_mode_is_delivered_by_a_worker(
-    make_app: Any, sandbox: Any, redis_conn: Any, redis_url: str
+def test_retry_in_a_browser_is_delivered_by_a_worker(
+    make_app: Any, sandbox: Any, redis_conn: Any, redis_url: str, serve: Any, page: Any
 ) -> None:
     from rq import SimpleWorker
 
     from flask_amocrm.worker.queue import get_queue
 
-    app = _admin(make_app, AMOCRM_DELIVERY="rq", AMOCRM_REDIS_URL=redis_url)
-    event_id = _submit(app, {"name": "Retry Me", "phone": "+79160000002"})
-    redis_conn.flushdb()  # its job is gone
-    sandbox.faults(status=400, count=1, method="POST")
-    with app.app_context():
-        deliver_pending(app)
-    failed = _event(app, event_id)
-    assert failed.status == "failed", failed.last_error
-    assert sandbox.leads() == []
-    client = app.test_client()
-    page = client.get(f"{EVENTS}/{event_id}").get_data(as_text=True)
-    answer = client.post(f"{EVENTS}/{event_id}/retry", data={"csrf_token": _csrf(page)})
-    assert answer.status_code == 302
-    assert answer.location.endswith(f"{EVENTS}/{event_id}")
-    assert _event(app, event_id).status == "retrying"
+    app, ids = _office(make_app, AMOCRM_DELIVERY="rq", AMOCRM_REDIS_URL=redis_url)
+    failed = _event(app, ids["failed"])
+    assert failed.status == "failed" and "400" in (failed.last_error or "")
+    leads_before = len(sandbox.leads())
+    base = serve(app)
+    page.goto(f"{base}{EVENTS}/{failed.id}")
+    assert "400" in page.locator("main").inner_text()
+    # it was tried alone: its calls are its own, none of the batch before it
+    calls = page.locator("table.am-apicalls tbody tr")
+    assert calls.count() >= 1
+    assert page.locator("table.am-apicalls tr.am-for-event").count() == calls.count()
+    page.click("text=Retry")
+    assert "will be retried" in page.locator(".am-flash").inner_text()
+    assert page.locator("h1 .am-badge").inner_text() == "retrying"
+    assert _event(app, failed.id).status == "retrying"
     assert redis_conn.llen("rq:queue:amocrm") == 1
     with app.app_context():
         queue = get_queue(get_state(app), for_worker=True)
         SimpleWorker(
             [queue], connection=queue.connection, job_class=queue.job_class
         ).work(burst=True)
-    delivered = _event(app, event_id)
+    delivered = _event(app, failed.id)
     assert delivered.status == "delivered"
-    [lead] = sandbox.leads()
-    assert (
-        lead["id"] == delivered.remote["lead_id"]
-        and lead["name"] == "Callback: Retry Me"
-    )
-    shown = client.get(answer.location).get_data(as_text=True)
-    assert "will be retried" in shown  # the flash
+    leads = sandbox.leads()
+    assert len(leads) == leads_before + 1
+    [lead] = [lead for lead in leads if lead["id"] == delivered.remote["lead_id"]]
+    assert lead["name"] == "Order 1042: Ольга Смирнова"
+    page.reload()
+    assert page.locator("h1 .am-badge").inner_text() == "delivered"
+    assert page.locator(f'a[href$="/leads/detail/{lead["id"]}"]').count() == 1
 
 
 def test_retry_all_failed_in_inline_mode_delivers_after_the_response(
@@ -469,6 +470,74 @@ def test_cancel_names_the_signed_in_user_of_flask_login(make_app: Any) -> None:
     assert _event(app, event_id).last_error == "Cancelled by Maria Admin: duplicate"
 
 
+ORDER_RULES: dict[str, Any] = {
+    "forms": {
+        "callback": CALLBACK_RULES["forms"]["callback"],
+        "order": {
+            "contact": {
+                "name": "{{ data.name }}",
+                "fields": {"PHONE": "{{ data.phone }}"},
+            },
+            "lead": {"name": "Order {{ data.order }}: {{ data.name }}"},
+        },
+    }
+}
+
+
+def _office(make_app: Any, **config: Any) -> tuple[Flask, dict[str, int]]:
+    """A site with a few days' events: delivered ones, one that amoCRM refused
+    (``failed``), one not yet delivered."""
+    config.setdefault("AMOCRM_LOG_REQUESTS", True)
+    app = _admin(make_app, AMOCRM_RULES=ORDER_RULES, **config)
+    sandbox = app.config["AMOCRM_BASE_URL"]
+    ids: dict[str, int] = {}
+    people = [
+        ("anna", "callback", {"name": "Анна Кузнецова", "phone": "8 903 555-01-02"}),
+        ("boris", "order", {"name": "Boris Volkov", "phone": "+7 903 555 00 07"}),
+        ("maria", "callback", {"name": "Мария Иванова", "phone": "", "email": "m.ivanova@mail.ru"}),
+    ]
+    for key, form, data in people:
+        ids[key] = _submit(app, {**data, "order": "1041"}, form)
+    ids["ivan"] = _submit(
+        app,
+        {"name": "Иван Петров", "phone": "+7 916 123 45 67", "email": "ivan@example.ru"},
+        query_string={"utm_source": "yandex", "utm_medium": "cpc"},
+        headers={"Referer": "https://yandex.ru/search"},
+    )
+    deliver_pending(app)
+    ids["failed"] = _submit(
+        app, {"name": "Ольга Смирнова", "phone": "+79161110000", "order": "1042"}, "order"
+    )
+    _fault(sandbox, status=400, count=1, method="POST")
+    deliver_pending(app)
+    ids["spam"] = _submit(app, {"name": "Spam Bot", "email": "bot@spam.example"})
+    return app, ids
+
+
+def _shoot_top(page: Any, name: str, height: int) -> None:
+    """A screenshot of the top ``height`` pixels of ``page`` (for the docs)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    width = page.viewport_size["width"]
+    page.screenshot(
+        path=str(SCREENSHOTS / f"{name}.png"),
+        clip={"x": 0, "y": 0, "width": width, "height": height},
+        full_page=True,
+    )
+
+
+def _fault(base_url: str, **spec: Any) -> None:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{base_url}/_sandbox/faults",
+        data=json.dumps(spec).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=10).close()
+
+
 # -- in a real browser -----------------------------------------------------------
 
 
@@ -535,85 +604,83 @@ def test_the_pages_in_a_browser_with_hostile_values(
 def test_list_search_detail_and_cancel_in_a_browser(
     make_app: Any, sandbox: Any, serve: Any, page: Any
 ) -> None:
-    app = _admin(make_app, AMOCRM_LOG_REQUESTS=True)
-    ivan = _submit(
-        app,
-        {
-            "name": "Иван Петров",
-            "phone": "+7 916 123 45 67",
-            "email": "ivan@example.ru",
-        },
-        query_string={"utm_source": "yandex", "utm_medium": "cpc"},
-    )
-    for n in range(6):
-        _submit(app, {"name": f"Client {n}", "phone": f"+7 903 555 00 0{n}"}, "order")
-    with app.app_context():
-        deliver_pending(app)
-    spam = _submit(app, {"name": "Spam Bot", "email": "bot@spam.example"})
+    app, ids = _office(make_app)
     base = serve(app)
     page.goto(f"{base}{EVENTS}")
-    assert page.locator("table.am-events tbody tr").count() == 8
+    assert page.locator("table.am-events tbody tr").count() == len(ids)
     shoot(page, "events-list")
     page.fill('input[name="q"]', "8 (916) 123-45-67")
     page.click('form.am-filters button[type="submit"]')
     rows = page.locator("table.am-events tbody tr")
     assert rows.count() == 1 and "Иван Петров" in rows.inner_text()
+    assert page.locator('input[name="q"]').input_value() == "8 (916) 123-45-67"
     page.goto(f"{base}{EVENTS}")
-    page.select_option('select[name="status"]', "pending")
+    page.select_option('select[name="status"]', "failed")
+    page.select_option('select[name="kind"]', "form")
     page.click('form.am-filters button[type="submit"]')
-    assert page.locator("table.am-events tbody tr").count() == 1
-    page.locator("a", has_text="Иван Петров").count()  # filtered out now
-    page.goto(f"{base}{EVENTS}/{ivan}")
-    assert page.locator("h1").inner_text().startswith(f"Event {ivan}")
-    assert page.locator("table.am-apicalls tbody tr").count() >= 1
-    assert page.locator('a[href*="/leads/detail/"]').count() == 1
+    rows = page.locator("table.am-events tbody tr")
+    assert rows.count() == 1 and "Ольга Смирнова" in rows.inner_text()
+    page.click("nav.am-counts >> text=pending")
+    rows = page.locator("table.am-events tbody tr")
+    assert rows.count() == 1 and "Spam Bot" in rows.inner_text()
+    # the detail of a delivered event, with its API calls and amoCRM cards
+    ivan = _event(app, ids["ivan"])
+    page.goto(f"{base}{EVENTS}/{ivan.id}")
+    assert page.locator("h1").inner_text().startswith(f"Event {ivan.id}")
+    calls = page.locator("table.am-apicalls tbody tr")
+    assert calls.count() >= 1
+    assert "/api/v4/leads/complex" in calls.last.inner_text()
     shoot(page, "event-detail")
+    _shoot_top(page, "event-detail-top", 1250)
+    calls.last.locator("summary", has_text="Response body").click()
+    assert str(ivan.remote["lead_id"]) in calls.last.locator("pre").last.inner_text()
+    lead_link = page.locator('a[href*="/leads/detail/"]')
+    assert lead_link.get_attribute("href") == (
+        f"{sandbox.url}/leads/detail/{ivan.remote['lead_id']}"
+    )
+    assert "yandex" in page.locator("main").inner_text()
     # cancel, in the browser: a name and a reason
-    page.goto(f"{base}{EVENTS}/{spam}")
+    page.goto(f"{base}{EVENTS}/{ids['spam']}")
     page.locator("details.am-cancel summary").click()
     page.fill('input[name="who"]', "Olga")
     page.fill('textarea[name="reason"]', "a bot")
     page.click("details.am-cancel button")
     assert "is cancelled" in page.locator(".am-flash").inner_text()
     assert page.locator("h1 .am-badge").inner_text() == "ignored"
-    assert _event(app, spam).last_error == "Cancelled by Olga: a bot"
+    assert _event(app, ids["spam"]).last_error == "Cancelled by Olga: a bot"
+    assert page.locator("details.am-cancel").count() == 0  # not twice
 
 
 def test_the_pages_in_russian_and_on_a_phone(
     make_app: Any, sandbox: Any, serve: Any, page_ru: Any, browser: Any
 ) -> None:
-    app = _admin(make_app)
-    event_id = _submit(
-        app,
-        {
-            "name": "Мария Иванова",
-            "phone": "+7 916 765 43 21",
-            "email": "maria@example.ru",
-        },
-        query_string={"utm_source": "google"},
-    )
-    with app.app_context():
-        deliver_pending(app)
-    _submit(app, {"name": "Пётр", "phone": "89031112233"}, "order")
+    app, ids = _office(make_app)
     base = serve(app)
     page_ru.goto(f"{base}{EVENTS}")
     assert page_ru.locator("h1").inner_text() == "События"
-    assert "доставлено" in page_ru.locator(".am-counts").inner_text()
+    counts = page_ru.locator(".am-counts").inner_text()
+    assert "доставлено" in counts and "ошибка" in counts
+    assert "Доставить ожидающие сейчас" in page_ru.locator("main").inner_text()
     shoot(page_ru, "events-list-ru")
-    page_ru.goto(f"{base}{EVENTS}/{event_id}")
-    assert "Данные события" in page_ru.locator("main").inner_text()
+    page_ru.goto(f"{base}{EVENTS}/{ids['ivan']}")
+    text = page_ru.locator("main").inner_text()
+    assert "Данные события" in text and "Запросы к amoCRM" in text
+    assert "Сделка" in text
     shoot(page_ru, "event-detail-ru")
     phone = browser.new_context(
         locale="ru-RU", viewport={"width": 375, "height": 800}, is_mobile=True
     )
     try:
         small = phone.new_page()
-        small.goto(f"{base}{EVENTS}")
-        # nothing wider than the screen but the table, which scrolls in its box
-        assert small.evaluate("document.documentElement.scrollWidth") <= 375
-        shoot(small, "events-list-phone")
-        small.goto(f"{base}{EVENTS}/{event_id}")
-        assert small.evaluate("document.documentElement.scrollWidth") <= 375
-        shoot(small, "event-detail-phone")
+        for path, name in [
+            (EVENTS, "events-list-phone"),
+            (f"{EVENTS}/{ids['ivan']}", "event-detail-phone"),
+            (f"{EVENTS}/{ids['failed']}", "event-failed-phone"),
+        ]:
+            small.goto(f"{base}{path}")
+            # nothing is wider than the screen: the tables become cards
+            width = small.evaluate("document.documentElement.scrollWidth")
+            assert width <= 375, (path, width)
+            shoot(small, name)
     finally:
         phone.close()

@@ -27,7 +27,8 @@ from flask import (
     request,
     url_for,
 )
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
 from ..amo.apilog import Redactor
@@ -47,7 +48,7 @@ from ..models import (
     EventAttempt,
     Token,
 )
-from ..outbox import cancel, contact_values, search_filter
+from ..outbox import LEASE, cancel, contact_values, search_filter
 from ..progress import Progress
 from ..rules.schema import find_rule
 from ..state import AppState, get_state
@@ -251,6 +252,52 @@ def _pretty(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2, default=str)
 
 
+def _api_calls(
+    session: Session, event_id: int, attempts: list[EventAttempt]
+) -> list[tuple[ApiLog, str]]:
+    """The API log rows of an event, oldest first, each with whose it is:
+    ``"event"`` (made for this event alone, logged with its id) or, for an event
+    delivered in a batch, the batch's calls made during its attempts: ``"mentions"``
+    (the call carries the event's ``request_id``) or ``"batch"`` (shared: metadata,
+    the marker field, other events' lookups). At most :data:`API_CALLS_SHOWN` + 1."""
+    own = list(
+        session.scalars(
+            select(ApiLog)
+            .where(ApiLog.event_id == event_id)
+            .order_by(ApiLog.id)
+            .limit(API_CALLS_SHOWN + 1)
+        )
+    )
+    windows = [
+        # a row is written when its answer came: within the attempt
+        ApiLog.created_at.between(a.started_at, a.finished_at or a.started_at + LEASE)
+        for a in attempts
+        if a.started_at is not None
+    ]
+    shared: list[ApiLog] = []
+    if windows:
+        shared = list(
+            session.scalars(
+                select(ApiLog)
+                .where(ApiLog.event_id.is_(None), or_(*windows))
+                .order_by(ApiLog.id)
+                .limit(API_CALLS_SHOWN + 1)
+            )
+        )
+    mark = f'"request_id": "{event_id}"'
+    rows = [(call, "event") for call in own] + [
+        (
+            call,
+            "mentions"
+            if mark in (call.request_body or "") or mark in (call.response_body or "")
+            else "batch",
+        )
+        for call in shared
+    ]
+    rows.sort(key=lambda row: row[0].id)
+    return rows
+
+
 def _captured_at(value: Any) -> datetime | None:
     """The context's ``captured_at`` (seconds since the epoch) as a stored time."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -344,14 +391,7 @@ def event(event_id: int) -> str:
                 .order_by(EventAttempt.id)
             )
         )
-        calls = list(
-            session.scalars(
-                select(ApiLog)
-                .where(ApiLog.event_id == event_id)
-                .order_by(ApiLog.id)
-                .limit(API_CALLS_SHOWN + 1)
-            )
-        )
+        calls = _api_calls(session, event_id, attempts)
     redactor = _redactor(state)
     progress = Progress.from_json(found.remote)
     preview, preview_error = _preview(state, found)
@@ -387,8 +427,13 @@ def event(event_id: int) -> str:
         cards=_cards(state, progress),
         attempts=attempts,
         calls=[
-            (c, _body(c.request_body, redactor), _body(c.response_body, redactor))
-            for c in calls[:API_CALLS_SHOWN]
+            (
+                call,
+                whose,
+                _body(call.request_body, redactor),
+                _body(call.response_body, redactor),
+            )
+            for call, whose in calls[:API_CALLS_SHOWN]
         ],
         more_calls=len(calls) > API_CALLS_SHOWN,
         redact=redactor.text,
