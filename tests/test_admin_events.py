@@ -494,19 +494,29 @@ def _office(make_app: Any, **config: Any) -> tuple[Flask, dict[str, int]]:
     people = [
         ("anna", "callback", {"name": "Анна Кузнецова", "phone": "8 903 555-01-02"}),
         ("boris", "order", {"name": "Boris Volkov", "phone": "+7 903 555 00 07"}),
-        ("maria", "callback", {"name": "Мария Иванова", "phone": "", "email": "m.ivanova@mail.ru"}),
+        (
+            "maria",
+            "callback",
+            {"name": "Мария Иванова", "phone": "", "email": "m.ivanova@mail.ru"},
+        ),
     ]
     for key, form, data in people:
         ids[key] = _submit(app, {**data, "order": "1041"}, form)
     ids["ivan"] = _submit(
         app,
-        {"name": "Иван Петров", "phone": "+7 916 123 45 67", "email": "ivan@example.ru"},
+        {
+            "name": "Иван Петров",
+            "phone": "+7 916 123 45 67",
+            "email": "ivan@example.ru",
+        },
         query_string={"utm_source": "yandex", "utm_medium": "cpc"},
         headers={"Referer": "https://yandex.ru/search"},
     )
     deliver_pending(app)
     ids["failed"] = _submit(
-        app, {"name": "Ольга Смирнова", "phone": "+79161110000", "order": "1042"}, "order"
+        app,
+        {"name": "Ольга Смирнова", "phone": "+79161110000", "order": "1042"},
+        "order",
     )
     _fault(sandbox, status=400, count=1, method="POST")
     deliver_pending(app)
