@@ -595,6 +595,7 @@ def test_the_pages_in_a_browser_with_hostile_values(
     opened = watch(page)
     page.goto(f"{base}{EVENTS}")
     assert_inert(page, opened)
+    shoot(page, "events-hostile")
     body = page.locator("table.am-events").inner_text()
     for value in CORPUS:
         assert value.strip().split("\n")[0][:20] in body
@@ -608,6 +609,7 @@ def test_the_pages_in_a_browser_with_hostile_values(
         assert value[:20] in text
     # a javascript: address is never a link
     assert page.locator('a[href^="javascript"]').count() == 0
+    shoot(page, "event-hostile")
     assert_inert(page, opened)
 
 
@@ -694,3 +696,38 @@ def test_the_pages_in_russian_and_on_a_phone(
             shoot(small, name)
     finally:
         phone.close()
+
+
+def test_an_event_page_during_an_outage_does_not_wait_for_amocrm(
+    make_app: Any, sandbox: Any
+) -> None:
+    app = _admin(make_app)
+    event_id = _submit(app, {"name": "Ann", "phone": "+79160000003"})
+    sandbox.faults(status=503, count=1000)
+    try:
+        assert deliver_pending(app)["retrying"] == 1
+        sandbox.faults(clear=True)
+        requests_before = len(sandbox.requests())
+        page = app.test_client().get(f"{EVENTS}/{event_id}")
+        assert page.status_code == 200
+        html = page.get_data(as_text=True)
+        assert "Not shown while amoCRM does not answer" in html
+        assert "503" in html  # the attempt's error
+        assert len(sandbox.requests()) == requests_before  # the page asked nothing
+    finally:
+        sandbox.faults(clear=True)
+
+
+def test_imported_events_are_found_by_search_in_the_sites_region(
+    make_app: Any, tmp_path: Any
+) -> None:
+    app = _admin(make_app, AMOCRM_PHONE_REGION="DE")
+    rows = tmp_path / "old.csv"
+    rows.write_text("source,id,name,phone\ncallback,1,Dana Old,030 12345678\n")
+    result = app.test_cli_runner().invoke(args=["amocrm", "import", str(rows)])
+    assert result.exit_code == 0, result.output
+    # the site's region: a number without a country is read as German
+    client = app.test_client()
+    found = client.get(EVENTS, query_string={"q": "+49 30 1234 5678"})
+    [imported] = _ids(found.get_data(as_text=True))
+    assert _event(app, imported).search == " dana old +493012345678 "

@@ -55,6 +55,8 @@ from ..state import AppState, get_state
 from ..vocabulary import LOCALES
 from ..worker.agent import process
 from ..worker.dispatch import retry
+from ..worker.outage import current as current_outage
+from ..worker.outage import paused
 from ..worker.preview import Preview, preview_stored
 from .blueprint import bp
 
@@ -343,6 +345,12 @@ def _preview(state: AppState, event: Event) -> tuple[Preview | None, str | None]
     rule = find_rule(state.settings.rules, event.kind, event.source)
     if rule is None:
         return None, gettext("There is no rule for this form or mail event.")
+    if current_outage(state) or paused(state):
+        # the preview may need the account's fields: never wait on a dead amoCRM here
+        return None, gettext(
+            "Not shown while amoCRM does not answer: the preview may need to read "
+            "the account's fields."
+        )
     try:
         return preview_stored(state, rule, event), None
     except AmoCRMError as exc:

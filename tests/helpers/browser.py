@@ -2,9 +2,10 @@
 
 Registered with ``pytest_plugins`` in ``tests/conftest.py``.
 
-- ``browser`` (session): Debian's ``chromium`` driven by Playwright (its own browser
-  download cannot be fetched here). Skipped, saying what is missing, where Playwright
-  or ``chromium`` is not installed (``make test`` installs both where it may).
+- ``browser`` (one per test module): Debian's ``chromium`` driven by Playwright (its
+  own browser download cannot be fetched here). Skipped, saying what is missing,
+  where Playwright or ``chromium`` is not installed (``make test`` installs both where
+  it may).
 - ``page``: a fresh browser context and page; ``page_ru`` the same in Russian.
 - ``serve(app)``: serves ``app`` on a free port in a thread (a real HTTP server: the
   browser cannot reach the Flask test client) and returns its base URL; stopped at
@@ -40,7 +41,10 @@ def _chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps an asyncio loop running in
+# the main thread while it is open, and later modules that call asyncio.run() (the
+# second client's contract test) fail inside it.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
