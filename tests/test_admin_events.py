@@ -661,6 +661,18 @@ def test_list_search_detail_and_cancel_in_a_browser(
     assert page.locator("h1 .am-badge").inner_text() == "ignored"
     assert _event(app, ids["spam"]).last_error == "Cancelled by Olga: a bot"
     assert page.locator("details.am-cancel").count() == 0  # not twice
+    # a form whose CSRF token is gone (or forged) is refused, and changes nothing
+    failed = ids["failed"]
+    page.goto(f"{base}{EVENTS}/{failed}")
+    page.evaluate(
+        "document.querySelectorAll('input[name=csrf_token]')"
+        ".forEach(i => i.value = 'forged')"
+    )
+    with page.expect_navigation() as answer:
+        page.click("text=Retry")
+    assert answer.value.status == 400
+    assert page.locator("h1").inner_text() == "The form has expired"
+    assert _event(app, failed).status == "failed"
 
 
 def test_the_pages_in_russian_and_on_a_phone(
