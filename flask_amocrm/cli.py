@@ -20,6 +20,7 @@ from .amo.metadata import clear_metadata, metadata_for, sync_metadata
 from .errors import AmoCRMError
 from .importer import import_rows, read_rows
 from .models import (
+    CANCELLED,
     FAILED,
     IGNORED,
     PENDING,
@@ -29,6 +30,7 @@ from .models import (
     Event,
     utcnow,
 )
+from .outbox import on_hold, switched_off
 from .rules.check import check_rules
 from .rules.schema import find_rule
 from .state import AppState, get_state
@@ -43,6 +45,7 @@ from .worker.preview import preview
 from .worker.queue import get_queue
 from .worker.rules_file import rules_age
 from .worker.schedule import ensure_tick, housekeeping
+from .worker.sources import forget_source
 
 amocrm_cli = AppGroup("amocrm", help="Flask-AmoCRM: deliver site events to amoCRM.")
 
@@ -227,7 +230,13 @@ def status() -> None:
                 ).all()
             )
             failed = _listed(session, Event.status == FAILED)
-            stuck = _listed(session, _stuck_clause())
+            cancelled = _listed(session, Event.status == CANCELLED)
+            hold = on_hold(state)
+            stuck = _listed(
+                session,
+                _stuck_clause() if hold is None else _stuck_clause() & ~hold,
+            )
+            switches = switched_off(state)
     except DBAPIError as exc:
         raise _database_problem(state, exc) from None
     for name in STATUSES:
@@ -236,6 +245,15 @@ def status() -> None:
         click.echo(f"Failed ({rows.get(FAILED, 0)}), newest first:")
         for event in failed:
             click.echo("  " + _event_line(event, event.last_error))
+    if cancelled:
+        click.echo(f"Cancelled by a hook ({rows.get(CANCELLED, 0)}), newest first:")
+        for event in cancelled:
+            click.echo("  " + _event_line(event, event.last_error))
+    for switch in switches:
+        click.echo(
+            f"Switched off: {switch.what}: {switch.waiting} event(s) wait, "
+            "delivered once it is switched on again"
+        )
     if stuck:
         click.echo(f"Stuck: due {_minutes(STUCK_AFTER)} ago or more, not delivered:")
         for event in stuck:
@@ -358,9 +376,10 @@ def auth_command(code: str | None) -> None:
 @amocrm_cli.command("sync")
 def sync_command() -> None:
     """Fetch the account's pipelines, users, fields and task types again, and
-    forget every cached id (the marker field's too)."""
+    forget every cached id (the marker field's and the site source's too)."""
     state = get_state()
     forget_marker_field(state)
+    forget_source(state)
     clear_metadata(state)
     try:
         meta = sync_metadata(state)

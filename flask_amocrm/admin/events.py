@@ -36,6 +36,7 @@ from ..dedup import CARD_PATHS, card_url
 from ..errors import AmoCRMError
 from ..i18n import N_, gettext, ngettext
 from ..models import (
+    CANCELLED,
     DELIVERED,
     FAILED,
     IGNORED,
@@ -74,13 +75,14 @@ STATUS_LABELS = {
     DELIVERED: N_("delivered"),
     FAILED: N_("failed"),
     IGNORED: N_("ignored"),
+    CANCELLED: N_("cancelled"),
 }
 #: How each kind of event is written on the pages.
 KIND_LABELS = {"form": N_("form"), "mail": N_("mail")}
 #: The statuses an event can be cancelled in.
 CANCELLABLE = (PENDING, RETRYING, FAILED)
-#: The statuses an event can be retried in.
-RETRYABLE = (FAILED, IGNORED, RETRYING, PENDING)
+#: The statuses an event can be retried in (a hook's cancel is asked again).
+RETRYABLE = (FAILED, IGNORED, CANCELLED, RETRYING, PENDING)
 
 
 # -- the list --------------------------------------------------------------------------

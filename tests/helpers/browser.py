@@ -2,10 +2,11 @@
 
 Registered with ``pytest_plugins`` in ``tests/conftest.py``.
 
-- ``browser`` (one per test module): Debian's ``chromium`` driven by Playwright (its
-  own browser download cannot be fetched here). Skipped, saying what is missing,
-  where Playwright or ``chromium`` is not installed (``make test`` installs both where
-  it may).
+- ``browser`` (module): Debian's ``chromium`` driven by Playwright (its own browser
+  download cannot be fetched here). One per test module: Playwright's sync API keeps
+  an asyncio loop running in the main thread while it is open, which would break a
+  later module's ``asyncio.run()``. Skipped, saying what is missing, where Playwright
+  or ``chromium`` is not installed (``make test`` installs both where it may).
 - ``page``: a fresh browser context and page; ``page_ru`` the same in Russian.
 - ``serve(app)``: serves ``app`` on a free port in a thread (a real HTTP server: the
   browser cannot reach the Flask test client) and returns its base URL; stopped at
@@ -41,9 +42,6 @@ def _chromium() -> str | None:
     return None
 
 
-# Per module, not per session: Playwright's sync API keeps an asyncio loop running in
-# the main thread while it is open, and later modules that call asyncio.run() (the
-# second client's contract test) fail inside it.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
