@@ -30,12 +30,13 @@ from .models import (
     Event,
     utcnow,
 )
-from .outbox import make_due, on_hold, switched_off
+from .outbox import on_hold, switched_off
 from .rules.schema import find_rule
 from .state import AppState, get_state
 from .worker.agent import process
 from .worker.amo_worker import AmoWorker
 from .worker.dispatch import hand_off_many
+from .worker.dispatch import retry as retry_events
 from .worker.health import check_account, listening_workers, waiting_since
 from .worker.markers import forget_marker_field
 from .worker.outage import current as current_outage
@@ -173,13 +174,12 @@ def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
         raise click.UsageError("Give an event id, --failed or --ignored.")
     state = get_state()
     if all_failed or all_ignored:
-        ids = make_due(state, status=FAILED if all_failed else IGNORED)
+        ids = retry_events(state, status=FAILED if all_failed else IGNORED)
     else:
         assert event_id is not None
-        ids = make_due(state, ids=[event_id])
+        ids = retry_events(state, ids=[event_id])
         if not ids:
             raise click.ClickException(f"There is no event {event_id}.")
-    hand_off_many(state, ids)
     click.echo(f"{len(ids)} event(s) will be retried.")
     if state.settings.rules_file:
         click.echo(

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Connection,
     DateTime,
     ForeignKey,
     Index,
@@ -23,6 +24,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    inspect,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -96,6 +99,10 @@ class Event(Base):
         DateTime, default=utcnow, onupdate=utcnow
     )
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: What the admin's search looks in, written when the event is stored
+    #: (:func:`flask_amocrm.outbox.search_text`): `` +79161234567 ivan@example.com
+    #: ivan petrov ``. ``None`` on events stored before it existed.
+    search: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     attempt_rows: Mapped[list[EventAttempt]] = relationship(
         back_populates="event",
@@ -103,10 +110,50 @@ class Event(Base):
         order_by="EventAttempt.id",
     )
 
-    __table_args__ = (Index("ix_amocrm_events_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_amocrm_events_due", "status", "next_attempt_at"),
+        # the admin's list of one status, newest first, a page at a time
+        Index("ix_amocrm_events_status_id", "status", "id"),
+        # the admin's search on PostgreSQL: the words of ``search``
+        # (flask_amocrm.outbox.search_filter uses this very expression)
+        Index(
+            "ix_amocrm_events_search",
+            text("to_tsvector('simple', search)"),
+            postgresql_using="gin",
+        ).ddl_if(dialect="postgresql"),
+    )
 
     def __repr__(self) -> str:
         return f"<Event {self.id} {self.kind}:{self.source} {self.status}>"
+
+
+def upgrade_tables(connection: Connection) -> list[str]:
+    """Bring ``amocrm_*`` tables created by an earlier version up to date: add the
+    columns they lack (every column added since is nullable) and the indexes. Return
+    what was added (``"amocrm_events.search"``, index names)."""
+    inspector = inspect(connection)
+    added: list[str] = []
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.exec_driver_sql(
+                f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
+            )
+            added.append(f"{table.name}.{column.name}")
+        indexes = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            only = index._ddl_if  # ``.ddl_if(dialect=...)``: the index of one database
+            if only is not None and only.dialect not in (None, connection.dialect.name):
+                continue
+            if index.name not in indexes:
+                index.create(connection, checkfirst=True)
+                added.append(str(index.name))
+    return added
 
 
 class EventAttempt(Base):
