@@ -10,21 +10,37 @@ from .extension import AmoCRM
 from .models import Event
 from .rules.signing import sign_id
 from .signals import (
+    contact_added,
+    contact_updated,
     event_captured,
     event_delivered,
     event_failed,
     form_submitted,
+    lead_added,
+    lead_deleted,
+    lead_status_changed,
+    lead_updated,
     mail_sent,
+    note_added,
+    task_completed,
 )
 
 __all__ = [
     "AmoCRM",
     "AmoCRMError",
     "Event",
+    "contact_added",
+    "contact_updated",
     "event_captured",
     "event_delivered",
     "event_failed",
     "form_submitted",
+    "lead_added",
+    "lead_deleted",
+    "lead_status_changed",
+    "lead_updated",
     "mail_sent",
+    "note_added",
     "sign_id",
+    "task_completed",
 ]

@@ -20,6 +20,7 @@ from .rules.schema import validate_rules
 from .signals import form_submitted, mail_sent
 from .state import AppState, get_state
 from .visit import remember_campaign
+from .webhook import register_webhook
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -71,6 +72,7 @@ class AmoCRM:
         app.after_request(lambda response: remember_campaign(response, cookie, days))
         app.cli.add_command(amocrm_cli)
         register_admin(app, settings)
+        register_webhook(app, settings)
 
     def submit(
         self,

@@ -19,10 +19,12 @@ from typing import Any
 
 from flask import after_this_request, current_app, has_request_context
 
+from ..inbox import due_inbound
 from ..outbox import batch_with
 from ..state import AppState
 from .deliver import deliver_events
-from .queue import enqueue_event
+from .inbound import handle_changes
+from .queue import enqueue_change, enqueue_event
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -69,3 +71,42 @@ def hand_off_many(state: AppState, event_ids: Iterable[int]) -> None:
         return
     for event_id in event_ids:
         enqueue_event(state, event_id)
+
+
+def hand_off_changes(state: AppState, change_ids: list[int]) -> None:
+    """Hand on changes stored from amoCRM (a webhook, the events log) as the
+    delivery mode says: ``rq`` queues one job per change; ``inline`` sends their
+    signals in this process (in a request, after the response: amoCRM waits at
+    most 2 seconds for it), together with other due changes; ``deferred`` leaves
+    them to the agent. A failure is logged: the rows stay due in the table."""
+    mode = state.settings.delivery
+    if mode == "deferred" or not change_ids:
+        return
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    def run() -> None:
+        try:
+            with app.app_context():
+                if mode == "rq":
+                    for change_id in change_ids:
+                        enqueue_change(state, change_id)
+                else:
+                    handle_changes(
+                        state, list(dict.fromkeys([*change_ids, *due_inbound(state)]))
+                    )
+        except Exception:
+            log.exception(
+                "Flask-AmoCRM stored changes %s but could not hand them on; the "
+                "sweeper or 'flask amocrm process' will handle them",
+                change_ids,
+            )
+
+    if has_request_context():
+
+        @after_this_request
+        def _later(response: Any) -> Any:
+            response.call_on_close(run)
+            return response
+
+    else:
+        run()
