@@ -113,6 +113,8 @@ class Sandbox:
             self.auth.moved_to = settings["moved_to"] or None
         if "drop_webhooks" in settings:
             self.webhooks.drop = int(settings["drop_webhooks"])
+        if "webhook_delay_ms" in settings:
+            self.webhooks.delay_ms = float(settings["webhook_delay_ms"])
         if "duplicate_control" in settings:
             with self.store.lock:
                 self.store.data["settings"]["duplicate_control"] = bool(
@@ -130,6 +132,7 @@ class Sandbox:
             "access_token_ttl": self.auth.access_token_ttl,
             "moved_to": self.auth.moved_to,
             "drop_webhooks": self.webhooks.drop,
+            "webhook_delay_ms": self.webhooks.delay_ms,
             "duplicate_control": bool(
                 self.store.data["settings"].get("duplicate_control")
             ),
