@@ -188,9 +188,14 @@ def test_a_lead_won_in_amocrm_reaches_lead_status_changed_once_with_the_sites_ev
 
 
 def test_with_every_webhook_dropped_reconciliation_delivers_each_change_once(
-    make_app: Any, fast_sandbox: Any, amo: Any
+    make_app: Any, fast_sandbox: Any, amo: Any, database_uri: str
 ) -> None:
-    app = site(make_app, AMOCRM_DELIVERY="inline", AMOCRM_RECONCILE_INTERVAL=60)
+    app = site(
+        make_app,
+        AMOCRM_DELIVERY="inline",
+        AMOCRM_RECONCILE_INTERVAL=60,
+        AMOCRM_DATABASE_URI=database_uri,
+    )
     receivers = {
         name: Calls()
         for name in (
@@ -267,6 +272,27 @@ def test_with_every_webhook_dropped_reconciliation_delivers_each_change_once(
     assert contact["contact_id"] == event.remote["contact_id"]
     assert contact["event"].id == event.id
     assert {r.status for r in inbound_rows(app)} == {"done"}
+
+
+def test_a_late_webhook_after_reconciliation_is_no_second_signal(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    app = site(make_app, AMOCRM_DELIVERY="inline")
+    won = Calls()
+    with serving(app) as base, listening(app, lead_status_changed=won):
+        lead_id = submit_callback(app, base)
+        assert cli(app, "webhooks", "install", "--url", base).exit_code == 0
+        fast_sandbox.config(webhook_delay_ms=1500)  # amoCRM is slow today
+        fast_sandbox.move_lead(lead_id, WON)
+        assert cli(app, "process").exit_code == 0  # the events log has it already
+        assert len(won.calls) == 1 and won.calls[0]["change"].origin == "events"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not fast_sandbox.webhook_deliveries():
+            time.sleep(0.05)
+        assert [d["status"] for d in fast_sandbox.webhook_deliveries()] == [200]
+        time.sleep(0.3)
+    assert len(won.calls) == 1
+    assert [r.origin for r in inbound_rows(app)] == ["events"]
 
 
 def test_the_same_webhook_posted_twice_is_one_signal(
