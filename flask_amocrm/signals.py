@@ -262,9 +262,10 @@ INBOUND_SIGNALS: dict[str, SafeSignal] = {
 def receiver_name(receiver: Callable[..., Any]) -> str:
     """A receiver's stable name (``module.qualname``), the same in every process:
     what the inbound table records as done."""
-    module = getattr(receiver, "__module__", None) or "?"
-    name = getattr(receiver, "__qualname__", None) or repr(receiver)
-    return f"{module}.{name}"
+    # A callable object is named by its class: its repr would carry its address.
+    kind = receiver if hasattr(receiver, "__qualname__") else type(receiver)
+    module = getattr(kind, "__module__", None) or "?"
+    return f"{module}.{kind.__qualname__}"
 
 
 def send_each(

@@ -578,3 +578,29 @@ def test_the_webhook_path_is_configurable(make_app: Any, sandbox: Any) -> None:
         == 404
     )
     assert len(inbound_rows(app)) == 1
+
+
+def test_handled_changes_are_purged_after_the_retention_days(
+    make_app: Any, sandbox: Any
+) -> None:
+    from datetime import timedelta
+
+    from flask_amocrm.worker.retention import purge_changes
+
+    app = site(make_app, AMOCRM_RETENTION_DAYS=30)
+    client = app.test_client()
+    for lead_id in (1, 2):
+        body = status_body(lead_id, 7000011, WON)
+        assert client.post(f"/amocrm/webhook/{SECRET}", data=body, content_type=FORM)
+    with listening(app, lead_status_changed=Calls(fail=1)):
+        assert cli(app, "process").exit_code == 0  # one done, one retrying
+    with app.app_context(), get_state(app).session() as session:
+        session.execute(
+            update(InboundChange).values(
+                created_at=utcnow() - timedelta(days=31),
+                done_at=InboundChange.done_at - timedelta(days=31),
+            )
+        )
+        session.commit()
+        assert purge_changes(get_state(app)) == 1  # the hourly housekeeping's
+    assert [r.status for r in inbound_rows(app)] == ["retrying"]

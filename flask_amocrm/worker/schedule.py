@@ -36,7 +36,7 @@ from .dispatch import hand_off_changes
 from .outage import alert_auth_failure
 from .queue import get_queue, job_name
 from .reconcile import reconcile
-from .retention import purge_events
+from .retention import purge_changes, purge_events
 from .sweeper import sweep, sweep_changes
 
 log = logging.getLogger("flask_amocrm.worker")
@@ -53,6 +53,7 @@ def housekeeping(state: AppState) -> dict[str, int]:
     if not shared.set_once(state, "housekeeping", seconds=_HOURLY):
         return done
     done["purged_events"] = purge_events(state)
+    done["purged_changes"] = purge_changes(state)
     done["purged_api_log"] = purge_api_log(state)
     try:
         done["keep_alive"] = int(keep_alive(state))
