@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,7 +45,7 @@ from .worker.outage import current as current_outage
 from .worker.outage import paused, reconnected
 from .worker.preview import preview
 from .worker.queue import get_queue
-from .worker.reconcile import listened
+from .worker.reconcile import listened, read_until
 from .worker.rules_file import rules_age
 from .worker.schedule import ensure_tick, housekeeping, reconcile_due
 
@@ -555,7 +555,10 @@ def webhooks_status(url: str | None) -> None:
     """Show the webhooks amoCRM has registered (this site's marked), and the
     changes that came back."""
     state = get_state()
-    destination = _destination(url) if state.settings.webhook_secret else None
+    try:
+        destination = _destination(url)
+    except click.UsageError:  # no secret or no address: nothing is this site's
+        destination = None
     try:
         hooks = client_for(state).webhooks()
     except AmoCRMError as exc:
@@ -572,7 +575,9 @@ def webhooks_status(url: str | None) -> None:
         )
         flags = " (this site)" if mine else ""
         flags += " DISABLED by amoCRM" if hook.get("disabled") else ""
-        click.echo(f"#{hook.get('id')} {where}{flags}: {', '.join(hook['settings'])}")
+        click.echo(
+            f"#{hook.get('id')} {where}{flags}: {', '.join(hook.get('settings') or [])}"
+        )
     with state.session() as session:
         counts = dict(
             session.execute(
@@ -586,9 +591,15 @@ def webhooks_status(url: str | None) -> None:
         + ", ".join(f"{name} {counts.get(name, 0)}" for name in INBOUND_STATUSES)
     )
     interval = state.settings.reconcile_interval
-    click.echo(
-        f"reconciliation: every {interval} s" if interval else "reconciliation: off"
-    )
+    if not interval:
+        click.echo("reconciliation: off")
+        return
+    until = read_until(state)
+    last = "not read yet"
+    if until:
+        when = datetime.fromtimestamp(until, UTC)
+        last = f"events log read up to {when:%Y-%m-%d %H:%M:%S} UTC"
+    click.echo(f"reconciliation: every {interval} s; {last}")
 
 
 @webhooks_cli.command("uninstall")

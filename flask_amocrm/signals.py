@@ -5,7 +5,10 @@ signals. Every signal is sent with the real application object as the sender
 (``current_app._get_current_object()``), never the ``current_app`` proxy, so a receiver
 connected with ``sender=app`` hears only that application. Receivers should accept
 ``**extra``: more keyword arguments may be added later. A receiver that raises is
-logged and never reaches the sender (:class:`SafeSignal`).
+logged and never reaches the sender (:class:`SafeSignal`). The signals of changes in
+amoCRM (``lead_added`` ... ``task_completed``) are sent by a worker through
+:func:`send_each`, which keeps which receivers succeeded so that one that raised is
+called again later, alone.
 """
 
 from __future__ import annotations

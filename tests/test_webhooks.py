@@ -240,6 +240,7 @@ def test_with_every_webhook_dropped_reconciliation_delivers_each_change_once(
         result = cli(app, "process")
         assert result.exit_code == 0, result.output
         assert "reconciled: " in result.output
+        assert "events log read up to" in cli(app, "webhooks", "status").output
         # A second read of the same window (the overlap) stores nothing new.
         with app.app_context():
             assert reconcile(get_state()) == []
@@ -511,6 +512,7 @@ def test_webhooks_install_status_and_uninstall_against_the_sandbox(
     assert "(this site)" in shown.output and "status_lead" in shown.output
     assert "other.test" in shown.output and "k=v" not in shown.output
     assert "changes from amoCRM: pending 0" in shown.output
+    assert "reconciliation: every 300 s; not read yet" in shown.output
 
     # --event overrides what the receivers say.
     again = cli(app, "webhooks", "install", "--event", "add_lead")

@@ -77,8 +77,9 @@ def hand_off_changes(state: AppState, change_ids: list[int]) -> None:
     """Hand on changes stored from amoCRM (a webhook, the events log) as the
     delivery mode says: ``rq`` queues one job per change; ``inline`` sends their
     signals in this process (in a request, after the response: amoCRM waits at
-    most 2 seconds for it), together with other due changes; ``deferred`` leaves
-    them to the agent. A failure is logged: the rows stay due in the table."""
+    most 2 seconds for it), with up to ``AMOCRM_BATCH_SIZE`` other due changes
+    (retries); ``deferred`` leaves them to the agent. A failure is logged: the rows
+    stay due in the table."""
     mode = state.settings.delivery
     if mode == "deferred" or not change_ids:
         return
@@ -91,9 +92,8 @@ def hand_off_changes(state: AppState, change_ids: list[int]) -> None:
                     for change_id in change_ids:
                         enqueue_change(state, change_id)
                 else:
-                    handle_changes(
-                        state, list(dict.fromkeys([*change_ids, *due_inbound(state)]))
-                    )
+                    due = due_inbound(state, state.settings.batch_size)
+                    handle_changes(state, list(dict.fromkeys([*change_ids, *due])))
         except Exception:
             log.exception(
                 "Flask-AmoCRM stored changes %s but could not hand them on; the "

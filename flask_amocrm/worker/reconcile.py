@@ -54,6 +54,13 @@ def listened(state: AppState) -> list[str]:
     ]
 
 
+def read_until(state: AppState) -> int | None:
+    """The high-water mark: the end of the events log window last read (Unix
+    seconds), or ``None`` before the first read."""
+    mark = shared.get(state, _MARK)
+    return int(mark) if mark else None
+
+
 def reconcile(state: AppState, *, now: int | None = None) -> list[int]:
     """Read one window of the events log; store its changes; return the ids of
     the rows stored now (the caller hands them on)."""
@@ -61,9 +68,9 @@ def reconcile(state: AppState, *, now: int | None = None) -> list[int]:
     if not types:
         return []
     now = int(now if now is not None else time.time())
-    mark = shared.get(state, _MARK)
+    mark = read_until(state)
     if mark is not None:
-        start = int(mark)
+        start = mark
     else:
         newest = newest_change_at(state, "events")
         start = (
