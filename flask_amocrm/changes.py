@@ -25,11 +25,13 @@ signal                 key                                            timed
 A lead can make the same move twice (to "won", back, to "won" again), so a
 *timed* key also carries the time of the change (``@<unix seconds>``): the
 webhook's ``updated_at`` (or ``last_modified``), the events log's ``created_at``.
-The two clocks need not agree to the second, so the inbound table treats two
-timed changes with the same base within :data:`TOLERANCE` seconds as one
-(``flask_amocrm.inbox``). An update (``lead_updated``) has no single counterpart
-in the events log (it shows up as several field events), so it comes by webhook
-only and its key is exact.
+The two clocks need not agree to the second, so a timed change also *claims* two
+slots of :data:`TOLERANCE` seconds (:attr:`Change.claims`: the one its time falls
+in and the next), each stored under a unique key: two changes with the same base
+at most :data:`TOLERANCE` seconds apart always share a slot, so the second is
+refused as the same change; two at least twice that far apart never do. An update
+(``lead_updated``) has no single counterpart in the events log (it shows up as
+several field events), so it comes by webhook only and its key is exact.
 
 The payload parser refuses, with :class:`PayloadError`, whatever is not an
 amoCRM webhook within the bounds below; nothing of a refused payload is kept.
@@ -53,7 +55,8 @@ MAX_ITEMS = 100
 MAX_DEPTH = 8
 #: The longest key, in characters.
 MAX_KEY = 300
-#: Two timed changes with the same base this many seconds apart or less are one.
+#: Two timed changes with the same base this many seconds apart or less are one;
+#: twice as far apart or more, two (see :attr:`Change.claims`).
 TOLERANCE = 60
 
 #: The signals of changes, in the order they are documented.
@@ -134,6 +137,15 @@ class Change:
     def key(self) -> str:
         """The key the inbound table stores the change under."""
         return f"{self.base}@{self.at}" if self.signal in TIMED else self.base
+
+    @property
+    def claims(self) -> tuple[str, ...]:
+        """The slots a timed change takes (none for the others): the
+        :data:`TOLERANCE`-second slot its time falls in, and the next one."""
+        if self.signal not in TIMED:
+            return ()
+        slot = self.at // TOLERANCE
+        return (f"{self.base}~{slot}", f"{self.base}~{slot + 1}")
 
 
 def _int(value: Any, what: str) -> int:

@@ -3,12 +3,10 @@ ones and claims them (the twin of :mod:`flask_amocrm.outbox` for the way back).
 
 A change is stored once under its key (:mod:`flask_amocrm.changes`): the same
 webhook posted twice, or a change that came by webhook and again from the events
-log, is one row. Keys of *timed* changes (a stage move) carry the time of the
-change, and the two sources' clocks may differ by a little, so such a change is
-stored only when no row with the same base lies within
-:data:`~flask_amocrm.changes.TOLERANCE` seconds; that check and the insert run
-under a shared lock of the base, so two processes storing one change at once
-store it once.
+log, is one row. A *timed* change (a stage move) also takes its two slots of time
+(``amocrm_inbound_claims``) in the same transaction, so the same move whose two
+sources disagree on the second is refused by a unique key, in one statement per
+table, without a lock, however many processes store it at once.
 
 A row is *due* when it is ``pending``, ``retrying`` past its ``next_attempt_at``,
 or ``processing`` past its lease (its worker was killed); workers claim due rows
@@ -25,13 +23,13 @@ from typing import TYPE_CHECKING
 from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import shared
-from .changes import TIMED, TOLERANCE, Change
+from .changes import Change
 from .models import (
     INBOUND_PENDING,
     INBOUND_PROCESSING,
     INBOUND_RETRYING,
     InboundChange,
+    InboundClaim,
     utcnow,
 )
 from .outbox import LEASE
@@ -41,9 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flask_amocrm")
 
-#: Seconds storing a timed change waits for another process storing the same one.
-STORE_LOCK_WAIT = 5.0
-
 
 def store_changes(state: AppState, changes: Iterable[Change]) -> list[int]:
     """Store the changes not stored before; return the ids of the new rows."""
@@ -51,34 +46,10 @@ def store_changes(state: AppState, changes: Iterable[Change]) -> list[int]:
         state.create_tables()
     new: list[int] = []
     for change in changes:
-        if change.signal in TIMED:
-            with shared.lock(
-                state, f"inbound:{change.base}", ttl=30, wait=STORE_LOCK_WAIT
-            ):
-                if _near(state, change):
-                    continue
-                row_id = _insert(state, change)
-        else:
-            row_id = _insert(state, change)
+        row_id = _insert(state, change)
         if row_id is not None:
             new.append(row_id)
     return new
-
-
-def _near(state: AppState, change: Change) -> bool:
-    """Whether a row of the same base lies within the tolerance of ``change``."""
-    with state.session() as session:
-        found = session.scalar(
-            select(func.count())
-            .select_from(InboundChange)
-            .where(
-                InboundChange.base == change.base,
-                InboundChange.occurred_at.between(
-                    change.at - TOLERANCE, change.at + TOLERANCE
-                ),
-            )
-        )
-    return bool(found)
 
 
 def _insert(state: AppState, change: Change) -> int | None:
@@ -105,8 +76,13 @@ def _insert(state: AppState, change: Change) -> int | None:
                 )
                 .returning(InboundChange.id)
             ).scalar_one()
+            if change.claims:
+                connection.execute(
+                    insert(InboundClaim),
+                    [{"key": key, "change_id": row_id} for key in change.claims],
+                )
     except IntegrityError:
-        return None  # stored before, under the same key
+        return None  # stored before, under the same key or in the same slot
     return row_id
 
 

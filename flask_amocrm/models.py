@@ -217,8 +217,7 @@ class InboundChange(Base):
     )
     #: The change's key: the same whichever way it came.
     key: Mapped[str] = mapped_column(String(200), unique=True)
-    #: The key without the time of the change (timed keys are matched within a
-    #: tolerance on it).
+    #: The key without the time of the change.
     base: Mapped[str] = mapped_column(String(200), index=True)
     #: The signal it is sent as (``lead_status_changed`` ...).
     signal: Mapped[str] = mapped_column(String(40))
@@ -251,3 +250,18 @@ class InboundChange(Base):
 
     def __repr__(self) -> str:
         return f"<InboundChange {self.id} {self.key} {self.status}>"
+
+
+class InboundClaim(Base):
+    """A slot of time a timed change from amoCRM (a stage move) takes, so that the
+    same change read from the webhook and from the events log, whose clocks differ
+    by a little, is stored once (:attr:`flask_amocrm.changes.Change.claims`)."""
+
+    __tablename__ = "amocrm_inbound_claims"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    change_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("amocrm_inbound.id", ondelete="CASCADE"),
+        index=True,
+    )

@@ -25,7 +25,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .changes import MAX_BYTES, PayloadError, webhook_changes
 from .config import Settings
-from .errors import LockTimeoutError
 from .inbox import store_changes
 from .state import get_state
 from .worker.dispatch import hand_off_changes
@@ -62,7 +61,7 @@ def receive(secret: str) -> Response:
         return _text(f"refused: {exc}", 400)
     try:
         stored = store_changes(state, changes)
-    except (SQLAlchemyError, LockTimeoutError) as exc:
+    except SQLAlchemyError as exc:
         log.error("Could not store a webhook (%s); amoCRM will send it again",
                   type(exc).__name__)  # fmt: skip
         return _text("not stored; send it again later", 503)

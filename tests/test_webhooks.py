@@ -337,6 +337,73 @@ def test_a_webhook_and_the_events_log_give_one_key_for_one_move() -> None:
     assert logged.values["old_pipeline_id"] == 7000001
 
 
+@pytest.mark.parametrize(
+    ("webhook_at", "logged_at", "rows"),
+    [
+        (1700000059, 1700000061, 1),  # across a minute's boundary: still one
+        (1700000000, 1700000060, 1),  # a minute apart: one
+        (1700000000, 1700000120, 2),  # two minutes apart: the same move twice
+    ],
+)
+def test_one_move_seen_by_two_clocks_is_stored_once(
+    make_app: Any,
+    sandbox: Any,
+    database_uri: str,
+    webhook_at: int,
+    logged_at: int,
+    rows: int,
+) -> None:
+    from flask_amocrm.inbox import store_changes
+
+    app = site(make_app, AMOCRM_DATABASE_URI=database_uri)
+    [hook] = webhook_changes(status_body(5, 7000011, WON, at=webhook_at), received_at=0)
+    logged = event_change(
+        {
+            "type": "lead_status_changed",
+            "entity_id": 5,
+            "entity_type": "lead",
+            "created_at": logged_at,
+            "value_after": [{"lead_status": {"id": WON, "pipeline_id": 7000001}}],
+            "value_before": [{"lead_status": {"id": 7000011, "pipeline_id": 7000001}}],
+        }
+    )
+    assert logged is not None
+    with app.app_context():
+        stored = store_changes(get_state(), [logged, hook, logged, hook])
+    assert len(stored) == rows == len(inbound_rows(app))
+    assert inbound_rows(app)[0].origin == "events"
+
+
+def test_one_move_stored_by_many_threads_at_once_is_one_row(
+    make_app: Any, sandbox: Any, database_uri: str
+) -> None:
+    from flask_amocrm.inbox import store_changes
+
+    app = site(make_app, AMOCRM_DATABASE_URI=database_uri)
+    variants = [
+        webhook_changes(
+            status_body(5, 7000011, WON, at=1700000059 + i % 3), received_at=0
+        )[0]
+        for i in range(8)
+    ]
+    with app.app_context():
+        get_state().create_tables()
+    start = threading.Barrier(len(variants))
+    stored: list[int] = []
+
+    def store(change: Any) -> None:
+        with app.app_context():
+            start.wait()
+            stored.extend(store_changes(get_state(), [change]))
+
+    threads = [threading.Thread(target=store, args=(v,)) for v in variants]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(stored) == 1 and len(inbound_rows(app)) == 1
+
+
 def test_a_wrong_secret_is_404_and_stores_nothing(make_app: Any, sandbox: Any) -> None:
     app = site(make_app)
     client = app.test_client()

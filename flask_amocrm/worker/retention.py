@@ -15,7 +15,15 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from ..models import DELIVERED, INBOUND_DONE, Event, EventAttempt, InboundChange, utcnow
+from ..models import (
+    DELIVERED,
+    INBOUND_DONE,
+    Event,
+    EventAttempt,
+    InboundChange,
+    InboundClaim,
+    utcnow,
+)
 from ..state import AppState
 
 log = logging.getLogger("flask_amocrm")
@@ -53,12 +61,12 @@ def purge_events(state: AppState, days: int | None = None) -> int:
 def purge_changes(state: AppState, days: int | None = None) -> int:
     """Delete the changes from amoCRM handled more than ``days`` ago; how many."""
     cutoff = utcnow() - timedelta(days=days or state.settings.retention_days)
+    old = select(InboundChange.id).where(
+        InboundChange.status == INBOUND_DONE, InboundChange.done_at < cutoff
+    )
     with state.session() as session:
-        result = session.execute(
-            delete(InboundChange).where(
-                InboundChange.status == INBOUND_DONE, InboundChange.done_at < cutoff
-            )
-        )
+        session.execute(delete(InboundClaim).where(InboundClaim.change_id.in_(old)))
+        result = session.execute(delete(InboundChange).where(InboundChange.id.in_(old)))
         session.commit()
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
