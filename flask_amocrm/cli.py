@@ -22,6 +22,7 @@ from .changes import SIGNALS, WEBHOOK_CODES, webhook_codes
 from .errors import AmoCRMError, NotFoundError
 from .importer import import_rows, read_rows
 from .models import (
+    CANCELLED,
     FAILED,
     IGNORED,
     INBOUND_STATUSES,
@@ -33,7 +34,7 @@ from .models import (
     InboundChange,
     utcnow,
 )
-from .outbox import make_due
+from .outbox import make_due, on_hold, switched_off
 from .rules.check import check_rules
 from .rules.schema import find_rule
 from .state import AppState, get_state
@@ -48,6 +49,7 @@ from .worker.queue import get_queue
 from .worker.reconcile import listened, read_until
 from .worker.rules_file import rules_age
 from .worker.schedule import ensure_tick, housekeeping, reconcile_due
+from .worker.sources import forget_source
 
 amocrm_cli = AppGroup("amocrm", help="Flask-AmoCRM: deliver site events to amoCRM.")
 
@@ -237,7 +239,13 @@ def status() -> None:
                 ).all()
             )
             failed = _listed(session, Event.status == FAILED)
-            stuck = _listed(session, _stuck_clause())
+            cancelled = _listed(session, Event.status == CANCELLED)
+            hold = on_hold(state)
+            stuck = _listed(
+                session,
+                _stuck_clause() if hold is None else _stuck_clause() & ~hold,
+            )
+            switches = switched_off(state)
     except DBAPIError as exc:
         raise _database_problem(state, exc) from None
     for name in STATUSES:
@@ -246,6 +254,15 @@ def status() -> None:
         click.echo(f"Failed ({rows.get(FAILED, 0)}), newest first:")
         for event in failed:
             click.echo("  " + _event_line(event, event.last_error))
+    if cancelled:
+        click.echo(f"Cancelled by a hook ({rows.get(CANCELLED, 0)}), newest first:")
+        for event in cancelled:
+            click.echo("  " + _event_line(event, event.last_error))
+    for switch in switches:
+        click.echo(
+            f"Switched off: {switch.what}: {switch.waiting} event(s) wait, "
+            "delivered once it is switched on again"
+        )
     if stuck:
         click.echo(f"Stuck: due {_minutes(STUCK_AFTER)} ago or more, not delivered:")
         for event in stuck:
@@ -368,9 +385,10 @@ def auth_command(code: str | None) -> None:
 @amocrm_cli.command("sync")
 def sync_command() -> None:
     """Fetch the account's pipelines, users, fields and task types again, and
-    forget every cached id (the marker field's too)."""
+    forget every cached id (the marker field's and the site source's too)."""
     state = get_state()
     forget_marker_field(state)
+    forget_source(state)
     clear_metadata(state)
     try:
         meta = sync_metadata(state)

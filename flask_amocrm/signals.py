@@ -156,6 +156,16 @@ event_failed = _signals.signal(
     """,
 )
 
+event_cancelled = _signals.signal(
+    "event-cancelled",
+    doc="""Sent by Flask-AmoCRM when a hook cancelled an event (a ``before_push`` hook,
+    or a ``before_api_call`` hook vetoing one of its requests, raised
+    :class:`~flask_amocrm.Cancel`).
+
+    Sender: the application. Keyword arguments: ``event`` and ``reason`` (as stored
+    in ``event.last_error``).
+    """,
+)
 
 # -- amoCRM -> site: sent by a worker, once per change (docs/webhooks.md) ------------
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Response, redirect, request, session
-from markupsafe import escape
+from flask import Response, current_app, redirect, render_template, request, session
 
 from ..amo.auth import authorize_url, new_state_value
 from ..amo.connect import exchange_code
@@ -49,11 +48,8 @@ def _take_state(got: str) -> bool:
 
 
 def _page(title: str, text: str, status: int = 200) -> Response:
-    html = (
-        f"<!doctype html><meta charset=utf-8><title>{escape(title)}</title>"
-        f"<h1>{escape(title)}</h1><p>{escape(text)}</p>"
-    )
-    return Response(html, status=status, mimetype="text/html")
+    html = render_template("amocrm_admin/message.html", title=title, text=text)
+    return current_app.response_class(html, status=status)
 
 
 @bp.get("/connect")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import json
 import logging
 import random
@@ -47,6 +48,7 @@ from ..errors import (
     TransportError,
     ValidationError,
 )
+from ..hooks import ApiCall, call_events
 from .apilog import ApiLogSink, Redactor
 from .ratelimit import RateLimiter
 
@@ -92,6 +94,22 @@ class TokenProvider(Protocol):
         is no way to get one."""
 
 
+class CallObserver(Protocol):
+    """What the client calls around each request (the site's API-call hooks,
+    :class:`flask_amocrm.hooks.Hooks`)."""
+
+    @property
+    def observes(self) -> bool:
+        """Whether there is anything to call (else no copy of the body is made)."""
+
+    def before_call(self, call: ApiCall) -> None:
+        """Before the request: may change ``call.params`` and ``call.body``, or
+        raise :class:`~flask_amocrm.errors.CallVetoed` (nothing is sent)."""
+
+    def after_call(self, call: ApiCall) -> None:
+        """After it, with ``call.status`` and ``call.answer`` (or ``call.error``)."""
+
+
 class LongLivedToken:
     """A fixed token, such as the long-lived token of a private integration: it
     cannot be refreshed, so a 401 is final."""
@@ -134,6 +152,7 @@ class AmoClient:
     account's shared :class:`~flask_amocrm.amo.ratelimit.RateLimiter` (none: no
     limit); ``sink`` writes the API log rows. ``retries`` bounds each kind of retry;
     ``backoff`` is the first back-off step in seconds (doubled each time, with jitter).
+    ``observer`` is called around each request sent (the API-call hooks).
     """
 
     def __init__(
@@ -150,8 +169,10 @@ class AmoClient:
         backoff: float = 0.5,
         rate_limit_backoff: float = 1.0,
         redactor: Redactor | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.observer = observer
         self.tokens: TokenProvider = (
             token
             if token is not None and not isinstance(token, str)
@@ -204,26 +225,29 @@ class AmoClient:
                 token = self.tokens.access_token()
                 self.redactor.add(token)
                 sent_headers["Authorization"] = f"Bearer {token}"
+            call = self._before(method, path, params, json_body)
             try:
                 response = self._exchange(
                     method,
                     path,
-                    params,
-                    json_body,
+                    call.params if call is not None else params,
+                    call.body if call is not None else json_body,
                     sent_headers,
                     oauth=oauth,
                     host=host,
                 )
             except TransportError as exc:
+                self._after(call, error=str(exc))
                 if (method in _IDEMPOTENT or not exc.sent) and failures < self.retries:
                     failures += 1
                     self._sleep(self.backoff, failures, f"{method} {path}: {exc}")
                     continue
                 raise
             status = response.status_code
+            body = _body(response) if status != 204 else None
+            self._after(call, status=status, answer=body)
             if 200 <= status < 300:
-                return _body(response) if status != 204 else None
-            body = _body(response)
+                return body
             if status == 401 and auth and not refreshed and token is not None:
                 refreshed = True
                 if self.tokens.refresh(token) is not None:
@@ -244,6 +268,30 @@ class AmoClient:
                 self._sleep(self.backoff, failures, f"{method} {path}: HTTP {status}")
                 continue
             raise error_for(status, body, f"{method} {path}", html=_is_html(response))
+
+    def _before(
+        self, method: str, path: str, params: dict[str, Any] | None, body: Any
+    ) -> ApiCall | None:
+        """Show the request to the observer (each one sent, retries included),
+        with copies of its query and body that the observer may change."""
+        if self.observer is None or not self.observer.observes:
+            return None
+        call = ApiCall(
+            method=method,
+            path=path,
+            params=copy.deepcopy(params),
+            body=copy.deepcopy(body),
+            events=call_events.get(),
+        )
+        self.observer.before_call(call)
+        return call
+
+    def _after(self, call: ApiCall | None, **outcome: Any) -> None:
+        if call is None or self.observer is None:
+            return
+        for name, value in outcome.items():
+            setattr(call, name, copy.deepcopy(value))
+        self.observer.after_call(call)
 
     def _sleep(self, base: float, attempt: int, why: str) -> None:
         # Half fixed, half random: never a tight loop, never all workers in step.
@@ -581,6 +629,22 @@ class AmoClient:
                 "filter[created_at][to]": until,
             },
         )
+
+    def find_sources(self, external_id: str) -> list[dict[str, Any]]:
+        """The integration's sources whose ``external_id`` is this one."""
+        return answer_items(
+            self.get(f"{API}/sources", **{"filter[external_id]": external_id}),
+            "sources",
+        )
+
+    def create_source(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Create one source (``name``, ``external_id``); amoCRM's answer item."""
+        created = answer_items(
+            self.post(f"{API}/sources", [dict(item, request_id="source")]), "sources"
+        )
+        if not created:
+            raise APIError(f"POST {API}/sources answered without it")
+        return created[0]
 
     # -- batches -----------------------------------------------------------------------
 

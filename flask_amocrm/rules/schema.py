@@ -434,6 +434,12 @@ def _signed_ids(rules: dict[str, Any]) -> list[str]:
 def _check_all(rules: dict[str, Any]) -> None:
     for top, value in rules.items():
         if top == "defaults":
+            if isinstance(value, dict) and "enabled" in value:
+                raise _fail(
+                    "defaults.enabled",
+                    "switches one rule off, so it belongs in a rule; to hold every "
+                    "event's delivery set AMOCRM_ENABLED = False.",
+                )
             _check_rule("defaults", value)
         elif top in _KINDS:
             if not isinstance(value, dict):
@@ -444,6 +450,9 @@ def _check_all(rules: dict[str, Any]) -> None:
                 if top == "mails" and isinstance(rule, dict) and "subject" in rule:
                     _check_subject(f"mails.{name}.subject", rule["subject"])
                     rule = {k: v for k, v in rule.items() if k != "subject"}
+                if isinstance(rule, dict) and "enabled" in rule:
+                    _check_bool(f"{top}.{name}.enabled", rule["enabled"])
+                    rule = {k: v for k, v in rule.items() if k != "enabled"}
                 _check_rule(f"{top}.{name}", rule)
                 _check_rule(
                     f"{top}.{name}",
@@ -504,6 +513,16 @@ def find_rule(rules: dict[str, Any], kind: str, source: str) -> dict[str, Any] |
     if rule is None:
         return None
     return _merge(rules.get("defaults") or {}, rule)
+
+
+def disabled_rules(rules: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(kind, source, where)`` of every rule switched off with ``enabled =
+    false``: the delivery of its events waits until it is switched on again."""
+    return [
+        (kind, name, where)
+        for kind, name, where in rule_names(rules)
+        if ((rules.get(f"{kind}s") or {}).get(name) or {}).get("enabled") is False
+    ]
 
 
 def rule_names(rules: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -32,7 +32,18 @@ from .faults import Faults
 from .limits import RateLimiter
 from .store import Store
 from .views import complex as complex_views
-from .views import entities, links, meta, notes, page, schema, tags, tasks, unsorted
+from .views import (
+    entities,
+    links,
+    meta,
+    notes,
+    page,
+    schema,
+    sources,
+    tags,
+    tasks,
+    unsorted,
+)
 from .views import events as events_views
 
 EXTENSION_KEY = "amocrm_sandbox"
@@ -183,6 +194,7 @@ def create_app(
         links.bp,
         tasks.bp,
         events_views.bp,
+        sources.bp,
         entities.bp,
         oauth_bp,
         control_bp,

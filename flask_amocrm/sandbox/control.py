@@ -262,6 +262,7 @@ def state() -> Response:
             rendered = render_unsorted(s, item)
             rendered["status"] = item["_state"]
             out["unsorted"].append(rendered)
+        out["sources"] = sorted(s.data["sources"].values(), key=lambda o: o["id"])
         out["links"] = s.data["links"]
         out["settings"] = dict(s.data["settings"])
         out["custom_fields"] = s.data["custom_fields"]

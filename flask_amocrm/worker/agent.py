@@ -10,6 +10,7 @@ from ..outbox import due_ids, load_spool
 from ..state import AppState
 from .deliver import deliver_events
 from .inbound import handle_changes
+from .rules_file import reload_rules
 
 
 def process(state: AppState, limit: int | None = None) -> dict[str, int]:
@@ -18,6 +19,7 @@ def process(state: AppState, limit: int | None = None) -> dict[str, int]:
     the due changes from amoCRM; return how many ended in each status, how many
     were ``spooled`` and how many changes were handled (``changes_<status>``)."""
     counts: dict[str, int] = {"spooled": load_spool(state, current_app.instance_path)}
+    reload_rules(state)  # a rule switched on again makes its held events due
     ids = due_ids(state, limit)
     size = state.settings.batch_size
     for start in range(0, len(ids), size):

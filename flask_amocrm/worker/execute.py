@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, ValidationError
+from ..hooks import for_events
 from ..vocabulary import ENTITY, fold
 from .delivery import Delivery
 from .lookup import NoLocks, lock_keys, lookup
@@ -195,7 +196,9 @@ def _send_chunk(
                 rid = f"{delivery.request_id}-{n}" if many else delivery.request_id
                 body.append(dict(item, request_id=rid))
         try:
-            answers = write(body)
+            # A veto of this request (a before_api_call hook) is for these events.
+            with for_events(d.event.id for d, _ in chunk):
+                answers = write(body)
         except ValidationError as exc:
             if _reject(exc, [d for d, _ in chunk], what=what):
                 chunk = [g for g in chunk if g[0].error is None]
