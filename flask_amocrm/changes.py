@@ -3,24 +3,21 @@
 amoCRM tells a site about its changes in two ways: a webhook (a form-encoded
 ``POST``, ``leads[status][0][id]=...``) that may never come, and the events log
 (``GET /api/v4/events``) that the site reads every ``AMOCRM_RECONCILE_INTERVAL``
-seconds. Both are turned here into the same :class:`Change`, whose :attr:`key`
-is the same whichever way the change came, so that the inbound table stores it
-once and the site's receivers hear it once.
+seconds. Both are turned here into the same :class:`Change`, with the same key
+whichever way the change came (a timed one: the same key before its ``@`` and a
+shared slot of time), so that the inbound table stores it once and the site's
+receivers hear it once.
 
-The key is built from what both carry:
+The key is built from what both carry (``@<time>``: timed, see below):
 
-=====================  =============================================  =====
-signal                 key                                            timed
-=====================  =============================================  =====
-``lead_added``         ``lead:<id>:added``                            no
-``lead_status_changed`` ``lead:<id>:status:<old status>><pipeline>:<status>``  yes
-``lead_updated``       ``lead:<id>:updated:<updated_at>``             no
-``lead_deleted``       ``lead:<id>:deleted``                          yes
-``contact_added``      ``contact:<id>:added``                         no
-``contact_updated``    ``contact:<id>:updated:<updated_at>``          no
-``note_added``         ``<entity>:<id>:note:<note id>``               no
-``task_completed``     ``task:<id>:completed``                        no
-=====================  =============================================  =====
+- ``lead_added``: ``lead:<id>:added``
+- ``lead_status_changed``: ``lead:<id>:status:<old status>><pipeline>:<status>@<time>``
+- ``lead_updated``: ``lead:<id>:updated:<updated_at>``
+- ``lead_deleted``: ``lead:<id>:deleted@<time>``
+- ``contact_added``: ``contact:<id>:added``
+- ``contact_updated``: ``contact:<id>:updated:<updated_at>``
+- ``note_added``: ``<entity>:<id>:note:<note id>``
+- ``task_completed``: ``task:<id>:completed``
 
 A lead can make the same move twice (to "won", back, to "won" again), so a
 *timed* key also carries the time of the change (``@<unix seconds>``): the
