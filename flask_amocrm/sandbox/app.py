@@ -2,7 +2,8 @@
 
 Order of work for an API request, as the real service's layers do it: injected
 faults and latency (the network), the rate limit and block (the gateway), then the
-bearer token, then the endpoint. Every ``/api/v4`` and OAuth request is logged.
+bearer token, then the endpoint. Every ``/api/v4``, ``/drive`` (amoCRM's file
+service, ``drive.py``) and OAuth request is logged.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from .auth import Auth, fingerprint
 from .auth import bp as oauth_bp
 from .control import RequestLog
 from .control import bp as control_bp
+from .drive import DriveLimits
+from .drive import bp as drive_bp
+from .drive import entity_bp as drive_entity_bp
 from .errors import (
     ApiError,
     OAuthError,
@@ -83,6 +87,7 @@ class Sandbox:
         )
         self.limiter = RateLimiter(rate_limit, block_after, block_seconds)
         self.faults = Faults()
+        self.drive = DriveLimits()
         self.log = RequestLog()
         self._initial = {
             "rate_limit": rate_limit,
@@ -105,6 +110,7 @@ class Sandbox:
         self.faults.clear()
         self.webhooks.clear()
         self.limiter.reset()
+        self.drive.reset()
         self.configure(**self._initial)
         self.store.save_if_dirty()
 
@@ -122,6 +128,10 @@ class Sandbox:
             self.auth.access_token_ttl = int(settings["access_token_ttl"])
         if "moved_to" in settings:
             self.auth.moved_to = settings["moved_to"] or None
+        if "drive_max_file_size" in settings:
+            self.drive.max_file_size = int(settings["drive_max_file_size"])
+        if "drive_max_part_size" in settings:
+            self.drive.max_part_size = int(settings["drive_max_part_size"])
         if "drop_webhooks" in settings:
             self.webhooks.drop = int(settings["drop_webhooks"])
         if "webhook_delay_ms" in settings:
@@ -144,6 +154,8 @@ class Sandbox:
             "moved_to": self.auth.moved_to,
             "drop_webhooks": self.webhooks.drop,
             "webhook_delay_ms": self.webhooks.delay_ms,
+            "drive_max_file_size": self.drive.max_file_size,
+            "drive_max_part_size": self.drive.max_part_size,
             "duplicate_control": bool(
                 self.store.data["settings"].get("duplicate_control")
             ),
@@ -196,6 +208,8 @@ def create_app(
         events_views.bp,
         sources.bp,
         entities.bp,
+        drive_entity_bp,
+        drive_bp,
         oauth_bp,
         control_bp,
         page.bp,
@@ -211,7 +225,7 @@ def create_app(
 
 
 def _kind(path: str) -> str:
-    if path.startswith("/api/v4"):
+    if path.startswith(("/api/v4", "/drive/")):
         return "api"
     if path.startswith("/oauth2"):
         return "oauth"

@@ -37,6 +37,8 @@ CONFIG_KEYS = {
     "duplicate_control",
     "drop_webhooks",
     "webhook_delay_ms",
+    "drive_max_file_size",
+    "drive_max_part_size",
 }
 
 

@@ -370,6 +370,7 @@ def plan_env(state: AppState, *, preview: bool = False) -> PlanEnv:
         workday_end=state.settings.workday_end,
         phone_region=state.settings.phone_region,
         secret_key=_secret_keys(state.app),
+        upload_folder=state.settings.upload_folder,
     )
 
 
