@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from .amo.auth import authorize_url
 from .amo.clients import client_for
 from .amo.connect import exchange_code
-from .amo.metadata import clear_metadata, metadata_for, sync_metadata
+from .amo.metadata import clear_metadata, sync_metadata
 from .changes import SIGNALS, WEBHOOK_CODES, webhook_codes
 from .errors import AmoCRMError, NotFoundError
 from .importer import import_rows, read_rows
@@ -35,12 +35,12 @@ from .models import (
     utcnow,
 )
 from .outbox import make_due, on_hold, switched_off
-from .rules.check import check_rules
 from .rules.schema import find_rule
 from .state import AppState, get_state
 from .worker.agent import process
 from .worker.amo_worker import AmoWorker
 from .worker.dispatch import hand_off_many
+from .worker.health import check_account, listening_workers, waiting_since
 from .worker.markers import forget_marker_field
 from .worker.outage import current as current_outage
 from .worker.outage import paused, reconnected
@@ -290,11 +290,10 @@ def _listed(session: Any, clause: Any) -> list[Event]:
 
 def _stuck_clause() -> Any:
     since = utcnow() - STUCK_AFTER
-    # Waiting since the last time it was touched (an imported event's created_at is
-    # the past moment it happened, not when it was stored).
-    due = func.coalesce(Event.next_attempt_at, Event.updated_at)
+    # Waiting since the last time it was made due (an imported event's created_at
+    # is the past moment it happened, not when it was stored).
     return or_(
-        Event.status.in_((PENDING, RETRYING)) & (due < since),
+        Event.status.in_((PENDING, RETRYING)) & (waiting_since() < since),
         (Event.status == PROCESSING) & (Event.updated_at < since),
     )
 
@@ -336,10 +335,8 @@ def _database_problem(state: AppState, exc: DBAPIError) -> click.ClickException:
 
 
 def _warn_without_worker(state: AppState) -> None:
-    from rq import Worker
-
     try:
-        workers = Worker.all(queue=get_queue(state))
+        workers = listening_workers(state)
     except RedisError as exc:
         click.echo(f"warning: {_redis_down(state, exc).message}")
         return
@@ -409,10 +406,9 @@ def check_command() -> None:
     statuses, users and task types they name."""
     state = get_state()
     try:
-        meta = metadata_for(state, refresh=True)
+        problems = check_account(state)
     except AmoCRMError as exc:
         raise click.ClickException(f"Could not read the account: {exc}") from None
-    problems = check_rules(state.settings.rules, meta)
     for problem in problems:
         click.echo(problem)
     if problems:
