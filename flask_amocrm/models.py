@@ -243,3 +243,74 @@ class Counter(Base):
     value: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), default=0
     )
+
+
+#: Inbound change statuses. ``pending``: stored, not yet handled; ``processing``:
+#: a worker holds it; ``retrying``: a receiver raised, tried again at
+#: ``next_attempt_at``; ``done``: every receiver ran.
+INBOUND_PENDING = "pending"
+INBOUND_PROCESSING = "processing"
+INBOUND_RETRYING = "retrying"
+INBOUND_DONE = "done"
+INBOUND_STATUSES = (INBOUND_PENDING, INBOUND_PROCESSING, INBOUND_RETRYING, INBOUND_DONE)
+
+
+class InboundChange(Base):
+    """One change in amoCRM that reaches the site's signals (a webhook item or an
+    events log entry), stored once under its key (:mod:`flask_amocrm.changes`)."""
+
+    __tablename__ = "amocrm_inbound"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True
+    )
+    #: The change's key: the same whichever way it came.
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    #: The key without the time of the change.
+    base: Mapped[str] = mapped_column(String(200), index=True)
+    #: The signal it is sent as (``lead_status_changed`` ...).
+    signal: Mapped[str] = mapped_column(String(40))
+    #: ``lead``, ``contact``, ``company`` or ``task``, and its amoCRM id.
+    entity: Mapped[str] = mapped_column(String(20))
+    entity_id: Mapped[int] = mapped_column(BigInteger)
+    #: The signal's keyword arguments besides ``event`` and ``change``.
+    values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: The lead's custom field values the webhook carried (``{field id: value}``).
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: When it happened in amoCRM (Unix seconds).
+    occurred_at: Mapped[int] = mapped_column(BigInteger)
+    #: ``webhook`` or ``events`` (the reconciliation).
+    origin: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(12), default=INBOUND_PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: The receivers that ran without raising (``module.name``): a retry never
+    #: runs them again.
+    receivers_done: Mapped[list[str]] = mapped_column(JSON, default=list)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime, default=utcnow, onupdate=utcnow
+    )
+    done_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    __table_args__ = (Index("ix_amocrm_inbound_due", "status", "next_attempt_at"),)
+
+    def __repr__(self) -> str:
+        return f"<InboundChange {self.id} {self.key} {self.status}>"
+
+
+class InboundClaim(Base):
+    """A slot of time a timed change from amoCRM (a stage move) takes, so that the
+    same change read from the webhook and from the events log, whose clocks differ
+    by a little, is stored once (:attr:`flask_amocrm.changes.Change.claims`)."""
+
+    __tablename__ = "amocrm_inbound_claims"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    change_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("amocrm_inbound.id", ondelete="CASCADE"),
+        index=True,
+    )

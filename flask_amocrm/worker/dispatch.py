@@ -6,6 +6,9 @@
 - ``deferred``: nothing; the agent (``flask amocrm process`` or the periodic job)
   delivers it with the next batch.
 
+Changes stored from amoCRM (webhooks, the events log) are handed on the same way by
+:func:`hand_off_changes`.
+
 In a request this happens once the response has gone to the visitor, so neither Redis
 nor amoCRM adds to their wait. If the process dies before that, the event is
 ``pending`` in the table and the sweeper takes it.
@@ -19,10 +22,12 @@ from typing import Any
 
 from flask import after_this_request, current_app, has_request_context
 
+from ..inbox import due_inbound
 from ..outbox import batch_with, make_due
 from ..state import AppState
 from .deliver import deliver_events
-from .queue import enqueue_event
+from .inbound import handle_changes
+from .queue import enqueue_change, enqueue_event
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -75,9 +80,31 @@ def retry(
     return due
 
 
-def _soon(run: Callable[[], None], event_ids: list[int]) -> None:
+def hand_off_changes(state: AppState, change_ids: list[int]) -> None:
+    """Hand on changes stored from amoCRM (a webhook, the events log) as the
+    delivery mode says: ``rq`` queues one job per change; ``inline`` sends their
+    signals in this process (in a request, after the response: amoCRM waits at
+    most 2 seconds for it), with up to ``AMOCRM_BATCH_SIZE`` other due changes
+    (retries); ``deferred`` leaves them to the agent. A failure is logged: the rows
+    stay due in the table."""
+    mode = state.settings.delivery
+    if mode == "deferred" or not change_ids:
+        return
+
+    def run() -> None:
+        if mode == "rq":
+            for change_id in change_ids:
+                enqueue_change(state, change_id)
+        else:
+            due = due_inbound(state, state.settings.batch_size)
+            handle_changes(state, list(dict.fromkeys([*change_ids, *due])))
+
+    _soon(run, change_ids, what="change")
+
+
+def _soon(run: Callable[[], None], ids: list[int], *, what: str = "event") -> None:
     """Run ``run`` in an app context: after the response in a request, else now.
-    A failure is logged: the events stay due in the table."""
+    A failure is logged: the events (or changes) stay due in the table."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
 
     def guarded() -> None:
@@ -86,9 +113,10 @@ def _soon(run: Callable[[], None], event_ids: list[int]) -> None:
                 run()
         except Exception:
             log.exception(
-                "Flask-AmoCRM stored event %s but could not hand it on; the "
-                "sweeper or 'flask amocrm process' will deliver it",
-                ", ".join(map(str, event_ids[:10])),
+                "Flask-AmoCRM stored %s %s but could not hand it on; the sweeper "
+                "or 'flask amocrm process' will take it",
+                what,
+                ", ".join(map(str, ids[:10])),
             )
 
     if has_request_context():
