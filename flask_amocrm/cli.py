@@ -609,7 +609,8 @@ def _site_url(url: str | None) -> str:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise click.BadParameter(
-                f"must be an http(s) address, not {url!r}", param_hint="--url"
+                _("must be an http(s) address, not %(url)s", url=repr(url)),
+                param_hint="--url",
             )
         return url.rstrip("/")
     state = get_state()
@@ -621,8 +622,10 @@ def _site_url(url: str | None) -> str:
         root = str(app.config.get("APPLICATION_ROOT") or "/").strip("/")
         return f"{scheme}://{server}" + (f"/{root}" if root else "")
     raise click.UsageError(
-        "The site's public address is not known: give --url, or set "
-        "AMOCRM_WEBHOOK_URL (or SERVER_NAME)."
+        _(
+            "The site's public address is not known: give --url, or set "
+            "AMOCRM_WEBHOOK_URL (or SERVER_NAME)."
+        )
     )
 
 
@@ -631,9 +634,11 @@ def _destination(url: str | None) -> str:
     state = get_state()
     if not state.settings.webhook_secret:
         raise click.UsageError(
-            "AMOCRM_WEBHOOK_SECRET is not set, so the site has no webhook endpoint: "
-            "set it to a long random string (python -c 'import secrets; "
-            "print(secrets.token_urlsafe(32))')."
+            _(
+                "AMOCRM_WEBHOOK_SECRET is not set, so the site has no webhook "
+                "endpoint: set it to a long random string (python -c 'import "
+                "secrets; print(secrets.token_urlsafe(32))')."
+            )
         )
     return (
         f"{_site_url(url)}{state.settings.webhook_path}/{state.settings.webhook_secret}"
@@ -664,16 +669,21 @@ def webhooks_install(url: str | None, events: tuple[str, ...]) -> None:
     codes = list(events) or webhook_codes(listened(state))
     if not codes:
         raise click.UsageError(
-            "No receiver is connected to any of the signals "
-            f"{', '.join(SIGNALS)}: connect one when the app is created, or "
-            "name the events with --event."
+            _(
+                "No receiver is connected to any of the signals %(signals)s: "
+                "connect one when the app is created, or name the events with "
+                "--event.",
+                signals=", ".join(SIGNALS),
+            )
         )
     try:
         hook = client_for(state).subscribe_webhook(destination, codes)
     except AmoCRMError as exc:
-        raise click.ClickException(f"amoCRM refused the webhook: {exc}") from None
-    click.echo(f"Registered {_shown(destination)}")
-    click.echo(f"events: {', '.join(hook.get('settings') or codes)}")
+        raise click.ClickException(
+            _("amoCRM refused the webhook: %(error)s", error=localize(exc))
+        ) from None
+    click.echo(_("Registered %(url)s", url=_shown(destination)))
+    click.echo(_("events: %(codes)s", codes=", ".join(hook.get("settings") or codes)))
 
 
 @webhooks_cli.command("status")
@@ -689,10 +699,12 @@ def webhooks_status(url: str | None) -> None:
     try:
         hooks = client_for(state).webhooks()
     except AmoCRMError as exc:
-        raise click.ClickException(f"Could not read the webhooks: {exc}") from None
+        raise click.ClickException(
+            _("Could not read the webhooks: %(error)s", error=localize(exc))
+        ) from None
     ours = [h for h in hooks if h.get("destination") == destination]
     if not ours:
-        click.echo("This site's webhook is not registered with amoCRM.")
+        click.echo(_("This site's webhook is not registered with amoCRM."))
     for hook in hooks:
         mine = hook.get("destination") == destination
         where = (
@@ -700,8 +712,8 @@ def webhooks_status(url: str | None) -> None:
             if mine
             else urlsplit(str(hook.get("destination"))).netloc  # others: host only
         )
-        flags = " (this site)" if mine else ""
-        flags += " DISABLED by amoCRM" if hook.get("disabled") else ""
+        flags = " " + _("(this site)") if mine else ""
+        flags += " " + _("DISABLED by amoCRM") if hook.get("disabled") else ""
         click.echo(
             f"#{hook.get('id')} {where}{flags}: {', '.join(hook.get('settings') or [])}"
         )
@@ -714,19 +726,28 @@ def webhooks_status(url: str | None) -> None:
             ).all()
         )
     click.echo(
-        "changes from amoCRM: "
-        + ", ".join(f"{name} {counts.get(name, 0)}" for name in INBOUND_STATUSES)
+        _(
+            "changes from amoCRM: %(counts)s",
+            counts=", ".join(
+                f"{name} {counts.get(name, 0)}" for name in INBOUND_STATUSES
+            ),
+        )
     )
     interval = state.settings.reconcile_interval
     if not interval:
-        click.echo("reconciliation: off")
+        click.echo(_("reconciliation: off"))
         return
     until = read_until(state)
-    last = "not read yet"
+    last = _("not read yet")
     if until:
         when = datetime.fromtimestamp(until, UTC)
-        last = f"events log read up to {when:%Y-%m-%d %H:%M:%S} UTC"
-    click.echo(f"reconciliation: every {interval} s; {last}")
+        last = _(
+            "events log read up to %(when)s UTC",
+            when=format(when, "%Y-%m-%d %H:%M:%S"),
+        )
+    click.echo(
+        _("reconciliation: every %(seconds)s s; %(last)s", seconds=interval, last=last)
+    )
 
 
 @webhooks_cli.command("uninstall")
@@ -739,8 +760,10 @@ def webhooks_uninstall(url: str | None) -> None:
         client_for(state).unsubscribe_webhook(destination)
     except NotFoundError:
         raise click.ClickException(
-            f"amoCRM has no webhook at {_shown(destination)}."
+            _("amoCRM has no webhook at %(url)s.", url=_shown(destination))
         ) from None
     except AmoCRMError as exc:
-        raise click.ClickException(f"amoCRM refused: {exc}") from None
-    click.echo(f"Removed {_shown(destination)}")
+        raise click.ClickException(
+            _("amoCRM refused: %(error)s", error=localize(exc))
+        ) from None
+    click.echo(_("Removed %(url)s", url=_shown(destination)))

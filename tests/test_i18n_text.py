@@ -242,3 +242,13 @@ def test_the_notes_flask_amocrm_writes_into_amocrm_are_in_russian(
     assert stored.files[0]["error"] == "не ссылка http(s)"
     [note] = [n["params"]["text"] for n in fast_sandbox.notes("leads")]
     assert note.splitlines() == ["Файлы:", "- cv.pdf (не ссылка http(s))"]
+
+
+def test_webhooks_status_prints_russian(make_app: Any, fast_sandbox: Any) -> None:
+    app = make_app(AMOCRM_LOCALE="ru")
+    result = app.test_cli_runner().invoke(args=["amocrm", "webhooks", "status"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "Вебхук этого сайта в amoCRM не зарегистрирован." in lines
+    assert any(line.startswith("изменения из amoCRM: ") for line in lines), lines
+    assert any(line.startswith("сверка: ") for line in lines), lines
