@@ -22,7 +22,7 @@ from flask import after_this_request, current_app, has_request_context
 from ..outbox import batch_with
 from ..state import AppState
 from .deliver import deliver_events
-from .queue import enqueue_event
+from .queue import enqueue_event, enqueue_new_event
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -37,10 +37,10 @@ def hand_off(state: AppState, event_id: int) -> None:
 
     def run() -> None:
         try:
-            with app.app_context():
-                if mode == "rq":
-                    enqueue_event(state, event_id)
-                elif mode == "inline":
+            if mode == "rq":
+                enqueue_new_event(state, event_id)
+            elif mode == "inline":
+                with app.app_context():
                     deliver_events(batch_with(state, event_id))
         except Exception:
             log.exception(

@@ -56,6 +56,34 @@ def get_queue(state: AppState, *, for_worker: bool = False) -> Queue:
     )
 
 
+def enqueue_new_event(state: AppState, event_id: int) -> None:
+    """Queue delivery of an event capture has just stored, in one round trip to
+    Redis: the job built here and saved, with the queue's registration and the push
+    of its id, in one ``MULTI``/``EXEC``. RQ's ``enqueue`` makes two (the queue's
+    registration, then the job), plus an ``INFO`` per new queue object.
+
+    The event is new, so no job of it can be waiting; a job hash left under its id
+    (an id SQLite gave again after the newest event was deleted) is replaced. Raises
+    the Redis error if Redis cannot be reached: the event stays ``pending`` and the
+    sweeper queues it later.
+    """
+    queue = state.local("web_queue", lambda: get_queue(state))
+    job = queue.create_job(
+        "flask_amocrm.worker.jobs.deliver",
+        args=(event_id,),
+        job_id=job_id(state, event_id),
+        result_ttl=RESULT_TTL,
+        failure_ttl=FAILURE_TTL,
+        timeout=JOB_TIMEOUT,
+        description=f"deliver amoCRM event {event_id}",
+    )
+    with queue.connection.pipeline() as pipe:
+        pipe.multi()
+        pipe.delete(job.key)
+        queue.enqueue_job(job, pipeline=pipe)
+        pipe.execute()
+
+
 def enqueue_event(
     state: AppState,
     event_id: int,
