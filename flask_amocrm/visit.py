@@ -128,6 +128,18 @@ def read_campaign_cookie(req: Request, cookie: str) -> dict[str, dict[str, str]]
         return empty
 
 
+def _campaign(cookie: str) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """The current request's campaign cookie (:func:`read_campaign_cookie`) and
+    query tags (:func:`campaign_from_query`), read once per request: capture and
+    :func:`remember_campaign` both need them. Neither is changed by its readers."""
+    key = f"flask_amocrm.campaign.{cookie}"
+    found = request.environ.get(key)
+    if found is None:
+        found = (read_campaign_cookie(request, cookie), campaign_from_query(request))
+        request.environ[key] = found
+    return found  # type: ignore[no-any-return]
+
+
 def _touches(value: Any) -> dict[str, dict[str, str]]:
     empty: dict[str, dict[str, str]] = {"first": {}, "last": {}}
     if not isinstance(value, dict):
@@ -161,10 +173,9 @@ def remember_campaign(response: Response, cookie: str, days: int) -> Response:
 
 
 def _remember(response: Response, cookie: str, days: int) -> Response:
-    tags = campaign_from_query(request)
+    stored, tags = _campaign(cookie)
     if not tags:
         return response
-    stored = read_campaign_cookie(request, cookie)
     touch = dict(tags)
     touch["landing"] = _clean(request.base_url, 500)
     if request.referrer:
@@ -202,8 +213,7 @@ def read_visit(
         context["client"]["visitor_uid"] = _visitor_uid(data, {})
         return context
 
-    stored = read_campaign_cookie(request, cookie)
-    query = campaign_from_query(request)
+    stored, query = _campaign(cookie)
     jar: dict[str, str] = {}
     for name, value in request.cookies.items():
         if name != cookie and kept_cookie(name, cookies):
