@@ -137,7 +137,7 @@ def _campaign(cookie: str) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     if found is None:
         found = (read_campaign_cookie(request, cookie), campaign_from_query(request))
         request.environ[key] = found
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def _touches(value: Any) -> dict[str, dict[str, str]]:
