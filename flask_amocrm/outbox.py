@@ -273,7 +273,7 @@ def new_values(**fields: Any) -> dict[str, Any]:
         raise TypeError(f"not fields of a new event: {sorted(unknown)}")
     now = utcnow()
     values: dict[str, Any] = {
-        "uid": uuid.uuid4().hex,
+        "uid": fields.get("uid") or uuid.uuid4().hex,
         "kind": "form",
         "source": "(unnamed)",
         "data": {},
