@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench redis redis-server clean
+.PHONY: demo test lint bench redis redis-server chromium clean messages
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,20 @@ redis-server:
 			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null 2>&1 || true; \
 		else \
 			echo "redis: redis-server is not installed (apt-get install redis-server)"; \
+		fi; \
+	fi
+
+# Debian's chromium for the admin pages' browser tests (Playwright drives it: its own
+# browser download cannot be fetched everywhere). Where it cannot be installed, those
+# tests are skipped and say what is missing.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "chromium: installing Debian's chromium for the browser tests"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+				|| echo "chromium: could not be installed; the browser tests will be skipped"; \
+		else \
+			echo "chromium: not installed and not root with apt: the browser tests will be skipped (apt-get install chromium)"; \
 		fi; \
 	fi
 
@@ -53,7 +67,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-test: lint redis-server
+test: lint redis-server chromium
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: redis
@@ -61,3 +75,16 @@ bench: redis
 
 clean:
 	rm -rf $(VENV) *.egg-info build dist
+
+# Update the Russian catalog from the messages in the code and the admin templates;
+# then translate the new entries (msgstr "") in the .po file. tests/test_i18n.py fails
+# while a message has no translation.
+CATALOG := flask_amocrm/translations/ru/LC_MESSAGES/flask_amocrm.po
+messages: $(STAMP)
+	$(VENV)/bin/pybabel -q extract -F babel.cfg --no-location --sort-output --project Flask-AmoCRM -o .messages.pot .
+	@if [ -f $(CATALOG) ]; then \
+		$(VENV)/bin/pybabel -q update -i .messages.pot -d flask_amocrm/translations -D flask_amocrm -l ru --no-fuzzy-matching --ignore-obsolete; \
+	else \
+		$(VENV)/bin/pybabel -q init -i .messages.pot -d flask_amocrm/translations -D flask_amocrm -l ru; \
+	fi
+	rm -f .messages.pot

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask
 
-from .vocabulary import DEFAULT_PHONE_REGION
+from .vocabulary import DEFAULT_PHONE_REGION, LOCALES
 
 #: Delivery modes: ``rq`` hands events to RQ workers, ``inline`` delivers in the web
 #: process after the response, ``deferred`` only stores them for ``flask amocrm
@@ -57,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_EVENT_FIELD": "Site event id",
     "AMOCRM_METADATA_TTL": 3600,
     "AMOCRM_ADMIN_AUTH": None,
+    "AMOCRM_ADMIN_URL_PREFIX": "/amocrm/admin",
+    "AMOCRM_LOCALE": None,
     "AMOCRM_KEEPALIVE_DAYS": 14,
     # Rules: dates and deadlines, uploaded files.
     "AMOCRM_TIMEZONE": "UTC",
@@ -94,6 +96,15 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_UPLOAD_MAX_TOTAL": 50 * 1024 * 1024,
     # Encryption of the stored OAuth tokens (default: a key derived from SECRET_KEY).
     "AMOCRM_TOKEN_KEY": None,
+    # Hooks and switches (docs/hooks.md): False holds every event's delivery.
+    "AMOCRM_ENABLED": True,
+    # The site's amoCRM source: its external_id (default: SERVER_NAME's host).
+    "AMOCRM_SOURCE": None,
+    # amoCRM -> site (docs/webhooks.md).
+    "AMOCRM_WEBHOOK_PATH": "/amocrm/webhook",
+    "AMOCRM_WEBHOOK_SECRET": None,
+    "AMOCRM_WEBHOOK_URL": None,
+    "AMOCRM_RECONCILE_INTERVAL": 300,
 }
 
 log = logging.getLogger("flask_amocrm")
@@ -159,6 +170,11 @@ class Settings:
     #: ``callable() -> bool`` that allows the current user into the admin views;
     #: ``None``: the admin views are not registered.
     admin_auth: Callable[[], bool] | None
+    #: Where the admin pages live (``/amocrm/admin``).
+    admin_url_prefix: str
+    #: The language of every text a person reads (``en`` or ``ru``); ``None``: the
+    #: request's ``Accept-Language`` on pages, English elsewhere.
+    locale: str | None
     #: Refresh the OAuth tokens when the refresh token is older than this many days
     #: (keeps a quiet site inside amoCRM's three-month refresh-token lifetime).
     keepalive_days: int
@@ -193,6 +209,20 @@ class Settings:
     #: The Fernet keys of the stored OAuth tokens, newest first (from
     #: ``AMOCRM_TOKEN_KEY``, else derived from ``SECRET_KEY``); empty: none.
     token_keys: tuple[str, ...] = field(repr=False)
+    #: ``AMOCRM_ENABLED``: ``False`` keeps capturing events and holds their delivery
+    #: until it is ``True`` again.
+    enabled: bool = True
+    #: The ``external_id`` of the site's amoCRM source (``AMOCRM_SOURCE``, else the
+    #: host of ``SERVER_NAME``); ``None``: leads name no source.
+    source: str | None = None
+    #: Where amoCRM posts webhooks (``<path>/<secret>``); the endpoint exists only
+    #: when ``webhook_secret`` is set.
+    webhook_path: str = "/amocrm/webhook"
+    webhook_secret: str | None = field(default=None, repr=False)
+    #: The site's public address, for ``flask amocrm webhooks install``.
+    webhook_url: str | None = None
+    #: Seconds between two reads of amoCRM's events log; 0: never.
+    reconcile_interval: int = 300
 
 
 #: Seconds between two runs of the workers' periodic job (the tick).
@@ -472,11 +502,98 @@ def read_settings(app: Flask) -> Settings:
         else None,
         metadata_ttl=_int(config, "AMOCRM_METADATA_TTL", 1),
         admin_auth=_admin_auth(config["AMOCRM_ADMIN_AUTH"]),
+        **_admin_settings(config),
         keepalive_days=_int(config, "AMOCRM_KEEPALIVE_DAYS", 1),
         token_keys=_token_keys(config, oauth=bool(client_id)),
+        enabled=_bool(config, "AMOCRM_ENABLED"),
+        source=_source(app, config["AMOCRM_SOURCE"]),
         **_rules_file(config["AMOCRM_RULES"], app.root_path),
         **_rules_settings(app, config),
+        **_webhook_settings(config),
     )
+
+
+#: The shortest ``AMOCRM_WEBHOOK_SECRET``: it is all that guards the endpoint.
+MIN_SECRET_LENGTH = 16
+
+
+def _webhook_settings(config: Any) -> dict[str, Any]:
+    """The settings of the way back (amoCRM -> site): endpoint, secret, address,
+    reconciliation."""
+    path = config["AMOCRM_WEBHOOK_PATH"]
+    if (
+        not isinstance(path, str)
+        or not path.startswith("/")
+        or path.rstrip("/") == ""
+        or any(c in path for c in "<>?#% \t\r\n")
+    ):
+        raise _fail(
+            "AMOCRM_WEBHOOK_PATH",
+            f"must be a path on the site such as '/amocrm/webhook', not {path!r}.",
+        )
+    secret = config["AMOCRM_WEBHOOK_SECRET"] or None
+    if secret is not None and (
+        not isinstance(secret, str)
+        or len(secret) < MIN_SECRET_LENGTH
+        or not all(c.isalnum() or c in "-_" for c in secret)
+    ):
+        raise _fail(
+            "AMOCRM_WEBHOOK_SECRET",
+            f"must be at least {MIN_SECRET_LENGTH} letters, digits, '-' or '_' "
+            "(for example secrets.token_urlsafe(32)): it is the only thing that "
+            "keeps strangers from posting to the webhook endpoint.",
+        )
+    url = config["AMOCRM_WEBHOOK_URL"] or None
+    if url is not None:
+        parts = urlsplit(str(url))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _fail(
+                "AMOCRM_WEBHOOK_URL",
+                "must be the site's public address, such as "
+                f"'https://shop.example.com', not {url!r}.",
+            )
+        url = str(url).rstrip("/")
+    interval = _int(config, "AMOCRM_RECONCILE_INTERVAL", 0)
+    if 0 < interval < TICK_SECONDS:
+        raise _fail(
+            "AMOCRM_RECONCILE_INTERVAL",
+            f"must be 0 (off) or at least {TICK_SECONDS} seconds, not {interval}: "
+            "the events log is read on the worker's tick.",
+        )
+    return {
+        "webhook_path": "/" + path.strip("/"),
+        "webhook_secret": secret,
+        "webhook_url": url,
+        "reconcile_interval": interval,
+    }
+
+
+#: The longest ``AMOCRM_SOURCE``.
+SOURCE_LIMIT = 100
+
+
+def _source(app: Flask, value: Any) -> str | None:
+    """The site's source ``external_id``: ``AMOCRM_SOURCE``; unset, the host of
+    ``SERVER_NAME`` (never a request's ``Host`` header: the visitor chooses that);
+    ``False``, or unset without ``SERVER_NAME``: no source."""
+    key = "AMOCRM_SOURCE"
+    if value is False:
+        return None
+    if value is None:
+        server = str(app.config.get("SERVER_NAME") or "").strip()
+        host = urlsplit(f"//{server}").hostname if server else None
+        return host[:SOURCE_LIMIT] if host else None
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(
+            key, f"must be a text (the source's external_id) or False, not {value!r}."
+        )
+    text = value.strip()
+    if len(text) > SOURCE_LIMIT or any(c in text for c in "\r\n\t"):
+        raise _fail(
+            key,
+            f"must be one line of at most {SOURCE_LIMIT} characters, not {value!r}.",
+        )
+    return text
 
 
 def _agent_interval(config: Any) -> int:
@@ -543,6 +660,29 @@ def _admin_auth(value: Any) -> Callable[[], bool] | None:
             f"must be a callable returning True for allowed users, not {value!r}.",
         )
     return value  # type: ignore[no-any-return]
+
+
+def _admin_settings(config: Any) -> dict[str, Any]:
+    prefix = config["AMOCRM_ADMIN_URL_PREFIX"]
+    if (
+        not isinstance(prefix, str)
+        or not prefix.startswith("/")
+        or prefix.endswith("/")
+        or any(c in prefix for c in '?#<>"\\ ')
+    ):
+        raise _fail(
+            "AMOCRM_ADMIN_URL_PREFIX",
+            f"must be a path such as '/amocrm/admin' (a leading '/', none at the "
+            f"end), not {prefix!r}.",
+        )
+    locale = config["AMOCRM_LOCALE"] or None
+    if locale is not None and locale not in LOCALES:
+        raise _fail(
+            "AMOCRM_LOCALE",
+            f"must be one of {', '.join(LOCALES)} (or None: the browser's "
+            f"language), not {locale!r}.",
+        )
+    return {"admin_url_prefix": prefix, "locale": locale}
 
 
 def _upload_url_on_site(app: Flask, path: str) -> str:

@@ -6,23 +6,29 @@ commands, admin pages) to an application, and nothing inside the package imports
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+import weakref
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask
 
-from .admin import register_admin
+from .admin import admin_is_off, register_admin
 from .capture import capture, on_email_dispatched, on_form_submitted, on_mail_sent
 from .cli import amocrm_cli
 from .config import read_settings
+from .hooks import ApiCall, Hooks, PushHook
 from .models import Event, metadata
 from .rules.schema import validate_rules
 from .signals import form_submitted, mail_sent
 from .state import AppState, get_state
 from .visit import remember_campaign
+from .webhook import register_webhook
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
+
+F = TypeVar("F", bound=Callable[..., Any])
+AuthHook = TypeVar("AuthHook", bound=Callable[[], Any])
 
 
 class AmoCRM:
@@ -39,6 +45,11 @@ class AmoCRM:
         self, app: Flask | None = None, *, db: SQLAlchemy | None = None
     ) -> None:
         self._db = db
+        #: The hooks registered with the decorators below; every app this instance
+        #: is registered on shares them (docs/hooks.md).
+        self.hooks = Hooks()
+        self._admin_auth: Callable[[], Any] | None = None
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -56,7 +67,9 @@ class AmoCRM:
             for table in metadata.sorted_tables:
                 if table.name not in self._db.metadata.tables:
                     table.to_metadata(self._db.metadata)
-        app.extensions["amocrm"] = AppState(app, settings, self._db, extension=self)
+        state = AppState(app, settings, self._db, extension=self, hooks=self.hooks)
+        app.extensions["amocrm"] = state
+        self._apps.add(app)
 
         form_submitted.connect(on_form_submitted, sender=app)
         mail_sent.connect(on_mail_sent, sender=app)
@@ -70,7 +83,96 @@ class AmoCRM:
         cookie, days = settings.utm_cookie, settings.utm_cookie_days
         app.after_request(lambda response: remember_campaign(response, cookie, days))
         app.cli.add_command(amocrm_cli)
-        register_admin(app, settings)
+        if self._admin_auth is not None:
+            state.admin_auth = self._admin_auth
+        if state.admin_auth is not None:
+            register_admin(app, settings.admin_url_prefix)
+        else:
+            admin_is_off(app)
+        register_webhook(app, settings)
+
+    def admin_auth(self, hook: AuthHook) -> AuthHook:
+        """Decorate the function that says who may use the admin pages, and switch
+        them on (under ``AMOCRM_ADMIN_URL_PREFIX``)::
+
+            @amocrm.admin_auth
+            def may_run_amocrm():
+                if not current_user.is_authenticated:
+                    return redirect(url_for("login", next=request.path))
+                return current_user.is_admin
+
+        It is called on every admin request. ``True`` admits; a response is sent as
+        it is; anything else (``False``, ``None``, a truthy non-bool) is a 403.
+        Decorate before the app serves its first request."""
+        self._admin_auth = hook
+        for app in list(self._apps):
+            state = app.extensions["amocrm"]
+            state.admin_auth = hook
+            register_admin(app, state.settings.admin_url_prefix)
+        return hook
+
+    # -- hooks (docs/hooks.md) --------------------------------------------------------
+
+    def before_push(
+        self,
+        func: F | None = None,
+        /,
+        *,
+        form: str | None = None,
+        mail: str | None = None,
+    ) -> F | Callable[[F], F]:
+        """Register ``func(event, plan)``, called in the worker before the first
+        request for an event, with its :class:`~flask_amocrm.PushPlan` to change.
+        Raising :class:`~flask_amocrm.Cancel` cancels the event. ``form=`` or
+        ``mail=`` narrows it to one form or mail event."""
+        return self._push_hook(self.hooks.before_push, func, form, mail)
+
+    def after_push(
+        self,
+        func: F | None = None,
+        /,
+        *,
+        form: str | None = None,
+        mail: str | None = None,
+    ) -> F | Callable[[F], F]:
+        """Register ``func(event, ids)``, called once an event was delivered, with
+        the :class:`~flask_amocrm.AmoIds` amoCRM gave it."""
+        return self._push_hook(self.hooks.after_push, func, form, mail)
+
+    def before_api_call(
+        self, func: Callable[[ApiCall], Any]
+    ) -> Callable[[ApiCall], Any]:
+        """Register ``func(call)``, called before every request to amoCRM with its
+        :class:`~flask_amocrm.ApiCall`; raising :class:`~flask_amocrm.Cancel`
+        vetoes the request and cancels the events it was for."""
+        self.hooks.before_api_call.append(func)
+        return func
+
+    def after_api_call(
+        self, func: Callable[[ApiCall], Any]
+    ) -> Callable[[ApiCall], Any]:
+        """Register ``func(call)``, called after every request to amoCRM, with the
+        answer's ``status`` and ``answer`` (or ``error``) set on the call."""
+        self.hooks.after_api_call.append(func)
+        return func
+
+    @staticmethod
+    def _push_hook(
+        hooks: list[PushHook],
+        func: F | None,
+        form: str | None,
+        mail: str | None,
+    ) -> F | Callable[[F], F]:
+        if form is not None and mail is not None:
+            raise TypeError(
+                "Narrow a push hook to a form or to a mail event, not both."
+            )
+
+        def register(f: F) -> F:
+            hooks.append(PushHook(f, form=form, mail=mail))
+            return f
+
+        return register(func) if func is not None else register
 
     def submit(
         self,

@@ -25,7 +25,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
-from .models import metadata
+from .hooks import Hooks
+from .models import metadata, upgrade_tables
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -56,9 +57,13 @@ class AppState:
         db: SQLAlchemy | None = None,
         *,
         extension: Any = None,
+        hooks: Hooks | None = None,
     ) -> None:
         #: The :class:`~flask_amocrm.AmoCRM` instance registered on the app.
         self.extension = extension
+        #: The hooks registered on it (``@amocrm.before_push`` ...), read by the
+        #: worker and the amoCRM client.
+        self.hooks = hooks if hooks is not None else Hooks()
         self.settings = settings
         self.db = db
         self.import_name = app.import_name
@@ -74,6 +79,9 @@ class AppState:
         self._lock = threading.RLock()
         self._local: dict[str, tuple[int, Any]] = {}
         self.tables_ready = db is not None
+        #: Who may use the admin pages: ``AMOCRM_ADMIN_AUTH`` or the function
+        #: decorated with ``@amocrm.admin_auth`` (``None``: the pages are off).
+        self.admin_auth: Callable[[], Any] | None = settings.admin_auth
 
     @property
     def app(self) -> Flask:
@@ -191,8 +199,13 @@ class AppState:
         return factory()
 
     def create_tables(self) -> None:
-        """Create the ``amocrm_*`` tables that do not exist yet."""
+        """Create the ``amocrm_*`` tables that do not exist yet, and add what an
+        earlier version's tables lack (:func:`~flask_amocrm.models.upgrade_tables`)."""
         metadata.create_all(self.engine)
+        with self.engine.begin() as connection:
+            added = upgrade_tables(connection)
+        if added:
+            log.info("Flask-AmoCRM added to its tables: %s", ", ".join(added))
         self.tables_ready = True
 
     # -- redis -----------------------------------------------------------------------

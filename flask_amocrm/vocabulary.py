@@ -77,3 +77,7 @@ __all__ = [
     "TRACKING_TAGS",
     "fold",
 ]
+
+#: The languages every text a person reads is written in (``AMOCRM_LOCALE``); the
+#: first is the default.
+LOCALES = ("en", "ru")

@@ -18,7 +18,11 @@ from sqlalchemy import create_engine, text
 
 from tests.helpers.redis_server import RedisServer, RedisServerError
 
-pytest_plugins = ["tests.helpers.sandbox", "tests.helpers.client"]
+pytest_plugins = [
+    "tests.helpers.sandbox",
+    "tests.helpers.client",
+    "tests.helpers.browser",
+]
 
 POSTGRES_URL = os.environ.get(
     "AMOCRM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

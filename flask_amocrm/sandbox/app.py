@@ -2,7 +2,8 @@
 
 Order of work for an API request, as the real service's layers do it: injected
 faults and latency (the network), the rate limit and block (the gateway), then the
-bearer token, then the endpoint. Every ``/api/v4`` and OAuth request is logged.
+bearer token, then the endpoint. Every ``/api/v4``, ``/drive`` (amoCRM's file
+service, ``drive.py``) and OAuth request is logged.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from .auth import Auth, fingerprint
 from .auth import bp as oauth_bp
 from .control import RequestLog
 from .control import bp as control_bp
+from .drive import DriveLimits
+from .drive import bp as drive_bp
+from .drive import entity_bp as drive_entity_bp
 from .errors import (
     ApiError,
     OAuthError,
@@ -32,7 +36,18 @@ from .faults import Faults
 from .limits import RateLimiter
 from .store import Store
 from .views import complex as complex_views
-from .views import entities, links, meta, notes, page, schema, tags, tasks, unsorted
+from .views import (
+    entities,
+    links,
+    meta,
+    notes,
+    page,
+    schema,
+    sources,
+    tags,
+    tasks,
+    unsorted,
+)
 from .views import events as events_views
 
 EXTENSION_KEY = "amocrm_sandbox"
@@ -72,6 +87,7 @@ class Sandbox:
         )
         self.limiter = RateLimiter(rate_limit, block_after, block_seconds)
         self.faults = Faults()
+        self.drive = DriveLimits()
         self.log = RequestLog()
         self._initial = {
             "rate_limit": rate_limit,
@@ -94,6 +110,7 @@ class Sandbox:
         self.faults.clear()
         self.webhooks.clear()
         self.limiter.reset()
+        self.drive.reset()
         self.configure(**self._initial)
         self.store.save_if_dirty()
 
@@ -111,8 +128,14 @@ class Sandbox:
             self.auth.access_token_ttl = int(settings["access_token_ttl"])
         if "moved_to" in settings:
             self.auth.moved_to = settings["moved_to"] or None
+        if "drive_max_file_size" in settings:
+            self.drive.max_file_size = int(settings["drive_max_file_size"])
+        if "drive_max_part_size" in settings:
+            self.drive.max_part_size = int(settings["drive_max_part_size"])
         if "drop_webhooks" in settings:
             self.webhooks.drop = int(settings["drop_webhooks"])
+        if "webhook_delay_ms" in settings:
+            self.webhooks.delay_ms = float(settings["webhook_delay_ms"])
         if "duplicate_control" in settings:
             with self.store.lock:
                 self.store.data["settings"]["duplicate_control"] = bool(
@@ -130,6 +153,9 @@ class Sandbox:
             "access_token_ttl": self.auth.access_token_ttl,
             "moved_to": self.auth.moved_to,
             "drop_webhooks": self.webhooks.drop,
+            "webhook_delay_ms": self.webhooks.delay_ms,
+            "drive_max_file_size": self.drive.max_file_size,
+            "drive_max_part_size": self.drive.max_part_size,
             "duplicate_control": bool(
                 self.store.data["settings"].get("duplicate_control")
             ),
@@ -180,7 +206,10 @@ def create_app(
         links.bp,
         tasks.bp,
         events_views.bp,
+        sources.bp,
         entities.bp,
+        drive_entity_bp,
+        drive_bp,
         oauth_bp,
         control_bp,
         page.bp,
@@ -196,7 +225,7 @@ def create_app(
 
 
 def _kind(path: str) -> str:
-    if path.startswith("/api/v4"):
+    if path.startswith(("/api/v4", "/drive/")):
         return "api"
     if path.startswith("/oauth2"):
         return "oauth"

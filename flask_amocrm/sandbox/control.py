@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from .records import ENTITIES, render
+from .records import ENTITIES, apply_item, render, resolve_status
 from .views.common import link
 from .views.notes import render_note
 from .views.tasks import render_task
@@ -36,6 +36,9 @@ CONFIG_KEYS = {
     "block_seconds",
     "duplicate_control",
     "drop_webhooks",
+    "webhook_delay_ms",
+    "drive_max_file_size",
+    "drive_max_part_size",
 }
 
 
@@ -161,6 +164,44 @@ def webhook_deliveries() -> Response:
     return _json(_sandbox().webhooks.list())
 
 
+@bp.post("/leads/<int:lead_id>/status")
+def move_lead(lead_id: int) -> Response:
+    """Move a lead to another stage as a manager does in amoCRM's interface:
+    ``{"status_id": 142}`` (optional ``pipeline_id``, and ``user_id``: who moved
+    it, by default the first active manager). No API request is made or logged;
+    the events log and the webhooks see the move as they see one by the API."""
+    spec = request.get_json(silent=True)
+    if not isinstance(spec, dict):
+        return _json({"error": "send a JSON object"}, 400)
+    s = _sandbox().store
+    with s.lock:
+        lead = s.entities("leads").get(lead_id)
+        if lead is None or lead.get("is_deleted"):
+            return _json({"error": f"there is no lead {lead_id}"}, 404)
+        item: dict[str, Any] = {
+            k: spec[k] for k in ("status_id", "pipeline_id") if spec.get(k) is not None
+        }
+        if not item or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in item.values()
+        ):
+            return _json({"error": "give status_id (and pipeline_id) as numbers"}, 400)
+        if None in resolve_status(s, item, lead):
+            return _json({"error": "no such pipeline or status"}, 400)
+        managers = [
+            u["id"]
+            for u in s.data["users"]
+            if u["rights"].get("is_active") and not u["rights"].get("is_admin")
+        ]
+        user = spec.get("user_id") or (managers[0] if managers else None)
+        if not any(u["id"] == user for u in s.data["users"]):
+            return _json({"error": f"there is no user {user}"}, 400)
+        item["updated_by"] = user
+        apply_item(s, "leads", item, lead)
+        moved = render(s, "leads", lead, set(), link)
+    s.save_if_dirty()
+    return _json(moved)
+
+
 @bp.post("/oauth/code")
 def oauth_code() -> Response:
     """Issue an authorization code without the consent page (for tests)."""
@@ -223,6 +264,7 @@ def state() -> Response:
             rendered = render_unsorted(s, item)
             rendered["status"] = item["_state"]
             out["unsorted"].append(rendered)
+        out["sources"] = sorted(s.data["sources"].values(), key=lambda o: o["id"])
         out["links"] = s.data["links"]
         out["settings"] = dict(s.data["settings"])
         out["custom_fields"] = s.data["custom_fields"]

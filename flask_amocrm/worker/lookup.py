@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .. import shared
 from ..amo.client import AmoClient
 from ..dedup import DuplicateRule, duplicates_note, lock_name, pick
+from ..hooks import for_events
 from ..rules.plan import EntityPlan
 from ..vocabulary import ENTITY
 
@@ -62,7 +63,8 @@ def lookup(client: AmoClient, deliveries: list[Delivery]) -> None:
             if entity is None or not entity.looks_up:
                 continue
             with_leads = key == "contact" and _leads_of_contact(d)
-            dups = _search(client, entity, with_leads=with_leads)
+            with for_events([d.event.id]):
+                dups = _search(client, entity, with_leads=with_leads)
             found[d.request_id][key] = dups
             if with_leads:
                 contact_leads[d.request_id] += [
@@ -83,7 +85,8 @@ def lookup(client: AmoClient, deliveries: list[Delivery]) -> None:
             candidates = [leads[i] for i in contact_leads[d.request_id] if i in leads]
             found[d.request_id]["lead"] = pick(lead.duplicates, candidates)
         else:
-            found[d.request_id]["lead"] = _search(client, lead)
+            with for_events([d.event.id]):
+                found[d.request_id]["lead"] = _search(client, lead)
     for d in deliveries:
         _decide(client, d, found[d.request_id], contact_leads[d.request_id])
 
