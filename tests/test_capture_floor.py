@@ -44,7 +44,7 @@ def _row(app: Flask, uid: str) -> dict[str, Any]:
         else name
         for name in (
             "kind source data files context status attempts remote log dedupe_key "
-            "created_at next_attempt_at locked_until last_error delivered_at"
+            "search created_at next_attempt_at locked_until last_error delivered_at"
         ).split()
     )
     with state.engine.connect() as connection:
