@@ -743,3 +743,30 @@ def test_imported_events_are_found_by_search_in_the_sites_region(
     found = client.get(EVENTS, query_string={"q": "+49 30 1234 5678"})
     [imported] = _ids(found.get_data(as_text=True))
     assert _event(app, imported).search == " dana old +493012345678 "
+
+
+def test_an_event_page_masks_its_calls_as_the_api_log_does(
+    make_app: Any, sandbox: Any
+) -> None:
+    """A call shown on an event's page is masked as on the API log's own page: a
+    body cut short (not JSON), an OAuth ``code`` in the body and in the query."""
+    app = _admin(make_app)
+    event_id = _submit(app, {"name": "Ann"})
+    with app.app_context(), get_state(app).session() as session:
+        session.add(
+            ApiLog(
+                event_id=event_id,
+                method="POST",
+                path="/oauth2/access_token?code=querysecret1",
+                status=200,
+                request_body='{"client_secret": "s3cr3t-value", "code": '
+                '"authcode123456", "refresh_token": "def502refresh"}',
+                # cut short when it was logged: no longer JSON
+                response_body='{"token_type": "Bearer", "refresh_token": "def502new',
+            )
+        )
+        session.commit()
+    html = app.test_client().get(f"{EVENTS}/{event_id}").get_data(as_text=True)
+    for secret in ("querysecret1", "authcode123456", "def502refresh", "def502new"):
+        assert secret not in html, secret
+    assert "[redacted]" in html

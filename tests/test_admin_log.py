@@ -193,3 +193,21 @@ def test_hostile_paths_and_answers_are_shown_as_text(
     page.goto(f"{base}{PREFIX}/log/{last}")
     assert_inert(page, opened)
     assert CORPUS[-1] in page.locator("#am-response-body").inner_text()
+
+
+def test_the_list_masks_a_calls_error_as_its_own_page_does(make_app: Any) -> None:
+    app = make_app(**ADMIN)
+    with app.app_context(), get_state(app).session() as session:
+        session.add(
+            ApiLog(
+                method="GET",
+                path="/api/v4/account",
+                status=None,
+                error="refused: Authorization: Bearer abcdef123456",
+            )
+        )
+        session.commit()
+    html = app.test_client().get(f"{PREFIX}/log").get_data(as_text=True)
+    assert "/api/v4/account" in html
+    assert "abcdef123456" not in html
+    assert "[redacted]" in html

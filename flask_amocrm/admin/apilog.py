@@ -9,7 +9,7 @@ settings.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from flask import abort, current_app, render_template, request
@@ -17,7 +17,7 @@ from sqlalchemy import or_, select
 
 from ..amo.apilog import SECRET_KEYS, Redactor
 from ..i18n import N_, gettext
-from ..models import ApiLog
+from ..models import ApiLog, Token
 from ..state import AppState, get_state
 from .blueprint import bp
 
@@ -51,8 +51,41 @@ def _status_clause(value: str) -> Any:
     return False
 
 
-def _redactor(state: AppState) -> Redactor:
-    return Redactor([state.settings.client_secret, state.settings.token])
+def display_redactor(state: AppState) -> Redactor:
+    """Masks the account's credentials a stored row could still hold: the
+    settings' secrets and the stored OAuth tokens. Every admin page that shows API
+    log rows masks them with this and :func:`shown_call`."""
+    settings = state.settings
+    redactor = Redactor([settings.client_secret, settings.token])
+    with state.session() as session:
+        for access, refresh in session.execute(
+            select(Token.access_token, Token.refresh_token)
+        ):
+            redactor.add(access)
+            redactor.add(refresh)
+    return redactor
+
+
+class ShownCall(NamedTuple):
+    """An API log row's texts as a page shows them, masked again."""
+
+    path: str
+    request_body: str | None
+    response_body: str | None
+    error: str | None
+
+
+def shown_call(redactor: Redactor, row: ApiLog) -> ShownCall:
+    """A row's path, bodies and error masked again (a display never trusts what
+    was masked when it was written): JSON with its secret keys masked, text cut
+    short with its ``key=value`` pairs, ``code`` too on amoCRM's OAuth paths."""
+    oauth = row.path.startswith(OAUTH_PREFIX)
+    return ShownCall(
+        shown_path(redactor, row.path),
+        redactor.stored(row.request_body, oauth=oauth),
+        redactor.stored(row.response_body, oauth=oauth),
+        redactor.stored(row.error, oauth=oauth),
+    )
 
 
 def shown_path(redactor: Redactor, path: str) -> str:
@@ -102,12 +135,11 @@ def api_log() -> str:
         rows = list(session.scalars(query.order_by(ApiLog.id.desc()).limit(PAGE + 1)))
     more = len(rows) > PAGE
     rows = rows[:PAGE]
-    redactor = _redactor(state)
+    redactor = display_redactor(state)
     return render_template(
         "amocrm_admin/api_log.html",
         rows=[
-            (row, shown_path(redactor, row.path), event_link(row.event_id))
-            for row in rows
+            (row, shown_call(redactor, row), event_link(row.event_id)) for row in rows
         ],
         status=status,
         path=path,
@@ -127,14 +159,13 @@ def api_log_entry(entry_id: int) -> str:
         row = session.get(ApiLog, entry_id)
     if row is None:
         abort(404)
-    redactor = _redactor(state)
-    oauth = row.path.startswith(OAUTH_PREFIX)
+    shown = shown_call(display_redactor(state), row)
     return render_template(
         "amocrm_admin/api_log_entry.html",
         row=row,
-        path=shown_path(redactor, row.path),
-        request_body=redactor.stored(row.request_body, oauth=oauth),
-        response_body=redactor.stored(row.response_body, oauth=oauth),
-        error=redactor.stored(row.error, oauth=oauth),
+        path=shown.path,
+        request_body=shown.request_body,
+        response_body=shown.response_body,
+        error=shown.error,
         event_url=event_link(row.event_id),
     )

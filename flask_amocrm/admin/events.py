@@ -31,7 +31,6 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
-from ..amo.apilog import Redactor
 from ..dedup import CARD_PATHS, card_url
 from ..errors import AmoCRMError
 from ..i18n import N_, gettext, ngettext
@@ -47,7 +46,6 @@ from ..models import (
     ApiLog,
     Event,
     EventAttempt,
-    Token,
 )
 from ..outbox import LEASE, cancel, contact_values, search_filter
 from ..progress import Progress
@@ -59,6 +57,7 @@ from ..worker.dispatch import retry
 from ..worker.outage import current as current_outage
 from ..worker.outage import paused
 from ..worker.preview import Preview, preview_stored
+from .apilog import display_redactor, shown_call
 from .blueprint import bp
 
 #: Events on one page of the list.
@@ -224,32 +223,6 @@ def _rule_sources(state: AppState) -> list[str]:
 # -- one event -------------------------------------------------------------------------
 
 
-def _redactor(state: AppState) -> Redactor:
-    """Masks the account's credentials that a stored body could still hold."""
-    settings = state.settings
-    redactor = Redactor([settings.client_secret, settings.token])
-    with state.session() as session:
-        for access, refresh in session.execute(
-            select(Token.access_token, Token.refresh_token)
-        ):
-            redactor.add(access)
-            redactor.add(refresh)
-    return redactor
-
-
-def _body(text: str | None, redactor: Redactor) -> str | None:
-    """A stored request or response body as a person reads it: JSON indented,
-    secrets masked again (they were masked when written; a display never trusts
-    that)."""
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return redactor.text(text).replace("\\n", "\n")
-    return json.dumps(redactor.value(value), ensure_ascii=False, indent=2)
-
-
 def _pretty(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -402,7 +375,7 @@ def event(event_id: int) -> str:
             )
         )
         calls = _api_calls(session, event_id, attempts)
-    redactor = _redactor(state)
+    redactor = display_redactor(state)
     progress = Progress.from_json(found.remote)
     preview, preview_error = _preview(state, found)
     context = found.context or {}
@@ -437,16 +410,10 @@ def event(event_id: int) -> str:
         cards=_cards(state, progress),
         attempts=attempts,
         calls=[
-            (
-                call,
-                whose,
-                _body(call.request_body, redactor),
-                _body(call.response_body, redactor),
-            )
+            (call, whose, shown_call(redactor, call))
             for call, whose in calls[:API_CALLS_SHOWN]
         ],
         more_calls=len(calls) > API_CALLS_SHOWN,
-        redact=redactor.text,
         cancellable=found.status in CANCELLABLE,
         retryable=found.status in RETRYABLE,
         signed_in=_who_may_cancel(),
