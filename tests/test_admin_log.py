@@ -211,3 +211,24 @@ def test_the_list_masks_a_calls_error_as_its_own_page_does(make_app: Any) -> Non
     assert "/api/v4/account" in html
     assert "abcdef123456" not in html
     assert "[redacted]" in html
+
+
+def test_a_secret_pair_after_another_key_in_text_is_masked(make_app: Any) -> None:
+    """Text that is not JSON: a secret ``key=value`` right after another
+    ``key: value`` pair is masked too (the first pair must not swallow it)."""
+    app = make_app(**ADMIN)
+    with app.app_context(), get_state(app).session() as session:
+        row = ApiLog(
+            method="POST",
+            path="/oauth2/access_token",
+            status=400,
+            error="refused: access_token=abcdef123456, note: refresh_token=def502abc",
+            response_body='hint: code=authcode123456 "truncated',
+        )
+        session.add(row)
+        session.commit()
+        entry = row.id
+    html = app.test_client().get(f"{PREFIX}/log/{entry}").get_data(as_text=True)
+    for secret in ("abcdef123456", "def502abc", "authcode123456"):
+        assert secret not in html, secret
+    assert "[redacted]" in html

@@ -57,8 +57,22 @@ MASK = "[redacted]"
 BODY_LIMIT = 4000
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
 _BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+")
-#: A ``key=value`` or ``"key": "value"`` pair in text that is not JSON.
-_PAIR = re.compile(r"""([A-Za-z_-]+)(["']?\s*[:=]\s*["']?)((?:[^"'&\s,;}\\]|\\.)+)""")
+
+
+def _pair(keys: Iterable[str]) -> re.Pattern[str]:
+    """A ``key=value`` or ``"key": "value"`` pair of one of ``keys`` in text that
+    is not JSON. Only those keys are matched: a pair of another key never
+    swallows the secret one after it (``refused: access_token=...``)."""
+    names = "|".join(sorted(map(re.escape, keys), key=len, reverse=True))
+    return re.compile(
+        rf"""(?i)(?<![A-Za-z0-9_-])({names})(["']?\s*[:=]\s*["']?)"""
+        r"""((?:[^"'&\s,;}\\]|\\.)+)"""
+    )
+
+
+#: The secret pairs in text that is not JSON: in any body, in an OAuth body.
+_PAIR = _pair(ALWAYS_SECRET)
+_OAUTH_PAIR = _pair(SECRET_KEYS)
 
 
 @contextlib.contextmanager
@@ -139,15 +153,8 @@ class Redactor:
         try:
             parsed = json.loads(text)
         except ValueError:
-            keys = SECRET_KEYS if oauth else ALWAYS_SECRET
-            return _PAIR.sub(
-                lambda m: (
-                    m.group(1) + m.group(2) + MASK
-                    if m.group(1).lower() in keys
-                    else m.group(0)
-                ),
-                self.text(text),
-            )
+            pair = _OAUTH_PAIR if oauth else _PAIR
+            return pair.sub(lambda m: m.group(1) + m.group(2) + MASK, self.text(text))
         return json.dumps(
             self.value(parsed, oauth=oauth), ensure_ascii=False, indent=2, default=str
         )
