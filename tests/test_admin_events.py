@@ -770,3 +770,47 @@ def test_an_event_page_masks_its_calls_as_the_api_log_does(
     for secret in ("querysecret1", "authcode123456", "def502refresh", "def502new"):
         assert secret not in html, secret
     assert "[redacted]" in html
+
+
+def test_events_with_odd_stored_data_are_shown_not_a_500(make_app: Any) -> None:
+    """Rows an older version or a hand-made import wrote: data that is not an
+    object, context values of other shapes, files that are not objects."""
+    app = _admin(make_app)
+    event_id = _submit(app, {"name": "Ann"})
+    odd = [
+        {"data": ["a", "list"], "context": None, "files": None},
+        {
+            "data": {"name": "Bo"},
+            "context": {
+                "utm": "x",
+                "utm_first": 5,
+                "page": ["p"],
+                "client": "c",
+                "site": 1,
+                "captured_at": "soon",
+            },  # fmt: skip
+            "files": ["a.pdf", {"name": "b.pdf", "url": "javascript:alert(1)"}],
+        },
+        {"data": "text", "context": ["x"], "files": {"name": "c.pdf"}},
+    ]
+    ids = []
+    with app.app_context(), get_state(app).session() as session:
+        for values in odd:
+            row = session.get(Event, event_id)
+            assert row is not None
+            copy = Event(
+                uid=f"odd-{len(ids)}",
+                kind=row.kind,
+                source=row.source,
+                status=row.status,
+                **values,
+            )
+            session.add(copy)
+            session.commit()
+            ids.append(copy.id)
+    client = app.test_client()
+    assert client.get(EVENTS).status_code == 200
+    for odd_id in ids:
+        page = client.get(f"{EVENTS}/{odd_id}")
+        assert page.status_code == 200, odd_id
+        assert 'href="javascript:' not in page.get_data(as_text=True)

@@ -275,6 +275,31 @@ def _api_calls(
     return rows
 
 
+#: The context's parts the page shows in their own places, when they are objects.
+_CONTEXT_PARTS = ("utm", "utm_first", "page", "client", "site")
+
+
+def _data(value: Any) -> list[tuple[str, str]]:
+    """The captured data as (field, text) pairs; data that is not an object (a
+    row written by hand or by an older version) as one pair."""
+    if isinstance(value, dict):
+        return [(str(k), _pretty(v)) for k, v in value.items()]
+    if value in (None, "", [], {}):
+        return []
+    return [("data", _pretty(value))]
+
+
+def _context(value: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The visit context's parts the page shows in their own places (the objects
+    among them) and every other value, as it was stored (a part of another shape,
+    from a row written by hand or by an older version, is shown there)."""
+    if not isinstance(value, dict):
+        return {}, ({"context": value} if value not in (None, "", [], {}) else {})
+    parts = {p: value[p] for p in _CONTEXT_PARTS if isinstance(value.get(p), dict)}
+    other = {k: v for k, v in value.items() if k not in parts and v not in (None, {})}
+    return parts, other
+
+
 def _captured_at(value: Any) -> datetime | None:
     """The context's ``captured_at`` (seconds since the epoch) as a stored time."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -378,28 +403,27 @@ def event(event_id: int) -> str:
     redactor = display_redactor(state)
     progress = Progress.from_json(found.remote)
     preview, preview_error = _preview(state, found)
-    context = found.context or {}
+    parts, context = _context(found.context)
+    captured_at = _captured_at(context.get("captured_at"))
+    if captured_at is not None:
+        del context["captured_at"]
     return render_template(
         "amocrm_admin/event.html",
         event=found,
         who=_who(found),
         status_labels=STATUS_LABELS,
         kind_labels=KIND_LABELS,
-        data=[(k, _pretty(v)) for k, v in (found.data or {}).items()],
-        utm_last=context.get("utm") or {},
-        utm_first=context.get("utm_first") or {},
-        visit_page=context.get("page") or {},
-        client=context.get("client") or {},
-        site=context.get("site") or {},
-        captured_at=_captured_at(context.get("captured_at")),
-        other_context={
-            k: _pretty(v)
-            for k, v in context.items()
-            if k not in ("utm", "utm_first", "page", "client", "site", "captured_at")
-        },
+        data=_data(found.data),
+        utm_last=parts.get("utm", {}),
+        utm_first=parts.get("utm_first", {}),
+        visit_page=parts.get("page", {}),
+        client=parts.get("client", {}),
+        site=parts.get("site", {}),
+        captured_at=captured_at,
+        other_context={k: _pretty(v) for k, v in context.items()},
         files=[
             (f.get("name") or f.get("field") or "?", _safe_link(f.get("url")), f)
-            for f in (found.files or [])
+            for f in (found.files if isinstance(found.files, list) else [])
             if isinstance(f, dict)
         ],
         safe_link=_safe_link,
