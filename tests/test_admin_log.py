@@ -232,3 +232,15 @@ def test_a_secret_pair_after_another_key_in_text_is_masked(make_app: Any) -> Non
     for secret in ("abcdef123456", "def502abc", "authcode123456"):
         assert secret not in html, secret
     assert "[redacted]" in html
+
+
+def test_a_page_bound_no_column_holds_shows_the_newest_page(make_app: Any) -> None:
+    app = make_app(**ADMIN)
+    _calls(app)
+    client = app.test_client()
+    newest = _rows(client.get(f"{PREFIX}/log").get_data(as_text=True))
+    assert newest
+    for bound in ("99999999999999999999999", "-1", "x"):
+        page = client.get(f"{PREFIX}/log", query_string={"before": bound})
+        assert page.status_code == 200, bound
+        assert _rows(page.get_data(as_text=True)) == newest, bound

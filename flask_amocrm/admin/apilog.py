@@ -19,7 +19,7 @@ from ..amo.apilog import SECRET_KEYS, Redactor
 from ..i18n import N_, gettext
 from ..models import ApiLog, Token
 from ..state import AppState, get_state
-from .blueprint import bp
+from .blueprint import bp, int_arg
 
 #: Rows on one page of the log.
 PAGE = 50
@@ -115,7 +115,7 @@ def api_log() -> str:
     state = get_state()
     status = request.args.get("status", "").strip().lower()
     path = request.args.get("path", "").strip()
-    before = request.args.get("before", type=int)
+    before = int_arg("before")
     query = select(ApiLog)
     problem = None
     clause = _status_clause(status)

@@ -37,6 +37,13 @@ NAV = (
 )
 
 
+def int_arg(name: str) -> int | None:
+    """The query string's ``name`` as a row id (a page's keyset bound), ``None``
+    when it is not one: a number a database column holds, never negative."""
+    value = request.args.get(name, "")
+    return int(value) if value.isdigit() and len(value) < 19 else None
+
+
 @bp.before_request
 def _require_admin() -> BaseResponse | None:
     hook = get_state().admin_auth

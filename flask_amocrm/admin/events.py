@@ -58,7 +58,7 @@ from ..worker.outage import current as current_outage
 from ..worker.outage import paused
 from ..worker.preview import Preview, preview_stored
 from .apilog import display_redactor, shown_call
-from .blueprint import bp
+from .blueprint import bp, int_arg
 
 #: Events on one page of the list.
 PAGE_SIZE = 50
@@ -85,11 +85,6 @@ RETRYABLE = (FAILED, IGNORED, CANCELLED, RETRYING, PENDING)
 
 
 # -- the list --------------------------------------------------------------------------
-
-
-def _int_arg(name: str) -> int | None:
-    value = request.args.get(name, "")
-    return int(value) if value.isdigit() and len(value) < 19 else None
 
 
 def _date_arg(name: str) -> date | None:
@@ -157,7 +152,7 @@ def events() -> str:
     """The events, newest first, filtered and searched, a page at a time."""
     state = get_state()
     conditions, shown = _filters(state)
-    before, after = _int_arg("before"), _int_arg("after")
+    before, after = int_arg("before"), int_arg("after")
     query = select(Event).where(*conditions)
     if after is not None:  # "newer": the page just above ``after``
         query = query.where(Event.id > after).order_by(Event.id.asc())
