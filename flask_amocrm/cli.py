@@ -209,7 +209,19 @@ def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
         assert event_id is not None
         ids = retry_events(state, ids=[event_id])
         if not ids:
-            raise click.ClickException(_("There is no event %(id)s.", id=event_id))
+            with state.session() as session:
+                status = session.scalar(
+                    select(Event.status).where(Event.id == event_id)
+                )
+            if status is None:
+                raise click.ClickException(_("There is no event %(id)s.", id=event_id))
+            raise click.ClickException(
+                _(
+                    "Event %(id)s is %(status)s: it is not retried.",
+                    id=event_id,
+                    status=_(STATUS_LABELS.get(status, status)),
+                )
+            )
     click.echo(
         ngettext(
             "%(count)s event(s) will be retried.",

@@ -55,7 +55,16 @@ from sqlalchemy.orm import Session
 
 from .dedup import normalize_email, normalize_phone
 from .i18n import N_, localize, site_locale
-from .models import FAILED, IGNORED, PENDING, PROCESSING, RETRYING, Event, utcnow
+from .models import (
+    CANCELLED,
+    FAILED,
+    IGNORED,
+    PENDING,
+    PROCESSING,
+    RETRYING,
+    Event,
+    utcnow,
+)
 from .rules.schema import disabled_rules
 from .state import CAPTURE_BUSY_MS, SQLITE_BUSY_MS
 from .vocabulary import DEFAULT_PHONE_REGION, fold
@@ -588,6 +597,14 @@ def _indexed(
     return and_(vector.op("@@")(words), like)
 
 
+#: The statuses an event can be cancelled in (it is waiting or has failed).
+CANCELLABLE = (PENDING, RETRYING, FAILED)
+#: The statuses an event can be made due again in (``flask amocrm retry``, the
+#: admin's retry): never ``delivered`` (its signals and hooks ran once) nor
+#: ``processing`` (a worker holds it); a hook's cancel is asked again.
+RETRYABLE = (FAILED, IGNORED, CANCELLED, RETRYING, PENDING)
+
+
 def cancel(state: AppState, event_id: int, reason: str) -> bool:
     """End an event that is waiting (``pending``, ``retrying``, ``failed``) as
     ``ignored`` with ``reason`` as its last error and in its log; ``False`` when it
@@ -595,15 +612,13 @@ def cancel(state: AppState, event_id: int, reason: str) -> bool:
     reason = cut_reason(reason) or ""
     with state.session() as session:
         event = session.scalar(
-            select(Event).where(
-                Event.id == event_id, Event.status.in_((PENDING, RETRYING, FAILED))
-            )
+            select(Event).where(Event.id == event_id, Event.status.in_(CANCELLABLE))
         )
         if event is None:
             return False
         done = session.execute(
             update(Event)
-            .where(Event.id == event_id, Event.status.in_((PENDING, RETRYING, FAILED)))
+            .where(Event.id == event_id, Event.status.in_(CANCELLABLE))
             .values(
                 status=IGNORED,
                 last_error=reason,
@@ -743,9 +758,10 @@ def make_due(
     ids: Iterable[int] = (),
     status: str | None = None,
 ) -> list[int]:
-    """Make events due now (``flask amocrm retry``): the events ``ids``, or every
-    event in ``status`` (``failed`` or ``ignored``). Returns their ids; an id that
-    does not exist is left out."""
+    """Make events due now (``flask amocrm retry``): the events ``ids`` that are
+    in a :data:`RETRYABLE` status, or every event in ``status`` (``failed`` or
+    ``ignored``). Returns their ids; an id that does not exist, or whose event is
+    delivered or held by a worker, is left out."""
     if status is not None and status not in (FAILED, IGNORED):
         raise ValueError(f"only failed or ignored events are retried, not {status!r}")
     with state.session() as session:
@@ -753,7 +769,7 @@ def make_due(
         query = (
             query.where(Event.status == status)
             if status is not None
-            else query.where(Event.id.in_(list(ids)))
+            else query.where(Event.id.in_(list(ids)), Event.status.in_(RETRYABLE))
         )
         events = list(session.scalars(query))
         for event in events:

@@ -264,3 +264,21 @@ def test_a_campaign_tag_the_account_has_no_field_for_is_left_out(
     [lead] = sandbox.leads()
     assert field_values(lead, "UTM_SOURCE") == ["mail"]
     assert field_values(lead, "FROM") == []  # the sandbox account has no FROM field
+
+
+def test_retry_of_a_delivered_event_is_refused_and_sends_nothing(
+    make_app: Any, sandbox: Any
+) -> None:
+    """``flask amocrm retry ID`` takes a waiting, failed or ended-early event; a
+    delivered one (or one a worker holds) is left as it is: nothing twice."""
+    app = _with_form_view(make_app())
+    app.test_client().post("/callback", data={"name": "Ann", "phone": "+79120001122"})
+    assert deliver_pending(app)["delivered"] == 1
+    [event] = stored_events(app)
+    result = app.test_cli_runner().invoke(args=["amocrm", "retry", str(event.id)])
+    assert result.exit_code != 0
+    assert "delivered" in result.output
+    [again] = stored_events(app)
+    assert again.status == "delivered"
+    assert deliver_pending(app).get("delivered", 0) == 0
+    assert [lead["name"] for lead in sandbox.leads()] == ["Callback: Ann"]

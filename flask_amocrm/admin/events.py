@@ -35,19 +35,21 @@ from ..dedup import CARD_PATHS, card_url
 from ..errors import AmoCRMError
 from ..i18n import N_, gettext, ngettext
 from ..models import (
-    CANCELLED,
-    DELIVERED,
     FAILED,
-    IGNORED,
-    PENDING,
-    PROCESSING,
-    RETRYING,
+    STATUS_LABELS,
     STATUSES,
     ApiLog,
     Event,
     EventAttempt,
 )
-from ..outbox import LEASE, cancel, contact_values, search_filter
+from ..outbox import (
+    CANCELLABLE,
+    LEASE,
+    RETRYABLE,
+    cancel,
+    contact_values,
+    search_filter,
+)
 from ..progress import Progress
 from ..rules.schema import find_rule
 from ..state import AppState, get_state
@@ -66,22 +68,8 @@ PAGE_SIZE = 50
 API_CALLS_SHOWN = 200
 #: The longest cancel reason and name kept, in characters.
 REASON_MAX = 500
-#: How each status is written on the pages.
-STATUS_LABELS = {
-    PENDING: N_("pending"),
-    PROCESSING: N_("processing"),
-    RETRYING: N_("retrying"),
-    DELIVERED: N_("delivered"),
-    FAILED: N_("failed"),
-    IGNORED: N_("ignored"),
-    CANCELLED: N_("cancelled"),
-}
 #: How each kind of event is written on the pages.
 KIND_LABELS = {"form": N_("form"), "mail": N_("mail")}
-#: The statuses an event can be cancelled in.
-CANCELLABLE = (PENDING, RETRYING, FAILED)
-#: The statuses an event can be retried in (a hook's cancel is asked again).
-RETRYABLE = (FAILED, IGNORED, CANCELLED, RETRYING, PENDING)
 
 
 # -- the list --------------------------------------------------------------------------
@@ -474,17 +462,19 @@ def event_retry(event_id: int) -> BaseResponse:
         status = session.scalar(select(Event.status).where(Event.id == event_id))
     if status is None:
         abort(404)
-    if status not in RETRYABLE:
+    # retry() takes only a retryable event, in the same statement that makes it due
+    if status not in RETRYABLE or not retry(state, ids=[event_id]):
+        with state.session() as session:
+            status = session.scalar(select(Event.status).where(Event.id == event_id))
         flash(
             gettext(
                 "Event %(id)s is %(status)s: it is not retried.",
                 id=event_id,
-                status=gettext(STATUS_LABELS.get(status, status)),
+                status=gettext(STATUS_LABELS.get(status or "", status or "")),
             ),
             "amocrm-error",
         )
         return _back(page)
-    retry(state, ids=[event_id])
     flash(
         gettext("Event %(id)s will be retried.", id=event_id) + " " + _handed_on(1),
         "amocrm-ok",
