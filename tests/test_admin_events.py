@@ -814,3 +814,31 @@ def test_events_with_odd_stored_data_are_shown_not_a_500(make_app: Any) -> None:
         page = client.get(f"{EVENTS}/{odd_id}")
         assert page.status_code == 200, odd_id
         assert 'href="javascript:' not in page.get_data(as_text=True)
+
+
+def test_a_stored_address_that_leaves_the_site_is_not_a_same_site_link(
+    make_app: Any,
+) -> None:
+    """A page address stored as ``/\\host`` is read by browsers as ``//host`` (another
+    site): it is shown as text, as ``javascript:`` is; a path and a web address stay
+    links."""
+    app = _admin(make_app)
+    event_id = _submit(app, {"name": "Ann"})
+    with app.app_context(), get_state(app).session() as session:
+        row = session.get(Event, event_id)
+        assert row is not None
+        row.context = {
+            "page": {
+                "url": "/\\evil.example/login",
+                "referrer": "javascript:alert(1)",
+                "landing": "/pricing?a=1",
+                "landing_referrer": "https://search.example/q",
+            }
+        }
+        session.commit()
+    html = app.test_client().get(f"{EVENTS}/{event_id}").get_data(as_text=True)
+    assert "evil.example/login" in html  # shown
+    assert 'href="/\\evil.example' not in html
+    assert 'href="javascript:' not in html
+    assert 'href="/pricing?a=1"' in html
+    assert 'href="https://search.example/q"' in html

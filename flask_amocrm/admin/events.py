@@ -294,12 +294,15 @@ def _captured_at(value: Any) -> datetime | None:
 
 
 def _safe_link(url: Any) -> str | None:
-    """``url`` when it is a web address a link may point at (never ``javascript:``)."""
+    """``url`` when it is a web address a link may point at (never ``javascript:``),
+    or a path on this site. A browser drops tabs and line breaks from an address
+    and reads ``\\`` as ``/``, so ``/\\host`` (or ``/<tab>/host``) is another site:
+    such a path is not a link."""
     text = str(url or "")
-    if text.startswith(("https://", "http://")) or (
-        text.startswith("/") and not text.startswith("//")
-    ):
+    if text.startswith(("https://", "http://")):
         return text
+    if text.startswith("/") and not any(c in text for c in "\\\t\n\r"):
+        return None if text.startswith("//") else text
     return None
 
 
