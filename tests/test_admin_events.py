@@ -842,3 +842,31 @@ def test_a_stored_address_that_leaves_the_site_is_not_a_same_site_link(
     assert 'href="javascript:' not in html
     assert 'href="/pricing?a=1"' in html
     assert 'href="https://search.example/q"' in html
+
+
+def test_a_filter_or_form_value_with_a_nul_character_is_a_400(
+    make_app: Any, database_uri: str
+) -> None:
+    """PostgreSQL refuses NUL in any text: a search, a filter or a cancel reason
+    with one is refused with a page that says why, never a 500; nothing changes."""
+    app = _admin(make_app, AMOCRM_DATABASE_URI=database_uri, AMOCRM_LOCALE="ru")
+    event_id = _submit(app, {"name": "Ann", "phone": "+79161234567"})
+    client = app.test_client()
+    for path, query in [
+        (EVENTS, {"q": "Ann\x00"}),
+        (EVENTS, {"q": "+7 916\x00 123 45 67"}),
+        (EVENTS, {"source": "callback\x00"}),
+        ("/amocrm/admin/log", {"path": "/api\x00"}),
+    ]:
+        page = client.get(path, query_string=query)
+        assert page.status_code == 400, query
+        assert "NUL" in page.get_data(as_text=True)
+    token = _csrf(client.get(f"{EVENTS}/{event_id}").get_data(as_text=True))
+    answer = client.post(
+        f"{EVENTS}/{event_id}/cancel",
+        data={"csrf_token": token, "who": "Olga", "reason": "spam\x00"},
+    )
+    assert answer.status_code == 400
+    assert "Запрос отклонён" in answer.get_data(as_text=True)
+    assert _event(app, event_id).status == "pending"
+    assert client.get(EVENTS, query_string={"q": "Ann"}).status_code == 200

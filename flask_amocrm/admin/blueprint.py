@@ -55,8 +55,27 @@ def _require_admin() -> BaseResponse | None:
     if answer is not True:
         abort(403)
     if request.method not in ("GET", "HEAD", "OPTIONS"):
-        return _check_csrf()
-    return None
+        refused = _check_csrf()
+        if refused is not None:
+            return refused
+    return _refuse_nul()
+
+
+def _refuse_nul() -> BaseResponse | None:
+    """A 400 page for a query or form value with a NUL character: no database
+    column holds one (PostgreSQL refuses it in any text), so a filter, a search or
+    a cancel reason with it would otherwise fail the page."""
+    given = [*request.args.lists()]
+    if request.method == "POST":
+        given += request.form.lists()
+    if not any("\x00" in text for k, vs in given for text in (k, *vs)):
+        return None
+    page = render_template(
+        "amocrm_admin/message.html",
+        title=gettext("The request was refused"),
+        text=gettext("A value in it holds a NUL character."),
+    )
+    return current_app.response_class(page, status=400)
 
 
 def _check_csrf() -> BaseResponse | None:
