@@ -514,10 +514,12 @@ def search_text(data: Any, region: str = DEFAULT_PHONE_REGION) -> str | None:
     normalised as duplicate control does (:func:`~flask_amocrm.dedup.normalize_phone`),
     its e-mails lower-cased and the words of its names case-folded, each term
     between spaces; ``None`` without any. Never raises: capture stores the event
-    without it then."""
+    without it then. A NUL character is left out (no text column holds one:
+    PostgreSQL refuses the insert)."""
     try:
         terms: list[str] = []
-        for what, text in contact_values(data):
+        for what, value in contact_values(data):
+            text = value.replace("\x00", "")
             if what == "phone":
                 phone = normalize_phone(text, region)
                 terms.extend([phone] if phone else [])

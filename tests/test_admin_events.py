@@ -870,3 +870,16 @@ def test_a_filter_or_form_value_with_a_nul_character_is_a_400(
     assert "Запрос отклонён" in answer.get_data(as_text=True)
     assert _event(app, event_id).status == "pending"
     assert client.get(EVENTS, query_string={"q": "Ann"}).status_code == 200
+
+
+def test_a_form_value_with_a_nul_character_is_stored_and_found(
+    make_app: Any, database_uri: str
+) -> None:
+    """A visitor's NUL character (PostgreSQL refuses it in any text column) does not
+    keep the event from its table, and the event is found by its name."""
+    app = _admin(make_app, AMOCRM_DATABASE_URI=database_uri)
+    event_id = _submit(app, {"name": "Ann\x00a Lee", "email": "ann\x00@example.com"})
+    [event] = stored_events(app)
+    assert event.id == event_id and event.status == "pending"
+    page = app.test_client().get(EVENTS, query_string={"q": "lee"})
+    assert _ids(page.get_data(as_text=True)) == [event_id]
