@@ -224,6 +224,12 @@ class Settings:
     #: Seconds between two reads of amoCRM's events log; 0: never.
     reconcile_interval: int = 300
 
+    def secrets(self) -> list[str | None]:
+        """The configured values no log line, API log row or admin page may show:
+        the long-lived token, the OAuth client secret and the webhook secret (the
+        webhook's address, sent to amoCRM by ``flask amocrm webhooks``, holds it)."""
+        return [self.token, self.client_secret, self.webhook_secret]
+
 
 #: Seconds between two runs of the workers' periodic job (the tick).
 TICK_SECONDS = 30

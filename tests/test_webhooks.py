@@ -24,7 +24,7 @@ from flask_amocrm import (
     task_completed,
 )
 from flask_amocrm.changes import event_change, webhook_changes
-from flask_amocrm.models import InboundChange, utcnow
+from flask_amocrm.models import ApiLog, InboundChange, utcnow
 from flask_amocrm.state import get_state
 from flask_amocrm.worker import AmoWorker
 from flask_amocrm.worker.queue import get_queue
@@ -673,3 +673,40 @@ def test_handled_changes_are_purged_after_the_retention_days(
         session.commit()
         assert purge_changes(get_state(app)) == 1  # the hourly housekeeping's
     assert [r.status for r in inbound_rows(app)] == ["retrying"]
+
+
+def test_the_webhook_secret_is_masked_in_the_api_log_and_its_pages(
+    make_app: Any, sandbox: Any, caplog: Any
+) -> None:
+    """Installing, listing and removing the webhook send its address (with the
+    secret) to amoCRM: the API log rows, the admin's log pages and the client's
+    log lines mask the secret, as they mask a token."""
+    app = site(make_app, AMOCRM_LOG_REQUESTS=True, AMOCRM_ADMIN_AUTH=lambda: True)
+    caplog.set_level("DEBUG", logger="flask_amocrm.amo")
+    with listening(app, lead_status_changed=Calls()):
+        assert (
+            cli(app, "webhooks", "install", "--url", "http://127.0.0.1:9").exit_code
+            == 0
+        )
+        assert (
+            cli(app, "webhooks", "status", "--url", "http://127.0.0.1:9").exit_code == 0
+        )
+        assert (
+            cli(app, "webhooks", "uninstall", "--url", "http://127.0.0.1:9").exit_code
+            == 0
+        )
+    with app.app_context(), get_state(app).session() as session:
+        rows = list(session.query(ApiLog).where(ApiLog.path.contains("webhooks")))
+    assert len(rows) >= 3
+    for row in rows:
+        for text in (row.path, row.request_body, row.response_body, row.error):
+            assert SECRET not in (text or ""), row.path
+    assert any("[redacted]" in (row.request_body or "") for row in rows)
+    client = app.test_client()
+    pages = [client.get("/amocrm/admin/log")] + [
+        client.get(f"/amocrm/admin/log/{row.id}") for row in rows
+    ]
+    for page in pages:
+        assert page.status_code == 200
+        assert SECRET not in page.get_data(as_text=True)
+    assert SECRET not in caplog.text

@@ -56,7 +56,7 @@ def display_redactor(state: AppState) -> Redactor:
     settings' secrets and the stored OAuth tokens. Every admin page that shows API
     log rows masks them with this and :func:`shown_call`."""
     settings = state.settings
-    redactor = Redactor([settings.client_secret, settings.token])
+    redactor = Redactor(settings.secrets())
     with state.session() as session:
         for access, refresh in session.execute(
             select(Token.access_token, Token.refresh_token)

@@ -32,7 +32,7 @@ def _build(state: AppState) -> tuple[AmoClient, AmoClient]:
     settings = state.settings
     limiter = limiter_for(state)
     sink = ApiLogSink(state) if settings.log_requests else None
-    redactor = Redactor([settings.client_secret, settings.token])
+    redactor = Redactor(settings.secrets())
 
     def make(token: TokenProvider) -> AmoClient:
         return AmoClient(
