@@ -162,6 +162,20 @@ def find_again_or_mark(client: AmoClient, deliveries: list[Delivery]) -> None:
         pending[0].save()  # one commit for the batch: they share the session
 
 
+def new_leads(deliveries: list[Delivery]) -> list[Delivery]:
+    """The deliveries of a batch that create their lead in this attempt (not one
+    found by duplicate control, nor one an earlier attempt made): the leads that
+    carry the event's marker and the site's source."""
+    return [
+        d
+        for d in deliveries
+        if d.error is None
+        and d.plan.lead is not None
+        and d.plan.lead.id is None
+        and not d.plan.done(d.progress)
+    ]
+
+
 def mark(
     state: AppState,
     client: AmoClient,
@@ -171,14 +185,7 @@ def mark(
 ) -> None:
     """Give every lead this batch creates its event's marker. ``remember=False``
     (a preview) keeps no marker field id it had to find or create."""
-    new = [
-        d
-        for d in deliveries
-        if d.error is None
-        and d.plan.lead is not None
-        and d.plan.lead.id is None
-        and not d.plan.done(d.progress)
-    ]
+    new = new_leads(deliveries)
     if not new:
         return
     field_id = marker_field_id(state, client, remember=remember)

@@ -25,6 +25,7 @@ from ..amo.client import AmoClient
 from ..errors import AmoCRMError, CallVetoed
 from ..i18n import N_
 from ..state import AppState
+from .markers import new_leads
 
 if TYPE_CHECKING:
     from .delivery import Delivery
@@ -107,14 +108,7 @@ def tag_source(
     external_id = state.settings.source
     if not external_id:
         return
-    new = [
-        d
-        for d in deliveries
-        if d.error is None
-        and d.plan.lead is not None
-        and d.plan.lead.id is None
-        and not d.plan.done(d.progress)
-    ]
+    new = new_leads(deliveries)
     if not new:
         return
     if register and source_id(state, client, external_id) is None:
