@@ -105,3 +105,17 @@ def test_the_gate_in_a_real_browser(amo_app: Any, serve: Any, page: Any) -> None
     assert page.get_by_role("button", name="Connect amoCRM").count() == 0
     assert page.locator("header nav a").count() >= 1
     shoot(page, "gate-connect-long-lived")
+
+
+def test_the_pages_cannot_be_framed_by_another_site_nor_cached(make_app: Any) -> None:
+    """Every action is a button: a page framed by another site could be clicked
+    through (clickjacking), so the pages say only this site may frame them; they
+    show visitors' data, so no cache keeps them."""
+    app = make_app(AMOCRM_ADMIN_AUTH=lambda: True)
+    client = app.test_client()
+    for path in ("/amocrm/admin/", "/amocrm/admin/events", "/amocrm/admin/log"):
+        page = client.get(path)
+        assert page.status_code == 200
+        assert page.headers["X-Frame-Options"] == "SAMEORIGIN"
+        assert "frame-ancestors 'self'" in page.headers["Content-Security-Policy"]
+        assert "no-store" in page.headers["Cache-Control"]

@@ -98,6 +98,18 @@ def _check_csrf() -> BaseResponse | None:
     return None
 
 
+@bp.after_request
+def _page_headers(response: BaseResponse) -> BaseResponse:
+    """Only this site may frame the pages (their buttons act: a page framed by
+    another site could be clicked through), and no cache keeps them (they show
+    visitors' data). A header set already (by a view) is kept."""
+    headers = response.headers
+    headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+    headers.setdefault("Content-Security-Policy", "frame-ancestors 'self'")
+    headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
 @bp.context_processor
 def _page_helpers() -> dict[str, Any]:
     from flask_wtf.csrf import generate_csrf
