@@ -710,3 +710,41 @@ def test_the_webhook_secret_is_masked_in_the_api_log_and_its_pages(
         assert page.status_code == 200
         assert SECRET not in page.get_data(as_text=True)
     assert SECRET not in caplog.text
+
+
+def test_a_stored_change_that_cannot_be_read_holds_up_no_other(
+    make_app: Any, sandbox: Any
+) -> None:
+    """A row whose values are not what the parser writes (an older version's, a
+    hand-made one) is retried later with its reason; the change after it in the
+    same run reaches its receivers now."""
+    app = site(make_app)
+    notes, moves = Calls(), Calls()
+    with listening(app, note_added=notes, lead_status_changed=moves):
+        with app.app_context(), get_state(app).session() as session:
+            now = utcnow()
+            common = {"origin": "webhook", "occurred_at": 1700000000,
+                      "created_at": now, "updated_at": now}  # fmt: skip
+            session.add(
+                InboundChange(
+                    key="task:1:note:2",
+                    base="task:1:note:2",
+                    signal="note_added",
+                    entity="note",
+                    entity_id=2,
+                    values={"entity_type": "lead", "entity_id": "not a number"},
+                    **common,
+                )  # fmt: skip
+            )
+            session.commit()
+        body = status_body(10000001, 7000011, WON)
+        answer = app.test_client().post(
+            f"/amocrm/webhook/{SECRET}", data=body, content_type=FORM
+        )
+        assert answer.status_code == 200
+        assert cli(app, "process").exit_code == 0
+    bad, good = inbound_rows(app)
+    assert good.status == "done" and len(moves.calls) == 1
+    assert bad.status == "retrying" and bad.next_attempt_at is not None
+    assert "ValueError" in (bad.last_error or "")
+    assert notes.calls == []

@@ -54,8 +54,37 @@ def handle_changes(state: AppState, ids: list[int]) -> dict[int, str]:
             row = session.get(InboundChange, row_id)
             if row is None:
                 continue
-            outcomes[row_id] = _handle(state, session, app, row, marker)
+            try:
+                outcomes[row_id] = _handle(state, session, app, row, marker)
+            except Exception as exc:  # noqa: BLE001 - one row never stops the others
+                session.rollback()
+                outcomes[row_id] = _unreadable(state, session, row_id, exc)
     return outcomes
+
+
+def _unreadable(state: AppState, session: Session, row_id: int, exc: Exception) -> str:
+    """A row that could not be handled (values of a shape the parser never writes:
+    an older version's row, a hand-made one): tried again later with its reason,
+    as a receiver that raised is; the rows after it are handled now."""
+    row = session.get(InboundChange, row_id)
+    if row is None:
+        return INBOUND_RETRYING
+    row.status = INBOUND_RETRYING
+    row.locked_until = None
+    row.last_error = cut_reason(f"{type(exc).__name__}: {exc}")
+    row.next_attempt_at = utcnow() + timedelta(
+        seconds=retry_delay(row.attempts, state.settings.retry_max_delay)
+    )
+    # The message may quote the site's data: only its kind reaches the log.
+    log.warning(
+        "Change %s (%s) could not be handled: %s; tried again at %s",
+        row.id,
+        row.signal,
+        type(exc).__name__,
+        row.next_attempt_at,
+    )
+    session.commit()
+    return INBOUND_RETRYING
 
 
 def _handle(
