@@ -389,3 +389,23 @@ def test_with_html_notes_the_link_of_a_file_not_in_the_drive_is_a_link(
     text = note["params"]["text"]
     assert text.startswith("Files not in amoCRM's drive:<br>• ")
     assert f'<a href="{saved["url"]}">a&amp;b &lt;1&gt;.pdf</a>' in text
+
+
+def test_why_a_file_is_not_in_the_drive_is_said_in_the_sites_language(
+    make_app: Any, fast_sandbox: Any, tmp_path: Path
+) -> None:
+    app = _site(make_app, tmp_path, _rules(), AMOCRM_LOCALE="ru")
+    _send(app)
+    [event] = stored_events(app)
+    (tmp_path / "uploads" / event.files[0]["path"]).unlink()
+    assert _deliver(app) == {"delivered": 1}
+    [event] = stored_events(app)
+    assert (
+        "файлы: offer.pdf не загружен на Диск amoCRM: файла больше нет на диске сайта"
+        in event.log
+    ), event.log
+    [note] = fast_sandbox.notes("leads")
+    text = note["params"]["text"]
+    assert text.startswith("Файлы, которые не попали на Диск amoCRM:")
+    assert "(файла больше нет на диске сайта)" in text
+    assert "disk" not in text

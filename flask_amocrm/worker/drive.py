@@ -40,7 +40,7 @@ import requests
 
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, APIError
-from ..i18n import N_, localize, site_locale
+from ..i18n import N_, Message, localize, site_locale
 from ..rules.plan import DriveFile, DriveSpec
 from ..vocabulary import ENTITY
 from .delivery import Delivery
@@ -91,8 +91,10 @@ def _deliver(client: AmoClient, delivery: Delivery, spec: DriveSpec) -> None:
 # -- 1. upload -------------------------------------------------------------------------
 
 
-def _fail(delivery: Delivery, item: DriveFile, why: str) -> None:
-    _put(delivery, item.index, error=why)
+def _fail(delivery: Delivery, item: DriveFile, why: Message) -> None:
+    """Say why the file is not in the drive, in the site's language (the reason is
+    stored with the event's progress and read in its log and the note)."""
+    _put(delivery, item.index, error=localize(why, site_locale()))
 
 
 def _upload(
@@ -102,14 +104,14 @@ def _upload(
         return _fail(
             delivery,
             item,
-            "it is not in the upload folder here (AMOCRM_UPLOAD_FOLDER)",
+            N_("it is not in the upload folder here (AMOCRM_UPLOAD_FOLDER)"),
         )
     try:
         size = os.path.getsize(item.path)
     except OSError:
-        return _fail(delivery, item, "the file is no longer on the site's disk")
+        return _fail(delivery, item, N_("the file is no longer on the site's disk"))
     if size == 0:
-        return _fail(delivery, item, "the file is empty")
+        return _fail(delivery, item, N_("the file is empty"))
     if record.get("last_part_at"):
         found = _find_again(client, item, size, float(record["last_part_at"]))
         if found is not None:
@@ -121,11 +123,17 @@ def _upload(
     except APIError as exc:
         if exc.retryable:
             raise
-        return _fail(delivery, item, f"amoCRM's drive refused it: {_detail(exc)}")
+        return _fail(
+            delivery,
+            item,
+            N_("amoCRM's drive refused it: %(error)s", error=_detail(exc)),
+        )
     most = session.get("max_file_size")
     if isinstance(most, int) and size > most:
         return _fail(
-            delivery, item, f"larger than amoCRM's drive takes ({_size(most)})"
+            delivery,
+            item,
+            N_("larger than amoCRM's drive takes (%(size)s)", size=_size(most)),
         )
     part_size = session.get("max_part_size")
     if not isinstance(part_size, int) or part_size < 1:
@@ -137,7 +145,7 @@ def _upload(
             while True:
                 chunk = fh.read(part_size)
                 if not chunk:
-                    return _fail(delivery, item, "the file changed on the disk")
+                    return _fail(delivery, item, N_("the file changed on the disk"))
                 sent += len(chunk)
                 if sent >= size:
                     _put(delivery, item.index, last_part_at=time.time())
@@ -147,15 +155,21 @@ def _upload(
                     return None
                 if not answer.get("next_url") or sent >= size:
                     return _fail(
-                        delivery, item, "amoCRM's drive did not finish the upload"
+                        delivery, item, N_("amoCRM's drive did not finish the upload")
                     )
                 url = str(answer["next_url"])
     except OSError:
-        return _fail(delivery, item, "the file could not be read on the site's disk")
+        return _fail(
+            delivery, item, N_("the file could not be read on the site's disk")
+        )
     except APIError as exc:
         if exc.retryable:
             raise
-        return _fail(delivery, item, f"amoCRM's drive refused it: {_detail(exc)}")
+        return _fail(
+            delivery,
+            item,
+            N_("amoCRM's drive refused it: %(error)s", error=_detail(exc)),
+        )
 
 
 def _uploaded(answer: dict[str, Any]) -> dict[str, Any]:
@@ -235,7 +249,14 @@ def _attach(client: AmoClient, delivery: Delivery, spec: DriveSpec) -> None:
                 _put(
                     delivery,
                     int(index),
-                    error=f"amoCRM did not attach it to the {key}: {_detail(exc)}",
+                    error=localize(
+                        N_(
+                            "amoCRM did not attach it to the %(key)s: %(error)s",
+                            key=key,
+                            error=_detail(exc),
+                        ),
+                        site_locale(),
+                    ),
                 )
             continue
         for index in todo:
