@@ -69,12 +69,7 @@ def _unreadable(state: AppState, session: Session, row_id: int, exc: Exception) 
     row = session.get(InboundChange, row_id)
     if row is None:
         return INBOUND_RETRYING
-    row.status = INBOUND_RETRYING
-    row.locked_until = None
-    row.last_error = cut_reason(f"{type(exc).__name__}: {exc}")
-    row.next_attempt_at = utcnow() + timedelta(
-        seconds=retry_delay(row.attempts, state.settings.retry_max_delay)
-    )
+    _retry_later(state, row, f"{type(exc).__name__}: {exc}")
     # The message may quote the site's data: only its kind reaches the log.
     log.warning(
         "Change %s (%s) could not be handled: %s; tried again at %s",
@@ -85,6 +80,16 @@ def _unreadable(state: AppState, session: Session, row_id: int, exc: Exception) 
     )
     session.commit()
     return INBOUND_RETRYING
+
+
+def _retry_later(state: AppState, row: InboundChange, reason: str) -> None:
+    """Make ``row`` due again after the outbound events' backoff, saying why."""
+    row.status = INBOUND_RETRYING
+    row.locked_until = None
+    row.last_error = cut_reason(reason)
+    row.next_attempt_at = utcnow() + timedelta(
+        seconds=retry_delay(row.attempts, state.settings.retry_max_delay)
+    )
 
 
 def _handle(
@@ -118,12 +123,8 @@ def _handle(
     row.locked_until = None
     if failures:
         name, exc = failures[0]
-        row.status = INBOUND_RETRYING
-        row.last_error = cut_reason(
-            "; ".join(f"{n}: {type(e).__name__}: {e}" for n, e in failures)
-        )
-        row.next_attempt_at = utcnow() + timedelta(
-            seconds=retry_delay(row.attempts, state.settings.retry_max_delay)
+        _retry_later(
+            state, row, "; ".join(f"{n}: {type(e).__name__}: {e}" for n, e in failures)
         )
         # The message may quote the site's data: only its kind reaches the log.
         log.warning(
