@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_DELIVERY": None,
     "AMOCRM_BATCH_SIZE": 50,
     "AMOCRM_AGENT_INTERVAL": 300,
+    "AMOCRM_INDEX_INTERVAL": 300,
     "AMOCRM_RATE_LIMIT": 7,
     "AMOCRM_RULES": None,
     "AMOCRM_SITE_NAME": None,
@@ -144,6 +145,9 @@ class Settings:
     delivery: str
     batch_size: int
     agent_interval: int
+    #: Seconds between two polls of amoCRM for changed contacts and companies, which
+    #: keep the local contact index fresh; 0: no index, duplicates are searched.
+    index_interval: int
     rate_limit: float
     rules: dict[str, Any]
     site_name: str | None
@@ -463,6 +467,7 @@ def read_settings(app: Flask) -> Settings:
         delivery=delivery,
         batch_size=_int(config, "AMOCRM_BATCH_SIZE", 1),
         agent_interval=_agent_interval(config),
+        index_interval=_index_interval(config),
         rate_limit=rate_limit,
         rules=load_rules(config["AMOCRM_RULES"], app.root_path),
         site_name=config["AMOCRM_SITE_NAME"],
@@ -495,6 +500,18 @@ def _agent_interval(config: Any) -> int:
             f"must be at least {MIN_AGENT_INTERVAL} seconds, not {seconds}: the agent "
             f"runs on the worker's tick, which comes every {MIN_AGENT_INTERVAL} "
             "seconds, so a shorter interval would not be kept.",
+        )
+    return seconds
+
+
+def _index_interval(config: Any) -> int:
+    seconds = _int(config, "AMOCRM_INDEX_INTERVAL", 0)
+    if 0 < seconds < TICK_SECONDS:
+        raise _fail(
+            "AMOCRM_INDEX_INTERVAL",
+            f"must be 0 (no contact index) or at least {TICK_SECONDS} seconds, not "
+            f"{seconds}: the index is polled on the worker's tick, which comes every "
+            f"{TICK_SECONDS} seconds.",
         )
     return seconds
 

@@ -194,3 +194,31 @@ class Counter(Base):
     value: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), default=0
     )
+
+
+class EntityKey(Base):
+    """One key of a contact or company in the local contact index
+    (:mod:`flask_amocrm.worker.index`): a normalised phone, e-mail or name, and the
+    entity holding it. A lookup reads candidates here instead of searching amoCRM,
+    then verifies them against amoCRM before reusing one."""
+
+    __tablename__ = "amocrm_entity_index"
+    __table_args__ = (
+        Index("ix_amocrm_entity_index_key", "account", "entity", "kind", "key"),
+        Index("ix_amocrm_entity_index_entity", "account", "entity", "entity_id"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True
+    )
+    #: The amoCRM account's host: two accounts never share a key.
+    account: Mapped[str] = mapped_column(String(200))
+    #: ``contacts`` or ``companies``.
+    entity: Mapped[str] = mapped_column(String(12))
+    entity_id: Mapped[int] = mapped_column(BigInteger)
+    #: ``phone``, ``email`` or ``name`` (:data:`flask_amocrm.dedup.INDEX_KINDS`).
+    kind: Mapped[str] = mapped_column(String(8))
+    #: The value as duplicate control compares it (E.164 phone, lower-cased e-mail).
+    key: Mapped[str] = mapped_column(String(255))
+    #: The entity's ``updated_at`` in amoCRM (Unix seconds) when it was read.
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -125,6 +125,18 @@ class SandboxServer:
             self._call("POST", "/_sandbox/long_lived_token", {"days": days})["token"]
         )
 
+    def seed(self, contacts: int, companies: int = 0, seed: int = 1) -> dict[str, Any]:
+        """Add made-up contacts and companies (``POST /_sandbox/seed``)."""
+        return self._call(
+            "POST",
+            "/_sandbox/seed",
+            {"contacts": contacts, "companies": companies, "seed": seed},
+        )
+
+    def delete(self, entity: str, entity_id: int) -> None:
+        """Delete an entity as a person does in amoCRM (``POST /_sandbox/delete``)."""
+        self._call("POST", "/_sandbox/delete", {"entity": entity, "id": entity_id})
+
     def state(self) -> dict[str, Any]:
         """Everything the account holds (``GET /_sandbox/state``)."""
         return self._call("GET", "/_sandbox/state")

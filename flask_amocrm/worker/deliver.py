@@ -33,6 +33,7 @@ from ..signals import event_delivered, event_failed
 from ..state import AppState, get_state
 from .delivery import Delivery
 from .execute import execute
+from .index import contact_index
 from .lookup import key_locks
 from .markers import forget_marker_field, mark
 from .outage import note_failure, note_success, paused
@@ -229,7 +230,12 @@ def _run(
         with event_context(deliveries[0].event.id if len(deliveries) == 1 else None):
             client = client_for(state)
             mark(state, client, deliveries)
-            execute(client, deliveries, locks=key_locks(state))
+            execute(
+                client,
+                deliveries,
+                locks=key_locks(state),
+                index=contact_index(state),
+            )
     except AmoCRMError as exc:
         note_failure(state, exc)
         return (RETRYING if exc.retryable else FAILED, f"{type(exc).__name__}: {exc}")
