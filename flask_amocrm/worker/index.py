@@ -176,7 +176,7 @@ def add_keys(
                     EntityKey.entity == entity,
                     EntityKey.entity_id.in_(list(keys)),
                 )
-            ).tuples()
+            ).all()
         )
         rows = [
             {
@@ -332,7 +332,9 @@ class ContactIndex:
             if not mine:
                 continue
             candidates = self._candidates(entity, mine)
-            ids = sorted({i for found in candidates.values() for i in found})
+            ids = sorted(
+                {i for groups in candidates.values() for g in groups for i in g}
+            )
             fresh: dict[int, dict[str, Any]] = {}
             if ids:
                 with_leads = any(w.with_leads for w in mine)
@@ -346,26 +348,48 @@ class ContactIndex:
                 store(self.state, entity, items)
                 forget(self.state, entity, [i for i in ids if i not in fresh])
             for w in mine:
-                found = candidates.get(w.request_id)
-                if found is None:
+                groups = candidates.get(w.request_id)
+                if groups is None:
                     continue  # a criterion the index does not keep: search
-                rule = w.entity.duplicates
-                assert rule is not None
-                now = [fresh[i] for i in found if i in fresh]
-                dups = pick(rule, now)
-                stale = len(now) < len(found) or len(dups) < len(now)
-                if dups or (complete and not stale):
+                dups = self._judge(w, groups, fresh, complete)
+                if dups is not None:
                     answers[(w.request_id, w.entity.key)] = dups
         return answers
+
+    @staticmethod
+    def _judge(
+        w: Wanted,
+        groups: list[list[int]],
+        fresh: dict[int, dict[str, Any]],
+        complete: bool,
+    ) -> list[dict[str, Any]] | None:
+        """The duplicates among the candidates as amoCRM holds them now, group by
+        group in the order the searches would go (the first group with a duplicate
+        answers, as the first search with one does); ``None``: search instead."""
+        rule = w.entity.duplicates
+        assert rule is not None
+        stale = False
+        for group in groups:
+            now = [fresh[i] for i in group if i in fresh]
+            dups = pick(rule, now)
+            if dups:
+                return dups
+            stale = stale or len(now) < len(group) or bool(now)
+        return [] if complete and not stale else None
 
     def saw(self, entity: str, items: Sequence[dict[str, Any]]) -> None:
         """Keep what a search found (read from amoCRM just now)."""
         if entity in ENTITIES:
             store(self.state, entity, items)
 
-    def _candidates(self, entity: str, wanted: list[Wanted]) -> dict[str, list[int]]:
-        """The ids the index holds under each wanted entity's keys (with ``all``,
-        those holding a value of every criterion), earliest first."""
+    def _candidates(
+        self, entity: str, wanted: list[Wanted]
+    ) -> dict[str, list[list[int]]]:
+        """The ids the index holds under each wanted entity's keys, earliest first,
+        in groups as the searches go (:meth:`~flask_amocrm.dedup.DuplicateRule.
+        searches`): with ``any`` one group per value, with ``all`` one group of
+        those holding a value of every criterion. Entities whose rule the index
+        cannot answer are left out."""
         per_rule: dict[str, list[list[tuple[str, str]]]] = {}
         for w in wanted:
             rule = w.entity.duplicates
@@ -392,21 +416,21 @@ class ContactIndex:
                             )
                         ),
                     )
-                ).tuples()
+                ).all()
                 for entity_id, kind, key in rows:
                     holders.setdefault((kind, key), set()).add(int(entity_id))
-        out: dict[str, list[int]] = {}
+        out: dict[str, list[list[int]]] = {}
         for w in wanted:
             groups = per_rule.get(w.request_id)
-            if groups is None:
-                continue
             rule = w.entity.duplicates
-            assert rule is not None
-            sets = [set().union(*(holders.get(p, set()) for p in g)) for g in groups]
-            found = (
-                set.intersection(*sets) if rule.require == "all" else set().union(*sets)
-            )
-            out[w.request_id] = sorted(found)[:CANDIDATE_LIMIT]
+            if groups is None or rule is None:
+                continue
+            if rule.require == "all":
+                sets = [set().union(*(holders.get(p, set()) for p in g)) for g in groups]
+                found = [set.intersection(*sets)]
+            else:
+                found = [holders.get(p, set()) for g in groups for p in g]
+            out[w.request_id] = [sorted(f)[:CANDIDATE_LIMIT] for f in found]
         return out
 
     def remember(self, deliveries: Sequence[Delivery]) -> None:
