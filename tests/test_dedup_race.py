@@ -163,9 +163,7 @@ def test_two_workers_one_person_one_contact(
     mode: str,
 ) -> None:
     sandbox.config(rate_limit=0)
-    contacts = race(
-        sandbox, tmp_path, redis_url if backend == "redis" else None, mode
-    )
+    contacts = race(sandbox, tmp_path, redis_url if backend == "redis" else None, mode)
     assert len(contacts) == 1, contacts
     assert len(sandbox.leads()) == 3  # the warm-up's and one per event
 

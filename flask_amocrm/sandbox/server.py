@@ -115,6 +115,10 @@ class SandboxServer:
         """Every API request received since the last reset."""
         return self._call("GET", "/_sandbox/requests")
 
+    def clear_requests(self) -> None:
+        """Forget the logged requests (``DELETE /_sandbox/requests``)."""
+        self._call("DELETE", "/_sandbox/requests", {})
+
     def auth_code(self) -> str:
         """A fresh OAuth authorization code for the configured client."""
         return self._call("POST", "/_sandbox/oauth/code", {})["code"]

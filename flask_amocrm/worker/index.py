@@ -426,7 +426,9 @@ class ContactIndex:
             if groups is None or rule is None:
                 continue
             if rule.require == "all":
-                sets = [set().union(*(holders.get(p, set()) for p in g)) for g in groups]
+                sets = [
+                    set().union(*(holders.get(p, set()) for p in g)) for g in groups
+                ]
                 found = [set.intersection(*sets)]
             else:
                 found = [holders.get(p, set()) for g in groups for p in g]
