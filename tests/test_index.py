@@ -361,3 +361,20 @@ def test_changes_from_amocrm_update_the_index(make_app: Any, fast_sandbox: Any) 
     with app.app_context():
         index.entity_deleted(get_state(app), "contacts", 777)
     assert _keys(app, 777) == set()
+    # as the webhook sends it: custom_fields in the old shape, lists by position
+    hook = {
+        "id": "778",
+        "name": "Vera",
+        "last_modified": "1700000000",
+        "custom_fields": {
+            "0": {
+                "id": "1",
+                "code": "PHONE",
+                "values": {"0": {"value": "89161112244"}},
+            },
+            "1": {"id": "2", "name": "Birthday", "values": {"0": "1542067200"}},
+        },
+    }
+    with app.app_context():
+        index.entity_changed(get_state(app), "contacts", hook)
+    assert _keys(app, 778) == {("name", "vera"), ("phone", "+79161112244")}

@@ -29,6 +29,12 @@ its candidates locally.
   for it, so it may be behind for others too).
 
 ``AMOCRM_INDEX_INTERVAL = 0`` turns the index off: every lookup searches.
+
+Where the webhooks plug in: the handler of amoCRM's webhooks, having read a
+``contacts[add]``/``contacts[update]`` item (``companies[...]`` likewise), calls
+``entity_changed(state, "contacts", item)`` with the item as parsed; for a
+``[delete]`` item, ``entity_deleted(state, "contacts", id)``. Both do nothing while
+the index is off.
 """
 
 from __future__ import annotations
@@ -197,11 +203,41 @@ def add_keys(
 
 
 def entity_changed(state: AppState, entity: str, item: dict[str, Any]) -> None:
-    """A contact or company was added or changed in amoCRM (``item`` shaped as API
-    v4 returns it): the index keeps its keys now. For the webhooks from amoCRM
-    (``contact_added``, ``contact_updated`` and the companies' ones)."""
+    """A contact or company was added or changed in amoCRM: the index keeps its
+    keys now. For the webhooks from amoCRM (``contact_added``, ``contact_updated``
+    and the companies' ones): ``item`` is shaped as API v4 returns it, or as the
+    webhook's ``contacts[update][N]`` item (its ``custom_fields`` in the old shape,
+    lists given as lists or as dicts keyed by position)."""
     if enabled(state) and entity in ENTITIES:
-        store(state, entity, [item])
+        store(state, entity, [webhook_item(item)])
+
+
+def _seq(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return list(value.values())
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def webhook_item(item: dict[str, Any]) -> dict[str, Any]:
+    """A webhook's contact or company item in the API v4 shape the index reads:
+    ``custom_fields[K][code|values][J][value]`` become ``custom_fields_values``,
+    ``last_modified`` becomes ``updated_at``. An item in the v4 shape is returned
+    as it is."""
+    if "custom_fields_values" in item or "custom_fields" not in item:
+        return item
+    fields = []
+    for raw in _seq(item.get("custom_fields")):
+        if not isinstance(raw, dict):
+            continue
+        values = [
+            {"value": v.get("value")} if isinstance(v, dict) else {"value": v}
+            for v in _seq(raw.get("values"))
+        ]
+        fields.append({"field_code": raw.get("code"), "values": values})
+    out = {k: v for k, v in item.items() if k != "custom_fields"}
+    out["custom_fields_values"] = fields
+    out.setdefault("updated_at", item.get("last_modified") or 0)
+    return out
 
 
 def entity_deleted(state: AppState, entity: str, entity_id: int) -> None:
