@@ -12,7 +12,7 @@ from urllib.parse import parse_qs
 import pytest
 import requests
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from flask_amocrm.amo import client_for
 from flask_amocrm.models import EntityKey
@@ -166,7 +166,13 @@ def test_the_fill_goes_in_small_steps_then_the_poll_keeps_it_fresh(
         ]
         assert len(pages) == 6 and all(p["limit"] == ["250"] for p in pages)
         with state.session() as session:
-            held = set(session.scalars(select(EntityKey.entity_id)))
+            held = {
+                (entity, entity_id)
+                for entity, entity_id in session.execute(
+                    select(EntityKey.entity, EntityKey.entity_id)
+                )
+                if entity in index.ENTITIES
+            }
         assert len(held) == 1110
         # changed in amoCRM: the poll (every AMOCRM_INDEX_INTERVAL) reads it
         contact = _contact(fast_sandbox, "Fresh Person", "+7 903 111-22-33")
@@ -286,6 +292,23 @@ def test_an_incomplete_index_falls_back_to_the_search(
     assert event.remote["found"] == {"contact": ann}
     assert _lookups(fast_sandbox.requests())[0] == 1  # found by the search
     assert ("phone", "+79123456789") in _keys(app, ann)  # and kept since
+
+
+def test_a_replaced_database_is_not_taken_for_a_complete_index(
+    make_app: Any, fast_sandbox: Any, redis_conn: Any, redis_url: str
+) -> None:
+    ann = _contact(fast_sandbox, "Ann", "+7 912 345-67-89")
+    app = _site(make_app, AMOCRM_REDIS_URL=redis_url)
+    fill_index(app)
+    # the events database is replaced; Redis still says "complete"
+    with app.app_context(), get_state(app).session() as session:
+        session.execute(delete(EntityKey))
+        session.commit()
+    event = _send(app, name="Ann", phone="+79123456789")
+    assert event.remote["found"] == {"contact": ann}  # searched: not a new person
+    with app.app_context():
+        assert index.complete_since(get_state(app)) is None
+    assert fill_index(app) == 2  # filled again
 
 
 # -- what it costs --------------------------------------------------------------------

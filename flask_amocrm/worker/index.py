@@ -83,6 +83,8 @@ KEY_LENGTH = 255
 _COMPLETE = "index:complete"
 _FILL = "index:fill"
 _SINCE = "index:since:"
+#: The row that says, in the database itself, which fill completed the index.
+_MARK = ("index", "complete")
 
 
 def enabled(state: AppState) -> bool:
@@ -95,10 +97,55 @@ def _account(state: AppState) -> str:
 
 
 def complete_since(state: AppState) -> int | None:
-    """The moment (Unix seconds) the fill finished, or ``None`` while the index is
-    not complete (a miss then says nothing)."""
+    """The moment (Unix seconds) the fill began that read the whole account, or
+    ``None`` while the index is not complete (a miss then says nothing).
+
+    The flag lives in Redis when there is one, the index in the database: a
+    database that is not the one the fill wrote (restored, replaced) has no mark
+    row, and the flag is then dropped and the fill starts again, instead of taking
+    an empty index for a complete one."""
     value = shared.get(state, _COMPLETE, account=True)
-    return int(value) if value and value.isdigit() else None
+    if not value or not value.isdigit():
+        return None
+    with state.session() as session:
+        marked = session.scalar(
+            select(EntityKey.key).where(
+                EntityKey.account == _account(state),
+                EntityKey.entity == _MARK[0],
+                EntityKey.kind == _MARK[1],
+            )
+        )
+    if marked != value:
+        log.warning("The contact index is not in this database: filling it again")
+        shared.clear(state, _COMPLETE, account=True)
+        shared.clear(state, _FILL, account=True)
+        return None
+    return int(value)
+
+
+def _mark_complete(state: AppState, started: int) -> None:
+    account = _account(state)
+    with state.session() as session:
+        session.execute(
+            delete(EntityKey).where(
+                EntityKey.account == account, EntityKey.entity == _MARK[0]
+            )
+        )
+        session.execute(
+            insert(EntityKey),
+            [
+                {
+                    "account": account,
+                    "entity": _MARK[0],
+                    "entity_id": 0,
+                    "kind": _MARK[1],
+                    "key": str(started),
+                    "updated_at": started,
+                }
+            ],
+        )
+        session.commit()
+    shared.put(state, _COMPLETE, str(started), account=True)
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -285,7 +332,7 @@ def fill_step(state: AppState, client: AmoClient, pages: int = FILL_PAGES) -> in
             else:
                 for name in ENTITIES:
                     shared.put(state, _SINCE + name, str(started), account=True)
-                shared.put(state, _COMPLETE, str(started), account=True)
+                _mark_complete(state, started)
                 shared.clear(state, _FILL, account=True)
                 log.info("The contact index is complete (%d pages read)", read)
                 return read
