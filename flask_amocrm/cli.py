@@ -36,6 +36,7 @@ from .state import AppState, get_state
 from .worker.agent import process
 from .worker.amo_worker import AmoWorker
 from .worker.dispatch import hand_off_many
+from .worker.index import refresh as refresh_index
 from .worker.markers import forget_marker_field
 from .worker.outage import current as current_outage
 from .worker.outage import paused, reconnected
@@ -145,13 +146,15 @@ def worker(burst: bool, with_scheduler: bool, maintenance_interval: int) -> None
 )
 def process_command(limit: int | None, everything: bool) -> None:
     """Deliver due events in this process: the agent run for cron, or for sites
-    without Redis. Also runs the hourly housekeeping (retention, token keep-alive)."""
+    without Redis. Also runs the hourly housekeeping (retention, token keep-alive)
+    and the contact index's share of a tick (a few pages of its fill, or its poll)."""
     state = get_state()
     if everything:
         limit = None
     elif limit is None:
         limit = state.settings.batch_size
     counts = process(state, limit)
+    counts.update(refresh_index(state))
     counts.update(housekeeping(state))
     _echo_counts(counts)
 

@@ -188,6 +188,17 @@ def test_the_fill_goes_in_small_steps_then_the_poll_keeps_it_fresh(
         assert int(poll["filter[updated_at][from]"][0]) == since - index.OVERLAP
 
 
+def test_cron_fills_it_too(make_app: Any, fast_sandbox: Any) -> None:
+    """Sites without a worker run ``flask amocrm process`` from cron: it does the
+    index's share of a tick as well."""
+    app = _site(make_app)
+    result = app.test_cli_runner().invoke(args=["amocrm", "process"])
+    assert result.exit_code == 0, result.output
+    assert "index fill pages: 2" in result.output.splitlines()
+    with app.app_context():
+        assert index.complete_since(get_state(app)) is not None
+
+
 def test_the_index_off_reads_nothing(make_app: Any, fast_sandbox: Any) -> None:
     app = _site(make_app, interval=0)
     with app.app_context():
