@@ -64,8 +64,8 @@ log = logging.getLogger("flask_amocrm.worker")
 
 #: The entities the index keeps.
 ENTITIES = ("contacts", "companies")
-#: Pages (of 250) the fill reads per tick: about one second of the account's
-#: seven requests, every thirty seconds, is left to delivery the rest of the time.
+#: Pages (of 250) the fill reads per tick: four calls every thirty seconds are
+#: 2 % of the account's seven requests a second; delivery keeps the rest.
 FILL_PAGES = 4
 #: Pages a poll reads per entity at most; a longer backlog goes on next tick.
 POLL_PAGES = 20
