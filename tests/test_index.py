@@ -138,6 +138,14 @@ def test_the_sandbox_seeds_an_account_and_lists_it_as_amocrm_does(
     )
     times = [c["updated_at"] for c in recent["_embedded"]["contacts"]]
     assert times == sorted(times) and len(times) < 10
+    older = _api(
+        fast_sandbox,
+        "GET",
+        f"/contacts?limit=250&order[updated_at]=desc&filter[updated_at][to]={times[0]}",
+    )
+    before = [c["updated_at"] for c in older["_embedded"]["contacts"]]
+    assert len(before) == 250 and before == sorted(before, reverse=True)
+    assert before[0] <= times[0]
     fast_sandbox.delete("contacts", ids[0])
     listed = _api(fast_sandbox, "GET", f"/contacts?filter[id][]={ids[0]}")
     assert listed is None  # 204: a deleted contact is listed no more
