@@ -5,11 +5,14 @@ Anything not documented here is internal.
 
 from __future__ import annotations
 
-from .errors import AmoCRMError
+from .errors import AmoCRMError, Cancel
 from .extension import AmoCRM
+from .hooks import AmoIds, ApiCall
 from .models import Event
+from .rules.draft import EntityDraft, FieldValue, NoteDraft, PushPlan, TaskDraft
 from .rules.signing import sign_id
 from .signals import (
+    event_cancelled,
     event_captured,
     event_delivered,
     event_failed,
@@ -20,7 +23,16 @@ from .signals import (
 __all__ = [
     "AmoCRM",
     "AmoCRMError",
+    "AmoIds",
+    "ApiCall",
+    "Cancel",
+    "EntityDraft",
     "Event",
+    "FieldValue",
+    "NoteDraft",
+    "PushPlan",
+    "TaskDraft",
+    "event_cancelled",
     "event_captured",
     "event_delivered",
     "event_failed",

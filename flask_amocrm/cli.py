@@ -16,10 +16,11 @@ from sqlalchemy.exc import DBAPIError
 
 from .amo.auth import authorize_url
 from .amo.connect import exchange_code
-from .amo.metadata import clear_metadata, metadata_for, sync_metadata
+from .amo.metadata import clear_metadata, sync_metadata
 from .errors import AmoCRMError
 from .importer import import_rows, read_rows
 from .models import (
+    CANCELLED,
     FAILED,
     IGNORED,
     PENDING,
@@ -29,13 +30,13 @@ from .models import (
     Event,
     utcnow,
 )
-from .outbox import make_due
-from .rules.check import check_rules
+from .outbox import make_due, on_hold, switched_off
 from .rules.schema import find_rule
 from .state import AppState, get_state
 from .worker.agent import process
 from .worker.amo_worker import AmoWorker
 from .worker.dispatch import hand_off_many
+from .worker.health import check_account, listening_workers, waiting_since
 from .worker.index import refresh as refresh_index
 from .worker.markers import forget_marker_field
 from .worker.outage import current as current_outage
@@ -44,6 +45,7 @@ from .worker.preview import preview
 from .worker.queue import get_queue
 from .worker.rules_file import rules_age
 from .worker.schedule import ensure_tick, housekeeping
+from .worker.sources import forget_source
 
 amocrm_cli = AppGroup("amocrm", help="Flask-AmoCRM: deliver site events to amoCRM.")
 
@@ -231,7 +233,13 @@ def status() -> None:
                 ).all()
             )
             failed = _listed(session, Event.status == FAILED)
-            stuck = _listed(session, _stuck_clause())
+            cancelled = _listed(session, Event.status == CANCELLED)
+            hold = on_hold(state)
+            stuck = _listed(
+                session,
+                _stuck_clause() if hold is None else _stuck_clause() & ~hold,
+            )
+            switches = switched_off(state)
     except DBAPIError as exc:
         raise _database_problem(state, exc) from None
     for name in STATUSES:
@@ -240,6 +248,15 @@ def status() -> None:
         click.echo(f"Failed ({rows.get(FAILED, 0)}), newest first:")
         for event in failed:
             click.echo("  " + _event_line(event, event.last_error))
+    if cancelled:
+        click.echo(f"Cancelled by a hook ({rows.get(CANCELLED, 0)}), newest first:")
+        for event in cancelled:
+            click.echo("  " + _event_line(event, event.last_error))
+    for switch in switches:
+        click.echo(
+            f"Switched off: {switch.what}: {switch.waiting} event(s) wait, "
+            "delivered once it is switched on again"
+        )
     if stuck:
         click.echo(f"Stuck: due {_minutes(STUCK_AFTER)} ago or more, not delivered:")
         for event in stuck:
@@ -267,11 +284,10 @@ def _listed(session: Any, clause: Any) -> list[Event]:
 
 def _stuck_clause() -> Any:
     since = utcnow() - STUCK_AFTER
-    # Waiting since the last time it was touched (an imported event's created_at is
-    # the past moment it happened, not when it was stored).
-    due = func.coalesce(Event.next_attempt_at, Event.updated_at)
+    # Waiting since the last time it was made due (an imported event's created_at
+    # is the past moment it happened, not when it was stored).
     return or_(
-        Event.status.in_((PENDING, RETRYING)) & (due < since),
+        Event.status.in_((PENDING, RETRYING)) & (waiting_since() < since),
         (Event.status == PROCESSING) & (Event.updated_at < since),
     )
 
@@ -313,10 +329,8 @@ def _database_problem(state: AppState, exc: DBAPIError) -> click.ClickException:
 
 
 def _warn_without_worker(state: AppState) -> None:
-    from rq import Worker
-
     try:
-        workers = Worker.all(queue=get_queue(state))
+        workers = listening_workers(state)
     except RedisError as exc:
         click.echo(f"warning: {_redis_down(state, exc).message}")
         return
@@ -362,9 +376,10 @@ def auth_command(code: str | None) -> None:
 @amocrm_cli.command("sync")
 def sync_command() -> None:
     """Fetch the account's pipelines, users, fields and task types again, and
-    forget every cached id (the marker field's too)."""
+    forget every cached id (the marker field's and the site source's too)."""
     state = get_state()
     forget_marker_field(state)
+    forget_source(state)
     clear_metadata(state)
     try:
         meta = sync_metadata(state)
@@ -385,10 +400,9 @@ def check_command() -> None:
     statuses, users and task types they name."""
     state = get_state()
     try:
-        meta = metadata_for(state, refresh=True)
+        problems = check_account(state)
     except AmoCRMError as exc:
         raise click.ClickException(f"Could not read the account: {exc}") from None
-    problems = check_rules(state.settings.rules, meta)
     for problem in problems:
         click.echo(problem)
     if problems:

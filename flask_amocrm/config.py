@@ -97,6 +97,10 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_UPLOAD_MAX_TOTAL": 50 * 1024 * 1024,
     # Encryption of the stored OAuth tokens (default: a key derived from SECRET_KEY).
     "AMOCRM_TOKEN_KEY": None,
+    # Hooks and switches (docs/hooks.md): False holds every event's delivery.
+    "AMOCRM_ENABLED": True,
+    # The site's amoCRM source: its external_id (default: SERVER_NAME's host).
+    "AMOCRM_SOURCE": None,
 }
 
 log = logging.getLogger("flask_amocrm")
@@ -204,6 +208,12 @@ class Settings:
     #: The Fernet keys of the stored OAuth tokens, newest first (from
     #: ``AMOCRM_TOKEN_KEY``, else derived from ``SECRET_KEY``); empty: none.
     token_keys: tuple[str, ...] = field(repr=False)
+    #: ``AMOCRM_ENABLED``: ``False`` keeps capturing events and holds their delivery
+    #: until it is ``True`` again.
+    enabled: bool = True
+    #: The ``external_id`` of the site's amoCRM source (``AMOCRM_SOURCE``, else the
+    #: host of ``SERVER_NAME``); ``None``: leads name no source.
+    source: str | None = None
 
 
 #: Seconds between two runs of the workers' periodic job (the tick).
@@ -487,9 +497,39 @@ def read_settings(app: Flask) -> Settings:
         **_admin_settings(config),
         keepalive_days=_int(config, "AMOCRM_KEEPALIVE_DAYS", 1),
         token_keys=_token_keys(config, oauth=bool(client_id)),
+        enabled=_bool(config, "AMOCRM_ENABLED"),
+        source=_source(app, config["AMOCRM_SOURCE"]),
         **_rules_file(config["AMOCRM_RULES"], app.root_path),
         **_rules_settings(app, config),
     )
+
+
+#: The longest ``AMOCRM_SOURCE``.
+SOURCE_LIMIT = 100
+
+
+def _source(app: Flask, value: Any) -> str | None:
+    """The site's source ``external_id``: ``AMOCRM_SOURCE``; unset, the host of
+    ``SERVER_NAME`` (never a request's ``Host`` header: the visitor chooses that);
+    ``False``, or unset without ``SERVER_NAME``: no source."""
+    key = "AMOCRM_SOURCE"
+    if value is False:
+        return None
+    if value is None:
+        server = str(app.config.get("SERVER_NAME") or "").strip()
+        host = urlsplit(f"//{server}").hostname if server else None
+        return host[:SOURCE_LIMIT] if host else None
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(
+            key, f"must be a text (the source's external_id) or False, not {value!r}."
+        )
+    text = value.strip()
+    if len(text) > SOURCE_LIMIT or any(c in text for c in "\r\n\t"):
+        raise _fail(
+            key,
+            f"must be one line of at most {SOURCE_LIMIT} characters, not {value!r}.",
+        )
+    return text
 
 
 def _agent_interval(config: Any) -> int:

@@ -125,6 +125,32 @@ class LockTimeoutError(AmoCRMError):
     retryable = True
 
 
+class CallVetoed(AmoCRMError):
+    """A ``before_api_call`` hook refused a request (it raised :class:`Cancel`), or
+    failed: the request was not sent. ``events`` are the ids of the events the
+    request was for; ``cancelled`` tells a veto (the events end ``cancelled``) from
+    a hook that raised something else (they fail)."""
+
+    def __init__(
+        self, message: str, *, events: tuple[int, ...] = (), cancelled: bool = True
+    ) -> None:
+        super().__init__(message)
+        self.events = events
+        self.cancelled = cancelled
+
+
+class Cancel(Exception):  # noqa: N818 - the public name the design fixes
+    """Raised by a ``before_push`` or ``before_api_call`` hook to stop an event: it
+    ends ``cancelled``, with ``reason`` stored as its ``last_error``.
+
+    ``raise flask_amocrm.Cancel("test order")``
+    """
+
+    def __init__(self, reason: str = "cancelled by a hook") -> None:
+        super().__init__(reason)
+        self.reason = str(reason)
+
+
 class ImportRowError(ValueError):
     """A row of an import file cannot be imported; the message names the line."""
 

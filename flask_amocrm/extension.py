@@ -16,6 +16,7 @@ from .admin import admin_is_off, register_admin
 from .capture import capture, on_email_dispatched, on_form_submitted, on_mail_sent
 from .cli import amocrm_cli
 from .config import read_settings
+from .hooks import ApiCall, Hooks, PushHook
 from .models import Event, metadata
 from .rules.schema import validate_rules
 from .signals import form_submitted, mail_sent
@@ -25,6 +26,7 @@ from .visit import remember_campaign
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
+F = TypeVar("F", bound=Callable[..., Any])
 AuthHook = TypeVar("AuthHook", bound=Callable[[], Any])
 
 
@@ -42,6 +44,9 @@ class AmoCRM:
         self, app: Flask | None = None, *, db: SQLAlchemy | None = None
     ) -> None:
         self._db = db
+        #: The hooks registered with the decorators below; every app this instance
+        #: is registered on shares them (docs/hooks.md).
+        self.hooks = Hooks()
         self._admin_auth: Callable[[], Any] | None = None
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
@@ -61,7 +66,7 @@ class AmoCRM:
             for table in metadata.sorted_tables:
                 if table.name not in self._db.metadata.tables:
                     table.to_metadata(self._db.metadata)
-        state = AppState(app, settings, self._db, extension=self)
+        state = AppState(app, settings, self._db, extension=self, hooks=self.hooks)
         app.extensions["amocrm"] = state
         self._apps.add(app)
 
@@ -103,6 +108,69 @@ class AmoCRM:
             state.admin_auth = hook
             register_admin(app, state.settings.admin_url_prefix)
         return hook
+
+    # -- hooks (docs/hooks.md) --------------------------------------------------------
+
+    def before_push(
+        self,
+        func: F | None = None,
+        /,
+        *,
+        form: str | None = None,
+        mail: str | None = None,
+    ) -> F | Callable[[F], F]:
+        """Register ``func(event, plan)``, called in the worker before the first
+        request for an event, with its :class:`~flask_amocrm.PushPlan` to change.
+        Raising :class:`~flask_amocrm.Cancel` cancels the event. ``form=`` or
+        ``mail=`` narrows it to one form or mail event."""
+        return self._push_hook(self.hooks.before_push, func, form, mail)
+
+    def after_push(
+        self,
+        func: F | None = None,
+        /,
+        *,
+        form: str | None = None,
+        mail: str | None = None,
+    ) -> F | Callable[[F], F]:
+        """Register ``func(event, ids)``, called once an event was delivered, with
+        the :class:`~flask_amocrm.AmoIds` amoCRM gave it."""
+        return self._push_hook(self.hooks.after_push, func, form, mail)
+
+    def before_api_call(
+        self, func: Callable[[ApiCall], Any]
+    ) -> Callable[[ApiCall], Any]:
+        """Register ``func(call)``, called before every request to amoCRM with its
+        :class:`~flask_amocrm.ApiCall`; raising :class:`~flask_amocrm.Cancel`
+        vetoes the request and cancels the events it was for."""
+        self.hooks.before_api_call.append(func)
+        return func
+
+    def after_api_call(
+        self, func: Callable[[ApiCall], Any]
+    ) -> Callable[[ApiCall], Any]:
+        """Register ``func(call)``, called after every request to amoCRM, with the
+        answer's ``status`` and ``answer`` (or ``error``) set on the call."""
+        self.hooks.after_api_call.append(func)
+        return func
+
+    @staticmethod
+    def _push_hook(
+        hooks: list[PushHook],
+        func: F | None,
+        form: str | None,
+        mail: str | None,
+    ) -> F | Callable[[F], F]:
+        if form is not None and mail is not None:
+            raise TypeError(
+                "Narrow a push hook to a form or to a mail event, not both."
+            )
+
+        def register(f: F) -> F:
+            hooks.append(PushHook(f, form=form, mail=mail))
+            return f
+
+        return register(func) if func is not None else register
 
     def submit(
         self,

@@ -29,14 +29,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: Event statuses. ``pending``: stored, not yet tried; ``processing``: a worker
 #: holds it; ``retrying``: a transient failure, tried again at ``next_attempt_at``;
 #: ``delivered``; ``failed``: a permanent failure that waits for a person;
-#: ``ignored``: no rule matched.
+#: ``ignored``: no rule matched; ``cancelled``: a hook said no (the reason is in
+#: ``last_error``); it is never sent unless a person retries it.
 PENDING = "pending"
 PROCESSING = "processing"
 RETRYING = "retrying"
 DELIVERED = "delivered"
 FAILED = "failed"
 IGNORED = "ignored"
-STATUSES = (PENDING, PROCESSING, RETRYING, DELIVERED, FAILED, IGNORED)
+CANCELLED = "cancelled"
+STATUSES = (PENDING, PROCESSING, RETRYING, DELIVERED, FAILED, IGNORED, CANCELLED)
 
 metadata = MetaData(
     naming_convention={
@@ -118,7 +120,7 @@ class EventAttempt(Base):
     )
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    #: ``delivered``, ``retrying``, ``failed`` or ``ignored``.
+    #: ``delivered``, ``retrying``, ``failed``, ``ignored`` or ``cancelled``.
     outcome: Mapped[str | None] = mapped_column(String(12), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)

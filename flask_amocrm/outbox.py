@@ -33,15 +33,27 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from .models import FAILED, IGNORED, PENDING, PROCESSING, RETRYING, Event, utcnow
+from .rules.schema import disabled_rules
 
 if TYPE_CHECKING:
     from .state import AppState
@@ -329,12 +341,59 @@ def known_keys(session: Session, keys: Iterable[str]) -> set[str]:
     )
 
 
+# -- switches --------------------------------------------------------------------------
+
+
+def on_hold(state: AppState) -> ColumnElement[bool] | None:
+    """The condition of the events whose delivery is switched off now
+    (``AMOCRM_ENABLED = False``: all of them; a rule's ``enabled = false``: that
+    rule's), or ``None`` when nothing is. Held events are kept as they are: never
+    claimed, so never tried, failed or counted as an attempt, until switched on."""
+    if not state.settings.enabled:
+        return true()
+    off = disabled_rules(state.settings.rules)
+    if not off:
+        return None
+    return or_(
+        *(and_(Event.kind == kind, Event.source == source) for kind, source, _ in off)
+    )
+
+
+@dataclass(frozen=True)
+class SwitchedOff:
+    """Something switched off, for ``flask amocrm status`` and the admin pages."""
+
+    #: ``AMOCRM_ENABLED = False``, or the rule (``forms.callback``).
+    what: str
+    #: How many events wait for it to be switched on again.
+    waiting: int
+
+
+def switched_off(state: AppState) -> list[SwitchedOff]:
+    """What is switched off now and how many events wait because of it."""
+    waiting = Event.status.in_((PENDING, RETRYING, PROCESSING))
+    out: list[SwitchedOff] = []
+    with state.session() as session:
+        if not state.settings.enabled:
+            count = session.scalar(select(func.count()).where(waiting))
+            out.append(SwitchedOff("AMOCRM_ENABLED = False", int(count or 0)))
+        for kind, source, where in disabled_rules(state.settings.rules):
+            count = session.scalar(
+                select(func.count()).where(
+                    waiting, Event.kind == kind, Event.source == source
+                )
+            )
+            out.append(SwitchedOff(f"{where} (enabled = false)", int(count or 0)))
+    return out
+
+
 # -- due events ------------------------------------------------------------------------
 
 
-def due(now: datetime) -> ColumnElement[bool]:
-    """The condition of an event that may be claimed at ``now``."""
-    return or_(
+def due(now: datetime, hold: ColumnElement[bool] | None = None) -> ColumnElement[bool]:
+    """The condition of an event that may be claimed at ``now``; ``hold``
+    (:func:`on_hold`) leaves out the events whose delivery is switched off."""
+    ready = or_(
         Event.status == PENDING,
         and_(
             Event.status == RETRYING,
@@ -342,6 +401,7 @@ def due(now: datetime) -> ColumnElement[bool]:
         ),
         and_(Event.status == PROCESSING, Event.locked_until < now),
     )
+    return ready if hold is None else and_(ready, not_(hold))
 
 
 def due_ids(
@@ -350,7 +410,7 @@ def due_ids(
     """Ids of the events that are due, oldest first. ``include_fresh=False`` leaves
     out pending events so young that their own job is still on the way."""
     now = utcnow()
-    query = select(Event.id).where(due(now)).order_by(Event.id)
+    query = select(Event.id).where(due(now, on_hold(state))).order_by(Event.id)
     if not include_fresh:
         query = query.where(Event.created_at < now - GRACE)
     if limit is not None:
@@ -389,7 +449,7 @@ def claim(state: AppState, event_ids: list[int]) -> list[int]:
         claimed = set(
             session.scalars(
                 update(Event)
-                .where(Event.id.in_(event_ids), due(now))
+                .where(Event.id.in_(event_ids), due(now, on_hold(state)))
                 .values(
                     status=PROCESSING,
                     locked_until=now + LEASE,

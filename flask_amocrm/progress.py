@@ -1,9 +1,9 @@
 """How far an event's delivery got: the typed form of ``Event.remote``.
 
-Delivery runs in steps (``lookup``, ``update``, ``create``, ``link``, ``notes``,
-``tasks``) and saves what each step did right after it, so a retry resumes at the first
-step not done instead of creating a second lead. :class:`Progress` is that record;
-``Event.remote`` stores it as JSON (:meth:`Progress.to_json`), and
+Delivery runs in steps (``lookup``, ``update``, ``create``, ``link``, ``files``,
+``notes``, ``tasks``) and saves what each step did right after it, so a retry resumes
+at the first step not done instead of creating a second lead. :class:`Progress` is
+that record; ``Event.remote`` stores it as JSON (:meth:`Progress.to_json`), and
 :meth:`Progress.from_json` reads every shape stored so far.
 
 A leaf module: it imports nothing from the package.
@@ -59,6 +59,13 @@ class Progress:
     sending: bool = False
     #: The lead was found again by its event-id marker after a lost answer.
     found_again: bool = False
+    #: amoCRM's drive, per file (its index in the event's ``files``): ``uuid``,
+    #: ``version_uuid`` once uploaded; ``attached`` (sections done), ``attaching``
+    #: (sections whose attach call went out, answer not recorded), ``field``
+    #: (its ``file`` field was set), ``error`` (it could not go to the drive).
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Notes about files that could not go to the drive, per section.
+    file_notes: dict[str, str] = field(default_factory=dict)
     #: Keys this version does not know, kept as they were.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -96,6 +103,14 @@ class Progress:
             merged=bool(data.pop("merged", False)),
             sending=bool(data.pop("sending", False)),
             found_again=bool(data.pop("found_again", False)),
+            files={
+                str(k): dict(v)
+                for k, v in (data.pop("files", None) or {}).items()
+                if isinstance(v, dict)
+            },
+            file_notes={
+                str(k): str(v) for k, v in (data.pop("file_notes", None) or {}).items()
+            },
             extra=data,
         )
 
@@ -114,6 +129,8 @@ class Progress:
             "duplicates",
             "duplicate_notes",
             "linked",
+            "files",
+            "file_notes",
         ):
             value = getattr(self, key)
             if value:

@@ -152,3 +152,14 @@ event_failed = _signals.signal(
     stored in ``event.last_error``).
     """,
 )
+
+event_cancelled = _signals.signal(
+    "event-cancelled",
+    doc="""Sent by Flask-AmoCRM when a hook cancelled an event (a ``before_push`` hook,
+    or a ``before_api_call`` hook vetoing one of its requests, raised
+    :class:`~flask_amocrm.Cancel`).
+
+    Sender: the application. Keyword arguments: ``event`` and ``reason`` (as stored
+    in ``event.last_error``).
+    """,
+)

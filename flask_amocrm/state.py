@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
+from .hooks import Hooks
 from .models import metadata
 
 if TYPE_CHECKING:
@@ -53,9 +54,13 @@ class AppState:
         db: SQLAlchemy | None = None,
         *,
         extension: Any = None,
+        hooks: Hooks | None = None,
     ) -> None:
         #: The :class:`~flask_amocrm.AmoCRM` instance registered on the app.
         self.extension = extension
+        #: The hooks registered on it (``@amocrm.before_push`` ...), read by the
+        #: worker and the amoCRM client.
+        self.hooks = hooks if hooks is not None else Hooks()
         self.settings = settings
         self.db = db
         self.import_name = app.import_name

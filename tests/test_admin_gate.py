@@ -29,7 +29,7 @@ def test_the_decorator_switches_the_pages_on(amo_app: Any) -> None:
     def may_enter() -> bool:
         return True
 
-    assert app.test_client().get(CONNECT).status_code == 302
+    assert app.test_client().get(CONNECT).status_code == 200
 
 
 def test_the_decorator_works_in_the_factory_style(sandbox: Any, tmp_path: Any) -> None:
@@ -99,7 +99,9 @@ def test_the_gate_in_a_real_browser(amo_app: Any, serve: Any, page: Any) -> None
     assert refused is not None and refused.status == 403
     state["admin"] = True
     page.goto(f"{base}{CONNECT}")
-    # a long-lived token account: the page says OAuth is not configured
-    assert page.locator("h1").inner_text() == "amoCRM uses a long-lived token"
+    # a long-lived token account: the page says so, and offers no OAuth connect
+    assert page.locator("h1").inner_text() == "Connection"
+    assert "long-lived token" in page.locator("#am-connection").inner_text()
+    assert page.get_by_role("button", name="Connect amoCRM").count() == 0
     assert page.locator("header nav a").count() >= 1
     shoot(page, "gate-connect-long-lived")

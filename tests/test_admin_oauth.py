@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from flask_amocrm.models import Token
 from flask_amocrm.state import get_state
+from tests.helpers.admin import start_connect
 from tests.helpers.client import OAUTH
 
 
@@ -34,7 +35,7 @@ def test_admin_refuses_users_the_hook_refuses(amo_app: Any) -> None:
 def test_connect_flow_stores_the_tokens(sandbox: Any, amo_app: Any) -> None:
     app = amo_app(**OAUTH, AMOCRM_ADMIN_AUTH=lambda: True)
     client = app.test_client()
-    start = client.get("/amocrm/admin/connect")
+    start = start_connect(client)
     assert start.status_code == 302
     grant = urlsplit(start.location)
     assert f"{grant.scheme}://{grant.netloc}" == sandbox.url
@@ -59,7 +60,7 @@ def test_connect_flow_stores_the_tokens(sandbox: Any, amo_app: Any) -> None:
 def test_callback_refuses_a_foreign_state(sandbox: Any, amo_app: Any) -> None:
     app = amo_app(**OAUTH, AMOCRM_ADMIN_AUTH=lambda: True)
     client = app.test_client()
-    client.get("/amocrm/admin/connect")
+    start_connect(client)
     code = sandbox.auth_code()
     answer = client.get(f"/amocrm/admin/oauth/callback?code={code}&state=forged")
     assert answer.status_code == 400 and b"state" in answer.data

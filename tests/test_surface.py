@@ -26,6 +26,7 @@ from flask_amocrm import AmoCRM, Event
 from flask_amocrm.models import utcnow
 from flask_amocrm.state import get_state
 from flask_amocrm.testing import deliver_pending
+from tests.helpers.admin import allow_access, start_connect
 from tests.helpers.client import OAUTH
 from tests.helpers.process import child_env
 
@@ -64,24 +65,10 @@ def test_admin_admits_only_a_hook_returning_true(amo_app: Any, hook: Any) -> Non
 def test_a_non_ascii_state_is_a_clear_400(amo_app: Any) -> None:
     app = amo_app(**OAUTH, AMOCRM_ADMIN_AUTH=lambda: True)
     client = app.test_client()
-    client.get("/amocrm/admin/connect")
+    start_connect(client)
     answer = client.get("/amocrm/admin/oauth/callback?code=x&state=%D1%8F%D1%8F")
     assert answer.status_code == 400
     assert b"state" in answer.data
-
-
-def _grant(sandbox: Any, location: str) -> str:
-    """Allow access on the sandbox's grant page; the callback path and query."""
-    grant = urlsplit(location)
-    query = {k: v[0] for k, v in parse_qs(grant.query).items()}
-    answer = requests.post(
-        f"{sandbox.url}{grant.path}",
-        data={**query, "decision": "allow"},
-        allow_redirects=False,
-        timeout=5,
-    )
-    back = urlsplit(answer.headers["Location"])
-    return f"{back.path}?{back.query}"
 
 
 def test_a_second_connect_page_keeps_the_first_connect_working(
@@ -89,13 +76,13 @@ def test_a_second_connect_page_keeps_the_first_connect_working(
 ) -> None:
     app = amo_app(**OAUTH, AMOCRM_ADMIN_AUTH=lambda: True)
     client = app.test_client()
-    first = client.get("/amocrm/admin/connect")
-    # another GET of the page (another tab, or a cross-site link) meanwhile
-    assert client.get("/amocrm/admin/connect").status_code == 302
-    done = client.get(_grant(sandbox, first.location))
+    first = start_connect(client)
+    # another connect started meanwhile (another tab)
+    assert start_connect(client).status_code == 302
+    done = client.get(allow_access(sandbox, first.location))
     assert done.status_code == 200 and b"connected" in done.data
     # the state is spent: the same callback again is refused
-    assert client.get(_grant(sandbox, first.location)).status_code == 400
+    assert client.get(allow_access(sandbox, first.location)).status_code == 400
 
 
 def test_the_oauth_referer_cannot_forge_log_lines(
@@ -104,7 +91,7 @@ def test_the_oauth_referer_cannot_forge_log_lines(
     caplog.set_level(logging.DEBUG)
     app = amo_app(**OAUTH, AMOCRM_ADMIN_AUTH=lambda: True)
     client = app.test_client()
-    start = client.get("/amocrm/admin/connect")
+    start = start_connect(client)
     state = parse_qs(urlsplit(start.location).query)["state"][0]
     client.get(
         "/amocrm/admin/oauth/callback",

@@ -12,7 +12,7 @@ import logging
 
 from flask import Flask
 
-from . import oauth  # noqa: F401  (adds its views to the blueprint)
+from . import apilog, health, oauth, rules  # noqa: F401  (add their views to the blueprint)
 from .blueprint import bp
 
 log = logging.getLogger("flask_amocrm")

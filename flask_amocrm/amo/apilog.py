@@ -57,6 +57,8 @@ MASK = "[redacted]"
 BODY_LIMIT = 4000
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
 _BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+")
+#: A ``key=value`` or ``"key": "value"`` pair in text that is not JSON.
+_PAIR = re.compile(r"""([A-Za-z_-]+)(["']?\s*[:=]\s*["']?)((?:[^"'&\s,;}\\]|\\.)+)""")
 
 
 @contextlib.contextmanager
@@ -124,6 +126,30 @@ class Redactor:
         pairs = parse_qsl(query, keep_blank_values=True)
         return urlencode(
             [(k, MASK if k.lower() in SECRET_KEYS else self.text(v)) for k, v in pairs]
+        )
+
+    def stored(self, text: str | None, *, oauth: bool = False) -> str | None:
+        """A body as :meth:`dump` stored it, masked again to be shown (a row written
+        by an older version, or a secret this process did not know then): JSON has
+        its secret keys masked at every depth; text that is not JSON (cut short, or
+        form-encoded) has ``key=value`` and ``"key": "value"`` pairs of secret keys
+        masked. JSON comes back indented, to be read."""
+        if text is None:
+            return None
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            keys = SECRET_KEYS if oauth else ALWAYS_SECRET
+            return _PAIR.sub(
+                lambda m: (
+                    m.group(1) + m.group(2) + MASK
+                    if m.group(1).lower() in keys
+                    else m.group(0)
+                ),
+                self.text(text),
+            )
+        return json.dumps(
+            self.value(parsed, oauth=oauth), ensure_ascii=False, indent=2, default=str
         )
 
     def dump(self, body: Any, *, oauth: bool = False) -> str | None:

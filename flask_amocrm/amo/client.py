@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import json
 import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import requests
 
@@ -47,6 +48,7 @@ from ..errors import (
     TransportError,
     ValidationError,
 )
+from ..hooks import ApiCall, call_events
 from .apilog import ApiLogSink, Redactor
 from .ratelimit import RateLimiter
 
@@ -88,6 +90,22 @@ class TokenProvider(Protocol):
     def refresh(self, rejected: str) -> str | None:
         """amoCRM refused ``rejected`` (401): a better token, or ``None`` if there
         is no way to get one."""
+
+
+class CallObserver(Protocol):
+    """What the client calls around each request (the site's API-call hooks,
+    :class:`flask_amocrm.hooks.Hooks`)."""
+
+    @property
+    def observes(self) -> bool:
+        """Whether there is anything to call (else no copy of the body is made)."""
+
+    def before_call(self, call: ApiCall) -> None:
+        """Before the request: may change ``call.params`` and ``call.body``, or
+        raise :class:`~flask_amocrm.errors.CallVetoed` (nothing is sent)."""
+
+    def after_call(self, call: ApiCall) -> None:
+        """After it, with ``call.status`` and ``call.answer`` (or ``call.error``)."""
 
 
 class LongLivedToken:
@@ -132,6 +150,7 @@ class AmoClient:
     account's shared :class:`~flask_amocrm.amo.ratelimit.RateLimiter` (none: no
     limit); ``sink`` writes the API log rows. ``retries`` bounds each kind of retry;
     ``backoff`` is the first back-off step in seconds (doubled each time, with jitter).
+    ``observer`` is called around each request sent (the API-call hooks).
     """
 
     def __init__(
@@ -148,8 +167,10 @@ class AmoClient:
         backoff: float = 0.5,
         rate_limit_backoff: float = 1.0,
         redactor: Redactor | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.observer = observer
         self.tokens: TokenProvider = (
             token
             if token is not None and not isinstance(token, str)
@@ -163,6 +184,7 @@ class AmoClient:
         self.backoff = backoff
         self.rate_limit_backoff = rate_limit_backoff
         self.redactor = redactor or Redactor()
+        self._drive_url: str | None = None
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = "flask-amocrm"
         # requests would read ~/.netrc and proxies for every call otherwise.
@@ -181,14 +203,16 @@ class AmoClient:
         oauth: bool = False,
         host: str | None = None,
         headers: dict[str, str] | None = None,
+        data: bytes | None = None,
     ) -> Any:
         """Make one call, with the retries described in the module docstring; return
         the parsed JSON body, or ``None`` for 204.
 
         ``auth=False`` sends no token (the OAuth token endpoint); ``oauth=True`` masks
         the OAuth secrets in the body and answer, ``code`` included. ``host``
-        (``https://api-b.amocrm.ru``) sends to another host than the account's, with
-        the extra ``headers``.
+        (``https://api-b.amocrm.ru``, the drive's host) sends to another host than the
+        account's, with the extra ``headers``. ``data`` is a raw body (a part of a
+        file) sent instead of JSON; the logs show its size only.
         """
         extra = dict(headers or {})
         method = method.upper()
@@ -202,26 +226,30 @@ class AmoClient:
                 token = self.tokens.access_token()
                 self.redactor.add(token)
                 sent_headers["Authorization"] = f"Bearer {token}"
+            call = self._before(method, path, params, json_body)
             try:
                 response = self._exchange(
                     method,
                     path,
-                    params,
-                    json_body,
+                    call.params if call is not None else params,
+                    call.body if call is not None else json_body,
                     sent_headers,
                     oauth=oauth,
                     host=host,
+                    raw=data,
                 )
             except TransportError as exc:
+                self._after(call, error=str(exc))
                 if (method in _IDEMPOTENT or not exc.sent) and failures < self.retries:
                     failures += 1
                     self._sleep(self.backoff, failures, f"{method} {path}: {exc}")
                     continue
                 raise
             status = response.status_code
+            body = _body(response) if status != 204 else None
+            self._after(call, status=status, answer=body)
             if 200 <= status < 300:
-                return _body(response) if status != 204 else None
-            body = _body(response)
+                return body
             if status == 401 and auth and not refreshed and token is not None:
                 refreshed = True
                 if self.tokens.refresh(token) is not None:
@@ -243,6 +271,30 @@ class AmoClient:
                 continue
             raise error_for(status, body, f"{method} {path}", html=_is_html(response))
 
+    def _before(
+        self, method: str, path: str, params: dict[str, Any] | None, body: Any
+    ) -> ApiCall | None:
+        """Show the request to the observer (each one sent, retries included),
+        with copies of its query and body that the observer may change."""
+        if self.observer is None or not self.observer.observes:
+            return None
+        call = ApiCall(
+            method=method,
+            path=path,
+            params=copy.deepcopy(params),
+            body=copy.deepcopy(body),
+            events=call_events.get(),
+        )
+        self.observer.before_call(call)
+        return call
+
+    def _after(self, call: ApiCall | None, **outcome: Any) -> None:
+        if call is None or self.observer is None:
+            return
+        for name, value in outcome.items():
+            setattr(call, name, copy.deepcopy(value))
+        self.observer.after_call(call)
+
     def _sleep(self, base: float, attempt: int, why: str) -> None:
         # Half fixed, half random: never a tight loop, never all workers in step.
         ceiling = base * 2 ** (attempt - 1)
@@ -260,6 +312,7 @@ class AmoClient:
         *,
         oauth: bool,
         host: str | None = None,
+        raw: bytes | None = None,
     ) -> requests.Response:
         """Send once (after waiting for a slot) and log what happened."""
         if self.limiter is not None:
@@ -286,6 +339,8 @@ class AmoClient:
                 f"{type(exc).__name__}",
                 status=None,
             ) from None
+        if raw is not None:
+            data = raw
         started = time.monotonic()
         response: requests.Response | None = None
         error: TransportError | None = None
@@ -313,7 +368,14 @@ class AmoClient:
             error = TransportError(f"{method} {path}: {type(exc).__name__}", sent=True)
         duration = (time.monotonic() - started) * 1000
         self._record(
-            method, shown, logged, json_body, response, error, duration, oauth=oauth
+            method,
+            shown,
+            logged,
+            json_body if raw is None else f"[{len(raw)} bytes]",
+            response,
+            error,
+            duration,
+            oauth=oauth,
         )
         if error is not None:
             raise error from None
@@ -355,7 +417,11 @@ class AmoClient:
             return
         request_text = redact.dump(json_body, oauth=oauth)
         response_text = None
-        if response is not None and response.content:
+        kind = response.headers.get("Content-Type", "") if response is not None else ""
+        if response is not None and response.content and _binary(kind):
+            # A file read back from the drive: its size, not its bytes.
+            response_text = f"[{len(response.content)} bytes of {kind}]"
+        elif response is not None and response.content:
             try:
                 response_text = redact.dump(response.json(), oauth=oauth)
             except ValueError:
@@ -569,6 +635,147 @@ class AmoClient:
             raise APIError(f"POST {API}/{entity}/custom_fields answered without it")
         return created[0]
 
+    def find_sources(self, external_id: str) -> list[dict[str, Any]]:
+        """The integration's sources whose ``external_id`` is this one."""
+        return answer_items(
+            self.get(f"{API}/sources", **{"filter[external_id]": external_id}),
+            "sources",
+        )
+
+    def create_source(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Create one source (``name``, ``external_id``); amoCRM's answer item."""
+        created = answer_items(
+            self.post(f"{API}/sources", [dict(item, request_id="source")]), "sources"
+        )
+        if not created:
+            raise APIError(f"POST {API}/sources answered without it")
+        return created[0]
+
+    # -- amoCRM's drive: files live on their own host (the account names it) ----------
+
+    def drive_url(self) -> str:
+        """The account's drive host (``https://drive-b.amocrm.ru``): the one the
+        metadata read (:meth:`remember_drive_url`), else asked of the account once
+        per client."""
+        if self._drive_url is None:
+            account = self.get(f"{API}/account", **{"with": "drive_url"}) or {}
+            self.remember_drive_url(account.get("drive_url"))
+        if self._drive_url is None:
+            raise APIError(f"GET {API}/account?with=drive_url: no drive_url")
+        return self._drive_url
+
+    def remember_drive_url(self, url: Any) -> None:
+        """Keep the drive host the account named (an ``http(s)`` address)."""
+        if isinstance(url, str) and url.lower().startswith(("https://", "http://")):
+            self._drive_url = url.rstrip("/")
+
+    def _drive(self, method: str, url: str, **kwargs: Any) -> Any:
+        """A call to an absolute drive address (the same token is sent)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise APIError(f"amoCRM's drive gave an address that is not http(s): {url}")
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        return self.request(
+            method, path, host=f"{parts.scheme}://{parts.netloc}", **kwargs
+        )
+
+    def open_upload(
+        self, name: str, size: int, content_type: str | None = None
+    ) -> dict[str, Any]:
+        """Open an upload session on the drive for ``size`` bytes called ``name``:
+        ``{upload_url, max_file_size, max_part_size, session_id}``."""
+        body: dict[str, Any] = {"file_name": name, "file_size": size}
+        if content_type:
+            body["content_type"] = content_type
+        answer = self._drive(
+            "POST", f"{self.drive_url()}/v1.0/sessions", json_body=body
+        )
+        if not isinstance(answer, dict) or not answer.get("upload_url"):
+            raise APIError("POST /v1.0/sessions (drive) answered without upload_url")
+        return answer
+
+    def upload_part(
+        self, url: str, chunk: bytes, content_type: str | None = None
+    ) -> dict[str, Any]:
+        """Send the next part of a file to a session's ``upload_url`` (then to each
+        ``next_url``): ``{next_url}``, or the file object after the last part."""
+        answer = self._drive(
+            "POST",
+            url,
+            data=chunk,
+            headers={"Content-Type": content_type or "application/octet-stream"},
+        )
+        if not isinstance(answer, dict):
+            raise APIError("a part upload (drive) answered without a body")
+        return answer
+
+    def drive_file(self, file_uuid: str) -> dict[str, Any] | None:
+        """The drive's file object of ``file_uuid``, or ``None`` if there is none."""
+        try:
+            answer = self._drive("GET", f"{self.drive_url()}/v1.0/files/{file_uuid}")
+        except NotFoundError:
+            return None
+        return answer if isinstance(answer, dict) else None
+
+    def drive_files(self, *, name: str | None = None) -> list[dict[str, Any]]:
+        """The drive's files (called ``name``), newest first: the first page."""
+        params = {"filter[name]": name} if name else {}
+        answer = self._drive(
+            "GET", f"{self.drive_url()}/v1.0/files", params=params or None
+        )
+        return answer_items(answer, "files")
+
+    def download(self, url: str) -> bytes:
+        """The bytes at a file's ``_links.download`` address (the same token)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise APIError(f"not an http(s) download address: {url}")
+        token = self.tokens.access_token()
+        self.redactor.add(token)
+        response = self._exchange(
+            "GET",
+            parts.path,
+            None,
+            None,
+            {"Authorization": f"Bearer {token}"},
+            oauth=False,
+            host=f"{parts.scheme}://{parts.netloc}",
+        )
+        if response.status_code != 200:
+            raise error_for(response.status_code, _body(response), f"GET {parts.path}")
+        return response.content
+
+    def file_links(self, file_uuid: str) -> list[dict[str, Any]]:
+        """The entities a drive file is attached to (``GET /files/{uuid}/links``)."""
+        answer = self.get(f"{API}/files/{file_uuid}/links")
+        entities = answer.get("entities") if isinstance(answer, dict) else None
+        return [e for e in entities or [] if isinstance(e, dict)]
+
+    def attach_files(
+        self, entity: str, entity_id: int, file_uuids: Sequence[str]
+    ) -> Any:
+        """Attach drive files to one ``entity`` item (``PUT .../files``). Not
+        idempotent: read :meth:`entity_files` first after a lost answer."""
+        return self.request(
+            "PUT",
+            f"{API}/{entity}/{entity_id}/files",
+            json_body=[{"file_uuid": u} for u in file_uuids],
+        )
+
+    def entity_files(self, entity: str, entity_id: int) -> list[dict[str, Any]]:
+        """Every file attached to one ``entity`` item: ``[{file_uuid, id}]``."""
+        files: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": PAGE_LIMIT}
+        while True:
+            page = answer_items(
+                self.get(f"{API}/{entity}/{entity_id}/files", **params), "files"
+            )
+            files += page
+            ids = [int(f["id"]) for f in page if isinstance(f.get("id"), int)]
+            if len(page) < PAGE_LIMIT or not ids:
+                return files
+            params["before_id"] = min(ids)
+
     # -- batches -----------------------------------------------------------------------
 
     def write_many(
@@ -658,6 +865,12 @@ def answer_items(answer: Any, key: str) -> list[dict[str, Any]]:
     if isinstance(answer, dict):
         return list((answer.get("_embedded") or {}).get(key) or [])
     return []
+
+
+def _binary(kind: str) -> bool:
+    """Whether a ``Content-Type`` is neither JSON nor text (a file's bytes)."""
+    kind = kind.lower()
+    return bool(kind) and "json" not in kind and not kind.startswith("text/")
 
 
 def _is_html(response: requests.Response) -> bool:

@@ -50,6 +50,9 @@ def _build(state: AppState) -> tuple[AmoClient, AmoClient]:
         if settings.token
         else OAuthTokens(state, token_client)
     )
+    # The site's API-call hooks see every request but the OAuth token exchanges,
+    # whose bodies are credentials.
+    client.observer = state.hooks
     client.session = token_client.session  # one connection pool per process
     return client, token_client
 

@@ -1,4 +1,5 @@
-"""The account's metadata: pipelines, statuses, users, custom fields, task types.
+"""The account's metadata: pipelines, statuses, users, custom fields, task types,
+and the host of its file service (``drive_url``).
 
 Rules name these things the way people see them ("Sales", "New", "Anna", "Delivery
 type" = "Courier"); the API wants ids. :class:`AccountMetadata` holds one snapshot of
@@ -45,7 +46,8 @@ _ENTITY_ALIASES = {
 #: that ``flask amocrm sync`` reaches long-running processes quickly.
 LOCAL_SECONDS = 30.0
 #: Bumped when the cached JSON's shape changes; older snapshots are fetched again.
-FORMAT = 1
+#: 2: the account's ``drive_url`` (the host of amoCRM's file service).
+FORMAT = 2
 
 
 def _as_id(key: Any) -> int | None:
@@ -178,7 +180,14 @@ class AccountMetadata:
                 "fetched_at": fetched_at if fetched_at is not None else time.time(),
                 "account": {
                     k: account.get(k)
-                    for k in ("id", "name", "subdomain", "currency", "current_user_id")
+                    for k in (
+                        "id",
+                        "name",
+                        "subdomain",
+                        "currency",
+                        "current_user_id",
+                        "drive_url",
+                    )
                 },
                 "pipelines": norm_pipelines,
                 "users": norm_users,
@@ -190,7 +199,10 @@ class AccountMetadata:
     @classmethod
     def fetch(cls, client: AmoClient) -> AccountMetadata:
         """Read the account through ``client``: about eight requests."""
-        account = client.get("/api/v4/account", **{"with": "task_types"}) or {}
+        account = (
+            client.get("/api/v4/account", **{"with": "task_types,drive_url"}) or {}
+        )
+        client.remember_drive_url(account.get("drive_url"))
         task_types = (account.get("_embedded") or {}).get("task_types") or []
         pipelines = client.get_all("/api/v4/leads/pipelines", "pipelines")
         users = client.get_all("/api/v4/users", "users", limit=250)
@@ -223,6 +235,12 @@ class AccountMetadata:
     def account(self) -> dict[str, Any]:
         """``{id, name, subdomain, currency, current_user_id}`` of the account."""
         return self.data.get("account") or {}
+
+    @property
+    def drive_url(self) -> str | None:
+        """The host of the account's file service (``https://drive-b.amocrm.ru``)."""
+        url = self.account.get("drive_url")
+        return str(url) if url else None
 
     @property
     def pipelines(self) -> list[dict[str, Any]]:
@@ -330,8 +348,11 @@ def _held(state: AppState) -> dict[str, tuple[float, AccountMetadata]]:
 
 
 def _keep(state: AppState, meta: AccountMetadata) -> AccountMetadata:
-    """Keep ``meta`` in this process for :data:`LOCAL_SECONDS`."""
+    """Keep ``meta`` in this process for :data:`LOCAL_SECONDS` (and tell the
+    process's client the drive host it names)."""
     _held(state)["held"] = (time.monotonic(), meta)
+    if meta.drive_url:
+        client_for(state).remember_drive_url(meta.drive_url)
     return meta
 
 

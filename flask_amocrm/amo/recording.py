@@ -76,6 +76,7 @@ class RecordingClient(AmoClient):
         oauth: bool = False,
         host: str | None = None,
         headers: dict[str, str] | None = None,
+        data: bytes | None = None,
     ) -> Any:
         """Record the call and return the made-up answer (``None`` for "204")."""
         method = method.upper()

@@ -97,6 +97,15 @@ def _check_rule(rule: dict[str, Any], names: AccountNames, where: str) -> list[s
             problems.append(
                 f"{where}.files.field: the {entity} have no field {files['field']!r}"
             )
+    if isinstance(files, dict):
+        entity = ENTITY.get(files.get("entity", "lead"), "leads")
+        for form_field, name in (files.get("fields") or {}).items():
+            found = names.field(entity, name)
+            if found is None or found.get("type") != "file":
+                problems.append(
+                    f"{where}.files.fields.{form_field}: the {entity} have no "
+                    f"field {name!r} of type file"
+                )
     tasks = rule.get("task") or []
     for i, task in enumerate(tasks if isinstance(tasks, list) else [tasks]):
         path = f"{where}.task" + (f"[{i}]" if isinstance(tasks, list) else "")

@@ -30,8 +30,9 @@ from ..vocabulary import DEFAULT_PHONE_REGION, ENTITY, LOCK_KEYS
 from .account import AccountNames
 
 #: Every step a plan may need, in the order the worker runs them. ``lookup``
-#: (duplicate control) decides between ``update`` and ``create`` per entity.
-STEPS = ("lookup", "update", "create", "link", "notes", "tasks")
+#: (duplicate control) decides between ``update`` and ``create`` per entity;
+#: ``files`` uploads the event's files to amoCRM's drive (``files = "drive"``).
+STEPS = ("lookup", "update", "create", "link", "files", "notes", "tasks")
 _T = TypeVar("_T")
 #: The links an event's entities may need, as :attr:`Progress.linked` names them.
 _PAIRS = (("lead", "contact"), ("lead", "company"), ("contact", "company"))
@@ -59,6 +60,9 @@ class PlanEnv:
     #: The site's secret key, or its keys (older ``SECRET_KEY_FALLBACKS`` first, the
     #: current one last), that signed ids are verified with.
     secret_key: str | bytes | list[str | bytes] | None = field(default=None, repr=False)
+    #: Where the site saved its uploads (``AMOCRM_UPLOAD_FOLDER``): files sent to
+    #: amoCRM's drive are read from there.
+    upload_folder: str | None = None
     _meta: AccountNames | None = field(default=None, repr=False)
 
     def meta(self, why: str) -> AccountNames:
@@ -158,6 +162,34 @@ class TaskSpec:
 
 
 @dataclass
+class DriveFile:
+    """One saved upload of the event, to be put into amoCRM's drive."""
+
+    #: Its place in the event's ``files``: the key of its progress.
+    index: int
+    #: The visitor's name for it (shown in amoCRM).
+    name: str
+    #: Where it is on disk (``None``: uploads are not configured here).
+    path: str | None
+    size: int
+    #: Its link on the site, for the note when it cannot go to the drive.
+    url: str | None
+    #: The form field it came in.
+    field: str
+
+
+@dataclass
+class DriveSpec:
+    """``files = "drive"``: the files to upload and where they go."""
+
+    files: list[DriveFile]
+    #: The sections whose entities the files are attached to (``lead`` ...).
+    attach: list[str]
+    #: ``file`` custom fields: form field → ``(section, field id)``.
+    fields: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+@dataclass
 class Plan:
     """What one event becomes in amoCRM."""
 
@@ -172,6 +204,8 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     #: Notes are HTML (``format = "html"``), not plain text.
     html: bool = False
+    #: Files for amoCRM's drive (``files = "drive"``), if any.
+    drive: DriveSpec | None = None
 
     def entities(self) -> list[EntityPlan]:
         """The lead, contact and company this plan has, in that order."""
@@ -231,7 +265,9 @@ class Plan:
             steps.append("create")
         if self.needs_links(progress):
             steps.append("link")
-        if self.notes or progress.duplicate_notes:
+        if self.drive is not None and self.drive.files:
+            steps.append("files")
+        if self.notes or progress.duplicate_notes or progress.file_notes:
             steps.append("notes")
         if self.tasks:
             steps.append("tasks")
@@ -351,6 +387,8 @@ class Plan:
         out = []
         notes = progress.duplicate_notes if progress is not None else {}
         extra = [NoteSpec(key, text) for key, text in notes.items()]
+        if progress is not None:  # files that could not go to the drive
+            extra += [NoteSpec(key, text) for key, text in progress.file_notes.items()]
         for note in [*self.notes, *extra]:
             entity_id = ids.get(note.key)
             if entity_id:
@@ -432,6 +470,8 @@ def _digits_or_text(value: Any) -> str:
 
 __all__ = [
     "STEPS",
+    "DriveFile",
+    "DriveSpec",
     "EntityPlan",
     "NoteSpec",
     "Plan",

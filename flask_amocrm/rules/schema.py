@@ -7,7 +7,8 @@
      "mails": {"ORDER_NEW": {...}}}           # one rule per mail event
 
 A rule has the sections ``contact``, ``company`` and ``lead`` (each optional), ``task``
-(one table or a list of them), and the options ``unsorted``, ``tracking``, ``files``,
+(one table or a list of them), and the options ``unsorted``, ``tracking``, ``files``
+(``"links"``, ``"drive"``, ``false`` or a table),
 ``format``, ``group`` and ``responsible``; docs/rules.md shows them. Every template is
 compiled here, so a syntax error is reported at start-up, naming the rule and the key,
 not on the first visitor's event.
@@ -84,7 +85,9 @@ DUPLICATES_KEYS = {
     "lead": {"match", "require", "strategy", "scope", "open_only", "within"},
 }
 #: Keys of ``files``.
-FILES_KEYS = {"entity", "field", "note"}
+FILES_KEYS = {"entity", "field", "note", "mode", "attach", "fields"}
+#: Where uploaded files go (``files = "drive"``, or ``mode`` in the table).
+FILES_MODES = ("links", "drive")
 #: Keys of the design that a later release implements; naming one now is an error
 #: rather than a silently ignored setting.
 LATER_KEYS: set[str] = set()
@@ -322,6 +325,69 @@ def _check_task(where: str, task: Any) -> None:
     _templates(where, task)
 
 
+def _check_files(where: str, value: Any) -> None:
+    """``files``: ``"links"`` (the default), ``"drive"``, ``false`` or a table."""
+    if value is False:
+        return
+    given_as_text = isinstance(value, str)
+    if given_as_text:
+        value = {"mode": value}
+    elif not isinstance(value, dict):
+        raise _fail(
+            where,
+            f"must be 'links', 'drive', false or a table, not {value!r}.",
+        )
+    _check_keys(where, value, FILES_KEYS, "files")
+    mode = value.get("mode", "links")
+    if mode not in FILES_MODES:
+        raise _fail(
+            where if given_as_text else f"{where}.mode",
+            "must be 'links' (links to the files saved on the site) or 'drive' "
+            f"(the files uploaded to amoCRM's drive), not {mode!r}.",
+        )
+    if value.get("entity", "lead") not in _ENTITIES:
+        raise _fail(f"{where}.entity", "must be lead, contact or company.")
+    if "note" in value:
+        _check_bool(f"{where}.note", value["note"])
+    if "attach" in value:
+        attach = value["attach"]
+        if (
+            not isinstance(attach, list)
+            or not attach
+            or any(a not in _ENTITIES for a in attach)
+        ):
+            raise _fail(
+                f"{where}.attach",
+                "must be a list of lead, contact, company: the entities the "
+                f"drive's files are attached to, not {attach!r}.",
+            )
+    if "fields" in value:
+        fields = value["fields"]
+        if not isinstance(fields, dict) or not all(
+            isinstance(v, str | int) and not isinstance(v, bool)
+            for v in fields.values()
+        ):
+            raise _fail(
+                f"{where}.fields",
+                "must be a table of form file field = custom field of type "
+                "file (its name, code or id).",
+            )
+    if mode != "drive":
+        for key in ("attach", "fields"):
+            if key in value:
+                raise _fail(f"{where}.{key}", "needs mode = 'drive'.")
+
+
+def files_setting(value: Any) -> dict[str, Any] | None:
+    """A rule's ``files`` as a table (``"drive"`` is ``{mode = "drive"}``), or
+    ``None`` for ``files = false``."""
+    if value is False:
+        return None
+    if isinstance(value, str):
+        return {"mode": value}
+    return value if isinstance(value, dict) else {}
+
+
 def _check_rule(where: str, rule: Any, complete: bool = False) -> None:
     """``complete``: ``rule`` has ``defaults`` merged in (what an event will use)."""
     _check_keys(where, rule, RULE_KEYS, "a rule")
@@ -378,13 +444,7 @@ def _check_rule(where: str, rule: Any, complete: bool = False) -> None:
             else:
                 _check_bool(path, value)
         elif key == "files":
-            if value is False:
-                continue
-            _check_keys(path, value, FILES_KEYS, "files")
-            if value.get("entity", "lead") not in _ENTITIES:
-                raise _fail(f"{path}.entity", "must be lead, contact or company.")
-            if "note" in value:
-                _check_bool(f"{path}.note", value["note"])
+            _check_files(path, value)
         elif key == "format":
             if value not in {"text", "html"}:
                 raise _fail(path, f"must be 'text' or 'html', not {value!r}.")
@@ -434,6 +494,12 @@ def _signed_ids(rules: dict[str, Any]) -> list[str]:
 def _check_all(rules: dict[str, Any]) -> None:
     for top, value in rules.items():
         if top == "defaults":
+            if isinstance(value, dict) and "enabled" in value:
+                raise _fail(
+                    "defaults.enabled",
+                    "switches one rule off, so it belongs in a rule; to hold every "
+                    "event's delivery set AMOCRM_ENABLED = False.",
+                )
             _check_rule("defaults", value)
         elif top in _KINDS:
             if not isinstance(value, dict):
@@ -444,6 +510,9 @@ def _check_all(rules: dict[str, Any]) -> None:
                 if top == "mails" and isinstance(rule, dict) and "subject" in rule:
                     _check_subject(f"mails.{name}.subject", rule["subject"])
                     rule = {k: v for k, v in rule.items() if k != "subject"}
+                if isinstance(rule, dict) and "enabled" in rule:
+                    _check_bool(f"{top}.{name}.enabled", rule["enabled"])
+                    rule = {k: v for k, v in rule.items() if k != "enabled"}
                 _check_rule(f"{top}.{name}", rule)
                 _check_rule(
                     f"{top}.{name}",
@@ -479,7 +548,11 @@ def find_mail_event(rules: dict[str, Any], subject: Any) -> str | None:
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
+    if isinstance(merged.get("files"), str):
+        merged["files"] = files_setting(merged["files"])
     for key, value in over.items():
+        if key == "files" and isinstance(value, str):
+            value = files_setting(value)
         if (
             isinstance(value, dict)
             and isinstance(merged.get(key), dict)
@@ -504,6 +577,16 @@ def find_rule(rules: dict[str, Any], kind: str, source: str) -> dict[str, Any] |
     if rule is None:
         return None
     return _merge(rules.get("defaults") or {}, rule)
+
+
+def disabled_rules(rules: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(kind, source, where)`` of every rule switched off with ``enabled =
+    false``: the delivery of its events waits until it is switched on again."""
+    return [
+        (kind, name, where)
+        for kind, name, where in rule_names(rules)
+        if ((rules.get(f"{kind}s") or {}).get(name) or {}).get("enabled") is False
+    ]
 
 
 def rule_names(rules: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -2,7 +2,8 @@
 
 Order of work for an API request, as the real service's layers do it: injected
 faults and latency (the network), the rate limit and block (the gateway), then the
-bearer token, then the endpoint. Every ``/api/v4`` and OAuth request is logged.
+bearer token, then the endpoint. Every ``/api/v4``, ``/drive`` (amoCRM's file
+service, ``drive.py``) and OAuth request is logged.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from .auth import bp as oauth_bp
 from .bulk import seed_bulk
 from .control import RequestLog
 from .control import bp as control_bp
+from .drive import DriveLimits
+from .drive import bp as drive_bp
+from .drive import entity_bp as drive_entity_bp
 from .errors import (
     ApiError,
     OAuthError,
@@ -34,7 +38,18 @@ from .faults import Faults
 from .limits import RateLimiter
 from .store import Store
 from .views import complex as complex_views
-from .views import entities, links, meta, notes, page, schema, tags, tasks, unsorted
+from .views import (
+    entities,
+    links,
+    meta,
+    notes,
+    page,
+    schema,
+    sources,
+    tags,
+    tasks,
+    unsorted,
+)
 from .views import events as events_views
 
 EXTENSION_KEY = "amocrm_sandbox"
@@ -76,6 +91,7 @@ class Sandbox:
         )
         self.limiter = RateLimiter(rate_limit, block_after, block_seconds)
         self.faults = Faults()
+        self.drive = DriveLimits()
         self.log = RequestLog()
         #: Made-up contacts and companies added to the seed (and after each reset).
         self.bulk = (seed_contacts, seed_companies)
@@ -104,6 +120,7 @@ class Sandbox:
         self.faults.clear()
         self.webhooks.clear()
         self.limiter.reset()
+        self.drive.reset()
         self.configure(**self._initial)
         self.store.save_if_dirty()
 
@@ -121,6 +138,10 @@ class Sandbox:
             self.auth.access_token_ttl = int(settings["access_token_ttl"])
         if "moved_to" in settings:
             self.auth.moved_to = settings["moved_to"] or None
+        if "drive_max_file_size" in settings:
+            self.drive.max_file_size = int(settings["drive_max_file_size"])
+        if "drive_max_part_size" in settings:
+            self.drive.max_part_size = int(settings["drive_max_part_size"])
         if "drop_webhooks" in settings:
             self.webhooks.drop = int(settings["drop_webhooks"])
         if "duplicate_control" in settings:
@@ -140,6 +161,8 @@ class Sandbox:
             "access_token_ttl": self.auth.access_token_ttl,
             "moved_to": self.auth.moved_to,
             "drop_webhooks": self.webhooks.drop,
+            "drive_max_file_size": self.drive.max_file_size,
+            "drive_max_part_size": self.drive.max_part_size,
             "duplicate_control": bool(
                 self.store.data["settings"].get("duplicate_control")
             ),
@@ -196,7 +219,10 @@ def create_app(
         links.bp,
         tasks.bp,
         events_views.bp,
+        sources.bp,
         entities.bp,
+        drive_entity_bp,
+        drive_bp,
         oauth_bp,
         control_bp,
         page.bp,
@@ -212,7 +238,7 @@ def create_app(
 
 
 def _kind(path: str) -> str:
-    if path.startswith("/api/v4"):
+    if path.startswith(("/api/v4", "/drive/")):
         return "api"
     if path.startswith("/oauth2"):
         return "oauth"

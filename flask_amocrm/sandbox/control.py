@@ -39,6 +39,8 @@ CONFIG_KEYS = {
     "block_seconds",
     "duplicate_control",
     "drop_webhooks",
+    "drive_max_file_size",
+    "drive_max_part_size",
 }
 
 
@@ -270,6 +272,7 @@ def state() -> Response:
             rendered = render_unsorted(s, item)
             rendered["status"] = item["_state"]
             out["unsorted"].append(rendered)
+        out["sources"] = sorted(s.data["sources"].values(), key=lambda o: o["id"])
         out["links"] = s.data["links"]
         out["settings"] = dict(s.data["settings"])
         out["custom_fields"] = s.data["custom_fields"]

@@ -1,8 +1,8 @@
 """Injected faults for tests and benchmarks (``POST /_sandbox/faults``).
 
 A fault answers matching requests with a status, drops their connection, or delays
-them. It applies to ``/api/v4`` and ``/oauth2`` paths only, for ``count`` requests,
-for ``seconds``, or until cleared.
+them. It applies to ``/api/v4``, ``/drive`` and ``/oauth2`` paths only, for ``count``
+requests, for ``seconds``, or until cleared.
 """
 
 from __future__ import annotations

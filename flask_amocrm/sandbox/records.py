@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import events
-from .errors import INVALID_TYPE, NOT_EXPECTED, FieldError
+from .errors import INVALID_TYPE, NOT_BLANK, NOT_EXPECTED, FieldError
 from .fields import apply_values, validate_values
 from .store import Store, now
 
@@ -388,6 +388,8 @@ def check_item(
             errors += check_tag_refs(
                 store, entity, embedded.get("tags"), "_embedded.tags"
             )
+            if entity == "leads" and "source" in embedded and creating:
+                errors += check_source(store, embedded["source"], "_embedded.source")
             if creating:
                 for target in ("contacts", "companies"):
                     if (
@@ -482,6 +484,40 @@ def _check_pipeline(
 
 
 # -- writes --------------------------------------------------------------------
+
+
+# -- sources -------------------------------------------------------------------
+
+
+def find_source(store: Store, external_id: Any) -> dict[str, Any] | None:
+    """The integration's source with this ``external_id``, or None."""
+    for source in store.data["sources"].values():
+        if source["external_id"] == external_id:
+            return source
+    return None
+
+
+def check_source(store: Store, ref: Any, path: str) -> list[FieldError]:
+    """A lead's ``_embedded.source``: ``{"external_id": ..., "type": "widget"}``
+    naming one of the integration's sources."""
+    if not isinstance(ref, dict):
+        return [FieldError(INVALID_TYPE, path, "This value should be of type object.")]
+    if not isinstance(ref.get("external_id"), str) or not ref["external_id"]:
+        return [
+            FieldError(
+                NOT_BLANK, f"{path}.external_id", "This value should not be blank."
+            )
+        ]
+    if find_source(store, ref["external_id"]) is None:
+        return [FieldError.not_a_choice(f"{path}.external_id")]
+    return []
+
+
+def set_source(store: Store, lead: dict[str, Any], ref: dict[str, Any]) -> None:
+    """Give a new lead the source its ``_embedded.source`` names."""
+    source = find_source(store, ref.get("external_id"))
+    if source is not None:
+        lead["source_id"] = source["id"]
 
 
 def new_entity(store: Store, entity: str, ts: int) -> dict[str, Any]:
@@ -597,6 +633,8 @@ def apply_item(
             tag = find_tag(store, entity, tag_id=ref.get("id"), name=ref.get("name"))
             if tag is not None and tag["id"] in obj["_tags"]:
                 obj["_tags"].remove(tag["id"])
+    if creating and entity == "leads" and isinstance(embedded.get("source"), dict):
+        set_source(store, obj, embedded["source"])
     store.entities(entity)[obj["id"]] = obj
     if creating and link_embedded:
         for target in ("contacts", "companies"):
@@ -666,7 +704,12 @@ def render(
     if entity == "leads":
         if "loss_reason" in with_:
             embedded["loss_reason"] = []
-        if "source" in with_ and obj.get("_source"):
-            embedded["source"] = obj["_source"]
+        source = store.data["sources"].get(obj.get("source_id"))
+        if "source" in with_ and obj.get("source_id"):
+            # As amoCRM answers with=source: the source's id and name.
+            embedded["source"] = {
+                "id": obj["source_id"],
+                "name": source["name"] if source else None,
+            }
     out["_embedded"] = embedded
     return out

@@ -481,7 +481,9 @@ def make_seed(subdomain: str = "sandbox") -> dict[str, Any]:
         "tags": {"leads": {}, "contacts": {}, "companies": {}},
         "links": {},
         "unsorted": {},
+        "sources": {},
         "counters": {
+            "sources": 24001,
             "leads": 10000001,
             "contacts": 20000001,
             "companies": 30000001,

@@ -18,7 +18,7 @@ from typing import Any
 from .seed import make_seed
 
 # Parts of the state that are dicts keyed by integer id.
-_ID_MAPS = ("leads", "contacts", "companies", "tasks")
+_ID_MAPS = ("leads", "contacts", "companies", "tasks", "sources")
 _NESTED_ID_MAPS = ("notes", "tags")
 
 

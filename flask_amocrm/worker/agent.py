@@ -8,6 +8,7 @@ from flask import current_app
 from ..outbox import due_ids, load_spool
 from ..state import AppState
 from .deliver import deliver_events
+from .rules_file import reload_rules
 
 
 def process(state: AppState, limit: int | None = None) -> dict[str, int]:
@@ -15,6 +16,7 @@ def process(state: AppState, limit: int | None = None) -> dict[str, int]:
     with ``None``) in batches of ``AMOCRM_BATCH_SIZE``; return how many ended in
     each status, and how many were ``spooled``."""
     counts: dict[str, int] = {"spooled": load_spool(state, current_app.instance_path)}
+    reload_rules(state)  # a rule switched on again makes its held events due
     ids = due_ids(state, limit)
     size = state.settings.batch_size
     for start in range(0, len(ids), size):

@@ -22,14 +22,24 @@ from .. import shared
 from ..amo.apilog import event_context
 from ..amo.clients import client_for
 from ..amo.metadata import metadata_for
-from ..errors import AmoCRMError, RuleError, ValidationError, describe
-from ..models import DELIVERED, FAILED, IGNORED, RETRYING, Event, EventAttempt, utcnow
+from ..errors import AmoCRMError, CallVetoed, RuleError, ValidationError, describe
+from ..hooks import for_events
+from ..models import (
+    CANCELLED,
+    DELIVERED,
+    FAILED,
+    IGNORED,
+    RETRYING,
+    Event,
+    EventAttempt,
+    utcnow,
+)
 from ..outbox import append_log, claim, cut_reason
 from ..progress import Progress
 from ..rules.plan import Plan, PlanEnv
 from ..rules.render import build_plan
 from ..rules.schema import find_rule
-from ..signals import event_delivered, event_failed
+from ..signals import event_cancelled, event_delivered, event_failed
 from ..state import AppState, get_state
 from .delivery import Delivery
 from .execute import execute
@@ -37,7 +47,9 @@ from .index import contact_index
 from .lookup import key_locks
 from .markers import forget_marker_field, mark
 from .outage import note_failure, note_success, paused
+from .push import after_push, before_push, reapply
 from .rules_file import reload_rules
+from .sources import forget_source, tag_source
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -91,7 +103,8 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
         deliveries: list[Delivery] = []
         for event in events:
             try:
-                delivery = _prepare(state, session, event)
+                with for_events([event.id]):
+                    delivery = _prepare(state, session, event)
             except RuleError as exc:
                 outcomes[event.id] = (FAILED, f"rule error: {exc}")
                 continue
@@ -117,6 +130,10 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                     else (IGNORED, None)
                 )
                 continue
+            ended = before_push(state, delivery)
+            if ended is not None:
+                outcomes[event.id] = ended
+                continue
             deliveries.append(delivery)
 
         batch_error = _run(state, deliveries, claimed)
@@ -128,7 +145,10 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             for old in stale:
                 deliveries.remove(old)
                 try:
-                    delivery = _prepare(state, session, old.event)
+                    with for_events([old.event.id]):
+                        delivery = _prepare(state, session, old.event)
+                    if delivery is not None:
+                        reapply(delivery, old.edits)
                 except RuleError as exc:
                     outcomes[old.event.id] = (FAILED, f"rule error: {exc}")
                     continue
@@ -142,7 +162,13 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             batch_error = _run(state, [d for d in again if d.error is None], claimed)
         for delivery in deliveries:
             event = delivery.event
-            if delivery.error is not None:
+            if isinstance(delivery.error, CallVetoed):
+                vetoed = delivery.error
+                outcomes[event.id] = (
+                    CANCELLED if vetoed.cancelled else FAILED,
+                    str(vetoed),
+                )
+            elif delivery.error is not None:
                 failure = delivery.error
                 outcomes[event.id] = (
                     RETRYING if failure.retryable else FAILED,
@@ -192,6 +218,10 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             # The reason may quote what the visitor sent: it stays on the event.
             log.warning("Event %s failed (%s)", event.id, _kind(error))
             event_failed.send(app, event=event, error=error)
+        elif outcome == CANCELLED:
+            # The reason is the site's own words: it stays on the event.
+            log.info("Event %s cancelled by a hook", event.id)
+            event_cancelled.send(app, event=event, reason=error)
         elif outcome == RETRYING:
             log.warning(
                 "Event %s will be retried at %s (%s)",
@@ -199,6 +229,7 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                 event.next_attempt_at,
                 _kind(error),
             )
+    after_push(state, [e for e in events if outcomes[e.id][0] == DELIVERED])
     return {event_id: outcome for event_id, (outcome, _) in outcomes.items()}
 
 
@@ -224,24 +255,49 @@ def _run(
     pause = paused(state) if deliveries else None
     if pause:
         return (RETRYING, f"paused, no request sent: amoCRM blocked us: {pause}")
-    if not any(d.error is None for d in deliveries):
+    remaining = [d for d in deliveries if d.error is None]
+    if not remaining:
         return None
-    try:
-        with event_context(deliveries[0].event.id if len(deliveries) == 1 else None):
-            client = client_for(state)
-            mark(state, client, deliveries)
-            execute(
-                client,
-                deliveries,
-                locks=key_locks(state),
-                index=contact_index(state),
+    marked = sourced = False  # each once: a veto below runs the rest again
+    while remaining:
+        try:
+            with (
+                event_context(remaining[0].event.id if len(remaining) == 1 else None),
+                for_events(d.event.id for d in remaining),
+            ):
+                client = client_for(state)
+                if not marked:
+                    mark(state, client, remaining)
+                    marked = True
+                if not sourced:
+                    tag_source(state, client, remaining)
+                    sourced = True
+                execute(
+                    client,
+                    remaining,
+                    locks=key_locks(state),
+                    index=contact_index(state),
+                )
+        except CallVetoed as exc:
+            # A before_api_call hook refused a request: the events it was for end
+            # there; the others go on from where their progress says.
+            hit = [d for d in remaining if d.event.id in exc.events]
+            if not hit:
+                return (CANCELLED if exc.cancelled else FAILED, str(exc))
+            for delivery in hit:
+                delivery.error = exc
+            remaining = [d for d in remaining if d.error is None]
+            continue
+        except AmoCRMError as exc:
+            note_failure(state, exc)
+            return (
+                RETRYING if exc.retryable else FAILED,
+                f"{type(exc).__name__}: {exc}",
             )
-    except AmoCRMError as exc:
-        note_failure(state, exc)
-        return (RETRYING if exc.retryable else FAILED, f"{type(exc).__name__}: {exc}")
-    except Exception as exc:  # a bug or a database hiccup: keep trying, loudly
-        log.exception("Unexpected error delivering events %s", claimed)
-        return (RETRYING, f"unexpected {describe(exc)}")
+        except Exception as exc:  # a bug or a database hiccup: keep trying, loudly
+            log.exception("Unexpected error delivering events %s", claimed)
+            return (RETRYING, f"unexpected {describe(exc)}")
+        break
     note_success(state)
     return None
 
@@ -267,14 +323,16 @@ def stale_metadata(error: BaseException | None) -> bool:
 
 
 def _refresh_caches(state: AppState) -> bool:
-    """Read the account's metadata again and forget the marker field id; whether
-    this worker did (another one may have done it within the last minute)."""
+    """Read the account's metadata again and forget the marker field's and the
+    site source's ids; whether this worker did (another one may have done it within
+    the last minute)."""
     if not shared.set_once(
         state, "stale-refresh", seconds=STALE_REFRESH_SECONDS, account=True
     ):
         return False
     log.warning("amoCRM refused a cached id: reading the account's metadata again")
     forget_marker_field(state)
+    forget_source(state)
     try:
         metadata_for(state, refresh=True)
     except AmoCRMError as exc:
@@ -318,6 +376,7 @@ def plan_env(state: AppState, *, preview: bool = False) -> PlanEnv:
         workday_end=state.settings.workday_end,
         phone_region=state.settings.phone_region,
         secret_key=_secret_keys(state.app),
+        upload_folder=state.settings.upload_folder,
     )
 
 

@@ -32,6 +32,9 @@ class Delivery:
     #: commits once per API answer instead (the deliveries of a batch share one
     #: session): one commit per event and step cost more than the calls themselves.
     autosave: bool = True
+    #: What the ``before_push`` hooks changed in this attempt (:mod:`.push`), to be
+    #: put on the plan again if it is rendered again.
+    edits: Any = None
 
     @property
     def request_id(self) -> str:

@@ -5,7 +5,7 @@ runs the plans' steps (:data:`~flask_amocrm.rules.plan.STEPS`) for all of them
 together, one step after
 the other: each step is one call per entity type for the whole batch, 50 items at a
 time (``leads/complex``, ``leads/unsorted/forms``, ``contacts``, ``notes``, ``tasks``,
-``link``).
+``link``); the ``files`` step (:mod:`.drive`) goes file by file.
 
 After each call the ids amoCRM returned are recorded in each event's
 :class:`~flask_amocrm.progress.Progress` and saved at once, with the step marked done,
@@ -30,8 +30,10 @@ from typing import Any, Protocol
 
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, ValidationError
+from ..hooks import for_events
 from ..vocabulary import ENTITY, fold
 from .delivery import Delivery
+from .drive import upload_files
 from .index import ContactIndex
 from .lookup import NoLocks, lock_keys, lookup
 from .markers import find_again_or_mark
@@ -111,7 +113,7 @@ def _execute(
             if index is not None:  # before the locks go: the next worker finds it
                 index.remember(group)
     deliveries = [d for d in deliveries if d not in waiting]
-    for step in (_link, _notes, _tasks):
+    for step in (_link, _files, _notes, _tasks):
         step(client, [d for d in deliveries if d.pending(step.__name__[1:])])
         _save(deliveries)
 
@@ -209,7 +211,9 @@ def _send_chunk(
                 rid = f"{delivery.request_id}-{n}" if many else delivery.request_id
                 body.append(dict(item, request_id=rid))
         try:
-            answers = write(body)
+            # A veto of this request (a before_api_call hook) is for these events.
+            with for_events(d.event.id for d, _ in chunk):
+                answers = write(body)
         except ValidationError as exc:
             if _reject(exc, [d for d, _ in chunk], what=what):
                 chunk = [g for g in chunk if g[0].error is None]
@@ -420,6 +424,11 @@ def _link(client: AmoClient, deliveries: list[Delivery]) -> None:
     for delivery in deliveries:
         if delivery.error is None:
             delivery.record("link")
+
+
+def _files(client: AmoClient, deliveries: list[Delivery]) -> None:
+    """Upload the event's files to amoCRM's drive and attach them (:mod:`.drive`)."""
+    upload_files(client, deliveries)
 
 
 def _notes(client: AmoClient, deliveries: list[Delivery]) -> None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .. import shared
 from ..amo.client import AmoClient
 from ..dedup import DuplicateRule, duplicates_note, lock_name, pick
+from ..hooks import for_events
 from ..rules.plan import EntityPlan
 from ..vocabulary import ENTITY
 from .index import ContactIndex, Wanted
@@ -72,12 +73,17 @@ def lookup(
         for key in ("contact", "company")
         if (entity := d.plan.entity(key)) is not None and entity.looks_up
     ]
-    answered = index.find(client, wanted) if index is not None and wanted else {}
+    answered = {}
+    if index is not None and wanted:
+        # one verification read for the batch: a veto of it is for all of them
+        with for_events(sorted({w.request_id for w in wanted})):
+            answered = index.find(client, wanted)
     for w in wanted:
         key, rid = w.entity.key, w.request_id
         dups = answered.get((rid, key))
         if dups is None:
-            dups = _search(client, w.entity, with_leads=w.with_leads)
+            with for_events([rid]):
+                dups = _search(client, w.entity, with_leads=w.with_leads)
             if index is not None:
                 index.saw(w.entity.entity, dups)
         found[rid][key] = dups
@@ -100,7 +106,8 @@ def lookup(
             candidates = [leads[i] for i in contact_leads[d.request_id] if i in leads]
             found[d.request_id]["lead"] = pick(lead.duplicates, candidates)
         else:
-            found[d.request_id]["lead"] = _search(client, lead)
+            with for_events([d.event.id]):
+                found[d.request_id]["lead"] = _search(client, lead)
     for d in deliveries:
         _decide(client, d, found[d.request_id], contact_leads[d.request_id])
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
@@ -67,15 +68,37 @@ def paused(state: AppState) -> str | None:
     return shared.get(state, _PAUSE, account=True)
 
 
-def current(state: AppState) -> str | None:
-    """The reason of the outage going on, or ``None``."""
+@dataclass(frozen=True)
+class Outage:
+    """An outage going on: since when (naive UTC, as stored times) and why."""
+
+    since: datetime | None
+    reason: str
+
+
+def outage(state: AppState) -> Outage | None:
+    """The outage going on, or ``None`` (amoCRM answered the last call)."""
     value = shared.get(state, _FLAG)
     if value is None:
         return None
     try:
-        return str(json.loads(value)["reason"])
+        stored = json.loads(value)
+        reason = str(stored["reason"])
     except (ValueError, KeyError, TypeError):
-        return value
+        return Outage(since=None, reason=value)
+    try:
+        since: datetime | None = datetime.fromtimestamp(
+            float(stored["since"]), UTC
+        ).replace(tzinfo=None)
+    except (ValueError, KeyError, TypeError, OverflowError):
+        since = None
+    return Outage(since=since, reason=reason)
+
+
+def current(state: AppState) -> str | None:
+    """The reason of the outage going on, or ``None``."""
+    found = outage(state)
+    return found.reason if found is not None else None
 
 
 def note_failure(state: AppState, exc: BaseException) -> None:

@@ -4,9 +4,11 @@
 round-robin turn), and runs the real delivery code on it: the marker step of
 :mod:`.markers` and :func:`~.execute.execute` (with :class:`~.lookup.NoLocks`), against
 a :class:`~flask_amocrm.amo.recording.RecordingClient`. The calls it made are the
-preview. Nothing is written to amoCRM or to the database: the event is never added to
-a session, its progress is never saved, and a marker field the account lacks is
-"created" by the recording client only.
+preview. The site's ``before_push`` hooks run on it as they would (a cancel is the
+preview's error); the API-call hooks do not (nothing is sent). Nothing is written to
+amoCRM or to the database: the event is never added to a session, its progress is
+never saved, a marker field the account lacks is "created" by the recording client
+only, and the site's source is named without being registered.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from .delivery import Delivery
 from .execute import execute
 from .lookup import NoLocks
 from .markers import mark
+from .push import before_push
+from .sources import tag_source
 
 
 @dataclass
@@ -62,7 +66,18 @@ def preview(
     )
     client = RecordingClient(state.settings.base_url)
     delivery = Delivery(event=event, plan=plan, save=_keep_nothing)
+    ended = before_push(state, delivery)
+    if ended is not None:
+        return Preview(
+            calls=[],
+            warnings=list(plan.warnings),
+            log=list(event.log or []),
+            error=AmoCRMError(
+                f"a before_push hook would end it {ended[0]}: {ended[1]}"
+            ),
+        )
     mark(state, client, [delivery], remember=False)
+    tag_source(state, client, [delivery], register=False)
     execute(client, [delivery], locks=NoLocks())
     return Preview(
         calls=client.calls,

@@ -13,6 +13,7 @@ import logging
 from ..outbox import due_ids, lease_expired
 from ..state import AppState
 from .queue import enqueue_event
+from .rules_file import reload_rules
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -26,6 +27,8 @@ def sweep(
     burst worker: it must not stop while one waits for a job that never comes). An
     event that has its job already is not queued twice (:func:`enqueue_event`)."""
     queued = 0
+    # A rule switched on again in the rules file makes its held events due.
+    reload_rules(state)
     held = lease_expired(state)
     for event_id in due_ids(state, limit, include_fresh=include_fresh):
         if enqueue_event(state, event_id, abandoned=event_id in held):

@@ -2,8 +2,10 @@
 
 Registered with ``pytest_plugins`` in ``tests/conftest.py``.
 
-- ``browser`` (session): Debian's ``chromium`` driven by Playwright (its own browser
-  download cannot be fetched here). Skipped, saying what is missing, where Playwright
+- ``browser`` (module): Debian's ``chromium`` driven by Playwright (its own browser
+  download cannot be fetched here). One per test module: Playwright's sync API keeps
+  an asyncio loop running in the main thread while it is open, which would break a
+  later module's ``asyncio.run()``. Skipped, saying what is missing, where Playwright
   or ``chromium`` is not installed (``make test`` installs both where it may).
 - ``page``: a fresh browser context and page; ``page_ru`` the same in Russian.
 - ``serve(app)``: serves ``app`` on a free port in a thread (a real HTTP server: the
@@ -40,7 +42,7 @@ def _chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright

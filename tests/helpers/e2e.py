@@ -18,7 +18,7 @@ from flask_amocrm.worker import index
 INDEX_MODES = ("search", "index")
 
 
-def form_site(make_app: Any, rules: dict[str, Any], **config: Any) -> Flask:
+def form_site(make_app: Any, rules: dict[str, Any] | str, **config: Any) -> Flask:
     """An app with ``rules`` whose ``POST /form/<id>`` sends ``form_submitted``
     (files included); the client's own rate limit is lifted, as the sandbox's is by
     the ``fast_sandbox`` fixture."""

@@ -1,7 +1,9 @@
 """Notes: the rule's notes, the uploaded files, and the values that did not fit.
 
 Notes of one entity are joined into one note (``group``, on by default) so the card
-stays readable. Files go to a url field (the first file) and/or a note (all of them).
+stays readable. Files go to a url field (the first file) and/or a note (all of them),
+or with ``files = "drive"`` into amoCRM's drive (:func:`drive`; the worker uploads
+them and notes those that could not go there).
 A value that could not go where the rule said (a label that matches nothing, a text
 cut to amoCRM's limit) is kept in a note on its entity, so nothing the visitor sent is
 lost. With ``format = "html"`` notes are HTML.
@@ -10,12 +12,15 @@ lost. With ``format = "html"`` notes are HTML.
 from __future__ import annotations
 
 import html
+import os
 import re
 from typing import Any
 
+from ...errors import RuleError
 from ..clean import LONG_LIMIT
 from ..fields import field_item
-from ..plan import NoteSpec
+from ..plan import DriveFile, DriveSpec, NoteSpec
+from ..schema import files_setting
 from .builder import PlanBuilder
 
 _SECTIONS = ("lead", "contact", "company")
@@ -88,11 +93,14 @@ def files(b: PlanBuilder) -> tuple[str, str]:
     """Put the first file's link into the rule's url field (``files.field``), and
     return ``(section, text)`` of the note listing the files (an empty text when
     there is none to write)."""
-    setting = b.rule.get("files", {})
+    setting = files_setting(b.rule.get("files", {}))
     uploaded = [f for f in b.vars["files"] if isinstance(f, dict)]
-    if setting is False or not uploaded:
+    if setting is None or not uploaded:
         return "", ""
-    setting = setting or {}
+    if setting.get("mode") == "drive":
+        uploaded = drive(b, setting, uploaded)
+        if not uploaded:
+            return "", ""
     key = b.entity_key(setting.get("entity", "lead"))
     if not key:
         return "", ""
@@ -125,6 +133,69 @@ def files(b: PlanBuilder) -> tuple[str, str]:
             why = f.get("error") or "not saved"
             lines.append(line(b, f"{name} ({why})"))
     return key, join(b, lines)
+
+
+def drive(
+    b: PlanBuilder, setting: dict[str, Any], uploaded: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``files = "drive"``: put the saved uploads into the plan's
+    :class:`~..plan.DriveSpec`; return the files left for links (those the site
+    passed as links, and those that were not saved)."""
+    saved = [
+        (i, f)
+        for i, f in enumerate(b.vars["files"])
+        if isinstance(f, dict) and f.get("path") and not f.get("error")
+    ]
+    if not saved:
+        return uploaded
+    folder = b.env.upload_folder
+    first = setting.get("entity", "lead")
+    attach = [
+        k
+        for k in dict.fromkeys(setting.get("attach") or [first])
+        if b.plan.entity(k) is not None
+    ] or [k for k in [b.entity_key(first)] if k]
+    fields: dict[str, tuple[str, int]] = {}
+    owner = b.entity_key(first)
+    for form_field, name in (setting.get("fields") or {}).items():
+        if owner is None:
+            break
+        where = f"{b.where}.files.fields.{form_field}"
+        found = b.resolve_field(owner, name, where)
+        assert found is not None
+        if found.get("type") != "file":
+            raise RuleError(
+                f"{where}: the field {name!r} is of type {found.get('type')!r}, "
+                "not 'file'"
+            )
+        fields[str(form_field)] = (owner, int(found["id"]))
+    b.plan.drive = DriveSpec(
+        files=[
+            DriveFile(
+                index=i,
+                name=str(f.get("name") or f.get("field") or "file"),
+                path=_inside(folder, str(f["path"])),
+                size=int(f.get("size") or 0),
+                url=f.get("url"),
+                field=str(f.get("field") or ""),
+            )
+            for i, f in saved
+        ],
+        attach=attach,
+        fields=fields,
+    )
+    chosen = {id(f) for _, f in saved}
+    return [f for f in uploaded if id(f) not in chosen]
+
+
+def _inside(folder: str | None, relative: str) -> str | None:
+    """The saved file's place on disk, or ``None`` when there is no upload folder
+    or the stored path leads out of it (it is never read then)."""
+    if not folder:
+        return None
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, relative))
+    return path if path.startswith(root + os.sep) else None
 
 
 def _same_field(a: dict[str, Any], b: dict[str, Any]) -> bool:

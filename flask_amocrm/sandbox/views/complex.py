@@ -22,6 +22,7 @@ from ..records import (
     check_item,
     is_int,
     linked_ids,
+    set_source,
     unsorted_stage,
 )
 from ..search import digits
@@ -263,8 +264,8 @@ def _apply(
             # Metadata sends the lead to Incoming leads; any status_id is ignored.
             lead_item["status_id"] = unsorted_stage(pipeline)
         lead = apply_item(s, "leads", lead_item, link_embedded=False)
-    if "source" in embedded:
-        lead["_source"] = embedded["source"]
+    if isinstance(embedded.get("source"), dict):
+        set_source(s, lead, embedded["source"])
     if contact is not None:
         add_link(
             s, "leads", lead["id"], "contacts", contact["id"], {"main_contact": True}

@@ -270,7 +270,9 @@ def _check_item(s: Store, category: str, item: Any) -> list[FieldError]:
                 )
             )
         for i, sub in enumerate(group):
-            for err in check_item(s, entity, sub, embedded_allowed={"tags"}):
+            # A lead may name the integration's source, as in leads/complex.
+            allowed = {"tags", "source"} if entity == "leads" else {"tags"}
+            for err in check_item(s, entity, sub, embedded_allowed=allowed):
                 err.path = f"_embedded.{entity}.{i}.{err.path}".rstrip(".")
                 errors.append(err)
     return errors
