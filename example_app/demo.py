@@ -2,8 +2,11 @@
 
 Starts the bundled amoCRM sandbox, the example site and an RQ worker, submits sample
 forms over HTTP (one arriving with UTM tags), waits for delivery, prints what the
-sandbox holds, stops everything and exits 0 only if every form became a lead.
-Without Redis it says so and delivers inline instead.
+sandbox holds; then the way back: a customer orders a sofa, the site registers its
+webhook with amoCRM (``flask amocrm webhooks install``), a manager wins the deal in
+the sandbox and the order turns ``paid``. It stops everything and exits 0 only if
+every form became a lead and the order was paid. Without Redis it says so and
+delivers inline instead.
 
 The addresses it prints stop working when it exits; ``--keep`` (``make demo KEEP=1``)
 keeps the servers up until Ctrl-C, to try the site in a browser. It removes the Redis
@@ -15,12 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -66,14 +71,15 @@ def wait_for(url: str, seconds: float = 20) -> None:
     raise SystemExit(f"demo: {url} did not come up")
 
 
-def submit(site: str, path: str, fields: dict[str, str]) -> None:
+def submit(site: str, path: str, fields: dict[str, str], form: str = "/") -> str:
+    """Fill in the form at ``form`` (opened via ``path``); where it redirects to."""
     session = requests.Session()
     page = session.get(site + path, timeout=10)
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text)
     if not token:
         raise SystemExit("demo: the landing page has no CSRF token")
     answer = session.post(
-        site + "/",
+        site + form,
         data={"csrf_token": token.group(1), **fields},
         timeout=10,
         allow_redirects=False,
@@ -81,6 +87,64 @@ def submit(site: str, path: str, fields: dict[str, str]) -> None:
     if answer.status_code != 302:
         raise SystemExit(f"demo: the form answered {answer.status_code}")
     print(f"  submitted {fields['name']!r} via {path}")
+    return str(answer.headers["Location"])
+
+
+def order_paid(sandbox: str, site: str, env: dict[str, str]) -> bool:
+    """The way back: an order, its deal won in amoCRM, the order paid."""
+    print("demo: a customer orders a sofa")
+    where = submit(
+        site, "/order", {"name": "Vera Sokolova", "phone": "+7 903 111-22-33"}, "/order"
+    )
+    status_url = site + urlsplit(where).path  # Location may be relative
+    order = requests.get(status_url, timeout=5).json()
+    print(f"  order {order['number']}: {order['product']}, {order['status']}")
+    lead = None
+    deadline = time.monotonic() + 30
+    while lead is None and time.monotonic() < deadline:
+        state = requests.get(sandbox + "/_sandbox/state", timeout=5).json()
+        lead = next(
+            (
+                x
+                for x in state["leads"]
+                if x["name"].startswith(f"Order {order['number']}")
+            ),
+            None,
+        )
+        time.sleep(0.2)
+    if lead is None:
+        print("demo: FAILED: the order did not become a lead")
+        return False
+    print(f"  it became lead #{lead['id']} {lead['name']!r}")
+    print("demo: the site registers its webhook with amoCRM")
+    installed = subprocess.run(
+        [f"{BIN}/flask", "amocrm", "webhooks", "install", "--url", site],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    print("  " + installed.stdout.strip().replace("\n", "\n  "))
+    if installed.returncode:
+        print(f"demo: FAILED: {installed.stderr.strip()}")
+        return False
+    print(f"demo: a manager moves lead #{lead['id']} to won (142) in amoCRM")
+    requests.post(
+        f"{sandbox}/_sandbox/leads/{lead['id']}/status",
+        json={"status_id": 142},
+        timeout=5,
+    ).raise_for_status()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        order = requests.get(status_url, timeout=5).json()
+        if order["status"] == "paid":
+            break
+        time.sleep(0.2)
+    print(f"  order {order['number']}: {order['status']}")
+    if order["status"] != "paid":
+        print("demo: FAILED: the order was not paid")
+        return False
+    print("demo: amoCRM's webhook reached the site; the order is paid.")
+    return True
 
 
 def show(state: dict[str, Any]) -> None:
@@ -171,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             AMOCRM_QUEUE="amocrm-demo",
             EXAMPLE_INSTANCE_PATH=tmp,
             FLASK_APP="example_app.site",
+            AMOCRM_WEBHOOK_SECRET=secrets.token_urlsafe(24),
         )
         before: set[bytes] = set()
         if use_rq:
@@ -241,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run([f"{BIN}/flask", "amocrm", "check"], env=env)
                 return 1
             print("demo: every form became a lead with its contact, note and task.")
+            if not order_paid(sandbox, site, env):
+                subprocess.run(
+                    [f"{BIN}/flask", "amocrm", "webhooks", "status"], env=env
+                )
+                return 1
             if keep:
                 wait_for_ctrl_c(sandbox, site)
             return 0

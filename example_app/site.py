@@ -1,4 +1,5 @@
-"""The example site: a landing page with a callback form.
+"""The example site: a landing page with a callback form, and a shop order that is
+paid when its deal is won in amoCRM.
 
 Run it against the sandbox::
 
@@ -9,29 +10,45 @@ Run it against the sandbox::
 
 The form sends the fields the visitor filled in, not ``request.form``: Flask-WTF's
 ``csrf_token`` is not something the visitor said (capture leaves it out anyway).
+
+``/order`` places an order (``orders.py``) and sends it to amoCRM as a lead. With
+``AMOCRM_WEBHOOK_SECRET`` set and ``flask amocrm webhooks install`` run, amoCRM
+tells the site when the deal moves; the receiver of ``lead_status_changed`` below
+marks the order paid when its deal is won (``make demo`` shows it).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from flask import Flask, current_app, redirect, render_template, url_for
+from flask import Flask, abort, current_app, redirect, render_template, url_for
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 from wtforms import EmailField, StringField, TelField
 from wtforms.validators import DataRequired, Length, Optional
 
-from flask_amocrm import AmoCRM, form_submitted
+from flask_amocrm import AmoCRM, Event, form_submitted, lead_status_changed
+
+from . import orders
 
 amocrm = AmoCRM()
 csrf = CSRFProtect()
+#: amoCRM's "won" status, the same in every pipeline.
+WON = 142
+PRODUCT = "Chesterfield"
 
 
 class CallbackForm(FlaskForm):
     name = StringField("Your name", validators=[DataRequired(), Length(max=100)])
     phone = TelField("Phone", validators=[DataRequired(), Length(max=30)])
     email = EmailField("E-mail", validators=[Optional(), Length(max=100)])
+
+
+class OrderForm(FlaskForm):
+    name = StringField("Your name", validators=[DataRequired(), Length(max=100)])
+    phone = TelField("Phone", validators=[DataRequired(), Length(max=30)])
 
 
 def create_app() -> Flask:
@@ -70,5 +87,38 @@ def create_app() -> Flask:
     @app.route("/thanks")
     def thanks() -> str:
         return render_template("thanks.html")
+
+    @app.route("/order", methods=["GET", "POST"])
+    def order() -> Any:
+        form = OrderForm()
+        if form.validate_on_submit():
+            number = orders.place(app, PRODUCT, form.name.data or "")
+            form_submitted.send(
+                current_app._get_current_object(),  # type: ignore[attr-defined]
+                form="order",
+                data={
+                    "order": number,
+                    "product": PRODUCT,
+                    "name": form.name.data,
+                    "phone": form.phone.data,
+                },
+            )
+            return redirect(url_for("order_status", number=number))
+        return render_template("order.html", form=form, product=PRODUCT)
+
+    @app.route("/orders/<int:number>")
+    def order_status(number: int) -> dict[str, Any]:
+        found = orders.get(app, number)
+        if found is None:
+            abort(404)
+        return found
+
+    # When the deal is won in amoCRM, the order it came from is paid.
+    @lead_status_changed.connect_via(app)
+    def order_paid(
+        sender: Flask, status_id: int, event: Event | None, **_: Any
+    ) -> None:
+        if status_id == WON and event is not None and event.source == "order":
+            orders.mark_paid(sender, int(event.data["order"]))
 
     return app

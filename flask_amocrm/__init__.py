@@ -12,12 +12,20 @@ from .models import Event
 from .rules.draft import EntityDraft, FieldValue, NoteDraft, PushPlan, TaskDraft
 from .rules.signing import sign_id
 from .signals import (
+    contact_added,
+    contact_updated,
     event_cancelled,
     event_captured,
     event_delivered,
     event_failed,
     form_submitted,
+    lead_added,
+    lead_deleted,
+    lead_status_changed,
+    lead_updated,
     mail_sent,
+    note_added,
+    task_completed,
 )
 
 __all__ = [
@@ -32,11 +40,19 @@ __all__ = [
     "NoteDraft",
     "PushPlan",
     "TaskDraft",
+    "contact_added",
+    "contact_updated",
     "event_cancelled",
     "event_captured",
     "event_delivered",
     "event_failed",
     "form_submitted",
+    "lead_added",
+    "lead_deleted",
+    "lead_status_changed",
+    "lead_updated",
     "mail_sent",
+    "note_added",
     "sign_id",
+    "task_completed",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,27 +15,32 @@ from sqlalchemy import func, inspect, or_, select
 from sqlalchemy.exc import DBAPIError
 
 from .amo.auth import authorize_url
+from .amo.clients import client_for
 from .amo.connect import exchange_code
 from .amo.metadata import clear_metadata, sync_metadata
-from .errors import AmoCRMError
+from .changes import SIGNALS, WEBHOOK_CODES, webhook_codes
+from .errors import AmoCRMError, NotFoundError
 from .importer import import_rows, read_rows
 from .models import (
     CANCELLED,
     FAILED,
     IGNORED,
+    INBOUND_STATUSES,
     PENDING,
     PROCESSING,
     RETRYING,
     STATUSES,
     Event,
+    InboundChange,
     utcnow,
 )
-from .outbox import make_due, on_hold, switched_off
+from .outbox import on_hold, switched_off
 from .rules.schema import find_rule
 from .state import AppState, get_state
 from .worker.agent import process
 from .worker.amo_worker import AmoWorker
 from .worker.dispatch import hand_off_many
+from .worker.dispatch import retry as retry_events
 from .worker.health import check_account, listening_workers, waiting_since
 from .worker.index import refresh as refresh_index
 from .worker.markers import forget_marker_field
@@ -43,8 +48,9 @@ from .worker.outage import current as current_outage
 from .worker.outage import paused, reconnected
 from .worker.preview import preview
 from .worker.queue import get_queue
+from .worker.reconcile import listened, read_until
 from .worker.rules_file import rules_age
-from .worker.schedule import ensure_tick, housekeeping
+from .worker.schedule import ensure_tick, housekeeping, reconcile_due
 from .worker.sources import forget_source
 
 amocrm_cli = AppGroup("amocrm", help="Flask-AmoCRM: deliver site events to amoCRM.")
@@ -148,14 +154,18 @@ def worker(burst: bool, with_scheduler: bool, maintenance_interval: int) -> None
 )
 def process_command(limit: int | None, everything: bool) -> None:
     """Deliver due events in this process: the agent run for cron, or for sites
-    without Redis. Also runs the hourly housekeeping (retention, token keep-alive)
-    and the contact index's share of a tick (a few pages of its fill, or its poll)."""
+    without Redis. Also reads amoCRM's events log when AMOCRM_RECONCILE_INTERVAL
+    has passed, sends the signals of the changes from amoCRM that are due, does the
+    contact index's share of a tick (a few pages of its fill, or its poll), and
+    runs the hourly housekeeping (retention, token keep-alive)."""
     state = get_state()
     if everything:
         limit = None
     elif limit is None:
         limit = state.settings.batch_size
+    reconciled = reconcile_due(state)  # stores; the run below sends their signals
     counts = process(state, limit)
+    counts.update(reconciled)
     counts.update(refresh_index(state))
     counts.update(housekeeping(state))
     _echo_counts(counts)
@@ -176,13 +186,12 @@ def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
         raise click.UsageError("Give an event id, --failed or --ignored.")
     state = get_state()
     if all_failed or all_ignored:
-        ids = make_due(state, status=FAILED if all_failed else IGNORED)
+        ids = retry_events(state, status=FAILED if all_failed else IGNORED)
     else:
         assert event_id is not None
-        ids = make_due(state, ids=[event_id])
+        ids = retry_events(state, ids=[event_id])
         if not ids:
             raise click.ClickException(f"There is no event {event_id}.")
-    hand_off_many(state, ids)
     click.echo(f"{len(ids)} event(s) will be retried.")
     if state.settings.rules_file:
         click.echo(
@@ -468,3 +477,160 @@ def preview_command(
             click.echo(json.dumps(call.body, ensure_ascii=False, indent=2))
     if result.error is not None:
         raise click.ClickException(f"the event would fail: {result.error}")
+
+
+# -- the way back: amoCRM's webhooks (docs/webhooks.md) -------------------------------
+
+
+@amocrm_cli.group("webhooks")
+def webhooks_cli() -> None:
+    """Register, show and remove the webhook amoCRM sends changes to."""
+
+
+_URL_HELP = (
+    "The site's public address (https://shop.example.com); default "
+    "AMOCRM_WEBHOOK_URL, else SERVER_NAME with PREFERRED_URL_SCHEME."
+)
+
+
+def _site_url(url: str | None) -> str:
+    app = current_app
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise click.BadParameter(
+                f"must be an http(s) address, not {url!r}", param_hint="--url"
+            )
+        return url.rstrip("/")
+    state = get_state()
+    if state.settings.webhook_url:
+        return state.settings.webhook_url
+    server = app.config.get("SERVER_NAME")
+    if server:
+        scheme = app.config.get("PREFERRED_URL_SCHEME") or "http"
+        root = str(app.config.get("APPLICATION_ROOT") or "/").strip("/")
+        return f"{scheme}://{server}" + (f"/{root}" if root else "")
+    raise click.UsageError(
+        "The site's public address is not known: give --url, or set "
+        "AMOCRM_WEBHOOK_URL (or SERVER_NAME)."
+    )
+
+
+def _destination(url: str | None) -> str:
+    """The webhook's address: the site's, the path and the secret."""
+    state = get_state()
+    if not state.settings.webhook_secret:
+        raise click.UsageError(
+            "AMOCRM_WEBHOOK_SECRET is not set, so the site has no webhook endpoint: "
+            "set it to a long random string (python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')."
+        )
+    return (
+        f"{_site_url(url)}{state.settings.webhook_path}/{state.settings.webhook_secret}"
+    )
+
+
+def _shown(destination: str) -> str:
+    """A destination as printed: the secret in it masked."""
+    secret = get_state().settings.webhook_secret
+    return destination.replace(secret, "***") if secret else destination
+
+
+@webhooks_cli.command("install")
+@click.option("--url", default=None, help=_URL_HELP)
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    type=click.Choice(sorted({c for v in WEBHOOK_CODES.values() for c in v})),
+    help="A webhook code to subscribe (repeat it); default: the codes of the "
+    "signals this site has receivers for.",
+)
+def webhooks_install(url: str | None, events: tuple[str, ...]) -> None:
+    """Register the site's webhook endpoint with amoCRM (replaces the events of an
+    earlier install at the same address)."""
+    state = get_state()
+    destination = _destination(url)
+    codes = list(events) or webhook_codes(listened(state))
+    if not codes:
+        raise click.UsageError(
+            "No receiver is connected to any of the signals "
+            f"{', '.join(SIGNALS)}: connect one when the app is created, or "
+            "name the events with --event."
+        )
+    try:
+        hook = client_for(state).subscribe_webhook(destination, codes)
+    except AmoCRMError as exc:
+        raise click.ClickException(f"amoCRM refused the webhook: {exc}") from None
+    click.echo(f"Registered {_shown(destination)}")
+    click.echo(f"events: {', '.join(hook.get('settings') or codes)}")
+
+
+@webhooks_cli.command("status")
+@click.option("--url", default=None, help=_URL_HELP)
+def webhooks_status(url: str | None) -> None:
+    """Show the webhooks amoCRM has registered (this site's marked), and the
+    changes that came back."""
+    state = get_state()
+    try:
+        destination = _destination(url)
+    except click.UsageError:  # no secret or no address: nothing is this site's
+        destination = None
+    try:
+        hooks = client_for(state).webhooks()
+    except AmoCRMError as exc:
+        raise click.ClickException(f"Could not read the webhooks: {exc}") from None
+    ours = [h for h in hooks if h.get("destination") == destination]
+    if not ours:
+        click.echo("This site's webhook is not registered with amoCRM.")
+    for hook in hooks:
+        mine = hook.get("destination") == destination
+        where = (
+            _shown(str(hook.get("destination")))
+            if mine
+            else urlsplit(str(hook.get("destination"))).netloc  # others: host only
+        )
+        flags = " (this site)" if mine else ""
+        flags += " DISABLED by amoCRM" if hook.get("disabled") else ""
+        click.echo(
+            f"#{hook.get('id')} {where}{flags}: {', '.join(hook.get('settings') or [])}"
+        )
+    with state.session() as session:
+        counts = dict(
+            session.execute(
+                select(InboundChange.status, func.count()).group_by(
+                    InboundChange.status
+                )
+            ).all()
+        )
+    click.echo(
+        "changes from amoCRM: "
+        + ", ".join(f"{name} {counts.get(name, 0)}" for name in INBOUND_STATUSES)
+    )
+    interval = state.settings.reconcile_interval
+    if not interval:
+        click.echo("reconciliation: off")
+        return
+    until = read_until(state)
+    last = "not read yet"
+    if until:
+        when = datetime.fromtimestamp(until, UTC)
+        last = f"events log read up to {when:%Y-%m-%d %H:%M:%S} UTC"
+    click.echo(f"reconciliation: every {interval} s; {last}")
+
+
+@webhooks_cli.command("uninstall")
+@click.option("--url", default=None, help=_URL_HELP)
+def webhooks_uninstall(url: str | None) -> None:
+    """Remove the site's webhook from amoCRM."""
+    state = get_state()
+    destination = _destination(url)
+    try:
+        client_for(state).unsubscribe_webhook(destination)
+    except NotFoundError:
+        raise click.ClickException(
+            f"amoCRM has no webhook at {_shown(destination)}."
+        ) from None
+    except AmoCRMError as exc:
+        raise click.ClickException(f"amoCRM refused: {exc}") from None
+    click.echo(f"Removed {_shown(destination)}")

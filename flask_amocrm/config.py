@@ -101,6 +101,11 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_ENABLED": True,
     # The site's amoCRM source: its external_id (default: SERVER_NAME's host).
     "AMOCRM_SOURCE": None,
+    # amoCRM -> site (docs/webhooks.md).
+    "AMOCRM_WEBHOOK_PATH": "/amocrm/webhook",
+    "AMOCRM_WEBHOOK_SECRET": None,
+    "AMOCRM_WEBHOOK_URL": None,
+    "AMOCRM_RECONCILE_INTERVAL": 300,
 }
 
 log = logging.getLogger("flask_amocrm")
@@ -214,6 +219,14 @@ class Settings:
     #: The ``external_id`` of the site's amoCRM source (``AMOCRM_SOURCE``, else the
     #: host of ``SERVER_NAME``); ``None``: leads name no source.
     source: str | None = None
+    #: Where amoCRM posts webhooks (``<path>/<secret>``); the endpoint exists only
+    #: when ``webhook_secret`` is set.
+    webhook_path: str = "/amocrm/webhook"
+    webhook_secret: str | None = field(default=None, repr=False)
+    #: The site's public address, for ``flask amocrm webhooks install``.
+    webhook_url: str | None = None
+    #: Seconds between two reads of amoCRM's events log; 0: never.
+    reconcile_interval: int = 300
 
 
 #: Seconds between two runs of the workers' periodic job (the tick).
@@ -501,7 +514,63 @@ def read_settings(app: Flask) -> Settings:
         source=_source(app, config["AMOCRM_SOURCE"]),
         **_rules_file(config["AMOCRM_RULES"], app.root_path),
         **_rules_settings(app, config),
+        **_webhook_settings(config),
     )
+
+
+#: The shortest ``AMOCRM_WEBHOOK_SECRET``: it is all that guards the endpoint.
+MIN_SECRET_LENGTH = 16
+
+
+def _webhook_settings(config: Any) -> dict[str, Any]:
+    """The settings of the way back (amoCRM -> site): endpoint, secret, address,
+    reconciliation."""
+    path = config["AMOCRM_WEBHOOK_PATH"]
+    if (
+        not isinstance(path, str)
+        or not path.startswith("/")
+        or path.rstrip("/") == ""
+        or any(c in path for c in "<>?#% \t\r\n")
+    ):
+        raise _fail(
+            "AMOCRM_WEBHOOK_PATH",
+            f"must be a path on the site such as '/amocrm/webhook', not {path!r}.",
+        )
+    secret = config["AMOCRM_WEBHOOK_SECRET"] or None
+    if secret is not None and (
+        not isinstance(secret, str)
+        or len(secret) < MIN_SECRET_LENGTH
+        or not all(c.isalnum() or c in "-_" for c in secret)
+    ):
+        raise _fail(
+            "AMOCRM_WEBHOOK_SECRET",
+            f"must be at least {MIN_SECRET_LENGTH} letters, digits, '-' or '_' "
+            "(for example secrets.token_urlsafe(32)): it is the only thing that "
+            "keeps strangers from posting to the webhook endpoint.",
+        )
+    url = config["AMOCRM_WEBHOOK_URL"] or None
+    if url is not None:
+        parts = urlsplit(str(url))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _fail(
+                "AMOCRM_WEBHOOK_URL",
+                "must be the site's public address, such as "
+                f"'https://shop.example.com', not {url!r}.",
+            )
+        url = str(url).rstrip("/")
+    interval = _int(config, "AMOCRM_RECONCILE_INTERVAL", 0)
+    if 0 < interval < TICK_SECONDS:
+        raise _fail(
+            "AMOCRM_RECONCILE_INTERVAL",
+            f"must be 0 (off) or at least {TICK_SECONDS} seconds, not {interval}: "
+            "the events log is read on the worker's tick.",
+        )
+    return {
+        "webhook_path": "/" + path.strip("/"),
+        "webhook_secret": secret,
+        "webhook_url": url,
+        "reconcile_interval": interval,
+    }
 
 
 #: The longest ``AMOCRM_SOURCE``.

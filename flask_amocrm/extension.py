@@ -22,6 +22,7 @@ from .rules.schema import validate_rules
 from .signals import form_submitted, mail_sent
 from .state import AppState, get_state
 from .visit import remember_campaign
+from .webhook import register_webhook
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -88,6 +89,7 @@ class AmoCRM:
             register_admin(app, settings.admin_url_prefix)
         else:
             admin_is_off(app)
+        register_webhook(app, settings)
 
     def admin_auth(self, hook: AuthHook) -> AuthHook:
         """Decorate the function that says who may use the admin pages, and switch

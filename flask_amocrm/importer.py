@@ -264,6 +264,7 @@ def import_rows(
                 events.append(
                     add(
                         session,
+                        state.settings.phone_region,
                         kind=row["kind"],
                         source=row["source"],
                         data=data,

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Connection,
     DateTime,
     ForeignKey,
     Index,
@@ -23,6 +24,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    inspect,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -96,6 +99,10 @@ class Event(Base):
         DateTime, default=utcnow, onupdate=utcnow
     )
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: What the admin's search looks in, written when the event is stored
+    #: (:func:`flask_amocrm.outbox.search_text`): `` +79161234567 ivan@example.com
+    #: ivan petrov ``. ``None`` on events stored before it existed.
+    search: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     attempt_rows: Mapped[list[EventAttempt]] = relationship(
         back_populates="event",
@@ -103,10 +110,50 @@ class Event(Base):
         order_by="EventAttempt.id",
     )
 
-    __table_args__ = (Index("ix_amocrm_events_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_amocrm_events_due", "status", "next_attempt_at"),
+        # the admin's list of one status, newest first, a page at a time
+        Index("ix_amocrm_events_status_id", "status", "id"),
+        # the admin's search on PostgreSQL: the words of ``search``
+        # (flask_amocrm.outbox.search_filter uses this very expression)
+        Index(
+            "ix_amocrm_events_search",
+            text("to_tsvector('simple', search)"),
+            postgresql_using="gin",
+        ).ddl_if(dialect="postgresql"),
+    )
 
     def __repr__(self) -> str:
         return f"<Event {self.id} {self.kind}:{self.source} {self.status}>"
+
+
+def upgrade_tables(connection: Connection) -> list[str]:
+    """Bring ``amocrm_*`` tables created by an earlier version up to date: add the
+    columns they lack (every column added since is nullable) and the indexes. Return
+    what was added (``"amocrm_events.search"``, index names)."""
+    inspector = inspect(connection)
+    added: list[str] = []
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.exec_driver_sql(
+                f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
+            )
+            added.append(f"{table.name}.{column.name}")
+        indexes = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            only = index._ddl_if  # ``.ddl_if(dialect=...)``: the index of one database
+            if only is not None and only.dialect not in (None, connection.dialect.name):
+                continue
+            if index.name not in indexes:
+                index.create(connection, checkfirst=True)
+                added.append(str(index.name))
+    return added
 
 
 class EventAttempt(Base):
@@ -195,6 +242,77 @@ class Counter(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     value: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), default=0
+    )
+
+
+#: Inbound change statuses. ``pending``: stored, not yet handled; ``processing``:
+#: a worker holds it; ``retrying``: a receiver raised, tried again at
+#: ``next_attempt_at``; ``done``: every receiver ran.
+INBOUND_PENDING = "pending"
+INBOUND_PROCESSING = "processing"
+INBOUND_RETRYING = "retrying"
+INBOUND_DONE = "done"
+INBOUND_STATUSES = (INBOUND_PENDING, INBOUND_PROCESSING, INBOUND_RETRYING, INBOUND_DONE)
+
+
+class InboundChange(Base):
+    """One change in amoCRM that reaches the site's signals (a webhook item or an
+    events log entry), stored once under its key (:mod:`flask_amocrm.changes`)."""
+
+    __tablename__ = "amocrm_inbound"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True
+    )
+    #: The change's key: the same whichever way it came.
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    #: The key without the time of the change.
+    base: Mapped[str] = mapped_column(String(200), index=True)
+    #: The signal it is sent as (``lead_status_changed`` ...).
+    signal: Mapped[str] = mapped_column(String(40))
+    #: ``lead``, ``contact``, ``company`` or ``task``, and its amoCRM id.
+    entity: Mapped[str] = mapped_column(String(20))
+    entity_id: Mapped[int] = mapped_column(BigInteger)
+    #: The signal's keyword arguments besides ``event`` and ``change``.
+    values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: The lead's custom field values the webhook carried (``{field id: value}``).
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: When it happened in amoCRM (Unix seconds).
+    occurred_at: Mapped[int] = mapped_column(BigInteger)
+    #: ``webhook`` or ``events`` (the reconciliation).
+    origin: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(12), default=INBOUND_PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: The receivers that ran without raising (``module.name``): a retry never
+    #: runs them again.
+    receivers_done: Mapped[list[str]] = mapped_column(JSON, default=list)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime, default=utcnow, onupdate=utcnow
+    )
+    done_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    __table_args__ = (Index("ix_amocrm_inbound_due", "status", "next_attempt_at"),)
+
+    def __repr__(self) -> str:
+        return f"<InboundChange {self.id} {self.key} {self.status}>"
+
+
+class InboundClaim(Base):
+    """A slot of time a timed change from amoCRM (a stage move) takes, so that the
+    same change read from the webhook and from the events log, whose clocks differ
+    by a little, is stored once (:attr:`flask_amocrm.changes.Change.claims`)."""
+
+    __tablename__ = "amocrm_inbound_claims"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    change_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("amocrm_inbound.id", ondelete="CASCADE"),
+        index=True,
     )
 
 

@@ -42,6 +42,7 @@ from sqlalchemy import (
     and_,
     func,
     insert,
+    literal_column,
     not_,
     or_,
     select,
@@ -52,8 +53,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from .dedup import normalize_email, normalize_phone
 from .models import FAILED, IGNORED, PENDING, PROCESSING, RETRYING, Event, utcnow
 from .rules.schema import disabled_rules
+from .vocabulary import DEFAULT_PHONE_REGION, fold
 
 if TYPE_CHECKING:
     from .state import AppState
@@ -77,6 +80,7 @@ FIELDS = (
     "dedupe_key",
     "log",
     "created_at",
+    "search",
 )
 #: The fields of a spooled record that are stored.
 SPOOLED = ("uid", "kind", "source", "data", "files", "context", "dedupe_key", "log")
@@ -286,6 +290,7 @@ def new_values(**fields: Any) -> dict[str, Any]:
         "log": [],
         "created_at": now,
         "updated_at": now,
+        "search": None,
     }
     values.update({k: v for k, v in fields.items() if v is not None})
     return values
@@ -300,6 +305,8 @@ def store(state: AppState, **fields: Any) -> Event:
     if not state.tables_ready:
         state.create_tables()
     values = new_values(**fields)
+    if values["search"] is None:
+        values["search"] = search_text(values["data"], state.settings.phone_region)
     with state.engine.begin() as connection, _short_wait(connection):
         event_id = connection.execute(
             insert(Event).values(**values).returning(Event.id)
@@ -324,9 +331,13 @@ def _short_wait(connection: Connection) -> Iterator[None]:
         connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
 
 
-def add(session: Session, **fields: Any) -> Event:
-    """Add a new event to ``session`` (the caller commits)."""
-    event = Event(**new_values(**fields))
+def add(session: Session, region: str = DEFAULT_PHONE_REGION, **fields: Any) -> Event:
+    """Add a new event to ``session`` (the caller commits); ``region`` is the
+    country of phones written without one (``AMOCRM_PHONE_REGION``)."""
+    values = new_values(**fields)
+    if values["search"] is None:
+        values["search"] = search_text(values["data"], region)
+    event = Event(**values)
     session.add(event)
     return event
 
@@ -339,6 +350,165 @@ def known_keys(session: Session, keys: Iterable[str]) -> set[str]:
     return set(
         session.scalars(select(Event.dedupe_key).where(Event.dedupe_key.in_(wanted)))
     )
+
+
+# -- searching -----------------------------------------------------------------------
+
+#: Field names whose values are phones, names (besides values that look like them).
+_PHONE_KEY = re.compile(r"phone|tel|mobile|whatsapp|телефон|моб", re.IGNORECASE)
+_NAME_KEY = re.compile(r"name|fio|фио|имя|фамили|отчеств|contact|person", re.IGNORECASE)
+_PHONE_LIKE = re.compile(r"\+?[\d\s().-]{7,24}")
+_EMAIL = re.compile(r"[^\s<>\"',;:()\[\]]+@[^\s<>\"',;:()\[\]]+\.[^\s<>\"',;:()\[\]]+")
+#: The longest value read for search terms, and the longest search text stored.
+_SEARCH_VALUE = 200
+_SEARCH_MAX = 1000
+
+
+def contact_values(data: Any) -> list[tuple[str, str]]:
+    """The names, phones and e-mails in an event's data, as written:
+    ``[("name", "Ivan"), ("phone", "8 916 …"), ("email", "…")]``. Top-level fields
+    and one level below (a mail's headers); a value is a phone by its field's name
+    or its look, an e-mail by its look, a name by its field's name."""
+    found: list[tuple[str, str]] = []
+    if not isinstance(data, dict):
+        return found
+    pairs = list(data.items())
+    for key, value in list(pairs):
+        if isinstance(value, dict):
+            pairs.extend((f"{key}.{k}", v) for k, v in value.items())
+    for key, value in pairs:
+        if isinstance(value, list) and value and not isinstance(value[0], dict):
+            value = value[0]
+        if value is None or isinstance(value, bool | dict | list):
+            continue
+        text = str(value).strip()
+        if not text or len(text) > _SEARCH_VALUE:
+            continue
+        name = str(key)
+        if "@" in text:
+            found.extend(("email", m) for m in _EMAIL.findall(text))
+        elif _PHONE_KEY.search(name) or _PHONE_LIKE.fullmatch(text):
+            if any(c.isdigit() for c in text):
+                found.append(("phone", text))
+        elif _NAME_KEY.search(name):
+            found.append(("name", text))
+    return found
+
+
+def search_text(data: Any, region: str = DEFAULT_PHONE_REGION) -> str | None:
+    """What the admin's search finds an event by (``Event.search``): its phones
+    normalised as duplicate control does (:func:`~flask_amocrm.dedup.normalize_phone`),
+    its e-mails lower-cased and the words of its names case-folded, each term
+    between spaces; ``None`` without any. Never raises: capture stores the event
+    without it then."""
+    try:
+        terms: list[str] = []
+        for what, text in contact_values(data):
+            if what == "phone":
+                phone = normalize_phone(text, region)
+                terms.extend([phone] if phone else [])
+            elif what == "email":
+                email = normalize_email(text)
+                terms.extend([email] if email else [])
+            else:
+                terms.extend(fold(text).split())
+        unique = list(dict.fromkeys(terms))
+    except Exception:  # noqa: BLE001 - search is a convenience; the event is not
+        log.warning("Flask-AmoCRM could not index an event for search")
+        return None
+    if not unique:
+        return None
+    return f" {' '.join(unique)} "[:_SEARCH_MAX]
+
+
+def search_filter(
+    query: str, region: str = DEFAULT_PHONE_REGION, *, postgresql: bool = False
+) -> ColumnElement[bool] | None:
+    """The condition of events that :func:`search_text` makes findable by
+    ``query``: a phone in any spelling (the whole number, or a part of its digits),
+    an e-mail or a part of it (any case), or the beginnings of name words. ``None``
+    for an empty query. Events stored without search terms are never found.
+
+    The condition is a ``LIKE`` on ``Event.search``; on PostgreSQL (``postgresql``)
+    a whole phone, a whole e-mail and name words are first looked up in the
+    ``ix_amocrm_events_search`` index (the same terms as words of a text search),
+    so 100,000 events are not read one by one. A part of a phone's digits or of an
+    e-mail is found by the ``LIKE`` alone."""
+    text = query.strip()
+    if not text:
+        return None
+    column = Event.search
+    if "@" in text:
+        email = text.lower()
+        like = column.contains(email, autoescape=True)
+        return _indexed(like, email, postgresql=postgresql and _whole_email(email))
+    digits = "".join(c for c in text if c.isdigit())
+    if digits and not any(c.isalpha() for c in text):
+        phone = normalize_phone(text, region)
+        if phone and phone.startswith("+") and len(digits) >= 7:
+            like = column.contains(f" {phone} ", autoescape=True)
+            return _indexed(like, phone, postgresql=postgresql)
+        return column.contains(digits, autoescape=True)
+    words = fold(text).split()
+    return and_(
+        *(
+            _indexed(
+                column.contains(f" {word}", autoescape=True),
+                word,
+                postgresql=postgresql and any(c.isalnum() for c in word),
+                prefix=True,
+            )
+            for word in words
+        )
+    )
+
+
+def _whole_email(text: str) -> bool:
+    return _EMAIL.fullmatch(text) is not None
+
+
+def _indexed(
+    like: ColumnElement[bool], term: str, *, postgresql: bool, prefix: bool = False
+) -> ColumnElement[bool]:
+    """``like``, after a lookup of ``term`` in ``ix_amocrm_events_search`` on
+    PostgreSQL (the ``LIKE`` keeps the meaning exactly that of SQLite)."""
+    if not postgresql:
+        return like
+    # to_tsvector('simple', search): the expression of the index, written the same
+    vector = func.to_tsvector(literal_column("'simple'"), Event.search)
+    quoted = func.quote_literal(term)
+    words = func.to_tsquery(
+        literal_column("'simple'"), quoted.concat(":*") if prefix else quoted
+    )
+    return and_(vector.op("@@")(words), like)
+
+
+def cancel(state: AppState, event_id: int, reason: str) -> bool:
+    """End an event that is waiting (``pending``, ``retrying``, ``failed``) as
+    ``ignored`` with ``reason`` as its last error and in its log; ``False`` when it
+    is not waiting (delivered, held by a worker, gone)."""
+    reason = cut_reason(reason) or ""
+    with state.session() as session:
+        event = session.scalar(
+            select(Event).where(
+                Event.id == event_id, Event.status.in_((PENDING, RETRYING, FAILED))
+            )
+        )
+        if event is None:
+            return False
+        done = session.execute(
+            update(Event)
+            .where(Event.id == event_id, Event.status.in_((PENDING, RETRYING, FAILED)))
+            .values(
+                status=IGNORED,
+                last_error=reason,
+                next_attempt_at=None,
+                locked_until=None,
+                log=append_log(event.log, [reason]),
+            )
+        )
+        session.commit()
+    return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
 # -- switches --------------------------------------------------------------------------
@@ -663,7 +833,7 @@ def _store_spooled(state: AppState, fields: dict[str, Any]) -> int:
         key = fields.get("dedupe_key")
         if key and known_keys(session, [key]):
             return 0
-        add(session, **fields)
+        add(session, state.settings.phone_region, **fields)
         session.commit()
     return 1
 

@@ -36,6 +36,7 @@ def record_events(app: Flask) -> Iterator[list[Event]]:
 
 
 def deliver_pending(app: Flask, limit: int | None = None) -> dict[str, int]:
-    """Deliver every due event of ``app`` now, in this process."""
+    """Deliver every due event of ``app`` now, in this process, and send the
+    signals of the due changes from amoCRM (``changes_done`` counts them)."""
     with app.app_context():
         return process(get_state(app), limit)

@@ -65,3 +65,37 @@ def test_an_invalid_form_is_not_captured(site: Any) -> None:
 def test_the_example_rules_pass_check(site: Any) -> None:
     result = site.test_cli_runner().invoke(args=["amocrm", "check"])
     assert result.exit_code == 0, result.output
+
+
+def test_an_order_is_paid_when_its_deal_is_won_in_amocrm(
+    site: Any, sandbox: Any
+) -> None:
+    client = site.test_client()
+    answer = client.post("/order", data={"name": "Anna", "phone": "+79123456789"})
+    assert answer.status_code == 302 and answer.location.endswith("/orders/1001")
+    assert client.get("/orders/1001").json["status"] == "new"
+    assert deliver_pending(site)["delivered"] == 1
+    [lead] = sandbox.leads()
+    assert lead["name"] == "Order 1001: Chesterfield"
+
+    sandbox.move_lead(lead["id"], 142)  # a manager wins the deal
+    # No webhook reaches this test client: the events log does (reconciliation).
+    result = site.test_cli_runner().invoke(args=["amocrm", "process"])
+    assert result.exit_code == 0, result.output
+    assert client.get("/orders/1001").json == {
+        "number": 1001,
+        "product": "Chesterfield",
+        "name": "Anna",
+        "status": "paid",
+    }
+
+
+def test_a_callback_lead_won_pays_no_order(site: Any, sandbox: Any) -> None:
+    client = site.test_client()
+    client.post("/order", data={"name": "Anna", "phone": "+79123456789"})
+    client.post("/", data={"name": "Boris", "phone": "+79120000000"})
+    assert deliver_pending(site)["delivered"] == 2
+    callback = next(lead for lead in sandbox.leads() if lead["name"].startswith("Call"))
+    sandbox.move_lead(callback["id"], 142)
+    assert site.test_cli_runner().invoke(args=["amocrm", "process"]).exit_code == 0
+    assert client.get("/orders/1001").json["status"] == "new"

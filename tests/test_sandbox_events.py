@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
 import pytest
+import requests
 
 ULID = re.compile(r"[0-9a-z]{26}")
 
@@ -443,3 +444,64 @@ def test_webhook_custom_fields_in_the_legacy_shape(sandbox, amo, receiver):
     assert form[f"{d}[values][0]"] == "1700000000"  # dates: a bare value
     assert form[f"{s}[values][0][value]"] == enum["value"]
     assert form[f"{s}[values][0][enum]"] == str(enum["id"])
+
+
+def test_a_manager_moves_a_lead_without_an_api_request(sandbox, amo, receiver):
+    amo.post(
+        "/webhooks",
+        json={"destination": receiver.url + "/", "settings": ["status_lead"]},
+    )
+    lead = amo.post("/leads", json=[{"name": "Sofa"}]).json()["_embedded"]["leads"][0]
+    start = amo.get(f"/leads/{lead['id']}").json()
+    requests_before = len(sandbox.requests())
+
+    moved = sandbox.move_lead(lead["id"], 142)
+
+    assert moved["status_id"] == 142 and moved["pipeline_id"] == start["pipeline_id"]
+    assert moved["closed_at"] is not None
+    manager = moved["updated_by"]
+    users = {u["id"]: u for u in sandbox.state()["users"]}
+    assert not users[manager]["rights"]["is_admin"]
+    assert users[manager]["rights"]["is_active"]
+    assert len(sandbox.requests()) == requests_before  # no API request was made
+    [form] = receiver.forms(1)
+    assert form["leads[status][0][id]"] == str(lead["id"])
+    assert form["leads[status][0][status_id]"] == "142"
+    assert form["leads[status][0][old_status_id]"] == str(start["status_id"])
+    [event] = amo.get("/events", params={"filter[type]": "lead_status_changed"}).json()[
+        "_embedded"
+    ]["events"]
+    assert event["created_by"] == manager
+    assert event["value_before"] == [
+        {"lead_status": {"id": start["status_id"], "pipeline_id": start["pipeline_id"]}}
+    ]
+    # A chosen user, another pipeline; mistakes are 400 or 404.
+    moved = sandbox.move_lead(lead["id"], 7200002, user_id=8000003)
+    assert (moved["pipeline_id"], moved["status_id"]) == (7000002, 7200002)
+    assert moved["updated_by"] == 8000003
+    for path, body, status in [
+        (f"/_sandbox/leads/{lead['id']}/status", {"status_id": 999}, 400),
+        (f"/_sandbox/leads/{lead['id']}/status", {"status_id": "142"}, 400),
+        (f"/_sandbox/leads/{lead['id']}/status", {"status_id": 142, "user_id": 1}, 400),
+        ("/_sandbox/leads/99999999/status", {"status_id": 142}, 404),
+    ]:
+        answer = requests.post(sandbox.url + path, json=body, timeout=5)
+        assert answer.status_code == status, (body, answer.text)
+
+
+def test_webhooks_can_be_delayed(sandbox, amo, receiver):
+    amo.post(
+        "/webhooks", json={"destination": receiver.url + "/", "settings": ["add_lead"]}
+    )
+    assert sandbox.config(webhook_delay_ms=400)["webhook_delay_ms"] == 400
+    started = time.time()
+    amo.post("/leads", json=[{"name": "late"}])
+    assert time.time() - started < 0.3  # the API request does not wait for it
+    # In the events log at once, the webhook only later.
+    assert amo.get("/events", params={"filter[type]": "lead_added"}).status_code == 200
+    assert receiver.received == []
+    [form] = receiver.forms(1)
+    assert form["leads[add][0][name]"] == "late"
+    assert time.time() - started >= 0.4
+    sandbox.reset()
+    assert sandbox.config()["webhook_delay_ms"] == 0

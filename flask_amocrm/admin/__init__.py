@@ -12,7 +12,13 @@ import logging
 
 from flask import Flask
 
-from . import apilog, health, oauth, rules  # noqa: F401  (add their views to the blueprint)
+from . import (  # noqa: F401  (add their views to the blueprint)
+    apilog,
+    events,
+    health,
+    oauth,
+    rules,
+)
 from .blueprint import bp
 
 log = logging.getLogger("flask_amocrm")

@@ -61,6 +61,8 @@ CONNECT_TIMEOUT = 5.0
 BATCH_SIZE = 50
 #: The API's largest page for lists.
 PAGE_LIMIT = 250
+#: The largest page of the events log on amocrm.ru (Kommo allows 250).
+EVENTS_PAGE_LIMIT = 100
 #: Where every path of the API starts.
 API = "/api/v4"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -634,6 +636,47 @@ class AmoClient:
         if not created:
             raise APIError(f"POST {API}/{entity}/custom_fields answered without it")
         return created[0]
+
+    # -- the way back: webhooks and the events log -------------------------------------
+
+    def webhooks(self, destination: str | None = None) -> list[dict[str, Any]]:
+        """The account's webhooks (only the one at ``destination`` when given)."""
+        params = {"filter[destination]": destination} if destination else {}
+        return answer_items(self.get(f"{API}/webhooks", **params), "webhooks")
+
+    def subscribe_webhook(
+        self, destination: str, settings: Sequence[str]
+    ) -> dict[str, Any]:
+        """Register ``destination`` for the event codes ``settings`` (amoCRM
+        replaces the codes of a destination it has already); the webhook."""
+        answer = self.post(
+            f"{API}/webhooks", {"destination": destination, "settings": list(settings)}
+        )
+        return answer if isinstance(answer, dict) else {}
+
+    def unsubscribe_webhook(self, destination: str) -> None:
+        """Remove the webhook at ``destination`` (a DELETE with a JSON body);
+        :class:`~flask_amocrm.errors.NotFoundError` when there is none."""
+        self.request(
+            "DELETE", f"{API}/webhooks", json_body={"destination": destination}
+        )
+
+    def events(
+        self, types: Sequence[str], since: int, until: int
+    ) -> list[dict[str, Any]]:
+        """Every events log entry of ``types`` created from ``since`` to ``until``
+        (Unix seconds, both included), page by page (100 a page: amocrm.ru's
+        limit)."""
+        return self.get_all(
+            f"{API}/events",
+            "events",
+            limit=EVENTS_PAGE_LIMIT,
+            **{
+                "filter[type]": ",".join(types),
+                "filter[created_at][from]": since,
+                "filter[created_at][to]": until,
+            },
+        )
 
     def find_sources(self, external_id: str) -> list[dict[str, Any]]:
         """The integration's sources whose ``external_id`` is this one."""

@@ -144,6 +144,8 @@ class Sandbox:
             self.drive.max_part_size = int(settings["drive_max_part_size"])
         if "drop_webhooks" in settings:
             self.webhooks.drop = int(settings["drop_webhooks"])
+        if "webhook_delay_ms" in settings:
+            self.webhooks.delay_ms = float(settings["webhook_delay_ms"])
         if "duplicate_control" in settings:
             with self.store.lock:
                 self.store.data["settings"]["duplicate_control"] = bool(
@@ -161,6 +163,7 @@ class Sandbox:
             "access_token_ttl": self.auth.access_token_ttl,
             "moved_to": self.auth.moved_to,
             "drop_webhooks": self.webhooks.drop,
+            "webhook_delay_ms": self.webhooks.delay_ms,
             "drive_max_file_size": self.drive.max_file_size,
             "drive_max_part_size": self.drive.max_part_size,
             "duplicate_control": bool(

@@ -18,7 +18,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 
 from .bulk import delete_entity, seed_bulk
-from .records import ENTITIES, render
+from .records import ENTITIES, apply_item, render, resolve_status
 from .views.common import link
 from .views.notes import render_note
 from .views.tasks import render_task
@@ -39,6 +39,7 @@ CONFIG_KEYS = {
     "block_seconds",
     "duplicate_control",
     "drop_webhooks",
+    "webhook_delay_ms",
     "drive_max_file_size",
     "drive_max_part_size",
 }
@@ -208,6 +209,44 @@ def config() -> Response:
 def webhook_deliveries() -> Response:
     """Every webhook the sandbox sent (or dropped) since the last reset."""
     return _json(_sandbox().webhooks.list())
+
+
+@bp.post("/leads/<int:lead_id>/status")
+def move_lead(lead_id: int) -> Response:
+    """Move a lead to another stage as a manager does in amoCRM's interface:
+    ``{"status_id": 142}`` (optional ``pipeline_id``, and ``user_id``: who moved
+    it, by default the first active manager). No API request is made or logged;
+    the events log and the webhooks see the move as they see one by the API."""
+    spec = request.get_json(silent=True)
+    if not isinstance(spec, dict):
+        return _json({"error": "send a JSON object"}, 400)
+    s = _sandbox().store
+    with s.lock:
+        lead = s.entities("leads").get(lead_id)
+        if lead is None or lead.get("is_deleted"):
+            return _json({"error": f"there is no lead {lead_id}"}, 404)
+        item: dict[str, Any] = {
+            k: spec[k] for k in ("status_id", "pipeline_id") if spec.get(k) is not None
+        }
+        if not item or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in item.values()
+        ):
+            return _json({"error": "give status_id (and pipeline_id) as numbers"}, 400)
+        if None in resolve_status(s, item, lead):
+            return _json({"error": "no such pipeline or status"}, 400)
+        managers = [
+            u["id"]
+            for u in s.data["users"]
+            if u["rights"].get("is_active") and not u["rights"].get("is_admin")
+        ]
+        user = spec.get("user_id") or (managers[0] if managers else None)
+        if not any(u["id"] == user for u in s.data["users"]):
+            return _json({"error": f"there is no user {user}"}, 400)
+        item["updated_by"] = user
+        apply_item(s, "leads", item, lead)
+        moved = render(s, "leads", lead, set(), link)
+    s.save_if_dirty()
+    return _json(moved)
 
 
 @bp.post("/oauth/code")

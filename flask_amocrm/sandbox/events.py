@@ -380,6 +380,8 @@ class WebhookSender:
 
     ``drop`` (a count, or -1 for all) makes the next deliveries vanish: nothing is
     sent, the attempt is recorded with ``"dropped": true``, as a hook amoCRM lost.
+    ``delay_ms`` holds each webhook back that long before it is sent (a slow
+    amoCRM: the change is in the events log before its webhook arrives).
     """
 
     def __init__(self) -> None:
@@ -388,6 +390,7 @@ class WebhookSender:
         self._lock = threading.Lock()
         self.deliveries: list[dict[str, Any]] = []
         self.drop = 0
+        self.delay_ms = 0.0
         self._thread: threading.Thread | None = None
 
     def __call__(self, destination: str, code: str, body: str) -> None:
@@ -406,6 +409,7 @@ class WebhookSender:
             self._generation += 1
             self.deliveries = []
             self.drop = 0
+            self.delay_ms = 0.0
 
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -439,6 +443,11 @@ class WebhookSender:
             if self._take_drop():
                 entry["dropped"] = True
             else:
+                delay = self.delay_ms / 1000
+                if delay > 0:
+                    time.sleep(delay)
+                if not self._current(generation):
+                    continue
                 entry["status"] = self._post(destination, body)
             with self._lock:
                 if generation == self._generation:
@@ -457,6 +466,10 @@ class WebhookSender:
         )
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as response:  # noqa: S310
+                # Read the answer before closing, as an HTTP client does: a socket
+                # closed with unread data is reset, and a server may then never
+                # finish the request (werkzeug's skips its close callbacks).
+                response.read(65536)
                 return int(response.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)

@@ -169,6 +169,23 @@ class SandboxServer:
         """All incoming leads, with ``status`` pending, accepted or declined."""
         return self.state()["unsorted"]
 
+    def move_lead(
+        self,
+        lead_id: int,
+        status_id: int,
+        *,
+        pipeline_id: int | None = None,
+        user_id: int | None = None,
+    ) -> dict[str, Any]:
+        """Move a lead to another stage as a manager would
+        (``POST /_sandbox/leads/{id}/status``); the lead afterwards."""
+        body: dict[str, Any] = {"status_id": status_id}
+        if pipeline_id is not None:
+            body["pipeline_id"] = pipeline_id
+        if user_id is not None:
+            body["user_id"] = user_id
+        return self._call("POST", f"/_sandbox/leads/{lead_id}/status", body)
+
     def webhook_deliveries(self) -> list[dict[str, Any]]:
         """Every webhook sent (or dropped) since the last reset: ``destination``,
         ``event``, ``body`` (form-encoded), ``status`` (0: no answer), ``dropped``."""

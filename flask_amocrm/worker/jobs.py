@@ -9,6 +9,7 @@ from flask import has_app_context
 from ..outbox import batch_with
 from ..state import get_state
 from .deliver import deliver_events
+from .inbound import handle_changes
 from .job_class import flask_app
 from .queue import drop_jobs
 from .schedule import run_tick
@@ -28,6 +29,19 @@ def _deliver(event_id: int) -> str:
     outcomes = deliver_events(batch_with(state, event_id))
     drop_jobs(state, [i for i in outcomes if i != event_id])
     return outcomes.get(event_id, "skipped")
+
+
+def handle_change(change_id: int) -> str:
+    """Send the signals of a change from amoCRM (``amocrm-inbound-<id>`` jobs);
+    returns its status afterwards (``skipped``: not due, or held elsewhere)."""
+    if has_app_context():
+        return _handle_change(change_id)
+    with flask_app().app_context():
+        return _handle_change(change_id)
+
+
+def _handle_change(change_id: int) -> str:
+    return handle_changes(get_state(), [change_id]).get(change_id, "skipped")
 
 
 def tick() -> dict[str, int]:

@@ -61,6 +61,14 @@ def marker_field_id(
         return field_id
 
 
+def known_marker_field(state: AppState) -> int | None:
+    """The marker field's id if a worker has found or created it (no API call):
+    ``None`` when ``AMOCRM_EVENT_FIELD`` is off or no lead was marked yet."""
+    name = state.settings.event_field
+    known = shared.get(state, f"marker-field:{name}", account=True) if name else None
+    return int(known) if known else None
+
+
 def forget_marker_field(state: AppState) -> None:
     """Forget the cached marker field id (``flask amocrm sync``, or amoCRM said the
     field is gone): the next lead looks the field up again, or creates it."""

@@ -60,9 +60,36 @@ def preview(
     ``page``, against a recording client. Raises :class:`AmoCRMError` where a
     delivery would (a rule error, the account's metadata unreadable)."""
     event = preview_event(state, kind=kind, source=source, data=data, page=page)
-    section = "mails" if kind == "mail" else "forms"
+    return _run(state, rule, event)
+
+
+def preview_stored(state: AppState, rule: dict[str, Any], stored: Event) -> Preview:
+    """What delivering the stored event ``stored`` afresh with ``rule`` would send
+    (its data, files and visit as captured), as :func:`preview` does; ``stored``
+    itself is not changed."""
+    event = Event(
+        id=stored.id,
+        uid=stored.uid,
+        kind=stored.kind,
+        source=stored.source,
+        data=stored.data or {},
+        files=stored.files or [],
+        context=stored.context or {},
+        remote={},
+        log=[],
+        attempts=1,
+        created_at=stored.created_at,
+    )
+    return _run(state, rule, event)
+
+
+def _run(state: AppState, rule: dict[str, Any], event: Event) -> Preview:
+    section = "mails" if event.kind == "mail" else "forms"
     plan = build_plan(
-        rule, event, where=f"{section}.{source}", env=plan_env(state, preview=True)
+        rule,
+        event,
+        where=f"{section}.{event.source}",
+        env=plan_env(state, preview=True),
     )
     client = RecordingClient(state.settings.base_url)
     delivery = Delivery(event=event, plan=plan, save=_keep_nothing)

@@ -114,3 +114,38 @@ def drop_jobs(state: AppState, event_ids: list[int]) -> None:
             queue.remove(jid, pipeline=pipe)
             pipe.delete(Job.key_for(jid))
         pipe.execute()
+
+
+def change_job_id(state: AppState, change_id: int) -> str:
+    """The RQ job id of a change from amoCRM (``amocrm-inbound-<id>``)."""
+    return job_name(state, "inbound", change_id)
+
+
+def enqueue_change(state: AppState, change_id: int) -> bool:
+    """Queue the handling of a change from amoCRM; ``False`` if its job is
+    waiting already. Raises the Redis error when Redis cannot be reached (the row
+    stays due; the sweeper queues it later)."""
+    queue = get_queue(state)
+    jid = change_job_id(state, change_id)
+    for _ in range(2):
+        try:
+            queue.enqueue(
+                "flask_amocrm.worker.jobs.handle_change",
+                change_id,
+                job_id=jid,
+                unique=True,
+                result_ttl=RESULT_TTL,
+                failure_ttl=FAILURE_TTL,
+                job_timeout=JOB_TIMEOUT,
+                description=f"signals of amoCRM change {change_id}",
+            )
+            return True
+        except DuplicateJobError:
+            try:
+                old = Job.fetch(jid, connection=queue.connection)
+            except NoSuchJobError:
+                continue
+            if old.get_status(refresh=False) in _WAITING:
+                return False
+            old.delete()
+    return False

@@ -1,7 +1,10 @@
 """Retention: delivered events and their attempts are deleted after
 ``AMOCRM_RETENTION_DAYS`` (personal data is kept no longer than needed), and the
 files visitors uploaded with them (CVs, passports) are deleted with them. Events that
-still wait, failed or were ignored are kept: they need a person or a rule."""
+still wait, failed or were ignored are kept: they need a person or a rule. Changes
+from amoCRM whose signals were all sent go after the same number of days (amoCRM
+sends a webhook again for at most a few hours, and reconciliation reads only the
+last interval, so an old key is never needed again)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,15 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from ..models import DELIVERED, Event, EventAttempt, utcnow
+from ..models import (
+    DELIVERED,
+    INBOUND_DONE,
+    Event,
+    EventAttempt,
+    InboundChange,
+    InboundClaim,
+    utcnow,
+)
 from ..state import AppState
 
 log = logging.getLogger("flask_amocrm")
@@ -45,6 +56,19 @@ def purge_events(state: AppState, days: int | None = None) -> int:
             session.commit()
             count += len(ids)
     return count
+
+
+def purge_changes(state: AppState, days: int | None = None) -> int:
+    """Delete the changes from amoCRM handled more than ``days`` ago; how many."""
+    cutoff = utcnow() - timedelta(days=days or state.settings.retention_days)
+    old = select(InboundChange.id).where(
+        InboundChange.status == INBOUND_DONE, InboundChange.done_at < cutoff
+    )
+    with state.session() as session:
+        session.execute(delete(InboundClaim).where(InboundClaim.change_id.in_(old)))
+        result = session.execute(delete(InboundChange).where(InboundChange.id.in_(old)))
+        session.commit()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def remove_uploads(state: AppState, files: Any) -> None:

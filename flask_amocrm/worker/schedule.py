@@ -9,7 +9,11 @@ Every :data:`TICK` seconds a ``tick`` job (scheduled by ``flask amocrm worker
 - the contact index (:mod:`.index`): a few pages of its fill every tick until it is
   complete, then a poll for changed contacts every ``AMOCRM_INDEX_INTERVAL`` seconds;
 - hourly: delivered events and API log rows past ``AMOCRM_RETENTION_DAYS`` are purged,
-  and an OAuth token is refreshed before amoCRM's three-month expiry (keep-alive).
+  and an OAuth token is refreshed before amoCRM's three-month expiry (keep-alive);
+- every ``AMOCRM_RECONCILE_INTERVAL`` seconds: amoCRM's events log is read for the
+  changes no webhook brought (:mod:`.reconcile`); in ``rq`` mode the sweeper also
+  queues the changes from amoCRM that are due (the agent handles them in the
+  other modes).
 
 Each task is gated by a shared flag, so many workers run it once per interval.
 """
@@ -26,14 +30,17 @@ from .. import shared
 from ..amo.apilog import purge_api_log
 from ..amo.connect import keep_alive
 from ..config import TICK_SECONDS
+from ..errors import AmoCRMError
 from ..outbox import load_spool
 from ..state import AppState
 from .agent import process
+from .dispatch import hand_off_changes
 from .index import refresh as refresh_index
 from .outage import alert_auth_failure
 from .queue import get_queue, job_name
-from .retention import purge_events
-from .sweeper import sweep
+from .reconcile import reconcile
+from .retention import purge_changes, purge_events
+from .sweeper import sweep, sweep_changes
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -49,6 +56,7 @@ def housekeeping(state: AppState) -> dict[str, int]:
     if not shared.set_once(state, "housekeeping", seconds=_HOURLY):
         return done
     done["purged_events"] = purge_events(state)
+    done["purged_changes"] = purge_changes(state)
     done["purged_api_log"] = purge_api_log(state)
     try:
         done["keep_alive"] = int(keep_alive(state))
@@ -66,13 +74,30 @@ def tick(state: AppState) -> dict[str, int]:
         # file in the instance folder), are stored, then queued with the rest.
         done["spooled"] = load_spool(state, state.app.instance_path)
         done["queued"] = sweep(state, include_fresh=bool(done["spooled"]))
+        done["changes_queued"] = sweep_changes(state)
     elif state.settings.delivery == "deferred" and shared.set_once(
         state, "agent", seconds=state.settings.agent_interval
     ):
         done.update(process(state, state.settings.batch_size))
+    done.update(reconcile_due(state))
     done.update(refresh_index(state))
     done.update(housekeeping(state))
     return done
+
+
+def reconcile_due(state: AppState) -> dict[str, int]:
+    """Read amoCRM's events log if ``AMOCRM_RECONCILE_INTERVAL`` has passed since
+    the last read by any process, and hand on what it found."""
+    interval = state.settings.reconcile_interval
+    if not interval or not shared.set_once(state, "reconcile", seconds=interval):
+        return {}
+    try:
+        stored = reconcile(state)
+    except AmoCRMError as exc:  # amoCRM is down: the next interval reads again
+        log.warning("Reading amoCRM's events log failed: %s", exc)
+        return {}
+    hand_off_changes(state, stored)
+    return {"reconciled": len(stored)}
 
 
 def ensure_tick(state: AppState) -> None:

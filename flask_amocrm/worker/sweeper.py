@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 
+from ..inbox import due_inbound
 from ..outbox import due_ids, lease_expired
 from ..state import AppState
-from .queue import enqueue_event
+from .queue import enqueue_change, enqueue_event
 from .rules_file import reload_rules
 
 log = logging.getLogger("flask_amocrm.worker")
@@ -35,4 +36,15 @@ def sweep(
             queued += 1
     if queued:
         log.info("Sweeper queued %s due events", queued)
+    return queued
+
+
+def sweep_changes(state: AppState, limit: int | None = None) -> int:
+    """Queue every due change from amoCRM that has no job (one stored while Redis
+    was down, or whose receiver raised and whose retry time has come)."""
+    queued = sum(
+        1 for change_id in due_inbound(state, limit) if enqueue_change(state, change_id)
+    )
+    if queued:
+        log.info("Sweeper queued %s due changes from amoCRM", queued)
     return queued

@@ -1,0 +1,578 @@
+"""The events pages: the list (``/events``), one event (``/events/<id>``) and the
+actions a person takes on them (retry, retry every failed one, cancel, deliver the
+due ones now).
+
+The list is paged on the database by id (keyset, newest first): a page costs the
+same on the first page and the five-hundredth. Search looks in ``Event.search``,
+the terms written when the event was stored (:func:`flask_amocrm.outbox.search_text`).
+Every action is a ``POST`` from a form with the page's CSRF token (checked by the
+blueprint) and answers with a redirect and a flashed message: nothing needs
+JavaScript.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import (
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy.orm import Session
+from werkzeug.wrappers import Response as BaseResponse
+
+from ..amo.apilog import Redactor
+from ..dedup import CARD_PATHS, card_url
+from ..errors import AmoCRMError
+from ..i18n import N_, gettext, ngettext
+from ..models import (
+    CANCELLED,
+    DELIVERED,
+    FAILED,
+    IGNORED,
+    PENDING,
+    PROCESSING,
+    RETRYING,
+    STATUSES,
+    ApiLog,
+    Event,
+    EventAttempt,
+    Token,
+)
+from ..outbox import LEASE, cancel, contact_values, search_filter
+from ..progress import Progress
+from ..rules.schema import find_rule
+from ..state import AppState, get_state
+from ..vocabulary import LOCALES
+from ..worker.agent import process
+from ..worker.dispatch import retry
+from ..worker.outage import current as current_outage
+from ..worker.outage import paused
+from ..worker.preview import Preview, preview_stored
+from .blueprint import bp
+
+#: Events on one page of the list.
+PAGE_SIZE = 50
+#: The most API log rows one event's page shows.
+API_CALLS_SHOWN = 200
+#: The longest cancel reason and name kept, in characters.
+REASON_MAX = 500
+#: How each status is written on the pages.
+STATUS_LABELS = {
+    PENDING: N_("pending"),
+    PROCESSING: N_("processing"),
+    RETRYING: N_("retrying"),
+    DELIVERED: N_("delivered"),
+    FAILED: N_("failed"),
+    IGNORED: N_("ignored"),
+    CANCELLED: N_("cancelled"),
+}
+#: How each kind of event is written on the pages.
+KIND_LABELS = {"form": N_("form"), "mail": N_("mail")}
+#: The statuses an event can be cancelled in.
+CANCELLABLE = (PENDING, RETRYING, FAILED)
+#: The statuses an event can be retried in (a hook's cancel is asked again).
+RETRYABLE = (FAILED, IGNORED, CANCELLED, RETRYING, PENDING)
+
+
+# -- the list --------------------------------------------------------------------------
+
+
+def _int_arg(name: str) -> int | None:
+    value = request.args.get(name, "")
+    return int(value) if value.isdigit() and len(value) < 19 else None
+
+
+def _date_arg(name: str) -> date | None:
+    try:
+        return date.fromisoformat(request.args.get(name, "").strip())
+    except ValueError:
+        return None
+
+
+def _utc(day: date, timezone: str) -> datetime:
+    """Midnight of ``day`` in the site's time zone, as a stored (naive UTC) time."""
+    local = datetime.combine(day, time(), tzinfo=ZoneInfo(timezone))
+    return local.astimezone(UTC).replace(tzinfo=None)
+
+
+def _filters(state: AppState) -> tuple[list[ColumnElement[bool]], dict[str, Any]]:
+    """The conditions the query string asks for, and the values to show in the
+    form (only the ones that were understood)."""
+    args = request.args
+    conditions: list[ColumnElement[bool]] = []
+    shown: dict[str, Any] = {}
+    status = args.get("status", "")
+    if status and len(status) <= 12:
+        conditions.append(Event.status == status)
+        shown["status"] = status
+    kind = args.get("kind", "")
+    if kind in KIND_LABELS:
+        conditions.append(Event.kind == kind)
+        shown["kind"] = kind
+    source = args.get("source", "").strip()
+    if source:
+        conditions.append(Event.source == source[:200])
+        shown["source"] = source[:200]
+    timezone = state.settings.timezone
+    since, until = _date_arg("since"), _date_arg("until")
+    if since is not None:
+        conditions.append(Event.created_at >= _utc(since, timezone))
+        shown["since"] = since.isoformat()
+    if until is not None:
+        conditions.append(Event.created_at < _utc(until + timedelta(days=1), timezone))
+        shown["until"] = until.isoformat()
+    query = args.get("q", "").strip()[:200]
+    if query:
+        found = search_filter(
+            query,
+            state.settings.phone_region,
+            postgresql=state.engine.dialect.name == "postgresql",
+        )
+        if found is not None:
+            conditions.append(found)
+            shown["q"] = query
+    return conditions, shown
+
+
+def _who(event: Event) -> dict[str, str]:
+    """The first name, phone and e-mail in the event's data, as written."""
+    who: dict[str, str] = {}
+    for what, text in contact_values(event.data):
+        who.setdefault(what, text)
+    return who
+
+
+@bp.get("/events")
+def events() -> str:
+    """The events, newest first, filtered and searched, a page at a time."""
+    state = get_state()
+    conditions, shown = _filters(state)
+    before, after = _int_arg("before"), _int_arg("after")
+    query = select(Event).where(*conditions)
+    if after is not None:  # "newer": the page just above ``after``
+        query = query.where(Event.id > after).order_by(Event.id.asc())
+    else:
+        if before is not None:
+            query = query.where(Event.id < before)
+        query = query.order_by(Event.id.desc())
+    with state.session() as session:
+        rows = list(session.scalars(query.limit(PAGE_SIZE + 1)))
+        more = len(rows) > PAGE_SIZE
+        rows = rows[:PAGE_SIZE]
+        if after is not None:
+            rows.reverse()
+        counts = dict(
+            session.execute(
+                select(Event.status, func.count()).group_by(Event.status)
+            ).all()
+        )
+        newer = older = False
+        if rows:
+            if after is not None:
+                newer, older = more, True
+            else:
+                older = more
+                newer = before is not None and (
+                    session.scalar(
+                        select(Event.id)
+                        .where(*conditions, Event.id > rows[0].id)
+                        .limit(1)
+                    )
+                    is not None
+                )
+    statuses = [*STATUSES, *sorted(set(counts) - set(STATUSES))]
+    sources = _rule_sources(state)
+    return render_template(
+        "amocrm_admin/events.html",
+        rows=[(e, _who(e)) for e in rows],
+        counts=counts,
+        total=sum(counts.values()),
+        statuses=statuses,
+        status_labels=STATUS_LABELS,
+        kind_labels=KIND_LABELS,
+        sources=sources,
+        shown=shown,
+        newer=rows[0].id if rows and newer else None,
+        older=rows[-1].id if rows and older else None,
+        failed=counts.get(FAILED, 0),
+        mode=state.settings.delivery,
+    )
+
+
+def _rule_sources(state: AppState) -> list[str]:
+    """The form ids and mail events the rules name (suggestions for the filter)."""
+    rules = state.settings.rules or {}
+    names: list[str] = []
+    for section in ("forms", "mails"):
+        value = rules.get(section)
+        if isinstance(value, dict):
+            names.extend(str(k) for k in value)
+    return sorted(set(names))
+
+
+# -- one event -------------------------------------------------------------------------
+
+
+def _redactor(state: AppState) -> Redactor:
+    """Masks the account's credentials that a stored body could still hold."""
+    settings = state.settings
+    redactor = Redactor([settings.client_secret, settings.token])
+    with state.session() as session:
+        for access, refresh in session.execute(
+            select(Token.access_token, Token.refresh_token)
+        ):
+            redactor.add(access)
+            redactor.add(refresh)
+    return redactor
+
+
+def _body(text: str | None, redactor: Redactor) -> str | None:
+    """A stored request or response body as a person reads it: JSON indented,
+    secrets masked again (they were masked when written; a display never trusts
+    that)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return redactor.text(text).replace("\\n", "\n")
+    return json.dumps(redactor.value(value), ensure_ascii=False, indent=2)
+
+
+def _pretty(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, indent=2, default=str)
+
+
+def _api_calls(
+    session: Session, event_id: int, attempts: list[EventAttempt]
+) -> list[tuple[ApiLog, str]]:
+    """The API log rows of an event, oldest first, each with whose it is:
+    ``"event"`` (made for this event alone, logged with its id) or, for an event
+    delivered in a batch, the batch's calls made during its attempts: ``"mentions"``
+    (the call carries the event's ``request_id``) or ``"batch"`` (shared: metadata,
+    the marker field, other events' lookups). At most :data:`API_CALLS_SHOWN` + 1."""
+    own = list(
+        session.scalars(
+            select(ApiLog)
+            .where(ApiLog.event_id == event_id)
+            .order_by(ApiLog.id)
+            .limit(API_CALLS_SHOWN + 1)
+        )
+    )
+    windows = [
+        # a row is written when its answer came: within the attempt
+        ApiLog.created_at.between(a.started_at, a.finished_at or a.started_at + LEASE)
+        for a in attempts
+        if a.started_at is not None
+    ]
+    shared: list[ApiLog] = []
+    if windows:
+        shared = list(
+            session.scalars(
+                select(ApiLog)
+                .where(ApiLog.event_id.is_(None), or_(*windows))
+                .order_by(ApiLog.id)
+                .limit(API_CALLS_SHOWN + 1)
+            )
+        )
+    mark = f'"request_id": "{event_id}"'
+    rows = [(call, "event") for call in own] + [
+        (
+            call,
+            "mentions"
+            if mark in (call.request_body or "") or mark in (call.response_body or "")
+            else "batch",
+        )
+        for call in shared
+    ]
+    rows.sort(key=lambda row: row[0].id)
+    return rows
+
+
+def _captured_at(value: Any) -> datetime | None:
+    """The context's ``captured_at`` (seconds since the epoch) as a stored time."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _safe_link(url: Any) -> str | None:
+    """``url`` when it is a web address a link may point at (never ``javascript:``)."""
+    text = str(url or "")
+    if text.startswith(("https://", "http://")) or (
+        text.startswith("/") and not text.startswith("//")
+    ):
+        return text
+    return None
+
+
+def _cards(state: AppState, progress: Progress) -> list[tuple[str, int, str]]:
+    """Links to the event's lead, contact and company cards in amoCRM."""
+    labels = {
+        "leads": N_("Lead"),
+        "contacts": N_("Contact"),
+        "companies": N_("Company"),
+    }
+    found = {
+        "leads": progress.lead_id,
+        "contacts": progress.contact_id,
+        "companies": progress.company_id,
+    }
+    base = state.settings.base_url
+    return [
+        (labels[entity], entity_id, card_url(base, entity, entity_id))
+        for entity, entity_id in found.items()
+        if entity_id and entity in CARD_PATHS
+    ]
+
+
+def _preview(state: AppState, event: Event) -> tuple[Preview | None, str | None]:
+    """What the event's rule makes of it now, or why that cannot be shown."""
+    rule = find_rule(state.settings.rules, event.kind, event.source)
+    if rule is None:
+        return None, gettext("There is no rule for this form or mail event.")
+    if current_outage(state) or paused(state):
+        # the preview may need the account's fields: never wait on a dead amoCRM here
+        return None, gettext(
+            "Not shown while amoCRM does not answer: the preview may need to read "
+            "the account's fields."
+        )
+    try:
+        return preview_stored(state, rule, event), None
+    except AmoCRMError as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a page never fails on a preview
+        current_app.logger.exception(
+            "Flask-AmoCRM could not preview event %s", event.id
+        )
+        return None, type(exc).__name__
+
+
+def _who_may_cancel() -> str | None:
+    """The signed-in user's name where the site uses Flask-Login, else ``None``."""
+    if getattr(current_app, "login_manager", None) is None:
+        return None
+    try:
+        # imported by name: Flask-Login is the site's choice, not a dependency
+        current_user = importlib.import_module("flask_login").current_user
+    except ImportError:
+        return None
+    if not getattr(current_user, "is_authenticated", False):
+        return None
+    for attribute in ("name", "username", "email"):
+        value = getattr(current_user, attribute, None)
+        if value:
+            return str(value)[:200]
+    try:
+        return str(current_user.get_id())[:200]
+    except Exception:  # noqa: BLE001 - a user class without get_id
+        return None
+
+
+@bp.get("/events/<int:event_id>")
+def event(event_id: int) -> str:
+    """Everything about one event: its data, visit, files, the calls its rule
+    makes, its progress, its amoCRM requests and answers, attempts and log."""
+    state = get_state()
+    with state.session() as session:
+        found = session.get(Event, event_id)
+        if found is None:
+            abort(404)
+        attempts = list(
+            session.scalars(
+                select(EventAttempt)
+                .where(EventAttempt.event_id == event_id)
+                .order_by(EventAttempt.id)
+            )
+        )
+        calls = _api_calls(session, event_id, attempts)
+    redactor = _redactor(state)
+    progress = Progress.from_json(found.remote)
+    preview, preview_error = _preview(state, found)
+    context = found.context or {}
+    return render_template(
+        "amocrm_admin/event.html",
+        event=found,
+        who=_who(found),
+        status_labels=STATUS_LABELS,
+        kind_labels=KIND_LABELS,
+        data=[(k, _pretty(v)) for k, v in (found.data or {}).items()],
+        utm_last=context.get("utm") or {},
+        utm_first=context.get("utm_first") or {},
+        visit_page=context.get("page") or {},
+        client=context.get("client") or {},
+        site=context.get("site") or {},
+        captured_at=_captured_at(context.get("captured_at")),
+        other_context={
+            k: _pretty(v)
+            for k, v in context.items()
+            if k not in ("utm", "utm_first", "page", "client", "site", "captured_at")
+        },
+        files=[
+            (f.get("name") or f.get("field") or "?", _safe_link(f.get("url")), f)
+            for f in (found.files or [])
+            if isinstance(f, dict)
+        ],
+        safe_link=_safe_link,
+        preview=preview,
+        preview_error=preview_error,
+        pretty=_pretty,
+        progress=progress,
+        cards=_cards(state, progress),
+        attempts=attempts,
+        calls=[
+            (
+                call,
+                whose,
+                _body(call.request_body, redactor),
+                _body(call.response_body, redactor),
+            )
+            for call, whose in calls[:API_CALLS_SHOWN]
+        ],
+        more_calls=len(calls) > API_CALLS_SHOWN,
+        redact=redactor.text,
+        cancellable=found.status in CANCELLABLE,
+        retryable=found.status in RETRYABLE,
+        signed_in=_who_may_cancel(),
+        mode=state.settings.delivery,
+    )
+
+
+# -- actions ---------------------------------------------------------------------------
+
+
+def _back(default: str) -> BaseResponse:
+    """A redirect to the admin page the form was on, else ``default``."""
+    target = request.form.get("next", "")
+    prefix = url_for("amocrm_admin.events")
+    if target.startswith(prefix) and "//" not in target and "\\" not in target:
+        return redirect(target)
+    return redirect(default)
+
+
+def _handed_on(count: int) -> str:
+    mode = get_state().settings.delivery
+    if mode == "rq":
+        return (
+            gettext("A worker will deliver it.")
+            if count == 1
+            else gettext("Workers will deliver them.")
+        )
+    if mode == "inline":
+        return gettext("Delivery starts right after this page.")
+    return gettext("The next agent run delivers them (or “Deliver due events now”).")
+
+
+@bp.post("/events/<int:event_id>/retry")
+def event_retry(event_id: int) -> BaseResponse:
+    """Make one event due again and hand it on as ``flask amocrm retry ID`` does."""
+    state = get_state()
+    page = url_for("amocrm_admin.event", event_id=event_id)
+    with state.session() as session:
+        status = session.scalar(select(Event.status).where(Event.id == event_id))
+    if status is None:
+        abort(404)
+    if status not in RETRYABLE:
+        flash(
+            gettext(
+                "Event %(id)s is %(status)s: it is not retried.",
+                id=event_id,
+                status=gettext(STATUS_LABELS.get(status, status)),
+            ),
+            "amocrm-error",
+        )
+        return _back(page)
+    retry(state, ids=[event_id])
+    flash(
+        gettext("Event %(id)s will be retried.", id=event_id) + " " + _handed_on(1),
+        "amocrm-ok",
+    )
+    return _back(page)
+
+
+@bp.post("/events/retry-failed")
+def events_retry_failed() -> BaseResponse:
+    """Make every failed event due again (``flask amocrm retry --failed``)."""
+    state = get_state()
+    ids = retry(state, status=FAILED)
+    if not ids:
+        flash(gettext("There are no failed events."), "amocrm-ok")
+    else:
+        flash(
+            ngettext(
+                "%(count)s failed event will be retried.",
+                "%(count)s failed events will be retried.",
+                len(ids),
+            )
+            + " "
+            + _handed_on(len(ids)),
+            "amocrm-ok",
+        )
+    return _back(url_for("amocrm_admin.events"))
+
+
+@bp.post("/events/<int:event_id>/cancel")
+def event_cancel(event_id: int) -> BaseResponse:
+    """End a waiting event as ``ignored``, saying who cancelled it and why."""
+    state = get_state()
+    page = url_for("amocrm_admin.event", event_id=event_id)
+    why = " ".join(request.form.get("reason", "").split())[:REASON_MAX]
+    who = _who_may_cancel() or " ".join(request.form.get("who", "").split())[:200]
+    if not why or not who:
+        flash(
+            gettext("Say who you are and why the event is cancelled."),
+            "amocrm-error",
+        )
+        return _back(page)
+    # stored: in the site's language (AMOCRM_LOCALE), as the worker's reasons are
+    reason = gettext(
+        "Cancelled by %(who)s: %(why)s",
+        locale=current_app.config.get("AMOCRM_LOCALE") or LOCALES[0],
+        who=who,
+        why=why,
+    )
+    if not cancel(state, event_id, reason):
+        flash(
+            gettext(
+                "Event %(id)s was not cancelled: only a pending, retrying or "
+                "failed event can be.",
+                id=event_id,
+            ),
+            "amocrm-error",
+        )
+        return _back(page)
+    flash(gettext("Event %(id)s is cancelled.", id=event_id), "amocrm-ok")
+    return _back(page)
+
+
+@bp.post("/events/process")
+def events_process() -> BaseResponse:
+    """Deliver one batch of due events in this request, as the agent run
+    (``flask amocrm process``) does, and say how they ended."""
+    state = get_state()
+    counts = process(state, state.settings.batch_size)
+    done = {k: v for k, v in counts.items() if k in STATUS_LABELS and v}
+    if not done and not counts.get("spooled"):
+        flash(gettext("No event was due."), "amocrm-ok")
+    else:
+        parts = [f"{gettext(STATUS_LABELS[k])}: {v}" for k, v in sorted(done.items())]
+        if counts.get("spooled"):
+            parts.append(gettext("stored from the spool: %(n)s", n=counts["spooled"]))
+        flash(gettext("Due events processed.") + " " + ", ".join(parts), "amocrm-ok")
+    return _back(url_for("amocrm_admin.events"))
