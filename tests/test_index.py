@@ -7,7 +7,7 @@ request log.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 import pytest
 import requests
@@ -420,3 +420,41 @@ def test_changes_from_amocrm_update_the_index(make_app: Any, fast_sandbox: Any) 
     with app.app_context():
         index.entity_changed(get_state(app), "contacts", hook)
     assert _keys(app, 778) == {("name", "vera"), ("phone", "+79161112244")}
+
+
+def test_a_webhook_from_amocrm_updates_the_index(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    """A manager changes a contact's phone: amoCRM's webhook tells the site, and
+    the index knows the new phone before any poll."""
+    ann = _contact(fast_sandbox, "Ann", "+7 912 345-67-89")
+    secret = "a-webhook-secret-0123456789"
+    app = _site(make_app, AMOCRM_WEBHOOK_SECRET=secret)
+    fill_index(app)
+    body = urlencode(
+        [
+            ("contacts[update][0][id]", str(ann)),
+            ("contacts[update][0][name]", "Ann"),
+            ("contacts[update][0][type]", "contact"),
+            ("contacts[update][0][last_modified]", "1700000000"),
+            ("contacts[update][0][custom_fields][0][id]", "600001"),
+            ("contacts[update][0][custom_fields][0][code]", "PHONE"),
+            ("contacts[update][0][custom_fields][0][values][0][value]", "89990001122"),
+            ("contacts[update][0][custom_fields][0][values][0][enum]", "900001"),
+            ("account[id]", "31000001"),
+        ]
+    )
+    answer = app.test_client().post(
+        f"/amocrm/webhook/{secret}",
+        data=body,
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert answer.status_code == 200
+    assert _keys(app, ann) == {("name", "ann"), ("phone", "+79990001122")}
+    deleted = urlencode([("contacts[delete][0][id]", str(ann)), ("account[id]", "1")])
+    app.test_client().post(
+        f"/amocrm/webhook/{secret}",
+        data=deleted,
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert _keys(app, ann) == set()

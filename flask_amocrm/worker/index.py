@@ -30,18 +30,18 @@ its candidates locally.
 
 ``AMOCRM_INDEX_INTERVAL = 0`` turns the index off: every lookup searches.
 
-Where the webhooks plug in: the handler of amoCRM's webhooks, having read a
-``contacts[add]``/``contacts[update]`` item (``companies[...]`` likewise), calls
-``entity_changed(state, "contacts", item)`` with the item as parsed; for a
-``[delete]`` item, ``entity_deleted(state, "contacts", id)``. Both do nothing while
-the index is off.
+Where the webhooks plug in: the webhook endpoint (:mod:`flask_amocrm.webhook`),
+once it has stored a body's changes, gives the parsed body to
+:func:`webhook_entities`, which keeps every ``contacts``/``companies`` item of it
+(:func:`entity_changed`, :func:`entity_deleted` for one entity at a time). They do
+nothing while the index is off.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -257,6 +257,33 @@ def entity_changed(state: AppState, entity: str, item: dict[str, Any]) -> None:
     lists given as lists or as dicts keyed by position)."""
     if enabled(state) and entity in ENTITIES:
         store(state, entity, [webhook_item(item)])
+
+
+def webhook_entities(state: AppState, tree: Mapping[str, Any]) -> int:
+    """Keep the contacts and companies of one parsed webhook body (``contacts[add]``,
+    ``[update]``, ``[restore]``, ``[responsible]``; ``[delete]`` forgets them;
+    ``companies[...]`` likewise, and a ``contacts`` item of ``type`` ``company``
+    is a company); how many items it read."""
+    if not enabled(state):
+        return 0
+    count = 0
+    for name in ENTITIES:
+        block = tree.get(name)
+        if not isinstance(block, dict):
+            continue
+        for action, items in block.items():
+            for item in _seq(items):
+                if not isinstance(item, dict) or not str(item.get("id", "")).isdigit():
+                    continue
+                entity = "companies" if item.get("type") == "company" else name
+                if action == "delete":
+                    forget(state, entity, [int(item["id"])])
+                elif action in ("add", "update", "restore", "responsible"):
+                    store(state, entity, [webhook_item(item)])
+                else:
+                    continue
+                count += 1
+    return count
 
 
 def _seq(value: Any) -> list[Any]:
