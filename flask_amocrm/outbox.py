@@ -31,14 +31,14 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     ColumnElement,
+    Table,
     and_,
     func,
     insert,
@@ -49,13 +49,14 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from .dedup import normalize_email, normalize_phone
 from .models import FAILED, IGNORED, PENDING, PROCESSING, RETRYING, Event, utcnow
 from .rules.schema import disabled_rules
+from .state import CAPTURE_BUSY_MS, SQLITE_BUSY_MS
 from .vocabulary import DEFAULT_PHONE_REGION, fold
 
 if TYPE_CHECKING:
@@ -82,16 +83,29 @@ FIELDS = (
     "created_at",
     "search",
 )
+#: The columns a new event is inserted with (:func:`new_values`), in this order.
+NEW_COLUMNS = (
+    "uid",
+    "kind",
+    "source",
+    "data",
+    "files",
+    "context",
+    "dedupe_key",
+    "status",
+    "attempts",
+    "remote",
+    "log",
+    "created_at",
+    "updated_at",
+    "search",
+)
 #: The fields of a spooled record that are stored.
 SPOOLED = ("uid", "kind", "source", "data", "files", "context", "dedupe_key", "log")
 #: The spool's file name, in the app's instance folder.
 SPOOL_NAME = "amocrm-spool.jsonl"
 #: Where spool lines that cannot be read are kept, with the reason.
 REJECTED_NAME = "amocrm-spool.rejected.jsonl"
-#: How long, in milliseconds, storing an event at capture waits for SQLite's write
-#: lock before it gives up and spools the event: the visitor is waiting.
-CAPTURE_BUSY_MS = 200
-
 #: Nesting deeper than this is stored as text.
 MAX_DEPTH = 20
 #: The most entries an event's log keeps, and the longest entry, in characters.
@@ -277,7 +291,7 @@ def new_values(**fields: Any) -> dict[str, Any]:
         raise TypeError(f"not fields of a new event: {sorted(unknown)}")
     now = utcnow()
     values: dict[str, Any] = {
-        "uid": uuid.uuid4().hex,
+        "uid": fields.get("uid") or uuid.uuid4().hex,
         "kind": "form",
         "source": "(unnamed)",
         "data": {},
@@ -299,36 +313,96 @@ def new_values(**fields: Any) -> dict[str, Any]:
 def store(state: AppState, **fields: Any) -> Event:
     """Insert one event and commit; return it (detached, fully loaded).
 
-    A Core ``INSERT`` on a pooled connection: the ORM's unit of work costs more than
-    the insert itself on this hot path, where the visitor waits.
+    Capture's path, where the visitor waits: the insert compiled once per process
+    (:class:`NewEventInsert`) runs on a pooled connection of
+    :attr:`~flask_amocrm.state.AppState.capture_engine`. Building the statement, its
+    cache key and an execution context per event cost more than the insert and the
+    commit themselves.
     """
     if not state.tables_ready:
         state.create_tables()
+    engine = state.capture_engine
+    statement = state.local("new_event_insert", lambda: NewEventInsert(engine.dialect))
     values = new_values(**fields)
     if values["search"] is None:
         values["search"] = search_text(values["data"], state.settings.phone_region)
-    with state.engine.begin() as connection, _short_wait(connection):
-        event_id = connection.execute(
-            insert(Event).values(**values).returning(Event.id)
-        ).scalar_one()
+    event_id = statement.run(engine, values)
     return Event(id=event_id, **values)
 
 
-@contextmanager
-def _short_wait(connection: Connection) -> Iterator[None]:
-    """On SQLite, wait at most :data:`CAPTURE_BUSY_MS` for the write lock (then the
-    insert fails and capture spools the event), and give the pooled connection its
-    usual wait back afterwards."""
-    if connection.dialect.name != "sqlite":
-        yield
-        return
-    from .state import SQLITE_BUSY_MS
+class NewEventInsert:
+    """The ``INSERT ... RETURNING id`` of a new event, compiled once for a dialect:
+    its SQL text, the order of its parameters and each column's bind processor (the
+    JSON encoding, SQLite's date format), the ones SQLAlchemy would apply."""
 
-    connection.exec_driver_sql(f"PRAGMA busy_timeout={CAPTURE_BUSY_MS}")
-    try:
-        yield
-    finally:
-        connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+    def __init__(self, dialect: Dialect) -> None:
+        table = Event.__table__
+        assert isinstance(table, Table)
+        compiled = (
+            insert(table)
+            .returning(table.c.id)
+            .compile(dialect=dialect, column_keys=list(NEW_COLUMNS))
+        )
+        self.dialect = dialect
+        self.sql = compiled.string
+        #: Parameter names in their places (``?``), or ``None`` for named ones.
+        self.order = tuple(compiled.positiontup or ()) if compiled.positional else None
+        self.processors: list[tuple[str, Callable[[Any], Any]]] = []
+        for key in NEW_COLUMNS:
+            process = table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                self.processors.append((key, process))
+        self.sqlite = dialect.name == "sqlite"
+
+    def parameters(self, values: dict[str, Any]) -> Any:
+        """The DBAPI parameters of ``values`` (see :func:`new_values`)."""
+        params = {key: values[key] for key in NEW_COLUMNS}
+        for key, process in self.processors:
+            params[key] = process(params[key])
+        if self.order is None:
+            return params
+        return tuple(params[key] for key in self.order)
+
+    def run(self, engine: Engine, values: dict[str, Any]) -> int:
+        """Insert ``values`` and commit; return the new id. A pooled connection the
+        server dropped (a restart) is thrown away and the insert made once more on a
+        new one: a committed first try would make the second fail on the ``uid``, so
+        an event is never stored twice."""
+        params = self.parameters(values)
+        for attempt in (1, 2):
+            connection = engine.raw_connection()
+            try:
+                return self._execute(connection, params)
+            except self.dialect.loaded_dbapi.Error as exc:
+                dropped = self.dialect.is_disconnect(
+                    exc, connection.dbapi_connection, None
+                )
+                if dropped:
+                    connection.invalidate(exc)
+                if not dropped or attempt == 2:
+                    raise
+            finally:
+                connection.close()  # back to the pool, rolled back if unfinished
+        raise AssertionError("unreachable")
+
+    def _execute(self, connection: Any, params: Any) -> int:
+        cursor = connection.cursor()
+        try:
+            if self.sqlite:
+                # Wait at most CAPTURE_BUSY_MS for the write lock (then the insert
+                # fails and capture spools the event); the pooled connection gets
+                # its usual wait back afterwards.
+                cursor.execute(f"PRAGMA busy_timeout={CAPTURE_BUSY_MS}")
+            try:
+                cursor.execute(self.sql, params)
+                event_id = cursor.fetchone()[0]
+                connection.commit()
+            finally:
+                if self.sqlite:
+                    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+        finally:
+            cursor.close()
+        return int(event_id)
 
 
 def add(session: Session, region: str = DEFAULT_PHONE_REGION, **fields: Any) -> Event:
