@@ -30,7 +30,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import redis  # noqa: E402
 import requests  # noqa: E402
-from _common import POSTGRES_URL, REDIS_URL, postgres_available, sandbox_process  # noqa: E402
+from _common import (  # noqa: E402
+    POSTGRES_URL,
+    bench_redis,
+    header,
+    postgres_available,
+    row,
+    sandbox_process,
+)
 from flask import Flask  # noqa: E402
 from sqlalchemy import create_engine  # noqa: E402
 
@@ -43,6 +50,8 @@ from flask_amocrm.worker import index  # noqa: E402
 CONTACTS = int(os.environ.get("BENCH_CONTACTS", "20000"))
 BURST = int(os.environ.get("BENCH_DEDUP_BURST", "100"))
 RATE = 7.0
+#: The Redis of this run (:func:`_common.bench_redis`).
+REDIS_URL = ""
 GOAL_CALLS = 0.15
 GOAL_RATE = 80
 RULES = {
@@ -171,7 +180,9 @@ def known_people(sandbox: str, n: int) -> list[dict[str, Any]]:
     return list(people.values())[:n]
 
 
-def burst(sandbox: str, app: Flask, people: list[dict[str, Any]], start: int) -> str:
+def burst(
+    sandbox: str, app: Flask, people: list[dict[str, Any]], start: int, label: str
+) -> None:
     submit(app, people, start)
     forget(sandbox)
     began = time.monotonic()
@@ -179,27 +190,45 @@ def burst(sandbox: str, app: Flask, people: list[dict[str, Any]], start: int) ->
     took = time.monotonic() - began
     assert outcome.get("delivered") == len(people), outcome
     entries = log(sandbox)
-    per_event = len(entries) / len(people)
+    n = len(people)
+    per_event = len(entries) / n
+    lookup = lookups(entries) / n
     ceiling = RATE / per_event if per_event else float("inf")
-    return (
-        f"{lookups(entries) / len(people):.2f} lookup calls per event "
-        f"(goal <= {GOAL_CALLS}), {per_event:.2f} calls per event in all; "
-        f"{len(people) / took:.1f} events/s (ceiling at {RATE:g} requests/s: "
-        f"{ceiling:.0f}; goal >= {GOAL_RATE})"
+    row(
+        f"{label}: lookup calls per event",
+        f"{lookup:.2f}",
+        f"{per_event:.2f} calls per event in all",
+        f"<= {GOAL_CALLS}",
+        lookup <= GOAL_CALLS,
+    )
+    row(
+        f"{label}: events/s",
+        f"{n / took:.1f}",
+        f"ceiling {ceiling:.0f} ({RATE:g} requests/s over {per_event:.2f})",
+        f">= {GOAL_RATE}",
+        n / took >= GOAL_RATE,
     )
 
 
-def one_visitor(sandbox: str, app: Flask, number: int) -> str:
+def one_visitor(sandbox: str, app: Flask, number: int, label: str) -> None:
     submit(app, new_people(1, number), number)
     forget(sandbox)
     assert deliver(app).get("delivered") == 1
     entries = log(sandbox)
-    return f"{len(entries)} calls, {lookups(entries)} of them lookups (goal <= 3)"
+    row(
+        f"{label}: one new visitor alone",
+        f"{len(entries)} calls",
+        f"{lookups(entries)} of them lookups; 3 without",
+        "<= 3",
+        len(entries) <= 3,
+    )
 
 
 def main() -> None:
+    global REDIS_URL
     with (
         tempfile.TemporaryDirectory(prefix="amocrm-bench-") as tmp,
+        bench_redis() as REDIS_URL,
         sandbox_process("--rate-limit", str(RATE), "--latency-ms", "100") as sandbox,
     ):
         began = time.monotonic()
@@ -208,11 +237,12 @@ def main() -> None:
             json={"contacts": CONTACTS, "companies": CONTACTS // 10},
             timeout=600,
         ).json()
-        print(
-            f"sandbox: {RATE:g} requests/s, 100 ms latency; seeded "
+        seeding = time.monotonic() - began
+        header(
+            f"The contact index: sandbox at {RATE:g} requests/s, 100 ms latency; "
             f"{seeded['contacts']} contacts ({seeded['duplicates']} duplicates) and "
-            f"{seeded['companies']} companies in {time.monotonic() - began:.1f} s; "
-            f"database: {'PostgreSQL' if postgres_available() else 'SQLite'}"
+            f"{seeded['companies']} companies seeded in {seeding:.1f} s; database: "
+            f"{'PostgreSQL' if postgres_available() else 'SQLite'}"
         )
         returning = known_people(sandbox, BURST)
 
@@ -226,31 +256,43 @@ def main() -> None:
                 index.fill_step(state, client)
         took = time.monotonic() - began
         pages = len(log(sandbox))
-        print(
-            f"fill: {pages} calls in {took:.1f} s (floor: {pages / RATE:.1f} s at "
-            f"{RATE:g} requests/s; in the worker {index.FILL_PAGES} pages a tick)"
+        row(
+            "fill, 250 a call",
+            f"{pages} calls in {took:.1f} s",
+            f"floor {pages / RATE:.1f} s at {RATE:g} requests/s",
+            f"in the worker {index.FILL_PAGES} pages a tick",
+            None,
         )
         submit(app, new_people(1, 0), 0)
         deliver(app)  # the event-id field and the metadata, once
-        print(f"index on, one new visitor alone: {one_visitor(sandbox, app, 900_000)}")
-        print(
-            f"index on, a burst of {BURST} new visitors: "
-            f"{burst(sandbox, app, new_people(BURST, 1000), 1000)}"
+        one_visitor(sandbox, app, 900_000, "index on")
+        burst(
+            sandbox,
+            app,
+            new_people(BURST, 1000),
+            1000,
+            f"index on, a burst of {BURST} new visitors",
         )
-        print(
-            f"index on, a burst of {len(returning)} returning visitors (people of "
-            f"the seed, phones as typed there): {burst(sandbox, app, returning, 5000)}"
+        burst(
+            sandbox,
+            app,
+            returning,
+            5000,
+            f"index on, a burst of {len(returning)} returning visitors",
         )
 
         app = make_site(sandbox, tmp, "searching", 0)
         submit(app, new_people(1, 0), 0)
         deliver(app)
-        print(f"index off, one new visitor alone: {one_visitor(sandbox, app, 900_001)}")
-        print(
-            f"index off, a burst of {BURST} new visitors: "
-            f"{burst(sandbox, app, new_people(BURST, 2000), 2000)}"
+        one_visitor(sandbox, app, 900_001, "index off (today)")
+        burst(
+            sandbox,
+            app,
+            new_people(BURST, 2000),
+            2000,
+            f"index off (today), a burst of {BURST} new visitors",
         )
-    redis.Redis.from_url(REDIS_URL).flushdb()
+        redis.Redis.from_url(REDIS_URL).flushdb()
 
 
 if __name__ == "__main__":
