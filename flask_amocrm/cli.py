@@ -93,6 +93,8 @@ COUNT_LABELS = {
     "purged_events": N_("purged events"),
     "purged_api_log": N_("purged api log"),
     "keep_alive": N_("keep alive"),
+    "index_fill_pages": N_("index fill pages"),
+    "index_poll_pages": N_("index poll pages"),
 }
 
 
