@@ -393,8 +393,9 @@ def poll(state: AppState, client: AmoClient, pages: int = POLL_PAGES) -> int:
 
 def refresh(state: AppState, client: AmoClient | None = None) -> dict[str, int]:
     """The index's share of a tick: a few pages of the fill while it is not
-    complete, else the poll once every ``AMOCRM_INDEX_INTERVAL`` seconds."""
-    if not enabled(state):
+    complete, else the poll once every ``AMOCRM_INDEX_INTERVAL`` seconds. A site
+    switched off (``AMOCRM_ENABLED = False``) reads nothing."""
+    if not enabled(state) or not state.settings.enabled:
         return {}
     try:
         client = client or client_for(state)
