@@ -33,7 +33,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: holds it; ``retrying``: a transient failure, tried again at ``next_attempt_at``;
 #: ``delivered``; ``failed``: a permanent failure that waits for a person;
 #: ``ignored``: no rule matched; ``cancelled``: a hook said no (the reason is in
-#: ``last_error``); it is never sent unless a person retries it.
+#: ``last_error``); it is never sent unless a person retries it; ``spam``: the
+#: worker's spam checks held it before any request (the reasons are in
+#: ``last_error``); it is never sent unless a person releases it
+#: (:mod:`flask_amocrm.worker.spam`).
 PENDING = "pending"
 PROCESSING = "processing"
 RETRYING = "retrying"
@@ -41,7 +44,8 @@ DELIVERED = "delivered"
 FAILED = "failed"
 IGNORED = "ignored"
 CANCELLED = "cancelled"
-STATUSES = (PENDING, PROCESSING, RETRYING, DELIVERED, FAILED, IGNORED, CANCELLED)
+SPAM = "spam"
+STATUSES = (PENDING, PROCESSING, RETRYING, DELIVERED, FAILED, IGNORED, CANCELLED, SPAM)
 
 metadata = MetaData(
     naming_convention={
@@ -114,6 +118,8 @@ class Event(Base):
         Index("ix_amocrm_events_due", "status", "next_attempt_at"),
         # the admin's list of one status, newest first, a page at a time
         Index("ix_amocrm_events_status_id", "status", "id"),
+        # the spam checks' rates: the events stored within a window
+        Index("ix_amocrm_events_created_at", "created_at"),
         # the admin's search on PostgreSQL: the words of ``search``
         # (flask_amocrm.outbox.search_filter uses this very expression)
         Index(

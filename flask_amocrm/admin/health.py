@@ -26,6 +26,7 @@ from ..models import (
     PENDING,
     PROCESSING,
     RETRYING,
+    SPAM,
     ApiLog,
     utcnow,
 )
@@ -52,6 +53,7 @@ STATUS_COLORS = {
     PENDING: "#1f5fbf",
     IGNORED: "#8a93a0",
     CANCELLED: "#c4c9d1",
+    SPAM: "#6b5b95",
 }
 #: The statuses as the charts' legend says them.
 STATUS_LABELS = {
@@ -62,6 +64,7 @@ STATUS_LABELS = {
     PENDING: N_("pending"),
     IGNORED: N_("ignored"),
     CANCELLED: N_("cancelled"),
+    SPAM: N_("spam"),
 }
 
 
