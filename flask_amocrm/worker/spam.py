@@ -179,6 +179,7 @@ def _stamp(state: AppState, event: Event, fields: dict[str, Any]) -> list[str]:
     except BadSignature:
         return [gettext("the form's stamp is forged or broken", locale=_locale(state))]
     seconds = (sent_at(event) - signed.replace(tzinfo=None)).total_seconds()
+    least = f"{settings.min_fill_seconds:g}"
     if settings.min_fill_seconds and seconds < settings.min_fill_seconds:
         return [
             gettext(
@@ -186,7 +187,7 @@ def _stamp(state: AppState, event: Event, fields: dict[str, Any]) -> list[str]:
                 "least %(least)s s)",
                 locale=_locale(state),
                 seconds=max(int(seconds), 0),
-                least=f"{settings.min_fill_seconds:g}",
+                least=least,
             )
         ]
     return []
