@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from flask import Flask
-
 from sqlalchemy import update
 
 from flask_amocrm import Event, event_failed
@@ -146,9 +145,7 @@ def test_a_required_consent_missing_fails_the_event_and_nothing_is_sent(
         assert deliver_pending(app) == {"spooled": 0, "failed": 2, "delivered": 1}
     ann, bob, eve = stored_events(app)
     assert ann.status == "failed"
-    assert ann.last_error == (
-        "Нет согласия: agree_ads не дано, а правило его требует."
-    )
+    assert ann.last_error == ("Нет согласия: agree_ads не дано, а правило его требует.")
     assert bob.status == "delivered"
     assert eve.status == "failed" and "agree_pd, agree_ads" in (eve.last_error or "")
     assert reasons == [ann.last_error, eve.last_error]

@@ -218,11 +218,10 @@ def _rates(state: AppState, event: Event) -> list[str]:
             if count + 1 > settings.spam_max_per_ip:
                 reasons.append(
                     gettext(
-                        "%(count)s forms from IP %(ip)s within %(minutes)s min "
+                        "%(count)s forms from this IP within %(minutes)s min "
                         "(at most %(most)s)",
                         locale=_locale(state),
                         count=count + 1,
-                        ip=ip,
                         minutes=minutes,
                         most=settings.spam_max_per_ip,
                     )
@@ -235,11 +234,10 @@ def _rates(state: AppState, event: Event) -> list[str]:
                 if count + 1 > settings.spam_max_per_phone:
                     reasons.append(
                         gettext(
-                            "%(count)s forms with the phone %(phone)s within "
+                            "%(count)s forms with this phone within "
                             "%(minutes)s min (at most %(most)s)",
                             locale=_locale(state),
                             count=count + 1,
-                            phone=phone,
                             minutes=minutes,
                             most=settings.spam_max_per_phone,
                         )
@@ -281,7 +279,9 @@ def _hooks(state: AppState, event: Event) -> list[str]:
 
 
 def spam_reason(state: AppState, reasons: list[str]) -> str:
-    """The stored reason of a spam event: ``Spam: reason; reason``."""
+    """The stored reason of a spam event: ``Spam: reason; reason``. The built-in
+    reasons quote no personal data (the IP and phone are on the event itself), so
+    ``flask amocrm status`` may show them."""
     text = gettext(
         "Spam: %(reasons)s", locale=_locale(state), reasons="; ".join(reasons)
     )
