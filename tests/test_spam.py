@@ -17,6 +17,7 @@ from flask_amocrm import Event
 from flask_amocrm.testing import deliver_pending
 from tests.helpers.browser import shoot
 from tests.helpers.e2e import form_site, stored_events
+from tests.helpers.xss import CORPUS, assert_inert, watch
 
 RULES: dict[str, Any] = {
     "forms": {
@@ -375,3 +376,24 @@ def test_release_in_a_browser(
     names = sorted(lead["name"] for lead in fast_sandbox.leads())
     assert names == ["Callback: Bot", "Callback: Slow human"]
     assert "casino" not in str(fast_sandbox.requests())
+
+
+def test_hostile_reasons_and_honeypot_values_are_inert_on_the_admin_page(
+    make_app: Any, fast_sandbox: Any, serve: Any, page: Any
+) -> None:
+    app = _site(make_app, AMOCRM_ADMIN_AUTH=lambda: True)
+
+    @app.extensions["amocrm"].extension.spam_check
+    def hostile(event: Event) -> str:
+        return " | ".join(CORPUS)
+
+    _post(app, name=CORPUS[1], amocrm_website=CORPUS[0])
+    assert deliver_pending(app) == {"spooled": 0, "spam": 1}
+    [event] = stored_events(app)
+    opened = watch(page)
+    page.goto(f"{serve(app)}{EVENTS}/{event.id}")
+    assert_inert(page, opened)
+    shown = page.locator("main").inner_text()
+    for value in CORPUS:
+        assert value.strip() in shown
+    shoot(page, "event-spam-hostile")
