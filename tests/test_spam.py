@@ -397,3 +397,20 @@ def test_hostile_reasons_and_honeypot_values_are_inert_on_the_admin_page(
     for value in CORPUS:
         assert value.strip() in shown
     shoot(page, "event-spam-hostile")
+
+
+def test_without_a_secret_key_the_page_still_renders_with_the_honeypot(
+    make_app: Any, fast_sandbox: Any, caplog: Any
+) -> None:
+    app = _site(make_app, SECRET_KEY=None, AMOCRM_HONEYPOT_FIELD="fax_number")
+    answer = app.test_client().get("/call-me")
+    assert answer.status_code == 200
+    assert set(_hidden(app)) == {"fax_number"}
+    assert "no SECRET_KEY" in caplog.text
+    _post(app, name="Bot", fax_number="+1 555 0100")
+    _post(app, name="Person", phone="+79120000013", fax_number="")
+    assert deliver_pending(app) == {"spooled": 0, "spam": 1, "delivered": 1}
+    bot, person = stored_events(app)
+    assert "fax_number" in (bot.last_error or "")
+    assert "fax_number" not in person.data
+    assert [lead["name"] for lead in fast_sandbox.leads()] == ["Callback: Person"]

@@ -66,21 +66,30 @@ def _keys(app: Any) -> list[str | bytes]:
     return [*(app.config.get("SECRET_KEY_FALLBACKS") or []), app.secret_key]
 
 
-def form_stamp() -> str:
-    """A new signed stamp: the time the page with the form is rendered."""
+def form_stamp() -> str | None:
+    """A new signed stamp: the time the page with the form is rendered; ``None``
+    when the app has no ``SECRET_KEY`` to sign it with."""
     keys = _keys(current_app)
     if not keys:
-        raise RuntimeError(
-            "amocrm_form_stamp() needs the app's SECRET_KEY to sign the form's stamp."
-        )
+        return None
     return _signer(keys).sign(b"form").decode("ascii")
 
 
 def form_stamp_input() -> Markup:
     """The hidden inputs a form carries for the spam checks (the Jinja global
     ``amocrm_form_stamp()``): the signed stamp and, when
-    ``AMOCRM_HONEYPOT_FIELD`` is set, the honeypot, hidden from people."""
-    html = f'<input type="hidden" name="{STAMP_FIELD}" value="{escape(form_stamp())}">'
+    ``AMOCRM_HONEYPOT_FIELD`` is set, the honeypot, hidden from people. Without a
+    ``SECRET_KEY`` the stamp is left out (logged): the site's page never fails on
+    it."""
+    stamp = form_stamp()
+    html = ""
+    if stamp is None:
+        log.warning(
+            "amocrm_form_stamp() rendered no stamp: the app has no SECRET_KEY to "
+            "sign it with"
+        )
+    else:
+        html = f'<input type="hidden" name="{STAMP_FIELD}" value="{escape(stamp)}">'
     honeypot = get_state().settings.honeypot_field
     if honeypot:
         label = escape(gettext("Leave this field empty"))
