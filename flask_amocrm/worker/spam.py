@@ -120,14 +120,15 @@ def screen(state: AppState, event: Event) -> list[str]:
         if name and name in data
     }
     if taken:
-        event.data = data
+        # moved, never dropped: kept even if judging below fails and is retried
         record["fields"] = {**(record.get("fields") or {}), **taken}
+        context[RECORD] = record
+        event.context = dict(context)
+        event.data = data
     if record.get("released") or record.get("verdict") == "passed":
-        if taken:
-            context[RECORD] = record
-            event.context = context
         return []
     reasons = judge(state, event, record.get("fields") or {})
+    record = dict(record)
     record.update(
         verdict=SPAM if reasons else "passed",
         reasons=reasons,
