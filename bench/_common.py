@@ -1,4 +1,6 @@
-"""Shared pieces of the benchmarks: a sandbox in its own process, percentiles."""
+"""Shared pieces of the benchmarks: a sandbox in its own process, a Redis to use,
+percentiles, and the row every result is printed as (``what | figure | floor or
+ceiling measured in the same run | goal``)."""
 
 from __future__ import annotations
 
@@ -45,6 +47,52 @@ def sandbox_process(*args: str) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+@contextmanager
+def bench_redis() -> Iterator[str]:
+    """The Redis URL to measure with: ``BENCH_REDIS_URL`` when set, else database 12
+    of 127.0.0.1:6379 when it answers (``make bench`` starts one there), else a
+    ``redis-server`` of our own on a free port (as the tests start theirs)."""
+    import redis
+
+    if "BENCH_REDIS_URL" in os.environ:
+        yield REDIS_URL
+        return
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5).ping()
+    except redis.RedisError:
+        pass
+    else:
+        yield REDIS_URL
+        return
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests.helpers.redis_server import RedisServer
+
+    with tempfile.TemporaryDirectory() as directory:
+        server = RedisServer(Path(directory)).start()
+        try:
+            yield f"{server.url}/12"
+        finally:
+            server.stop()
+
+
+#: The columns of :func:`row`.
+ROW_HEADER = ("what", "figure", "floor / ceiling (same run)", "goal")
+
+
+def row(what: str, figure: str, floor: str, goal: str, met: bool | None) -> None:
+    """Print one result: the figure, the floor or ceiling measured in the same run,
+    the goal, and whether it is met."""
+    mark = "" if met is None else ("  ok" if met else "  MISSED")
+    print(f"| {what} | {figure} | {floor} | {goal}{mark} |", flush=True)
+
+
+def header(title: str) -> None:
+    print(f"\n{title}\n| {' | '.join(ROW_HEADER)} |\n|---|---|---|---|", flush=True)
 
 
 def percentile(values: list[float], p: float) -> float:

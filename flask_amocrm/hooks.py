@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CallVetoed, Cancel
+from .i18n import N_
 
 log = logging.getLogger("flask_amocrm")
 
@@ -149,8 +150,14 @@ class Hooks:
                 hook(call)
             except Cancel as exc:
                 raise CallVetoed(
-                    f"before_api_call hook {name} vetoed {call.method} {call.path}: "
-                    f"{exc.reason}",
+                    N_(
+                        "before_api_call hook %(hook)s vetoed %(method)s %(path)s: "
+                        "%(reason)s",
+                        hook=name,
+                        method=call.method,
+                        path=call.path,
+                        reason=exc.reason,
+                    ),
                     events=call.events,
                 ) from None
             except Exception as exc:  # noqa: BLE001 - a site's hook, any error
@@ -162,7 +169,11 @@ class Hooks:
                     call.path,
                 )
                 raise CallVetoed(
-                    f"before_api_call hook {name} raised: {last_line(exc)}",
+                    N_(
+                        "before_api_call hook %(hook)s raised: %(error)s",
+                        hook=name,
+                        error=last_line(exc),
+                    ),
                     events=call.events,
                     cancelled=False,
                 ) from None

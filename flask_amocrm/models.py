@@ -29,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from .i18n import N_
+
 #: Event statuses. ``pending``: stored, not yet tried; ``processing``: a worker
 #: holds it; ``retrying``: a transient failure, tried again at ``next_attempt_at``;
 #: ``delivered``; ``failed``: a permanent failure that waits for a person;
@@ -46,6 +48,17 @@ IGNORED = "ignored"
 CANCELLED = "cancelled"
 SPAM = "spam"
 STATUSES = (PENDING, PROCESSING, RETRYING, DELIVERED, FAILED, IGNORED, CANCELLED, SPAM)
+#: How a person reads each status (``_(STATUS_LABELS[status])``; English: the name).
+STATUS_LABELS = {
+    PENDING: N_("pending"),
+    PROCESSING: N_("processing"),
+    RETRYING: N_("retrying"),
+    DELIVERED: N_("delivered"),
+    FAILED: N_("failed"),
+    IGNORED: N_("ignored"),
+    CANCELLED: N_("cancelled"),
+    SPAM: N_("spam"),
+}
 
 metadata = MetaData(
     naming_convention={

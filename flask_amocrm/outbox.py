@@ -31,14 +31,14 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     ColumnElement,
+    Table,
     and_,
     func,
     insert,
@@ -49,13 +49,15 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from .dedup import normalize_email, normalize_phone
+from .i18n import N_, localize, site_locale
 from .models import FAILED, IGNORED, PENDING, PROCESSING, RETRYING, Event, utcnow
 from .rules.schema import disabled_rules
+from .state import CAPTURE_BUSY_MS, SQLITE_BUSY_MS
 from .vocabulary import DEFAULT_PHONE_REGION, fold
 
 if TYPE_CHECKING:
@@ -82,16 +84,29 @@ FIELDS = (
     "created_at",
     "search",
 )
+#: The columns a new event is inserted with (:func:`new_values`), in this order.
+NEW_COLUMNS = (
+    "uid",
+    "kind",
+    "source",
+    "data",
+    "files",
+    "context",
+    "dedupe_key",
+    "status",
+    "attempts",
+    "remote",
+    "log",
+    "created_at",
+    "updated_at",
+    "search",
+)
 #: The fields of a spooled record that are stored.
 SPOOLED = ("uid", "kind", "source", "data", "files", "context", "dedupe_key", "log")
 #: The spool's file name, in the app's instance folder.
 SPOOL_NAME = "amocrm-spool.jsonl"
 #: Where spool lines that cannot be read are kept, with the reason.
 REJECTED_NAME = "amocrm-spool.rejected.jsonl"
-#: How long, in milliseconds, storing an event at capture waits for SQLite's write
-#: lock before it gives up and spools the event: the visitor is waiting.
-CAPTURE_BUSY_MS = 200
-
 #: Nesting deeper than this is stored as text.
 MAX_DEPTH = 20
 #: The most entries an event's log keeps, and the longest entry, in characters.
@@ -162,7 +177,14 @@ def bounded(
     def cut(text: str, path: str) -> str:
         text = clean_text(text)
         if len(text) > max_value:
-            notes.append(f"{path[:100]} cut from {len(text)} to {max_value} characters")
+            notes.append(
+                N_(
+                    "%(path)s cut from %(length)s to %(max)s characters",
+                    path=path[:100],
+                    length=len(text),
+                    max=max_value,
+                )
+            )
             text = text[:max_value]
         budget[0] -= len(text) + 4
         return text
@@ -174,7 +196,9 @@ def bounded(
         if isinstance(item, int):
             budget[0] -= 20
             if item.bit_length() > _MAX_INT_BITS:  # str() of it would raise
-                notes.append(f"{path[:100]} is a number too long to store")
+                notes.append(
+                    N_("%(path)s is a number too long to store", path=path[:100])
+                )
                 return None
             return item
         if isinstance(item, float):
@@ -184,7 +208,11 @@ def bounded(
             return cut(item, path)
         if isinstance(item, dict | list | tuple) and depth >= MAX_DEPTH:
             notes.append(
-                f"{path[:100]} nested deeper than {MAX_DEPTH} levels: kept as text"
+                N_(
+                    "%(path)s nested deeper than %(depth)s levels: kept as text",
+                    path=path[:100],
+                    depth=MAX_DEPTH,
+                )
             )
             return cut(as_text(item), path)
         if isinstance(item, dict):
@@ -193,8 +221,13 @@ def bounded(
             for index, (key, sub) in enumerate(items):
                 if budget[0] <= 0:
                     notes.append(
-                        f"{path[:100]}: {len(items) - index} more field(s) left "
-                        f"out, past {max_size} characters"
+                        N_(
+                            "%(path)s: %(count)s more field(s) left out, past "
+                            "%(max)s characters",
+                            path=path[:100],
+                            count=len(items) - index,
+                            max=max_size,
+                        )
                     )
                     break
                 text = clean_text(str(key))[:_MAX_KEY]
@@ -206,8 +239,13 @@ def bounded(
             for index, sub in enumerate(item):
                 if budget[0] <= 0:
                     notes.append(
-                        f"{path[:100]}: {len(item) - index} more value(s) left "
-                        f"out, past {max_size} characters"
+                        N_(
+                            "%(path)s: %(count)s more value(s) left out, past "
+                            "%(max)s characters",
+                            path=path[:100],
+                            count=len(item) - index,
+                            max=max_size,
+                        )
                     )
                     break
                 values.append(walk(sub, f"{path}[{index}]", depth + 1))
@@ -219,10 +257,11 @@ def bounded(
 
 def cut_reason(text: str | None) -> str | None:
     """A failure reason as it is stored (``last_error``, an attempt's ``error``):
-    one clean text of at most :data:`LOG_MAX_LENGTH` characters."""
+    one clean text of at most :data:`LOG_MAX_LENGTH` characters, in the site's
+    language (:func:`~flask_amocrm.i18n.site_locale`)."""
     if text is None:
         return None
-    text = clean_text(text)
+    text = clean_text(localize(text, site_locale()))
     return text if len(text) <= LOG_MAX_LENGTH else text[: LOG_MAX_LENGTH - 1] + "…"
 
 
@@ -230,13 +269,14 @@ def append_log(log: Iterable[str] | None, lines: Iterable[str]) -> list[str]:
     """``log`` with ``lines`` added: a line already there is not added again (a
     retry records its warnings once), each line is at most :data:`LOG_MAX_LENGTH`
     characters and the log at most :data:`LOG_MAX_ENTRIES` lines (the last one
-    says how many were left out)."""
+    says how many were left out). Lines are written in the site's language
+    (:func:`~flask_amocrm.i18n.site_locale`)."""
     result = list(log or [])
     full = len(result) >= LOG_MAX_ENTRIES
     seen = set(result)
     left_out = 0
     for line in lines:
-        text = clean_text(str(line))
+        text = clean_text(localize(line, site_locale()))
         if len(text) > LOG_MAX_LENGTH:
             text = text[: LOG_MAX_LENGTH - 1] + "…"
         if text in seen:
@@ -247,7 +287,12 @@ def append_log(log: Iterable[str] | None, lines: Iterable[str]) -> list[str]:
         seen.add(text)
         result.append(text)
     if left_out and not full:
-        result.append(f"… {left_out} more log line(s) left out")
+        result.append(
+            localize(
+                N_("… %(count)s more log line(s) left out", count=left_out),
+                site_locale(),
+            )
+        )
     return result
 
 
@@ -277,7 +322,7 @@ def new_values(**fields: Any) -> dict[str, Any]:
         raise TypeError(f"not fields of a new event: {sorted(unknown)}")
     now = utcnow()
     values: dict[str, Any] = {
-        "uid": uuid.uuid4().hex,
+        "uid": fields.get("uid") or uuid.uuid4().hex,
         "kind": "form",
         "source": "(unnamed)",
         "data": {},
@@ -299,36 +344,96 @@ def new_values(**fields: Any) -> dict[str, Any]:
 def store(state: AppState, **fields: Any) -> Event:
     """Insert one event and commit; return it (detached, fully loaded).
 
-    A Core ``INSERT`` on a pooled connection: the ORM's unit of work costs more than
-    the insert itself on this hot path, where the visitor waits.
+    Capture's path, where the visitor waits: the insert compiled once per process
+    (:class:`NewEventInsert`) runs on a pooled connection of
+    :attr:`~flask_amocrm.state.AppState.capture_engine`. Building the statement, its
+    cache key and an execution context per event cost more than the insert and the
+    commit themselves.
     """
     if not state.tables_ready:
         state.create_tables()
+    engine = state.capture_engine
+    statement = state.local("new_event_insert", lambda: NewEventInsert(engine.dialect))
     values = new_values(**fields)
     if values["search"] is None:
         values["search"] = search_text(values["data"], state.settings.phone_region)
-    with state.engine.begin() as connection, _short_wait(connection):
-        event_id = connection.execute(
-            insert(Event).values(**values).returning(Event.id)
-        ).scalar_one()
+    event_id = statement.run(engine, values)
     return Event(id=event_id, **values)
 
 
-@contextmanager
-def _short_wait(connection: Connection) -> Iterator[None]:
-    """On SQLite, wait at most :data:`CAPTURE_BUSY_MS` for the write lock (then the
-    insert fails and capture spools the event), and give the pooled connection its
-    usual wait back afterwards."""
-    if connection.dialect.name != "sqlite":
-        yield
-        return
-    from .state import SQLITE_BUSY_MS
+class NewEventInsert:
+    """The ``INSERT ... RETURNING id`` of a new event, compiled once for a dialect:
+    its SQL text, the order of its parameters and each column's bind processor (the
+    JSON encoding, SQLite's date format), the ones SQLAlchemy would apply."""
 
-    connection.exec_driver_sql(f"PRAGMA busy_timeout={CAPTURE_BUSY_MS}")
-    try:
-        yield
-    finally:
-        connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+    def __init__(self, dialect: Dialect) -> None:
+        table = Event.__table__
+        assert isinstance(table, Table)
+        compiled = (
+            insert(table)
+            .returning(table.c.id)
+            .compile(dialect=dialect, column_keys=list(NEW_COLUMNS))
+        )
+        self.dialect = dialect
+        self.sql = compiled.string
+        #: Parameter names in their places (``?``), or ``None`` for named ones.
+        self.order = tuple(compiled.positiontup or ()) if compiled.positional else None
+        self.processors: list[tuple[str, Callable[[Any], Any]]] = []
+        for key in NEW_COLUMNS:
+            process = table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                self.processors.append((key, process))
+        self.sqlite = dialect.name == "sqlite"
+
+    def parameters(self, values: dict[str, Any]) -> Any:
+        """The DBAPI parameters of ``values`` (see :func:`new_values`)."""
+        params = {key: values[key] for key in NEW_COLUMNS}
+        for key, process in self.processors:
+            params[key] = process(params[key])
+        if self.order is None:
+            return params
+        return tuple(params[key] for key in self.order)
+
+    def run(self, engine: Engine, values: dict[str, Any]) -> int:
+        """Insert ``values`` and commit; return the new id. A pooled connection the
+        server dropped (a restart) is thrown away and the insert made once more on a
+        new one: a committed first try would make the second fail on the ``uid``, so
+        an event is never stored twice."""
+        params = self.parameters(values)
+        for attempt in (1, 2):
+            connection = engine.raw_connection()
+            try:
+                return self._execute(connection, params)
+            except self.dialect.loaded_dbapi.Error as exc:
+                dropped = self.dialect.is_disconnect(
+                    exc, connection.dbapi_connection, None
+                )
+                if dropped:
+                    connection.invalidate(exc)
+                if not dropped or attempt == 2:
+                    raise
+            finally:
+                connection.close()  # back to the pool, rolled back if unfinished
+        raise AssertionError("unreachable")
+
+    def _execute(self, connection: Any, params: Any) -> int:
+        cursor = connection.cursor()
+        try:
+            if self.sqlite:
+                # Wait at most CAPTURE_BUSY_MS for the write lock (then the insert
+                # fails and capture spools the event); the pooled connection gets
+                # its usual wait back afterwards.
+                cursor.execute(f"PRAGMA busy_timeout={CAPTURE_BUSY_MS}")
+            try:
+                cursor.execute(self.sql, params)
+                event_id = cursor.fetchone()[0]
+                connection.commit()
+            finally:
+                if self.sqlite:
+                    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+        finally:
+            cursor.close()
+        return int(event_id)
 
 
 def add(session: Session, region: str = DEFAULT_PHONE_REGION, **fields: Any) -> Event:

@@ -37,8 +37,11 @@ log = logging.getLogger("flask_amocrm")
 T = TypeVar("T")
 
 #: How long, in milliseconds, an SQLite connection waits for another writer's lock
-#: (capture waits much less: :data:`flask_amocrm.outbox.CAPTURE_BUSY_MS`).
+#: (capture waits much less: :data:`CAPTURE_BUSY_MS`).
 SQLITE_BUSY_MS = 10000
+#: How long, in milliseconds, storing an event at capture waits for SQLite's write
+#: lock before it gives up and spools the event: the visitor is waiting.
+CAPTURE_BUSY_MS = 200
 
 #: How long a Redis health check is trusted, in seconds.
 REDIS_CHECK_SECONDS = 5.0
@@ -67,6 +70,8 @@ class AppState:
         self._app = weakref.ref(app)
         self._engine: Engine | None = None
         self._engine_pid = 0
+        self._capture_engine: Engine | None = None
+        self._capture_engine_pid = 0
         self._session_factory: sessionmaker[Session] | None = None
         self._redis: dict[str, Redis] = {}
         self._redis_checked = 0.0
@@ -127,21 +132,59 @@ class AppState:
                     self._engine_pid = pid
         return self._engine
 
-    def _make_engine(self) -> Engine:
+    @property
+    def capture_engine(self) -> Engine:
+        """The engine capture stores new events with, where the visitor waits.
+
+        The events' own database, with two round trips per form less: no health
+        check on every checkout (capture stores again once on a fresh connection
+        when a pooled one turns out to be dropped), and autocommit, so the one
+        ``INSERT`` is its own durable transaction without a ``COMMIT`` of its own.
+        It is :attr:`engine` itself on SQLite (no round trips to save) and when the
+        app's Flask-SQLAlchemy engine is used (its settings are the app's)."""
+        engine = self.engine
+        if self.db is not None or engine.dialect.name == "sqlite":
+            return engine
+        pid = os.getpid()
+        if self._capture_engine is not None and self._capture_engine_pid != pid:
+            self._capture_engine.dispose(close=False)
+            self._capture_engine_pid = pid
+        if self._capture_engine is None:
+            with self._lock:
+                if self._capture_engine is None:
+                    self._capture_engine = self._make_engine(capture=True)
+                    self._capture_engine_pid = pid
+        return self._capture_engine
+
+    def _make_engine(self, *, capture: bool = False) -> Engine:
         if self.db is not None:
             return self.db.engine
         uri = self.settings.database_uri
         if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
             os.makedirs(os.path.dirname(uri[len("sqlite:///") :]) or ".", exist_ok=True)
+        options: dict[str, Any] = (
+            {"isolation_level": "AUTOCOMMIT"}
+            if capture
+            else {"pool_pre_ping": not uri.startswith("sqlite")}
+        )
         engine = create_engine(
             uri,
-            pool_pre_ping=not uri.startswith("sqlite"),
             # An error's message never quotes the visitor's data (issue 11, item 16).
             hide_parameters=True,
+            **options,
         )
         if engine.dialect.name == "sqlite":
             sa_event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+
+    def dispose(self) -> None:
+        """Close the pooled connections of the engines this state made (not those of
+        the app's Flask-SQLAlchemy engine); the next use opens new ones."""
+        if self.db is not None:
+            return
+        for engine in (self._engine, self._capture_engine):
+            if engine is not None:
+                engine.dispose()
 
     def session(self) -> Session:
         """A new ORM session on the events database (use it as a context manager)."""

@@ -55,11 +55,13 @@ _COOKIE_IN_TEMPLATE = re.compile(
 
 _MAX_VALUE = 250  # no campaign tag is longer; a longer one is garbage or an attack
 _MAX_COOKIES = 30
+_CAMPAIGN_KEYS = frozenset(CAMPAIGN_KEYS)
 
 
 def _clean(value: Any, limit: int = _MAX_VALUE) -> str:
     text = str(value)
-    text = "".join(ch for ch in text if ch.isprintable())
+    if not text.isprintable():  # most values are: one check in C, no copy
+        text = "".join(ch for ch in text if ch.isprintable())
     return text[:limit]
 
 
@@ -103,11 +105,12 @@ def kept_cookie(name: str, named: frozenset[str] = frozenset()) -> bool:
 
 
 def campaign_from_query(req: Request) -> dict[str, str]:
-    """The campaign tags present in the request's query string."""
+    """The campaign tags present in the request's query string (the first value of
+    each), in one pass over it."""
     return {
-        key: _clean(req.args[key])
-        for key in CAMPAIGN_KEYS
-        if req.args.get(key, "").strip()
+        key: _clean(value)
+        for key, value in req.args.items()
+        if key in _CAMPAIGN_KEYS and value.strip()
     }
 
 
@@ -123,6 +126,18 @@ def read_campaign_cookie(req: Request, cookie: str) -> dict[str, dict[str, str]]
         return _touches(value)
     except Exception:  # noqa: BLE001 - garbage, too deep (RecursionError), ...
         return empty
+
+
+def _campaign(cookie: str) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """The current request's campaign cookie (:func:`read_campaign_cookie`) and
+    query tags (:func:`campaign_from_query`), read once per request: capture and
+    :func:`remember_campaign` both need them. Neither is changed by its readers."""
+    key = f"flask_amocrm.campaign.{cookie}"
+    found = request.environ.get(key)
+    if found is None:
+        found = (read_campaign_cookie(request, cookie), campaign_from_query(request))
+        request.environ[key] = found
+    return found
 
 
 def _touches(value: Any) -> dict[str, dict[str, str]]:
@@ -158,10 +173,9 @@ def remember_campaign(response: Response, cookie: str, days: int) -> Response:
 
 
 def _remember(response: Response, cookie: str, days: int) -> Response:
-    tags = campaign_from_query(request)
+    stored, tags = _campaign(cookie)
     if not tags:
         return response
-    stored = read_campaign_cookie(request, cookie)
     touch = dict(tags)
     touch["landing"] = _clean(request.base_url, 500)
     if request.referrer:
@@ -199,14 +213,15 @@ def read_visit(
         context["client"]["visitor_uid"] = _visitor_uid(data, {})
         return context
 
-    stored = read_campaign_cookie(request, cookie)
-    query = campaign_from_query(request)
-    jar = {
-        name: _clean(value)
-        for name, value in list(request.cookies.items())
-        if name != cookie and kept_cookie(name, cookies)
-    }
-    jar = dict(list(jar.items())[:_MAX_COOKIES])
+    stored, query = _campaign(cookie)
+    jar: dict[str, str] = {}
+    for name, value in request.cookies.items():
+        if name != cookie and kept_cookie(name, cookies):
+            jar[name] = _clean(value)
+            if len(jar) == _MAX_COOKIES:
+                break
+    headers = request.headers
+    referrer = headers.get("Referer")
     last: dict[str, str] = {
         k: v for k, v in stored["last"].items() if k in CAMPAIGN_KEYS
     }
@@ -224,14 +239,14 @@ def read_visit(
     context["utm_first"] = first
     context["page"] = {
         "url": _clean(request.url, 2000),
-        "referrer": _clean(request.referrer, 2000) if request.referrer else None,
+        "referrer": _clean(referrer, 2000) if referrer else None,
         "title": _clean(data["page_title"], 500) if data.get("page_title") else None,
         "landing": stored["first"].get("landing"),
         "landing_referrer": stored["first"].get("referrer"),
     }
     context["client"] = {
         "ip": request.remote_addr,
-        "user_agent": _clean(request.user_agent.string, 500),
+        "user_agent": _clean(headers.get("User-Agent", ""), 500),
         "visitor_uid": _visitor_uid(data, jar),
     }
     context["cookies"] = jar

@@ -177,9 +177,9 @@ def make_app(
     apps: list[Flask] = []
     yield factory
     for app in apps:
-        engine = getattr(app.extensions.get("amocrm"), "_engine", None)
-        if engine is not None:
-            engine.dispose()
+        state = app.extensions.get("amocrm")
+        if state is not None:
+            state.dispose()
 
 
 @pytest.fixture()

@@ -27,7 +27,7 @@ from ..outbox import batch_with, make_due
 from ..state import AppState
 from .deliver import deliver_events
 from .inbound import handle_changes
-from .queue import enqueue_change, enqueue_event
+from .queue import enqueue_change, enqueue_event, enqueue_new_event
 from .spam import mark_released
 
 log = logging.getLogger("flask_amocrm.worker")
@@ -42,7 +42,7 @@ def hand_off(state: AppState, event_id: int) -> None:
 
     def run() -> None:
         if mode == "rq":
-            enqueue_event(state, event_id)
+            enqueue_new_event(state, event_id)
         elif mode == "inline":
             deliver_events(batch_with(state, event_id))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rq import Queue
 from rq.exceptions import DuplicateJobError, NoSuchJobError
@@ -23,6 +23,8 @@ log = logging.getLogger("flask_amocrm.worker")
 RESULT_TTL = 60
 FAILURE_TTL = 7 * 86400
 JOB_TIMEOUT = 600
+#: The job that delivers an event; the event's id is its one argument.
+DELIVER = "flask_amocrm.worker.jobs.deliver"
 
 _WAITING = {
     JobStatus.QUEUED,
@@ -56,6 +58,38 @@ def get_queue(state: AppState, *, for_worker: bool = False) -> Queue:
     )
 
 
+def _job_options(state: AppState, event_id: int) -> dict[str, Any]:
+    """What every job of an event is given, however it is queued."""
+    return {
+        "job_id": job_id(state, event_id),
+        "result_ttl": RESULT_TTL,
+        "failure_ttl": FAILURE_TTL,
+        "description": f"deliver amoCRM event {event_id}",
+    }
+
+
+def enqueue_new_event(state: AppState, event_id: int) -> None:
+    """Queue delivery of an event capture has just stored, in one round trip to
+    Redis: the job is built here and saved, with the queue's registration and the
+    push of its id, in one ``MULTI``/``EXEC``. (RQ's unique ``enqueue`` takes two
+    round trips: the queue's registration, then a script that checks and saves.)
+
+    The event is new, so no job of it can be waiting; a job hash left under its id
+    (an id SQLite gave again after the newest event was deleted) is replaced. Raises
+    the Redis error if Redis cannot be reached: the event stays ``pending`` and the
+    sweeper queues it later.
+    """
+    queue = state.local("web_queue", lambda: get_queue(state))
+    job = queue.create_job(
+        DELIVER, args=(event_id,), timeout=JOB_TIMEOUT, **_job_options(state, event_id)
+    )
+    with queue.connection.pipeline() as pipe:
+        pipe.multi()
+        pipe.delete(job.key)
+        queue.enqueue_job(job, pipeline=pipe)
+        pipe.execute()
+
+
 def enqueue_event(
     state: AppState,
     event_id: int,
@@ -74,20 +108,12 @@ def enqueue_event(
     jid = job_id(state, event_id)
     for _ in range(2):
         try:
-            options = dict(
-                job_id=jid,
-                unique=True,
-                result_ttl=RESULT_TTL,
-                failure_ttl=FAILURE_TTL,
-                job_timeout=JOB_TIMEOUT,
-                description=f"deliver amoCRM event {event_id}",
-            )
+            options = _job_options(state, event_id)
+            options.update(unique=True, job_timeout=JOB_TIMEOUT)
             if at is None:
-                queue.enqueue("flask_amocrm.worker.jobs.deliver", event_id, **options)
+                queue.enqueue(DELIVER, event_id, **options)
             else:
-                queue.enqueue_at(
-                    at, "flask_amocrm.worker.jobs.deliver", event_id, **options
-                )
+                queue.enqueue_at(at, DELIVER, event_id, **options)
             return True
         except DuplicateJobError:
             try:

@@ -36,7 +36,7 @@ from markupsafe import Markup, escape
 from sqlalchemy import func, select, update
 
 from ..hooks import last_line
-from ..i18n import gettext
+from ..i18n import N_, gettext
 from ..models import RETRYING, SPAM, Event, utcnow
 from ..outbox import append_log, cut_reason
 from ..state import AppState, get_state
@@ -271,7 +271,14 @@ def _hooks(state: AppState, event: Event) -> list[str]:
                 event.id,
             )
             event.log = append_log(
-                event.log, [f"spam_check hook {hook.name} raised: {last_line(exc)}"]
+                event.log,
+                [
+                    N_(
+                        "spam_check hook %(hook)s raised: %(error)s",
+                        hook=hook.name,
+                        error=last_line(exc),
+                    )
+                ],
             )
             continue
         if not verdict:

@@ -50,7 +50,11 @@ class RedisServer:
     def log_path(self) -> Path:
         return self.directory / "redis-server.log"
 
-    def start(self, *, attempts: int = 5, timeout: float = 10.0) -> RedisServer:
+    def start(
+        self, *, attempts: int = 5, timeout: float = 10.0, port: int | None = None
+    ) -> RedisServer:
+        """Start on a free port, or on ``port`` (one attempt: a server started again
+        where an earlier one was, as after a restart)."""
         executable = shutil.which("redis-server")
         if executable is None:
             raise RedisServerError(
@@ -59,10 +63,10 @@ class RedisServer:
                 " redis-server). Or set AMOCRM_TEST_REDIS_URL and"
                 " AMOCRM_TEST_CLIENT_REDIS_URL to Redis databases the tests may flush."
             )
-        for _ in range(attempts):
+        for _ in range(1 if port else attempts):
             # Another process may take the port between our probe and the server's
             # bind: the server then exits, and we try another port.
-            self.port = free_port()
+            self.port = port or free_port()
             with self.log_path.open("ab") as log:
                 self.process = subprocess.Popen(
                     [

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import RuleError
+from ...i18n import N_
 from ...vocabulary import ENTITY
 from ..clean import NAME_LIMIT, clean_text
 from ..fields import is_empty, known_field
@@ -138,9 +139,13 @@ class PlanBuilder:
         found = self.env.meta(where).field(entity, name)
         if found is None and required:
             raise RuleError(
-                f"{where}: the {entity} of the account have no field "
-                f"{name!r} (give its code, id or name; see "
-                "'flask amocrm check')"
+                N_(
+                    "%(where)s: the %(entity)s of the account have no field "
+                    "%(name)s (give its code, id or name; see 'flask amocrm check')",
+                    where=where,
+                    entity=entity,
+                    name=repr(name),
+                )
             )
         return found
 
