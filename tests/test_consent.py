@@ -14,7 +14,9 @@ from sqlalchemy import update
 
 from flask_amocrm import Event, event_failed
 from flask_amocrm.testing import deliver_pending
+from tests.helpers.browser import shoot
 from tests.helpers.e2e import field_values, form_site, stored_events
+from tests.helpers.xss import CORPUS, assert_inert, watch
 
 CONSENT = {
     "agree_pd": "Privacy policy v3 (2025-09-01)",
@@ -199,3 +201,28 @@ def test_a_bad_consent_value_in_a_rule_is_refused(make_app: Any) -> None:
         _site(make_app, _rules(consent="maybe"))
     with pytest.raises(RuntimeError, match="AMOCRM_CONSENT_FIELDS names no consent"):
         _site(make_app, _rules(consent="required"), AMOCRM_CONSENT_FIELDS=[])
+
+
+def test_the_admin_event_page_shows_the_consent_in_russian_and_inert(
+    make_app: Any, fast_sandbox: Any, serve: Any, page_ru: Any
+) -> None:
+    app = _site(
+        make_app,
+        _rules(consent="required"),
+        AMOCRM_ADMIN_AUTH=lambda: True,
+        AMOCRM_CONSENT_FIELDS={"agree_pd": CORPUS[0], "agree_ads": CORPUS[1]},
+    )
+    _post(app, name="Ann", phone="+79120001127", agree_pd="on")
+    assert deliver_pending(app) == {"spooled": 0, "failed": 1}
+    [event] = stored_events(app)
+    opened = watch(page_ru)
+    page_ru.goto(f"{serve(app)}/amocrm/admin/events/{event.id}")
+    assert_inert(page_ru, opened)
+    rows = page_ru.locator("table.am-consent tbody tr")
+    assert rows.count() == 2
+    first, second = (rows.nth(i).inner_text() for i in range(2))
+    assert "agree_pd" in first and "да" in first and CORPUS[0] in first
+    assert "203.0.113.5" in first
+    assert "agree_ads" in second and "нет" in second and CORPUS[1] in second
+    assert page_ru.locator("h2", has_text="Согласие").count() == 1
+    shoot(page_ru, "event-consent-ru")

@@ -314,6 +314,15 @@ def _captured_at(value: Any) -> datetime | None:
         return None
 
 
+def _iso_time(value: Any) -> datetime | None:
+    """A stored ``2026-12-02T08:40:11Z`` as a naive-UTC time (``None`` if it is not
+    one)."""
+    try:
+        return datetime.fromisoformat(str(value).removesuffix("Z"))
+    except ValueError:
+        return None
+
+
 def _safe_link(url: Any) -> str | None:
     """``url`` when it is a web address a link may point at (never ``javascript:``)."""
     text = str(url or "")
@@ -424,8 +433,23 @@ def event(event_id: int) -> str:
         other_context={
             k: _pretty(v)
             for k, v in context.items()
-            if k not in ("utm", "utm_first", "page", "client", "site", "captured_at")
+            if k
+            not in (
+                "utm",
+                "utm_first",
+                "page",
+                "client",
+                "site",
+                "captured_at",
+                "consent",
+                "consent_text",
+            )
         },
+        consent=[
+            (str(name), item, _iso_time(item.get("at")))
+            for name, item in (context.get("consent") or {}).items()
+            if isinstance(item, dict)
+        ],
         files=[
             (f.get("name") or f.get("field") or "?", _safe_link(f.get("url")), f)
             for f in (found.files or [])
