@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +31,7 @@ from .models import (
     PENDING,
     PROCESSING,
     RETRYING,
+    SPAM,
     STATUS_LABELS,
     STATUSES,
     Event,
@@ -41,7 +43,8 @@ from .rules.schema import find_rule
 from .state import AppState, get_state
 from .worker.agent import process
 from .worker.amo_worker import AmoWorker
-from .worker.dispatch import hand_off_many
+from .worker.deliver import deliver_events
+from .worker.dispatch import hand_off_many, release
 from .worker.dispatch import retry as retry_events
 from .worker.health import check_account, listening_workers, waiting_since
 from .worker.index import refresh as refresh_index
@@ -231,6 +234,50 @@ def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
         )
 
 
+@amocrm_cli.command("release")
+@click.argument("event_id", type=int)
+@click.option(
+    "--by",
+    "who",
+    default=None,
+    help="Who releases it, for the event's log (default: the system user).",
+)
+def release_command(event_id: int, who: str | None) -> None:
+    """Deliver an event held as spam that is not spam: it is sent without being
+    judged again."""
+    state = get_state()
+    who = " ".join((who or _system_user()).split())[:200] or "cli"
+    if not release(state, event_id, who):
+        with state.session() as session:
+            found = session.get(Event, event_id)
+        if found is None:
+            raise click.ClickException(_("There is no event %(id)s.", id=event_id))
+        raise click.ClickException(
+            _(
+                "Event %(id)s is %(status)s, not spam: nothing to release.",
+                id=event_id,
+                status=_(STATUS_LABELS.get(found.status, found.status)),
+            )
+        )
+    if state.settings.delivery == "inline":
+        outcome = deliver_events([event_id]).get(event_id, "skipped")
+        shown = _(STATUS_LABELS[outcome]) if outcome in STATUS_LABELS else outcome
+        click.echo(_("Event %(id)s released: %(status)s.", id=event_id, status=shown))
+    elif state.settings.delivery == "rq":
+        click.echo(_("Event %(id)s released: a worker will deliver it.", id=event_id))
+    else:
+        click.echo(
+            _("Event %(id)s released: the next agent run delivers it.", id=event_id)
+        )
+
+
+def _system_user() -> str:
+    try:
+        return f"{getpass.getuser()} (cli)"
+    except (KeyError, OSError):  # no user name in a container
+        return "cli"
+
+
 @amocrm_cli.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def import_command(path: str) -> None:
@@ -295,6 +342,7 @@ def status() -> None:
             )
             failed = _listed(session, Event.status == FAILED)
             cancelled = _listed(session, Event.status == CANCELLED)
+            spam = _listed(session, Event.status == SPAM)
             hold = on_hold(state)
             stuck = _listed(
                 session,
@@ -319,6 +367,16 @@ def status() -> None:
             )
         )
         for event in cancelled:
+            click.echo("  " + _event_line(event, event.last_error))
+    if spam:
+        click.echo(
+            _(
+                "Held as spam (%(count)s), newest first ('flask amocrm release ID' "
+                "delivers one that is not):",
+                count=rows.get(SPAM, 0),
+            )
+        )
+        for event in spam:
             click.echo("  " + _event_line(event, event.last_error))
     for switch in switches:
         click.echo(
