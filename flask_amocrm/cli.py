@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +31,7 @@ from .models import (
     PENDING,
     PROCESSING,
     RETRYING,
+    SPAM,
     STATUS_LABELS,
     STATUSES,
     Event,
@@ -41,9 +43,11 @@ from .rules.schema import find_rule
 from .state import AppState, get_state
 from .worker.agent import process
 from .worker.amo_worker import AmoWorker
-from .worker.dispatch import hand_off_many
+from .worker.deliver import deliver_events
+from .worker.dispatch import hand_off_many, release
 from .worker.dispatch import retry as retry_events
 from .worker.health import check_account, listening_workers, waiting_since
+from .worker.index import refresh as refresh_index
 from .worker.markers import forget_marker_field
 from .worker.outage import current as current_outage
 from .worker.outage import paused, reconnected
@@ -92,6 +96,8 @@ COUNT_LABELS = {
     "purged_events": N_("purged events"),
     "purged_api_log": N_("purged api log"),
     "keep_alive": N_("keep alive"),
+    "index_fill_pages": N_("index fill pages"),
+    "index_poll_pages": N_("index poll pages"),
 }
 
 
@@ -175,7 +181,8 @@ def worker(burst: bool, with_scheduler: bool, maintenance_interval: int) -> None
 def process_command(limit: int | None, everything: bool) -> None:
     """Deliver due events in this process: the agent run for cron, or for sites
     without Redis. Also reads amoCRM's events log when AMOCRM_RECONCILE_INTERVAL
-    has passed, sends the signals of the changes from amoCRM that are due, and
+    has passed, sends the signals of the changes from amoCRM that are due, does the
+    contact index's share of a tick (a few pages of its fill, or its poll), and
     runs the hourly housekeeping (retention, token keep-alive)."""
     state = get_state()
     if everything:
@@ -185,6 +192,7 @@ def process_command(limit: int | None, everything: bool) -> None:
     reconciled = reconcile_due(state)  # stores; the run below sends their signals
     counts = process(state, limit)
     counts.update(reconciled)
+    counts.update(refresh_index(state))
     counts.update(housekeeping(state))
     _echo_counts(counts)
 
@@ -236,6 +244,50 @@ def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
                 "it changed (see 'flask amocrm status')."
             )
         )
+
+
+@amocrm_cli.command("release")
+@click.argument("event_id", type=int)
+@click.option(
+    "--by",
+    "who",
+    default=None,
+    help="Who releases it, for the event's log (default: the system user).",
+)
+def release_command(event_id: int, who: str | None) -> None:
+    """Deliver an event held as spam that is not spam: it is sent without being
+    judged again."""
+    state = get_state()
+    who = " ".join((who or _system_user()).split())[:200] or "cli"
+    if not release(state, event_id, who):
+        with state.session() as session:
+            found = session.get(Event, event_id)
+        if found is None:
+            raise click.ClickException(_("There is no event %(id)s.", id=event_id))
+        raise click.ClickException(
+            _(
+                "Event %(id)s is %(status)s, not spam: nothing to release.",
+                id=event_id,
+                status=_(STATUS_LABELS.get(found.status, found.status)),
+            )
+        )
+    if state.settings.delivery == "inline":
+        outcome = deliver_events([event_id]).get(event_id, "skipped")
+        shown = _(STATUS_LABELS[outcome]) if outcome in STATUS_LABELS else outcome
+        click.echo(_("Event %(id)s released: %(status)s.", id=event_id, status=shown))
+    elif state.settings.delivery == "rq":
+        click.echo(_("Event %(id)s released: a worker will deliver it.", id=event_id))
+    else:
+        click.echo(
+            _("Event %(id)s released: the next agent run delivers it.", id=event_id)
+        )
+
+
+def _system_user() -> str:
+    try:
+        return f"{getpass.getuser()} (cli)"
+    except (KeyError, OSError):  # no user name in a container
+        return "cli"
 
 
 @amocrm_cli.command("import")
@@ -302,6 +354,7 @@ def status() -> None:
             )
             failed = _listed(session, Event.status == FAILED)
             cancelled = _listed(session, Event.status == CANCELLED)
+            spam = _listed(session, Event.status == SPAM)
             hold = on_hold(state)
             stuck = _listed(
                 session,
@@ -326,6 +379,16 @@ def status() -> None:
             )
         )
         for event in cancelled:
+            click.echo("  " + _event_line(event, event.last_error))
+    if spam:
+        click.echo(
+            _(
+                "Held as spam (%(count)s), newest first ('flask amocrm release ID' "
+                "delivers one that is not):",
+                count=rows.get(SPAM, 0),
+            )
+        )
+        for event in spam:
             click.echo("  " + _event_line(event, event.last_error))
     for switch in switches:
         click.echo(

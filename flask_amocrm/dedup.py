@@ -189,6 +189,16 @@ class Criterion:
                     out.add(key)
         return out
 
+    @property
+    def index_kind(self) -> str | None:
+        """The key kind of the contact index (:func:`entity_keys`) that holds this
+        criterion's values, or ``None`` when the index does not keep them."""
+        if self.kind == "name":
+            return "name"
+        if self.kind == "field" and (self.compare, self.field_code) in _INDEXED:
+            return self.compare
+        return None
+
     def matches(self, entity: dict[str, Any], region: str) -> bool:
         """Whether ``entity`` holds one of the new entity's values."""
         return bool(self.values) and bool(
@@ -208,6 +218,31 @@ def value_key(value: dict[str, Any], compare: str, region: str) -> str | None:
     if compare == "email":
         return normalize_email(raw)
     return normalize_text(raw)
+
+
+#: The key kinds the contact index keeps, and the fields they come from.
+INDEX_KINDS = ("name", "phone", "email")
+_INDEXED = {("phone", "PHONE"), ("email", "EMAIL")}
+
+
+def entity_keys(entity: dict[str, Any], region: str) -> set[tuple[str, str]]:
+    """The ``(kind, key)`` pairs of a contact or company for the contact index:
+    its names as the ``name`` criterion compares them, and its ``PHONE`` and
+    ``EMAIL`` values as :func:`value_key` normalises them. ``entity`` is shaped as
+    amoCRM returns it, or as a create or update item (fields named by code)."""
+    keys: set[tuple[str, str]] = set()
+    names = Criterion("name", "name", values=("",)).candidate_values(entity, region)
+    keys |= {("name", n) for n in names}
+    for item in entity.get("custom_fields_values") or []:
+        code = item.get("field_code")
+        for compare, field_code in _INDEXED:
+            if code != field_code:
+                continue
+            for value in item.get("values") or []:
+                key = value_key(value, compare, region)
+                if key:
+                    keys.add((compare, key))
+    return keys
 
 
 @dataclass
@@ -311,6 +346,22 @@ class DuplicateRule:
             return len(results) == len(self.criteria) and all(results)
         return any(results)
 
+    def index_keys(self) -> list[list[tuple[str, str]]] | None:
+        """The contact index's keys of each filled criterion, ``[[(kind, key)
+        ...] ...]``, or ``None`` when a filled criterion is one the index does not
+        keep (the rule is then searched as before)."""
+        if self.key == "lead":
+            return None
+        out = []
+        for c in self.criteria:
+            if not c.values:
+                continue
+            kind = c.index_kind
+            if kind is None:
+                return None
+            out.append([(kind, v) for v in c.values])
+        return out
+
     def matched_labels(self, entity: dict[str, Any]) -> list[str]:
         """The criteria ``entity`` matched (for the event's log)."""
         return [c.label for c in self.criteria if c.matches(entity, self.region)]
@@ -374,9 +425,11 @@ __all__ = [
     "SCOPES",
     "STRATEGIES",
     "Criterion",
+    "INDEX_KINDS",
     "DuplicateRule",
     "card_url",
     "duplicates_note",
+    "entity_keys",
     "lock_name",
     "normalize_email",
     "normalize_phone",

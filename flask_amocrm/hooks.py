@@ -2,8 +2,9 @@
 below the extension can reach them.
 
 ``@amocrm.before_push``, ``@amocrm.after_push``, ``@amocrm.before_api_call`` and
-``@amocrm.after_api_call`` add functions to the app's :class:`Hooks`
-(``AppState.hooks``); the worker calls the push hooks around each event, and the amoCRM
+``@amocrm.after_api_call`` (and ``@amocrm.spam_check``) add functions to the app's
+:class:`Hooks` (``AppState.hooks``); the worker calls the push hooks around each event
+(and the spam checks before its first request), and the amoCRM
 client calls the API-call hooks around each request (it gets :class:`Hooks` as its
 ``observer``, so the client never imports the worker). docs/hooks.md shows them.
 
@@ -121,10 +122,13 @@ class Hooks:
     after_push: list[PushHook] = field(default_factory=list)
     before_api_call: list[Callable[[ApiCall], Any]] = field(default_factory=list)
     after_api_call: list[Callable[[ApiCall], Any]] = field(default_factory=list)
+    #: ``@amocrm.spam_check``: ``func(event)`` returns why the event is spam (a
+    #: string), or ``None``/``False`` (flask_amocrm.worker.spam).
+    spam_check: list[PushHook] = field(default_factory=list)
 
     def for_event(self, which: str, kind: str, source: str) -> list[PushHook]:
-        """The ``before_push`` or ``after_push`` hooks for an event, in the order
-        they were registered."""
+        """The ``before_push``, ``after_push`` or ``spam_check`` hooks for an event,
+        in the order they were registered."""
         hooks: list[PushHook] = getattr(self, which)
         return [h for h in hooks if h.wants(kind, source)]
 

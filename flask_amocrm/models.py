@@ -35,7 +35,10 @@ from .i18n import N_
 #: holds it; ``retrying``: a transient failure, tried again at ``next_attempt_at``;
 #: ``delivered``; ``failed``: a permanent failure that waits for a person;
 #: ``ignored``: no rule matched; ``cancelled``: a hook said no (the reason is in
-#: ``last_error``); it is never sent unless a person retries it.
+#: ``last_error``); it is never sent unless a person retries it; ``spam``: the
+#: worker's spam checks held it before any request (the reasons are in
+#: ``last_error``); it is never sent unless a person releases it
+#: (:mod:`flask_amocrm.worker.spam`).
 PENDING = "pending"
 PROCESSING = "processing"
 RETRYING = "retrying"
@@ -43,7 +46,8 @@ DELIVERED = "delivered"
 FAILED = "failed"
 IGNORED = "ignored"
 CANCELLED = "cancelled"
-STATUSES = (PENDING, PROCESSING, RETRYING, DELIVERED, FAILED, IGNORED, CANCELLED)
+SPAM = "spam"
+STATUSES = (PENDING, PROCESSING, RETRYING, DELIVERED, FAILED, IGNORED, CANCELLED, SPAM)
 #: How a person reads each status (``_(STATUS_LABELS[status])``; English: the name).
 STATUS_LABELS = {
     PENDING: N_("pending"),
@@ -53,6 +57,7 @@ STATUS_LABELS = {
     FAILED: N_("failed"),
     IGNORED: N_("ignored"),
     CANCELLED: N_("cancelled"),
+    SPAM: N_("spam"),
 }
 
 metadata = MetaData(
@@ -126,6 +131,8 @@ class Event(Base):
         Index("ix_amocrm_events_due", "status", "next_attempt_at"),
         # the admin's list of one status, newest first, a page at a time
         Index("ix_amocrm_events_status_id", "status", "id"),
+        # the spam checks' rates: the events stored within a window
+        Index("ix_amocrm_events_created_at", "created_at"),
         # the admin's search on PostgreSQL: the words of ``search``
         # (flask_amocrm.outbox.search_filter uses this very expression)
         Index(
@@ -326,3 +333,31 @@ class InboundClaim(Base):
         ForeignKey("amocrm_inbound.id", ondelete="CASCADE"),
         index=True,
     )
+
+
+class EntityKey(Base):
+    """One key of a contact or company in the local contact index
+    (:mod:`flask_amocrm.worker.index`): a normalised phone, e-mail or name, and the
+    entity holding it. A lookup reads candidates here instead of searching amoCRM,
+    then verifies them against amoCRM before reusing one."""
+
+    __tablename__ = "amocrm_entity_index"
+    __table_args__ = (
+        Index("ix_amocrm_entity_index_key", "account", "entity", "kind", "key"),
+        Index("ix_amocrm_entity_index_entity", "account", "entity", "entity_id"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True
+    )
+    #: The amoCRM account's host: two accounts never share a key.
+    account: Mapped[str] = mapped_column(String(200))
+    #: ``contacts`` or ``companies``.
+    entity: Mapped[str] = mapped_column(String(12))
+    entity_id: Mapped[int] = mapped_column(BigInteger)
+    #: ``phone``, ``email`` or ``name`` (:data:`flask_amocrm.dedup.INDEX_KINDS`).
+    kind: Mapped[str] = mapped_column(String(8))
+    #: The value as duplicate control compares it (E.164 phone, lower-cased e-mail).
+    key: Mapped[str] = mapped_column(String(255))
+    #: The entity's ``updated_at`` in amoCRM (Unix seconds) when it was read.
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -23,11 +23,12 @@ from typing import Any
 from flask import Blueprint, Flask, Response, abort, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from .changes import MAX_BYTES, PayloadError, webhook_changes
+from .changes import MAX_BYTES, PayloadError, parse_form, webhook_changes
 from .config import Settings
 from .inbox import store_changes
 from .state import get_state
 from .worker.dispatch import hand_off_changes
+from .worker.index import webhook_entities
 
 log = logging.getLogger("flask_amocrm")
 
@@ -66,6 +67,10 @@ def receive(secret: str) -> Response:
                   type(exc).__name__)  # fmt: skip
         return _text("not stored; send it again later", 503)
     hand_off_changes(state, stored)
+    try:  # the contact index learns the contacts' new phones and e-mails at once
+        webhook_entities(state, parse_form(body))
+    except Exception:  # it is a cache: the changes are stored all the same
+        log.exception("The contact index could not read a webhook")
     return _text("ok", 200)
 
 

@@ -13,6 +13,7 @@ from flask import Flask
 
 from flask_amocrm import AmoCRM
 from flask_amocrm.testing import deliver_pending
+from tests.helpers.e2e import INDEX_MODES, fill_index
 from tests.helpers.process import child_env
 
 RULES: dict[str, Any] = {
@@ -47,8 +48,8 @@ with app.app_context():
         barrier = pathlib.Path(spec["barrier"])
         real_lookup = execute.lookup
 
-        def lookup_then_wait(client, deliveries):
-            real_lookup(client, deliveries)
+        def lookup_then_wait(client, deliveries, *index):
+            real_lookup(client, deliveries, *index)
             if not deliveries:
                 return
             (barrier / str(os.getpid())).touch()
@@ -66,7 +67,9 @@ with app.app_context():
 """
 
 
-def _config(sandbox: Any, tmp_path: Any, redis_url: str | None) -> dict[str, Any]:
+def _config(
+    sandbox: Any, tmp_path: Any, redis_url: str | None, mode: str
+) -> dict[str, Any]:
     config = {
         "TESTING": True,
         "SECRET_KEY": "test",
@@ -76,6 +79,7 @@ def _config(sandbox: Any, tmp_path: Any, redis_url: str | None) -> dict[str, Any
         "AMOCRM_DATABASE_URI": f"sqlite:///{tmp_path}/race.sqlite3",
         "AMOCRM_RULES": RULES,
         "AMOCRM_RATE_LIMIT": 50,
+        "AMOCRM_INDEX_INTERVAL": 0 if mode == "search" else 300,
     }
     if redis_url:
         config["AMOCRM_REDIS_URL"] = redis_url
@@ -83,18 +87,26 @@ def _config(sandbox: Any, tmp_path: Any, redis_url: str | None) -> dict[str, Any
 
 
 def race(
-    sandbox: Any, tmp_path: Any, redis_url: str | None, *, no_locks: bool = False
+    sandbox: Any,
+    tmp_path: Any,
+    redis_url: str | None,
+    mode: str,
+    *,
+    no_locks: bool = False,
 ) -> list[dict[str, Any]]:
     """Two processes deliver one event each, both of the same person, at the same
     moment; return the sandbox's contacts afterwards.
 
     ``no_locks``: the control run, without the duplicate-control locks, and with a
     barrier that holds each process between its lookup and its create until both have
-    looked up: the interleaving the locks exist to prevent, every time."""
-    config = _config(sandbox, tmp_path, redis_url)
+    looked up: the interleaving the locks exist to prevent, every time.
+    ``mode``: searching amoCRM, or with a complete contact index."""
+    config = _config(sandbox, tmp_path, redis_url, mode)
     app = Flask("race_site", instance_path=str(tmp_path / "instance"))
     app.config.update(config)
     AmoCRM(app)
+    if mode == "index":
+        fill_index(app)
     with app.app_context():
         amocrm = app.extensions["amocrm"].extension
         # Someone else first: the account gets its event-id field before the race.
@@ -140,21 +152,28 @@ def race(
     return [c for c in sandbox.contacts() if c["name"] != "Warm"]
 
 
+@pytest.mark.parametrize("mode", INDEX_MODES)
 @pytest.mark.parametrize("backend", ["redis", "database"])
 def test_two_workers_one_person_one_contact(
-    sandbox: Any, tmp_path: Any, redis_conn: Any, redis_url: str, backend: str
+    sandbox: Any,
+    tmp_path: Any,
+    redis_conn: Any,
+    redis_url: str,
+    backend: str,
+    mode: str,
 ) -> None:
     sandbox.config(rate_limit=0)
-    contacts = race(sandbox, tmp_path, redis_url if backend == "redis" else None)
+    contacts = race(sandbox, tmp_path, redis_url if backend == "redis" else None, mode)
     assert len(contacts) == 1, contacts
     assert len(sandbox.leads()) == 3  # the warm-up's and one per event
 
 
+@pytest.mark.parametrize("mode", INDEX_MODES)
 def test_without_the_locks_the_race_makes_two_contacts(
-    sandbox: Any, tmp_path: Any
+    sandbox: Any, tmp_path: Any, mode: str
 ) -> None:
     """The control arm: the same race with the locks taken out (and both lookups
     over before either create) makes two contacts, so the test above can fail."""
     sandbox.config(rate_limit=0)
-    contacts = race(sandbox, tmp_path, None, no_locks=True)
+    contacts = race(sandbox, tmp_path, None, mode, no_locks=True)
     assert len(contacts) == 2, contacts

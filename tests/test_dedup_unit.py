@@ -11,6 +11,7 @@ from flask_amocrm.dedup import (
     DuplicateRule,
     card_url,
     duplicates_note,
+    entity_keys,
     normalize_email,
     normalize_phone,
     normalize_text,
@@ -164,6 +165,55 @@ def test_lead_open_only_and_time_window() -> None:
     rule = DuplicateRule("lead", [name], open_only=True, within=7 * 86400, now=NOW)
     assert [x["id"] for x in pick(rule, leads)] == [3]
     assert rule.filters(name) == {"filter[created_at][from]": int(NOW - 7 * 86400)}
+
+
+def test_index_keys_are_what_the_criteria_compare() -> None:
+    contact = _contact(
+        1,
+        100,
+        name="  Ann   LEE ",
+        phones=["8 (912) 345-67-89", "+44 20 7946 0958"],
+        emails=[" ANN@Example.com "],
+    )
+    keys = entity_keys(contact, "RU")
+    assert keys == {
+        ("name", "ann lee"),
+        ("phone", "+79123456789"),
+        ("phone", "+442079460958"),
+        ("email", "ann@example.com"),
+    }
+    # every key the index holds is one the criterion's own comparison finds
+    for kind, value in keys - {("name", "ann lee")}:
+        criterion = PHONE if kind == "phone" else EMAIL
+        assert value in criterion.candidate_values(contact, "RU")
+    # a create item names its fields by code, first and last name apart
+    item = {
+        "first_name": "Ann",
+        "last_name": "Lee",
+        "custom_fields_values": [
+            {"field_code": "PHONE", "values": [{"value": "912 345 67 89"}]}
+        ],
+    }
+    assert entity_keys(item, "RU") == {("name", "ann lee"), ("phone", "+79123456789")}
+
+
+def test_a_rule_the_index_can_answer() -> None:
+    rule = DuplicateRule("contact", [PHONE, EMAIL])
+    assert rule.index_keys() == [
+        [("phone", "+79123456789")],
+        [("email", "ann@example.com")],
+    ]
+    name = Criterion("name", "name", values=("ann",), queries=("Ann",))
+    assert DuplicateRule("company", [name]).index_keys() == [[("name", "ann")]]
+    # a field the index does not keep, or a lead: searched as before
+    comment = Criterion("Comment", "field", "text", 600010, None, ("a-1",), ("A-1",))
+    assert DuplicateRule("contact", [PHONE, comment]).index_keys() is None
+    assert DuplicateRule("lead", [name]).index_keys() is None
+    # an empty criterion asks nothing
+    empty = Criterion("EMAIL", "field", "email", None, "EMAIL")
+    assert DuplicateRule("contact", [PHONE, empty]).index_keys() == [
+        [("phone", "+79123456789")]
+    ]
 
 
 def test_lock_keys_are_normalised() -> None:

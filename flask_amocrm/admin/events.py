@@ -36,6 +36,7 @@ from ..errors import AmoCRMError
 from ..i18n import N_, gettext, ngettext
 from ..models import (
     FAILED,
+    SPAM,
     STATUS_LABELS,
     STATUSES,
     ApiLog,
@@ -55,7 +56,7 @@ from ..rules.schema import find_rule
 from ..state import AppState, get_state
 from ..vocabulary import LOCALES
 from ..worker.agent import process
-from ..worker.dispatch import retry
+from ..worker.dispatch import release, retry
 from ..worker.outage import current as current_outage
 from ..worker.outage import paused
 from ..worker.preview import Preview, preview_stored
@@ -259,7 +260,7 @@ def _api_calls(
 
 
 #: The context's parts the page shows in their own places, when they are objects.
-_CONTEXT_PARTS = ("utm", "utm_first", "page", "client", "site")
+_CONTEXT_PARTS = ("utm", "utm_first", "page", "client", "site", "consent")
 
 
 def _data(value: Any) -> list[tuple[str, str]]:
@@ -290,6 +291,15 @@ def _captured_at(value: Any) -> datetime | None:
     try:
         return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
     except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _iso_time(value: Any) -> datetime | None:
+    """A stored ``2026-12-02T08:40:11Z`` as a naive-UTC time (``None`` if it is not
+    one)."""
+    try:
+        return datetime.fromisoformat(str(value).removesuffix("Z"))
+    except ValueError:
         return None
 
 
@@ -406,7 +416,16 @@ def event(event_id: int) -> str:
         client=parts.get("client", {}),
         site=parts.get("site", {}),
         captured_at=captured_at,
-        other_context={k: _pretty(v) for k, v in context.items()},
+        other_context={
+            k: _pretty(v)
+            for k, v in context.items()
+            if k not in ("consent", "consent_text")
+        },
+        consent=[
+            (str(name), item, _iso_time(item.get("at")))
+            for name, item in (parts.get("consent") or {}).items()
+            if isinstance(item, dict)
+        ],
         files=[
             (f.get("name") or f.get("field") or "?", _safe_link(f.get("url")), f)
             for f in (found.files if isinstance(found.files, list) else [])
@@ -426,6 +445,7 @@ def event(event_id: int) -> str:
         more_calls=len(calls) > API_CALLS_SHOWN,
         cancellable=found.status in CANCELLABLE,
         retryable=found.status in RETRYABLE,
+        releasable=found.status == SPAM,
         signed_in=_who_may_cancel(),
         mode=state.settings.delivery,
     )
@@ -537,6 +557,35 @@ def event_cancel(event_id: int) -> BaseResponse:
         )
         return _back(page)
     flash(gettext("Event %(id)s is cancelled.", id=event_id), "amocrm-ok")
+    return _back(page)
+
+
+@bp.post("/events/<int:event_id>/release")
+def event_release(event_id: int) -> BaseResponse:
+    """Deliver an event held as spam, as ``flask amocrm release ID`` does: it is
+    not judged spam again."""
+    state = get_state()
+    page = url_for("amocrm_admin.event", event_id=event_id)
+    who = _who_may_cancel() or " ".join(request.form.get("who", "").split())[:200]
+    if not who:
+        flash(gettext("Say who you are to release the event."), "amocrm-error")
+        return _back(page)
+    with state.session() as session:
+        if session.scalar(select(Event.id).where(Event.id == event_id)) is None:
+            abort(404)
+    if not release(state, event_id, who):
+        flash(
+            gettext(
+                "Event %(id)s was not released: only an event held as spam can be.",
+                id=event_id,
+            ),
+            "amocrm-error",
+        )
+        return _back(page)
+    flash(
+        gettext("Event %(id)s is released.", id=event_id) + " " + _handed_on(1),
+        "amocrm-ok",
+    )
     return _back(page)
 
 

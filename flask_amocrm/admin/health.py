@@ -26,6 +26,7 @@ from ..models import (
     PENDING,
     PROCESSING,
     RETRYING,
+    SPAM,
     ApiLog,
     utcnow,
 )
@@ -53,12 +54,22 @@ STATUS_COLORS = {
     PENDING: "#1f5fbf",
     IGNORED: "#8a93a0",
     CANCELLED: "#c4c9d1",
+    SPAM: "#6b5b95",
 }
 #: The statuses as the charts' legend says them (in its order; the names are the
 #: models' own, as ``flask amocrm status`` says them).
 STATUS_LABELS = {
     status: STATUS_NAMES[status]
-    for status in (DELIVERED, FAILED, RETRYING, PROCESSING, PENDING, IGNORED, CANCELLED)
+    for status in (
+        DELIVERED,
+        FAILED,
+        RETRYING,
+        PROCESSING,
+        PENDING,
+        IGNORED,
+        CANCELLED,
+        SPAM,
+    )
 }
 
 

@@ -487,18 +487,48 @@ class AmoClient:
     # -- verbs: what the delivery code asks of amoCRM; every path is built here -------
 
     def read(
-        self, entity: str, ids: Sequence[int], *, with_: str | None = None
+        self,
+        entity: str,
+        ids: Sequence[int],
+        *,
+        with_: str | None = None,
+        per_call: int = BATCH_SIZE,
     ) -> list[dict[str, Any]]:
-        """The ``entity`` items with these ids (50 ids per call), ``with_`` embedded."""
+        """The ``entity`` items with these ids (``per_call`` ids per call, at most
+        250), ``with_`` embedded. Deleted ones are not among them."""
         items: list[dict[str, Any]] = []
-        for start in range(0, len(ids), BATCH_SIZE):
+        for start in range(0, len(ids), per_call):
             params: dict[str, Any] = {
-                "filter[id][]": list(ids[start : start + BATCH_SIZE])
+                "filter[id][]": list(ids[start : start + per_call])
             }
+            if per_call > BATCH_SIZE:
+                params["limit"] = per_call
             if with_:
                 params["with"] = with_
             items += self.get_all(f"{API}/{entity}", entity, **params)
         return items
+
+    def list_page(
+        self,
+        entity: str,
+        page: int,
+        *,
+        order: str = "id",
+        since: int | None = None,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Page ``page`` (from 1) of every ``entity`` item, 250 a page, in ``order``
+        (``id`` or ``updated_at``, ascending), only those updated at or after
+        ``since`` when given; and whether a next page follows."""
+        params: dict[str, Any] = {
+            "limit": PAGE_LIMIT,
+            "page": page,
+            f"order[{order}]": "asc",
+        }
+        if since is not None:
+            params["filter[updated_at][from]"] = since
+        answer = self.get(f"{API}/{entity}", **params)
+        more = bool(answer and (answer.get("_links") or {}).get("next"))
+        return answer_items(answer, entity), more
 
     def search(
         self,

@@ -43,6 +43,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--access-token-ttl", type=int, default=86400)
     parser.add_argument("--subdomain", default="sandbox")
     parser.add_argument(
+        "--seed-contacts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N made-up contacts to the seeded account (and after each reset)",
+    )
+    parser.add_argument("--seed-companies", type=int, default=0, metavar="N")
+    parser.add_argument(
         "--state",
         default=None,
         metavar="FILE",
@@ -66,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         access_token_ttl=args.access_token_ttl,
         state_file=args.state,
         subdomain=args.subdomain,
+        seed_contacts=args.seed_contacts,
+        seed_companies=args.seed_companies,
     )
     server = make_server(args.host, args.port, app, threaded=True)
     url = f"http://{args.host}:{server.server_port}"

@@ -9,6 +9,7 @@ service, ``drive.py``) and OAuth request is logged.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import uuid
@@ -19,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from .auth import Auth, fingerprint
 from .auth import bp as oauth_bp
+from .bulk import seed_bulk
 from .control import RequestLog
 from .control import bp as control_bp
 from .drive import DriveLimits
@@ -71,6 +73,8 @@ class Sandbox:
         access_token_ttl: int,
         state_file: str | None,
         subdomain: str,
+        seed_contacts: int = 0,
+        seed_companies: int = 0,
     ) -> None:
         self.token = token
         self.latency_ms = latency_ms
@@ -89,6 +93,10 @@ class Sandbox:
         self.faults = Faults()
         self.drive = DriveLimits()
         self.log = RequestLog()
+        #: Made-up contacts and companies added to the seed (and after each reset).
+        self.bulk = (seed_contacts, seed_companies)
+        if any(self.bulk) and not (state_file and os.path.exists(state_file)):
+            seed_bulk(self.store, *self.bulk)
         self._initial = {
             "rate_limit": rate_limit,
             "latency_ms": latency_ms,
@@ -106,6 +114,8 @@ class Sandbox:
     def reset(self) -> None:
         """Seed again and forget requests, faults, limits and run-time settings."""
         self.store.reset()
+        if any(self.bulk):
+            seed_bulk(self.store, *self.bulk)
         self.log.clear()
         self.faults.clear()
         self.webhooks.clear()
@@ -175,11 +185,15 @@ def create_app(
     access_token_ttl: int = 86400,
     state_file: str | None = None,
     subdomain: str = "sandbox",
+    seed_contacts: int = 0,
+    seed_companies: int = 0,
 ) -> Flask:
     """Build a sandbox app: a local amoCRM account speaking API v4.
 
     ``block_after`` rejected (429) requests within a minute block the token with
     403 for ``block_seconds``. ``state_file`` loads and persists the account.
+    ``seed_contacts`` and ``seed_companies`` add that many made-up ones to the
+    seeded account (:mod:`.bulk`), again after every reset.
     """
     app = Flask(__name__, template_folder="templates")
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
@@ -195,6 +209,8 @@ def create_app(
         access_token_ttl=access_token_ttl,
         state_file=state_file,
         subdomain=subdomain,
+        seed_contacts=seed_contacts,
+        seed_companies=seed_companies,
     )
     for blueprint in (
         meta.bp,

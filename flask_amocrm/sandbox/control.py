@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
+from .bulk import delete_entity, seed_bulk
 from .records import ENTITIES, apply_item, render, resolve_status
 from .views.common import link
 from .views.notes import render_note
@@ -27,6 +28,8 @@ bp = Blueprint("sandbox_control", __name__, url_prefix="/_sandbox")
 
 # Enough for long benchmark runs without unbounded memory.
 LOG_SIZE = 100_000
+# The most contacts (or companies) one seed call adds.
+MAX_SEED = 200_000
 CONFIG_KEYS = {
     "moved_to",
     "rate_limit",
@@ -121,6 +124,50 @@ def faults() -> Response:
     except (TypeError, ValueError) as exc:
         return _json({"error": str(exc)}, 400)
     return _json({"faults": sbx.faults.list()})
+
+
+@bp.post("/seed")
+def seed() -> Response:
+    """Add made-up contacts and companies: ``{"contacts": 20000, "companies":
+    2000, "seed": 1}`` (:mod:`.bulk`); answers what was added."""
+    spec = request.get_json(silent=True)
+    if not isinstance(spec, dict):
+        return _json({"error": "send a JSON object"}, 400)
+    counts = {}
+    for name in ("contacts", "companies", "seed"):
+        value = spec.get(name, 1 if name == "seed" else 0)
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not (0 <= value <= MAX_SEED)
+        ):
+            return _json(
+                {"error": f"{name} must be a whole number from 0 to {MAX_SEED}"}, 400
+            )
+        counts[name] = value
+    added = seed_bulk(
+        _sandbox().store,
+        counts["contacts"],
+        counts["companies"],
+        seed=counts["seed"],
+    )
+    return _json(added)
+
+
+@bp.post("/delete")
+def delete() -> Response:
+    """Delete an entity as a person does in amoCRM: ``{"entity": "contacts", "id":
+    20000001}``; 404 when there is none."""
+    spec = request.get_json(silent=True)
+    if (
+        not isinstance(spec, dict)
+        or spec.get("entity") not in ENTITIES
+        or not isinstance(spec.get("id"), int)
+    ):
+        return _json({"error": "send {entity: leads|contacts|companies, id}"}, 400)
+    if not delete_entity(_sandbox().store, spec["entity"], spec["id"]):
+        return _json({"error": "no such entity"}, 404)
+    return _json({"ok": True})
 
 
 @bp.get("/faults")

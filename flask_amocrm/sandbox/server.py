@@ -115,6 +115,10 @@ class SandboxServer:
         """Every API request received since the last reset."""
         return self._call("GET", "/_sandbox/requests")
 
+    def clear_requests(self) -> None:
+        """Forget the logged requests (``DELETE /_sandbox/requests``)."""
+        self._call("DELETE", "/_sandbox/requests", {})
+
     def auth_code(self) -> str:
         """A fresh OAuth authorization code for the configured client."""
         return self._call("POST", "/_sandbox/oauth/code", {})["code"]
@@ -124,6 +128,18 @@ class SandboxServer:
         return str(
             self._call("POST", "/_sandbox/long_lived_token", {"days": days})["token"]
         )
+
+    def seed(self, contacts: int, companies: int = 0, seed: int = 1) -> dict[str, Any]:
+        """Add made-up contacts and companies (``POST /_sandbox/seed``)."""
+        return self._call(
+            "POST",
+            "/_sandbox/seed",
+            {"contacts": contacts, "companies": companies, "seed": seed},
+        )
+
+    def delete(self, entity: str, entity_id: int) -> None:
+        """Delete an entity as a person does in amoCRM (``POST /_sandbox/delete``)."""
+        self._call("POST", "/_sandbox/delete", {"entity": entity, "id": entity_id})
 
     def state(self) -> dict[str, Any]:
         """Everything the account holds (``GET /_sandbox/state``)."""

@@ -38,6 +38,7 @@ from ..models import (
     FAILED,
     IGNORED,
     RETRYING,
+    SPAM,
     Event,
     EventAttempt,
     utcnow,
@@ -49,14 +50,17 @@ from ..rules.render import build_plan
 from ..rules.schema import find_rule
 from ..signals import event_cancelled, event_delivered, event_failed
 from ..state import AppState, get_state
+from .consent import missing_consent, record_consent
 from .delivery import Delivery
 from .execute import execute
+from .index import contact_index
 from .lookup import key_locks
 from .markers import forget_marker_field, mark
 from .outage import note_failure, note_success, paused
 from .push import after_push, before_push, reapply
 from .rules_file import reload_rules
 from .sources import forget_source, tag_source
+from .spam import screen, spam_reason
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -111,7 +115,8 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
         for event in events:
             try:
                 with for_events([event.id]):
-                    delivery = _prepare(state, session, event)
+                    held = _screen(state, event)
+                    delivery = None if held else _prepare(state, session, event)
             except RuleError as exc:
                 outcomes[event.id] = (FAILED, N_("rule error: %(error)s", error=exc))
                 continue
@@ -133,6 +138,9 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                     RETRYING,
                     N_("unexpected %(error)s", error=describe(exc)),
                 )
+                continue
+            if held:
+                outcomes[event.id] = held
                 continue
             if delivery is None:
                 outcomes[event.id] = (
@@ -238,6 +246,9 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             # The reason is the site's own words: it stays on the event.
             log.info("Event %s cancelled by a hook", event.id)
             event_cancelled.send(app, event=event, reason=error)
+        elif outcome == SPAM:
+            # The reasons may quote the visitor's IP or phone: they stay on the event.
+            log.info("Event %s held as spam; nothing was sent", event.id)
         elif outcome == RETRYING:
             log.warning(
                 "Event %s will be retried at %s (%s)",
@@ -293,7 +304,12 @@ def _run(
                 if not sourced:
                     tag_source(state, client, remaining)
                     sourced = True
-                execute(client, remaining, locks=key_locks(state))
+                execute(
+                    client,
+                    remaining,
+                    locks=key_locks(state),
+                    index=contact_index(state),
+                )
         except CallVetoed as exc:
             # A before_api_call hook refused a request: the events it was for end
             # there; the others go on from where their progress says.
@@ -352,6 +368,22 @@ def _refresh_caches(state: AppState) -> bool:
         log.warning("Could not read the account's metadata again: %s", exc)
         return False
     return True
+
+
+def _screen(state: AppState, event: Event) -> tuple[str, str] | None:
+    """Before an event's first request (nothing of it reached amoCRM yet): record
+    its consent evidence, judge it spam or not, and check the consent its rule
+    requires. Its outcome when it goes no further (``spam``, ``failed``), else
+    ``None``."""
+    if Progress.from_json(event.remote).to_json() != Progress().to_json():
+        return None  # an earlier attempt sent something: it was screened then
+    record_consent(state, event)
+    reasons = screen(state, event)
+    if reasons:
+        return (SPAM, spam_reason(state, reasons))
+    rule = find_rule(state.settings.rules, event.kind, event.source)
+    missing = missing_consent(state, rule, event) if rule is not None else None
+    return (FAILED, missing) if missing else None
 
 
 def _prepare(state: AppState, session: Any, event: Event) -> Delivery | None:

@@ -35,6 +35,7 @@ from ..i18n import N_
 from ..vocabulary import ENTITY, fold
 from .delivery import Delivery
 from .drive import upload_files
+from .index import ContactIndex
 from .lookup import NoLocks, lock_keys, lookup
 from .markers import find_again_or_mark
 
@@ -58,24 +59,35 @@ class Locks(Protocol):
 
 
 def execute(
-    client: AmoClient, deliveries: list[Delivery], *, locks: Locks | None = None
+    client: AmoClient,
+    deliveries: list[Delivery],
+    *,
+    locks: Locks | None = None,
+    index: ContactIndex | None = None,
 ) -> None:
     """Make the calls for every delivery. Errors of one item land on its
     :attr:`Delivery.error`; an error of the whole call is raised.
 
     ``locks`` (:class:`~.lookup.KeyLocks`) serialises duplicate control with other
-    workers; without it, only this batch's own events are kept apart."""
+    workers; without it, only this batch's own events are kept apart. ``index``
+    (:class:`~.index.ContactIndex`) answers the lookups of contacts and companies
+    and learns what the batch creates and updates."""
     for delivery in deliveries:
         delivery.autosave = False
     try:
-        _execute(client, deliveries, locks or NoLocks())
+        _execute(client, deliveries, locks or NoLocks(), index)
     finally:
         _save(deliveries)
         for delivery in deliveries:
             delivery.autosave = True
 
 
-def _execute(client: AmoClient, deliveries: list[Delivery], locks: Locks) -> None:
+def _execute(
+    client: AmoClient,
+    deliveries: list[Delivery],
+    locks: Locks,
+    index: ContactIndex | None,
+) -> None:
     waiting: list[Delivery] = []
     for group in _rounds(deliveries):
         keyed = {
@@ -95,12 +107,14 @@ def _execute(client: AmoClient, deliveries: list[Delivery], locks: Locks) -> Non
                 )
             waiting += busy
             group = [d for d in group if d not in busy]
-            lookup(client, [d for d in group if d.pending("lookup")])
+            lookup(client, [d for d in group if d.pending("lookup")], index)
             _save(group)  # a retry must not decide differently
             _update(client, [d for d in group if d.pending("update")])
             _save(group)
             _create(client, [d for d in group if d.pending("create")])
             _save(group)
+            if index is not None:  # before the locks go: the next worker finds it
+                index.remember(group)
     deliveries = [d for d in deliveries if d not in waiting]
     for step in (_link, _files, _notes, _tasks):
         step(client, [d for d in deliveries if d.pending(step.__name__[1:])])

@@ -7,6 +7,10 @@ event's :class:`~flask_amocrm.progress.Progress` at once (``found``, ``duplicate
 ``duplicate_notes``, ``linked`` and the ids of the entities reused), so a retry never
 decides differently.
 
+With the contact index (:mod:`.index`, ``AMOCRM_INDEX_INTERVAL``), contacts and
+companies are looked up locally and their candidates verified in one call per batch;
+the decision recorded is the same as a search's would be.
+
 Searching costs one GET per value searched: a contact search asks for the contacts'
 leads too (``with=leads``) when the lead's duplicates are looked for among them, and
 those leads are then read for the whole batch in one call.
@@ -32,6 +36,7 @@ from ..hooks import for_events
 from ..i18n import N_
 from ..rules.plan import EntityPlan
 from ..vocabulary import ENTITY
+from .index import ContactIndex, Wanted
 
 if TYPE_CHECKING:
     from ..state import AppState
@@ -52,27 +57,43 @@ LOCK_WAIT = 30.0
 # -- the lookup step -----------------------------------------------------------------
 
 
-def lookup(client: AmoClient, deliveries: list[Delivery]) -> None:
-    """Search the duplicates of each delivery's entities, decide, and record."""
+def lookup(
+    client: AmoClient, deliveries: list[Delivery], index: ContactIndex | None = None
+) -> None:
+    """Search the duplicates of each delivery's entities, decide, and record.
+    With the contact ``index`` (:mod:`.index`), contacts and companies are looked
+    up there and verified in one call per entity type for the batch; what it
+    cannot answer is searched."""
     found: dict[str, dict[str, list[dict[str, Any]]]] = {
         d.request_id: {} for d in deliveries
     }
     contact_leads: dict[str, list[int]] = {d.request_id: [] for d in deliveries}
-    for d in deliveries:
-        for key in ("contact", "company"):
-            entity = d.plan.entity(key)
-            if entity is None or not entity.looks_up:
-                continue
-            with_leads = key == "contact" and _leads_of_contact(d)
-            with for_events([d.event.id]):
-                dups = _search(client, entity, with_leads=with_leads)
-            found[d.request_id][key] = dups
-            if with_leads:
-                contact_leads[d.request_id] += [
-                    lead["id"]
-                    for dup in dups
-                    for lead in (dup.get("_embedded") or {}).get("leads") or []
-                ]
+    wanted = [
+        Wanted(d.request_id, entity, key == "contact" and _leads_of_contact(d))
+        for d in deliveries
+        for key in ("contact", "company")
+        if (entity := d.plan.entity(key)) is not None and entity.looks_up
+    ]
+    answered = {}
+    if index is not None and wanted:
+        # one verification read for the batch: a veto of it is for all of them
+        with for_events(sorted({w.request_id for w in wanted})):
+            answered = index.find(client, wanted)
+    for w in wanted:
+        key, rid = w.entity.key, w.request_id
+        dups = answered.get((rid, key))
+        if dups is None:
+            with for_events([rid]):
+                dups = _search(client, w.entity, with_leads=w.with_leads)
+            if index is not None:
+                index.saw(w.entity.entity, dups)
+        found[rid][key] = dups
+        if w.with_leads:
+            contact_leads[rid] += [
+                lead["id"]
+                for dup in dups
+                for lead in (dup.get("_embedded") or {}).get("leads") or []
+            ]
     _contacts_leads_by_id(client, deliveries, contact_leads)
     leads = _read_leads(
         client, sorted({i for ids in contact_leads.values() for i in ids})

@@ -6,6 +6,8 @@ Every :data:`TICK` seconds a ``tick`` job (scheduled by ``flask amocrm worker
 - ``rq`` mode: the sweeper queues events that are due and have no job;
 - ``deferred`` mode (the agent): a batch of ``AMOCRM_BATCH_SIZE`` events is delivered
   every ``AMOCRM_AGENT_INTERVAL`` seconds;
+- the contact index (:mod:`.index`): a few pages of its fill every tick until it is
+  complete, then a poll for changed contacts every ``AMOCRM_INDEX_INTERVAL`` seconds;
 - hourly: delivered events and API log rows past ``AMOCRM_RETENTION_DAYS`` are purged,
   and an OAuth token is refreshed before amoCRM's three-month expiry (keep-alive);
 - every ``AMOCRM_RECONCILE_INTERVAL`` seconds: amoCRM's events log is read for the
@@ -33,6 +35,7 @@ from ..outbox import load_spool
 from ..state import AppState
 from .agent import process
 from .dispatch import hand_off_changes
+from .index import refresh as refresh_index
 from .outage import alert_auth_failure
 from .queue import get_queue, job_name
 from .reconcile import reconcile
@@ -77,6 +80,7 @@ def tick(state: AppState) -> dict[str, int]:
     ):
         done.update(process(state, state.settings.batch_size))
     done.update(reconcile_due(state))
+    done.update(refresh_index(state))
     done.update(housekeeping(state))
     return done
 

@@ -3,11 +3,19 @@ values of a field in what the sandbox holds."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, current_app, request
 
 from flask_amocrm import Event, form_submitted
+from flask_amocrm.amo import client_for
+from flask_amocrm.state import get_state
+from flask_amocrm.worker import index
+
+#: How duplicate tests run: searching amoCRM (the contact index off), and with a
+#: complete contact index.
+INDEX_MODES = ("search", "index")
 
 
 def form_site(make_app: Any, rules: dict[str, Any] | str, **config: Any) -> Flask:
@@ -43,3 +51,30 @@ def field_values(entity: dict[str, Any], name: str) -> list[Any]:
         if name in (item.get("field_name"), item.get("field_code")):
             return [v.get("value") for v in item["values"]]
     return []
+
+
+def fill_index(app: Flask) -> int:
+    """Fill ``app``'s contact index to the end, as the ticks would; the pages read."""
+    with app.app_context():
+        state = get_state(app)
+        client = client_for(state)
+        pages = 0
+        while index.complete_since(state) is None:
+            pages += index.fill_step(state, client)
+        return pages
+
+
+def index_mode(make_app: Callable[..., Flask], mode: str) -> Callable[..., Flask]:
+    """``make_app`` for one of :data:`INDEX_MODES`: ``search`` sets
+    ``AMOCRM_INDEX_INTERVAL = 0``; ``index`` fills the app's index when it is made
+    (from what the sandbox holds then)."""
+
+    def factory(**config: Any) -> Flask:
+        if mode == "search":
+            config.setdefault("AMOCRM_INDEX_INTERVAL", 0)
+        app = make_app(**config)
+        if mode == "index":
+            fill_index(app)
+        return app
+
+    return factory

@@ -23,7 +23,9 @@ from ..templates import render_value
 def template_variables(event: Any) -> dict[str, Any]:
     """The names a rule's templates see: the event's ``data``, ``form`` or ``event``
     (its source), ``mail``, the visit (``utm``, ``utm_first``, ``page``, ``site``,
-    ``client``, ``cookies``), ``files``, ``sent_at`` and ``event_uid``."""
+    ``client``, ``cookies``), ``files``, ``sent_at``, ``event_uid``, and the consent
+    evidence the worker recorded (``consent``: per field ``given``, ``value``,
+    ``version``, ``at``, ``ip``; ``consent_text``: one line per field, for a note)."""
     context = event.context or {}
     data = event.data or {}
     mail = data.get("mail", {}) if event.kind == "mail" else {}
@@ -48,6 +50,8 @@ def template_variables(event: Any) -> dict[str, Any]:
         "files": event.files or [],
         "sent_at": context.get("captured_at"),
         "event_uid": getattr(event, "uid", None),
+        "consent": context.get("consent") or {},
+        "consent_text": context.get("consent_text") or "",
     }
 
 
