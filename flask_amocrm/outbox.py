@@ -62,6 +62,7 @@ from .models import (
     PENDING,
     PROCESSING,
     RETRYING,
+    SPAM,
     Event,
     utcnow,
 )
@@ -603,8 +604,9 @@ def _indexed(
 CANCELLABLE = (PENDING, RETRYING, FAILED)
 #: The statuses an event can be made due again in (``flask amocrm retry``, the
 #: admin's retry): never ``delivered`` (its signals and hooks ran once) nor
-#: ``processing`` (a worker holds it); a hook's cancel is asked again.
-RETRYABLE = (FAILED, IGNORED, CANCELLED, RETRYING, PENDING)
+#: ``processing`` (a worker holds it); a hook's cancel is asked again, and a spam
+#: event is judged again (docs/spam.md; ``release`` delivers it unjudged).
+RETRYABLE = (FAILED, IGNORED, CANCELLED, RETRYING, PENDING, SPAM)
 
 
 def cancel(state: AppState, event_id: int, reason: str) -> bool:
