@@ -81,7 +81,11 @@ def _check_rule(rule: dict[str, Any], names: AccountNames, where: str) -> list[s
             problems += _pipeline(section, names, path)
     tracking = rule.get("tracking", True)
     for tag, (field, explicit) in tracking_targets(tracking).items():
-        if explicit and field is not False and names.field("leads", field) is None:
+        if (
+            explicit
+            and field not in (False, "note")
+            and names.field("leads", field) is None
+        ):
             problems.append(
                 f"{where}.tracking.{tag}: the leads have no field {field!r}"
             )

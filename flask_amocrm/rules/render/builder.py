@@ -22,7 +22,7 @@ from ..templates import render_value
 def template_variables(event: Any) -> dict[str, Any]:
     """The names a rule's templates see: the event's ``data``, ``form`` or ``event``
     (its source), ``mail``, the visit (``utm``, ``utm_first``, ``page``, ``site``,
-    ``client``, ``cookies``), ``files``, ``sent_at`` and ``event_uid``."""
+    ``client``, ``cookies``, ``journey``), ``files``, ``sent_at`` and ``event_uid``."""
     context = event.context or {}
     data = event.data or {}
     mail = data.get("mail", {}) if event.kind == "mail" else {}
@@ -44,6 +44,7 @@ def template_variables(event: Any) -> dict[str, Any]:
         "site": context.get("site", {}),
         "client": context.get("client", {}),
         "cookies": context.get("cookies", {}),
+        "journey": context.get("journey") or {},
         "files": event.files or [],
         "sent_at": context.get("captured_at"),
         "event_uid": getattr(event, "uid", None),
@@ -85,6 +86,9 @@ class PlanBuilder:
         self.unsorted = unsorted_on(rule)
         #: The rule's default ``responsible``, once resolved: ``(done, user id)``.
         self.default_user: tuple[bool, int | None] = (False, None)
+        #: Ad marks that go to a line of the lead's note (``tracking`` maps them to
+        #: ``"note"``, or they have no standard tracking field): ``(mark, value)``.
+        self.mark_lines: list[tuple[str, str]] = []
 
     def render(self, value: Any, where: str, *, escape: bool = False) -> Any:
         """``value`` with its templates rendered (lists and tables item by item)."""
