@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import time
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from flask import Flask, g, redirect
+from flask import Flask, g, redirect, session
 from itsdangerous import Signer
 
 from flask_amocrm.testing import deliver_pending
@@ -102,8 +104,6 @@ def test_a_ga4_cookie_and_a_mark_in_the_session(
 
     @app.get("/set-session")
     def set_session() -> str:
-        from flask import session
-
         session["yclid"] = "777"
         return "<html></html>"
 
@@ -218,9 +218,30 @@ def test_the_journey_of_a_four_page_visit_is_in_the_leads_note(
     assert journey["referrer"] == "https://ya.ru/"
     assert journey["count"] == 4
     _lead, [note] = _deliver(app, fast_sandbox)
-    assert (
-        "Path: /sofas?utm_source=ya → /sofas/aurora → /cart → /checkout, 0 s"
-        in note.splitlines()
+    assert re.search(
+        r"^Path: /sofas\?utm_source=ya → /sofas/aurora → /cart → /checkout, \d s$",
+        note,
+        re.M,
+    )
+
+
+def test_a_long_visit_is_told_in_minutes_and_its_landing_kept(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    app = _site(make_app, AMOCRM_LOCALE="ru")
+    client = app.test_client()
+    now = int(time.time())
+    pages = [["/sofas/aurora", "Sofa Aurora", 300], ["/cart", "", 350]]
+    value = {"s": now - 360, "t": now - 10, "l": "/?utm_source=ya", "r": ""}
+    value.update(n=7, p=pages)
+    client.set_cookie("amocrm_journey", _signed("test", JOURNEY_SALT, value))
+    client.get("/checkout")
+    client.post("/form/callback", data={"name": "Kit", "phone": "+79120001129"})
+    _lead, [note] = _deliver(app, fast_sandbox)
+    assert re.search(
+        r"^Путь: /\?utm_source=ya → … → /sofas/aurora → /cart → /checkout, 6 мин$",
+        note,
+        re.M,
     )
 
 
@@ -233,7 +254,7 @@ def test_the_path_note_is_in_russian_when_the_site_is(
     client.get("/cart")
     client.post("/form/callback", data={"name": "Gus", "phone": "+79120001127"})
     _lead, [note] = _deliver(app, fast_sandbox)
-    assert "Путь: /sofas → /cart, 0 с" in note.splitlines()
+    assert re.search(r"^Путь: /sofas → /cart, \d с$", note, re.M)
 
 
 def test_the_journey_cookie_stays_under_2_kb_after_100_pages(make_app: Any) -> None:
@@ -333,3 +354,22 @@ def test_bad_settings_fail_at_init_naming_the_key(
 ) -> None:
     with pytest.raises(RuntimeError, match=problem.replace(".", r"\.")):
         make_app(**config)
+
+
+def test_the_admin_page_shows_the_idn_domain_and_the_path(make_app: Any) -> None:
+    app = _site(make_app, AMOCRM_ADMIN_AUTH=lambda: True)
+    client = app.test_client()
+    idn = "http://xn--80aswg.xn--p1ai/"
+    client.get("/sofas", base_url=idn)
+    client.get("/sofas/aurora", base_url=idn)
+    # the admin pages are not part of the visitor's path
+    assert client.get("/amocrm/admin/events", base_url=idn).status_code == 200
+    client.post("/form/callback", data={"name": "Jo"}, base_url=idn)
+    [event] = stored_events(app)
+    assert [p["path"] for p in event.context["journey"]["pages"]] == [
+        "/sofas",
+        "/sofas/aurora",
+    ]
+    page = client.get(f"/amocrm/admin/events/{event.id}").get_data(as_text=True)
+    assert "сайт.рф" in page and "xn--80aswg" not in page
+    assert re.search(r"Path: /sofas → /sofas/aurora, \d s", page)
