@@ -159,13 +159,40 @@ def campaign_from_query(
 ) -> dict[str, str]:
     """The ad marks present in the request's query string (the first value of
     each), in one pass over it."""
-    by_query = _marks(marks).by_query
+    kept = _marks(marks)
+    by_query = kept.by_query
     found: dict[str, str] = {}
     for key, value in req.args.items():
         name = by_query.get(key)
         if name is not None and name not in found and value.strip():
             found[name] = _mark_value(name, value)
+    if "_openstat" in found:
+        _split_openstat(found, kept.names)
     return found
+
+
+_OPENSTAT_PARTS = (
+    "openstat_service",
+    "openstat_campaign",
+    "openstat_ad",
+    "openstat_source",
+)
+
+
+def _split_openstat(found: dict[str, str], names: frozenset[str]) -> None:
+    """``_openstat`` is ``service;campaign;ad;source`` in base64: its parts fill the
+    ``openstat_*`` marks the query did not give (when the site keeps them)."""
+    raw = found["_openstat"]
+    try:
+        text = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_")
+        parts = text.decode("utf-8").split(";")
+    except (ValueError, UnicodeDecodeError):
+        return  # not base64: kept as it came
+    if len(parts) != 4:
+        return
+    for name, part in zip(_OPENSTAT_PARTS, parts, strict=True):
+        if name in names and part.strip():
+            found.setdefault(name, _clean(part))
 
 
 class _Signer(Signer):

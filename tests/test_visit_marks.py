@@ -373,3 +373,21 @@ def test_the_admin_page_shows_the_idn_domain_and_the_path(make_app: Any) -> None
     page = client.get(f"/amocrm/admin/events/{event.id}").get_data(as_text=True)
     assert "сайт.рф" in page and "xn--80aswg" not in page
     assert re.search(r"Path: /sofas → /sofas/aurora, \d s", page)
+
+
+def test_openstat_is_split_into_its_marks(make_app: Any, fast_sandbox: Any) -> None:
+    app = _site(make_app)
+    client = app.test_client()
+    openstat = base64.urlsafe_b64encode(b"direct.yandex.ru;4321;98765;site.ru").decode()
+    client.get(f"/?_openstat={openstat.rstrip('=')}")
+    client.get("/?_openstat=not-base64!")
+    client.post("/form/callback", data={"name": "Lu", "phone": "+79120001130"})
+    [event] = stored_events(app)
+    assert event.context["utm_first"] == {
+        "_openstat": openstat.rstrip("="),
+        "openstat_service": "direct.yandex.ru",
+        "openstat_campaign": "4321",
+        "openstat_ad": "98765",
+        "openstat_source": "site.ru",
+    }
+    assert event.context["utm"] == {"_openstat": "not-base64!"}
