@@ -19,6 +19,7 @@ from flask import Flask, current_app
 from .alerts import ALERT_HEADER
 from .config import Settings
 from .errors import describe
+from .i18n import N_
 from .models import Event
 from .outbox import (
     MAX_DEPTH,
@@ -145,7 +146,9 @@ def capture(
     except Exception as exc:
         log.exception("Flask-AmoCRM could not read the uploads of an event")
         record["files"] = []
-        notes.append(f"the uploads could not be read ({type(exc).__name__})")
+        notes.append(
+            N_("the uploads could not be read (%(error)s)", error=type(exc).__name__)
+        )
     record["context"] = _context(state, values, notes)
     record["log"] = append_log([], notes)
     try:
@@ -173,7 +176,12 @@ def _data(
     try:
         values = plain(data) if data is not None else {}
     except Exception as exc:
-        notes.append(f"the data could not be read as fields ({type(exc).__name__})")
+        notes.append(
+            N_(
+                "the data could not be read as fields (%(error)s)",
+                error=type(exc).__name__,
+            )
+        )
         values = {"value": as_text(data)}
     if not isinstance(values, dict):
         values = {"value": values}
@@ -182,7 +190,9 @@ def _data(
         try:
             values.setdefault("mail", plain(_message_fields(message)))
         except Exception as exc:
-            notes.append(f"the mail could not be read ({type(exc).__name__})")
+            notes.append(
+                N_("the mail could not be read (%(error)s)", error=type(exc).__name__)
+            )
     try:
         result = bounded(
             values,
@@ -191,7 +201,9 @@ def _data(
             notes=notes,
         )
     except Exception as exc:
-        notes.append(f"the data was kept as text ({type(exc).__name__})")
+        notes.append(
+            N_("the data was kept as text (%(error)s)", error=type(exc).__name__)
+        )
         return {"value": as_text(values)[: settings.max_value_length]}
     assert isinstance(result, dict)
     return result
@@ -218,7 +230,9 @@ def _context(state: AppState, values: dict[str, Any], notes: list[str]) -> Any:
         )
     except Exception as exc:
         log.exception("Flask-AmoCRM could not read the visit of an event")
-        notes.append(f"the visit could not be read ({type(exc).__name__})")
+        notes.append(
+            N_("the visit could not be read (%(error)s)", error=type(exc).__name__)
+        )
         return blank_context(settings.site_name)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from .amo.connect import exchange_code
 from .amo.metadata import clear_metadata, sync_metadata
 from .changes import SIGNALS, WEBHOOK_CODES, webhook_codes
 from .errors import AmoCRMError, NotFoundError
+from .i18n import N_, _, localize, ngettext
 from .importer import import_rows, read_rows
 from .models import (
     CANCELLED,
@@ -29,6 +31,8 @@ from .models import (
     PENDING,
     PROCESSING,
     RETRYING,
+    SPAM,
+    STATUS_LABELS,
     STATUSES,
     Event,
     InboundChange,
@@ -39,7 +43,8 @@ from .rules.schema import find_rule
 from .state import AppState, get_state
 from .worker.agent import process
 from .worker.amo_worker import AmoWorker
-from .worker.dispatch import hand_off_many
+from .worker.deliver import deliver_events
+from .worker.dispatch import hand_off_many, release
 from .worker.dispatch import retry as retry_events
 from .worker.health import check_account, listening_workers, waiting_since
 from .worker.markers import forget_marker_field
@@ -72,15 +77,32 @@ def _safe_url(url: str) -> str:
 
 def _redis_down(state: AppState, exc: Exception) -> click.ClickException:
     return click.ClickException(
-        f"Redis at {_safe_url(state.settings.redis_url or '')} does not answer "
-        f"({type(exc).__name__}): start it, or correct AMOCRM_REDIS_URL."
+        _(
+            "Redis at %(url)s does not answer (%(error)s): start it, or correct "
+            "AMOCRM_REDIS_URL.",
+            url=_safe_url(state.settings.redis_url or ""),
+            error=type(exc).__name__,
+        )
     )
+
+
+#: How a person reads the counts of ``process`` and the housekeeping (the key with
+#: spaces for the underscores, in English).
+COUNT_LABELS = {
+    **STATUS_LABELS,
+    "spooled": N_("spooled"),
+    "queued": N_("queued"),
+    "purged_events": N_("purged events"),
+    "purged_api_log": N_("purged api log"),
+    "keep_alive": N_("keep alive"),
+}
 
 
 def _echo_counts(counts: dict[str, Any]) -> None:
     """One ``what: how many`` line per count."""
     for key in sorted(counts):
-        click.echo(f"{key.replace('_', ' ')}: {counts[key]}")
+        label = COUNT_LABELS.get(key)
+        click.echo(f"{_(label) if label else key.replace('_', ' ')}: {counts[key]}")
 
 
 def _one_line(text: str | None, limit: int = 160) -> str:
@@ -93,7 +115,7 @@ def _one_line(text: str | None, limit: int = 160) -> str:
 def init_db() -> None:
     """Create the amocrm_* tables that do not exist yet."""
     get_state().create_tables()
-    click.echo("Flask-AmoCRM tables are ready.")
+    click.echo(_("Flask-AmoCRM tables are ready."))
 
 
 @amocrm_cli.command("worker")
@@ -118,8 +140,10 @@ def worker(burst: bool, with_scheduler: bool, maintenance_interval: int) -> None
     state = get_state()
     if not state.settings.redis_url:
         raise click.UsageError(
-            "AMOCRM_REDIS_URL is not set: the worker needs Redis. "
-            "Without Redis use 'flask amocrm process'."
+            _(
+                "AMOCRM_REDIS_URL is not set: the worker needs Redis. Without "
+                "Redis use 'flask amocrm process'."
+            )
         )
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
@@ -180,7 +204,7 @@ def process_command(limit: int | None, everything: bool) -> None:
 def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
     """Make a failed (or waiting) event due again, once its rule is fixed."""
     if (event_id is not None) + all_failed + all_ignored != 1:
-        raise click.UsageError("Give an event id, --failed or --ignored.")
+        raise click.UsageError(_("Give an event id, --failed or --ignored."))
     state = get_state()
     if all_failed or all_ignored:
         ids = retry_events(state, status=FAILED if all_failed else IGNORED)
@@ -188,13 +212,65 @@ def retry(event_id: int | None, all_failed: bool, all_ignored: bool) -> None:
         assert event_id is not None
         ids = retry_events(state, ids=[event_id])
         if not ids:
-            raise click.ClickException(f"There is no event {event_id}.")
-    click.echo(f"{len(ids)} event(s) will be retried.")
+            raise click.ClickException(_("There is no event %(id)s.", id=event_id))
+    click.echo(
+        ngettext(
+            "%(count)s event(s) will be retried.",
+            "%(count)s event(s) will be retried.",
+            len(ids),
+        )
+    )
     if state.settings.rules_file:
         click.echo(
-            "Workers read the rules file again before their next batch when it "
-            "changed (see 'flask amocrm status')."
+            _(
+                "Workers read the rules file again before their next batch when "
+                "it changed (see 'flask amocrm status')."
+            )
         )
+
+
+@amocrm_cli.command("release")
+@click.argument("event_id", type=int)
+@click.option(
+    "--by",
+    "who",
+    default=None,
+    help="Who releases it, for the event's log (default: the system user).",
+)
+def release_command(event_id: int, who: str | None) -> None:
+    """Deliver an event held as spam that is not spam: it is sent without being
+    judged again."""
+    state = get_state()
+    who = " ".join((who or _system_user()).split())[:200] or "cli"
+    if not release(state, event_id, who):
+        with state.session() as session:
+            found = session.get(Event, event_id)
+        if found is None:
+            raise click.ClickException(_("There is no event %(id)s.", id=event_id))
+        raise click.ClickException(
+            _(
+                "Event %(id)s is %(status)s, not spam: nothing to release.",
+                id=event_id,
+                status=_(STATUS_LABELS.get(found.status, found.status)),
+            )
+        )
+    if state.settings.delivery == "inline":
+        outcome = deliver_events([event_id]).get(event_id, "skipped")
+        shown = _(STATUS_LABELS[outcome]) if outcome in STATUS_LABELS else outcome
+        click.echo(_("Event %(id)s released: %(status)s.", id=event_id, status=shown))
+    elif state.settings.delivery == "rq":
+        click.echo(_("Event %(id)s released: a worker will deliver it.", id=event_id))
+    else:
+        click.echo(
+            _("Event %(id)s released: the next agent run delivers it.", id=event_id)
+        )
+
+
+def _system_user() -> str:
+    try:
+        return f"{getpass.getuser()} (cli)"
+    except (KeyError, OSError):  # no user name in a container
+        return "cli"
 
 
 @amocrm_cli.command("import")
@@ -207,21 +283,42 @@ def import_command(path: str) -> None:
 
     def report(problem: str) -> None:
         bad.append(problem)
-        click.echo(f"{path}: {problem} (skipped)", err=True)
+        click.echo(
+            _(
+                "%(path)s: %(problem)s (skipped)",
+                path=path,
+                problem=localize(problem),
+            ),
+            err=True,
+        )
 
     # read as a stream: the rows are stored a chunk at a time
     added, skipped = import_rows(state, read_rows(path, on_error=report))
-    click.echo(f"{len(added)} event(s) imported, {skipped} already imported before.")
+    click.echo(
+        ngettext(
+            "%(count)s event(s) imported, %(skipped)s already imported before.",
+            "%(count)s event(s) imported, %(skipped)s already imported before.",
+            len(added),
+            skipped=skipped,
+        )
+    )
     if bad:
-        click.echo(f"{len(bad)} row(s) skipped: see the lines above.", err=True)
+        click.echo(
+            ngettext(
+                "%(count)s row(s) skipped: see the lines above.",
+                "%(count)s row(s) skipped: see the lines above.",
+                len(bad),
+            ),
+            err=True,
+        )
     mode = state.settings.delivery
     if mode == "rq":
-        with click.progressbar(added, label="Queueing") as ids:
+        with click.progressbar(added, label=_("Queueing")) as ids:
             hand_off_many(state, ids)
     elif mode == "inline":
         _echo_counts(process(state, None))
     else:
-        click.echo("They will be delivered by the next agent run.")
+        click.echo(_("They will be delivered by the next agent run."))
     if bad:
         raise SystemExit(1)
 
@@ -240,6 +337,7 @@ def status() -> None:
             )
             failed = _listed(session, Event.status == FAILED)
             cancelled = _listed(session, Event.status == CANCELLED)
+            spam = _listed(session, Event.status == SPAM)
             hold = on_hold(state)
             stuck = _listed(
                 session,
@@ -248,31 +346,59 @@ def status() -> None:
             switches = switched_off(state)
     except DBAPIError as exc:
         raise _database_problem(state, exc) from None
+    labels = {name: _(STATUS_LABELS[name]) for name in STATUSES}
+    width = max(11, *(len(label) + 1 for label in labels.values()))
     for name in STATUSES:
-        click.echo(f"{name:<11}{rows.get(name, 0)}")
+        click.echo(f"{labels[name]:<{width}}{rows.get(name, 0)}")
     if failed:
-        click.echo(f"Failed ({rows.get(FAILED, 0)}), newest first:")
+        click.echo(_("Failed (%(count)s), newest first:", count=rows.get(FAILED, 0)))
         for event in failed:
             click.echo("  " + _event_line(event, event.last_error))
     if cancelled:
-        click.echo(f"Cancelled by a hook ({rows.get(CANCELLED, 0)}), newest first:")
+        click.echo(
+            _(
+                "Cancelled by a hook (%(count)s), newest first:",
+                count=rows.get(CANCELLED, 0),
+            )
+        )
         for event in cancelled:
+            click.echo("  " + _event_line(event, event.last_error))
+    if spam:
+        click.echo(
+            _(
+                "Held as spam (%(count)s), newest first ('flask amocrm release ID' "
+                "delivers one that is not):",
+                count=rows.get(SPAM, 0),
+            )
+        )
+        for event in spam:
             click.echo("  " + _event_line(event, event.last_error))
     for switch in switches:
         click.echo(
-            f"Switched off: {switch.what}: {switch.waiting} event(s) wait, "
-            "delivered once it is switched on again"
+            ngettext(
+                "Switched off: %(what)s: %(count)s event(s) wait, delivered once it "
+                "is switched on again",
+                "Switched off: %(what)s: %(count)s event(s) wait, delivered once it "
+                "is switched on again",
+                switch.waiting,
+                what=switch.what,
+            )
         )
     if stuck:
-        click.echo(f"Stuck: due {_minutes(STUCK_AFTER)} ago or more, not delivered:")
+        click.echo(
+            _(
+                "Stuck: due %(minutes)s ago or more, not delivered:",
+                minutes=_minutes(STUCK_AFTER),
+            )
+        )
         for event in stuck:
             click.echo("  " + _event_line(event, _stuck_reason(event)))
     outage = current_outage(state)
     if outage:
-        click.echo(f"amoCRM outage going on: {outage}")
+        click.echo(_("amoCRM outage going on: %(reason)s", reason=outage))
     pause = paused(state)
     if pause:
-        click.echo(f"Requests paused after a block: {pause}")
+        click.echo(_("Requests paused after a block: %(reason)s", reason=pause))
     if state.settings.delivery == "rq":
         _warn_without_worker(state)
     rules = rules_age(state)
@@ -299,24 +425,26 @@ def _stuck_clause() -> Any:
 
 
 def _minutes(delta: timedelta) -> str:
-    return f"{int(delta.total_seconds() // 60)} min"
+    return _("%(count)s min", count=int(delta.total_seconds() // 60))
 
 
 def _event_line(event: Event, reason: str | None) -> str:
     """Id, form, when and why: never the event's data (personal data)."""
     when = f"{event.created_at:%Y-%m-%d %H:%M} UTC" if event.created_at else "-"
+    label = STATUS_LABELS.get(event.status)
+    status = _(label) if label else event.status
     return (
-        f"#{event.id} {event.status} {event.kind} {_one_line(event.source, 60)} "
-        f"{when}: {_one_line(reason) or 'no reason stored'}"
+        f"#{event.id} {status} {event.kind} {_one_line(event.source, 60)} "
+        f"{when}: {_one_line(reason) or _('no reason stored')}"
     )
 
 
 def _stuck_reason(event: Event) -> str:
     if event.status == PROCESSING:
-        return "a worker took it and has not finished (retried when its lease ends)"
+        return _("a worker took it and has not finished (retried when its lease ends)")
     if event.last_error:
         return event.last_error
-    return "no worker or agent run has taken it"
+    return _("no worker or agent run has taken it")
 
 
 def _database_problem(state: AppState, exc: DBAPIError) -> click.ClickException:
@@ -326,11 +454,16 @@ def _database_problem(state: AppState, exc: DBAPIError) -> click.ClickException:
         exists = True
     if not exists:
         return click.ClickException(
-            "The amocrm_* tables do not exist yet: run 'flask amocrm init-db' "
-            "(or your migrations)."
+            _(
+                "The amocrm_* tables do not exist yet: run 'flask amocrm init-db' "
+                "(or your migrations)."
+            )
         )
     return click.ClickException(
-        f"The events database cannot be read: {type(exc.orig).__name__}."
+        _(
+            "The events database cannot be read: %(error)s.",
+            error=type(exc.orig).__name__,
+        )
     )
 
 
@@ -338,12 +471,15 @@ def _warn_without_worker(state: AppState) -> None:
     try:
         workers = listening_workers(state)
     except RedisError as exc:
-        click.echo(f"warning: {_redis_down(state, exc).message}")
+        click.echo(_("warning: %(problem)s", problem=_redis_down(state, exc).message))
         return
     if not workers:
         click.echo(
-            f"warning: no worker is listening on queue {state.settings.queue!r}: "
-            "events wait until 'flask amocrm worker' runs."
+            _(
+                "warning: no worker is listening on queue %(queue)s: events wait "
+                "until 'flask amocrm worker' runs.",
+                queue=repr(state.settings.queue),
+            )
         )
 
 
@@ -358,24 +494,34 @@ def auth_command(code: str | None) -> None:
     settings = state.settings
     if not settings.client_id:
         raise click.UsageError(
-            "AMOCRM_CLIENT_ID is not set: this app uses a "
-            "long-lived token (AMOCRM_TOKEN), nothing to connect."
+            _(
+                "AMOCRM_CLIENT_ID is not set: this app uses a long-lived token "
+                "(AMOCRM_TOKEN), nothing to connect."
+            )
         )
     if not code:
         click.echo(
-            "Open this address, allow access, and run "
-            "'flask amocrm auth CODE' with the code you get (valid 20 minutes):"
+            _(
+                "Open this address, allow access, and run 'flask amocrm auth CODE' "
+                "with the code you get (valid 20 minutes):"
+            )
         )
         click.echo(authorize_url(settings))
         return
     try:
         row = exchange_code(state, code)
     except AmoCRMError as exc:
-        raise click.ClickException(f"amoCRM refused the code: {exc}") from None
+        raise click.ClickException(
+            _("amoCRM refused the code: %(error)s", error=localize(exc))
+        ) from None
     reconnected(state)
     click.echo(
-        f"Connected to {row.base_url}; the access token expires at "
-        f"{row.expires_at:%Y-%m-%d %H:%M} UTC and is refreshed automatically."
+        _(
+            "Connected to %(url)s; the access token expires at %(when)s UTC and is "
+            "refreshed automatically.",
+            url=row.base_url,
+            when=format(row.expires_at, "%Y-%m-%d %H:%M"),
+        )
     )
 
 
@@ -390,13 +536,22 @@ def sync_command() -> None:
     try:
         meta = sync_metadata(state)
     except AmoCRMError as exc:
-        raise click.ClickException(f"Could not read the account: {exc}") from None
+        raise _unreadable_account(exc) from None
     fields = sum(
         len(meta.fields(entity)) for entity in ("leads", "contacts", "companies")
     )
-    click.echo(
-        f"{len(meta.pipelines)} pipelines, {len(meta.users)} users, "
-        f"{fields} custom fields, {len(meta.task_types)} task types."
+    counted = [
+        ngettext("%(count)s pipeline", "%(count)s pipelines", len(meta.pipelines)),
+        ngettext("%(count)s user", "%(count)s users", len(meta.users)),
+        ngettext("%(count)s custom field", "%(count)s custom fields", fields),
+        ngettext("%(count)s task type", "%(count)s task types", len(meta.task_types)),
+    ]
+    click.echo(", ".join(counted) + ".")
+
+
+def _unreadable_account(exc: AmoCRMError) -> click.ClickException:
+    return click.ClickException(
+        _("Could not read the account: %(error)s", error=localize(exc))
     )
 
 
@@ -408,12 +563,18 @@ def check_command() -> None:
     try:
         problems = check_account(state)
     except AmoCRMError as exc:
-        raise click.ClickException(f"Could not read the account: {exc}") from None
+        raise _unreadable_account(exc) from None
     for problem in problems:
-        click.echo(problem)
+        click.echo(localize(problem))
     if problems:
-        raise click.ClickException(f"{len(problems)} problem(s) in AMOCRM_RULES.")
-    click.echo("The rules match the account.")
+        raise click.ClickException(
+            ngettext(
+                "%(count)s problem(s) in AMOCRM_RULES.",
+                "%(count)s problem(s) in AMOCRM_RULES.",
+                len(problems),
+            )
+        )
+    click.echo(_("The rules match the account."))
 
 
 @amocrm_cli.command("preview")
@@ -443,13 +604,15 @@ def preview_command(
     try:
         data = json.loads(data_json)
     except ValueError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
+        raise click.BadParameter(
+            _("not JSON: %(error)s", error=exc), param_hint="--data"
+        ) from None
     if not isinstance(data, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--data")
+        raise click.BadParameter(_("must be a JSON object"), param_hint="--data")
     if subject is not None:
         if not mail:
             raise click.BadParameter(
-                "is for a mail: add --mail", param_hint="--subject"
+                _("is for a mail: add --mail"), param_hint="--subject"
             )
         message = data.get("mail")
         data["mail"] = {
@@ -459,21 +622,29 @@ def preview_command(
     kind = "mail" if mail else "form"
     rule = find_rule(state.settings.rules, kind, source)
     if rule is None:
-        raise click.ClickException(f"There is no rule for {kind} {source!r}.")
+        raise click.ClickException(
+            _(
+                "There is no rule for %(kind)s %(source)s.",
+                kind=kind,
+                source=repr(source),
+            )
+        )
     try:
         result = preview(state, rule, kind=kind, source=source, data=data, page=page)
     except AmoCRMError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(localize(exc)) from None
     for warning in result.warnings:
-        click.echo(f"warning: {warning}")
+        click.echo(_("warning: %(problem)s", problem=localize(warning)))
     for line in result.log:
-        click.echo(f"note: {line}")
+        click.echo(_("note: %(line)s", line=localize(line)))
     for call in result.calls:
         click.echo(f"{call.method} {call.target}")
         if call.body is not None:
             click.echo(json.dumps(call.body, ensure_ascii=False, indent=2))
     if result.error is not None:
-        raise click.ClickException(f"the event would fail: {result.error}")
+        raise click.ClickException(
+            _("the event would fail: %(error)s", error=localize(result.error))
+        )
 
 
 # -- the way back: amoCRM's webhooks (docs/webhooks.md) -------------------------------
@@ -496,7 +667,8 @@ def _site_url(url: str | None) -> str:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise click.BadParameter(
-                f"must be an http(s) address, not {url!r}", param_hint="--url"
+                _("must be an http(s) address, not %(url)s", url=repr(url)),
+                param_hint="--url",
             )
         return url.rstrip("/")
     state = get_state()
@@ -508,8 +680,10 @@ def _site_url(url: str | None) -> str:
         root = str(app.config.get("APPLICATION_ROOT") or "/").strip("/")
         return f"{scheme}://{server}" + (f"/{root}" if root else "")
     raise click.UsageError(
-        "The site's public address is not known: give --url, or set "
-        "AMOCRM_WEBHOOK_URL (or SERVER_NAME)."
+        _(
+            "The site's public address is not known: give --url, or set "
+            "AMOCRM_WEBHOOK_URL (or SERVER_NAME)."
+        )
     )
 
 
@@ -518,9 +692,11 @@ def _destination(url: str | None) -> str:
     state = get_state()
     if not state.settings.webhook_secret:
         raise click.UsageError(
-            "AMOCRM_WEBHOOK_SECRET is not set, so the site has no webhook endpoint: "
-            "set it to a long random string (python -c 'import secrets; "
-            "print(secrets.token_urlsafe(32))')."
+            _(
+                "AMOCRM_WEBHOOK_SECRET is not set, so the site has no webhook "
+                "endpoint: set it to a long random string (python -c 'import "
+                "secrets; print(secrets.token_urlsafe(32))')."
+            )
         )
     return (
         f"{_site_url(url)}{state.settings.webhook_path}/{state.settings.webhook_secret}"
@@ -551,16 +727,21 @@ def webhooks_install(url: str | None, events: tuple[str, ...]) -> None:
     codes = list(events) or webhook_codes(listened(state))
     if not codes:
         raise click.UsageError(
-            "No receiver is connected to any of the signals "
-            f"{', '.join(SIGNALS)}: connect one when the app is created, or "
-            "name the events with --event."
+            _(
+                "No receiver is connected to any of the signals %(signals)s: "
+                "connect one when the app is created, or name the events with "
+                "--event.",
+                signals=", ".join(SIGNALS),
+            )
         )
     try:
         hook = client_for(state).subscribe_webhook(destination, codes)
     except AmoCRMError as exc:
-        raise click.ClickException(f"amoCRM refused the webhook: {exc}") from None
-    click.echo(f"Registered {_shown(destination)}")
-    click.echo(f"events: {', '.join(hook.get('settings') or codes)}")
+        raise click.ClickException(
+            _("amoCRM refused the webhook: %(error)s", error=localize(exc))
+        ) from None
+    click.echo(_("Registered %(url)s", url=_shown(destination)))
+    click.echo(_("events: %(codes)s", codes=", ".join(hook.get("settings") or codes)))
 
 
 @webhooks_cli.command("status")
@@ -576,10 +757,12 @@ def webhooks_status(url: str | None) -> None:
     try:
         hooks = client_for(state).webhooks()
     except AmoCRMError as exc:
-        raise click.ClickException(f"Could not read the webhooks: {exc}") from None
+        raise click.ClickException(
+            _("Could not read the webhooks: %(error)s", error=localize(exc))
+        ) from None
     ours = [h for h in hooks if h.get("destination") == destination]
     if not ours:
-        click.echo("This site's webhook is not registered with amoCRM.")
+        click.echo(_("This site's webhook is not registered with amoCRM."))
     for hook in hooks:
         mine = hook.get("destination") == destination
         where = (
@@ -587,8 +770,8 @@ def webhooks_status(url: str | None) -> None:
             if mine
             else urlsplit(str(hook.get("destination"))).netloc  # others: host only
         )
-        flags = " (this site)" if mine else ""
-        flags += " DISABLED by amoCRM" if hook.get("disabled") else ""
+        flags = " " + _("(this site)") if mine else ""
+        flags += " " + _("DISABLED by amoCRM") if hook.get("disabled") else ""
         click.echo(
             f"#{hook.get('id')} {where}{flags}: {', '.join(hook.get('settings') or [])}"
         )
@@ -601,19 +784,28 @@ def webhooks_status(url: str | None) -> None:
             ).all()
         )
     click.echo(
-        "changes from amoCRM: "
-        + ", ".join(f"{name} {counts.get(name, 0)}" for name in INBOUND_STATUSES)
+        _(
+            "changes from amoCRM: %(counts)s",
+            counts=", ".join(
+                f"{name} {counts.get(name, 0)}" for name in INBOUND_STATUSES
+            ),
+        )
     )
     interval = state.settings.reconcile_interval
     if not interval:
-        click.echo("reconciliation: off")
+        click.echo(_("reconciliation: off"))
         return
     until = read_until(state)
-    last = "not read yet"
+    last = _("not read yet")
     if until:
         when = datetime.fromtimestamp(until, UTC)
-        last = f"events log read up to {when:%Y-%m-%d %H:%M:%S} UTC"
-    click.echo(f"reconciliation: every {interval} s; {last}")
+        last = _(
+            "events log read up to %(when)s UTC",
+            when=format(when, "%Y-%m-%d %H:%M:%S"),
+        )
+    click.echo(
+        _("reconciliation: every %(seconds)s s; %(last)s", seconds=interval, last=last)
+    )
 
 
 @webhooks_cli.command("uninstall")
@@ -626,8 +818,10 @@ def webhooks_uninstall(url: str | None) -> None:
         client_for(state).unsubscribe_webhook(destination)
     except NotFoundError:
         raise click.ClickException(
-            f"amoCRM has no webhook at {_shown(destination)}."
+            _("amoCRM has no webhook at %(url)s.", url=_shown(destination))
         ) from None
     except AmoCRMError as exc:
-        raise click.ClickException(f"amoCRM refused: {exc}") from None
-    click.echo(f"Removed {_shown(destination)}")
+        raise click.ClickException(
+            _("amoCRM refused: %(error)s", error=localize(exc))
+        ) from None
+    click.echo(_("Removed %(url)s", url=_shown(destination)))

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import time
 from typing import Any
@@ -119,6 +119,14 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_WEBHOOK_SECRET": None,
     "AMOCRM_WEBHOOK_URL": None,
     "AMOCRM_RECONCILE_INTERVAL": 300,
+    # Consent evidence and spam checks, before delivery (docs/consent.md, docs/spam.md).
+    "AMOCRM_CONSENT_FIELDS": None,
+    "AMOCRM_HONEYPOT_FIELD": "amocrm_website",
+    "AMOCRM_MIN_FILL_SECONDS": 3,
+    "AMOCRM_FORM_STAMP_REQUIRED": False,
+    "AMOCRM_SPAM_WINDOW": 3600,
+    "AMOCRM_SPAM_MAX_PER_IP": 0,
+    "AMOCRM_SPAM_MAX_PER_PHONE": 0,
 }
 
 log = logging.getLogger("flask_amocrm")
@@ -246,6 +254,23 @@ class Settings:
     journey_cookie: str = "amocrm_journey"
     #: The charset forms without a declared one are read in (``None``: UTF-8).
     form_encoding: str | None = None
+    #: The consent fields of forms and the version of the text each one agrees to
+    #: (``None``: the site names none), in the order given (``AMOCRM_CONSENT_FIELDS``).
+    consent_fields: tuple[tuple[str, str | None], ...] = ()
+    #: The form field only a bot fills (``AMOCRM_HONEYPOT_FIELD``); ``None``: none.
+    honeypot_field: str | None = "amocrm_website"
+    #: A form sent sooner than this many seconds after its page was rendered (its
+    #: signed stamp) is spam; 0: the fill time is not judged.
+    min_fill_seconds: float = 3.0
+    #: Whether a form without a stamp is spam: ``True`` for every form, or the form
+    #: ids that must carry one (``AMOCRM_FORM_STAMP_REQUIRED``).
+    stamp_required: bool | frozenset[str] = False
+    #: The window of the per-IP and per-phone rates, in seconds.
+    spam_window: int = 3600
+    #: More forms than this from one IP (one phone) within the window are spam;
+    #: 0: not counted.
+    spam_max_per_ip: int = 0
+    spam_max_per_phone: int = 0
 
 
 #: Seconds between two runs of the workers' periodic job (the tick).
@@ -534,6 +559,7 @@ def read_settings(app: Flask) -> Settings:
         **_rules_settings(app, config),
         **_webhook_settings(config),
         **_visit_settings(config),
+        **_screening_settings(config),
     )
 
 
@@ -597,6 +623,67 @@ def _form_encoding(value: Any) -> str | None:
             "AMOCRM_FORM_ENCODING",
             f"must be a charset Python knows (such as 'windows-1251'), not {value!r}.",
         ) from None
+
+
+def _screening_settings(config: Any) -> dict[str, Any]:
+    """Consent fields and the spam checks (docs/consent.md, docs/spam.md)."""
+    honeypot = config["AMOCRM_HONEYPOT_FIELD"] or None
+    if honeypot is not None and (not isinstance(honeypot, str) or not honeypot.strip()):
+        raise _fail("AMOCRM_HONEYPOT_FIELD", f"must be a field name, not {honeypot!r}.")
+    min_fill = _number(config, "AMOCRM_MIN_FILL_SECONDS")
+    if min_fill < 0:
+        raise _fail(
+            "AMOCRM_MIN_FILL_SECONDS", f"must be 0 or more seconds, not {min_fill!r}."
+        )
+    required = config["AMOCRM_FORM_STAMP_REQUIRED"]
+    stamp_required: bool | frozenset[str]
+    if isinstance(required, list | tuple | set | frozenset):
+        if not all(isinstance(form, str) and form for form in required):
+            raise _fail(
+                "AMOCRM_FORM_STAMP_REQUIRED",
+                f"must be true, false or a list of form ids, not {required!r}.",
+            )
+        stamp_required = frozenset(required)
+    else:
+        stamp_required = _bool(config, "AMOCRM_FORM_STAMP_REQUIRED")
+    return {
+        "consent_fields": _consent_fields(config["AMOCRM_CONSENT_FIELDS"]),
+        "honeypot_field": honeypot.strip() if honeypot else None,
+        "min_fill_seconds": min_fill,
+        "stamp_required": stamp_required,
+        "spam_window": _int(config, "AMOCRM_SPAM_WINDOW", 1),
+        "spam_max_per_ip": _int(config, "AMOCRM_SPAM_MAX_PER_IP", 0),
+        "spam_max_per_phone": _int(config, "AMOCRM_SPAM_MAX_PER_PHONE", 0),
+    }
+
+
+def _consent_fields(value: Any) -> tuple[tuple[str, str | None], ...]:
+    """``AMOCRM_CONSENT_FIELDS``: a list of field names, or a mapping of field name
+    to the version (or name, or hash) of the consent text it agrees to."""
+    key = "AMOCRM_CONSENT_FIELDS"
+    if not value:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    pairs: list[tuple[Any, Any]]
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, list | tuple):
+        pairs = [(name, None) for name in value]
+    else:
+        raise _fail(key, f"must be a list of field names or a mapping, not {value!r}.")
+    fields: list[tuple[str, str | None]] = []
+    for name, version in pairs:
+        if not isinstance(name, str) or not name.strip():
+            raise _fail(key, f"has a field name that is not a name: {name!r}.")
+        if version is not None and not isinstance(version, str):
+            raise _fail(
+                key,
+                f"names a version of {name!r} that is not text: {version!r} (give "
+                "the consent text's version, name or hash as a string).",
+            )
+        fields.append((name.strip(), version.strip() or None if version else None))
+    return tuple(fields)
 
 
 #: The shortest ``AMOCRM_WEBHOOK_SECRET``: it is all that guards the endpoint.

@@ -23,6 +23,7 @@ from typing import Any
 
 import phonenumbers
 
+from .i18n import N_, localize, site_locale
 from .vocabulary import DEFAULT_PHONE_REGION, fold
 
 #: Strategies: ``note`` (create, and note the duplicates), ``update`` (update and reuse
@@ -351,7 +352,7 @@ def duplicates_note(
 ) -> str:
     """The text of a note listing duplicates: ``(entity, id, matched labels)`` each,
     as links to their cards in amoCRM."""
-    head = "Possible duplicates:"
+    head = localize(N_("Possible duplicates:"), site_locale())
     lines = [head]
     for entity, entity_id, labels in found:
         url = card_url(base_url, entity, entity_id)

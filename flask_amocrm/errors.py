@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .i18n import N_, Message
+
 
 class AmoCRMError(Exception):
     """Base class of every error this package raises about amoCRM or a rule."""
@@ -146,9 +148,10 @@ class Cancel(Exception):  # noqa: N818 - the public name the design fixes
     ``raise flask_amocrm.Cancel("test order")``
     """
 
-    def __init__(self, reason: str = "cancelled by a hook") -> None:
+    def __init__(self, reason: str = N_("cancelled by a hook")) -> None:
         super().__init__(reason)
-        self.reason = str(reason)
+        # a Message (the default) stays translatable until it is stored
+        self.reason = reason if isinstance(reason, Message) else str(reason)
 
 
 class ImportRowError(ValueError):
@@ -172,3 +175,32 @@ def describe(exc: BaseException) -> str:
     if inner is not exc:
         name = f"{name} ({type(inner).__name__})"
     return f"{name}: {first[:200]}" if first else name
+
+
+#: What each failure is called in a stored reason: its class's name, which the
+#: catalog explains in other languages (an office manager reads the reason).
+LABELS = {
+    "AmoCRMError": N_("AmoCRMError"),
+    "RuleError": N_("RuleError"),
+    "APIError": N_("APIError"),
+    "TransportError": N_("TransportError"),
+    "AuthError": N_("AuthError"),
+    "TokenRevokedError": N_("TokenRevokedError"),
+    "ClientRefusedError": N_("ClientRefusedError"),
+    "PaymentRequiredError": N_("PaymentRequiredError"),
+    "AccountBlockedError": N_("AccountBlockedError"),
+    "ForbiddenError": N_("ForbiddenError"),
+    "NotFoundError": N_("NotFoundError"),
+    "ValidationError": N_("ValidationError"),
+    "RateLimitError": N_("RateLimitError"),
+    "ServerError": N_("ServerError"),
+    "LockTimeoutError": N_("LockTimeoutError"),
+}
+
+
+def failure_reason(exc: BaseException) -> Message:
+    """The stored reason of a failed delivery: ``ValidationError: <what amoCRM
+    said>`` (in English; :func:`~flask_amocrm.i18n.localize` names the kind in the
+    reader's language)."""
+    name = type(exc).__name__
+    return N_("%(kind)s: %(error)s", kind=LABELS.get(name, name), error=exc)

@@ -18,11 +18,12 @@ from .cli import amocrm_cli
 from .config import read_settings
 from .hooks import ApiCall, Hooks, PushHook
 from .models import Event, metadata
-from .rules.schema import validate_rules
+from .rules.schema import check_consent_fields, validate_rules
 from .signals import form_submitted, mail_sent
 from .state import AppState, get_state
 from .visit import decode_form, remember_visit
 from .webhook import register_webhook
+from .worker.spam import form_stamp_input
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -67,6 +68,9 @@ class AmoCRM:
             secret_key=app.secret_key,
             marks=[m.name for m in settings.ad_marks],
         )
+        check_consent_fields(
+            settings.rules, [name for name, _ in settings.consent_fields]
+        )
         if self._db is not None:
             for table in metadata.sorted_tables:
                 if table.name not in self._db.metadata.tables:
@@ -94,6 +98,7 @@ class AmoCRM:
         else:
             admin_is_off(app)
         register_webhook(app, settings)
+        app.add_template_global(form_stamp_input, "amocrm_form_stamp")
 
     def admin_auth(self, hook: AuthHook) -> AuthHook:
         """Decorate the function that says who may use the admin pages, and switch
@@ -142,6 +147,21 @@ class AmoCRM:
         """Register ``func(event, ids)``, called once an event was delivered, with
         the :class:`~flask_amocrm.AmoIds` amoCRM gave it."""
         return self._push_hook(self.hooks.after_push, func, form, mail)
+
+    def spam_check(
+        self,
+        func: F | None = None,
+        /,
+        *,
+        form: str | None = None,
+        mail: str | None = None,
+    ) -> F | Callable[[F], F]:
+        """Register ``func(event)``, called in the worker before an event's first
+        request to amoCRM: it returns why the event is spam (a string, kept as the
+        reason) or ``None``/``False``. An event it calls spam ends ``spam`` and is
+        never sent until a person releases it; a check that raises is logged and
+        does not make the event spam. ``form=`` or ``mail=`` narrows it."""
+        return self._push_hook(self.hooks.spam_check, func, form, mail)
 
     def before_api_call(
         self, func: Callable[[ApiCall], Any]

@@ -2,8 +2,9 @@
 below the extension can reach them.
 
 ``@amocrm.before_push``, ``@amocrm.after_push``, ``@amocrm.before_api_call`` and
-``@amocrm.after_api_call`` add functions to the app's :class:`Hooks`
-(``AppState.hooks``); the worker calls the push hooks around each event, and the amoCRM
+``@amocrm.after_api_call`` (and ``@amocrm.spam_check``) add functions to the app's
+:class:`Hooks` (``AppState.hooks``); the worker calls the push hooks around each event
+(and the spam checks before its first request), and the amoCRM
 client calls the API-call hooks around each request (it gets :class:`Hooks` as its
 ``observer``, so the client never imports the worker). docs/hooks.md shows them.
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CallVetoed, Cancel
+from .i18n import N_
 
 log = logging.getLogger("flask_amocrm")
 
@@ -120,10 +122,13 @@ class Hooks:
     after_push: list[PushHook] = field(default_factory=list)
     before_api_call: list[Callable[[ApiCall], Any]] = field(default_factory=list)
     after_api_call: list[Callable[[ApiCall], Any]] = field(default_factory=list)
+    #: ``@amocrm.spam_check``: ``func(event)`` returns why the event is spam (a
+    #: string), or ``None``/``False`` (flask_amocrm.worker.spam).
+    spam_check: list[PushHook] = field(default_factory=list)
 
     def for_event(self, which: str, kind: str, source: str) -> list[PushHook]:
-        """The ``before_push`` or ``after_push`` hooks for an event, in the order
-        they were registered."""
+        """The ``before_push``, ``after_push`` or ``spam_check`` hooks for an event,
+        in the order they were registered."""
         hooks: list[PushHook] = getattr(self, which)
         return [h for h in hooks if h.wants(kind, source)]
 
@@ -145,8 +150,14 @@ class Hooks:
                 hook(call)
             except Cancel as exc:
                 raise CallVetoed(
-                    f"before_api_call hook {name} vetoed {call.method} {call.path}: "
-                    f"{exc.reason}",
+                    N_(
+                        "before_api_call hook %(hook)s vetoed %(method)s %(path)s: "
+                        "%(reason)s",
+                        hook=name,
+                        method=call.method,
+                        path=call.path,
+                        reason=exc.reason,
+                    ),
                     events=call.events,
                 ) from None
             except Exception as exc:  # noqa: BLE001 - a site's hook, any error
@@ -158,7 +169,11 @@ class Hooks:
                     call.path,
                 )
                 raise CallVetoed(
-                    f"before_api_call hook {name} raised: {last_line(exc)}",
+                    N_(
+                        "before_api_call hook %(hook)s raised: %(error)s",
+                        hook=name,
+                        error=last_line(exc),
+                    ),
                     events=call.events,
                     cancelled=False,
                 ) from None

@@ -7,7 +7,13 @@ repository keeps only the ``.po`` file (``make messages`` updates it from the co
 
 The language is ``AMOCRM_LOCALE`` when the site sets it; otherwise, on a page, the
 request's ``Accept-Language``; otherwise English. Mails, worker reasons and CLI output
-follow ``AMOCRM_LOCALE`` (there is no browser to ask).
+follow ``AMOCRM_LOCALE`` (there is no browser to ask); what is stored or mailed is
+written in :func:`site_locale`, even inside a visitor's request.
+
+Text that is made where no reader is known yet (a rule error raised inside the
+worker, a reason kept until it is stored) is written with :func:`N_` and placeholders:
+it reads as English (logs, ``str()``) and is translated by :func:`localize` where it
+is stored or shown (:func:`flask_amocrm.outbox.cut_reason`, ``append_log``, the CLI).
 
 Our own catalog and functions: a site's Flask-Babel, its domain and its locale
 selector are left alone.
@@ -62,10 +68,18 @@ def current_locale() -> str:
     return LOCALES[0]
 
 
+def site_locale() -> str:
+    """The language of what is stored or mailed (reasons, an event's log, alerts):
+    ``AMOCRM_LOCALE``, else English; a visitor's browser does not choose it."""
+    if has_app_context() and current_app.config.get("AMOCRM_LOCALE") in LOCALES:
+        return str(current_app.config["AMOCRM_LOCALE"])
+    return LOCALES[0]
+
+
 def gettext(message: str, /, locale: str | None = None, **params: Any) -> str:
     """``message`` in the current language, with ``%(name)s`` placeholders filled."""
     catalog = _catalog(locale or current_locale())
-    text = catalog.ugettext(message) if catalog is not None else message
+    text = catalog.ugettext(message) if catalog is not None else str(message)
     return text % params if params else text
 
 
@@ -86,10 +100,56 @@ def ngettext(
 _ = gettext
 
 
-def N_(message: str) -> str:  # noqa: N802 - gettext's own name for it
-    """Mark ``message`` for the catalog without translating it here (a label kept
-    in a constant and translated where it is shown)."""
-    return message
+class Message(str):
+    """A message as English text that remembers its ``msgid`` and ``params``, so
+    :func:`localize` can write it in the reader's language later (see :func:`N_`)."""
+
+    msgid: str
+    params: dict[str, Any]
+
+    def __new__(cls, msgid: str, params: dict[str, Any] | None = None) -> Message:
+        params = dict(params or {})
+        self = super().__new__(cls, msgid % params if params else msgid)
+        self.msgid = msgid
+        self.params = params
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Message, (self.msgid, self.params))
+
+
+def N_(message: str, /, **params: Any) -> Message:  # noqa: N802 - gettext's own name
+    """Mark ``message`` for the catalog without translating it here: a label kept in
+    a constant (translated where it is shown, ``_(LABEL)``), or a message made before
+    its reader is known (an error raised in the worker). The result is the English
+    text, with ``params`` filled; :func:`localize` translates it, and the messages
+    and exceptions among ``params`` with it."""
+    return Message(message, params)
+
+
+def message_of(exc: BaseException) -> str:
+    """What ``exc`` says, kept translatable: its :func:`N_` message when it was
+    raised with one (English as a ``str``), else ``str(exc)``."""
+    first = exc.args[0] if len(exc.args) == 1 else None
+    return first if isinstance(first, Message) else str(exc)
+
+
+def localize(value: Any, /, locale: str | None = None) -> str:
+    """``value`` as the reader reads it: a :func:`N_` message, or an exception raised
+    with one, in the current language (its parameters too); anything else as
+    ``str(value)``."""
+    if isinstance(value, BaseException):
+        first = value.args[0] if len(value.args) == 1 else None
+        return localize(first, locale) if isinstance(first, Message) else str(value)
+    if not isinstance(value, Message):
+        return str(value)
+    params = {
+        name: localize(param, locale)
+        if isinstance(param, Message | BaseException)
+        else param
+        for name, param in value.params.items()
+    }
+    return gettext(value.msgid, locale=locale, **params)
 
 
 def format_datetime(

@@ -33,6 +33,7 @@ from typing import Any
 from flask import current_app
 
 from .errors import ImportRowError
+from .i18n import N_, _, localize
 from .outbox import add, append_log, bounded, known_keys
 from .state import AppState
 from .visit import display_domain, read_visit
@@ -75,7 +76,7 @@ def read_rows(path: str, on_error: OnError | None = None) -> Iterator[dict[str, 
                 try:
                     yield _json_row(line, number)
                 except ImportRowError as exc:
-                    bad(str(exc))
+                    bad(localize(exc))
         else:
             yield from _csv_rows(fp, bad)
 
@@ -84,11 +85,15 @@ def _json_row(line: str, number: int) -> dict[str, Any]:
     try:
         raw = json.loads(line)
     except RecursionError:
-        raise ImportRowError(f"line {number}: nested too deeply") from None
+        raise ImportRowError(
+            N_("line %(line)s: nested too deeply", line=number)
+        ) from None
     except ValueError as exc:
-        raise ImportRowError(f"line {number}: not JSON ({exc})") from None
+        raise ImportRowError(
+            N_("line %(line)s: not JSON (%(error)s)", line=number, error=exc)
+        ) from None
     if not isinstance(raw, dict):
-        raise ImportRowError(f"line {number}: expected an object")
+        raise ImportRowError(N_("line %(line)s: expected an object", line=number))
     fields = raw.get("fields", raw.get("data", {}))
     return _row(raw, fields, number)
 
@@ -104,7 +109,7 @@ def _csv_rows(fp: Any, bad: Callable[[str], None]) -> Iterator[dict[str, Any]]:
             except StopIteration:
                 return
             except csv.Error as exc:
-                bad(f"line {reader.line_num}: {exc}")
+                bad(_("line %(line)s: %(error)s", line=reader.line_num, error=exc))
                 continue
             fields = {
                 k: v
@@ -114,7 +119,7 @@ def _csv_rows(fp: Any, bad: Callable[[str], None]) -> Iterator[dict[str, Any]]:
             try:
                 yield _row(raw, fields, reader.line_num)
             except ImportRowError as exc:
-                bad(str(exc))
+                bad(localize(exc))
     finally:
         csv.field_size_limit(previous)
 
@@ -122,19 +127,29 @@ def _csv_rows(fp: Any, bad: Callable[[str], None]) -> Iterator[dict[str, Any]]:
 def _row(raw: dict[str, Any], fields: Any, number: int) -> dict[str, Any]:
     source = str(raw.get("source") or "").strip()
     if not source:
-        raise ImportRowError(f"line {number}: 'source' is empty")
+        raise ImportRowError(N_("line %(line)s: 'source' is empty", line=number))
     if len(source) > _MAX_SOURCE:
         raise ImportRowError(
-            f"line {number}: 'source' is {len(source)} characters, "
-            f"at most {_MAX_SOURCE}"
+            N_(
+                "line %(line)s: 'source' is %(length)s characters, at most %(max)s",
+                line=number,
+                length=len(source),
+                max=_MAX_SOURCE,
+            )
         )
     kind = str(raw.get("kind") or "form").strip()
     if kind not in {"form", "mail"}:
         raise ImportRowError(
-            f"line {number}: 'kind' must be form or mail, not {kind[:50]!r}"
+            N_(
+                "line %(line)s: 'kind' must be form or mail, not %(kind)s",
+                line=number,
+                kind=repr(kind[:50]),
+            )
         )
     if not isinstance(fields, dict):
-        raise ImportRowError(f"line {number}: 'fields' must be an object")
+        raise ImportRowError(
+            N_("line %(line)s: 'fields' must be an object", line=number)
+        )
     return {
         "source": source,
         "kind": kind,
@@ -167,7 +182,13 @@ def _parse_time(value: Any, number: int) -> datetime | None:
         return _read_time(value)
     except (ValueError, OverflowError, OSError):
         shown = str(value)[:50]
-        raise ImportRowError(f"line {number}: cannot read the time {shown!r}") from None
+        raise ImportRowError(
+            N_(
+                "line %(line)s: cannot read the time %(value)s",
+                line=number,
+                value=repr(shown),
+            )
+        ) from None
 
 
 def _read_time(value: Any) -> datetime:

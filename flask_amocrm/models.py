@@ -29,11 +29,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from .i18n import N_
+
 #: Event statuses. ``pending``: stored, not yet tried; ``processing``: a worker
 #: holds it; ``retrying``: a transient failure, tried again at ``next_attempt_at``;
 #: ``delivered``; ``failed``: a permanent failure that waits for a person;
 #: ``ignored``: no rule matched; ``cancelled``: a hook said no (the reason is in
-#: ``last_error``); it is never sent unless a person retries it.
+#: ``last_error``); it is never sent unless a person retries it; ``spam``: the
+#: worker's spam checks held it before any request (the reasons are in
+#: ``last_error``); it is never sent unless a person releases it
+#: (:mod:`flask_amocrm.worker.spam`).
 PENDING = "pending"
 PROCESSING = "processing"
 RETRYING = "retrying"
@@ -41,7 +46,19 @@ DELIVERED = "delivered"
 FAILED = "failed"
 IGNORED = "ignored"
 CANCELLED = "cancelled"
-STATUSES = (PENDING, PROCESSING, RETRYING, DELIVERED, FAILED, IGNORED, CANCELLED)
+SPAM = "spam"
+STATUSES = (PENDING, PROCESSING, RETRYING, DELIVERED, FAILED, IGNORED, CANCELLED, SPAM)
+#: How a person reads each status (``_(STATUS_LABELS[status])``; English: the name).
+STATUS_LABELS = {
+    PENDING: N_("pending"),
+    PROCESSING: N_("processing"),
+    RETRYING: N_("retrying"),
+    DELIVERED: N_("delivered"),
+    FAILED: N_("failed"),
+    IGNORED: N_("ignored"),
+    CANCELLED: N_("cancelled"),
+    SPAM: N_("spam"),
+}
 
 metadata = MetaData(
     naming_convention={
@@ -114,6 +131,8 @@ class Event(Base):
         Index("ix_amocrm_events_due", "status", "next_attempt_at"),
         # the admin's list of one status, newest first, a page at a time
         Index("ix_amocrm_events_status_id", "status", "id"),
+        # the spam checks' rates: the events stored within a window
+        Index("ix_amocrm_events_created_at", "created_at"),
         # the admin's search on PostgreSQL: the words of ``search``
         # (flask_amocrm.outbox.search_filter uses this very expression)
         Index(

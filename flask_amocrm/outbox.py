@@ -54,6 +54,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from .dedup import normalize_email, normalize_phone
+from .i18n import N_, localize, site_locale
 from .models import FAILED, IGNORED, PENDING, PROCESSING, RETRYING, Event, utcnow
 from .rules.schema import disabled_rules
 from .state import CAPTURE_BUSY_MS, SQLITE_BUSY_MS
@@ -176,7 +177,14 @@ def bounded(
     def cut(text: str, path: str) -> str:
         text = clean_text(text)
         if len(text) > max_value:
-            notes.append(f"{path[:100]} cut from {len(text)} to {max_value} characters")
+            notes.append(
+                N_(
+                    "%(path)s cut from %(length)s to %(max)s characters",
+                    path=path[:100],
+                    length=len(text),
+                    max=max_value,
+                )
+            )
             text = text[:max_value]
         budget[0] -= len(text) + 4
         return text
@@ -188,7 +196,9 @@ def bounded(
         if isinstance(item, int):
             budget[0] -= 20
             if item.bit_length() > _MAX_INT_BITS:  # str() of it would raise
-                notes.append(f"{path[:100]} is a number too long to store")
+                notes.append(
+                    N_("%(path)s is a number too long to store", path=path[:100])
+                )
                 return None
             return item
         if isinstance(item, float):
@@ -198,7 +208,11 @@ def bounded(
             return cut(item, path)
         if isinstance(item, dict | list | tuple) and depth >= MAX_DEPTH:
             notes.append(
-                f"{path[:100]} nested deeper than {MAX_DEPTH} levels: kept as text"
+                N_(
+                    "%(path)s nested deeper than %(depth)s levels: kept as text",
+                    path=path[:100],
+                    depth=MAX_DEPTH,
+                )
             )
             return cut(as_text(item), path)
         if isinstance(item, dict):
@@ -207,8 +221,13 @@ def bounded(
             for index, (key, sub) in enumerate(items):
                 if budget[0] <= 0:
                     notes.append(
-                        f"{path[:100]}: {len(items) - index} more field(s) left "
-                        f"out, past {max_size} characters"
+                        N_(
+                            "%(path)s: %(count)s more field(s) left out, past "
+                            "%(max)s characters",
+                            path=path[:100],
+                            count=len(items) - index,
+                            max=max_size,
+                        )
                     )
                     break
                 text = clean_text(str(key))[:_MAX_KEY]
@@ -220,8 +239,13 @@ def bounded(
             for index, sub in enumerate(item):
                 if budget[0] <= 0:
                     notes.append(
-                        f"{path[:100]}: {len(item) - index} more value(s) left "
-                        f"out, past {max_size} characters"
+                        N_(
+                            "%(path)s: %(count)s more value(s) left out, past "
+                            "%(max)s characters",
+                            path=path[:100],
+                            count=len(item) - index,
+                            max=max_size,
+                        )
                     )
                     break
                 values.append(walk(sub, f"{path}[{index}]", depth + 1))
@@ -233,10 +257,11 @@ def bounded(
 
 def cut_reason(text: str | None) -> str | None:
     """A failure reason as it is stored (``last_error``, an attempt's ``error``):
-    one clean text of at most :data:`LOG_MAX_LENGTH` characters."""
+    one clean text of at most :data:`LOG_MAX_LENGTH` characters, in the site's
+    language (:func:`~flask_amocrm.i18n.site_locale`)."""
     if text is None:
         return None
-    text = clean_text(text)
+    text = clean_text(localize(text, site_locale()))
     return text if len(text) <= LOG_MAX_LENGTH else text[: LOG_MAX_LENGTH - 1] + "…"
 
 
@@ -244,13 +269,14 @@ def append_log(log: Iterable[str] | None, lines: Iterable[str]) -> list[str]:
     """``log`` with ``lines`` added: a line already there is not added again (a
     retry records its warnings once), each line is at most :data:`LOG_MAX_LENGTH`
     characters and the log at most :data:`LOG_MAX_ENTRIES` lines (the last one
-    says how many were left out)."""
+    says how many were left out). Lines are written in the site's language
+    (:func:`~flask_amocrm.i18n.site_locale`)."""
     result = list(log or [])
     full = len(result) >= LOG_MAX_ENTRIES
     seen = set(result)
     left_out = 0
     for line in lines:
-        text = clean_text(str(line))
+        text = clean_text(localize(line, site_locale()))
         if len(text) > LOG_MAX_LENGTH:
             text = text[: LOG_MAX_LENGTH - 1] + "…"
         if text in seen:
@@ -261,7 +287,12 @@ def append_log(log: Iterable[str] | None, lines: Iterable[str]) -> list[str]:
         seen.add(text)
         result.append(text)
     if left_out and not full:
-        result.append(f"… {left_out} more log line(s) left out")
+        result.append(
+            localize(
+                N_("… %(count)s more log line(s) left out", count=left_out),
+                site_locale(),
+            )
+        )
     return result
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from .config import ACTIVE_EXTENSIONS, Settings
 from .errors import UploadRefused
+from .i18n import N_, localize, site_locale
 
 log = logging.getLogger("flask_amocrm")
 
@@ -50,7 +51,12 @@ def save_upload(
     original = os.path.basename(str(storage.filename or "").replace("\\", "/"))
     extension = original.rsplit(".", 1)[-1].lower() if "." in original else ""
     if not extension or extension not in extensions or extension in ACTIVE_EXTENSIONS:
-        raise UploadRefused(f"files of type .{extension or '?'} are not accepted")
+        raise UploadRefused(
+            N_(
+                "files of type .%(extension)s are not accepted",
+                extension=extension or "?",
+            )
+        )
     month = time.strftime("%Y/%m")
     directory = os.path.join(folder, month)
     os.makedirs(directory, exist_ok=True)
@@ -66,10 +72,15 @@ def save_upload(
                     break
                 size += len(chunk)
                 if size > max_size:
-                    raise UploadRefused(f"larger than {_size(max_size)}")
+                    raise UploadRefused(
+                        N_("larger than %(size)s", size=_size(max_size))
+                    )
                 if room is not None and size > room:
                     raise UploadRefused(
-                        "not saved: the files of this form are over their total size"
+                        N_(
+                            "not saved: the files of this form are over their "
+                            "total size"
+                        )
                     )
                 out.write(chunk)
     except BaseException:
@@ -78,7 +89,7 @@ def save_upload(
         raise
     if size == 0:
         os.remove(path)
-        raise UploadRefused("empty")
+        raise UploadRefused(N_("empty"))
     return {
         "name": original,
         "url": file_url(base_url, f"{month}/{name}"),
@@ -97,10 +108,15 @@ def file_url(base_url: str, relative: str) -> str:
 def _size(count: int) -> str:
     """``count`` bytes as people read it: 512 bytes, 20 KB, 10 MB."""
     if count < 1024:
-        return f"{count} bytes"
+        return N_("%(count)s bytes", count=count)
     if count < 1024 * 1024:
         return f"{count / 1024:g} KB"
     return f"{count / 1024 / 1024:g} MB"
+
+
+def _said(reason: Any) -> str:
+    """A reason kept with a file, in the site's language (it is stored)."""
+    return localize(reason, site_locale())
 
 
 def file_links(
@@ -127,7 +143,9 @@ def file_links(
                     "field": "",
                     "name": "",
                     "url": None,
-                    "error": f"{len(items) - index} more file(s) not saved",
+                    "error": _said(
+                        N_("%(count)s more file(s) not saved", count=len(items) - index)
+                    ),
                 }
             )
             break
@@ -139,7 +157,7 @@ def file_links(
                 "url": url[:2000],
             }
             if not url.lower().startswith(("http://", "https://")):
-                entry.update(url=None, error="not an http(s) link")
+                entry.update(url=None, error=_said(N_("not an http(s) link")))
             links.append(entry)
         elif value is not None and getattr(value, "filename", None):
             links.append(_saved(str(field), value, settings, saved))
@@ -153,11 +171,14 @@ def _saved(
     name = str(storage.filename).replace("\\", "/").rsplit("/", 1)[-1]
     entry: dict[str, Any] = {"field": field, "name": name[:200], "url": None}
     if not settings.upload_folder or not settings.upload_url:
-        entry["error"] = "uploads are not saved (AMOCRM_UPLOAD_FOLDER)"
+        entry["error"] = _said(N_("uploads are not saved (AMOCRM_UPLOAD_FOLDER)"))
         return entry
     if saved["count"] >= settings.upload_max_files:
-        entry["error"] = (
-            f"not saved: a form saves at most {settings.upload_max_files} file(s)"
+        entry["error"] = _said(
+            N_(
+                "not saved: a form saves at most %(count)s file(s)",
+                count=settings.upload_max_files,
+            )
         )
         return entry
     try:
@@ -170,10 +191,10 @@ def _saved(
             room=settings.upload_max_total - saved["bytes"],
         )
     except UploadRefused as exc:
-        entry["error"] = str(exc)
+        entry["error"] = _said(exc)
     except OSError as exc:
         log.exception("Flask-AmoCRM could not save an upload")
-        entry["error"] = f"could not be saved ({exc.strerror})"
+        entry["error"] = _said(N_("could not be saved (%(error)s)", error=exc.strerror))
     else:
         saved["count"] += 1
         saved["bytes"] += result["size"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 from typing import Any
 
@@ -510,7 +511,9 @@ def test_uploads_are_saved_and_linked(
     url = saved[0]["url"]
     assert url.startswith("http://localhost/uploads/") and url.endswith(".pdf")
     [path] = [p for p in folder.rglob("*") if p.is_file()]
-    assert path.read_bytes() == b"%PDF-1.4 cv" and "CV" not in path.name
+    # saved under a random name of its own: nothing of the visitor's name or path
+    assert path.read_bytes() == b"%PDF-1.4 cv"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{24}\.pdf", path.name)
     assert deliver_pending(app)["delivered"] == 1
     [lead] = sandbox.leads()
     assert field_values(lead, "Lead Profile link") == [url]

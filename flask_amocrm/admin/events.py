@@ -43,6 +43,7 @@ from ..models import (
     PENDING,
     PROCESSING,
     RETRYING,
+    SPAM,
     STATUSES,
     ApiLog,
     Event,
@@ -57,7 +58,7 @@ from ..state import AppState, get_state
 from ..visit import display_domain
 from ..vocabulary import LOCALES
 from ..worker.agent import process
-from ..worker.dispatch import retry
+from ..worker.dispatch import release, retry
 from ..worker.outage import current as current_outage
 from ..worker.outage import paused
 from ..worker.preview import Preview, preview_stored
@@ -78,6 +79,7 @@ STATUS_LABELS = {
     FAILED: N_("failed"),
     IGNORED: N_("ignored"),
     CANCELLED: N_("cancelled"),
+    SPAM: N_("spam"),
 }
 #: How each kind of event is written on the pages.
 KIND_LABELS = {"form": N_("form"), "mail": N_("mail")}
@@ -323,6 +325,15 @@ def _captured_at(value: Any) -> datetime | None:
         return None
 
 
+def _iso_time(value: Any) -> datetime | None:
+    """A stored ``2026-12-02T08:40:11Z`` as a naive-UTC time (``None`` if it is not
+    one)."""
+    try:
+        return datetime.fromisoformat(str(value).removesuffix("Z"))
+    except ValueError:
+        return None
+
+
 def _safe_link(url: Any) -> str | None:
     """``url`` when it is a web address a link may point at (never ``javascript:``)."""
     text = str(url or "")
@@ -443,8 +454,15 @@ def event(event_id: int) -> str:
                 "site",
                 "captured_at",
                 "journey",
+                "consent",
+                "consent_text",
             )
         },
+        consent=[
+            (str(name), item, _iso_time(item.get("at")))
+            for name, item in (context.get("consent") or {}).items()
+            if isinstance(item, dict)
+        ],
         files=[
             (f.get("name") or f.get("field") or "?", _safe_link(f.get("url")), f)
             for f in (found.files or [])
@@ -470,6 +488,7 @@ def event(event_id: int) -> str:
         redact=redactor.text,
         cancellable=found.status in CANCELLABLE,
         retryable=found.status in RETRYABLE,
+        releasable=found.status == SPAM,
         signed_in=_who_may_cancel(),
         mode=state.settings.delivery,
     )
@@ -579,6 +598,35 @@ def event_cancel(event_id: int) -> BaseResponse:
         )
         return _back(page)
     flash(gettext("Event %(id)s is cancelled.", id=event_id), "amocrm-ok")
+    return _back(page)
+
+
+@bp.post("/events/<int:event_id>/release")
+def event_release(event_id: int) -> BaseResponse:
+    """Deliver an event held as spam, as ``flask amocrm release ID`` does: it is
+    not judged spam again."""
+    state = get_state()
+    page = url_for("amocrm_admin.event", event_id=event_id)
+    who = _who_may_cancel() or " ".join(request.form.get("who", "").split())[:200]
+    if not who:
+        flash(gettext("Say who you are to release the event."), "amocrm-error")
+        return _back(page)
+    with state.session() as session:
+        if session.scalar(select(Event.id).where(Event.id == event_id)) is None:
+            abort(404)
+    if not release(state, event_id, who):
+        flash(
+            gettext(
+                "Event %(id)s was not released: only an event held as spam can be.",
+                id=event_id,
+            ),
+            "amocrm-error",
+        )
+        return _back(page)
+    flash(
+        gettext("Event %(id)s is released.", id=event_id) + " " + _handed_on(1),
+        "amocrm-ok",
+    )
     return _back(page)
 
 

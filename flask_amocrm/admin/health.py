@@ -17,7 +17,7 @@ from redis import RedisError
 from sqlalchemy import func, select
 
 from ..amo.connect import token_state
-from ..i18n import N_, gettext
+from ..i18n import gettext
 from ..models import (
     CANCELLED,
     DELIVERED,
@@ -26,9 +26,11 @@ from ..models import (
     PENDING,
     PROCESSING,
     RETRYING,
+    SPAM,
     ApiLog,
     utcnow,
 )
+from ..models import STATUS_LABELS as STATUS_NAMES
 from ..outbox import switched_off
 from ..state import AppState, get_state
 from ..worker.health import (
@@ -52,16 +54,22 @@ STATUS_COLORS = {
     PENDING: "#1f5fbf",
     IGNORED: "#8a93a0",
     CANCELLED: "#c4c9d1",
+    SPAM: "#6b5b95",
 }
-#: The statuses as the charts' legend says them.
+#: The statuses as the charts' legend says them (in its order; the names are the
+#: models' own, as ``flask amocrm status`` says them).
 STATUS_LABELS = {
-    DELIVERED: N_("delivered"),
-    FAILED: N_("failed"),
-    RETRYING: N_("retrying"),
-    PROCESSING: N_("processing"),
-    PENDING: N_("pending"),
-    IGNORED: N_("ignored"),
-    CANCELLED: N_("cancelled"),
+    status: STATUS_NAMES[status]
+    for status in (
+        DELIVERED,
+        FAILED,
+        RETRYING,
+        PROCESSING,
+        PENDING,
+        IGNORED,
+        CANCELLED,
+        SPAM,
+    )
 }
 
 

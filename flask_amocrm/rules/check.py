@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..i18n import N_
 from ..vocabulary import ENTITY, TRACKING_TAGS
 from .account import (
     INACTIVE_USER,
@@ -44,15 +45,23 @@ def check_rules(rules: dict[str, Any], names: AccountNames) -> list[str]:
 
 
 def _users(value: Any, names: AccountNames, where: str) -> list[str]:
-    out = []
+    out: list[str] = []
     for user in value if isinstance(value, list) else [value]:
         if not _fixed(user):
             continue
         _user_id, why = find_user(names, user)
         if why == INACTIVE_USER:
-            out.append(f"{where}: the user {user!r} is not active")
+            out.append(
+                N_(
+                    "%(where)s: the user %(user)s is not active",
+                    where=where,
+                    user=repr(user),
+                )
+            )
         elif why is not None:
-            out.append(f"{where}: there is no user {user!r}")
+            out.append(
+                N_("%(where)s: there is no user %(user)s", where=where, user=repr(user))
+            )
     return out
 
 
@@ -70,13 +79,13 @@ def _check_rule(rule: dict[str, Any], names: AccountNames, where: str) -> list[s
         for name, (field_path, value) in section_fields(key, section, path).items():
             field = names.field(entity, name)
             if field is None:
-                problems.append(f"{field_path}: the {entity} have no field {name!r}")
+                problems.append(_no_field(field_path, entity, name))
                 continue
             problems += _enums(field, value, field_path)
         for name in section.get("lock") or []:
             code = lock_field(key, name)
             if code is not None and names.field(entity, code) is None:
-                problems.append(f"{path}.lock: the {entity} have no field {name!r}")
+                problems.append(_no_field(f"{path}.lock", entity, name))
         if key == "lead":
             problems += _pipeline(section, names, path)
     tracking = rule.get("tracking", True)
@@ -86,35 +95,46 @@ def _check_rule(rule: dict[str, Any], names: AccountNames, where: str) -> list[s
             and field not in (False, "note")
             and names.field("leads", field) is None
         ):
-            problems.append(
-                f"{where}.tracking.{tag}: the leads have no field {field!r}"
-            )
+            problems.append(_no_field(f"{where}.tracking.{tag}", "leads", field))
     if tracking is not False and not names.field("leads", TRACKING_TAGS["utm_source"]):
         problems.append(
-            f"{where}.tracking: the account has no UTM_SOURCE lead field; "
-            "campaign tags are written only to the fields it has"
+            N_(
+                "%(where)s.tracking: the account has no UTM_SOURCE lead field; "
+                "campaign tags are written only to the fields it has",
+                where=where,
+            )
         )
     files = rule.get("files")
     if isinstance(files, dict) and "field" in files:
         entity = ENTITY.get(files.get("entity", "lead"), "leads")
         if names.field(entity, files["field"]) is None:
-            problems.append(
-                f"{where}.files.field: the {entity} have no field {files['field']!r}"
-            )
+            problems.append(_no_field(f"{where}.files.field", entity, files["field"]))
     if isinstance(files, dict):
         entity = ENTITY.get(files.get("entity", "lead"), "leads")
         for form_field, name in (files.get("fields") or {}).items():
             found = names.field(entity, name)
             if found is None or found.get("type") != "file":
                 problems.append(
-                    f"{where}.files.fields.{form_field}: the {entity} have no "
-                    f"field {name!r} of type file"
+                    N_(
+                        "%(where)s.files.fields.%(field)s: the %(entity)s have no "
+                        "field %(name)s of type file",
+                        where=where,
+                        field=form_field,
+                        entity=entity,
+                        name=repr(name),
+                    )
                 )
     tasks = rule.get("task") or []
     for i, task in enumerate(tasks if isinstance(tasks, list) else [tasks]):
         path = f"{where}.task" + (f"[{i}]" if isinstance(tasks, list) else "")
         if _fixed(task.get("type")) and find_task_type(names, task["type"]) is None:
-            problems.append(f"{path}.type: there is no task type {task['type']!r}")
+            problems.append(
+                N_(
+                    "%(where)s.type: there is no task type %(name)s",
+                    where=path,
+                    name=repr(task["type"]),
+                )
+            )
         if "responsible" in task:
             problems += _users(task["responsible"], names, f"{path}.responsible")
     return problems
@@ -128,13 +148,27 @@ def _enums(field: dict[str, Any], value: Any, where: str) -> list[str]:
         for item in (value if isinstance(value, list) else [value])
         if _fixed(item if not isinstance(item, dict) else _label(item))
     ]
+    options = ", ".join(str(e.get("value")) for e in field.get("enums") or [])
     return [
-        f"{where}: {_label(label)!r} is not one of the values of {field['name']!r} ("
-        + ", ".join(str(e.get("value")) for e in field.get("enums") or [])
-        + ")"
+        N_(
+            "%(where)s: %(value)s is not one of the values of %(field)s (%(options)s)",
+            where=where,
+            value=repr(_label(label)),
+            field=repr(field["name"]),
+            options=options,
+        )
         for label in labels
         if find_enum(field, label) is None
     ]
+
+
+def _no_field(where: str, entity: str, name: Any) -> str:
+    return N_(
+        "%(where)s: the %(entity)s have no field %(name)s",
+        where=where,
+        entity=entity,
+        name=repr(name),
+    )
 
 
 def _label(item: Any) -> Any:
@@ -151,7 +185,13 @@ def _pipeline(section: dict[str, Any], names: AccountNames, where: str) -> list[
     if "pipeline" in section and _fixed(section["pipeline"]):
         pipeline_id = find_pipeline(names, section["pipeline"])
         if pipeline_id is None:
-            return [f"{where}.pipeline: there is no pipeline {section['pipeline']!r}"]
+            return [
+                N_(
+                    "%(where)s.pipeline: there is no pipeline %(name)s",
+                    where=where,
+                    name=repr(section["pipeline"]),
+                )
+            ]
     elif "pipeline" in section:
         return []
     if (
@@ -160,6 +200,10 @@ def _pipeline(section: dict[str, Any], names: AccountNames, where: str) -> list[
         and find_status(names, pipeline_id, section["status"]) is None
     ):
         return [
-            f"{where}.status: there is no status {section['status']!r} in that pipeline"
+            N_(
+                "%(where)s.status: there is no status %(name)s in that pipeline",
+                where=where,
+                name=repr(section["status"]),
+            )
         ]
     return []

@@ -14,6 +14,8 @@ import math
 import re
 from typing import Any
 
+from ..i18n import N_
+
 #: Entity names (lead, contact, company): amoCRM stores 255 characters.
 NAME_LIMIT = 255
 #: One-line custom field values (text, url, tracking_data, streetaddress, multitext).
@@ -65,10 +67,15 @@ def clean_text(
         text = _SPACE.sub(" ", text).strip()
     if len(text) > limit:
         if warnings is not None:
-            label = f"{where}: " if where else ""
+            cut = N_(
+                "the value was %(length)s characters, cut to %(max)s; in full: "
+                "%(text)s",
+                length=len(text),
+                max=limit,
+                text=text,
+            )
             warnings.append(
-                f"{label}the value was {len(text)} characters, cut to {limit}; "
-                f"in full: {text}"
+                N_("%(where)s: %(warning)s", where=where, warning=cut) if where else cut
             )
         text = text[: limit - 1].rstrip() + "…"
     return text

@@ -17,6 +17,7 @@ import re
 from datetime import datetime, time, timedelta, tzinfo
 
 from ..errors import RuleError
+from ..i18n import N_
 from .fields import parse_when
 
 #: The deadline of a task whose rule gives none.
@@ -57,8 +58,12 @@ def deadline(
     stamp = parse_when(cleaned, tz=tz)
     if stamp is None:
         raise RuleError(
-            f"{where}: {cleaned!r} is not a deadline; use '+2h', 'eod' "
-            "or a date such as '2024-05-17 14:30'"
+            N_(
+                "%(where)s: %(value)s is not a deadline; use '+2h', 'eod' "
+                "or a date such as '2024-05-17 14:30'",
+                where=where,
+                value=repr(cleaned),
+            )
         )
     return stamp
 

@@ -15,6 +15,7 @@ from datetime import date, datetime, time, tzinfo
 from typing import Any
 
 from ..errors import RuleError
+from ..i18n import N_
 from ..vocabulary import TRACKING_TAGS, fold
 from .clean import LONG_LIMIT, TEXT_LIMIT, clean_text, parse_number
 
@@ -140,7 +141,13 @@ def _values(
         return []
     single = ftype not in {"multiselect", "category", "multitext", "smart_address"}
     if single and len(items) > 1 and ftype not in TEXT_TYPES | {"textarea"}:
-        warnings.append(f"{name}: takes one value; {items[1:]!r} left out")
+        warnings.append(
+            N_(
+                "%(field)s: takes one value; %(values)s left out",
+                field=name,
+                values=repr(items[1:]),
+            )
+        )
         items = items[:1]
 
     if ftype in TEXT_TYPES or ftype == "textarea":
@@ -161,7 +168,13 @@ def _values(
         raw = _plain(items[0])
         number = parse_number(raw)
         if number is None:
-            warnings.append(f"{name}: {raw!r} is not a number; it was not written")
+            warnings.append(
+                N_(
+                    "%(field)s: %(value)s is not a number; it was not written",
+                    field=name,
+                    value=repr(raw),
+                )
+            )
             return []
         return [{"value": int(number) if number.is_integer() else number}]
 
@@ -169,7 +182,13 @@ def _values(
         raw = _plain(items[0])
         flag = to_bool(raw)
         if flag is None:
-            warnings.append(f"{name}: {raw!r} is not yes or no; it was not written")
+            warnings.append(
+                N_(
+                    "%(field)s: %(value)s is not yes or no; it was not written",
+                    field=name,
+                    value=repr(raw),
+                )
+            )
             return []
         return [{"value": flag}]
 
@@ -177,7 +196,13 @@ def _values(
         raw = _plain(items[0])
         stamp = parse_when(raw, tz=tz, with_time=ftype == "date_time")
         if stamp is None:
-            warnings.append(f"{name}: {raw!r} is not a date; it was not written")
+            warnings.append(
+                N_(
+                    "%(field)s: %(value)s is not a date; it was not written",
+                    field=name,
+                    value=repr(raw),
+                )
+            )
             return []
         return [{"value": stamp}]
 
@@ -191,8 +216,13 @@ def _values(
                     str(e.get("value")) for e in field.get("enums") or []
                 )
                 warnings.append(
-                    f"{name}: {shown!r} is not one of its values "
-                    f"({options}); it was not written"
+                    N_(
+                        "%(field)s: %(value)s is not one of its values "
+                        "(%(options)s); it was not written",
+                        field=name,
+                        value=repr(shown),
+                        options=options,
+                    )
                 )
                 continue
             if {"enum_id": enum} not in out:
@@ -218,8 +248,12 @@ def _values(
         for part, raw in parts.items():
             if part not in ADDRESS_PARTS:
                 raise RuleError(
-                    f"{where}.{part}: an address has the parts "
-                    + ", ".join(ADDRESS_PARTS)
+                    N_(
+                        "%(where)s.%(part)s: an address has the parts %(parts)s",
+                        where=where,
+                        part=part,
+                        parts=", ".join(ADDRESS_PARTS),
+                    )
                 )
             text = clean_text(raw, where=f"{name}.{part}", warnings=warnings)
             if text:
@@ -232,23 +266,37 @@ def _values(
         for key, part in raw.items():
             if key not in LEGAL_ENTITY_KEYS:
                 raise RuleError(
-                    f"{where}.{key}: a legal entity has the keys "
-                    + ", ".join(LEGAL_ENTITY_KEYS)
+                    N_(
+                        "%(where)s.%(key)s: a legal entity has the keys %(keys)s",
+                        where=where,
+                        key=key,
+                        keys=", ".join(LEGAL_ENTITY_KEYS),
+                    )
                 )
             if key == "entity_type":
                 number = parse_number(part)
                 if number in (1.0, 2.0):
                     entity[key] = int(number)
                 else:
-                    warnings.append(f"{name}: entity_type {part!r} is not 1 or 2")
+                    warnings.append(
+                        N_(
+                            "%(field)s: entity_type %(value)s is not 1 or 2",
+                            field=name,
+                            value=repr(part),
+                        )
+                    )
             elif not is_empty(part):
                 entity[key] = clean_text(part, where=f"{name}.{key}", warnings=warnings)
         return [{"value": entity}] if entity else []
 
     if ftype == "file":
         warnings.append(
-            f"{name}: file fields take amoCRM Drive files; the value "
-            f"{_plain(items[0])!r} was not written"
+            N_(
+                "%(field)s: file fields take amoCRM Drive files; the value "
+                "%(value)s was not written",
+                field=name,
+                value=repr(_plain(items[0])),
+            )
         )
         return []
 
@@ -309,7 +357,12 @@ def _multitext_enum(
                 return {"enum_id": int(enum["id"])}
     if code:
         warnings.append(
-            f"{name}: there is no kind {code!r}; written as {enums[0].get('value')}"
+            N_(
+                "%(field)s: there is no kind %(kind)s; written as %(value)s",
+                field=name,
+                kind=repr(code),
+                value=enums[0].get("value"),
+            )
         )
     return {"enum_id": int(enums[0]["id"])}
 

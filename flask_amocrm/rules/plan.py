@@ -25,6 +25,7 @@ from typing import Any, TypeVar, cast
 
 from ..dedup import DuplicateRule
 from ..errors import RuleError
+from ..i18n import N_
 from ..progress import Progress
 from ..vocabulary import DEFAULT_PHONE_REGION, ENTITY, LOCK_KEYS
 from .account import AccountNames
@@ -71,7 +72,11 @@ class PlanEnv:
             source = self.metadata
             if source is None:
                 raise RuleError(
-                    f"{why} needs the account's metadata, which is not available here"
+                    N_(
+                        "%(where)s needs the account's metadata, which is not "
+                        "available here",
+                        where=why,
+                    )
                 )
             self._meta = source() if callable(source) else source
         return self._meta

@@ -9,7 +9,8 @@
 A rule has the sections ``contact``, ``company`` and ``lead`` (each optional), ``task``
 (one table or a list of them), and the options ``unsorted``, ``tracking``, ``files``
 (``"links"``, ``"drive"``, ``false`` or a table),
-``format``, ``group`` and ``responsible``; docs/rules.md shows them. Every template is
+``format``, ``group``, ``responsible`` and ``consent`` (``"required"``, a list of the
+consent fields required, or ``false``); docs/rules.md shows them. Every template is
 compiled here, so a syntax error is reported at start-up, naming the rule and the key,
 not on the first visitor's event.
 
@@ -54,6 +55,7 @@ RULE_KEYS = {
     "group",
     "responsible",
     "visit_note",
+    "consent",
 }
 _COMMON = {
     "id",
@@ -380,6 +382,57 @@ def _check_files(where: str, value: Any) -> None:
                 raise _fail(f"{where}.{key}", "needs mode = 'drive'.")
 
 
+def _check_consent(where: str, value: Any) -> None:
+    """``consent``: ``"required"`` (every field of ``AMOCRM_CONSENT_FIELDS``), a
+    list of the consent fields required, or ``false``/``"optional"``."""
+    if value is False or value in ("required", "optional"):
+        return
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(name, str) and name.strip() for name in value)
+    ):
+        return
+    raise _fail(
+        where,
+        "must be 'required' (every consent field of AMOCRM_CONSENT_FIELDS), a list "
+        f"of the consent fields required, or false, not {value!r}.",
+    )
+
+
+def consent_required(rule: dict[str, Any], configured: Any) -> list[str]:
+    """The consent fields an event of ``rule`` must carry agreed: every one of
+    ``configured`` (the names of ``AMOCRM_CONSENT_FIELDS``) for
+    ``consent = "required"``, the names listed, or none."""
+    value = rule.get("consent", False)
+    if value == "required":
+        return list(configured)
+    if isinstance(value, list):
+        return [str(name).strip() for name in value]
+    return []
+
+
+def check_consent_fields(rules: dict[str, Any], configured: Any) -> None:
+    """Raise :class:`RuntimeError` when a rule requires a consent field that
+    ``AMOCRM_CONSENT_FIELDS`` (the names ``configured``) does not name."""
+    names = list(configured)
+    for kind, name, where in rule_names(rules):
+        rule = find_rule(rules, kind, name) or {}
+        value = rule.get("consent", False)
+        if value == "required" and not names:
+            raise RuntimeError(
+                f"AMOCRM_CONSENT_FIELDS names no consent field, but {where}.consent "
+                "is 'required': name the form's consent fields in "
+                "AMOCRM_CONSENT_FIELDS."
+            )
+        unknown = [n for n in consent_required(rule, names) if n not in names]
+        if unknown:
+            raise RuntimeError(
+                f"AMOCRM_CONSENT_FIELDS does not name {', '.join(unknown)}, which "
+                f"{where}.consent requires: add it to AMOCRM_CONSENT_FIELDS."
+            )
+
+
 def files_setting(value: Any) -> dict[str, Any] | None:
     """A rule's ``files`` as a table (``"drive"`` is ``{mode = "drive"}``), or
     ``None`` for ``files = false``."""
@@ -447,6 +500,8 @@ def _check_rule(where: str, rule: Any, complete: bool = False) -> None:
                 raise _fail(path, f"must be 'text' or 'html', not {value!r}.")
         elif key == "group":
             _check_bool(path, value)
+        elif key == "consent":
+            _check_consent(path, value)
         elif key == "responsible":
             if not isinstance(value, str | int | list) or value == []:
                 raise _fail(path, "must be a user (name, e-mail or id) or a list.")

@@ -25,6 +25,8 @@ from jinja2 import Undefined, pass_context
 from jinja2.exceptions import TemplateRuntimeError
 from jinja2.runtime import Context
 
+from ..i18n import N_
+
 #: The entities a section's ``id`` names.
 ENTITIES = ("lead", "contact", "company")
 #: The name under which the section's :class:`IdCheck` reaches its ``id`` template.
@@ -33,12 +35,13 @@ CHECK_VARIABLE = "_amocrm_id_check"
 
 def unsigned_id(entity: str) -> str:
     """Why an ``id`` template that takes the id from the event as it is is refused."""
-    return (
+    return N_(
         "takes the entity's id from the event without the site's signature, so any "
         "visitor could update anyone's entity (ids are sequential): render the id "
-        f"into your form signed (flask_amocrm.sign_id('{entity}', id)) and verify it "
-        f"here with the signed filter: \"{{{{ data.{entity}_id | default('') | "
-        'signed }}" (docs/rules.md, section keys)'
+        "into your form signed (flask_amocrm.sign_id('%(entity)s', id)) and verify it "
+        "here with the signed filter: \"{{ data.%(entity)s_id | default('') | "
+        'signed }}" (docs/rules.md, section keys)',
+        entity=entity,
     )
 
 
@@ -95,16 +98,22 @@ class IdCheck:
         """The id ``value`` carries, if the site signed it for this entity."""
         if not self._secret_key:
             raise SignedIdError(
-                f"the {self._entity} id is signed, but the app has no secret key "
-                "(SECRET_KEY) to verify it with"
+                N_(
+                    "the %(entity)s id is signed, but the app has no secret key "
+                    "(SECRET_KEY) to verify it with",
+                    entity=self._entity,
+                )
             )
         try:
             raw = _signer(self._entity, self._secret_key).unsign(str(value).strip())
         except BadSignature:
             raise SignedIdError(
-                f"the {self._entity} id sent does not carry the site's signature "
-                f"(sign_id('{self._entity}', id) with the app's SECRET_KEY); it was "
-                "changed or signed for something else, so nothing was updated"
+                N_(
+                    "the %(entity)s id sent does not carry the site's signature "
+                    "(sign_id('%(entity)s', id) with the app's SECRET_KEY); it was "
+                    "changed or signed for something else, so nothing was updated",
+                    entity=self._entity,
+                )
             ) from None
         return raw.decode("ascii")
 
@@ -116,7 +125,7 @@ def signed(context: Context, value: Any) -> Any:
         return ""
     check = context.get(CHECK_VARIABLE)
     if not isinstance(check, IdCheck):
-        raise SignedIdError("the 'signed' filter is for a section's 'id' only")
+        raise SignedIdError(N_("the 'signed' filter is for a section's 'id' only"))
     return check.verify(value)
 
 

@@ -48,6 +48,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
 from ..errors import RuleError
+from ..i18n import N_
 
 #: A rendered value longer than this is cut: no amoCRM field holds more, and a template
 #: looping over visitor input must not build megabytes.
@@ -431,16 +432,27 @@ def render(
     """Render one template string; :class:`RuleError` naming ``where`` on error."""
     if "{" not in source:
         return source
-    label = f" in {where}" if where else ""
     try:
         text = _run(compile_template(source, html), variables)
-    except TemplateError as exc:
-        raise RuleError(
-            f"template error{label}: {exc} (template: {source!r})"
-        ) from None
     except Exception as exc:  # a filter fed the wrong thing: still the rule's fault
+        error: Any = exc
+        if not isinstance(exc, TemplateError):
+            error = f"{type(exc).__name__}: {exc}"
+        if where:
+            raise RuleError(
+                N_(
+                    "template error in %(where)s: %(error)s (template: %(template)s)",
+                    where=where,
+                    error=error,
+                    template=repr(source),
+                )
+            ) from None
         raise RuleError(
-            f"template error{label}: {type(exc).__name__}: {exc} (template: {source!r})"
+            N_(
+                "template error: %(error)s (template: %(template)s)",
+                error=error,
+                template=repr(source),
+            )
         ) from None
     return text[:MAX_OUTPUT]
 

@@ -22,14 +22,23 @@ from .. import shared
 from ..amo.apilog import event_context
 from ..amo.clients import client_for
 from ..amo.metadata import metadata_for
-from ..errors import AmoCRMError, CallVetoed, RuleError, ValidationError, describe
+from ..errors import (
+    AmoCRMError,
+    CallVetoed,
+    RuleError,
+    ValidationError,
+    describe,
+    failure_reason,
+)
 from ..hooks import for_events
+from ..i18n import N_, message_of
 from ..models import (
     CANCELLED,
     DELIVERED,
     FAILED,
     IGNORED,
     RETRYING,
+    SPAM,
     Event,
     EventAttempt,
     utcnow,
@@ -41,6 +50,7 @@ from ..rules.render import build_plan
 from ..rules.schema import find_rule
 from ..signals import event_cancelled, event_delivered, event_failed
 from ..state import AppState, get_state
+from .consent import missing_consent, record_consent
 from .delivery import Delivery
 from .execute import execute
 from .lookup import key_locks
@@ -49,6 +59,7 @@ from .outage import note_failure, note_success, paused
 from .push import after_push, before_push, reapply
 from .rules_file import reload_rules
 from .sources import forget_source, tag_source
+from .spam import screen, spam_reason
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -103,24 +114,32 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
         for event in events:
             try:
                 with for_events([event.id]):
-                    delivery = _prepare(state, session, event)
+                    held = _screen(state, event)
+                    delivery = None if held else _prepare(state, session, event)
             except RuleError as exc:
-                outcomes[event.id] = (FAILED, f"rule error: {exc}")
+                outcomes[event.id] = (FAILED, N_("rule error: %(error)s", error=exc))
                 continue
             except VALUE_ERRORS as exc:
                 # A date out of range, a number too large: this event's data can
                 # never be sent as it is, so it fails now instead of retrying.
                 outcomes[event.id] = (
                     FAILED,
-                    f"value error: {type(exc).__name__}: {str(exc)[:200]}",
+                    N_(
+                        "value error: %(kind)s: %(error)s",
+                        kind=type(exc).__name__,
+                        error=str(exc)[:200],
+                    ),
                 )
                 continue
             except Exception as exc:  # Redis or the database hiccuped: try later
                 log.exception("Unexpected error planning event %s", event.id)
                 outcomes[event.id] = (
                     RETRYING,
-                    f"unexpected {describe(exc)}",
+                    N_("unexpected %(error)s", error=describe(exc)),
                 )
+                continue
+            if held:
+                outcomes[event.id] = held
                 continue
             if delivery is None:
                 outcomes[event.id] = (
@@ -149,7 +168,10 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                     if delivery is not None:
                         reapply(delivery, old.edits)
                 except RuleError as exc:
-                    outcomes[old.event.id] = (FAILED, f"rule error: {exc}")
+                    outcomes[old.event.id] = (
+                        FAILED,
+                        N_("rule error: %(error)s", error=exc),
+                    )
                     continue
                 except Exception:  # noqa: BLE001 - keep the first answer's error
                     delivery = old
@@ -165,13 +187,13 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                 vetoed = delivery.error
                 outcomes[event.id] = (
                     CANCELLED if vetoed.cancelled else FAILED,
-                    str(vetoed),
+                    message_of(vetoed),
                 )
             elif delivery.error is not None:
                 failure = delivery.error
                 outcomes[event.id] = (
                     RETRYING if failure.retryable else FAILED,
-                    f"{type(failure).__name__}: {failure}",
+                    failure_reason(failure),
                 )
                 if failure.retryable:
                     note_failure(state, failure)  # e.g. the metadata could not be read
@@ -180,12 +202,14 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             else:
                 outcomes[event.id] = batch_error or (
                     RETRYING,
-                    "nothing was created; trying again",
+                    N_("nothing was created; trying again"),
                 )
 
         now = utcnow()
+        kinds: dict[int, str] = {}
         for event in events:
             outcome, error = outcomes[event.id]
+            kinds[event.id] = _kind(error)  # from the English, before translating
             error = cut_reason(error)
             outcomes[event.id] = (outcome, error)
             event.status = outcome
@@ -215,18 +239,21 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             event_delivered.send(app, event=event)
         elif outcome == FAILED:
             # The reason may quote what the visitor sent: it stays on the event.
-            log.warning("Event %s failed (%s)", event.id, _kind(error))
+            log.warning("Event %s failed (%s)", event.id, kinds[event.id])
             event_failed.send(app, event=event, error=error)
         elif outcome == CANCELLED:
             # The reason is the site's own words: it stays on the event.
             log.info("Event %s cancelled by a hook", event.id)
             event_cancelled.send(app, event=event, reason=error)
+        elif outcome == SPAM:
+            # The reasons may quote the visitor's IP or phone: they stay on the event.
+            log.info("Event %s held as spam; nothing was sent", event.id)
         elif outcome == RETRYING:
             log.warning(
                 "Event %s will be retried at %s (%s)",
                 event.id,
                 event.next_attempt_at,
-                _kind(error),
+                kinds[event.id],
             )
     after_push(state, [e for e in events if outcomes[e.id][0] == DELIVERED])
     return {event_id: outcome for event_id, (outcome, _) in outcomes.items()}
@@ -241,8 +268,10 @@ def _secret_keys(app: Any) -> list[str | bytes] | None:
 
 
 def _kind(reason: str | None) -> str:
-    """What kind of failure a stored reason is (its words before the first colon),
-    for the Python log: the rest may quote what the visitor sent."""
+    """What kind of failure a reason is (its words before the first colon), for the
+    Python log: the rest may quote what the visitor sent. Given the reason as the
+    code writes it (English), never its translation, whose words may be ordered
+    otherwise."""
     return (reason or "").split(":", 1)[0][:80] or "no reason"
 
 
@@ -253,7 +282,10 @@ def _run(
     failed, else ``None`` (each delivery's own error is on it)."""
     pause = paused(state) if deliveries else None
     if pause:
-        return (RETRYING, f"paused, no request sent: amoCRM blocked us: {pause}")
+        return (
+            RETRYING,
+            N_("paused, no request sent: amoCRM blocked us: %(pause)s", pause=pause),
+        )
     remaining = [d for d in deliveries if d.error is None]
     if not remaining:
         return None
@@ -277,20 +309,17 @@ def _run(
             # there; the others go on from where their progress says.
             hit = [d for d in remaining if d.event.id in exc.events]
             if not hit:
-                return (CANCELLED if exc.cancelled else FAILED, str(exc))
+                return (CANCELLED if exc.cancelled else FAILED, message_of(exc))
             for delivery in hit:
                 delivery.error = exc
             remaining = [d for d in remaining if d.error is None]
             continue
         except AmoCRMError as exc:
             note_failure(state, exc)
-            return (
-                RETRYING if exc.retryable else FAILED,
-                f"{type(exc).__name__}: {exc}",
-            )
+            return (RETRYING if exc.retryable else FAILED, failure_reason(exc))
         except Exception as exc:  # a bug or a database hiccup: keep trying, loudly
             log.exception("Unexpected error delivering events %s", claimed)
-            return (RETRYING, f"unexpected {describe(exc)}")
+            return (RETRYING, N_("unexpected %(error)s", error=describe(exc)))
         break
     note_success(state)
     return None
@@ -335,13 +364,36 @@ def _refresh_caches(state: AppState) -> bool:
     return True
 
 
+def _screen(state: AppState, event: Event) -> tuple[str, str] | None:
+    """Before an event's first request (nothing of it reached amoCRM yet): record
+    its consent evidence, judge it spam or not, and check the consent its rule
+    requires. Its outcome when it goes no further (``spam``, ``failed``), else
+    ``None``."""
+    if Progress.from_json(event.remote).to_json() != Progress().to_json():
+        return None  # an earlier attempt sent something: it was screened then
+    record_consent(state, event)
+    reasons = screen(state, event)
+    if reasons:
+        return (SPAM, spam_reason(state, reasons))
+    rule = find_rule(state.settings.rules, event.kind, event.source)
+    missing = missing_consent(state, rule, event) if rule is not None else None
+    return (FAILED, missing) if missing else None
+
+
 def _prepare(state: AppState, session: Any, event: Event) -> Delivery | None:
     """The event's delivery, or ``None`` when there is no rule for it. A plan whose
     steps an earlier attempt finished is returned as well: it sends nothing."""
     rule = find_rule(state.settings.rules, event.kind, event.source)
     if rule is None:
         event.log = append_log(
-            event.log, [f"no rule for {event.kind} {event.source!r}"]
+            event.log,
+            [
+                N_(
+                    "no rule for %(kind)s %(source)s",
+                    kind=event.kind,
+                    source=repr(event.source),
+                )
+            ],
         )
         return None
     section = "forms" if event.kind == "form" else "mails"

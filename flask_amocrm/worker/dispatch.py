@@ -28,6 +28,7 @@ from ..state import AppState
 from .deliver import deliver_events
 from .inbound import handle_changes
 from .queue import enqueue_change, enqueue_event, enqueue_new_event
+from .spam import mark_released
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -78,6 +79,16 @@ def retry(
     due = make_due(state, ids=ids, status=status)
     hand_off_many(state, due)
     return due
+
+
+def release(state: AppState, event_id: int, who: str) -> bool:
+    """Release an event held as spam (``flask amocrm release ID``, the admin's
+    button): it is made due, handed on as :func:`hand_off_many` does, and delivered
+    without being judged spam again. ``False`` when it is not ``spam``."""
+    if not mark_released(state, event_id, who):
+        return False
+    hand_off_many(state, [event_id])
+    return True
 
 
 def hand_off_changes(state: AppState, change_ids: list[int]) -> None:

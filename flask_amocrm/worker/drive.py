@@ -40,6 +40,7 @@ import requests
 
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, APIError
+from ..i18n import N_, localize, site_locale
 from ..rules.plan import DriveFile, DriveSpec
 from ..vocabulary import ENTITY
 from .delivery import Delivery
@@ -294,7 +295,11 @@ def _fields(client: AmoClient, delivery: Delivery, spec: DriveSpec) -> None:
             if exc.retryable:
                 raise
             delivery.note(
-                f"files: the {key}'s file fields were not set: {_detail(exc)}"
+                N_(
+                    "files: the %(key)s's file fields were not set: %(error)s",
+                    key=key,
+                    error=_detail(exc),
+                )
             )
         for item, _ in items:
             _put(delivery, item.index, field=True)
@@ -316,7 +321,11 @@ def _remarks(delivery: Delivery, spec: DriveSpec) -> None:
         return
     delivery.note(
         *(
-            f"files: {item.name} was not put into amoCRM's drive: {why}"
+            N_(
+                "files: %(name)s was not put into amoCRM's drive: %(why)s",
+                name=item.name,
+                why=why,
+            )
             for item, why in failed
         )
     )
@@ -324,7 +333,7 @@ def _remarks(delivery: Delivery, spec: DriveSpec) -> None:
     if key is None or progress.file_notes:
         return
     html_notes = delivery.plan.html
-    lines = ["Files not in amoCRM's drive:"]
+    lines = [localize(N_("Files not in amoCRM's drive:"), site_locale())]
     for item, why in failed:
         if html_notes:
             name = html.escape(item.name)

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, ValidationError
 from ..hooks import for_events
+from ..i18n import N_
 from ..vocabulary import ENTITY, fold
 from .delivery import Delivery
 from .drive import upload_files
@@ -87,8 +88,10 @@ def _execute(client: AmoClient, deliveries: list[Delivery], locks: Locks) -> Non
             for d in busy:
                 # Another worker is deciding about the same person: next attempt.
                 d.note(
-                    "duplicate control: another worker is handling the same person; "
-                    "trying again"
+                    N_(
+                        "duplicate control: another worker is handling the same "
+                        "person; trying again"
+                    )
                 )
             waiting += busy
             group = [d for d in group if d not in busy]
@@ -168,8 +171,13 @@ def _encodable(what: str, group: Group) -> bool:
         json.dumps(group[1], ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (UnicodeError, ValueError, OverflowError, TypeError) as exc:
         group[0].error = ValidationError(
-            f"the data of this event cannot be sent to amoCRM ({what}): "
-            f"{type(exc).__name__}: {_short(exc)}",
+            N_(
+                "the data of this event cannot be sent to amoCRM (%(what)s): "
+                "%(kind)s: %(error)s",
+                what=what,
+                kind=type(exc).__name__,
+                error=_short(exc),
+            ),
             status=None,
         )
         return False
@@ -207,7 +215,11 @@ def _send_chunk(
             if len(chunk) == 1:
                 # Not tied to an item, but this event was alone: it is the bad one.
                 chunk[0][0].error = ValidationError(
-                    f"amoCRM rejected the data ({what}): {exc}",
+                    N_(
+                        "amoCRM rejected the data (%(what)s): %(error)s",
+                        what=what,
+                        error=str(exc),
+                    ),
                     body=exc.body,
                     errors=exc.errors,
                 )
@@ -248,7 +260,11 @@ def _reject(exc: ValidationError, deliveries: list[Delivery], *, what: str) -> b
             for e in item.get("errors", [])
         )
         delivery.error = ValidationError(
-            f"amoCRM rejected the data ({what}): {details}",
+            N_(
+                "amoCRM rejected the data (%(what)s): %(error)s",
+                what=what,
+                error=details,
+            ),
             body=exc.body,
             errors=[item],
         )
@@ -278,7 +294,12 @@ def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
             have = delivery.current.get(key) or current.get(entity_id)
             if have is None:
                 delivery.error = AmoCRMError(
-                    f"the rule's {key}.id is {entity_id}, but amoCRM has no such {key}"
+                    N_(
+                        "the rule's %(key)s.id is %(id)s, but amoCRM has no such "
+                        "%(key)s",
+                        key=key,
+                        id=entity_id,
+                    )
                 )
                 continue
             groups.append((delivery, [plan.update_payload(entity_id, have)]))
@@ -346,7 +367,10 @@ def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
             # of ours about duplicates would now point at the entity itself.
             extra["duplicate_notes"] = {}
             d.note(
-                f"amoCRM's duplicate control merged this event into lead {answer['id']}"
+                N_(
+                    "amoCRM's duplicate control merged this event into lead %(id)s",
+                    id=answer["id"],
+                )
             )
         d.record(
             "create",

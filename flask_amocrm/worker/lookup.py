@@ -29,6 +29,7 @@ from .. import shared
 from ..amo.client import AmoClient
 from ..dedup import DuplicateRule, duplicates_note, lock_name, pick
 from ..hooks import for_events
+from ..i18n import N_
 from ..rules.plan import EntityPlan
 from ..vocabulary import ENTITY
 
@@ -175,24 +176,43 @@ def _decide(
             # Incoming leads are always new: the duplicates are listed on the lead.
             notes.setdefault("lead", []).extend(listed)
             lines.append(
-                f"duplicate control: {len(dups)} duplicate {key}(s) "
-                "listed in a note (incoming lead)"
+                N_(
+                    "duplicate control: %(count)s duplicate %(key)s(s) listed in a "
+                    "note (incoming lead)",
+                    count=len(dups),
+                    key=key,
+                )
             )
         elif rule.strategy == "note":
             notes.setdefault(key, []).extend(listed)
             lines.append(
-                f"duplicate control: a new {key}; {len(dups)} duplicate(s) "
-                "listed in a note"
+                N_(
+                    "duplicate control: a new %(key)s; %(count)s duplicate(s) listed "
+                    "in a note",
+                    key=key,
+                    count=len(dups),
+                )
             )
         else:
             main = dups[0]
             reused[key] = main["id"]
             d.current[key] = main
-            what = "updated" if rule.strategy == "update" else "used as it is"
-            lines.append(
-                f"duplicate control: {key} {main['id']} {what} (same "
-                f"{', '.join(rule.matched_labels(main))})"
-            )
+            same = ", ".join(rule.matched_labels(main))
+            if rule.strategy == "update":
+                line = N_(
+                    "duplicate control: %(key)s %(id)s updated (same %(same)s)",
+                    key=key,
+                    id=main["id"],
+                    same=same,
+                )
+            else:
+                line = N_(
+                    "duplicate control: %(key)s %(id)s used as it is (same %(same)s)",
+                    key=key,
+                    id=main["id"],
+                    same=same,
+                )
+            lines.append(line)
     texts = {
         key: duplicates_note(items, client.base_url, html_format=d.plan.html)
         for key, items in notes.items()

@@ -26,7 +26,9 @@ from ..errors import (
     ServerError,
     TokenRevokedError,
     TransportError,
+    failure_reason,
 )
+from ..i18n import gettext, localize, ngettext, site_locale
 from ..models import PENDING, PROCESSING, RETRYING, Event
 from ..state import AppState
 
@@ -109,7 +111,9 @@ def note_failure(state: AppState, exc: BaseException) -> None:
     if not isinstance(exc, OUTAGE_ERRORS):
         return
     started = time.time()
-    reason = f"{type(exc).__name__}: {exc}"[:500]
+    locale = site_locale()  # mails and stored reasons: the site's language
+    english = str(failure_reason(exc))[:500]  # for the Python log
+    reason = localize(failure_reason(exc), locale)[:500]
     if alert_auth_failure(state, exc):
         # Its own mail said what to do; the outage starts quietly, and its end is
         # announced as any other.
@@ -118,7 +122,12 @@ def note_failure(state: AppState, exc: BaseException) -> None:
     if isinstance(exc, AccountBlockedError) and shared.set_once(
         state,
         _PAUSE,
-        f"{reason} (since {_when(started)})",
+        gettext(
+            "%(reason)s (since %(when)s)",
+            locale=locale,
+            reason=reason,
+            when=_when(started),
+        ),
         seconds=BLOCK_PAUSE,
         account=True,  # the block is the account's: every site feeding it pauses
     ):
@@ -132,36 +141,66 @@ def note_failure(state: AppState, exc: BaseException) -> None:
     ):
         return
     host = state.settings.base_url
-    log.error("amoCRM outage started at %s: %s", host, reason)
+    log.error("amoCRM outage started at %s: %s", host, english)
     send_alert(
-        f"amoCRM is not answering ({host})",
-        f"Since {_when(started)} amoCRM at {host} fails or refuses our requests:\n\n"
-        f"    {reason}\n\n"
-        f"{_waiting(state)} event(s) are waiting. Nothing is lost: they are kept and "
-        "delivered when amoCRM answers again; you will get one more mail then.\n"
-        + (_token_advice(state) if isinstance(exc, AuthError) else "")
+        gettext("amoCRM is not answering (%(host)s)", locale=locale, host=host),
+        gettext(
+            "Since %(when)s amoCRM at %(host)s fails or refuses our requests:",
+            locale=locale,
+            when=_when(started),
+            host=host,
+        )
+        + f"\n\n    {reason}\n\n"
+        + _waiting_text(state, locale)
+        + " "
+        + gettext(
+            "Nothing is lost: they are kept and delivered when amoCRM answers "
+            "again; you will get one more mail then.",
+            locale=locale,
+        )
+        + "\n"
+        + (_token_advice(state, locale) if isinstance(exc, AuthError) else "")
         + (
-            "\nThe account is blocked or not paid: that needs amoCRM's support or "
-            "billing.\n"
+            "\n"
+            + gettext(
+                "The account is blocked or not paid: that needs amoCRM's support "
+                "or billing.",
+                locale=locale,
+            )
+            + "\n"
             if isinstance(exc, AccountBlockedError | PaymentRequiredError)
             else ""
         ),
     )
 
 
-def _token_advice(state: AppState) -> str:
+def _waiting_text(state: AppState, locale: str) -> str:
+    """How many events wait, as a sentence."""
+    return ngettext(
+        "%(count)s event(s) are waiting.",
+        "%(count)s event(s) are waiting.",
+        _waiting(state),
+        locale=locale,
+    )
+
+
+def _token_advice(state: AppState, locale: str) -> str:
     """What to do about a refused token: it depends on the kind of token."""
     if state.settings.token:
-        return (
-            "\nThe long-lived token (AMOCRM_TOKEN) was refused: it expired or was "
+        advice = gettext(
+            "The long-lived token (AMOCRM_TOKEN) was refused: it expired or was "
             "revoked. An admin of the amoCRM account makes a new one (the private "
             "integration's 'Keys and scopes', 'Generate long-lived token'), sets it as "
-            "AMOCRM_TOKEN and restarts the site and its workers.\n"
+            "AMOCRM_TOKEN and restarts the site and its workers.",
+            locale=locale,
         )
-    return (
-        "\nThe OAuth token was refused: connect amoCRM again ('flask amocrm auth' "
-        "or 'Connect amoCRM' in the site's admin).\n"
-    )
+    else:
+        advice = gettext(
+            "The OAuth token was refused: connect amoCRM again ('flask amocrm auth' "
+            "or 'Connect amoCRM' in the site's admin).",
+            locale=locale,
+        )
+    return f"\n{advice}\n"
 
 
 def note_success(state: AppState) -> None:
@@ -175,12 +214,26 @@ def note_success(state: AppState) -> None:
         since = time.time()
     minutes = (time.time() - since) / 60
     host = state.settings.base_url
+    locale = site_locale()
     log.warning("amoCRM outage at %s ended after %.1f minutes", host, minutes)
     send_alert(
-        f"amoCRM answers again ({host})",
-        f"amoCRM at {host} answers again. The outage began {_when(since)} and "
-        f"lasted {minutes:.1f} minutes.\n\n{_waiting(state)} event(s) are still "
-        "waiting and are being delivered now.\n",
+        gettext("amoCRM answers again (%(host)s)", locale=locale, host=host),
+        gettext(
+            "amoCRM at %(host)s answers again. The outage began %(when)s and "
+            "lasted %(minutes)s minutes.",
+            locale=locale,
+            host=host,
+            when=_when(since),
+            minutes=format(minutes, ".1f"),
+        )
+        + "\n\n"
+        + ngettext(
+            "%(count)s event(s) are still waiting and are being delivered now.",
+            "%(count)s event(s) are still waiting and are being delivered now.",
+            _waiting(state),
+            locale=locale,
+        )
+        + "\n",
     )
 
 
@@ -194,21 +247,36 @@ def alert_auth_failure(state: AppState, exc: BaseException) -> bool:
     configuration). Whether a mail went out for it: when it did not (already
     sent), the caller treats the failure as any outage."""
     host = state.settings.base_url
+    locale = site_locale()
     if isinstance(exc, TokenRevokedError):
         return send_alert(
-            "amoCRM access lost: connect amoCRM again",
-            f"amoCRM refused to refresh the access of {host}: {exc}\n\n"
-            "No event is lost: they wait as 'retrying' and are delivered once "
-            "amoCRM is connected again. Run 'flask amocrm auth' or use "
-            "'Connect amoCRM' in the site's admin.",
+            gettext("amoCRM access lost: connect amoCRM again", locale=locale),
+            gettext(
+                "amoCRM refused to refresh the access of %(host)s: %(error)s",
+                locale=locale,
+                host=host,
+                error=exc,
+            )
+            + "\n\n"
+            + gettext(
+                "No event is lost: they wait as 'retrying' and are delivered once "
+                "amoCRM is connected again. Run 'flask amocrm auth' or use "
+                "'Connect amoCRM' in the site's admin.",
+                locale=locale,
+            ),
             dedupe_key="revoked",
             dedupe_seconds=_AUTH_ALERT_SECONDS,
         )
     if isinstance(exc, ClientRefusedError):
         return send_alert(
-            "amoCRM refuses the integration's credentials",
-            f"amoCRM refused AMOCRM_CLIENT_ID/AMOCRM_CLIENT_SECRET for {host}: "
-            f"{exc}. Events wait until they are fixed.",
+            gettext("amoCRM refuses the integration's credentials", locale=locale),
+            gettext(
+                "amoCRM refused AMOCRM_CLIENT_ID/AMOCRM_CLIENT_SECRET for "
+                "%(host)s: %(error)s. Events wait until they are fixed.",
+                locale=locale,
+                host=host,
+                error=exc,
+            ),
             dedupe_key="client",
             dedupe_seconds=_AUTH_ALERT_SECONDS,
         )

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import Cancel, RuleError
 from ..hooks import AmoIds, for_events, last_line
+from ..i18n import N_
 from ..models import CANCELLED, FAILED, Event
 from ..outbox import append_log
 from ..progress import Progress
@@ -58,7 +59,14 @@ def before_push(state: AppState, delivery: Delivery) -> tuple[str, str] | None:
                 type(exc).__name__,
                 event.id,
             )
-            return (FAILED, f"before_push hook {hook.name} raised: {last_line(exc)}")
+            return (
+                FAILED,
+                N_(
+                    "before_push hook %(hook)s raised: %(error)s",
+                    hook=hook.name,
+                    error=last_line(exc),
+                ),
+            )
     try:
         apply_draft(delivery.plan, before, view)
     except RuleError as exc:
@@ -105,7 +113,11 @@ def after_push(state: AppState, events: list[Event]) -> None:
                     event.id,
                 )
                 remarks.setdefault(event.id, []).append(
-                    f"after_push hook {hook.name} raised: {last_line(exc)}"
+                    N_(
+                        "after_push hook %(hook)s raised: %(error)s",
+                        hook=hook.name,
+                        error=last_line(exc),
+                    )
                 )
     if not remarks:
         return

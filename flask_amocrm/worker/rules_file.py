@@ -15,6 +15,7 @@ import os
 import time
 
 from ..config import load_rules
+from ..i18n import _
 from ..rules.schema import validate_rules
 from ..state import AppState
 
@@ -62,11 +63,18 @@ def rules_age(state: AppState) -> str | None:
     try:
         mtime = os.stat(path).st_mtime
     except OSError as exc:
-        return f"rules file {path}: cannot be read ({exc.strerror})"
+        return _(
+            "rules file %(path)s: cannot be read (%(error)s)",
+            path=path,
+            error=exc.strerror,
+        )
     minutes = (time.time() - mtime) / 60
-    return (
-        f"rules file {path}: changed {_when(mtime)} ({minutes:.0f} min ago); "
-        "running workers reload it before their next batch"
+    return _(
+        "rules file %(path)s: changed %(when)s (%(minutes)s min ago); running "
+        "workers reload it before their next batch",
+        path=path,
+        when=_when(mtime),
+        minutes=format(minutes, ".0f"),
     )
 
 

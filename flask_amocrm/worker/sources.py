@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from .. import shared
 from ..amo.client import AmoClient
 from ..errors import AmoCRMError, CallVetoed
+from ..i18n import N_
 from ..state import AppState
 
 if TYPE_CHECKING:
@@ -118,7 +119,12 @@ def tag_source(
         return
     if register and source_id(state, client, external_id) is None:
         for delivery in new:
-            delivery.note(f"amoCRM refused the source {external_id!r}: sent without it")
+            delivery.note(
+                N_(
+                    "amoCRM refused the source %(source)s: sent without it",
+                    source=repr(external_id),
+                )
+            )
         return
     for delivery in new:
         lead = delivery.plan.lead

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import RuleError
+from ...i18n import N_
 from ..plan import Plan, PlanEnv
 from .builder import PlanBuilder, template_variables
 from .entities import cap_fields, lead, person
@@ -43,8 +44,11 @@ def build_plan(
             setattr(plan, key, person(b, key))
     if not plan.entities():
         raise RuleError(
-            f"{where}: the rule makes nothing of this event (no "
-            "lead, and the contact and company values are all empty)"
+            N_(
+                "%(where)s: the rule makes nothing of this event (no lead, and "
+                "the contact and company values are all empty)",
+                where=where,
+            )
         )
     cap_fields(b)
     if b.unsorted:

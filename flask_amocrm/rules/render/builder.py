@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import RuleError
+from ...i18n import N_
 from ...vocabulary import ENTITY
 from ..clean import NAME_LIMIT, clean_text
 from ..fields import is_empty, known_field
@@ -22,7 +23,10 @@ from ..templates import render_value
 def template_variables(event: Any) -> dict[str, Any]:
     """The names a rule's templates see: the event's ``data``, ``form`` or ``event``
     (its source), ``mail``, the visit (``utm``, ``utm_first``, ``page``, ``site``,
-    ``client``, ``cookies``, ``journey``), ``files``, ``sent_at`` and ``event_uid``."""
+    ``client``, ``cookies``, ``journey``), ``files``, ``sent_at``, ``event_uid``, and
+    the consent evidence the worker recorded (``consent``: per field ``given``,
+    ``value``, ``version``, ``at``, ``ip``; ``consent_text``: one line per field, for a
+    note)."""
     context = event.context or {}
     data = event.data or {}
     mail = data.get("mail", {}) if event.kind == "mail" else {}
@@ -48,6 +52,8 @@ def template_variables(event: Any) -> dict[str, Any]:
         "files": event.files or [],
         "sent_at": context.get("captured_at"),
         "event_uid": getattr(event, "uid", None),
+        "consent": context.get("consent") or {},
+        "consent_text": context.get("consent_text") or "",
     }
 
 
@@ -138,9 +144,13 @@ class PlanBuilder:
         found = self.env.meta(where).field(entity, name)
         if found is None and required:
             raise RuleError(
-                f"{where}: the {entity} of the account have no field "
-                f"{name!r} (give its code, id or name; see "
-                "'flask amocrm check')"
+                N_(
+                    "%(where)s: the %(entity)s of the account have no field "
+                    "%(name)s (give its code, id or name; see 'flask amocrm check')",
+                    where=where,
+                    entity=entity,
+                    name=repr(name),
+                )
             )
         return found
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import RuleError
+from ...i18n import N_
 from ...vocabulary import LOCK_KEYS, STANDARD_FIELDS, TRACKING_TAGS
 from ..clean import NAME_LIMIT, TAG_LIMIT, clean_text, parse_number
 from ..fields import field_item, is_empty
@@ -167,7 +168,12 @@ def price(b: PlanBuilder, value: Any, where: str) -> int | None:
         if number is None:
             b.warn(
                 "lead",
-                f"{where}: {part!r} is not a number and was not added to the price",
+                N_(
+                    "%(where)s: %(value)s is not a number and was not added to the "
+                    "price",
+                    where=where,
+                    value=repr(part),
+                ),
             )
             continue
         total += number
@@ -176,7 +182,14 @@ def price(b: PlanBuilder, value: Any, where: str) -> int | None:
         return None
     rounded = round(total)
     if rounded != total:
-        b.plan.warnings.append(f"{where}: {total:g} was rounded to {rounded}")
+        b.plan.warnings.append(
+            N_(
+                "%(where)s: %(total)s was rounded to %(rounded)s",
+                where=where,
+                total=format(total, "g"),
+                rounded=rounded,
+            )
+        )
     return int(rounded)
 
 
@@ -188,14 +201,20 @@ def entity_id(b: PlanBuilder, section: dict[str, Any], where: str) -> int | None
     key = where.rsplit(".", 1)[-1]
     template = section["id"]
     if isinstance(template, str) and "{" in template and not signed_only(template):
-        raise RuleError(f"{where}.id: {unsigned_id(key)}")
+        raise RuleError(N_("%(where)s.id: %(why)s", where=where, why=unsigned_id(key)))
     variables = {**b.vars, CHECK_VARIABLE: IdCheck(key, b.env.secret_key)}
     value = render_value(template, variables, where=f"{where}.id")
     if is_empty(value):
         return None
     text = str(value).strip()
     if not text.isdigit():
-        raise RuleError(f"{where}.id: {text!r} is not an entity id")
+        raise RuleError(
+            N_(
+                "%(where)s.id: %(value)s is not an entity id",
+                where=where,
+                value=repr(text),
+            )
+        )
     return int(text)
 
 
@@ -298,8 +317,13 @@ def cap_fields(b: PlanBuilder) -> None:
             )
             b.warn(
                 entity.key,
-                f"field {ident} not sent (amoCRM takes at most "
-                f"{MAX_FIELD_VALUES} values per entity): {shown}",
+                N_(
+                    "field %(field)s not sent (amoCRM takes at most %(max)s values "
+                    "per entity): %(values)s",
+                    field=ident,
+                    max=MAX_FIELD_VALUES,
+                    values=shown,
+                ),
             )
         if len(values) > room:
             entity.payload["custom_fields_values"] = values[:room]

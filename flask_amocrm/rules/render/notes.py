@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from ...errors import RuleError
-from ...i18n import gettext
+from ...i18n import N_, gettext, localize, site_locale
 from ..clean import LONG_LIMIT
 from ..fields import field_item
 from ..plan import DriveFile, DriveSpec, NoteSpec
@@ -25,7 +25,7 @@ from ..schema import files_setting
 from .builder import PlanBuilder
 
 _SECTIONS = ("lead", "contact", "company")
-_REMARKS_HEAD = "Flask-AmoCRM could not write some values as the rule says:"
+_REMARKS_HEAD = N_("Flask-AmoCRM could not write some values as the rule says:")
 
 
 def notes(b: PlanBuilder) -> None:
@@ -86,7 +86,8 @@ def notes(b: PlanBuilder) -> None:
         target = b.entity_key(key)
         if remarks and target:
             lines = [line(b, r) for r in remarks]
-            add(target, join(b, [_REMARKS_HEAD, *lines]), False, group_rule)
+            head = localize(_REMARKS_HEAD, site_locale())
+            add(target, join(b, [head, *lines]), False, group_rule)
     for slot in order:
         key, unique, _group = slot
         b.plan.notes.append(
@@ -102,7 +103,7 @@ def visit_lines(b: PlanBuilder) -> list[str]:
     lines = []
     if b.mark_lines:
         marks = ", ".join(f"{k}={v}" for k, v in b.mark_lines)
-        lines.append(gettext("Ad marks: %(marks)s", marks=marks))
+        lines.append(gettext("Ad marks: %(marks)s", site_locale(), marks=marks))
     path = journey_text(b.vars["journey"]) if b.rule.get("visit_note", True) else ""
     if path:
         lines.append(path)
@@ -124,11 +125,13 @@ def journey_text(journey: Any) -> str:
     if landing and landing != pages[0]:
         pages[:0] = [str(landing), "…"]
     seconds = int(journey.get("seconds") or 0)
+    locale = site_locale()  # a stored text: the site's language, not a browser's
     if seconds < 60:
-        spent = gettext("%(seconds)s s", seconds=seconds)
+        spent = gettext("%(seconds)s s", locale, seconds=seconds)
     else:
-        spent = gettext("%(minutes)s min", minutes=round(seconds / 60))
-    return gettext("Path: %(pages)s, %(time)s", pages=" → ".join(pages), time=spent)
+        spent = gettext("%(minutes)s min", locale, minutes=round(seconds / 60))
+    pages_text = " → ".join(pages)
+    return gettext("Path: %(pages)s, %(time)s", locale, pages=pages_text, time=spent)
 
 
 def files(b: PlanBuilder) -> tuple[str, str]:
@@ -163,7 +166,7 @@ def files(b: PlanBuilder) -> tuple[str, str]:
             return "", ""
     if setting.get("note", True) is False:
         return "", ""
-    lines = ["Files:"]
+    lines = [localize(N_("Files:"), site_locale())]
     for f in uploaded:
         name = str(f.get("name") or f.get("field") or "file")
         url = f.get("url")
@@ -172,8 +175,8 @@ def files(b: PlanBuilder) -> tuple[str, str]:
         elif url:
             lines.append(f"- {name}: {url}")
         else:
-            why = f.get("error") or "not saved"
-            lines.append(line(b, f"{name} ({why})"))
+            why = f.get("error") or N_("not saved")
+            lines.append(line(b, N_("%(name)s (%(why)s)", name=name, why=why)))
     return key, join(b, lines)
 
 
@@ -207,8 +210,12 @@ def drive(
         assert found is not None
         if found.get("type") != "file":
             raise RuleError(
-                f"{where}: the field {name!r} is of type {found.get('type')!r}, "
-                "not 'file'"
+                N_(
+                    "%(where)s: the field %(name)s is of type %(type)s, not 'file'",
+                    where=where,
+                    name=repr(name),
+                    type=repr(found.get("type")),
+                )
             )
         fields[str(form_field)] = (owner, int(found["id"]))
     b.plan.drive = DriveSpec(
@@ -260,13 +267,20 @@ def cut(b: PlanBuilder, key: str, text: str) -> str:
     if b.html:  # never leave half a tag or an entity behind
         kept = re.sub(r"<[^>]*$|&[#\w]*$", "", kept)
     b.plan.warnings.append(
-        f"{b.where}.{key}: a note of {len(text)} characters was cut to {LONG_LIMIT}"
+        N_(
+            "%(where)s.%(key)s: a note of %(length)s characters was cut to %(max)s",
+            where=b.where,
+            key=key,
+            length=len(text),
+            max=LONG_LIMIT,
+        )
     )
     return kept + tail.format(len(text) - len(kept))
 
 
 def line(b: PlanBuilder, text: str) -> str:
-    """A list item of a note."""
+    """A list item of a note (in the site's language: amoCRM's users read it)."""
+    text = localize(text, site_locale())
     return f"• {html.escape(text)}" if b.html else f"- {text}"
 
 

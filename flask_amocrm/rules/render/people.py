@@ -12,7 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import RuleError
-from ..account import find_pipeline, find_status, find_user, main_pipeline
+from ...i18n import N_
+from ..account import (
+    INACTIVE_USER,
+    find_pipeline,
+    find_status,
+    find_user,
+    main_pipeline,
+)
 from ..fields import is_empty
 from .builder import PlanBuilder
 
@@ -32,8 +39,32 @@ def user(b: PlanBuilder, value: Any, where: str, key: str | None) -> int | None:
     if user_id is not None:
         return user_id
     fallback = default_user(b, where, key, skip=value)
-    who = f"user {fallback}" if fallback else "amoCRM's default user"
-    b.warn(key, f"{where}: {wanted!r} {why}; the responsible is {who}")
+    if why == INACTIVE_USER:
+        problem = N_(
+            "%(where)s: %(user)s is not active", where=where, user=repr(wanted)
+        )
+    else:
+        problem = N_(
+            "%(where)s: %(user)s is not a user of the account",
+            where=where,
+            user=repr(wanted),
+        )
+    if fallback:
+        b.warn(
+            key,
+            N_(
+                "%(problem)s; the responsible is user %(id)s",
+                problem=problem,
+                id=fallback,
+            ),
+        )
+    else:
+        b.warn(
+            key,
+            N_(
+                "%(problem)s; the responsible is amoCRM's default user", problem=problem
+            ),
+        )
     return fallback
 
 
@@ -75,8 +106,12 @@ def pipeline_status(
         pipeline_id = find_pipeline(names, wanted)
         if pipeline_id is None:
             raise RuleError(
-                f"{where}.pipeline: there is no pipeline {wanted!r} "
-                "in the account (see 'flask amocrm check')"
+                N_(
+                    "%(where)s.pipeline: there is no pipeline %(name)s in the "
+                    "account (see 'flask amocrm check')",
+                    where=where,
+                    name=repr(wanted),
+                )
             )
     status_id = None
     if "status" in section and not b.unsorted:
@@ -84,8 +119,12 @@ def pipeline_status(
         status_id = find_status(names, pipeline_id, wanted)
         if status_id is None:
             raise RuleError(
-                f"{where}.status: there is no status {wanted!r} in "
-                "that pipeline (see 'flask amocrm check')"
+                N_(
+                    "%(where)s.status: there is no status %(name)s in that "
+                    "pipeline (see 'flask amocrm check')",
+                    where=where,
+                    name=repr(wanted),
+                )
             )
         if pipeline_id is None:
             pipeline_id = main_pipeline(names)

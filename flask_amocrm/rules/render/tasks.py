@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import RuleError
+from ...i18n import N_
 from ..account import find_task_type
 from ..clean import LONG_LIMIT
 from ..deadlines import DEFAULT_DEADLINE, deadline
@@ -26,7 +27,11 @@ def tasks(b: PlanBuilder) -> None:
     items = value if isinstance(value, list) else [value]
     if b.unsorted:
         b.plan.warnings.append(
-            f"{b.where}.task: incoming leads take no tasks; the task was not created"
+            N_(
+                "%(where)s.task: incoming leads take no tasks; the task was not "
+                "created",
+                where=b.where,
+            )
         )
         return
     now = b.env.timestamp()
@@ -40,9 +45,13 @@ def _task(b: PlanBuilder, task: dict[str, Any], where: str, now: float) -> TaskS
     entity = b.plan.entity(key)
     if entity is None:
         raise RuleError(
-            f"{where}.entity: the task is for the {key}, but this "
-            f"event makes no {key} (the rule has no '{key}' "
-            "section, or its values were all empty)"
+            N_(
+                "%(where)s.entity: the task is for the %(key)s, but this event "
+                "makes no %(key)s (the rule has no '%(key)s' section, or its "
+                "values were all empty)",
+                where=where,
+                key=key,
+            )
         )
     payload: dict[str, Any] = {}
     text = b.text(
@@ -66,8 +75,12 @@ def _task(b: PlanBuilder, task: dict[str, Any], where: str, now: float) -> TaskS
         type_id = find_task_type(b.env.meta(f"{where}.type"), wanted)
         if type_id is None:
             raise RuleError(
-                f"{where}.type: there is no task type {wanted!r} "
-                "in the account (see 'flask amocrm check')"
+                N_(
+                    "%(where)s.type: there is no task type %(name)s in the account "
+                    "(see 'flask amocrm check')",
+                    where=where,
+                    name=repr(wanted),
+                )
             )
         payload["task_type_id"] = type_id
     if "duration" in task:
