@@ -52,8 +52,10 @@ from ..models import (
 )
 from ..outbox import LEASE, cancel, contact_values, search_filter
 from ..progress import Progress
+from ..rules.render.notes import journey_text
 from ..rules.schema import find_rule
 from ..state import AppState, get_state
+from ..visit import display_domain
 from ..vocabulary import LOCALES
 from ..worker.agent import process
 from ..worker.dispatch import release, retry
@@ -304,6 +306,15 @@ def _api_calls(
     return rows
 
 
+def _site(site: Any) -> dict[str, Any]:
+    """The event's site as a person reads it: an IDN domain in Unicode (events
+    stored before the domain was kept so are shown so too)."""
+    shown: dict[str, Any] = dict(site) if isinstance(site, dict) else {}
+    if isinstance(shown.get("domain"), str):
+        shown["domain"] = display_domain(shown["domain"])
+    return shown
+
+
 def _captured_at(value: Any) -> datetime | None:
     """The context's ``captured_at`` (seconds since the epoch) as a stored time."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -428,7 +439,8 @@ def event(event_id: int) -> str:
         utm_first=context.get("utm_first") or {},
         visit_page=context.get("page") or {},
         client=context.get("client") or {},
-        site=context.get("site") or {},
+        site=_site(context.get("site")),
+        journey=journey_text(context.get("journey")),
         captured_at=_captured_at(context.get("captured_at")),
         other_context={
             k: _pretty(v)
@@ -441,6 +453,7 @@ def event(event_id: int) -> str:
                 "client",
                 "site",
                 "captured_at",
+                "journey",
                 "consent",
                 "consent_text",
             )
