@@ -190,7 +190,8 @@ def show(state: dict[str, Any]) -> None:
         for note in state["notes"]["leads"]:
             if note.get("entity_id") == lead["id"]:
                 text = (note.get("params") or {}).get("text", "")
-                print("      note: " + text.replace("\n", " | "))
+                lines = [line for line in text.splitlines() if line.strip()]
+                print("      note: " + " | ".join(lines))
         for task in state["tasks"]:
             if task.get("entity_id") == lead["id"]:
                 print(f"      task: {task.get('text')}")
