@@ -21,7 +21,6 @@ shows as a slower floor, not as our overhead.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sqlite3
@@ -51,6 +50,7 @@ from werkzeug.test import EnvironBuilder  # noqa: E402
 from flask_amocrm import AmoCRM, form_submitted  # noqa: E402
 from flask_amocrm.models import metadata  # noqa: E402
 from flask_amocrm.state import _sqlite_pragmas  # noqa: E402
+from flask_amocrm.visit import CAMPAIGN_SALT, JOURNEY_SALT, SignedCookie  # noqa: E402
 
 N = int(os.environ.get("BENCH_N", "2000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "10"))
@@ -63,29 +63,47 @@ FORM = {
 }
 PATH = "/callback"
 QUERY = "utm_source=bench&utm_campaign=floor"
+SECRET = "bench-secret"
 #: The campaign cookie a visitor who landed with tags carries (as the extension
-#: writes it: base64 of JSON).
-CAMPAIGN = base64.urlsafe_b64encode(
-    json.dumps(
-        {
-            "first": {
-                "utm_source": "bench",
-                "landing": "https://example.com/?utm_source=bench",
-                "at": "1764650000",
-            },
-            "last": {
-                "utm_source": "bench",
-                "utm_campaign": "floor",
-                "at": "1764650100",
-            },
+#: writes it: signed with the site's secret).
+CAMPAIGN = SignedCookie(SECRET, CAMPAIGN_SALT).dumps(
+    {
+        "first": {
+            "utm_source": "bench",
+            "landing": "https://example.com/?utm_source=bench",
+            "at": "1764650000",
         },
-        separators=(",", ":"),
-    ).encode()
-).decode()
+        "last": {
+            "utm_source": "bench",
+            "utm_campaign": "floor",
+            "at": "1764650100",
+        },
+    }
+)
+#: The visitor's path after five pages (as the extension writes it).
+JOURNEY = SignedCookie(SECRET, JOURNEY_SALT).dumps(
+    {
+        "s": 1764650000,
+        "t": 1764650100,
+        "l": "/?utm_source=bench",
+        "r": "https://ya.ru/",
+        "n": 5,
+        "p": [
+            ["/?utm_source=bench", "", 0],
+            ["/sofas", "Sofas", 20],
+            ["/sofas/aurora", "Sofa Aurora", 45],
+            ["/cart", "", 80],
+            ["/contacts", "Contacts", 100],
+        ],
+    }
+)
 HEADERS = {
     "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
     "Referer": "https://example.com/contacts",
-    "Cookie": f"_ga=GA1.2.1; _ym_uid=1700000000; session=abc; amocrm_utm={CAMPAIGN}",
+    "Cookie": (
+        f"_ga=GA1.2.1; _ym_uid=1700000000; session=abc; amocrm_utm={CAMPAIGN}; "
+        f"amocrm_journey={JOURNEY}"
+    ),
 }
 #: Goals over the floor, in milliseconds.
 SQLITE_MEDIAN_OVER = 0.5
@@ -96,6 +114,7 @@ ENQUEUE_GOAL = 0.4
 
 def make_app(database_uri: str | None, tmp: str, redis_url: str) -> Flask:
     app = Flask("bench", instance_path=tmp)
+    app.secret_key = SECRET
 
     @app.post("/callback")
     def callback() -> str:

@@ -71,10 +71,29 @@ def wait_for(url: str, seconds: float = 20) -> None:
     raise SystemExit(f"demo: {url} did not come up")
 
 
-def submit(site: str, path: str, fields: dict[str, str], form: str = "/") -> str:
-    """Fill in the form at ``form`` (opened via ``path``); where it redirects to."""
+#: The pages the first visitor looks at before the form (the path in the lead's
+#: note), and the analytics cookies their browser carries (the ad marks).
+BROWSING = ["/order", "/thanks"]
+ANALYTICS = {"_ga": "GA1.2.1234567890.1764650000", "_fbp": "fb.1.1764650000.42"}
+
+
+def submit(
+    site: str,
+    path: str,
+    fields: dict[str, str],
+    form: str = "/",
+    browse: tuple[str, ...] = (),
+) -> str:
+    """Fill in the form at ``form`` (opened via ``path``, then ``browse``, then the
+    form page again); where it redirects to."""
     session = requests.Session()
     page = session.get(site + path, timeout=10)
+    if browse:
+        for name, value in ANALYTICS.items():
+            session.cookies.set(name, value)
+        for extra in browse:
+            session.get(site + extra, timeout=10)
+        page = session.get(site + form, timeout=10)
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text)
     if not token:
         raise SystemExit("demo: the landing page has no CSRF token")
@@ -158,6 +177,7 @@ def show(state: dict[str, Any]) -> None:
         print(
             f"  lead #{lead['id']}: {lead['name']}  tags={tags}"
             f"  UTM_SOURCE={fields.get('UTM_SOURCE', '-')}"
+            f"  GCLIENTID={fields.get('GCLIENTID', '-')}"
         )
         for link in lead.get("_embedded", {}).get("contacts", []):
             contact = contacts.get(link["id"], {})
@@ -170,7 +190,8 @@ def show(state: dict[str, Any]) -> None:
         for note in state["notes"]["leads"]:
             if note.get("entity_id") == lead["id"]:
                 text = (note.get("params") or {}).get("text", "")
-                print("      note: " + text.replace("\n", " | "))
+                lines = [line for line in text.splitlines() if line.strip()]
+                print("      note: " + " | ".join(lines))
         for task in state["tasks"]:
             if task.get("entity_id") == lead["id"]:
                 print(f"      task: {task.get('text')}")
@@ -283,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             print("demo: a visitor fills in the callback form")
-            for path, fields in FORMS:
-                submit(site, path, fields)
+            for i, (path, fields) in enumerate(FORMS):
+                submit(site, path, fields, browse=tuple(BROWSING) if i == 0 else ())
             deadline = time.monotonic() + 60
             state: dict[str, Any] = {"leads": [], "tasks": []}
             while time.monotonic() < deadline:

@@ -22,7 +22,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from flask import Flask, abort, current_app, redirect, render_template, url_for
+from flask import (
+    Flask,
+    abort,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    url_for,
+)
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -104,6 +112,7 @@ def create_app() -> Flask:
                 },
             )
             return redirect(url_for("order_status", number=number))
+        g.amocrm_page_title = PRODUCT  # the page's title in the visitor's path
         return render_template("order.html", form=form, product=PRODUCT)
 
     @app.route("/orders/<int:number>")

@@ -226,6 +226,7 @@ def _context(state: AppState, values: dict[str, Any], notes: list[str]) -> Any:
             cookie=settings.utm_cookie,
             data=values,
             cookies=rule_cookies(state),
+            settings=settings,
         )
     except Exception as exc:
         log.exception("Flask-AmoCRM could not read the visit of an event")

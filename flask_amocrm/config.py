@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import hashlib
 import ipaddress
 import json
@@ -23,7 +24,13 @@ from urllib.parse import urlsplit
 
 from flask import Flask
 
-from .vocabulary import DEFAULT_PHONE_REGION, LOCALES
+from .vocabulary import (
+    AD_MARK_PRESETS,
+    DEFAULT_PHONE_REGION,
+    LOCALES,
+    MARK_NAME,
+    AdMark,
+)
 
 #: Delivery modes: ``rq`` hands events to RQ workers, ``inline`` delivers in the web
 #: process after the response, ``deferred`` only stores them for ``flask amocrm
@@ -53,6 +60,13 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_PHONE_REGION": DEFAULT_PHONE_REGION,
     "AMOCRM_UTM_COOKIE": "amocrm_utm",
     "AMOCRM_UTM_COOKIE_DAYS": 90,
+    # The ad marks a visit keeps: preset names and custom marks (None: every preset).
+    "AMOCRM_AD_MARKS": None,
+    # The visitor's path: how many pages it keeps, and its cookie.
+    "AMOCRM_JOURNEY_PAGES": 10,
+    "AMOCRM_JOURNEY_COOKIE": "amocrm_journey",
+    # The charset of forms that do not declare one (None: UTF-8, werkzeug's).
+    "AMOCRM_FORM_ENCODING": None,
     "AMOCRM_TIMEOUT": 15,
     "AMOCRM_RETRY_MAX_DELAY": 3600,
     "AMOCRM_EVENT_FIELD": "Site event id",
@@ -235,6 +249,15 @@ class Settings:
     webhook_url: str | None = None
     #: Seconds between two reads of amoCRM's events log; 0: never.
     reconcile_interval: int = 300
+    #: The ad marks a visit keeps (``AMOCRM_AD_MARKS``), in the order they are read.
+    ad_marks: tuple[AdMark, ...] = tuple(
+        m for marks in AD_MARK_PRESETS.values() for m in marks
+    )
+    #: The most pages the visitor's path keeps (0: the path is not kept).
+    journey_pages: int = 10
+    journey_cookie: str = "amocrm_journey"
+    #: The charset forms without a declared one are read in (``None``: UTF-8).
+    form_encoding: str | None = None
     #: The consent fields of forms and the version of the text each one agrees to
     #: (``None``: the site names none), in the order given (``AMOCRM_CONSENT_FIELDS``).
     consent_fields: tuple[tuple[str, str | None], ...] = ()
@@ -546,8 +569,71 @@ def read_settings(app: Flask) -> Settings:
         **_rules_file(config["AMOCRM_RULES"], app.root_path),
         **_rules_settings(app, config),
         **_webhook_settings(config),
+        **_visit_settings(config),
         **_screening_settings(config),
     )
+
+
+def _visit_settings(config: Any) -> dict[str, Any]:
+    """The ad marks, the visitor's path and the forms' charset."""
+    return {
+        "ad_marks": _ad_marks(config["AMOCRM_AD_MARKS"]),
+        "journey_pages": _int(config, "AMOCRM_JOURNEY_PAGES", 0),
+        "journey_cookie": _cookie_name(config, "AMOCRM_JOURNEY_COOKIE"),
+        "form_encoding": _form_encoding(config["AMOCRM_FORM_ENCODING"]),
+    }
+
+
+def _ad_marks(value: Any) -> tuple[AdMark, ...]:
+    """``AMOCRM_AD_MARKS``: a list (or a comma-separated text) of preset names
+    (``"*"``: every preset) and custom mark names; ``None``: every preset."""
+    if value is None:
+        return tuple(m for marks in AD_MARK_PRESETS.values() for m in marks)
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    if not isinstance(value, list | tuple):
+        raise _fail(
+            "AMOCRM_AD_MARKS",
+            f"must be a list of preset and mark names, not {value!r}.",
+        )
+    found: dict[str, AdMark] = {}
+    for name in value:
+        if name == "*":
+            marks = tuple(m for ms in AD_MARK_PRESETS.values() for m in ms)
+        elif name in AD_MARK_PRESETS:
+            marks = AD_MARK_PRESETS[name]
+        elif isinstance(name, str) and MARK_NAME.match(name):
+            marks = (AdMark(name, name, name),)
+        else:
+            raise _fail(
+                "AMOCRM_AD_MARKS",
+                f"has {name!r}: neither a preset ("
+                + ", ".join(AD_MARK_PRESETS)
+                + ", or '*' for all) nor a mark name (letters, digits, '_', '.', "
+                "'-', at most 50).",
+            )
+        for mark in marks:
+            found.setdefault(mark.name, mark)
+    return tuple(found.values())
+
+
+def _cookie_name(config: Any, key: str) -> str:
+    name = config[key]
+    if not isinstance(name, str) or not MARK_NAME.match(name):
+        raise _fail(key, f"must be a cookie name (letters, digits, '_'), not {name!r}.")
+    return name
+
+
+def _form_encoding(value: Any) -> str | None:
+    if not value:
+        return None
+    try:
+        return codecs.lookup(str(value)).name
+    except LookupError:
+        raise _fail(
+            "AMOCRM_FORM_ENCODING",
+            f"must be a charset Python knows (such as 'windows-1251'), not {value!r}.",
+        ) from None
 
 
 def _screening_settings(config: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from .models import Event, metadata
 from .rules.schema import check_consent_fields, validate_rules
 from .signals import form_submitted, mail_sent
 from .state import AppState, get_state
-from .visit import remember_campaign
+from .visit import decode_form, remember_visit
 from .webhook import register_webhook
 from .worker.spam import form_stamp_input
 
@@ -63,7 +63,11 @@ class AmoCRM:
                 " Import and use that instance instead."
             )
         settings = read_settings(app)
-        validate_rules(settings.rules, secret_key=app.secret_key)
+        validate_rules(
+            settings.rules,
+            secret_key=app.secret_key,
+            marks=[m.name for m in settings.ad_marks],
+        )
         check_consent_fields(
             settings.rules, [name for name, _ in settings.consent_fields]
         )
@@ -84,8 +88,8 @@ class AmoCRM:
         else:
             email_dispatched.connect(on_email_dispatched, sender=app)
 
-        cookie, days = settings.utm_cookie, settings.utm_cookie_days
-        app.after_request(lambda response: remember_campaign(response, cookie, days))
+        app.after_request(lambda response: remember_visit(response, settings))
+        app.before_request(lambda: decode_form(settings))
         app.cli.add_command(amocrm_cli)
         if self._admin_auth is not None:
             state.admin_auth = self._admin_auth

@@ -36,7 +36,7 @@ from .errors import ImportRowError
 from .i18n import N_, _, localize
 from .outbox import add, append_log, bounded, known_keys
 from .state import AppState
-from .visit import read_visit
+from .visit import display_domain, read_visit
 from .vocabulary import CAMPAIGN_KEYS
 
 #: A row's own context: column -> (section, key).
@@ -237,7 +237,9 @@ def site_context(state: AppState) -> dict[str, Any]:
     context = read_visit(site_name=state.settings.site_name, cookie="")
     server = current_app.config.get("SERVER_NAME")
     if server:
-        context["site"]["domain"] = str(server).split(":")[0]
+        host = str(server).split(":")[0]
+        context["site"]["domain"] = display_domain(host)
+        context["site"]["host"] = host
     context["page"] = dict.fromkeys(
         ("url", "referrer", "title", "landing", "landing_referrer"), ""
     )

@@ -6,7 +6,8 @@ control, capture, the client) may read it.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, NamedTuple
 
 #: Rule section → API entity.
 ENTITY = {"lead": "leads", "contact": "contacts", "company": "companies"}
@@ -56,9 +57,74 @@ TRACKING_TAGS = {
     "from": "FROM",
     "referrer": "REFERRER",
 }
-#: Query parameters and cookies that describe where a visitor came from: the
-#: campaign tags, less the referrer, which the request itself gives.
-CAMPAIGN_KEYS = tuple(tag for tag in TRACKING_TAGS if tag != "referrer")
+#: Google Analytics' client id (the ``_ga`` mark) fills this tracking field.
+TRACKING_TAGS["_ga"] = "GCLIENTID"
+
+
+class AdMark(NamedTuple):
+    """One ad mark a visit keeps (``AMOCRM_AD_MARKS``): its ``name`` (the key in
+    ``utm``/``utm_first``, and the key read in the site's session), the query
+    parameter it is read from (``None``: never in the query) and the cookie
+    (``None``: never in a cookie)."""
+
+    name: str
+    query: str | None
+    cookie: str | None
+
+
+def _marks(*names: str, query: bool = True, cookie: bool = True) -> tuple[AdMark, ...]:
+    return tuple(AdMark(n, n if query else None, n if cookie else None) for n in names)
+
+
+#: The presets of ``AMOCRM_AD_MARKS`` (all of them by default): preset name → the
+#: marks it brings. A mark is read from the query string, then the site's session
+#: (the key named like the mark), then its cookie.
+AD_MARK_PRESETS: dict[str, tuple[AdMark, ...]] = {
+    "utm_*": _marks(
+        "utm_source",
+        "utm_medium",
+        "utm_campaign",
+        "utm_content",
+        "utm_term",
+        "utm_referrer",
+    ),
+    **{
+        name: _marks(name)
+        for name in (
+            "gclid",
+            "gbraid",
+            "wbraid",
+            "yclid",
+            "ysclid",
+            "fbclid",
+            "msclkid",
+            "ttclid",
+            "vkclid",
+            "rb_clickid",
+        )
+    },
+    # Roistat's visit number: ``roistat`` in the query, its ``roistat_visit`` cookie.
+    "roistat_visit": (AdMark("roistat", "roistat", "roistat_visit"),),
+    "_openstat": _marks(
+        "_openstat",
+        "openstat_service",
+        "openstat_campaign",
+        "openstat_ad",
+        "openstat_source",
+        cookie=False,
+    ),
+    "from": _marks("from", cookie=False),
+    # Yandex Metrica's client id (its cookie) and counter.
+    "_ym_uid": (*_marks("_ym_uid"), *_marks("_ym_counter", cookie=False)),
+    # Google Analytics' client id: the cookie's ``GA1.2.`` prefix is dropped.
+    "_ga": _marks("_ga", query=False),
+    "_fbp": _marks("_fbp", query=False),
+    "_fbc": _marks("_fbc", query=False),
+}
+#: Every preset's mark names (what capture and the importer read by default).
+CAMPAIGN_KEYS = tuple(m.name for ms in AD_MARK_PRESETS.values() for m in ms)
+#: A custom mark's name in ``AMOCRM_AD_MARKS``.
+MARK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,49}$")
 #: The country assumed for phones written without one (``AMOCRM_PHONE_REGION``).
 DEFAULT_PHONE_REGION = "RU"
 
@@ -69,6 +135,9 @@ def fold(text: Any) -> str:
 
 
 __all__ = [
+    "AD_MARK_PRESETS",
+    "CAMPAIGN_KEYS",
+    "AdMark",
     "CORE_KEYS",
     "DEFAULT_PHONE_REGION",
     "ENTITY",

@@ -52,8 +52,10 @@ from ..outbox import (
     search_filter,
 )
 from ..progress import Progress
+from ..rules.render.notes import journey_text
 from ..rules.schema import find_rule
 from ..state import AppState, get_state
+from ..visit import display_domain
 from ..vocabulary import LOCALES
 from ..worker.agent import process
 from ..worker.dispatch import release, retry
@@ -284,6 +286,15 @@ def _context(value: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     return parts, other
 
 
+def _site(site: Any) -> dict[str, Any]:
+    """The event's site as a person reads it: an IDN domain in Unicode (events
+    stored before the domain was kept so are shown so too)."""
+    shown: dict[str, Any] = dict(site) if isinstance(site, dict) else {}
+    if isinstance(shown.get("domain"), str):
+        shown["domain"] = display_domain(shown["domain"])
+    return shown
+
+
 def _captured_at(value: Any) -> datetime | None:
     """The context's ``captured_at`` (seconds since the epoch) as a stored time."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -414,12 +425,13 @@ def event(event_id: int) -> str:
         utm_first=parts.get("utm_first", {}),
         visit_page=parts.get("page", {}),
         client=parts.get("client", {}),
-        site=parts.get("site", {}),
+        site=_site(parts.get("site")),
+        journey=journey_text(context.get("journey")),
         captured_at=captured_at,
         other_context={
             k: _pretty(v)
             for k, v in context.items()
-            if k not in ("consent", "consent_text")
+            if k not in ("journey", "consent", "consent_text")
         },
         consent=[
             (str(name), item, _iso_time(item.get("at")))

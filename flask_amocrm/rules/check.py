@@ -90,7 +90,11 @@ def _check_rule(rule: dict[str, Any], names: AccountNames, where: str) -> list[s
             problems += _pipeline(section, names, path)
     tracking = rule.get("tracking", True)
     for tag, (field, explicit) in tracking_targets(tracking).items():
-        if explicit and field is not False and names.field("leads", field) is None:
+        if (
+            explicit
+            and field not in (False, "note")
+            and names.field("leads", field) is None
+        ):
             problems.append(_no_field(f"{where}.tracking.{tag}", "leads", field))
     if tracking is not False and not names.field("leads", TRACKING_TAGS["utm_source"]):
         problems.append(

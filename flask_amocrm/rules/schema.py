@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+from collections.abc import Collection
 from datetime import UTC as _UTC
 from typing import Any
 
 from jinja2 import TemplateSyntaxError
 
-from ..vocabulary import CORE_KEYS, STANDARD_FIELDS, TRACKING_TAGS, fold
+from ..vocabulary import CAMPAIGN_KEYS, CORE_KEYS, STANDARD_FIELDS, fold
 from .signing import unsigned_id
 from .templates import check_cost, compile_template, signed_only
 
@@ -53,6 +54,7 @@ RULE_KEYS = {
     "format",
     "group",
     "responsible",
+    "visit_note",
     "consent",
 }
 _COMMON = {
@@ -482,20 +484,15 @@ def _check_rule(where: str, rule: Any, complete: bool = False) -> None:
         elif key == "tracking":
             if isinstance(value, dict):
                 for tag, field in value.items():
-                    if tag not in TRACKING_TAGS:
-                        raise _fail(
-                            f"{path}.{tag}",
-                            "is not a campaign tag. Known: "
-                            + ", ".join(sorted(TRACKING_TAGS))
-                            + ".",
-                        )
                     if field is not False and not isinstance(field, str | int):
                         raise _fail(
                             f"{path}.{tag}",
-                            "must be a lead field (code, name or id) or false.",
+                            "must be a lead field (code, name or id), 'note' or false.",
                         )
             else:
                 _check_bool(path, value)
+        elif key == "visit_note":
+            _check_bool(path, value)
         elif key == "files":
             _check_files(path, value)
         elif key == "format":
@@ -511,16 +508,23 @@ def _check_rule(where: str, rule: Any, complete: bool = False) -> None:
             _templates(path, value)
 
 
-def validate_rules(rules: dict[str, Any], *, secret_key: Any = ...) -> None:
+def validate_rules(
+    rules: dict[str, Any],
+    *,
+    secret_key: Any = ...,
+    marks: Collection[str] = CAMPAIGN_KEYS,
+) -> None:
     """Raise :class:`RuntimeError` naming the rule and key if ``rules`` is invalid.
 
     Each rule is checked with ``defaults`` merged under it, as it will be used.
     ``secret_key``: the app's ``SECRET_KEY``, which signed ids need (not checked when
-    not given).
+    not given). ``marks``: the ad marks the site keeps (``AMOCRM_AD_MARKS``), the
+    names a ``tracking`` table may map besides ``referrer``.
     """
     if not isinstance(rules, dict):
         raise _fail("", "must be a table with 'defaults', 'forms' and 'mails'.")
     _check_all(rules)
+    _check_tracking_tags(rules, {*marks, "referrer"})
     if secret_key is not ... and not secret_key:
         for where in _signed_ids(rules):
             raise _fail(
@@ -544,6 +548,23 @@ def _signed_ids(rules: dict[str, Any]) -> list[str]:
                     where = "defaults" if top == "defaults" else f"{top}.{name}"
                     out.append(f"{where}.{key}.id")
     return out
+
+
+def _check_tracking_tags(rules: dict[str, Any], known: set[str]) -> None:
+    """Every name a ``tracking`` table maps is a mark the site keeps."""
+    found: list[tuple[str, Any]] = [("defaults", rules.get("defaults"))]
+    for top in _KINDS:
+        found += [(f"{top}.{n}", r) for n, r in (rules.get(top) or {}).items()]
+    for where, rule in found:
+        table = rule.get("tracking") if isinstance(rule, dict) else None
+        for tag in table if isinstance(table, dict) else ():
+            if tag not in known:
+                raise _fail(
+                    f"{where}.tracking.{tag}",
+                    "is not a campaign tag the site keeps (AMOCRM_AD_MARKS). Known: "
+                    + ", ".join(sorted(known))
+                    + ".",
+                )
 
 
 def _check_all(rules: dict[str, Any]) -> None:

@@ -437,6 +437,19 @@ def _custom_fields() -> dict[str, list[dict[str, Any]]]:
         for i, code in enumerate(TRACKING_CODES)
     ]
     leads += _one_of_each(ids, "leads", 100)
+    # Google Analytics' client id; made last so that the other fields keep their ids.
+    leads.append(
+        make_field(
+            ids,
+            "leads",
+            "gclientid",
+            "tracking_data",
+            code="GCLIENTID",
+            sort=1000 + len(TRACKING_CODES),
+            predefined=True,
+            api_only=True,
+        )
+    )
     return {"leads": leads, "contacts": contacts, "companies": companies}
 
 

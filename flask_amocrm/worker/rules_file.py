@@ -40,7 +40,7 @@ def reload_rules(state: AppState) -> bool:
         return False
     try:
         rules = load_rules(path)
-        validate_rules(rules)
+        validate_rules(rules, marks=[m.name for m in settings.ad_marks])
     except Exception as exc:  # noqa: BLE001 - any problem keeps the old rules
         refused[path] = mtime
         log.error(

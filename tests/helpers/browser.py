@@ -87,12 +87,34 @@ def page_ru(browser: Any) -> Iterator[Any]:
     yield from _page(browser, "ru-RU")
 
 
+def _close_when_written(app: Any) -> Any:
+    """``app``, whose responses are closed as soon as their body is written.
+
+    werkzeug's development server calls a response's ``close()`` only after it has
+    drained the request socket, and a client that resets the connection then (a
+    browser following a redirect) makes that drain raise first: the response is
+    never closed, and Flask's ``call_on_close`` work (delivery after the response)
+    never runs. Production servers close every response; this makes the test server
+    do the same."""
+
+    def closing(environ: Any, start_response: Any) -> Any:
+        inner = app(environ, start_response)
+        try:
+            yield from inner
+        finally:
+            close = getattr(inner, "close", None)
+            if close is not None:
+                close()
+
+    return closing
+
+
 @pytest.fixture()
 def serve() -> Iterator[Callable[[Flask], str]]:
     servers: list[Any] = []
 
     def start(app: Flask) -> str:
-        server = make_server("127.0.0.1", 0, app, threaded=True)
+        server = make_server("127.0.0.1", 0, _close_when_written(app), threaded=True)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         servers.append(server)

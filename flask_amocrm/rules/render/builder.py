@@ -23,9 +23,10 @@ from ..templates import render_value
 def template_variables(event: Any) -> dict[str, Any]:
     """The names a rule's templates see: the event's ``data``, ``form`` or ``event``
     (its source), ``mail``, the visit (``utm``, ``utm_first``, ``page``, ``site``,
-    ``client``, ``cookies``), ``files``, ``sent_at``, ``event_uid``, and the consent
-    evidence the worker recorded (``consent``: per field ``given``, ``value``,
-    ``version``, ``at``, ``ip``; ``consent_text``: one line per field, for a note)."""
+    ``client``, ``cookies``, ``journey``), ``files``, ``sent_at``, ``event_uid``, and
+    the consent evidence the worker recorded (``consent``: per field ``given``,
+    ``value``, ``version``, ``at``, ``ip``; ``consent_text``: one line per field, for a
+    note)."""
     context = event.context or {}
     data = event.data or {}
     mail = data.get("mail", {}) if event.kind == "mail" else {}
@@ -47,6 +48,7 @@ def template_variables(event: Any) -> dict[str, Any]:
         "site": context.get("site", {}),
         "client": context.get("client", {}),
         "cookies": context.get("cookies", {}),
+        "journey": context.get("journey") or {},
         "files": event.files or [],
         "sent_at": context.get("captured_at"),
         "event_uid": getattr(event, "uid", None),
@@ -90,6 +92,9 @@ class PlanBuilder:
         self.unsorted = unsorted_on(rule)
         #: The rule's default ``responsible``, once resolved: ``(done, user id)``.
         self.default_user: tuple[bool, int | None] = (False, None)
+        #: Ad marks that go to a line of the lead's note (``tracking`` maps them to
+        #: ``"note"``, or they have no standard tracking field): ``(mark, value)``.
+        self.mark_lines: list[tuple[str, str]] = []
 
     def render(self, value: Any, where: str, *, escape: bool = False) -> Any:
         """``value`` with its templates rendered (lists and tables item by item)."""

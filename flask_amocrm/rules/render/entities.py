@@ -55,9 +55,10 @@ def lock_field(key: str, name: Any) -> Any | None:
 
 
 def tracking_targets(setting: Any) -> dict[str, tuple[Any, bool]]:
-    """Campaign tag → (the lead field it fills or ``False``, whether the rule's
-    ``tracking`` table names it). Tags the rule leaves out fill their standard
-    tracking field when the account has it."""
+    """Campaign tag → (the lead field it fills, ``"note"`` or ``False``, whether the
+    rule's ``tracking`` table names it). Tags the rule leaves out fill their
+    standard tracking field when the account has it; marks without one go to a line
+    of the lead's note (:func:`tracking`)."""
     if setting is False:
         return {}
     table = setting if isinstance(setting, dict) else {}
@@ -263,10 +264,16 @@ def tracking(b: PlanBuilder, items: list[dict[str, Any]]) -> None:
     if referrer:
         values.setdefault("referrer", referrer)
     present = {i.get("field_id") for i in items} | {i.get("field_code") for i in items}
-    for tag, (target, explicit) in tracking_targets(
-        b.rule.get("tracking", True)
-    ).items():
+    setting = b.rule.get("tracking", True)
+    targets = tracking_targets(setting)
+    if setting is not False and b.rule.get("visit_note", True):
+        for tag in values.keys() - targets.keys():
+            targets[tag] = ("note", False)  # no standard field: the note's line
+    for tag, (target, explicit) in targets.items():
         if target is False or is_empty(values.get(tag)):
+            continue
+        if target == "note":
+            b.mark_lines.append((tag, str(values[tag])))
             continue
         where = f"{b.where}.tracking.{tag}"
         fdef = b.resolve_field("lead", target, where, required=explicit)
@@ -278,6 +285,7 @@ def tracking(b: PlanBuilder, items: list[dict[str, Any]]) -> None:
             b.warn("lead", note)
         if item and (item.get("field_id") or item.get("field_code")) not in present:
             items.append(item)
+    b.mark_lines.sort()
 
 
 def lock(b: PlanBuilder, key: str, section: dict[str, Any], where: str) -> set[Any]:

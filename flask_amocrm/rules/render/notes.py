@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from ...errors import RuleError
-from ...i18n import N_, localize, site_locale
+from ...i18n import N_, gettext, localize, site_locale
 from ..clean import LONG_LIMIT
 from ..fields import field_item
 from ..plan import DriveFile, DriveSpec, NoteSpec
@@ -73,6 +73,10 @@ def notes(b: PlanBuilder) -> None:
                 bool(spec.get("unique", False)),
                 bool(spec.get("group", group)),
             )
+    visit = visit_lines(b)
+    lead_key = b.entity_key("lead")
+    if visit and lead_key:
+        add(lead_key, join(b, visit), False, group_rule)
     files_key, files_text = files(b)
     if files_text:
         add(files_key, files_text, False, group_rule)
@@ -89,6 +93,45 @@ def notes(b: PlanBuilder) -> None:
         b.plan.notes.append(
             NoteSpec(key, cut(b, key, join(b, pending[slot], blank=True)), unique)
         )
+
+
+def visit_lines(b: PlanBuilder) -> list[str]:
+    """The lines of the visit the lead's note carries: the ad marks without a
+    tracking field (``Ad marks: gbraid=…``) and the visitor's path (``Path: /sofas
+    → /sofas/aurora → /cart, 6 min``); ``visit_note = false`` leaves the path out,
+    and the marks but those ``tracking`` maps to ``"note"``."""
+    lines = []
+    if b.mark_lines:
+        marks = ", ".join(f"{k}={v}" for k, v in b.mark_lines)
+        lines.append(gettext("Ad marks: %(marks)s", site_locale(), marks=marks))
+    path = journey_text(b.vars["journey"]) if b.rule.get("visit_note", True) else ""
+    if path:
+        lines.append(path)
+    return [html.escape(line) for line in lines] if b.html else lines
+
+
+def journey_text(journey: Any) -> str:
+    """``Path: /a → /b → /c, 6 min`` from the visit's ``journey``, or ``""``."""
+    if not isinstance(journey, dict):
+        return ""
+    pages = [
+        str(p.get("path"))
+        for p in journey.get("pages") or []
+        if isinstance(p, dict) and p.get("path")
+    ]
+    if not pages:
+        return ""
+    landing = journey.get("landing")
+    if landing and landing != pages[0]:
+        pages[:0] = [str(landing), "…"]
+    seconds = int(journey.get("seconds") or 0)
+    locale = site_locale()  # a stored text: the site's language, not a browser's
+    if seconds < 60:
+        spent = gettext("%(seconds)s s", locale, seconds=seconds)
+    else:
+        spent = gettext("%(minutes)s min", locale, minutes=round(seconds / 60))
+    pages_text = " → ".join(pages)
+    return gettext("Path: %(pages)s, %(time)s", locale, pages=pages_text, time=spent)
 
 
 def files(b: PlanBuilder) -> tuple[str, str]:
@@ -248,4 +291,4 @@ def join(b: PlanBuilder, parts: list[str], blank: bool = False) -> str:
     return ("\n\n" if blank else "\n").join(parts)
 
 
-__all__ = ["cut", "files", "join", "line", "notes"]
+__all__ = ["cut", "files", "join", "journey_text", "line", "notes", "visit_lines"]
