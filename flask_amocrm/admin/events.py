@@ -73,6 +73,12 @@ API_CALLS_SHOWN = 200
 REASON_MAX = 500
 #: How each kind of event is written on the pages.
 KIND_LABELS = {"form": N_("form"), "mail": N_("mail")}
+#: Names for the context's other parts a person reads on the page (the rest show
+#: their stored key).
+CONTEXT_LABELS = {
+    "spam": N_("Spam check"),
+    "cookies": N_("Cookies"),
+}
 
 
 # -- the list --------------------------------------------------------------------------
@@ -429,7 +435,7 @@ def event(event_id: int) -> str:
         journey=journey_text(context.get("journey")),
         captured_at=captured_at,
         other_context={
-            k: _pretty(v)
+            (gettext(CONTEXT_LABELS[k]) if k in CONTEXT_LABELS else k): _pretty(v)
             for k, v in context.items()
             if k not in ("journey", "consent", "consent_text")
         },
