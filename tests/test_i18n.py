@@ -74,5 +74,17 @@ def test_the_language_follows_the_setting_then_the_browser() -> None:
 
 def test_russian_plurals_have_three_forms() -> None:
     assert _catalog().num_plurals == 3
-    assert ngettext("%(count)s event", "%(count)s events", 1, locale="en") == "1 event"
-    assert ngettext("%(count)s event", "%(count)s events", 5, locale="en") == "5 events"
+    forms = [
+        ngettext("%(count)s call", "%(count)s calls", n, locale="ru")
+        for n in (1, 3, 5, 11, 21, 22)
+    ]
+    assert forms == [
+        "1 запрос",
+        "3 запроса",
+        "5 запросов",
+        "11 запросов",
+        "21 запрос",
+        "22 запроса",
+    ]
+    assert ngettext("%(count)s call", "%(count)s calls", 1, locale="en") == "1 call"
+    assert ngettext("%(count)s call", "%(count)s calls", 5, locale="en") == "5 calls"
