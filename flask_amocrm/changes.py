@@ -361,20 +361,14 @@ def webhook_changes(body: bytes, *, received_at: int) -> list[Change]:
             entity = _NOTE_ENTITIES.get(str(note.get("element_type")), "lead")
             entity_id = _int(note.get("element_id"), f"{key}[note] element_id")
             changes.append(
-                Change(
-                    "note_added",
+                _note_added(
                     entity,
                     entity_id,
-                    {
-                        "note_id": note_id,
-                        "entity_type": entity,
-                        "entity_id": entity_id,
-                        "note_type": str(note.get("note_type") or ""),
-                        "text": str(note.get("text") or ""),
-                    },
+                    note_id,
+                    str(note.get("note_type") or ""),
+                    str(note.get("text") or ""),
                     _maybe_int(note.get("created_at")) or received_at,
                     "webhook",
-                    f"{entity}:{entity_id}:note:{note_id}",
                 )
             )
     for item in _items(tree, "task", "update"):
@@ -395,6 +389,32 @@ def webhook_changes(body: bytes, *, received_at: int) -> list[Change]:
             )
         )
     return changes
+
+
+def _note_added(
+    entity: str,
+    entity_id: int,
+    note_id: int,
+    note_type: str | None,
+    text: str | None,
+    at: int,
+    origin: str,
+) -> Change:
+    return Change(
+        "note_added",
+        entity,
+        entity_id,
+        {
+            "note_id": note_id,
+            "entity_type": entity,
+            "entity_id": entity_id,
+            "note_type": note_type,
+            "text": text,
+        },
+        at,
+        origin,
+        f"{entity}:{entity_id}:note:{note_id}",
+    )
 
 
 def _task_completed(
@@ -510,21 +530,7 @@ def event_change(event: Mapping[str, Any]) -> Change | None:
         note_id = _maybe_int(_first(event.get("value_after"), "note").get("id"))
         if note_id is None:
             return None
-        return Change(
-            "note_added",
-            entity,
-            entity_id,
-            {
-                "note_id": note_id,
-                "entity_type": entity,
-                "entity_id": entity_id,
-                "note_type": None,
-                "text": None,
-            },
-            at,
-            "events",
-            f"{entity}:{entity_id}:note:{note_id}",
-        )
+        return _note_added(entity, entity_id, note_id, None, None, at, "events")
     if type_ == "task_completed" and entity == "task":
         return _task_completed(entity_id, None, None, None, None, at, "events")
     return None

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from .changes import Change
@@ -32,7 +32,7 @@ from .models import (
     InboundClaim,
     utcnow,
 )
-from .outbox import LEASE
+from .outbox import claim_rows
 
 if TYPE_CHECKING:
     from .state import AppState
@@ -115,24 +115,7 @@ def due_inbound(state: AppState, limit: int | None = None) -> list[int]:
 
 def claim_inbound(state: AppState, ids: list[int]) -> list[int]:
     """Take the due rows among ``ids`` that nobody else holds; their ids."""
-    if not ids:
-        return []
-    now = utcnow()
-    with state.session() as session:
-        claimed = set(
-            session.scalars(
-                update(InboundChange)
-                .where(InboundChange.id.in_(ids), due(now))
-                .values(
-                    status=INBOUND_PROCESSING,
-                    locked_until=now + LEASE,
-                    attempts=InboundChange.attempts + 1,
-                )
-                .returning(InboundChange.id)
-            )
-        )
-        session.commit()
-    return [i for i in ids if i in claimed]
+    return claim_rows(state, InboundChange, ids, INBOUND_PROCESSING, due)
 
 
 def newest_change_at(state: AppState, origin: str) -> int | None:

@@ -64,6 +64,7 @@ from .models import (
     RETRYING,
     SPAM,
     Event,
+    InboundChange,
     utcnow,
 )
 from .rules.schema import disabled_rules
@@ -736,24 +737,39 @@ def lease_expired(state: AppState) -> set[int]:
 def claim(state: AppState, event_ids: list[int]) -> list[int]:
     """Take the events that are due and that nobody else holds, in one statement;
     return their ids. Two workers claiming the same ids split them, never share."""
-    if not event_ids:
+    return claim_rows(
+        state, Event, event_ids, PROCESSING, lambda now: due(now, on_hold(state))
+    )
+
+
+def claim_rows(
+    state: AppState,
+    model: type[Event] | type[InboundChange],
+    ids: list[int],
+    status: str,
+    ready: Callable[[datetime], ColumnElement[bool]],
+) -> list[int]:
+    """Take the rows of ``model`` among ``ids`` that are ``ready`` at now, in one
+    statement: give them ``status``, hold them for :data:`LEASE` and count an
+    attempt. Returns their ids in the order of ``ids``."""
+    if not ids:
         return []
     now = utcnow()
     with state.session() as session:
         claimed = set(
             session.scalars(
-                update(Event)
-                .where(Event.id.in_(event_ids), due(now, on_hold(state)))
+                update(model)
+                .where(model.id.in_(ids), ready(now))
                 .values(
-                    status=PROCESSING,
+                    status=status,
                     locked_until=now + LEASE,
-                    attempts=Event.attempts + 1,
+                    attempts=model.attempts + 1,
                 )
-                .returning(Event.id)
+                .returning(model.id)
             )
         )
         session.commit()
-    return [i for i in event_ids if i in claimed]
+    return [i for i in ids if i in claimed]
 
 
 def make_due(

@@ -97,6 +97,18 @@ def _fail(delivery: Delivery, item: DriveFile, why: Message) -> None:
     _put(delivery, item.index, error=localize(why, site_locale()))
 
 
+def _refused(delivery: Delivery, item: DriveFile, exc: APIError) -> None:
+    """The drive refused ``item``: raise again what is worth retrying (the whole
+    delivery is tried later), else say why the file is not in the drive."""
+    if exc.retryable:
+        raise exc
+    return _fail(
+        delivery,
+        item,
+        N_("amoCRM's drive refused it: %(error)s", error=_detail(exc)),
+    )
+
+
 def _upload(
     client: AmoClient, delivery: Delivery, item: DriveFile, record: dict[str, Any]
 ) -> None:
@@ -121,13 +133,7 @@ def _upload(
     try:
         session = client.open_upload(item.name, size, content_type)
     except APIError as exc:
-        if exc.retryable:
-            raise
-        return _fail(
-            delivery,
-            item,
-            N_("amoCRM's drive refused it: %(error)s", error=_detail(exc)),
-        )
+        return _refused(delivery, item, exc)
     most = session.get("max_file_size")
     if isinstance(most, int) and size > most:
         return _fail(
@@ -163,13 +169,7 @@ def _upload(
             delivery, item, N_("the file could not be read on the site's disk")
         )
     except APIError as exc:
-        if exc.retryable:
-            raise
-        return _fail(
-            delivery,
-            item,
-            N_("amoCRM's drive refused it: %(error)s", error=_detail(exc)),
-        )
+        return _refused(delivery, item, exc)
 
 
 def _uploaded(answer: dict[str, Any]) -> dict[str, Any]:
