@@ -83,3 +83,13 @@ def sandbox_api(sandbox: Any, method: str, path: str, body: Any = None) -> Any:
     )
     answer.raise_for_status()
     return answer.json() if answer.content else None
+
+
+def api_requests(sandbox: Any) -> list[tuple[str, str]]:
+    """The (method, path) of each ``/api/v4`` request the sandbox has received, in
+    order."""
+    return [
+        (r["method"], r["path"])
+        for r in sandbox.requests()
+        if r["path"].startswith("/api/v4")
+    ]
