@@ -8,16 +8,12 @@ import base64
 import json
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import requests
 from flask import Flask, current_app, request
-from werkzeug.serving import make_server
 
 from flask_amocrm import Event, form_submitted
 from flask_amocrm.models import DELIVERED, FAILED
@@ -25,6 +21,7 @@ from flask_amocrm.state import get_state
 from flask_amocrm.worker.agent import process
 from tests.conftest import CALLBACK_RULES
 from tests.helpers.e2e import stored_events
+from tests.helpers.http import serving
 
 GOOD = {"name": "Good Customer", "phone": "+79161112233"}
 
@@ -58,22 +55,10 @@ def _site(make_app: Any, database_uri: str, **config: Any) -> Flask:
     return app
 
 
-@contextmanager
-def _serving(app: Flask) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def _post_raw_then_good(app: Flask, body: str) -> tuple[int, int]:
     """POST ``body`` as a raw JSON request, then a good customer's form, over HTTP;
     the two status codes."""
-    with _serving(app) as base:
+    with serving(app) as base:
         bad = requests.post(
             f"{base}/api/callback",
             data=body,
@@ -136,7 +121,7 @@ def test_a_deeply_nested_campaign_cookie_never_gives_a_500(
 ) -> None:
     app = _site(make_app, database_uri)
     cookies = {"amocrm_utm": _deep_cookie()}
-    with _serving(app) as base:
+    with serving(app) as base:
         pages = [
             requests.get(f"{base}/?utm_source=ads", cookies=cookies),
             requests.get(f"{base}/", cookies=cookies),
@@ -199,7 +184,7 @@ def test_sizes_are_capped_per_value_and_per_event(
         AMOCRM_MAX_EVENT_SIZE=200_000,
     )
     many = {f"k{i}": "v" * 10 for i in range(100_000)}
-    with _serving(app) as base:
+    with serving(app) as base:
         big = requests.post(
             f"{base}/form/callback",
             data={"name": "Big Value", "phone": "+79161112237", "c": "x" * 2_000_000},
@@ -237,7 +222,7 @@ def test_cookies_are_an_allow_list_and_csrf_token_is_not_data(
         "user_id": "7",
     }
     public = {"_ga": "GA1.2.3", "_ym_uid": "17000", "partner_ref": "p42"}
-    with _serving(app) as base:
+    with serving(app) as base:
         response = requests.post(
             f"{base}/form/callback",
             data={**GOOD, "csrf_token": "IjQ2ZmZk.secret"},
@@ -265,7 +250,7 @@ def test_a_file_flood_is_bounded(
         AMOCRM_UPLOAD_MAX_TOTAL=3000,
     )
     files = [("cv", (f"cv{i}.pdf", b"x" * 1000, "application/pdf")) for i in range(300)]
-    with _serving(app) as base:
+    with serving(app) as base:
         flood = requests.post(f"{base}/form/callback", data=GOOD, files=files)
         good = requests.post(f"{base}/form/callback", data=GOOD)
     assert (flood.status_code, good.status_code) == (200, 200)
@@ -291,7 +276,7 @@ def test_a_file_flood_saves_the_default_number_of_files(
         AMOCRM_UPLOAD_URL="https://files.example.com/up",
     )
     files = [("cv", (f"cv{i}.pdf", b"%PDF", "application/pdf")) for i in range(100)]
-    with _serving(app) as base:
+    with serving(app) as base:
         flood = requests.post(f"{base}/form/callback", data=GOOD, files=files)
     assert flood.status_code == 200
     assert len([p for p in folder.rglob("*") if p.is_file()]) == 10
@@ -311,7 +296,7 @@ def test_upload_links_never_take_the_visitors_host(
         AMOCRM_UPLOAD_URL="/uploads",
     )
     app.url_map.host_matching = False
-    with _serving(app) as base:
+    with serving(app) as base:
         response = requests.post(
             f"{base}/form/callback",
             data=GOOD,
@@ -344,7 +329,7 @@ def test_dates_and_numbers_from_visitors_never_hold_others_up(
         '{"name": "Odd Values", "phone": "+79161112239", "when": '
         '"0001-01-01T00:00:00+14:00", "big": 1' + "0" * 400 + "}"
     )
-    with _serving(app) as base:
+    with serving(app) as base:
         odd = requests.post(
             f"{base}/api/callback",
             data=body,
@@ -374,7 +359,7 @@ def test_sqlite_capture_waits_well_under_a_second_then_spools(
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        with _serving(app) as base:
+        with serving(app) as base:
             started = time.monotonic()
             response = requests.post(f"{base}/form/callback", data=GOOD)
             waited = time.monotonic() - started
@@ -394,7 +379,7 @@ def test_warnings_are_recorded_once_and_the_log_is_capped(
     make_app: Any, fast_sandbox: Any, database_uri: str
 ) -> None:
     app = _site(make_app, database_uri)
-    with _serving(app) as base:
+    with serving(app) as base:
         # a name over amoCRM's limit: the plan warns, with the full value
         requests.post(
             f"{base}/api/callback", json={"name": "N" * 300_000, "phone": "+7916111"}

@@ -239,24 +239,15 @@ def test_receivers_of_event_captured_may_fail(make_app: Any) -> None:
 
 def test_campaign_cookie_survives_a_real_http_client(make_app: Any) -> None:
     """Browsers and HTTP libraries parse cookies differently from the test client."""
-    import threading
-
     import requests
-    from werkzeug.serving import make_server
+
+    from tests.helpers.http import serving
 
     app = _with_form_view(make_app())
-    server = make_server("127.0.0.1", 0, app)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{server.server_port}"
-        with requests.Session() as session:
-            session.get(f"{base}/?utm_source=vk&utm_content=banner").close()
-            session.get(f"{base}/about").close()
-            session.post(f"{base}/callback", data={"name": "Kim"}).close()
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(app, threaded=False) as base, requests.Session() as session:
+        session.get(f"{base}/?utm_source=vk&utm_content=banner").close()
+        session.get(f"{base}/about").close()
+        session.post(f"{base}/callback", data={"name": "Kim"}).close()
     [event] = stored_events(app)
     assert event.context["utm"] == {"utm_source": "vk", "utm_content": "banner"}
 

@@ -59,14 +59,6 @@ def _post(app: Flask, form: str = "callback", **data: str) -> None:
     ).close()
 
 
-def _api_requests(sandbox: Any) -> list[tuple[str, str]]:
-    return [
-        (r["method"], r["path"])
-        for r in sandbox.requests()
-        if r["path"].startswith("/api/v4")
-    ]
-
-
 def test_consent_is_kept_on_the_event_and_shown_in_a_note_and_a_field(
     make_app: Any, fast_sandbox: Any
 ) -> None:

@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 import pytest
-import requests
 from flask import Flask
 
 from flask_amocrm.progress import Progress
@@ -20,6 +19,7 @@ from tests.helpers.e2e import (
     index_mode,
     stored_events,
 )
+from tests.helpers.sandbox import sandbox_api
 
 
 @pytest.fixture(params=INDEX_MODES)
@@ -270,18 +270,6 @@ def test_company_duplicates(make_app: Any, fast_sandbox: Any) -> None:
 NEW, QUALIFIED, WON = 7100002, 7100003, 142
 
 
-def _api(sandbox: Any, method: str, path: str, body: Any = None) -> Any:
-    answer = requests.request(
-        method,
-        f"{sandbox.url}/api/v4{path}",
-        json=body,
-        headers={"Authorization": f"Bearer {sandbox.token}"},
-        timeout=10,
-    )
-    answer.raise_for_status()
-    return answer.json() if answer.content else None
-
-
 def _lead(
     sandbox: Any,
     name: str,
@@ -299,7 +287,7 @@ def _lead(
     }
     if contact is not None:
         item["_embedded"] = {"contacts": [{"id": contact}]}
-    answer = _api(sandbox, "POST", "/leads", [item])
+    answer = sandbox_api(sandbox, "POST", "/leads", [item])
     return int(answer["_embedded"]["leads"][0]["id"])
 
 
@@ -469,9 +457,9 @@ def test_the_rule_names_the_contact_and_its_leads_are_searched(
     make_app: Any, fast_sandbox: Any
 ) -> None:
     sandbox = fast_sandbox
-    contact = _api(sandbox, "POST", "/contacts", [{"name": "Known"}])["_embedded"][
-        "contacts"
-    ][0]["id"]
+    contact = sandbox_api(sandbox, "POST", "/contacts", [{"name": "Known"}])[
+        "_embedded"
+    ]["contacts"][0]["id"]
     mine = _lead(sandbox, "Renewal", contact=contact)
     rules = {
         "forms": {
@@ -508,7 +496,7 @@ def test_incoming_leads_always_note_the_duplicates(
     _send(app, "callback", name="Ann", phone="+79123456789")
     # accepted by a manager: its contact becomes visible to searches
     [item] = sandbox.unsorted()
-    _api(sandbox, "POST", f"/leads/unsorted/{item['uid']}/accept", {})
+    sandbox_api(sandbox, "POST", f"/leads/unsorted/{item['uid']}/accept", {})
     assert _send(app, "callback", name="Ann", phone="89123456789")["delivered"] == 1
     first, second = stored_events(app)
     assert len(sandbox.unsorted()) == 2 and len(sandbox.contacts()) == 2

@@ -97,6 +97,16 @@ class Amo:
         return self.get(found["_links"]["download"]["href"]).content
 
 
+def _last_part_answer_lost(make_app: Any, fast_sandbox: Any, tmp_path: Path) -> Flask:
+    """A site whose one event's file went up in one part (the default part size is
+    512 KB) whose answer, the file, was lost: the event is left retrying."""
+    app = _site(make_app, tmp_path, _rules())
+    _send(app)
+    fast_sandbox.faults(lose_answer=True, count=1, path="/drive/v1.0/sessions/upload/")
+    assert _deliver(app) == {"retrying": 1}
+    return app
+
+
 def _puts(sandbox: Any) -> list[dict[str, Any]]:
     return [
         r
@@ -164,11 +174,7 @@ def test_a_503_on_a_part_upload_is_retried_without_a_second_file(
 def test_a_lost_answer_to_the_last_part_does_not_upload_the_file_twice(
     make_app: Any, fast_sandbox: Any, tmp_path: Path
 ) -> None:
-    app = _site(make_app, tmp_path, _rules())
-    _send(app)
-    # One part (the default part size is 512 KB): its answer, the file, is lost.
-    fast_sandbox.faults(lose_answer=True, count=1, path="/drive/v1.0/sessions/upload/")
-    assert _deliver(app) == {"retrying": 1}
+    app = _last_part_answer_lost(make_app, fast_sandbox, tmp_path)
     amo = Amo(fast_sandbox)
     assert len(amo.drive_files()) == 1  # the drive made it; we did not hear
     _make_due(app)
@@ -340,11 +346,8 @@ def test_the_api_log_keeps_the_sizes_of_files_not_their_bytes(
 ) -> None:
     from flask_amocrm.models import ApiLog
 
-    app = _site(make_app, tmp_path, _rules())
-    _send(app)
-    # The last part's answer is lost: the retry reads the file back to compare it.
-    fast_sandbox.faults(lose_answer=True, count=1, path="/drive/v1.0/sessions/upload/")
-    assert _deliver(app) == {"retrying": 1}
+    app = _last_part_answer_lost(make_app, fast_sandbox, tmp_path)
+    # The retry reads the file back to compare it.
     _make_due(app)
     assert _deliver(app) == {"delivered": 1}
     with app.app_context(), app.extensions["amocrm"].session() as session:

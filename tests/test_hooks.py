@@ -24,6 +24,7 @@ from flask_amocrm import (
 )
 from flask_amocrm.testing import deliver_pending
 from tests.helpers.e2e import field_values, form_site, stored_events
+from tests.helpers.sandbox import api_requests
 
 RULES: dict[str, Any] = {
     "forms": {
@@ -47,14 +48,6 @@ def _amocrm(app: Flask) -> Any:
 
 def _post(app: Flask, form: str, **data: str) -> None:
     app.test_client().post(f"/form/{form}", data=data).close()
-
-
-def _api_requests(sandbox: Any) -> list[tuple[str, str]]:
-    return [
-        (r["method"], r["path"])
-        for r in sandbox.requests()
-        if r["path"].startswith("/api/v4")
-    ]
 
 
 def test_a_before_push_hook_changes_the_lead_contact_notes_and_tasks(
@@ -120,7 +113,7 @@ def test_a_before_push_hook_that_cancels_sends_nothing(
         (event.id, "a test order from the shop's own staff")
     ]
     assert fast_sandbox.leads() == [] and fast_sandbox.contacts() == []
-    assert not [m for m, _ in _api_requests(fast_sandbox) if m != "GET"]
+    assert not [m for m, _ in api_requests(fast_sandbox) if m != "GET"]
     # never due again by itself
     assert deliver_pending(app) == {"spooled": 0}
     status = app.test_cli_runner().invoke(args=["amocrm", "status"])
@@ -243,7 +236,7 @@ def test_api_call_hooks_see_every_request_and_may_add_to_the_body(
     _post(app, "callback", name="Ann", phone="+79120001122")
     [event] = stored_events(app)
     assert deliver_pending(app)["delivered"] == 1
-    sent = _api_requests(fast_sandbox)
+    sent = api_requests(fast_sandbox)
     assert sent and [(c.method, c.path) for c in before] == sent
     assert [(c.method, c.path) for c in after] == sent
     assert [c.status for c in after] == [
@@ -275,7 +268,7 @@ def test_a_veto_in_before_api_call_cancels_the_events_of_that_call(
     assert "orders are entered by hand" in event.last_error
     assert "POST /api/v4/leads/complex" in event.last_error
     assert fast_sandbox.leads() == []
-    assert ("POST", "/api/v4/leads/complex") not in _api_requests(fast_sandbox)
+    assert ("POST", "/api/v4/leads/complex") not in api_requests(fast_sandbox)
 
     # a callback later on is sent as usual: the veto was for that call only
     _post(app, "callback", name="Ann", phone="+79120001122")

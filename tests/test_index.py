@@ -10,7 +10,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 import pytest
-import requests
 from flask import Flask
 from sqlalchemy import delete, select
 
@@ -22,6 +21,7 @@ from flask_amocrm.testing import deliver_pending
 from flask_amocrm.worker import index
 from flask_amocrm.worker.schedule import tick
 from tests.helpers.e2e import fill_index, form_site, stored_events
+from tests.helpers.sandbox import sandbox_api
 
 RULES: dict[str, Any] = {
     "forms": {
@@ -42,18 +42,6 @@ def _site(make_app: Any, *, interval: int = 300, **config: Any) -> Flask:
     return form_site(make_app, RULES, AMOCRM_INDEX_INTERVAL=interval, **config)
 
 
-def _api(sandbox: Any, method: str, path: str, body: Any = None) -> Any:
-    answer = requests.request(
-        method,
-        f"{sandbox.url}/api/v4{path}",
-        json=body,
-        headers={"Authorization": f"Bearer {sandbox.token}"},
-        timeout=30,
-    )
-    answer.raise_for_status()
-    return answer.json() if answer.content else None
-
-
 def _contact(sandbox: Any, name: str, phone: str) -> int:
     body = [
         {
@@ -64,7 +52,9 @@ def _contact(sandbox: Any, name: str, phone: str) -> int:
         }
     ]
     return int(
-        _api(sandbox, "POST", "/contacts", body)["_embedded"]["contacts"][0]["id"]
+        sandbox_api(sandbox, "POST", "/contacts", body)["_embedded"]["contacts"][0][
+            "id"
+        ]
     )
 
 
@@ -108,7 +98,7 @@ def test_the_sandbox_seeds_an_account_and_lists_it_as_amocrm_does(
     added = fast_sandbox.seed(600, 40)
     assert added["contacts"] == 600 and added["companies"] == 40
     assert 0 < added["duplicates"] < 100
-    page = _api(
+    page = sandbox_api(
         fast_sandbox, "GET", "/contacts?limit=250&page=3&order[id]=asc"
     )  # 600 = 250 + 250 + 100
     items = page["_embedded"]["contacts"]
@@ -123,14 +113,14 @@ def test_the_sandbox_seeds_an_account_and_lists_it_as_amocrm_does(
     ]
     assert any(p.startswith("8") for p in phones) and any("+" in p for p in phones)
     ids = [items[0]["id"], items[5]["id"], 99999999]
-    listed = _api(
+    listed = sandbox_api(
         fast_sandbox,
         "GET",
         "/contacts?" + "&".join(f"filter[id][]={i}" for i in ids),
     )
     assert [c["id"] for c in listed["_embedded"]["contacts"]] == ids[:2]
     # the seed is spread over two years: few changed within the last hours
-    recent = _api(
+    recent = sandbox_api(
         fast_sandbox,
         "GET",
         f"/contacts?limit=250&order[updated_at]=asc"
@@ -138,7 +128,7 @@ def test_the_sandbox_seeds_an_account_and_lists_it_as_amocrm_does(
     )
     times = [c["updated_at"] for c in recent["_embedded"]["contacts"]]
     assert times == sorted(times) and len(times) < 10
-    older = _api(
+    older = sandbox_api(
         fast_sandbox,
         "GET",
         f"/contacts?limit=250&order[updated_at]=desc&filter[updated_at][to]={times[0]}",
@@ -147,7 +137,7 @@ def test_the_sandbox_seeds_an_account_and_lists_it_as_amocrm_does(
     assert len(before) == 250 and before == sorted(before, reverse=True)
     assert before[0] <= times[0]
     fast_sandbox.delete("contacts", ids[0])
-    listed = _api(fast_sandbox, "GET", f"/contacts?filter[id][]={ids[0]}")
+    listed = sandbox_api(fast_sandbox, "GET", f"/contacts?filter[id][]={ids[0]}")
     assert listed is None  # 204: a deleted contact is listed no more
 
 
@@ -256,7 +246,7 @@ def test_a_contact_changed_a_moment_ago_is_judged_on_its_current_phone(
     fill_index(app)
     assert ("phone", "+79123456789") in _keys(app, ann)
     # a manager changes Ann's phone in amoCRM; no poll has run since
-    _api(
+    sandbox_api(
         fast_sandbox,
         "PATCH",
         "/contacts",

@@ -3,7 +3,6 @@ site, delivered to the sandbox, and what the sandbox and the event rows hold aft
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,32 +11,24 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
-from werkzeug.serving import make_server
 
 from flask_amocrm.rules.clean import LONG_LIMIT
 from flask_amocrm.testing import deliver_pending
 from tests.helpers.e2e import field_values, form_site, stored_events
+from tests.helpers.http import serving
 
 
 @contextmanager
 def served(app: Flask) -> Iterator[Callable[..., int]]:
     """``app`` served over real HTTP; yields ``post(form, data) -> status``."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    try:
-        with requests.Session() as session:
+    with serving(app) as base, requests.Session() as session:
 
-            def post(form: str, data: dict[str, str]) -> int:
-                response = session.post(f"{base}/form/{form}", data=data, timeout=10)
-                response.close()
-                return response.status_code
+        def post(form: str, data: dict[str, str]) -> int:
+            response = session.post(f"{base}/form/{form}", data=data, timeout=10)
+            response.close()
+            return response.status_code
 
-            yield post
-    finally:
-        server.shutdown()
-        server.server_close()
+        yield post
 
 
 @pytest.fixture()

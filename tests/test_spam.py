@@ -17,6 +17,7 @@ from flask_amocrm import Event
 from flask_amocrm.testing import deliver_pending
 from tests.helpers.browser import shoot
 from tests.helpers.e2e import form_site, stored_events
+from tests.helpers.sandbox import api_requests
 from tests.helpers.xss import CORPUS, assert_inert, watch
 
 RULES: dict[str, Any] = {
@@ -62,14 +63,6 @@ def _post(app: Flask, ip: str = "198.51.100.1", **data: str) -> None:
     ).close()
 
 
-def _api_requests(sandbox: Any) -> list[tuple[str, str]]:
-    return [
-        (r["method"], r["path"])
-        for r in sandbox.requests()
-        if r["path"].startswith("/api/v4")
-    ]
-
-
 def _event(app: Flask, event_id: int) -> Event:
     return next(e for e in stored_events(app) if e.id == event_id)
 
@@ -105,11 +98,11 @@ def test_a_honeypot_bot_is_spam_and_nothing_reaches_amocrm(
     # the honeypot is kept for the record, out of what the rules see
     assert "amocrm_website" not in event.data
     assert event.context["spam"]["fields"]["amocrm_website"] == "http://casino.example"
-    assert _api_requests(fast_sandbox) == []
+    assert api_requests(fast_sandbox) == []
     assert fast_sandbox.leads() == []
     # judged once: another run sends nothing either
     assert deliver_pending(app) == {"spooled": 0}
-    assert _api_requests(fast_sandbox) == []
+    assert api_requests(fast_sandbox) == []
 
 
 def test_a_one_second_submission_is_spam_a_slow_human_is_delivered(
@@ -152,7 +145,7 @@ def test_a_forged_stamp_and_a_missing_required_one_are_spam(
     assert "forged" in (forger.last_error or "")
     assert "no stamp" in (nostamp.last_error or "")
     assert "forged" in (garbage.last_error or "")
-    assert _api_requests(fast_sandbox) == []
+    assert api_requests(fast_sandbox) == []
 
 
 def test_without_a_stamp_or_honeypot_in_the_form_nothing_is_judged(
@@ -262,7 +255,7 @@ def test_release_from_the_cli_delivers_it_once(
     _post(app, name="Real person", phone="+79120000010", amocrm_website="oops")
     [event] = stored_events(app)
     assert event.status == "spam"
-    assert _api_requests(fast_sandbox) == []
+    assert api_requests(fast_sandbox) == []
     runner = app.test_cli_runner()
     status = runner.invoke(args=["amocrm", "status"])
     assert "spam       1" in status.output

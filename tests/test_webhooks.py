@@ -14,7 +14,6 @@ import pytest
 import requests
 from flask import Flask
 from sqlalchemy import update
-from werkzeug.serving import make_server
 
 from flask_amocrm import (
     contact_added,
@@ -31,6 +30,7 @@ from flask_amocrm.worker.queue import get_queue
 from flask_amocrm.worker.reconcile import reconcile
 from tests.conftest import CALLBACK_RULES
 from tests.helpers.e2e import form_site, stored_events
+from tests.helpers.http import serving
 
 SECRET = "s3cret-webhook-path-0123456789"
 WON = 142
@@ -72,20 +72,6 @@ def listening(app: Flask, **signals: Calls) -> Iterator[None]:
         for name, receiver in signals.items():
             stack.enter_context(known[name].connected_to(receiver, sender=app))
         yield
-
-
-@contextmanager
-def serving(app: Flask) -> Iterator[str]:
-    """``app`` on a real HTTP server on a free port (the sandbox posts to it)."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def inbound_rows(app: Flask) -> list[InboundChange]:

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
-from werkzeug.serving import make_server
+
+from tests.helpers.http import serving
 
 SCREENSHOTS = Path(
     os.environ.get("AMOCRM_SCREENSHOTS")
@@ -111,19 +112,12 @@ def _close_when_written(app: Any) -> Any:
 
 @pytest.fixture()
 def serve() -> Iterator[Callable[[Flask], str]]:
-    servers: list[Any] = []
+    with ExitStack() as servers:
 
-    def start(app: Flask) -> str:
-        server = make_server("127.0.0.1", 0, _close_when_written(app), threaded=True)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}"
+        def start(app: Flask) -> str:
+            return servers.enter_context(serving(_close_when_written(app)))
 
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+        yield start
 
 
 def shoot(page: Any, name: str) -> Path:

@@ -68,3 +68,28 @@ def amo(sandbox: SandboxServer) -> Iterator[AmoSession]:
         yield session
     finally:
         session.close()
+
+
+def sandbox_api(sandbox: Any, method: str, path: str, body: Any = None) -> Any:
+    """``method`` on the sandbox's ``/api/v4`` + ``path`` with its token, outside the
+    code under test (to set up or read back the account); the decoded JSON answer,
+    or None for an empty one. Raises on an HTTP error."""
+    answer = requests.request(
+        method,
+        f"{sandbox.url}/api/v4{path}",
+        json=body,
+        headers={"Authorization": f"Bearer {sandbox.token}"},
+        timeout=30,
+    )
+    answer.raise_for_status()
+    return answer.json() if answer.content else None
+
+
+def api_requests(sandbox: Any) -> list[tuple[str, str]]:
+    """The (method, path) of each ``/api/v4`` request the sandbox has received, in
+    order."""
+    return [
+        (r["method"], r["path"])
+        for r in sandbox.requests()
+        if r["path"].startswith("/api/v4")
+    ]
