@@ -24,6 +24,7 @@ from flask_amocrm.cli import amocrm_cli
 from flask_amocrm.config import DEFAULTS
 from flask_amocrm.hooks import Hooks
 from flask_amocrm.rules import schema
+from flask_amocrm.sandbox.__main__ import command_line
 from flask_amocrm.signals import SafeSignal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,6 +168,7 @@ def test_links_between_pages_resolve(language: str) -> None:
                     f"{shown(page)}: {target} - no heading makes #{anchor} in "
                     f"{linked.relative_to(ROOT).as_posix()}"
                 )
+    problems = list(dict.fromkeys(problems))  # one line per broken link and page
     assert not problems, "\n".join(problems)
 
 
@@ -219,6 +221,16 @@ def options(group: click.Group = amocrm_cli, prefix: str = "") -> Iterator[str]:
                 for opt in (*param.opts, *param.secondary_opts):
                     if opt.startswith("--"):
                         yield f"{prefix}{name} {opt}"
+
+
+def sandbox_options() -> list[str]:
+    """The options of ``python -m flask_amocrm.sandbox``."""
+    return [
+        opt
+        for action in command_line()._actions
+        for opt in action.option_strings
+        if opt.startswith("--") and opt != "--help"
+    ]
 
 
 def rule_keys() -> list[tuple[str, str]]:
@@ -277,6 +289,11 @@ def missing(language: str) -> list[str]:
         if not named(o.rsplit(" ", 1)[1], code)
     ]
     gaps += [
+        f"sandbox option 'python -m flask_amocrm.sandbox {o}'"
+        for o in sandbox_options()
+        if not named(o, code)
+    ]
+    gaps += [
         f"rule key {k!r} ({what})" for k, what in rule_keys() if not named(k, code)
     ]
     return [f"{gap} is missing from the {language} docs ({where})" for gap in gaps]
@@ -294,4 +311,5 @@ def test_the_lists_are_read_from_the_code() -> None:
     assert {"form_submitted", "lead_added"} <= set(signals())
     assert {"before_push", "spam_check", "admin_auth"} <= set(hooks())
     assert "webhooks install" in set(commands())
+    assert "--seed-contacts" in sandbox_options()
     assert ("within", "lead.duplicates") in rule_keys()

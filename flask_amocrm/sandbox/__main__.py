@@ -12,8 +12,8 @@ from werkzeug.serving import make_server
 from .app import create_app
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line."""
+def command_line() -> argparse.ArgumentParser:
+    """The command line's parser (docs/sandbox.md lists its options)."""
     parser = argparse.ArgumentParser(
         prog="python -m flask_amocrm.sandbox",
         description="A local amoCRM that speaks API v4.",
@@ -56,7 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="FILE",
         help="load the account from FILE and save changes to it",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    return command_line().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
