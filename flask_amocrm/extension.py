@@ -17,7 +17,10 @@ from .capture import capture, on_email_dispatched, on_form_submitted, on_mail_se
 from .cli import amocrm_cli
 from .config import read_settings
 from .hooks import ApiCall, Hooks, PushHook
+from .jsonlog import use_json_logs
+from .metrics import register_metrics
 from .models import Event, metadata
+from .probe import register_health
 from .rules.schema import check_consent_fields, validate_rules
 from .signals import form_submitted, mail_sent
 from .state import AppState, get_state
@@ -63,6 +66,8 @@ class AmoCRM:
                 " Import and use that instance instead."
             )
         settings = read_settings(app)
+        if settings.log_json:
+            use_json_logs(settings.secrets())
         validate_rules(
             settings.rules,
             secret_key=app.secret_key,
@@ -98,6 +103,8 @@ class AmoCRM:
         else:
             admin_is_off(app)
         register_webhook(app, settings)
+        register_health(app, settings)
+        register_metrics(app, settings)
         app.add_template_global(form_stamp_input, "amocrm_form_stamp")
 
     def admin_auth(self, hook: AuthHook) -> AuthHook:
