@@ -451,6 +451,13 @@ def _rules_file(value: Any, root: str | None) -> dict[str, Any]:
     return {"rules_file": path, "rules_mtime": mtime}
 
 
+def log_json_wanted(app: Flask) -> bool:
+    """``AMOCRM_LOG_JSON``, read before the other keys, so that what checking them
+    logs is written as JSON already."""
+    app.config.setdefault("AMOCRM_LOG_JSON", DEFAULTS["AMOCRM_LOG_JSON"])
+    return _bool(app.config, "AMOCRM_LOG_JSON")
+
+
 def read_settings(app: Flask) -> Settings:
     """Apply the defaults to ``app.config`` and return the validated settings."""
     for key, default in DEFAULTS.items():

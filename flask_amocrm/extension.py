@@ -15,7 +15,7 @@ from flask import Flask
 from .admin import admin_is_off, register_admin
 from .capture import capture, on_email_dispatched, on_form_submitted, on_mail_sent
 from .cli import amocrm_cli
-from .config import read_settings
+from .config import log_json_wanted, read_settings
 from .hooks import ApiCall, Hooks, PushHook
 from .jsonlog import use_json_logs
 from .metrics import register_metrics
@@ -65,9 +65,11 @@ class AmoCRM:
                 "A 'AmoCRM' instance has already been registered on this Flask app."
                 " Import and use that instance instead."
             )
+        if log_json_wanted(app):
+            use_json_logs()
         settings = read_settings(app)
         if settings.log_json:
-            use_json_logs(settings.secrets())
+            use_json_logs(settings.secrets())  # mask the secrets too, now known
         validate_rules(
             settings.rules,
             secret_key=app.secret_key,

@@ -167,6 +167,8 @@ class Health:
     #: Redis did not answer, or not ``rq``).
     queue_depth: int | None = None
     workers: list[WorkerInfo] | None = None
+    #: RQ only: the kind of error Redis failed with (``None``: it answered).
+    redis_error: str | None = None
 
     @property
     def healthy(self) -> bool:
@@ -294,6 +296,7 @@ def check_health(state: AppState) -> Health:
             found["queue_depth"] = queue_depth(state)
             found["workers"] = listening_workers(state)
         except RedisError as exc:
+            found["redis_error"] = type(exc).__name__
             problems.append(
                 Problem(
                     "redis",
