@@ -549,7 +549,10 @@ def _echo_health(report: Health) -> None:
     token = report.token
     if token is not None:
         kind = _("long-lived") if token.kind == "long-lived" else "OAuth"
-        state = _("connected") if token.connected else _("not connected")
+        if token.revoked_at is not None:
+            state = _("revoked")
+        else:
+            state = _("in use") if token.connected else _("not connected")
         click.echo(
             _(
                 "Token: %(kind)s, %(state)s, expires %(when)s",

@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -417,3 +418,24 @@ def test_metrics_without_prometheus_client_say_which_extra_to_install(
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     with pytest.raises(RuntimeError, match=r"flask-amocrm\[metrics\]"):
         make_app(AMOCRM_METRICS_PATH="/metrics")
+
+
+def test_every_metric_and_key_is_documented(
+    make_app: Any, sandbox: Any, redis_conn: Any, redis_url: str
+) -> None:
+    from tests.helpers.process import ROOT
+
+    app = _rq_site(make_app, redis_url)
+    page = app.test_client().get(METRICS).get_data(as_text=True)
+    names = {
+        f"{f.name}_total" if f.type == "counter" else f.name
+        for f in text_string_to_metric_families(page)
+    }
+    assert {"amocrm_events_total", "amocrm_queue_jobs", "amocrm_workers"} <= names
+    for doc in ("docs/operations.md", "docs/ru/operations.md"):
+        text = Path(ROOT, doc).read_text(encoding="utf-8")
+        for name in names:
+            assert f"`{name}`" in text, (doc, name)
+    configuration = Path(ROOT, "docs", "configuration.md").read_text("utf-8")
+    for key in ("AMOCRM_HEALTH_PATH", "AMOCRM_METRICS_PATH", "AMOCRM_LOG_JSON"):
+        assert f"### `{key}`" in configuration
