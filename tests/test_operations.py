@@ -4,10 +4,12 @@ real HTTP, real workers in child processes, a real Redis and the sandbox."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +19,8 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
 from flask_amocrm.meter import endpoint
+from flask_amocrm.models import Event, utcnow
+from flask_amocrm.state import get_state
 from flask_amocrm.testing import deliver_pending
 from tests.conftest import CALLBACK_RULES
 from tests.helpers.e2e import form_site, stored_events
@@ -347,6 +351,54 @@ def test_a_database_that_does_not_answer_fails_both_checks(make_app: Any) -> Non
     result = app.test_cli_runner().invoke(args=["amocrm", "health"])
     assert result.exit_code == 1
     assert "The events database cannot be read" in result.output
+
+
+def _jwt(exp: int) -> str:
+    """A token shaped as amoCRM's (a JWT) that expires at ``exp``."""
+
+    def part(value: dict[str, Any]) -> str:
+        raw = base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+        return raw.rstrip("=")
+
+    return f"{part({'alg': 'RS256'})}.{part({'exp': exp})}.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ({"AMOCRM_TOKEN": _jwt(1700000000)}, "token"),
+        (
+            {"AMOCRM_DELIVERY": "rq", "AMOCRM_REDIS_URL": "redis://127.0.0.1:1/0"},
+            "redis",
+        ),
+    ],
+)
+def test_an_expired_token_or_a_silent_redis_fail_the_check(
+    make_app: Any, config: dict[str, Any], problem: str
+) -> None:
+    app = make_app(**config, **OPS)
+    answer = app.test_client().get(HEALTH)
+    assert answer.status_code == 503
+    assert answer.json["problems"] == [problem]
+    assert app.config["AMOCRM_TOKEN"] not in answer.get_data(as_text=True)
+
+
+def test_an_event_due_too_long_fails_the_check(make_app: Any) -> None:
+    app = make_app(**OPS)  # deferred: the agent runs every 300 s
+    client = app.test_client()
+    amocrm = app.extensions["amocrm"].extension
+    with app.app_context():
+        event = amocrm.submit("callback", {"name": "Ann", "phone": "+79120001122"})
+    assert event is not None
+    assert client.get(HEALTH).status_code == 200
+    with app.app_context(), get_state(app).session() as session:
+        stored = session.get(Event, event.id)
+        assert stored is not None
+        stored.updated_at = utcnow() - timedelta(minutes=16)
+        session.commit()
+    answer = client.get(HEALTH)
+    assert answer.status_code == 503 and answer.json["problems"] == ["late"]
+    assert answer.json["delivery"]["oldest_due_age_seconds"] >= 16 * 60
 
 
 def test_the_admin_page_the_command_and_the_endpoint_give_one_verdict(
