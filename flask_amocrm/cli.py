@@ -46,7 +46,14 @@ from .worker.amo_worker import AmoWorker
 from .worker.deliver import deliver_events
 from .worker.dispatch import hand_off_many, release
 from .worker.dispatch import retry as retry_events
-from .worker.health import check_account, listening_workers, waiting_since
+from .worker.health import (
+    STUCK_AFTER,
+    Health,
+    check_account,
+    check_health,
+    listening_workers,
+    waiting_since,
+)
 from .worker.index import refresh as refresh_index
 from .worker.markers import forget_marker_field
 from .worker.outage import current as current_outage
@@ -60,8 +67,6 @@ from .worker.sources import forget_source
 
 amocrm_cli = AppGroup("amocrm", help="Flask-AmoCRM: deliver site events to amoCRM.")
 
-#: An event due this long ago and still not delivered is shown as stuck by ``status``.
-STUCK_AFTER = timedelta(minutes=15)
 #: How many failed (and stuck) events ``status`` lists.
 STATUS_LIST = 20
 
@@ -498,6 +503,77 @@ def _warn_without_worker(state: AppState) -> None:
                 queue=repr(state.settings.queue),
             )
         )
+
+
+@amocrm_cli.command("health")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the report as one JSON object."
+)
+def health_command(as_json: bool) -> None:
+    """Tell whether the site delivers its events, without calling amoCRM: amoCRM
+    reachable, the token, an outage or a pause, the queue, the oldest due event,
+    the workers. Exits 0 when healthy, 1 when not (the report says why)."""
+    report = check_health(get_state())
+    if as_json:
+        click.echo(json.dumps(report.as_json(), ensure_ascii=False, sort_keys=True))
+    else:
+        _echo_health(report)
+    if not report.healthy:
+        raise SystemExit(1)
+
+
+def _when(moment: datetime | None) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC" if moment is not None else "—"
+
+
+def _echo_health(report: Health) -> None:
+    """The report as a person reads it."""
+    if report.healthy:
+        click.echo(_("Healthy"))
+    else:
+        click.echo(
+            ngettext(
+                "Not healthy: %(count)s problem",
+                "Not healthy: %(count)s problems",
+                len(report.problems),
+            )
+        )
+        for problem in report.problems:
+            click.echo(f"  - {localize(problem.message)}")
+    if report.outage is not None:
+        click.echo(
+            _("amoCRM: unreachable since %(when)s", when=_when(report.outage.since))
+        )
+    elif report.token is not None:
+        click.echo(_("amoCRM: reachable"))
+    token = report.token
+    if token is not None:
+        kind = _("long-lived") if token.kind == "long-lived" else "OAuth"
+        if token.revoked_at is not None:
+            state = _("revoked")
+        else:
+            state = _("in use") if token.connected else _("not connected")
+        click.echo(
+            _(
+                "Token: %(kind)s, %(state)s, expires %(when)s",
+                kind=kind,
+                state=state,
+                when=_when(token.expires_at),
+            )
+        )
+    click.echo(_("Delivery: %(mode)s", mode=report.delivery))
+    if report.queue_depth is not None:
+        click.echo(_("Jobs in the queue: %(count)s", count=report.queue_depth))
+    if report.workers is not None:
+        click.echo(_("Workers: %(count)s", count=len(report.workers)))
+    for status, count in report.events.items():
+        click.echo(f"{_(STATUS_LABELS[status])}: {count}")
+    age = report.oldest_due_age
+    click.echo(
+        _("Oldest due event: nothing is due")
+        if age is None
+        else _("Oldest due event: waiting %(seconds)s s", seconds=int(age))
+    )
 
 
 @amocrm_cli.command("auth")
