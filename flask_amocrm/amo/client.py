@@ -317,8 +317,6 @@ class AmoClient:
         raw: bytes | None = None,
     ) -> requests.Response:
         """Send once (after waiting for a slot) and log what happened."""
-        if self.limiter is not None:
-            self.limiter.acquire()
         base = (host or self.base_url).rstrip("/")
         if host:
             path_shown = f"{base}{path}"
@@ -343,6 +341,10 @@ class AmoClient:
             ) from None
         if raw is not None:
             data = raw
+        if self.limiter is not None:
+            # Last, right before sending: the moment the limiter grants is the
+            # moment amoCRM counts, give or take the network.
+            self.limiter.acquire()
         started = time.monotonic()
         response: requests.Response | None = None
         error: TransportError | None = None

@@ -43,7 +43,7 @@ from ..models import (
     EventAttempt,
     utcnow,
 )
-from ..outbox import append_log, claim, cut_reason
+from ..outbox import append_log, claim, claim_due, cut_reason
 from ..progress import Progress
 from ..rules.plan import Plan, PlanEnv
 from ..rules.render import build_plan
@@ -95,7 +95,20 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
     """
     state = get_state()
     reload_rules(state)  # a rules file fixed since the last batch is used now
-    claimed = claim(state, list(dict.fromkeys(event_ids)))
+    return _deliver_claimed(state, claim(state, list(dict.fromkeys(event_ids))))
+
+
+def deliver_due(limit: int) -> dict[int, str]:
+    """Claim up to ``limit`` of the oldest due events of the current app and
+    deliver them together (:func:`~flask_amocrm.outbox.claim_due`); the status each
+    ended in, nothing when none was due."""
+    state = get_state()
+    reload_rules(state)
+    return _deliver_claimed(state, claim_due(state, limit))
+
+
+def _deliver_claimed(state: AppState, claimed: list[int]) -> dict[int, str]:
+    """Deliver the events this worker has just claimed."""
     if not claimed:
         return {}
     app = current_app._get_current_object()  # type: ignore[attr-defined]
