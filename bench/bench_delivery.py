@@ -149,6 +149,7 @@ def config_for(sandbox: str, database: str, delivery: str) -> dict[str, Any]:
         "AMOCRM_LOG_REQUESTS": False,
         # duplicate control as it searches amoCRM; bench_index.py measures the index
         "AMOCRM_INDEX_INTERVAL": 0,
+        "AMOCRM_WORKER_THREADS": int(os.environ.get("BENCH_THREADS", "3")),
     }
 
 

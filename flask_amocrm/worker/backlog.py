@@ -27,7 +27,7 @@ from flask import Flask, current_app
 
 from ..models import RETRYING
 from ..state import AppState
-from .deliver import deliver_due
+from .deliver import claim_events, deliver_claimed, deliver_due
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -38,6 +38,7 @@ DRAIN_SECONDS = 60.0
 def drain(
     state: AppState,
     *,
+    first: list[int] | None = None,
     limit: int | None = None,
     seconds: float = DRAIN_SECONDS,
     after_batch: Callable[[list[int]], None] | None = None,
@@ -45,7 +46,9 @@ def drain(
 ) -> dict[int, str]:
     """Deliver due events batch after batch, ``AMOCRM_WORKER_THREADS`` batches at
     once, until none is due, ``limit`` events were taken or ``seconds`` passed;
-    the status each event ended in. ``after_batch`` is given the ids of each batch
+    the status each event ended in. ``first`` is a batch to deliver first (a
+    job's own event and the events due with it): one thread starts with it while
+    the others claim theirs. ``after_batch`` is given the ids of each batch
     once it is done (the worker drops their queued jobs).
 
     With ``give_up`` a thread stops early when amoCRM took nothing of its batch
@@ -68,16 +71,19 @@ def drain(
             left[0] -= count
             return count
 
-    def lane() -> None:
+    def lane(batch: list[int] | None = None) -> None:
         with app.app_context():
             try:
                 while time.monotonic() < deadline:
-                    count = take()
-                    if not count:
-                        return
-                    done = deliver_due(count)
-                    if not done:
-                        return  # nothing is due
+                    if batch:
+                        done, batch = deliver_claimed(batch), None
+                    else:
+                        count = take()
+                        if not count:
+                            return
+                        done = deliver_due(count)
+                        if not done:
+                            return  # nothing is due
                     with lock:
                         outcomes.update(done)
                     if after_batch is not None:
@@ -89,13 +95,15 @@ def drain(
                 with lock:
                     errors.append(exc)
 
+    # Claimed before the other threads claim theirs, so they do not split it.
+    claimed = claim_events(first) if first else None
     threads = [
         threading.Thread(target=lane, name=f"amocrm-batch-{n}", daemon=True)
         for n in range(1, state.settings.worker_threads)
     ]
     for thread in threads:
         thread.start()
-    lane()  # this thread is one of them
+    lane(claimed)  # this thread is one of them
     for thread in threads:
         thread.join()
     if errors:
