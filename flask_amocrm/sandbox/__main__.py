@@ -10,6 +10,7 @@ from types import FrameType
 from werkzeug.serving import make_server
 
 from .app import create_app
+from .server import ArrivalHandler
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         seed_contacts=args.seed_contacts,
         seed_companies=args.seed_companies,
     )
-    server = make_server(args.host, args.port, app, threaded=True)
+    server = make_server(
+        args.host, args.port, app, threaded=True, request_handler=ArrivalHandler
+    )
     url = f"http://{args.host}:{server.server_port}"
     print(f"amoCRM sandbox: {url}  token: {args.token}", flush=True)
     if args.client_id:

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .events import WebhookSender
 from .faults import Faults
-from .limits import RateLimiter
+from .limits import ARRIVED, RateLimiter
 from .store import Store
 from .views import complex as complex_views
 from .views import (
@@ -283,10 +283,11 @@ def _before() -> Response | None:
         # The gateway counts a request against the rate limit when it arrives, as
         # amoCRM's does; the latency is the network's, in both directions. (Counted
         # after the sleep, a busy sandbox's late wake-ups would crowd the window.)
-        g._sbx_received = time.time()
+        arrived = request.environ.get(ARRIVED) or time.time()
+        g._sbx_received = arrived
         header = request.headers.get("Authorization")
         key = fingerprint(header) or f"ip:{request.remote_addr}"
-        verdict = sbx.limiter.check(key)
+        verdict = sbx.limiter.check(key, at=time.monotonic() - (time.time() - arrived))
     delay = sbx.latency_ms + decision.latency_ms
     if delay > 0:
         time.sleep(delay / 1000.0)
