@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_QUEUE": "amocrm",
     "AMOCRM_DELIVERY": None,
     "AMOCRM_BATCH_SIZE": 50,
+    "AMOCRM_WORKER_THREADS": 3,
     "AMOCRM_AGENT_INTERVAL": 300,
     "AMOCRM_INDEX_INTERVAL": 300,
     "AMOCRM_RATE_LIMIT": 7,
@@ -180,6 +181,9 @@ class Settings:
     queue: str
     delivery: str
     batch_size: int
+    #: Batches one worker process delivers at once (threads sharing the rate
+    #: limit): while one waits for amoCRM, the next is claimed and planned.
+    worker_threads: int
     agent_interval: int
     #: Seconds between two polls of amoCRM for changed contacts and companies, which
     #: keep the local contact index fresh; 0: no index, duplicates are searched.
@@ -563,6 +567,7 @@ def read_settings(app: Flask) -> Settings:
         queue=queue,
         delivery=delivery,
         batch_size=_int(config, "AMOCRM_BATCH_SIZE", 1),
+        worker_threads=_int(config, "AMOCRM_WORKER_THREADS", 1),
         agent_interval=_agent_interval(config),
         index_interval=_index_interval(config),
         rate_limit=rate_limit,

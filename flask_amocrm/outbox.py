@@ -772,6 +772,40 @@ def claim_rows(
     return [i for i in ids if i in claimed]
 
 
+def claim_due(state: AppState, limit: int) -> list[int]:
+    """Take up to ``limit`` of the oldest due events that nobody else holds, in one
+    statement; return their ids, oldest first. Workers claiming at the same time
+    get different events (PostgreSQL skips the rows another claim has locked;
+    SQLite runs one write at a time), so a batch is never split between them."""
+    if limit <= 0:
+        return []
+    now = utcnow()
+    ready = due(now, on_hold(state))
+    oldest = (
+        select(Event.id)
+        .where(ready)
+        .order_by(Event.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    with state.session() as session:
+        claimed = sorted(
+            session.scalars(
+                update(Event)
+                .where(Event.id.in_(oldest), ready)
+                .values(
+                    status=PROCESSING,
+                    locked_until=now + LEASE,
+                    attempts=Event.attempts + 1,
+                )
+                .returning(Event.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        session.commit()
+    return claimed
+
+
 def make_due(
     state: AppState,
     *,

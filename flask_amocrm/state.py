@@ -77,6 +77,7 @@ class AppState:
         self._redis_checked = 0.0
         self._redis_alive = False
         self._lock = threading.RLock()
+        self._tables_lock = threading.Lock()
         self._local: dict[str, tuple[int, Any]] = {}
         self.tables_ready = db is not None
         #: Who may use the admin pages: ``AMOCRM_ADMIN_AUTH`` or the function
@@ -195,7 +196,9 @@ class AppState:
                 engine, expire_on_commit=False
             )
         if not self.tables_ready:
-            self.create_tables()
+            with self._tables_lock:  # threads of one worker start together
+                if not self.tables_ready:
+                    self.create_tables()
         return factory()
 
     def create_tables(self) -> None:

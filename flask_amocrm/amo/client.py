@@ -330,7 +330,6 @@ class AmoClient:
         raw: bytes | None = None,
     ) -> requests.Response:
         """Send once (after waiting for a slot) and log what happened."""
-        waited = self.limiter.acquire() if self.limiter is not None else 0.0
         base = (host or self.base_url).rstrip("/")
         if host:
             path_shown = f"{base}{path}"
@@ -355,6 +354,9 @@ class AmoClient:
             ) from None
         if raw is not None:
             data = raw
+        # Last, right before sending: the moment the limiter grants is the moment
+        # amoCRM counts, give or take the network.
+        waited = self.limiter.acquire() if self.limiter is not None else 0.0
         started = time.monotonic()
         response: requests.Response | None = None
         error: TransportError | None = None

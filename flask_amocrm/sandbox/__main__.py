@@ -10,6 +10,7 @@ from types import FrameType
 from werkzeug.serving import make_server
 
 from .app import create_app
+from .server import ArrivalHandler
 
 
 def command_line() -> argparse.ArgumentParser:
@@ -82,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         seed_contacts=args.seed_contacts,
         seed_companies=args.seed_companies,
     )
-    server = make_server(args.host, args.port, app, threaded=True)
+    server = make_server(
+        args.host, args.port, app, threaded=True, request_handler=ArrivalHandler
+    )
     url = f"http://{args.host}:{server.server_port}"
     print(f"amoCRM sandbox: {url}  token: {args.token}", flush=True)
     if args.client_id:

@@ -44,7 +44,7 @@ from ..models import (
     EventAttempt,
     utcnow,
 )
-from ..outbox import append_log, claim, cut_reason
+from ..outbox import append_log, claim, claim_due, cut_reason
 from ..progress import Progress
 from ..rules.plan import Plan, PlanEnv
 from ..rules.render import build_plan
@@ -94,11 +94,31 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
     Returns the status each claimed event ended in; events that were not due or that
     another worker holds are left out.
     """
+    return deliver_claimed(claim_events(event_ids))
+
+
+def claim_events(event_ids: list[int]) -> list[int]:
+    """Claim those of these events of the current app that are due and that
+    nobody else holds (:func:`~flask_amocrm.outbox.claim`)."""
     state = get_state()
     reload_rules(state)  # a rules file fixed since the last batch is used now
-    claimed = claim(state, list(dict.fromkeys(event_ids)))
+    return claim(state, list(dict.fromkeys(event_ids)))
+
+
+def deliver_due(limit: int) -> dict[int, str]:
+    """Claim up to ``limit`` of the oldest due events of the current app and
+    deliver them together (:func:`~flask_amocrm.outbox.claim_due`); the status each
+    ended in, nothing when none was due."""
+    state = get_state()
+    reload_rules(state)
+    return deliver_claimed(claim_due(state, limit))
+
+
+def deliver_claimed(claimed: list[int]) -> dict[int, str]:
+    """Deliver the events this worker has just claimed, together."""
     if not claimed:
         return {}
+    state = get_state()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     worker = f"{socket.gethostname()}:{os.getpid()}"
     outcomes: dict[int, tuple[str, str | None]] = {}
