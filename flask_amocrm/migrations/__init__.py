@@ -43,6 +43,7 @@ from ..models import metadata, upgrade_tables
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 log = logging.getLogger("flask_amocrm")
 
@@ -164,11 +165,16 @@ def alembic_config(
 
 
 @functools.cache
-def head() -> str:
-    """The newest revision."""
+def _scripts() -> ScriptDirectory:
+    """Our revisions, read once per process."""
     from alembic.script import ScriptDirectory
 
-    found = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head() -> str:
+    """The newest revision."""
+    found = _scripts().get_current_head()
     assert found is not None
     return found
 
@@ -190,12 +196,11 @@ def tables_of(connection: Connection) -> list[str]:
 
 def _stamp(connection: Connection, revision: str) -> None:
     from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
 
     context = MigrationContext.configure(
         connection, opts={"version_table": VERSION_TABLE}
     )
-    context.stamp(ScriptDirectory.from_config(alembic_config()), revision)
+    context.stamp(_scripts(), revision)
 
 
 def adopt(connection: Connection) -> list[str]:
@@ -249,12 +254,9 @@ class Upgrade:
 
 
 def _applied(before: str | None, after: str | None) -> list[str]:
-    from alembic.script import ScriptDirectory
-
     if before == after or after is None:
         return []
-    script = ScriptDirectory.from_config(alembic_config())
-    steps = script.iterate_revisions(after, before or "base")
+    steps = _scripts().iterate_revisions(after, before or "base")
     return [s.revision for s in reversed(list(steps))]
 
 
