@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,27 @@ def test_the_postgresql_tuning_applies_to_the_tables(tmp_path: Any) -> None:
     finally:
         drop_tables(engine)
         engine.dispose()
+
+
+def test_systemd_reads_the_units_without_a_complaint(tmp_path: Any) -> None:
+    """``systemd-analyze verify`` on the units, their commands pointed at this
+    environment's ``flask`` and ``gunicorn``: no unknown key, no bad value."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    bin_dir = Path(sys.executable).parent
+    for unit in (DEPLOY / "systemd").glob("*.service"):
+        body = unit.read_text().replace("/srv/site/.venv/bin/", f"{bin_dir}/")
+        name = unit.name.replace("@.service", "@1.service")
+        (tmp_path / name).write_text(body)
+    units = sorted(str(p) for p in tmp_path.glob("*.service"))
+    assert len(units) == 3
+    done = subprocess.run(
+        [analyze, "verify", "--man=no", *units],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), (
+        done.stdout + done.stderr
+    )
