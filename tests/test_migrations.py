@@ -284,3 +284,21 @@ def test_a_sites_autogenerate_leaves_our_tables_to_us(
             connection.execute(text("DROP TABLE articles"))
         with app.app_context():
             db.engine.dispose()
+
+
+def test_first_use_leaves_tables_at_another_revision_to_upgrade_db(
+    tmp_path: Any, engine: Any, database_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Completing tables that a revision still has to change would make that
+    revision fail: they are left alone, and the log says what to run."""
+    app = _app(tmp_path, database_uri)
+    assert _cli(app, "init-db").exit_code == 0
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE amocrm_events DROP COLUMN search"))
+        connection.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = 'older'"))
+    with caplog.at_level("WARNING", logger="flask_amocrm"):
+        assert _cli(app, "init-db").exit_code == 0
+    assert "run 'flask amocrm upgrade-db'" in caplog.text
+    columns = {c["name"] for c in inspect(engine).get_columns("amocrm_events")}
+    assert "search" not in columns
+    assert _revision(engine) == "older"

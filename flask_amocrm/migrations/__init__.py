@@ -219,9 +219,9 @@ def ensure_tables(connection: Connection) -> list[str]:
     make the tables ready, and return what was added to existing ones.
 
     Tables under no migrations are made or completed as always, and stamped with the
-    head when Alembic is installed. Tables at the head get back a table that is
-    missing. Tables at an older revision are left alone for ``upgrade-db``
-    (completing them here would make its revisions fail)."""
+    head when Alembic is installed. Tables at the head get back a table, column or
+    index that is missing. Tables at an older revision are left alone for
+    ``upgrade-db`` (completing them here would make its revisions fail)."""
     revision = revision_of(connection)
     if revision is None:
         if available():
@@ -229,8 +229,9 @@ def ensure_tables(connection: Connection) -> list[str]:
         metadata.create_all(connection)
         return upgrade_tables(connection)
     if available() and revision == head():
+        # at the head the models are the schema: whatever is missing is put back
         metadata.create_all(connection)
-        return []
+        return upgrade_tables(connection)
     log.warning(
         "The amocrm_* tables are at revision %s, not at this version's: run "
         "'flask amocrm upgrade-db' (pip install 'Flask-AmoCRM[%s]').",
