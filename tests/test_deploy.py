@@ -125,20 +125,41 @@ def test_every_command_of_ours_in_the_deploy_files_is_real(
                 assert re.search(rf"{re.escape(option)}\b", known), option
 
 
+#: What the person running compose exports (the ``${NAME:?...}`` variables).
+EXPORTED = {
+    "SECRET_KEY": "a-secret-for-the-test-only",
+    "AMOCRM_BASE_URL": "https://example.amocrm.ru",
+    "AMOCRM_TOKEN": "t",
+    "POSTGRES_PASSWORD": "secret",
+}
+
+
+def _interpolated(value: str) -> str:
+    """``value`` as compose fills it in: ``${NAME:?...}`` from :data:`EXPORTED`,
+    ``${NAME:-default}`` as its default."""
+
+    def fill(match: re.Match[str]) -> str:
+        name, kind, default = match.groups()
+        return EXPORTED[name] if kind == "?" else default
+
+    return re.sub(r"\$\{(\w+):([?-])([^}]*)\}", fill, value)
+
+
 def test_the_compose_site_is_an_app_its_commands_load(tmp_path: Any) -> None:
-    """compose.yaml's FLASK_APP loads, and ``flask amocrm upgrade-db`` runs on it
-    (here on SQLite, with the environment compose gives)."""
-    environment = _compose()["x-site"]["environment"]
+    """compose.yaml's environment, as compose fills it in, makes a site that loads,
+    and ``flask amocrm upgrade-db`` runs on it (on SQLite here, in a folder of the
+    test's: the rest of the environment is compose's own)."""
+    environment = {
+        name: _interpolated(str(value))
+        for name, value in _compose()["x-site"]["environment"].items()
+    }
+    assert environment["AMOCRM_DATABASE_URI"].startswith("postgresql+psycopg://site:")
     # example_app reads every AMOCRM_* variable: only compose's reach it
     env = {k: v for k, v in child_env().items() if not k.startswith("AMOCRM_")}
+    env.update(environment)
     env.update(
-        FLASK_APP=environment["FLASK_APP"],
         EXAMPLE_INSTANCE_PATH=str(tmp_path),
-        SECRET_KEY="a-secret-for-the-test-only",
-        AMOCRM_BASE_URL="https://example.amocrm.ru",
-        AMOCRM_TOKEN="t",
         AMOCRM_DATABASE_URI=f"sqlite:///{tmp_path}/events.sqlite3",
-        AMOCRM_DELIVERY="deferred",
     )
     done = subprocess.run(
         [sys.executable, "-m", "flask", "amocrm", "upgrade-db"],
