@@ -126,7 +126,8 @@ def _one_line(text: str | None, limit: int = 160) -> str:
 
 @amocrm_cli.command("init-db")
 def init_db() -> None:
-    """Create the amocrm_* tables that do not exist yet."""
+    """Create the amocrm_* tables that do not exist yet (and stamp them for
+    upgrade-db when Alembic is installed)."""
     get_state().create_tables()
     click.echo(_("Flask-AmoCRM tables are ready."))
 
@@ -570,8 +571,8 @@ def _database_problem(state: AppState, exc: DBAPIError) -> click.ClickException:
     if not exists:
         return click.ClickException(
             _(
-                "The amocrm_* tables do not exist yet: run 'flask amocrm init-db' "
-                "(or your migrations)."
+                "The amocrm_* tables do not exist yet: run 'flask amocrm upgrade-db' "
+                "(or 'flask amocrm init-db')."
             )
         )
     return click.ClickException(
