@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +24,15 @@ from .changes import SIGNALS, WEBHOOK_CODES, webhook_codes
 from .errors import AmoCRMError, NotFoundError
 from .i18n import N_, _, localize, ngettext
 from .importer import import_rows, read_rows
+from .migrations import (
+    EXTRA,
+    BaselineRefused,
+    MigrationError,
+    NotAdopted,
+    available,
+    downgrade,
+    upgrade,
+)
 from .models import (
     CANCELLED,
     FAILED,
@@ -121,9 +131,98 @@ def _one_line(text: str | None, limit: int = 160) -> str:
 
 @amocrm_cli.command("init-db")
 def init_db() -> None:
-    """Create the amocrm_* tables that do not exist yet."""
+    """Create the amocrm_* tables that do not exist yet (and stamp them for
+    upgrade-db when Alembic is installed)."""
     get_state().create_tables()
     click.echo(_("Flask-AmoCRM tables are ready."))
+
+
+def _need_alembic() -> None:
+    if not available():
+        raise click.ClickException(
+            _(
+                "Migrating the amocrm_* tables needs Alembic: pip install "
+                "'Flask-AmoCRM[%(extra)s]'.",
+                extra=EXTRA,
+            )
+        )
+
+
+# ``upgrade-db`` pairs with ``init-db`` and takes Flask-Migrate's verb for applying
+# revisions (``flask db upgrade``); there ``migrate`` means writing a new revision,
+# which a site never does for our tables.
+@amocrm_cli.command("upgrade-db")
+@click.option(
+    "--sql",
+    is_flag=True,
+    help="Print the SQL instead of running it (for a DBA to review or run).",
+)
+def upgrade_db(sql: bool) -> None:
+    """Bring the amocrm_* tables to this version (Alembic migrations, in their
+    own amocrm_alembic_version table); adopt tables made by init-db."""
+    _need_alembic()
+    state = get_state()
+    try:
+        done = upgrade(state.engine, sql=sql, output=sys.stdout)
+    except NotAdopted:
+        raise click.ClickException(
+            _(
+                "The amocrm_* tables were made without migrations: run "
+                "'flask amocrm upgrade-db' once without --sql to adopt them."
+            )
+        ) from None
+    if sql:
+        return
+    if done.adopted is not None:
+        click.echo(
+            _(
+                "The amocrm_* tables made without migrations are adopted and "
+                "stamped with revision %(revision)s.",
+                revision=done.after,
+            )
+        )
+        if done.adopted:
+            click.echo(_("Added: %(what)s.", what=", ".join(done.adopted)))
+    elif done.applied:
+        click.echo(
+            _(
+                "Applied: %(revisions)s; the amocrm_* tables are at revision "
+                "%(revision)s.",
+                revisions=", ".join(done.applied),
+                revision=done.after,
+            )
+        )
+    else:
+        click.echo(
+            _(
+                "The amocrm_* tables are already at revision %(revision)s.",
+                revision=done.after,
+            )
+        )
+
+
+@amocrm_cli.command("downgrade-db")
+@click.argument("revision")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
+def downgrade_db(revision: str, sql: bool) -> None:
+    """Take the amocrm_* tables back to REVISION (before going back to an older
+    Flask-AmoCRM). The baseline is never undone."""
+    _need_alembic()
+    state = get_state()
+    try:
+        now = downgrade(state.engine, revision, sql=sql, output=sys.stdout)
+    except BaselineRefused:
+        raise click.ClickException(
+            _(
+                "The baseline of the amocrm_* tables is not undone: it would drop "
+                "every event, token and log. To remove Flask-AmoCRM, back the "
+                "database up and drop the amocrm_* tables yourself."
+            )
+        ) from None
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not sql:
+        click.echo(_("The amocrm_* tables are at revision %(revision)s.", revision=now))
 
 
 @amocrm_cli.command("worker")
@@ -477,8 +576,8 @@ def _database_problem(state: AppState, exc: DBAPIError) -> click.ClickException:
     if not exists:
         return click.ClickException(
             _(
-                "The amocrm_* tables do not exist yet: run 'flask amocrm init-db' "
-                "(or your migrations)."
+                "The amocrm_* tables do not exist yet: run 'flask amocrm upgrade-db' "
+                "(or 'flask amocrm init-db')."
             )
         )
     return click.ClickException(

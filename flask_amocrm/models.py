@@ -3,8 +3,10 @@ stored OAuth tokens.
 
 They are declared on their own :data:`metadata` with names prefixed ``amocrm_``. An app
 that passes its Flask-SQLAlchemy ``db`` gets them added to ``db.metadata`` as well, so
-``db.create_all()`` and Flask-Migrate see them; otherwise ``flask amocrm init-db`` (or
-the first use) creates them in the embedded database.
+``db.create_all()`` sees them; otherwise ``flask amocrm init-db`` (or the first use)
+creates them in the embedded database. Their migrations are in
+:mod:`flask_amocrm.migrations` (``flask amocrm upgrade-db``): a change here needs a
+revision there, and ``tests/test_migrations.py`` fails until it has one.
 """
 
 from __future__ import annotations
