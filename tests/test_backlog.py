@@ -14,21 +14,11 @@ from flask import Flask
 from flask_amocrm import Event
 from flask_amocrm.outbox import claim_due
 from flask_amocrm.state import get_state
-from tests.helpers.client import max_per_second
+from tests.helpers.client import busiest_second
+from tests.helpers.e2e import CALLBACK_NOTE_TASK
 from tests.helpers.process import FLASK, child_env, site_module
 
-RULES = {
-    "forms": {
-        "callback": {
-            "contact": {
-                "name": "{{ data.name }}",
-                "fields": {"PHONE": "{{ data.phone }}"},
-            },
-            "lead": {"name": "Callback: {{ data.name }}", "note": "From the site"},
-            "task": {"text": "Call {{ data.name }} back", "deadline": "+1h"},
-        }
-    }
-}
+RULES = CALLBACK_NOTE_TASK
 
 
 def _submit(app: Flask, n: int) -> None:
@@ -38,6 +28,20 @@ def _submit(app: Flask, n: int) -> None:
             amocrm.submit(
                 "callback", {"name": f"Visitor {i:03d}", "phone": f"+7912{i:07d}"}
             )
+
+
+def _rq_app(make_app: Any, redis_url: str, **config: Any) -> Flask:
+    """A site queueing its events (unless ``config`` says otherwise), delivered 5 a
+    batch, 3 batches at once."""
+    defaults = {
+        "AMOCRM_DELIVERY": "rq",
+        "AMOCRM_REDIS_URL": redis_url,
+        "AMOCRM_RULES": RULES,
+        "AMOCRM_BATCH_SIZE": 5,
+        "AMOCRM_WORKER_THREADS": 3,
+    }
+    app: Flask = make_app(**{**defaults, **config})
+    return app
 
 
 def _statuses(app: Flask) -> Counter[str]:
@@ -62,14 +66,7 @@ def test_one_job_drains_the_backlog_in_full_batches(
     from flask_amocrm.worker.queue import get_queue
 
     sandbox.config(rate_limit=0, latency_ms=30)
-    app = make_app(
-        AMOCRM_DELIVERY="rq",
-        AMOCRM_REDIS_URL=redis_url,
-        AMOCRM_RULES=RULES,
-        AMOCRM_BATCH_SIZE=5,
-        AMOCRM_WORKER_THREADS=3,
-        AMOCRM_RATE_LIMIT=50,
-    )
+    app = _rq_app(make_app, redis_url, AMOCRM_RATE_LIMIT=50)
     _submit(app, 40)  # a job each
     with app.app_context():
         queue = get_queue(get_state(), for_worker=True)
@@ -93,14 +90,7 @@ def test_workers_and_their_threads_share_the_limit_and_deliver_once(
     make_app: Any, sandbox: Any, redis_conn: Any, redis_url: str, tmp_path: Any
 ) -> None:
     sandbox.config(rate_limit=7, latency_ms=50)
-    app = make_app(
-        AMOCRM_DELIVERY="rq",
-        AMOCRM_REDIS_URL=redis_url,
-        AMOCRM_RULES=RULES,
-        AMOCRM_BATCH_SIZE=5,
-        AMOCRM_WORKER_THREADS=3,
-        AMOCRM_LOG_REQUESTS=False,
-    )
+    app = _rq_app(make_app, redis_url, AMOCRM_LOG_REQUESTS=False)
     _submit(app, 60)
     config = {k: v for k, v in app.config.items() if k.startswith("AMOCRM_")}
     env = child_env(site_module(tmp_path, config), FLASK_APP="site_app")
@@ -122,8 +112,7 @@ def test_workers_and_their_threads_share_the_limit_and_deliver_once(
     assert len(leads) == 60 and set(leads.values()) == {1}
     assert len(sandbox.tasks()) == 60
     log = [r for r in sandbox.requests() if r["path"].startswith("/api/v4")]
-    assert {r["status"] for r in log} == {200}  # never a 429
-    busiest = max_per_second([r["received"] for r in log])
+    busiest = busiest_second(log)
     print(f"2 workers x 3 threads, {len(log)} requests: at most {busiest} a second")
     assert busiest <= 7
 
@@ -163,11 +152,10 @@ def test_a_job_stops_draining_when_amocrm_takes_nothing(
 ) -> None:
     from flask_amocrm.worker.jobs import deliver
 
-    app = make_app(
+    app = _rq_app(
+        make_app,
+        redis_url,
         AMOCRM_DELIVERY="deferred",
-        AMOCRM_REDIS_URL=redis_url,
-        AMOCRM_RULES=RULES,
-        AMOCRM_BATCH_SIZE=5,
         AMOCRM_WORKER_THREADS=1,
         AMOCRM_RATE_LIMIT=50,
     )

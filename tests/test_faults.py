@@ -21,23 +21,10 @@ from flask import Flask
 
 from flask_amocrm import Event
 from flask_amocrm.models import utcnow
+from tests.helpers.e2e import CALLBACK_NOTE_TASK
 from tests.helpers.process import child_env, site_module
 
-RULES = {
-    "forms": {
-        "callback": {
-            "contact": {
-                "name": "{{ data.name }}",
-                "fields": {"PHONE": "{{ data.phone }}"},
-            },
-            "lead": {
-                "name": "Callback: {{ data.name }}",
-                "note": "Called from the site",
-            },
-            "task": {"text": "Call {{ data.name }} back", "deadline": "+1h"},
-        }
-    }
-}
+RULES = CALLBACK_NOTE_TASK
 
 
 def _descendants(pid: int) -> list[int]:
