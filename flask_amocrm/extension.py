@@ -19,7 +19,7 @@ from .config import log_json_wanted, read_settings
 from .hooks import ApiCall, Hooks, PushHook
 from .jsonlog import use_json_logs
 from .metrics import register_metrics
-from .models import Event, metadata
+from .models import Event, copy_tables
 from .probe import register_health
 from .rules.schema import check_consent_fields, validate_rules
 from .signals import form_submitted, mail_sent
@@ -79,9 +79,7 @@ class AmoCRM:
             settings.rules, [name for name, _ in settings.consent_fields]
         )
         if self._db is not None:
-            for table in metadata.sorted_tables:
-                if table.name not in self._db.metadata.tables:
-                    table.to_metadata(self._db.metadata)
+            copy_tables(self._db.metadata)
         state = AppState(app, settings, self._db, extension=self, hooks=self.hooks)
         app.extensions["amocrm"] = state
         self._apps.add(app)

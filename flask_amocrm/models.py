@@ -148,6 +148,23 @@ class Event(Base):
         return f"<Event {self.id} {self.kind}:{self.source} {self.status}>"
 
 
+#: Indexes only PostgreSQL builds (a GIN index over ``to_tsvector``).
+POSTGRESQL_ONLY = frozenset({"ix_amocrm_events_search"})
+
+
+def copy_tables(target: MetaData) -> None:
+    """Add these tables to another metadata (a site's Flask-SQLAlchemy
+    ``db.metadata``, so its ``db.create_all()`` and migrations see them), keeping the
+    PostgreSQL-only indexes PostgreSQL-only: ``Table.to_metadata`` drops an index's
+    ``ddl_if``, and SQLite's ``db.create_all()`` then failed on ``to_tsvector``."""
+    for table in metadata.sorted_tables:
+        if table.name in target.tables:
+            continue
+        for index in table.to_metadata(target).indexes:
+            if index.name in POSTGRESQL_ONLY:
+                index.ddl_if(dialect="postgresql")
+
+
 def upgrade_tables(connection: Connection) -> list[str]:
     """Bring ``amocrm_*`` tables created by an earlier version up to date: add the
     columns they lack (every column added since is nullable) and the indexes. Return

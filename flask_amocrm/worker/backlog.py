@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 from flask import Flask, current_app
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 from ..models import RETRYING
 from ..state import AppState
@@ -99,7 +100,7 @@ def drain(
     claimed = claim_events(first) if first else None
     threads = [
         threading.Thread(target=lane, name=f"amocrm-batch-{n}", daemon=True)
-        for n in range(1, state.settings.worker_threads)
+        for n in range(1, _threads(state))
     ]
     for thread in threads:
         thread.start()
@@ -109,6 +110,15 @@ def drain(
     if errors:
         raise errors[0]
     return outcomes
+
+
+def _threads(state: AppState) -> int:
+    """``AMOCRM_WORKER_THREADS``, or 1 where the events database is one connection
+    (an in-memory SQLite database, as in a site's own tests) that threads cannot
+    share."""
+    if isinstance(state.engine.pool, StaticPool | SingletonThreadPool):
+        return 1
+    return state.settings.worker_threads
 
 
 def _stalled(outcomes: dict[int, str]) -> bool:
