@@ -323,6 +323,22 @@ def _int(config: dict[str, Any], key: str, minimum: int = 0) -> int:
     return number
 
 
+#: The most batches one worker sends at once: the HTTP connections it keeps open
+#: to amoCRM (a thread without one opens a new connection for every request).
+MAX_WORKER_THREADS = 10
+
+
+def _threads(config: dict[str, Any]) -> int:
+    threads = _int(config, "AMOCRM_WORKER_THREADS", 1)
+    if threads > MAX_WORKER_THREADS:
+        raise _fail(
+            "AMOCRM_WORKER_THREADS",
+            f"must be at most {MAX_WORKER_THREADS}, not {threads}: more workers "
+            "share the rate limit as well.",
+        )
+    return threads
+
+
 def _number(config: dict[str, Any], key: str) -> float:
     """A finite number; a string from the environment (``"2.5"``) is read as one."""
     value = config[key]
@@ -567,7 +583,7 @@ def read_settings(app: Flask) -> Settings:
         queue=queue,
         delivery=delivery,
         batch_size=_int(config, "AMOCRM_BATCH_SIZE", 1),
-        worker_threads=_int(config, "AMOCRM_WORKER_THREADS", 1),
+        worker_threads=_threads(config),
         agent_interval=_agent_interval(config),
         index_interval=_index_interval(config),
         rate_limit=rate_limit,

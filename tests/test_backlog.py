@@ -9,6 +9,7 @@ import threading
 from collections import Counter
 from typing import Any
 
+import pytest
 from flask import Flask
 
 from flask_amocrm import Event
@@ -200,3 +201,58 @@ def test_an_in_memory_database_is_delivered_from_one_thread(
     assert deliver_pending(app).get("delivered") == 12
     assert _statuses(app) == {"delivered": 12}
     assert len(sandbox.leads()) == 12
+
+
+def test_a_run_delivers_what_was_due_when_it_began(make_app: Any, sandbox: Any) -> None:
+    """``flask amocrm process`` (and ``deliver_pending``) takes the events due when
+    it began: what comes in meanwhile waits for the next run, so a busy site's run
+    ends."""
+    from flask_amocrm import event_delivered
+    from flask_amocrm.testing import deliver_pending
+
+    app = make_app(AMOCRM_RULES=RULES, AMOCRM_BATCH_SIZE=5, AMOCRM_RATE_LIMIT=50)
+    _submit(app, 10)
+    more = iter(range(1000, 1040))
+
+    def another_comes_in(sender: Flask, event: Event) -> None:
+        number = next(more, None)
+        if number is not None:  # every delivery brings a new event, 40 in all
+            sender.extensions["amocrm"].extension.submit(
+                "callback", {"name": f"Later {number}", "phone": f"+7913{number:07d}"}
+            )
+
+    with event_delivered.connected_to(another_comes_in, sender=app):
+        assert deliver_pending(app).get("delivered") == 10
+    assert _statuses(app) == {"delivered": 10, "pending": 10}
+    assert deliver_pending(app).get("delivered") == 10  # the next run takes those
+
+
+def test_a_worker_asked_to_stop_takes_no_new_batch(
+    make_app: Any, sandbox: Any, redis_conn: Any, redis_url: str, tmp_path: Any
+) -> None:
+    """SIGTERM is RQ's warm shutdown: the job in hand finishes its batches and
+    takes no new one, so the worker stops in seconds, not after the backlog."""
+    import time
+
+    from tests.helpers.process import start_worker, stop
+
+    sandbox.config(rate_limit=0, latency_ms=150)
+    app = _rq_app(make_app, redis_url, AMOCRM_WORKER_THREADS=1, AMOCRM_RATE_LIMIT=50)
+    _submit(app, 100)  # 20 batches of three calls: several seconds
+    config = {k: v for k, v in app.config.items() if k.startswith("AMOCRM_")}
+    worker = start_worker(tmp_path, config)
+    deadline = time.monotonic() + 60
+    while _statuses(app)["delivered"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _statuses(app)["delivered"], "the worker delivered nothing"
+    stop(worker)  # SIGTERM, then SIGKILL if it has not stopped within 20 s
+    assert worker.returncode == 0
+    statuses = _statuses(app)
+    assert statuses["pending"] > 0, statuses  # it stopped before the backlog
+    assert "processing" not in statuses, statuses  # every batch taken was finished
+    assert len(sandbox.leads()) == statuses["delivered"]
+
+
+def test_worker_threads_are_bounded(make_app: Any) -> None:
+    with pytest.raises(RuntimeError, match="AMOCRM_WORKER_THREADS must be at most 10"):
+        make_app(AMOCRM_WORKER_THREADS=11)

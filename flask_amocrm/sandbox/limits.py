@@ -16,6 +16,9 @@ from collections import deque
 
 VIOLATION_WINDOW = 60.0
 WINDOW = 1.0
+#: How long hits are kept: a request counted late (a busy sandbox) still finds the
+#: window it arrived in.
+HORIZON = 10.0
 #: The WSGI environ key of the moment a request's first line was read (the server's
 #: request handler sets it): the gateway counts a request when it arrives.
 ARRIVED = "amocrm_sandbox.arrived"
@@ -57,7 +60,7 @@ class RateLimiter:
             if not self.rate_limit or self.rate_limit <= 0:
                 return None
             hits = self._hits.setdefault(key, [])
-            while hits and hits[0] <= max(now, hits[-1]) - 2 * WINDOW:
+            while hits and hits[0] <= max(now, hits[-1]) - HORIZON:
                 hits.pop(0)
             if _busiest(hits, now) < self.rate_limit:
                 bisect.insort(hits, now)

@@ -8,7 +8,7 @@ import math
 from flask import current_app
 
 from ..inbox import due_inbound
-from ..outbox import load_spool
+from ..outbox import due_ids, load_spool
 from ..state import AppState
 from .backlog import drain
 from .inbound import handle_changes
@@ -23,7 +23,9 @@ def process(state: AppState, limit: int | None = None) -> dict[str, int]:
     were ``spooled`` and how many changes were handled (``changes_<status>``)."""
     counts: dict[str, int] = {"spooled": load_spool(state, current_app.instance_path)}
     reload_rules(state)  # a rule switched on again makes its held events due
-    for outcome in drain(state, limit=limit, seconds=math.inf, give_up=False).values():
+    # The events due now: those that come in meanwhile wait for the next run.
+    due = due_ids(state, limit)
+    for outcome in drain(state, ids=due, seconds=math.inf, give_up=False).values():
         counts[outcome] = counts.get(outcome, 0) + 1
     for outcome in handle_changes(state, due_inbound(state, limit)).values():
         counts[f"changes_{outcome}"] = counts.get(f"changes_{outcome}", 0) + 1

@@ -28,7 +28,7 @@ from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 from ..models import RETRYING
 from ..state import AppState
-from .deliver import claim_events, deliver_claimed, deliver_due
+from .deliver import claim_events, deliver_claimed, deliver_due, deliver_events
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -40,54 +40,64 @@ def drain(
     state: AppState,
     *,
     first: list[int] | None = None,
-    limit: int | None = None,
+    ids: list[int] | None = None,
     seconds: float = DRAIN_SECONDS,
     after_batch: Callable[[list[int]], None] | None = None,
     give_up: bool = True,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[int, str]:
     """Deliver due events batch after batch, ``AMOCRM_WORKER_THREADS`` batches at
-    once, until none is due, ``limit`` events were taken or ``seconds`` passed;
-    the status each event ended in. ``first`` is a batch to deliver first (a
-    job's own event and the events due with it): one thread starts with it while
-    the others claim theirs. ``after_batch`` is given the ids of each batch
-    once it is done (the worker drops their queued jobs).
+    once, until none is due or ``seconds`` passed; the status each event ended in.
+
+    ``first`` is a batch to deliver first (a job's own event and the events due with
+    it): one thread starts with it while the others claim the oldest due events.
+    ``ids`` are the events to deliver instead (those due when a run began), whatever
+    becomes due meanwhile. ``after_batch`` is given the ids of each batch once it is
+    done (the worker drops their queued jobs). No new batch is taken once ``stop()``
+    says so (the worker was asked to shut down).
 
     With ``give_up`` a thread stops early when amoCRM took nothing of its batch
     (every event is to be retried: amoCRM is down or pausing us), leaving the rest
-    to their jobs and the sweeper. The first
-    unexpected error of a thread is raised once every thread has stopped."""
+    to their jobs and the sweeper. The first unexpected error of a thread is raised
+    once every thread has finished the batch in hand."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     deadline = time.monotonic() + seconds
     size = state.settings.batch_size
     lock = threading.Lock()
     outcomes: dict[int, str] = {}
     errors: list[BaseException] = []
-    left = [limit]  # events still to take, None: no limit
+    todo = None if ids is None else list(ids)
 
-    def take() -> int:
+    def next_batch() -> dict[int, str] | None:
+        """The outcomes of the next batch; ``{}`` when it claimed nothing, ``None``
+        when there is no more to take."""
+        if time.monotonic() >= deadline or (stop is not None and stop()):
+            return None
         with lock:
-            if errors or left[0] is None:
-                return 0 if errors else size
-            count = min(size, left[0])
-            left[0] -= count
-            return count
+            if errors:
+                return None
+            if todo is None:
+                batch = None
+            elif todo:
+                batch, todo[:size] = todo[:size], []
+            else:
+                return None
+        return deliver_due(size) if batch is None else deliver_events(batch)
 
     def lane(batch: list[int] | None = None) -> None:
         with app.app_context():
             try:
-                while time.monotonic() < deadline:
+                while True:
                     if batch:
                         done, batch = deliver_claimed(batch), None
                     else:
-                        count = take()
-                        if not count:
-                            return
-                        done = deliver_due(count)
-                        if not done:
-                            return  # nothing is due
+                        found = next_batch()
+                        if found is None or (not found and todo is None):
+                            return  # no more to take, or nothing is due
+                        done = found
                     with lock:
                         outcomes.update(done)
-                    if after_batch is not None:
+                    if done and after_batch is not None:
                         after_batch(list(done))
                     if give_up and _stalled(done):
                         return
@@ -106,7 +116,15 @@ def drain(
         thread.start()
     lane(claimed)  # this thread is one of them
     for thread in threads:
-        thread.join()
+        # The other threads finish the batch in hand before this returns, even if
+        # this thread is interrupted meanwhile (RQ's job timeout): with an error
+        # recorded they take no new one.
+        while thread.is_alive():
+            try:
+                thread.join()
+            except BaseException as exc:  # noqa: BLE001 - raised below
+                with lock:
+                    errors.append(exc)
     if errors:
         raise errors[0]
     return outcomes

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
+from redis.exceptions import RedisError
+from rq import get_current_job
 from rq.job import Job
+from rq.worker import Worker
 
 from ..state import get_state
 
@@ -65,3 +69,22 @@ def make_job_class(*apps: Flask) -> type[AppJob]:
     """A job class bound to ``apps``: each job runs in the app of its queue."""
     bound = {get_state(app).settings.queue: weakref.ref(app) for app in apps}
     return type("AppJob", (AppJob,), {"apps": bound})
+
+
+def shutdown_requested() -> Callable[[], bool]:
+    """Whether the worker running the current job was asked to stop (SIGTERM: RQ's
+    warm shutdown waits for the job in hand): a job that takes batch after batch
+    asks before each. Outside a worker, never."""
+    job = get_current_job()
+    if job is None or not job.worker_name:
+        return lambda: False
+    key = Worker.redis_worker_namespace_prefix + job.worker_name
+    connection = job.connection
+
+    def asked() -> bool:
+        try:
+            return bool(connection.hexists(key, "shutdown_requested_date"))
+        except RedisError:
+            return False  # the batch's own calls will find Redis down
+
+    return asked

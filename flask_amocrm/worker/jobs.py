@@ -4,15 +4,20 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import has_app_context
+from redis.exceptions import RedisError
 
 from ..outbox import batch_with
 from ..state import get_state
 from .backlog import drain
 from .inbound import handle_changes
-from .job_class import flask_app
+from .job_class import flask_app, shutdown_requested
 from .queue import drop_jobs
 from .schedule import run_tick
+
+log = logging.getLogger("flask_amocrm.worker")
 
 
 def deliver(event_id: int) -> str:
@@ -31,9 +36,17 @@ def _deliver(event_id: int) -> str:
     state = get_state()
 
     def done(ids: list[int]) -> None:
-        drop_jobs(state, [i for i in ids if i != event_id])
+        try:
+            drop_jobs(state, [i for i in ids if i != event_id])
+        except RedisError as exc:  # they run and find their events done
+            log.warning("Could not drop the jobs of a delivered batch: %s", exc)
 
-    outcomes = drain(state, first=batch_with(state, event_id), after_batch=done)
+    outcomes = drain(
+        state,
+        first=batch_with(state, event_id),
+        after_batch=done,
+        stop=shutdown_requested(),
+    )
     return outcomes.get(event_id, "skipped")
 
 
