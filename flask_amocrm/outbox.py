@@ -63,6 +63,7 @@ from .models import (
     PROCESSING,
     RETRYING,
     SPAM,
+    WAITING,
     Event,
     InboundChange,
     utcnow,
@@ -687,14 +688,19 @@ def switched_off(state: AppState) -> list[SwitchedOff]:
 
 def due(now: datetime, hold: ColumnElement[bool] | None = None) -> ColumnElement[bool]:
     """The condition of an event that may be claimed at ``now``; ``hold``
-    (:func:`on_hold`) leaves out the events whose delivery is switched off."""
-    ready = or_(
-        Event.status == PENDING,
-        and_(
-            Event.status == RETRYING,
-            or_(Event.next_attempt_at.is_(None), Event.next_attempt_at <= now),
+    (:func:`on_hold`) leaves out the events whose delivery is switched off. It
+    starts with the condition of ``ix_amocrm_events_waiting``, word for word, so
+    the query reads that partial index and never the delivered events."""
+    ready = and_(
+        Event.status.in_([literal_column(f"'{s}'") for s in WAITING]),
+        or_(
+            Event.status == PENDING,
+            and_(
+                Event.status == RETRYING,
+                or_(Event.next_attempt_at.is_(None), Event.next_attempt_at <= now),
+            ),
+            and_(Event.status == PROCESSING, Event.locked_until < now),
         ),
-        and_(Event.status == PROCESSING, Event.locked_until < now),
     )
     return ready if hold is None else and_(ready, not_(hold))
 
@@ -751,15 +757,25 @@ def claim_rows(
 ) -> list[int]:
     """Take the rows of ``model`` among ``ids`` that are ``ready`` at now, in one
     statement: give them ``status``, hold them for :data:`LEASE` and count an
-    attempt. Returns their ids in the order of ``ids``."""
+    attempt. Returns their ids in the order of ``ids``.
+
+    On PostgreSQL the rows are chosen ``FOR UPDATE SKIP LOCKED``: a row another
+    worker is claiming at this moment is left to it, not waited for (that worker
+    takes it, or it stays due). SQLite has one writer at a time and no row locks;
+    the clause is left out there."""
     if not ids:
         return []
     now = utcnow()
+    free = (
+        select(model.id)
+        .where(model.id.in_(ids), ready(now))
+        .with_for_update(skip_locked=True)
+    )
     with state.session() as session:
         claimed = set(
             session.scalars(
                 update(model)
-                .where(model.id.in_(ids), ready(now))
+                .where(model.id.in_(free), ready(now))
                 .values(
                     status=status,
                     locked_until=now + LEASE,

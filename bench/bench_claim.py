@@ -1,0 +1,263 @@
+"""Claiming due events at scale: 100,000 event rows, most of them delivered, a
+backlog waiting, and 8 processes claiming it at once, on PostgreSQL and on SQLite.
+
+What it prints, per database:
+
+- the plan of the query that finds due events (:func:`flask_amocrm.outbox.due_ids`,
+  as every job's :func:`~flask_amocrm.outbox.batch_with` runs it) and of the claim
+  (:func:`~flask_amocrm.outbox.claim`), with the buffers read: it must read the
+  partial index ``ix_amocrm_events_waiting`` and no delivered row; beside it, the
+  same query with that index dropped (what it costs without);
+- 8 processes (``BENCH_CLAIMERS``) each looping as a job does: find up to 50 due
+  events, claim them, mark them delivered; claims a second, the claims that came
+  back empty (another process had them), the slowest claim, "database is locked"
+  errors, and whether any event was claimed twice (must be none) or left.
+
+``BENCH_ROWS`` (100,000) and ``BENCH_BACKLOG`` (5,000) change the sizes. PostgreSQL
+is ``BENCH_POSTGRES_URL`` (its ``amocrm_*`` tables are dropped); its rows are skipped
+when it does not answer.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _common import POSTGRES_URL, percentile, postgres_available  # noqa: E402
+from flask import Flask  # noqa: E402
+from sqlalchemy import create_engine, event, text  # noqa: E402
+from sqlalchemy.exc import OperationalError  # noqa: E402
+
+from flask_amocrm import (
+    AmoCRM,  # noqa: E402
+    models,  # noqa: E402
+)
+from flask_amocrm.models import metadata  # noqa: E402
+from flask_amocrm.outbox import claim, due_ids  # noqa: E402
+from flask_amocrm.state import get_state  # noqa: E402
+
+ROWS = int(os.environ.get("BENCH_ROWS", "100000"))
+BACKLOG = int(os.environ.get("BENCH_BACKLOG", "5000"))
+CLAIMERS = int(os.environ.get("BENCH_CLAIMERS", "8"))
+BATCH = 50
+
+
+def make_app(database: str) -> Flask:
+    app = Flask("bench_claim")
+    app.config.update(
+        AMOCRM_BASE_URL="https://example.amocrm.ru",
+        AMOCRM_TOKEN="bench-token",
+        AMOCRM_DATABASE_URI=database,
+        AMOCRM_DELIVERY="deferred",
+        AMOCRM_BATCH_SIZE=BATCH,
+    )
+    AmoCRM(app)
+    return app
+
+
+def fill(database: str) -> None:
+    """``ROWS`` events: the newest ``BACKLOG`` pending, 2 % retrying later (not due),
+    1 % failed, the rest delivered; then the statistics the planner reads."""
+    engine = create_engine(database)
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    old = ROWS - BACKLOG
+    postgres = engine.dialect.name == "postgresql"
+    series = (
+        f"generate_series(1, {ROWS}) AS n"
+        if postgres
+        else f"(WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r "
+        f"WHERE n < {ROWS}) SELECT n FROM r)"
+    )
+    later = "now() + interval '1 hour'" if postgres else "datetime('now', '+1 hour')"
+    now = "now()" if postgres else "datetime('now')"
+    status = (
+        f"CASE WHEN n > {old} THEN 'pending' WHEN n % 50 = 0 THEN 'retrying' "
+        "WHEN n % 100 = 1 THEN 'failed' ELSE 'delivered' END"
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO amocrm_events (id, uid, kind, source, data, files, "
+                "context, status, attempts, next_attempt_at, remote, log, "
+                "created_at, updated_at, delivered_at) "
+                f"SELECT n, 'u' || n, 'form', 'callback', '{{}}', '[]', '{{}}', "
+                f"{status}, 1, CASE WHEN n % 50 = 0 AND n <= {old} THEN {later} END, "
+                f"'{{}}', '[]', {now}, {now}, "
+                f"CASE WHEN n <= {old} AND n % 50 != 0 AND n % 100 != 1 "
+                f"THEN {now} END FROM {series}"
+            )
+        )
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(text("VACUUM ANALYZE amocrm_events" if postgres else "ANALYZE"))
+    engine.dispose()
+
+
+def plans(app: Flask) -> None:
+    """The plans of the statements ``due_ids`` and ``claim`` send (caught on their
+    way to the database, run again under ``EXPLAIN``), with the partial index and
+    without it."""
+    state = get_state(app)
+    engine = state.engine
+    postgres = engine.dialect.name == "postgresql"
+    sent: list[tuple[str, Any]] = []
+
+    def catch(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        sent.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", catch)
+    ids = due_ids(state, BATCH)
+    due_sql = next(x for x in sent if "FROM amocrm_events" in x[0])
+    sent.clear()
+    claim(state, ids)
+    claim_sql = next(x for x in sent if x[0].lstrip().startswith("UPDATE"))
+    event.remove(engine, "before_cursor_execute", catch)
+    listed = ", ".join(str(i) for i in ids)
+    with engine.begin() as conn:  # as they were: due
+        conn.exec_driver_sql(
+            "UPDATE amocrm_events SET status = 'pending', locked_until = NULL, "
+            f"attempts = attempts - 1 WHERE id IN ({listed})"
+        )
+
+    def explain(statement: tuple[str, Any]) -> list[str]:
+        sql, params = statement
+        verb = (
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "
+            if postgres
+            else "EXPLAIN QUERY PLAN "
+        )
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(verb + sql, params).all()
+            conn.rollback()  # an analysed UPDATE ran: undo it
+        return [str(r[0] if postgres else r[-1]) for r in rows]
+
+    for title, statement in (("due events", due_sql), ("the claim", claim_sql)):
+        print(f"\n{title}, with ix_amocrm_events_waiting:")
+        for line in explain(statement):
+            print("    " + line)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_amocrm_events_waiting")
+        conn.exec_driver_sql("ANALYZE amocrm_events" if postgres else "ANALYZE")
+    print("\ndue events, without it (the indexes before it):")
+    for line in explain(due_sql):
+        print("    " + line)
+    with engine.begin() as conn:
+        models.upgrade_tables(conn)  # creates it again, as on an existing install
+        conn.exec_driver_sql("ANALYZE amocrm_events" if postgres else "ANALYZE")
+
+
+def claimer(database: str, started: float, queue: Any) -> None:
+    """One process: find due events, claim them, mark them delivered, until none
+    are due; report what it claimed and how long each claim took."""
+    app = make_app(database)
+    state = get_state(app)
+    claimed: list[int] = []
+    times: list[float] = []
+    empty = locked = 0
+    while time.time() < started:
+        time.sleep(0.001)
+    while True:
+        try:
+            ids = due_ids(state, BATCH)
+            if not ids:
+                break
+            began = time.perf_counter()
+            got = claim(state, ids)
+            times.append(time.perf_counter() - began)
+        except OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            locked += 1
+            continue
+        if not got:
+            empty += 1
+            continue
+        claimed.extend(got)
+        with state.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE amocrm_events SET status = 'delivered', "
+                    "delivered_at = updated_at WHERE id IN "
+                    f"({', '.join(str(i) for i in got)})"
+                )
+            )
+    queue.put((claimed, times, empty, locked))
+
+
+def run_claimers(database: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    started = time.time() + 3  # every process started and its app loaded
+    procs = [
+        context.Process(target=claimer, args=(database, started, queue))
+        for _ in range(CLAIMERS)
+    ]
+    for proc in procs:
+        proc.start()
+    results = [queue.get() for _ in procs]
+    took = time.time() - started
+    for proc in procs:
+        proc.join()
+    every = [i for claimed, *_ in results for i in claimed]
+    times = [t for _, t, *_ in results for t in t]
+    twice = len(every) - len(set(every))
+    empty = sum(r[2] for r in results)
+    locked = sum(r[3] for r in results)
+    engine = create_engine(database)
+    with engine.connect() as conn:
+        left = conn.execute(
+            text("SELECT count(*) FROM amocrm_events WHERE status = 'pending'")
+        ).scalar_one()
+    engine.dispose()
+    print(
+        f"\n{CLAIMERS} processes claimed {len(set(every))} of {BACKLOG} due events in "
+        f"{took:.1f} s: {len(set(every)) / took:.0f} events/s, "
+        f"{len(times) - empty} claims with events, {empty} empty (another process "
+        f"had them), {locked} 'database is locked' errors"
+    )
+    if times:
+        print(
+            f"one claim: median {percentile(times, 50) * 1000:.1f} ms, p99 "
+            f"{percentile(times, 99) * 1000:.1f} ms, slowest {max(times) * 1000:.0f} ms"
+        )
+    ok = twice == 0 and left == 0
+    print(
+        f"claimed twice: {twice} (goal 0); still pending: {left} (goal 0)  "
+        + ("ok" if ok else "MISSED"),
+        flush=True,
+    )
+
+
+def main() -> int:
+    print(
+        f"Claiming at scale: {ROWS} events, {BACKLOG} of them due, "
+        f"{CLAIMERS} processes, batches of {BATCH}; load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    databases = []
+    if postgres_available():
+        databases.append(("PostgreSQL", POSTGRES_URL))
+    else:
+        print(f"PostgreSQL at {POSTGRES_URL} does not answer: its rows are skipped")
+    tmp = tempfile.TemporaryDirectory()
+    databases.append(("SQLite (WAL)", f"sqlite:///{tmp.name}/claim.sqlite3"))
+    for name, database in databases:
+        print(f"\n== {name}")
+        began = time.time()
+        fill(database)
+        print(f"filled in {time.time() - began:.1f} s")
+        plans(make_app(database))
+        run_claimers(database)
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
