@@ -114,7 +114,7 @@ def plans(app: Flask) -> None:
 
     event.listen(engine, "before_cursor_execute", catch)
     ids = due_ids(state, BATCH)
-    due_sql = next(x for x in sent if "FROM amocrm_events" in x[0])
+    due_sql = next(x for x in sent if "ORDER BY amocrm_events.id" in x[0])
     sent.clear()
     claim(state, ids)
     claim_sql = next(x for x in sent if x[0].lstrip().startswith("UPDATE"))

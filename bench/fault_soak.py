@@ -541,6 +541,12 @@ def main() -> int:  # noqa: C901 (one run, told in order)
     parser.add_argument(
         "--drain", type=float, default=900, help="seconds to wait for delivery"
     )
+    parser.add_argument(
+        "--until",
+        default=None,
+        metavar="HH:MM",
+        help="stop waiting for delivery at this time (UTC) whatever is left",
+    )
     parser.add_argument("--threads", type=int, default=12)
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument(
@@ -833,6 +839,13 @@ def main() -> int:  # noqa: C901 (one run, told in order)
             injector.join()
             answered = [s for s in sent if s.answered]
             deadline = time.monotonic() + args.drain
+            if args.until:
+                hour, minute = (int(x) for x in args.until.split(":"))
+                now = time.gmtime()
+                left = (hour * 60 + minute) * 60 - (
+                    now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec
+                )
+                deadline = min(deadline, time.monotonic() + left)
             counts: dict[str, int] = {}
             while time.monotonic() < deadline:
                 with suppress(Exception):
