@@ -6,8 +6,9 @@ What it prints, per database:
 - the plan of the query that finds due events (:func:`flask_amocrm.outbox.due_ids`,
   as every job's :func:`~flask_amocrm.outbox.batch_with` runs it) and of the claim
   (:func:`~flask_amocrm.outbox.claim`), with the buffers read: it must read the
-  partial index ``ix_amocrm_events_waiting`` and no delivered row; beside it, the
-  same query with that index dropped (what it costs without);
+  waiting events only, never the delivered ones (PostgreSQL: the partial index
+  ``ix_amocrm_events_waiting``; SQLite: an index on status); beside it, the query
+  as it was before (PostgreSQL: the index dropped; SQLite: the old statement);
 - 8 processes (``BENCH_CLAIMERS``) each looping as a job does: find up to 50 due
   events, claim them, mark them delivered; claims a second, the claims that came
   back empty (another process had them), the slowest claim, "database is locked"
@@ -102,8 +103,8 @@ def fill(database: str) -> None:
 
 def plans(app: Flask) -> None:
     """The plans of the statements ``due_ids`` and ``claim`` send (caught on their
-    way to the database, run again under ``EXPLAIN``), with the partial index and
-    without it."""
+    way to the database, run again under ``EXPLAIN``), and of the due query as it
+    was before (PostgreSQL: without the partial index; SQLite: ordered by id)."""
     state = get_state(app)
     engine = state.engine
     postgres = engine.dialect.name == "postgresql"
@@ -138,19 +139,36 @@ def plans(app: Flask) -> None:
             conn.rollback()  # an analysed UPDATE ran: undo it
         return [str(r[0] if postgres else r[-1]) for r in rows]
 
+    index = "ix_amocrm_events_waiting" if postgres else "an index on status"
     for title, statement in (("due events", due_sql), ("the claim", claim_sql)):
-        print(f"\n{title}, with ix_amocrm_events_waiting:")
+        print(f"\n{title}:")
         for line in explain(statement):
             print("    " + line)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DROP INDEX ix_amocrm_events_waiting")
-        conn.exec_driver_sql("ANALYZE amocrm_events" if postgres else "ANALYZE")
-    print("\ndue events, without it (the indexes before it):")
-    for line in explain(due_sql):
-        print("    " + line)
-    with engine.begin() as conn:
-        models.upgrade_tables(conn)  # creates it again, as on an existing install
-        conn.exec_driver_sql("ANALYZE amocrm_events" if postgres else "ANALYZE")
+    if postgres:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP INDEX ix_amocrm_events_waiting")
+            conn.exec_driver_sql("ANALYZE amocrm_events")
+        print("\ndue events without ix_amocrm_events_waiting (the indexes before it):")
+        for line in explain(due_sql):
+            print("    " + line)
+        with engine.begin() as conn:
+            models.upgrade_tables(conn)  # creates it again, as on an existing install
+            conn.exec_driver_sql("ANALYZE amocrm_events")
+    else:
+        waiting = (
+            "unlikely(amocrm_events.status IN ('pending', 'retrying', 'processing'))"
+        )
+        before = (
+            due_sql[0]
+            .replace(waiting + " AND ", "")
+            .replace("amocrm_events.id + ?", "amocrm_events.id")
+        )
+        params = list(due_sql[1])
+        del params[-3]  # the 0 of "id + 0"
+        print("\ndue events, the query before (ordered by id, no unlikely()):")
+        for line in explain((before, tuple(params))):
+            print("    " + line)
+    print(f"(the due events must be read through {index})")
 
 
 def claimer(database: str, started: float, queue: Any) -> None:

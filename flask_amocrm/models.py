@@ -49,11 +49,10 @@ CANCELLED = "cancelled"
 SPAM = "spam"
 STATUSES = (PENDING, PROCESSING, RETRYING, DELIVERED, FAILED, IGNORED, CANCELLED, SPAM)
 #: The statuses of an event that still waits for a worker: the claim looks among
-#: these only, through the partial index ``ix_amocrm_events_waiting``.
+#: these only, through the partial index ``ix_amocrm_events_waiting`` on PostgreSQL.
 WAITING = (PENDING, RETRYING, PROCESSING)
-#: That condition as SQL, word for word in the index and in the claim's query
-#: (:func:`flask_amocrm.outbox.due`): SQLite uses a partial index only for a query
-#: that repeats its condition, literals and all.
+#: That condition as SQL, as the index has it and the claim's query
+#: (:func:`flask_amocrm.outbox.due`) repeats it, literals and all.
 WAITING_SQL = "status IN ({})".format(", ".join(f"'{s}'" for s in WAITING))
 #: How a person reads each status (``_(STATUS_LABELS[status])``; English: the name).
 STATUS_LABELS = {
@@ -136,14 +135,12 @@ class Event(Base):
 
     __table_args__ = (
         Index("ix_amocrm_events_due", "status", "next_attempt_at"),
-        # the claim: the events that still wait, in id order, without a look at the
-        # delivered ones however many they are (a partial index)
+        # the claim on PostgreSQL: the events that still wait, in id order, without
+        # a look at the delivered ones however many they are (a partial index;
+        # SQLite reads ix_amocrm_events_due instead, see outbox.due_ids)
         Index(
-            "ix_amocrm_events_waiting",
-            "id",
-            postgresql_where=text(WAITING_SQL),
-            sqlite_where=text(WAITING_SQL),
-        ),
+            "ix_amocrm_events_waiting", "id", postgresql_where=text(WAITING_SQL)
+        ).ddl_if(dialect="postgresql"),
         # the admin's list of one status, newest first, a page at a time
         Index("ix_amocrm_events_status_id", "status", "id"),
         # the spam checks' rates: the events stored within a window

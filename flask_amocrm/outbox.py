@@ -51,7 +51,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import NullType
 
 from .dedup import normalize_email, normalize_phone
 from .i18n import N_, localize, site_locale
@@ -686,13 +689,42 @@ def switched_off(state: AppState) -> list[SwitchedOff]:
 # -- due events ------------------------------------------------------------------------
 
 
+class Waiting(ColumnElement[Any]):
+    """``amocrm_events.status IN ('pending', 'retrying', 'processing')``, as the
+    partial index ``ix_amocrm_events_waiting`` has it (PostgreSQL reads that index
+    for it). On SQLite it is wrapped in ``unlikely()``: its statistics cannot tell
+    that few events wait among many delivered, and would have it walk the whole
+    table; told the condition is rare, it reads the waiting events by status."""
+
+    # no Boolean type: SQLAlchemy would compare it with 1 on SQLite
+    type = NullType()
+    inherit_cache = True
+
+
+def _waiting_sql(compiler: SQLCompiler, **kw: Any) -> str:
+    listed: list[ColumnElement[Any]] = [
+        literal_column(f"'{status}'") for status in WAITING
+    ]
+    return str(compiler.process(Event.status.in_(listed), **kw))
+
+
+@compiles(Waiting)
+def _compile_waiting(element: Waiting, compiler: SQLCompiler, **kw: Any) -> str:
+    return _waiting_sql(compiler, **kw)
+
+
+@compiles(Waiting, "sqlite")
+def _compile_waiting_sqlite(element: Waiting, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"unlikely({_waiting_sql(compiler, **kw)})"
+
+
 def due(now: datetime, hold: ColumnElement[bool] | None = None) -> ColumnElement[bool]:
     """The condition of an event that may be claimed at ``now``; ``hold``
     (:func:`on_hold`) leaves out the events whose delivery is switched off. It
     starts with the condition of ``ix_amocrm_events_waiting``, word for word, so
-    the query reads that partial index and never the delivered events."""
+    PostgreSQL reads that partial index and never the delivered events."""
     ready = and_(
-        Event.status.in_([literal_column(f"'{s}'") for s in WAITING]),
+        Waiting(),
         or_(
             Event.status == PENDING,
             and_(
@@ -711,7 +743,17 @@ def due_ids(
     """Ids of the events that are due, oldest first. ``include_fresh=False`` leaves
     out pending events so young that their own job is still on the way."""
     now = utcnow()
-    query = select(Event.id).where(due(now, on_hold(state))).order_by(Event.id)
+    # SQLite may satisfy ``ORDER BY id`` by walking the table in rowid order,
+    # reading every delivered event before the waiting ones (the newest); ``id +
+    # 0`` is no rowid to its planner: it reads the waiting events by status and
+    # sorts those (:class:`Waiting`). PostgreSQL reads them in id order from the
+    # partial index ix_amocrm_events_waiting.
+    postgres = state.engine.dialect.name == "postgresql"
+    query = (
+        select(Event.id)
+        .where(due(now, on_hold(state)))
+        .order_by(Event.id if postgres else Event.id + 0)
+    )
     if not include_fresh:
         query = query.where(Event.created_at < now - GRACE)
     if limit is not None:
