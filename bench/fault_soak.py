@@ -60,6 +60,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import psutil  # noqa: E402
 import requests  # noqa: E402
 from _common import free_port, percentile, sandbox_process  # noqa: E402
+from bench_delivery import RULES as DELIVERY_RULES  # noqa: E402
 from fault_outage import MAILS, SMTPSink  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
@@ -70,8 +71,11 @@ from tests.helpers.redis_server import RedisServer  # noqa: E402
 BIN = os.path.dirname(sys.executable)
 #: The bridge's address on this side: PostgreSQL, Redis, the sandbox and the SMTP
 #: sink listen here (and on 127.0.0.1) so both machines reach them at one address.
-HOST_IP = "10.231.0.1"
-BRIDGE = "soakbr0"
+#: (Names and subnet carry this run's number: two runs on one machine keep apart.)
+RUN = os.getpid() % 250 + 1
+HOST_IP = f"10.231.{RUN}.1"
+BRIDGE = f"soakbr{RUN}"
+NAMESPACES = (f"soak{RUN}-a", f"soak{RUN}-b")
 RATE = 7
 LATENCY_MS = 100
 OUTAGE_SECONDS = 60
@@ -107,27 +111,21 @@ def order():
     return {"event": None if event is None else event.id}
 '''
 
+#: ``order``: bench_delivery.py's rule (contact, lead with a note, task); the lead's
+#: name carries the order number. ``callback``: duplicate control by phone.
 RULES: dict[str, Any] = {
     "forms": {
-        "order": {
-            "contact": {
-                "name": "{{ data.name }}",
-                "fields": {"PHONE": "{{ data.phone }}", "EMAIL": "{{ data.email }}"},
-            },
-            "lead": {
-                "name": "Order {{ data.order }}",
-                "price": "{{ data.sum }}",
-                "tags": ["site"],
-                "note": "Comment: {{ data.comment }}",
-            },
-        },
+        "order": DELIVERY_RULES["forms"]["order"],
         "callback": {
             "contact": {
                 "name": "{{ data.name }}",
                 "fields": {"PHONE": "{{ data.phone }}"},
                 "duplicates": {"match": ["PHONE"], "strategy": "update"},
             },
-            "lead": {"name": "Order {{ data.order }}", "tags": ["callback"]},
+            "lead": {
+                "name": "Order {{ data.order }} from {{ data.name }}",
+                "tags": ["callback"],
+            },
         },
     }
 }
@@ -147,14 +145,17 @@ def _as_postgres(command: list[str]) -> list[str]:
     return command
 
 
+def postgres_server() -> str | None:
+    """Debian's ``pg_ctl`` of the newest PostgreSQL installed, if any."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return found[-1] if found else None
+
+
 class Postgres:
     """A private PostgreSQL cluster in ``directory`` on a free port."""
 
     def __init__(self, directory: Path, listen: str) -> None:
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-        if not found:
-            raise SystemExit("no PostgreSQL server here (/usr/lib/postgresql/*/bin)")
-        self.bin = os.path.dirname(found[-1])
+        self.bin = os.path.dirname(postgres_server() or "")
         self.data = directory / "pgdata"
         self.port = free_port()
         self.listen = listen
@@ -244,7 +245,7 @@ def _ip(*args: str) -> None:
 
 
 def _drop_namespaces() -> None:
-    for name in ("soak-a", "soak-b"):
+    for name in NAMESPACES:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
         subprocess.run(["ip", "link", "del", f"{name}-h"], capture_output=True)
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
@@ -261,8 +262,8 @@ def make_namespaces() -> list[tuple[str, str]] | None:
         _ip("addr", "add", f"{HOST_IP}/24", "dev", BRIDGE)
         _ip("link", "set", BRIDGE, "up")
         made = []
-        for n, name in enumerate(("soak-a", "soak-b"), start=2):
-            address = f"10.231.0.{n}"
+        for n, name in enumerate(NAMESPACES, start=2):
+            address = f"10.231.{RUN}.{n}"
             _ip("netns", "add", name)
             _ip("link", "add", f"{name}-h", "type", "veth", "peer", "name", f"{name}-n")
             _ip("link", "set", f"{name}-n", "netns", name)
@@ -554,6 +555,12 @@ def main() -> int:  # noqa: C901 (one run, told in order)
     )
     args = parser.parse_args()
     seconds = args.minutes * 60 if args.minutes else args.events / 45
+    if postgres_server() is None:
+        print(
+            "soak skipped: it starts (and restarts) a PostgreSQL server of its own, "
+            "and none is installed here (/usr/lib/postgresql/*/bin/pg_ctl)"
+        )
+        return 0
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     os.chmod(tmp, 0o755)
@@ -772,21 +779,26 @@ def main() -> int:  # noqa: C901 (one run, told in order)
                     f"{time.monotonic() - began:.1f} s"
                 )
 
-            def outage() -> str:
-                requests.post(
-                    control + "/_sandbox/faults",
-                    json={"status": 503, "seconds": OUTAGE_SECONDS},
-                    timeout=5,
-                )
-                return f"the sandbox answers 503 for {OUTAGE_SECONDS} s"
+            def answer(status: int, seconds: int, what: str) -> Callable[[], str]:
+                def fault() -> str:
+                    requests.post(
+                        control + "/_sandbox/faults",
+                        json={"status": status, "seconds": seconds},
+                        timeout=5,
+                    )
+                    return what
 
-            def storm() -> str:
-                requests.post(
-                    control + "/_sandbox/faults",
-                    json={"status": 429, "seconds": STORM_SECONDS},
-                    timeout=5,
-                )
-                return f"a 429 storm: every request answered 429 for {STORM_SECONDS} s"
+                fault.__name__ = f"answer_{status}"
+                return fault
+
+            outage = answer(
+                503, OUTAGE_SECONDS, f"the sandbox answers 503 for {OUTAGE_SECONDS} s"
+            )
+            storm = answer(
+                429,
+                STORM_SECONDS,
+                f"a 429 storm: every request answered 429 for {STORM_SECONDS} s",
+            )
 
             plan: list[tuple[float, Callable[[], str]]] = [
                 (0.08, kill_worker),
@@ -870,7 +882,7 @@ def main() -> int:  # noqa: C901 (one run, told in order)
             state = requests.get(control + "/_sandbox/state", timeout=600).json()
             leads = Counter()
             for lead in state["leads"]:
-                found = re.fullmatch(r"Order (\d+)", lead["name"])
+                found = re.match(r"Order (\d+) from ", lead["name"])
                 if found:
                     leads[int(found.group(1))] += 1
             contacts = len(state["contacts"])
