@@ -112,3 +112,10 @@ def postgres_available() -> bool:
         return True
     except Exception:
         return False
+
+
+def search_path(*folders: str) -> str:
+    """``PYTHONPATH`` for a child process: ``folders`` first, then the caller's own
+    (a checkout on ``PYTHONPATH`` is measured, not the installed copy)."""
+    inherited = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([*folders, *([inherited] if inherited else [])])

@@ -3,14 +3,15 @@ backlog waiting, and 8 processes claiming it at once, on PostgreSQL and on SQLit
 
 What it prints, per database:
 
-- the plan of the query that finds due events (:func:`flask_amocrm.outbox.due_ids`,
-  as every job's :func:`~flask_amocrm.outbox.batch_with` runs it) and of the claim
-  (:func:`~flask_amocrm.outbox.claim`), with the buffers read: it must read the
+- the plan of the query that finds due events (:func:`flask_amocrm.outbox.due_ids`:
+  the sweeper, the agent, a job's first batch) and of the claim a delivery lane makes
+  (:func:`~flask_amocrm.outbox.claim_due`: the oldest due events nobody holds, in one
+  statement), with the buffers read: it must read the
   waiting events only, never the delivered ones (PostgreSQL: the partial index
   ``ix_amocrm_events_waiting``; SQLite: an index on status); beside it, the query
   as it was before (PostgreSQL: the index dropped; SQLite: the old statement);
-- 8 processes (``BENCH_CLAIMERS``) each looping as a job does: find up to 50 due
-  events, claim them, mark them delivered; claims a second, the claims that came
+- 8 processes (``BENCH_CLAIMERS``) each looping as a delivery lane does: claim up to
+  50 due events, mark them delivered; claims a second, the claims that came
   back empty (another process had them), the slowest claim, "database is locked"
   errors, and whether any event was claimed twice (must be none) or left; and a
   web process capturing a form every 20 ms meanwhile: how long a capture takes and
@@ -42,7 +43,7 @@ from flask_amocrm import (
     models,  # noqa: E402
 )
 from flask_amocrm.models import metadata  # noqa: E402
-from flask_amocrm.outbox import claim, due_ids  # noqa: E402
+from flask_amocrm.outbox import claim_due, due_ids  # noqa: E402
 from flask_amocrm.state import get_state  # noqa: E402
 
 ROWS = int(os.environ.get("BENCH_ROWS", "100000"))
@@ -107,7 +108,7 @@ def fill(database: str) -> None:
 
 
 def plans(app: Flask) -> None:
-    """The plans of the statements ``due_ids`` and ``claim`` send (caught on their
+    """The plans of the statements ``due_ids`` and ``claim_due`` send (caught on their
     way to the database, run again under ``EXPLAIN``), and of the due query as it
     was before (PostgreSQL: without the partial index; SQLite: ordered by id)."""
     state = get_state(app)
@@ -122,7 +123,7 @@ def plans(app: Flask) -> None:
     ids = due_ids(state, BATCH)
     due_sql = next(x for x in sent if "ORDER BY amocrm_events.id" in x[0])
     sent.clear()
-    claim(state, ids)
+    ids = claim_due(state, BATCH)
     claim_sql = next(x for x in sent if x[0].lstrip().startswith("UPDATE"))
     event.remove(engine, "before_cursor_execute", catch)
     listed = ", ".join(str(i) for i in ids)
@@ -177,23 +178,23 @@ def plans(app: Flask) -> None:
 
 
 def claimer(database: str, started: float, queue: Any) -> None:
-    """One process: find due events, claim them, mark them delivered, until none
-    are due; report what it claimed and how long each claim took."""
+    """One process, as a delivery lane: claim the oldest due events nobody holds,
+    mark them delivered, until none are due; report what it claimed and how long
+    each claim took."""
     app = make_app(database)
     state = get_state(app)
     claimed: list[int] = []
     times: list[float] = []
-    empty = locked = 0
+    empty = locked = full = 0
     while time.time() < started:
         time.sleep(0.001)
     while True:
         try:
-            ids = due_ids(state, BATCH)
-            if not ids:
-                break
             began = time.perf_counter()
-            got = claim(state, ids)
+            got = claim_due(state, BATCH)
             times.append(time.perf_counter() - began)
+            if not got and not due_ids(state, 1):
+                break
         except OperationalError as exc:
             if "locked" not in str(exc):
                 raise
@@ -203,6 +204,7 @@ def claimer(database: str, started: float, queue: Any) -> None:
             empty += 1
             continue
         claimed.extend(got)
+        full += 1
         with state.engine.begin() as conn:
             conn.execute(
                 text(
@@ -211,7 +213,7 @@ def claimer(database: str, started: float, queue: Any) -> None:
                     f"({', '.join(str(i) for i in got)})"
                 )
             )
-    queue.put((claimed, times, empty, locked))
+    queue.put((claimed, times, empty, locked, full))
 
 
 def capturer(database: str, started: float, stop: Any, queue: Any) -> None:
@@ -271,8 +273,8 @@ def run_claimers(database: str) -> None:
         f"\n{CLAIMERS} processes claimed {len(set(every))} due events ({BACKLOG} "
         f"of the fill, the rest captured meanwhile) in {took:.1f} s: "
         f"{len(set(every)) / took:.0f} events/s, "
-        f"{len(times) - empty} claims with events, {empty} empty (another process "
-        f"had them), {locked} 'database is locked' errors"
+        f"{sum(r[4] for r in results)} claims with events, {empty} empty "
+        f"(another process had them), {locked} 'database is locked' errors"
     )
     if times:
         print(

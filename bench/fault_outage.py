@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import redis  # noqa: E402
 import requests  # noqa: E402
-from _common import REDIS_URL, free_port, sandbox_process  # noqa: E402
+from _common import REDIS_URL, free_port, sandbox_process, search_path  # noqa: E402
 
 OUTAGE = float(os.environ.get("OUTAGE_SECONDS", "60"))
 EVENTS = 30
@@ -100,7 +100,7 @@ def main() -> int:
                 AmoCRM(app)
             """)
             )
-        env = dict(os.environ, FLASK_APP="outage_site", PYTHONPATH=tmp)
+        env = dict(os.environ, FLASK_APP="outage_site", PYTHONPATH=search_path(tmp))
         worker = subprocess.Popen(
             [f"{BIN}/flask", "amocrm", "worker"],
             env=env,

@@ -890,8 +890,12 @@ def main() -> int:  # noqa: C901 (one run, told in order)
             log_entries = requests.get(
                 control + "/_sandbox/requests", timeout=120
             ).json()
+            for r in log_entries:
+                # when the sandbox read the request (when it counts it against
+                # its limit), where it says so; else when it answered
+                r["at"] = r.get("received") or r["time"]
             api_times = [
-                r["time"]
+                r["at"]
                 for r in log_entries
                 if r["path"].startswith(("/api/v4", "/oauth2"))
             ]
@@ -1069,12 +1073,12 @@ def main() -> int:  # noqa: C901 (one run, told in order)
             print(f"mails: {MAILS}")
             print(
                 f"the worst one-second window, from +{window_at - wall_start:.1f} s "
-                "(answer times at the sandbox):"
+                "(at the sandbox):"
             )
             for r in log_entries:
-                if window_at <= r["time"] < window_at + 1:
+                if window_at <= r["at"] < window_at + 1:
                     print(
-                        f"  +{r['time'] - wall_start:.3f} s {r['method']} {r['path']} "
+                        f"  +{r['at'] - wall_start:.3f} s {r['method']} {r['path']} "
                         f"{r['status']} token {r['token']}"
                     )
             print("token calls:")

@@ -228,6 +228,26 @@ def wait_for_ctrl_c(sandbox: str, site: str) -> None:
         print()
 
 
+#: The metrics the demo prints (docs/operations.md lists them all).
+SHOWN_METRICS = (
+    "amocrm_events_total",
+    "amocrm_api_calls_total",
+    "amocrm_delivery_delay_seconds_count",
+)
+
+
+def show_operations(site: str) -> None:
+    """What a monitor sees: the health endpoint and a few metrics."""
+    health = requests.get(site + "/amocrm/health", timeout=5)
+    print(
+        f"demo: a monitor asks GET /amocrm/health: {health.status_code} "
+        f"{health.json()['status']}; GET /amocrm/metrics says"
+    )
+    for line in requests.get(site + "/amocrm/metrics", timeout=5).text.splitlines():
+        if line.startswith(SHOWN_METRICS):
+            print("  " + line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -257,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             EXAMPLE_INSTANCE_PATH=tmp,
             FLASK_APP="example_app.site",
             AMOCRM_WEBHOOK_SECRET=secrets.token_urlsafe(24),
+            AMOCRM_HEALTH_PATH="/amocrm/health",
+            AMOCRM_METRICS_PATH="/amocrm/metrics",
         )
         before: set[bytes] = set()
         if use_rq:
@@ -327,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run([f"{BIN}/flask", "amocrm", "check"], env=env)
                 return 1
             print("demo: every form became a lead with its contact, note and task.")
+            show_operations(site)
             if not order_paid(sandbox, site, env):
                 subprocess.run(
                     [f"{BIN}/flask", "amocrm", "webhooks", "status"], env=env

@@ -6,6 +6,7 @@ import getpass
 import json
 import logging
 import signal
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +27,15 @@ from .changes import SIGNALS, WEBHOOK_CODES, webhook_codes
 from .errors import AmoCRMError, NotFoundError
 from .i18n import N_, _, localize, ngettext
 from .importer import import_rows, read_rows
+from .migrations import (
+    EXTRA,
+    BaselineRefused,
+    MigrationError,
+    NotAdopted,
+    available,
+    downgrade,
+    upgrade,
+)
 from .models import (
     CANCELLED,
     FAILED,
@@ -49,7 +59,14 @@ from .worker.amo_worker import AmoWorker
 from .worker.deliver import deliver_events
 from .worker.dispatch import hand_off_many, release
 from .worker.dispatch import retry as retry_events
-from .worker.health import check_account, listening_workers, waiting_since
+from .worker.health import (
+    STUCK_AFTER,
+    Health,
+    check_account,
+    check_health,
+    listening_workers,
+    waiting_since,
+)
 from .worker.index import refresh as refresh_index
 from .worker.markers import forget_marker_field
 from .worker.outage import current as current_outage
@@ -65,8 +82,6 @@ log = logging.getLogger("flask_amocrm.worker")
 
 amocrm_cli = AppGroup("amocrm", help="Flask-AmoCRM: deliver site events to amoCRM.")
 
-#: An event due this long ago and still not delivered is shown as stuck by ``status``.
-STUCK_AFTER = timedelta(minutes=15)
 #: How many failed (and stuck) events ``status`` lists.
 STATUS_LIST = 20
 
@@ -121,9 +136,98 @@ def _one_line(text: str | None, limit: int = 160) -> str:
 
 @amocrm_cli.command("init-db")
 def init_db() -> None:
-    """Create the amocrm_* tables that do not exist yet."""
+    """Create the amocrm_* tables that do not exist yet (and stamp them for
+    upgrade-db when Alembic is installed)."""
     get_state().create_tables()
     click.echo(_("Flask-AmoCRM tables are ready."))
+
+
+def _need_alembic() -> None:
+    if not available():
+        raise click.ClickException(
+            _(
+                "Migrating the amocrm_* tables needs Alembic: pip install "
+                "'Flask-AmoCRM[%(extra)s]'.",
+                extra=EXTRA,
+            )
+        )
+
+
+# ``upgrade-db`` pairs with ``init-db`` and takes Flask-Migrate's verb for applying
+# revisions (``flask db upgrade``); there ``migrate`` means writing a new revision,
+# which a site never does for our tables.
+@amocrm_cli.command("upgrade-db")
+@click.option(
+    "--sql",
+    is_flag=True,
+    help="Print the SQL instead of running it (for a DBA to review or run).",
+)
+def upgrade_db(sql: bool) -> None:
+    """Bring the amocrm_* tables to this version (Alembic migrations, in their
+    own amocrm_alembic_version table); adopt tables made by init-db."""
+    _need_alembic()
+    state = get_state()
+    try:
+        done = upgrade(state.engine, sql=sql, output=sys.stdout)
+    except NotAdopted:
+        raise click.ClickException(
+            _(
+                "The amocrm_* tables were made without migrations: run "
+                "'flask amocrm upgrade-db' once without --sql to adopt them."
+            )
+        ) from None
+    if sql:
+        return
+    if done.adopted is not None:
+        click.echo(
+            _(
+                "The amocrm_* tables made without migrations are adopted and "
+                "stamped with revision %(revision)s.",
+                revision=done.after,
+            )
+        )
+        if done.adopted:
+            click.echo(_("Added: %(what)s.", what=", ".join(done.adopted)))
+    elif done.applied:
+        click.echo(
+            _(
+                "Applied: %(revisions)s; the amocrm_* tables are at revision "
+                "%(revision)s.",
+                revisions=", ".join(done.applied),
+                revision=done.after,
+            )
+        )
+    else:
+        click.echo(
+            _(
+                "The amocrm_* tables are already at revision %(revision)s.",
+                revision=done.after,
+            )
+        )
+
+
+@amocrm_cli.command("downgrade-db")
+@click.argument("revision")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
+def downgrade_db(revision: str, sql: bool) -> None:
+    """Take the amocrm_* tables back to REVISION (before going back to an older
+    Flask-AmoCRM). The baseline is never undone."""
+    _need_alembic()
+    state = get_state()
+    try:
+        now = downgrade(state.engine, revision, sql=sql, output=sys.stdout)
+    except BaselineRefused:
+        raise click.ClickException(
+            _(
+                "The baseline of the amocrm_* tables is not undone: it would drop "
+                "every event, token and log. To remove Flask-AmoCRM, back the "
+                "database up and drop the amocrm_* tables yourself."
+            )
+        ) from None
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not sql:
+        click.echo(_("The amocrm_* tables are at revision %(revision)s.", revision=now))
 
 
 @amocrm_cli.command("worker")
@@ -509,8 +613,8 @@ def _database_problem(state: AppState, exc: DBAPIError) -> click.ClickException:
     if not exists:
         return click.ClickException(
             _(
-                "The amocrm_* tables do not exist yet: run 'flask amocrm init-db' "
-                "(or your migrations)."
+                "The amocrm_* tables do not exist yet: run 'flask amocrm upgrade-db' "
+                "(or 'flask amocrm init-db')."
             )
         )
     return click.ClickException(
@@ -535,6 +639,77 @@ def _warn_without_worker(state: AppState) -> None:
                 queue=repr(state.settings.queue),
             )
         )
+
+
+@amocrm_cli.command("health")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the report as one JSON object."
+)
+def health_command(as_json: bool) -> None:
+    """Tell whether the site delivers its events, without calling amoCRM: amoCRM
+    reachable, the token, an outage or a pause, the queue, the oldest due event,
+    the workers. Exits 0 when healthy, 1 when not (the report says why)."""
+    report = check_health(get_state())
+    if as_json:
+        click.echo(json.dumps(report.as_json(), ensure_ascii=False, sort_keys=True))
+    else:
+        _echo_health(report)
+    if not report.healthy:
+        raise SystemExit(1)
+
+
+def _when(moment: datetime | None) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC" if moment is not None else "—"
+
+
+def _echo_health(report: Health) -> None:
+    """The report as a person reads it."""
+    if report.healthy:
+        click.echo(_("Healthy"))
+    else:
+        click.echo(
+            ngettext(
+                "Not healthy: %(count)s problem",
+                "Not healthy: %(count)s problems",
+                len(report.problems),
+            )
+        )
+        for problem in report.problems:
+            click.echo(f"  - {localize(problem.message)}")
+    if report.outage is not None:
+        click.echo(
+            _("amoCRM: unreachable since %(when)s", when=_when(report.outage.since))
+        )
+    elif report.token is not None:
+        click.echo(_("amoCRM: reachable"))
+    token = report.token
+    if token is not None:
+        kind = _("long-lived") if token.kind == "long-lived" else "OAuth"
+        if token.revoked_at is not None:
+            state = _("revoked")
+        else:
+            state = _("in use") if token.connected else _("not connected")
+        click.echo(
+            _(
+                "Token: %(kind)s, %(state)s, expires %(when)s",
+                kind=kind,
+                state=state,
+                when=_when(token.expires_at),
+            )
+        )
+    click.echo(_("Delivery: %(mode)s", mode=report.delivery))
+    if report.queue_depth is not None:
+        click.echo(_("Jobs in the queue: %(count)s", count=report.queue_depth))
+    if report.workers is not None:
+        click.echo(_("Workers: %(count)s", count=len(report.workers)))
+    for status, count in report.events.items():
+        click.echo(f"{_(STATUS_LABELS[status])}: {count}")
+    age = report.oldest_due_age
+    click.echo(
+        _("Oldest due event: nothing is due")
+        if age is None
+        else _("Oldest due event: waiting %(seconds)s s", seconds=int(age))
+    )
 
 
 @amocrm_cli.command("auth")

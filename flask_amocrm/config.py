@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_QUEUE": "amocrm",
     "AMOCRM_DELIVERY": None,
     "AMOCRM_BATCH_SIZE": 50,
+    "AMOCRM_WORKER_THREADS": 3,
     "AMOCRM_AGENT_INTERVAL": 300,
     "AMOCRM_INDEX_INTERVAL": 300,
     "AMOCRM_RATE_LIMIT": 7,
@@ -128,6 +129,11 @@ DEFAULTS: dict[str, Any] = {
     "AMOCRM_SPAM_WINDOW": 3600,
     "AMOCRM_SPAM_MAX_PER_IP": 0,
     "AMOCRM_SPAM_MAX_PER_PHONE": 0,
+    # Operations (docs/operations.md): the health and metrics endpoints (None: not
+    # registered) and one JSON object a line in the logs.
+    "AMOCRM_HEALTH_PATH": None,
+    "AMOCRM_METRICS_PATH": None,
+    "AMOCRM_LOG_JSON": False,
 }
 
 log = logging.getLogger("flask_amocrm")
@@ -175,6 +181,9 @@ class Settings:
     queue: str
     delivery: str
     batch_size: int
+    #: Batches one worker process delivers at once (threads sharing the rate
+    #: limit): while one waits for amoCRM, the next is claimed and planned.
+    worker_threads: int
     agent_interval: int
     #: Seconds between two polls of amoCRM for changed contacts and companies, which
     #: keep the local contact index fresh; 0: no index, duplicates are searched.
@@ -275,6 +284,14 @@ class Settings:
     #: 0: not counted.
     spam_max_per_ip: int = 0
     spam_max_per_phone: int = 0
+    #: Where the health endpoint answers (``AMOCRM_HEALTH_PATH``); ``None``: it is
+    #: not registered.
+    health_path: str | None = None
+    #: Where the Prometheus metrics are served (``AMOCRM_METRICS_PATH``); ``None``:
+    #: no endpoint, and no process of the site counts anything for it.
+    metrics_path: str | None = None
+    #: ``AMOCRM_LOG_JSON``: the ``flask_amocrm`` loggers write one JSON object a line.
+    log_json: bool = False
 
     def secrets(self) -> list[str | None]:
         """The configured values no log line, API log row or admin page may show:
@@ -438,6 +455,13 @@ def _rules_file(value: Any, root: str | None) -> dict[str, Any]:
     return {"rules_file": path, "rules_mtime": mtime}
 
 
+def log_json_wanted(app: Flask) -> bool:
+    """``AMOCRM_LOG_JSON``, read before the other keys, so that what checking them
+    logs is written as JSON already."""
+    app.config.setdefault("AMOCRM_LOG_JSON", DEFAULTS["AMOCRM_LOG_JSON"])
+    return _bool(app.config, "AMOCRM_LOG_JSON")
+
+
 def read_settings(app: Flask) -> Settings:
     """Apply the defaults to ``app.config`` and return the validated settings."""
     for key, default in DEFAULTS.items():
@@ -543,6 +567,7 @@ def read_settings(app: Flask) -> Settings:
         queue=queue,
         delivery=delivery,
         batch_size=_int(config, "AMOCRM_BATCH_SIZE", 1),
+        worker_threads=_int(config, "AMOCRM_WORKER_THREADS", 1),
         agent_interval=_agent_interval(config),
         index_interval=_index_interval(config),
         rate_limit=rate_limit,
@@ -571,6 +596,7 @@ def read_settings(app: Flask) -> Settings:
         **_webhook_settings(config),
         **_visit_settings(config),
         **_screening_settings(config),
+        **_operations_settings(config),
     )
 
 
@@ -701,10 +727,10 @@ def _consent_fields(value: Any) -> tuple[tuple[str, str | None], ...]:
 MIN_SECRET_LENGTH = 16
 
 
-def _webhook_settings(config: Any) -> dict[str, Any]:
-    """The settings of the way back (amoCRM -> site): endpoint, secret, address,
-    reconciliation."""
-    path = config["AMOCRM_WEBHOOK_PATH"]
+def _site_path(config: Any, key: str, example: str) -> str:
+    """A path on the site where an endpoint of this package answers, without a
+    trailing ``/``."""
+    path = config[key]
     if (
         not isinstance(path, str)
         or not path.startswith("/")
@@ -712,9 +738,36 @@ def _webhook_settings(config: Any) -> dict[str, Any]:
         or any(c in path for c in "<>?#% \t\r\n")
     ):
         raise _fail(
-            "AMOCRM_WEBHOOK_PATH",
-            f"must be a path on the site such as '/amocrm/webhook', not {path!r}.",
+            key, f"must be a path on the site such as {example!r}, not {path!r}."
         )
+    return "/" + path.strip("/")
+
+
+def _operations_settings(config: Any) -> dict[str, Any]:
+    """The health and metrics endpoints (each off when its key is ``None``), and the
+    JSON logs."""
+    paths = {
+        name: None
+        if config[key] is None
+        else _site_path(config, key, f"/amocrm/{name.partition('_')[0]}")
+        for name, key in (
+            ("health_path", "AMOCRM_HEALTH_PATH"),
+            ("metrics_path", "AMOCRM_METRICS_PATH"),
+        )
+    }
+    if paths["health_path"] and paths["health_path"] == paths["metrics_path"]:
+        raise _fail(
+            "AMOCRM_METRICS_PATH",
+            f"is the same path as AMOCRM_HEALTH_PATH ({paths['health_path']!r}): "
+            "give each endpoint its own.",
+        )
+    return {**paths, "log_json": _bool(config, "AMOCRM_LOG_JSON")}
+
+
+def _webhook_settings(config: Any) -> dict[str, Any]:
+    """The settings of the way back (amoCRM -> site): endpoint, secret, address,
+    reconciliation."""
+    path = _site_path(config, "AMOCRM_WEBHOOK_PATH", "/amocrm/webhook")
     secret = config["AMOCRM_WEBHOOK_SECRET"] or None
     if secret is not None and (
         not isinstance(secret, str)
@@ -745,7 +798,7 @@ def _webhook_settings(config: Any) -> dict[str, Any]:
             "the events log is read on the worker's tick.",
         )
     return {
-        "webhook_path": "/" + path.strip("/"),
+        "webhook_path": path,
         "webhook_secret": secret,
         "webhook_url": url,
         "reconcile_interval": interval,

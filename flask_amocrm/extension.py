@@ -15,9 +15,12 @@ from flask import Flask
 from .admin import admin_is_off, register_admin
 from .capture import capture, on_email_dispatched, on_form_submitted, on_mail_sent
 from .cli import amocrm_cli
-from .config import read_settings
+from .config import log_json_wanted, read_settings
 from .hooks import ApiCall, Hooks, PushHook
-from .models import Event, metadata
+from .jsonlog import use_json_logs
+from .metrics import register_metrics
+from .models import Event, copy_tables
+from .probe import register_health
 from .rules.schema import check_consent_fields, validate_rules
 from .signals import form_submitted, mail_sent
 from .state import AppState, get_state
@@ -62,7 +65,11 @@ class AmoCRM:
                 "A 'AmoCRM' instance has already been registered on this Flask app."
                 " Import and use that instance instead."
             )
+        if log_json_wanted(app):
+            use_json_logs()
         settings = read_settings(app)
+        if settings.log_json:
+            use_json_logs(settings.secrets())  # mask the secrets too, now known
         validate_rules(
             settings.rules,
             secret_key=app.secret_key,
@@ -72,9 +79,7 @@ class AmoCRM:
             settings.rules, [name for name, _ in settings.consent_fields]
         )
         if self._db is not None:
-            for table in metadata.sorted_tables:
-                if table.name not in self._db.metadata.tables:
-                    table.to_metadata(self._db.metadata)
+            copy_tables(self._db.metadata)
         state = AppState(app, settings, self._db, extension=self, hooks=self.hooks)
         app.extensions["amocrm"] = state
         self._apps.add(app)
@@ -98,6 +103,8 @@ class AmoCRM:
         else:
             admin_is_off(app)
         register_webhook(app, settings)
+        register_health(app, settings)
+        register_metrics(app, settings)
         app.add_template_global(form_stamp_input, "amocrm_form_stamp")
 
     def admin_auth(self, hook: AuthHook) -> AuthHook:

@@ -3,8 +3,10 @@ stored OAuth tokens.
 
 They are declared on their own :data:`metadata` with names prefixed ``amocrm_``. An app
 that passes its Flask-SQLAlchemy ``db`` gets them added to ``db.metadata`` as well, so
-``db.create_all()`` and Flask-Migrate see them; otherwise ``flask amocrm init-db`` (or
-the first use) creates them in the embedded database.
+``db.create_all()`` sees them; otherwise ``flask amocrm init-db`` (or the first use)
+creates them in the embedded database. Their migrations are in
+:mod:`flask_amocrm.migrations` (``flask amocrm upgrade-db``): a change here needs a
+revision there, and ``tests/test_migrations.py`` fails until it has one.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ CANCELLED = "cancelled"
 SPAM = "spam"
 STATUSES = (PENDING, PROCESSING, RETRYING, DELIVERED, FAILED, IGNORED, CANCELLED, SPAM)
 #: The statuses of an event that still waits for a worker: the claim looks among
-#: these only, through the partial index ``ix_amocrm_events_waiting`` on PostgreSQL.
+#: these only, through the partial index ``ix_amocrm_events_waiting``.
 WAITING = (PENDING, RETRYING, PROCESSING)
 #: That condition as SQL, as the index has it and the claim's query
 #: (:func:`flask_amocrm.outbox.due`) repeats it, literals and all.
@@ -135,12 +137,15 @@ class Event(Base):
 
     __table_args__ = (
         Index("ix_amocrm_events_due", "status", "next_attempt_at"),
-        # the claim on PostgreSQL: the events that still wait, in id order, without
-        # a look at the delivered ones however many they are (a partial index;
-        # SQLite reads ix_amocrm_events_due instead, see outbox.due_ids)
+        # the claim: the events that still wait, in id order, without a look at the
+        # delivered ones however many they are (a partial index; PostgreSQL reads
+        # it, SQLite mostly its index on status, see outbox.oldest_first)
         Index(
-            "ix_amocrm_events_waiting", "id", postgresql_where=text(WAITING_SQL)
-        ).ddl_if(dialect="postgresql"),
+            "ix_amocrm_events_waiting",
+            "id",
+            postgresql_where=text(WAITING_SQL),
+            sqlite_where=text(WAITING_SQL),
+        ),
         # the admin's list of one status, newest first, a page at a time
         Index("ix_amocrm_events_status_id", "status", "id"),
         # the spam checks' rates: the events stored within a window
@@ -156,6 +161,23 @@ class Event(Base):
 
     def __repr__(self) -> str:
         return f"<Event {self.id} {self.kind}:{self.source} {self.status}>"
+
+
+#: Indexes only PostgreSQL builds (a GIN index over ``to_tsvector``).
+POSTGRESQL_ONLY = frozenset({"ix_amocrm_events_search"})
+
+
+def copy_tables(target: MetaData) -> None:
+    """Add these tables to another metadata (a site's Flask-SQLAlchemy
+    ``db.metadata``, so its ``db.create_all()`` and migrations see them), keeping the
+    PostgreSQL-only indexes PostgreSQL-only: ``Table.to_metadata`` drops an index's
+    ``ddl_if``, and SQLite's ``db.create_all()`` then failed on ``to_tsvector``."""
+    for table in metadata.sorted_tables:
+        if table.name in target.tables:
+            continue
+        for index in table.to_metadata(target).indexes:
+            if index.name in POSTGRESQL_ONLY:
+                index.ddl_if(dialect="postgresql")
 
 
 def upgrade_tables(connection: Connection) -> list[str]:

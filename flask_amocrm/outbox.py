@@ -737,22 +737,25 @@ def due(now: datetime, hold: ColumnElement[bool] | None = None) -> ColumnElement
     return ready if hold is None else and_(ready, not_(hold))
 
 
+def oldest_first(state: AppState) -> ColumnElement[int]:
+    """The order of due events, oldest first, as each database reads it cheaply.
+    SQLite may satisfy ``ORDER BY id`` by walking the table in rowid order, reading
+    every delivered event before the waiting ones (the newest); ``id + 0`` is no
+    rowid to its planner: it reads the waiting events by status and sorts those
+    (:class:`Waiting`). PostgreSQL reads them in id order from the partial index
+    ``ix_amocrm_events_waiting``."""
+    column: ColumnElement[int] = Event.id.expression
+    return column if state.engine.dialect.name == "postgresql" else column + 0
+
+
 def due_ids(
     state: AppState, limit: int | None = None, *, include_fresh: bool = True
 ) -> list[int]:
     """Ids of the events that are due, oldest first. ``include_fresh=False`` leaves
     out pending events so young that their own job is still on the way."""
     now = utcnow()
-    # SQLite may satisfy ``ORDER BY id`` by walking the table in rowid order,
-    # reading every delivered event before the waiting ones (the newest); ``id +
-    # 0`` is no rowid to its planner: it reads the waiting events by status and
-    # sorts those (:class:`Waiting`). PostgreSQL reads them in id order from the
-    # partial index ix_amocrm_events_waiting.
-    postgres = state.engine.dialect.name == "postgresql"
     query = (
-        select(Event.id)
-        .where(due(now, on_hold(state)))
-        .order_by(Event.id if postgres else Event.id + 0)
+        select(Event.id).where(due(now, on_hold(state))).order_by(oldest_first(state))
     )
     if not include_fresh:
         query = query.where(Event.created_at < now - GRACE)
@@ -828,6 +831,40 @@ def claim_rows(
         )
         session.commit()
     return [i for i in ids if i in claimed]
+
+
+def claim_due(state: AppState, limit: int) -> list[int]:
+    """Take up to ``limit`` of the oldest due events that nobody else holds, in one
+    statement; return their ids, oldest first. Workers claiming at the same time
+    get different events (PostgreSQL skips the rows another claim has locked;
+    SQLite runs one write at a time), so a batch is never split between them."""
+    if limit <= 0:
+        return []
+    now = utcnow()
+    ready = due(now, on_hold(state))
+    oldest = (
+        select(Event.id)
+        .where(ready)
+        .order_by(oldest_first(state))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    with state.session() as session:
+        claimed = sorted(
+            session.scalars(
+                update(Event)
+                .where(Event.id.in_(oldest), ready)
+                .values(
+                    status=PROCESSING,
+                    locked_until=now + LEASE,
+                    attempts=Event.attempts + 1,
+                )
+                .returning(Event.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        session.commit()
+    return claimed
 
 
 def make_due(

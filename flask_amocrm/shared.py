@@ -25,7 +25,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -337,3 +337,70 @@ def cache_set(
 def cache_clear(state: AppState, name: str, *, account: bool = False) -> None:
     """Drop a cached text."""
     clear(state, f"cache:{name}", account=account)
+
+
+# -- groups of counters (the metrics) -------------------------------------------------
+
+
+def _group_key(state: AppState, group: str) -> str:
+    return key(state, "counts", group)
+
+
+def add_counts(state: AppState, group: str, counts: Mapping[str, int]) -> None:
+    """Add ``counts`` (field -> amount) to the counters of ``group`` at once: one
+    pipelined Redis call (``HINCRBY`` on one hash), else one database transaction."""
+    counts = {field: int(n) for field, n in counts.items() if n}
+    if not counts:
+        return
+    full = _group_key(state, group)
+
+    def add(redis: Redis) -> bool:
+        pipe = redis.pipeline(transaction=False)
+        for field, n in counts.items():
+            pipe.hincrby(full, field, n)
+        pipe.execute()
+        return True
+
+    if not isinstance(_via_redis(state, add), _Down):
+        return
+    for _ in range(3):
+        with state.session() as session:
+            try:
+                for field, n in counts.items():
+                    name = f"{full}:{field}"
+                    if len(name) > KEY_LIMIT:
+                        continue  # labels are bounded; one this long is not kept
+                    done = session.execute(
+                        update(Counter)
+                        .where(Counter.name == name)
+                        .values(value=Counter.value + n)
+                    )
+                    if not done.rowcount:  # type: ignore[attr-defined]
+                        session.execute(insert(Counter).values(name=name, value=n))
+                session.commit()
+                return
+            except IntegrityError:  # another process inserted one first: again
+                session.rollback()
+    log.warning("Could not add to the counters %r", group)
+
+
+def read_counts(state: AppState, group: str) -> dict[str, int]:
+    """Every counter of ``group``: field -> value, what Redis holds plus what the
+    database holds (counts made while Redis was down, or without Redis)."""
+    full = _group_key(state, group)
+    found = _via_redis(state, lambda r: r.hgetall(full))
+    out: dict[str, int] = {}
+    if not isinstance(found, _Down):
+        for raw, value in found.items():
+            out[str(_text(raw))] = int(value)
+    prefix = f"{full}:"
+    with state.session() as session:
+        rows = session.execute(
+            select(Counter.name, Counter.value).where(
+                Counter.name.startswith(prefix, autoescape=True)
+            )
+        ).all()
+    for name, count in rows:
+        field = name[len(prefix) :]
+        out[field] = out.get(field, 0) + int(count or 0)
+    return out

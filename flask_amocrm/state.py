@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
 from .hooks import Hooks
-from .models import metadata, upgrade_tables
+from .migrations import ensure_tables
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -77,6 +77,7 @@ class AppState:
         self._redis_checked = 0.0
         self._redis_alive = False
         self._lock = threading.RLock()
+        self._tables_lock = threading.Lock()
         self._local: dict[str, tuple[int, Any]] = {}
         self.tables_ready = db is not None
         #: Who may use the admin pages: ``AMOCRM_ADMIN_AUTH`` or the function
@@ -195,15 +196,17 @@ class AppState:
                 engine, expire_on_commit=False
             )
         if not self.tables_ready:
-            self.create_tables()
+            with self._tables_lock:  # threads of one worker start together
+                if not self.tables_ready:
+                    self.create_tables()
         return factory()
 
     def create_tables(self) -> None:
-        """Create the ``amocrm_*`` tables that do not exist yet, and add what an
-        earlier version's tables lack (:func:`~flask_amocrm.models.upgrade_tables`)."""
-        metadata.create_all(self.engine)
+        """Create the ``amocrm_*`` tables that do not exist yet, add what an earlier
+        version's tables lack, and stamp them with the migrations' head revision
+        where Alembic is installed (:func:`~flask_amocrm.migrations.ensure_tables`)."""
         with self.engine.begin() as connection:
-            added = upgrade_tables(connection)
+            added = ensure_tables(connection)
         if added:
             log.info("Flask-AmoCRM added to its tables: %s", ", ".join(added))
         self.tables_ready = True

@@ -137,13 +137,21 @@ def database_uri(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]
     reason = _postgres_available()
     if reason:
         pytest.skip(reason)
+    engine = create_engine(POSTGRES_URL)
+    drop_tables(engine)
+    yield POSTGRES_URL
+    drop_tables(engine)
+    engine.dispose()
+
+
+def drop_tables(engine: Any) -> None:
+    """Drop the ``amocrm_*`` tables and the revision they were stamped with."""
+    from flask_amocrm.migrations import VERSION_TABLE
     from flask_amocrm.models import metadata
 
-    engine = create_engine(POSTGRES_URL)
     metadata.drop_all(engine)
-    yield POSTGRES_URL
-    metadata.drop_all(engine)
-    engine.dispose()
+    with engine.begin() as connection:
+        connection.execute(text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from flask import Flask, current_app, request
 from flask_amocrm import Event, event_delivered, event_failed, form_submitted
 from flask_amocrm.testing import deliver_pending
 from tests.helpers.e2e import field_values, stored_events
-from tests.helpers.process import child_env
+from tests.helpers.process import child_env, site_module
 
 
 def _with_form_view(app: Flask) -> Flask:
@@ -45,20 +44,6 @@ def _assert_ann_delivered(app: Flask, sandbox: Any) -> Event:
     return event
 
 
-def _worker_app_module(tmp_path: Any, config: dict[str, Any]) -> str:
-    (tmp_path / "site_app.py").write_text(
-        textwrap.dedent(f"""
-        from flask import Flask
-        from flask_amocrm import AmoCRM
-
-        app = Flask("site_app", instance_path={str(tmp_path / "instance0")!r})
-        app.config.update({config!r})
-        AmoCRM(app)
-    """)
-    )
-    return str(tmp_path)
-
-
 @pytest.mark.parametrize("command", ["flask", "rq"])
 def test_rq_mode_delivers_through_a_real_worker(
     make_app: Any,
@@ -82,7 +67,7 @@ def test_rq_mode_delivers_through_a_real_worker(
     ]
 
     config = {k: v for k, v in app.config.items() if k.startswith("AMOCRM_")}
-    path = _worker_app_module(tmp_path, config)
+    path = site_module(tmp_path, config)
     env = child_env(path, FLASK_APP="site_app")
     bindir = os.path.dirname(sys.executable)
     args = (

@@ -12,7 +12,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from datetime import timedelta
@@ -22,23 +21,10 @@ from flask import Flask
 
 from flask_amocrm import Event
 from flask_amocrm.models import utcnow
-from tests.helpers.process import child_env
+from tests.helpers.e2e import CALLBACK_NOTE_TASK
+from tests.helpers.process import child_env, site_module
 
-RULES = {
-    "forms": {
-        "callback": {
-            "contact": {
-                "name": "{{ data.name }}",
-                "fields": {"PHONE": "{{ data.phone }}"},
-            },
-            "lead": {
-                "name": "Callback: {{ data.name }}",
-                "note": "Called from the site",
-            },
-            "task": {"text": "Call {{ data.name }} back", "deadline": "+1h"},
-        }
-    }
-}
+RULES = CALLBACK_NOTE_TASK
 
 
 def _descendants(pid: int) -> list[int]:
@@ -73,17 +59,7 @@ def _kill_tree(process: subprocess.Popen[bytes]) -> None:
 
 def _site(tmp_path: Any, app: Flask) -> dict[str, str]:
     config = {k: v for k, v in app.config.items() if k.startswith("AMOCRM_")}
-    (tmp_path / "fault_site.py").write_text(
-        textwrap.dedent(f"""
-        from flask import Flask
-        from flask_amocrm import AmoCRM
-
-        app = Flask("fault_site", instance_path={str(tmp_path / "instance0")!r})
-        app.config.update({config!r})
-        AmoCRM(app)
-    """)
-    )
-    return child_env(str(tmp_path), FLASK_APP="fault_site")
+    return child_env(site_module(tmp_path, config), FLASK_APP="site_app")
 
 
 def _worker(env: dict[str, str], cwd: str) -> subprocess.Popen[bytes]:

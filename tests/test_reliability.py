@@ -49,7 +49,7 @@ def test_a_burst_shares_calls_fifty_leads_each(make_app: Any, sandbox: Any) -> N
     result = deliver_pending(app)
     assert result["delivered"] == 120
     calls = _complex_calls(sandbox)
-    assert [len(c["body"]) for c in calls] == [50, 50, 20]
+    assert sorted(len(c["body"]) for c in calls) == [20, 50, 50]
     assert len(sandbox.leads()) == 120
     assert len({lead["name"] for lead in sandbox.leads()}) == 120
     assert all(e.status == "delivered" for e in stored_events(app))

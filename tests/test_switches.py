@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 from typing import Any
 
 import pytest
@@ -16,7 +13,7 @@ from flask import Flask
 
 from flask_amocrm.testing import deliver_pending
 from tests.helpers.e2e import form_site, stored_events
-from tests.helpers.process import child_env
+from tests.helpers.process import flask_command
 
 RULES: dict[str, Any] = {
     "forms": {
@@ -105,32 +102,8 @@ def test_a_disabled_rule_holds_only_its_events_until_the_file_switches_it_on(
     ]
 
 
-def _worker_app_module(tmp_path: Any, config: dict[str, Any]) -> str:
-    (tmp_path / "site_app.py").write_text(
-        textwrap.dedent(f"""
-        from flask import Flask
-        from flask_amocrm import AmoCRM
-
-        app = Flask("site_app", instance_path={str(tmp_path / "instance0")!r})
-        app.config.update({config!r})
-        AmoCRM(app)
-    """)
-    )
-    return str(tmp_path)
-
-
 def _burst(tmp_path: Any, config: dict[str, Any]) -> None:
-    path = _worker_app_module(tmp_path, config)
-    env = child_env(path, FLASK_APP="site_app")
-    flask = f"{os.path.dirname(sys.executable)}/flask"
-    done = subprocess.run(
-        [flask, "amocrm", "worker", "--burst"],
-        env=env,
-        cwd=path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = flask_command(tmp_path, config, "worker", "--burst")
     assert done.returncode == 0, done.stderr
 
 

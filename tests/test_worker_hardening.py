@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
-import textwrap
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +20,7 @@ from flask_amocrm.state import get_state
 from flask_amocrm.testing import deliver_pending
 from tests.helpers.client import OAUTH
 from tests.helpers.e2e import stored_events
-from tests.helpers.process import child_env
+from tests.helpers.process import flask_command
 
 
 def _json_site(make_app: Any, rules: dict[str, Any], **config: Any) -> Flask:
@@ -340,35 +337,7 @@ def test_burst_worker_delivers_pending_events_without_a_job(
     assert redis_conn.llen("rq:queue:amocrm") == 0
     [event] = stored_events(app)
     assert event.status == "pending"
-    (tmp_path / "burst_site.py").write_text(
-        textwrap.dedent(f"""
-        from flask import Flask
-        from flask_amocrm import AmoCRM
-
-        app = Flask("burst_site", instance_path={str(tmp_path / "inst")!r})
-        app.config.update({config!r})
-        AmoCRM(app)
-        """)
-    )
-    env = child_env(str(tmp_path))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flask",
-            "--app",
-            "burst_site",
-            "amocrm",
-            "worker",
-            "--burst",
-            "--without-scheduler",
-        ],
-        env=env,
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = flask_command(tmp_path, config, "worker", "--burst", "--without-scheduler")
     assert done.returncode == 0, done.stderr
     [event] = stored_events(app)
     assert event.status == "delivered", (event.last_error, done.stderr[-2000:])

@@ -1,8 +1,9 @@
 """The landing page: is amoCRM reachable, is the token good, is delivery keeping up.
 
-Every figure comes from the function ``flask amocrm status`` uses for the same
-question (:mod:`flask_amocrm.worker.health`, :mod:`flask_amocrm.worker.outage`,
-:func:`flask_amocrm.amo.connect.token_state`); the charts' figures are counted by the
+The verdict and its figures are :func:`flask_amocrm.worker.health.check_health`'s,
+as ``flask amocrm health`` and the health endpoint give them; the others come from
+the function ``flask amocrm status`` uses for the same question
+(:mod:`flask_amocrm.worker.health`); the charts' figures are counted by the
 database (:mod:`.stats`) and drawn as SVG on the server (:mod:`.charts`).
 """
 
@@ -13,11 +14,10 @@ from typing import Any
 
 from flask import render_template, request
 from markupsafe import Markup
-from redis import RedisError
 from sqlalchemy import func, select
 
 from ..amo.connect import token_state
-from ..i18n import gettext
+from ..i18n import gettext, localize
 from ..models import (
     CANCELLED,
     DELIVERED,
@@ -34,13 +34,11 @@ from ..models import STATUS_LABELS as STATUS_NAMES
 from ..outbox import switched_off
 from ..state import AppState, get_state
 from ..worker.health import (
+    Health,
     budget_per_minute,
-    listening_workers,
-    oldest_due,
-    queue_depth,
+    check_health,
     requests_last_minute,
 )
-from ..worker.outage import outage, paused
 from . import stats
 from .blueprint import bp
 from .charts import Series, bar_chart, line_chart
@@ -96,18 +94,13 @@ def _last_request(state: AppState) -> Any:
         return session.get(ApiLog, last_id) if last_id is not None else None
 
 
-def _queue(state: AppState) -> dict[str, Any]:
+def _queue(report: Health) -> dict[str, Any]:
     """The RQ side: jobs waiting and workers alive, or why they cannot be told."""
-    if state.settings.delivery != "rq":
-        return {"mode": state.settings.delivery}
-    try:
-        return {
-            "mode": "rq",
-            "depth": queue_depth(state),
-            "workers": listening_workers(state),
-        }
-    except RedisError as exc:
-        return {"mode": "rq", "redis_error": type(exc).__name__}
+    if report.delivery != "rq":
+        return {"mode": report.delivery}
+    if report.redis_error is not None:
+        return {"mode": "rq", "redis_error": report.redis_error}
+    return {"mode": "rq", "depth": report.queue_depth, "workers": report.workers}
 
 
 def _labels(b: stats.Buckets) -> list[str]:
@@ -169,18 +162,21 @@ def health() -> str:
     span = request.args.get("span", "24h")
     if span not in stats.SPANS:
         span = "24h"
-    due_since = oldest_due(state)
+    report = check_health(state)
+    due_since = report.due_since
     used = requests_last_minute(state)
     return render_template(
         "amocrm_admin/health.html",
         settings=settings,
-        outage=outage(state),
-        pause=paused(state),
-        token=token_state(state),
+        healthy=report.healthy,
+        problems=[localize(problem.message) for problem in report.problems],
+        outage=report.outage,
+        pause=report.pause,
+        token=report.token or token_state(state),
         last=_last_request(state),
         used=used,
         budget=budget_per_minute(state),
-        queue=_queue(state),
+        queue=_queue(report),
         due_since=due_since,
         due_age=age(due_since) if due_since is not None else None,
         age=age,

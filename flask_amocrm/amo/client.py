@@ -110,6 +110,16 @@ class CallObserver(Protocol):
         """After it, with ``call.status`` and ``call.answer`` (or ``call.error``)."""
 
 
+class CallMeter(Protocol):
+    """What counts the requests for the metrics (:class:`flask_amocrm.meter.Meter`)."""
+
+    def api_call(
+        self, method: str, path: str, status: int | None, waited: float
+    ) -> None:
+        """One request sent: its answer's status (``None``: no answer) and the
+        seconds it waited for its slot in the rate limit. Never raises."""
+
+
 class LongLivedToken:
     """A fixed token, such as the long-lived token of a private integration: it
     cannot be refreshed, so a 401 is final."""
@@ -152,7 +162,8 @@ class AmoClient:
     account's shared :class:`~flask_amocrm.amo.ratelimit.RateLimiter` (none: no
     limit); ``sink`` writes the API log rows. ``retries`` bounds each kind of retry;
     ``backoff`` is the first back-off step in seconds (doubled each time, with jitter).
-    ``observer`` is called around each request sent (the API-call hooks).
+    ``observer`` is called around each request sent (the API-call hooks);
+    ``meter`` counts each one for the metrics.
     """
 
     def __init__(
@@ -170,9 +181,11 @@ class AmoClient:
         rate_limit_backoff: float = 1.0,
         redactor: Redactor | None = None,
         observer: CallObserver | None = None,
+        meter: CallMeter | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.observer = observer
+        self.meter = meter
         self.tokens: TokenProvider = (
             token
             if token is not None and not isinstance(token, str)
@@ -317,8 +330,6 @@ class AmoClient:
         raw: bytes | None = None,
     ) -> requests.Response:
         """Send once (after waiting for a slot) and log what happened."""
-        if self.limiter is not None:
-            self.limiter.acquire()
         base = (host or self.base_url).rstrip("/")
         if host:
             path_shown = f"{base}{path}"
@@ -343,6 +354,9 @@ class AmoClient:
             ) from None
         if raw is not None:
             data = raw
+        # Last, right before sending: the moment the limiter grants is the moment
+        # amoCRM counts, give or take the network.
+        waited = self.limiter.acquire() if self.limiter is not None else 0.0
         started = time.monotonic()
         response: requests.Response | None = None
         error: TransportError | None = None
@@ -379,6 +393,9 @@ class AmoClient:
             duration,
             oauth=oauth,
         )
+        if self.meter is not None:
+            status = response.status_code if response is not None else None
+            self.meter.api_call(method, path, status, waited)
         if error is not None:
             raise error from None
         assert response is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ..meter import Meter, enabled
 from .apilog import ApiLogSink, Redactor
 from .auth import OAuthTokens
 from .client import AmoClient, LongLivedToken, TokenProvider
@@ -33,6 +34,7 @@ def _build(state: AppState) -> tuple[AmoClient, AmoClient]:
     limiter = limiter_for(state)
     sink = ApiLogSink(state) if settings.log_requests else None
     redactor = Redactor(settings.secrets())
+    meter = Meter(state) if enabled(state) else None
 
     def make(token: TokenProvider) -> AmoClient:
         return AmoClient(
@@ -42,6 +44,7 @@ def _build(state: AppState) -> tuple[AmoClient, AmoClient]:
             limiter=limiter,
             sink=sink,
             redactor=redactor,
+            meter=meter,
         )
 
     token_client = make(LongLivedToken(None))

@@ -3,28 +3,35 @@
 amoCRM allows 7 requests per second per integration and answers 429, then blocks the
 account with 403, when a client keeps going over. RQ forks a work horse per job, so
 the budget cannot live in a process (nor can RQ's own limits, which cap concurrency,
-not requests per second): with Redis it is a
-key ``amocrm:rl:<host>`` updated by a small Lua script; without Redis (one process
+not requests per second): with Redis it is kept in
+keys ``amocrm:rl:<host>:*`` updated by a small Lua script; without Redis (one process
 delivering inline or from cron) it is a thread-safe object in the process.
 
-The algorithm is GCRA without a burst, used as a scheduler: every caller reserves the
-next free slot (the "theoretical arrival time") and sleeps until it, so slots are at
-least ``1 / rate`` seconds apart. Any window of one second then holds at most
-``ceil(rate)`` requests. The rate is ``HEADROOM`` times the configured limit, which
-leaves room for network jitter between our clock and amoCRM's gateway. The slot clock is
-Redis's own ``TIME``, so the clocks of the machines never matter.
+The algorithm is amoCRM's own: at most ``rate`` requests in any window of one second
+(a moving window, as its gateway counts them), kept as the times of the last
+``rate`` requests granted. A request is granted the moment it may go, and the
+caller sends it at once, so nothing reserved in advance can arrive late and crowd
+the next one. The window is :data:`MARGIN` longer than a second, room for the
+network's jitter between our clock and amoCRM's gateway; and two requests are never
+closer than half the even spacing, so a gateway that counts more strictly than a
+moving window (or a limit lower than configured) sees a steady stream, not bursts
+of seven. The clock is Redis's own ``TIME``, so the clocks of the machines never
+matter. Callers waiting for a grant sleep until the earliest moment one could come
+and ask again.
 
-After a 429 the limiter slows everybody down: the next slot moves back by the back-off
-delay and the spacing doubles (up to ``MAX_SLOWDOWN`` times) for ``SLOWDOWN_SECONDS``.
-A caller that reserved its slot before the 429 notices it when it wakes up and takes a
-new slot. That is what keeps a 429 storm from turning into a 403 block.
+After a 429 the limiter holds everybody back: nothing is granted for the back-off
+delay, and the window and the spacing are widened (doubling, up to ``MAX_SLOWDOWN``
+times) for ``SLOWDOWN_SECONDS``. That is what keeps a 429 storm from turning into a
+403 block.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -32,42 +39,64 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flask_amocrm.amo")
 
-#: Fraction of ``AMOCRM_RATE_LIMIT`` actually used (7 → 5.95 requests per second).
-HEADROOM = 0.85
-#: How long the spacing stays widened after a 429.
+#: Seconds added to amoCRM's one-second window (7 requests in 1.1 s: 6.36 a second):
+#: room for the time between our grant and the gateway's count (the network, a
+#: busy machine), which can crowd two windows' requests into one.
+MARGIN = 0.1
+#: Two requests are never closer than this share of the even spacing.
+MIN_SPACING = 0.5
+#: How long the window stays widened after a 429.
 SLOWDOWN_SECONDS = 60.0
-#: The most the spacing is widened after repeated 429s.
+#: The most the window is widened after repeated 429s.
 MAX_SLOWDOWN = 8.0
 
-# KEYS[1] slot key, KEYS[2] slowdown key, KEYS[3] penalty counter; ARGV[1] interval
-# in seconds. Returns the seconds to wait (a string: Lua numbers would be truncated to
-# integers) and the penalty counter, to notice a 429 that came while we slept.
+
+def window_of(rate: float) -> tuple[int, float, float]:
+    """How many requests a window holds, the window and the least spacing (seconds)
+    for ``rate`` requests a second: 7 → 7 requests in 1.1 s, at least 79 ms apart;
+    0.5 → 1 request in 2.1 s."""
+    count = max(1, math.floor(rate))
+    window = count / rate + MARGIN
+    return count, window, window / count * MIN_SPACING
+
+
+# KEYS[1] the times granted, KEYS[2] slowdown factor, KEYS[3] hold-until;
+# ARGV[1] count, ARGV[2] window, ARGV[3] spacing (seconds). Returns the seconds to
+# wait before asking again, '0' when granted (a string: Lua numbers would be
+# truncated to integers).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local interval = tonumber(ARGV[1]) * tonumber(redis.call('GET', KEYS[2]) or '1')
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local nxt = tat + interval
-redis.call('SET', KEYS[1], string.format('%.6f', nxt),
-           'PX', math.ceil((nxt - now) * 1000) + 1000)
-return {string.format('%.6f', tat - now), redis.call('GET', KEYS[3]) or '0'}
+local hold = tonumber(redis.call('GET', KEYS[3]) or '0')
+if hold > now then return string.format('%.6f', hold - now) end
+local factor = tonumber(redis.call('GET', KEYS[2]) or '1')
+local count = tonumber(ARGV[1])
+local window = tonumber(ARGV[2]) * factor
+local last = tonumber(redis.call('LINDEX', KEYS[1], -1) or '0')
+local ready = last + tonumber(ARGV[3]) * factor
+if redis.call('LLEN', KEYS[1]) >= count then
+  local oldest = tonumber(redis.call('LINDEX', KEYS[1], -count)) + window
+  if oldest > ready then ready = oldest end
+end
+if ready > now then return string.format('%.6f', ready - now) end
+redis.call('RPUSH', KEYS[1], string.format('%.6f', now))
+redis.call('LTRIM', KEYS[1], -count, -1)
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
+return '0'
 """
 
 # KEYS as above; ARGV[1] pause in seconds, ARGV[2] max slowdown, ARGV[3] its lifetime.
 _PENALIZE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local hold = tonumber(redis.call('GET', KEYS[3]) or '0')
 local pause = now + tonumber(ARGV[1])
-if tat < pause then tat = pause end
-redis.call('SET', KEYS[1], string.format('%.6f', tat),
-           'PX', math.ceil((tat - now) * 1000) + 1000)
+if hold < pause then hold = pause end
+redis.call('SET', KEYS[3], string.format('%.6f', hold),
+           'PX', math.ceil((hold - now) * 1000) + 1000)
 local factor = tonumber(redis.call('GET', KEYS[2]) or '1') * 2
 if factor > tonumber(ARGV[2]) then factor = tonumber(ARGV[2]) end
 redis.call('SET', KEYS[2], tostring(factor), 'PX', math.ceil(tonumber(ARGV[3]) * 1000))
-redis.call('INCR', KEYS[3])
-redis.call('PEXPIRE', KEYS[3], math.ceil(tonumber(ARGV[3]) * 1000))
 return tostring(factor)
 """
 
@@ -85,76 +114,73 @@ class RateLimiter(Protocol):
 class LocalRateLimiter:
     """The budget of one process (no Redis): thread-safe, not shared."""
 
-    def __init__(self, rate: float, *, headroom: float = HEADROOM) -> None:
-        self.interval = 1.0 / (rate * headroom)
+    def __init__(self, rate: float) -> None:
+        self.count, self.window, self.spacing = window_of(rate)
         self._lock = threading.Lock()
-        self._tat = 0.0
+        self._granted: deque[float] = deque(maxlen=self.count)
         self._factor = 1.0
         self._slow_until = 0.0
-        self._penalties = 0
+        self._hold = 0.0
 
     def acquire(self) -> float:
-        """Reserve the next slot and sleep until it."""
+        """Wait until a request may go; the seconds waited."""
         waited = 0.0
         while True:
             with self._lock:
                 now = time.monotonic()
-                if now >= self._slow_until:
-                    self._factor = 1.0
-                slot = max(self._tat, now)
-                self._tat = slot + self.interval * self._factor
-                penalties = self._penalties
-            wait = slot - now
-            if wait <= 0:
-                return waited
+                wait = self._wait(now)
+                if wait <= 0:
+                    self._granted.append(now)
+                    return waited
             time.sleep(wait)
             waited += wait
-            if self._penalties == penalties:
-                return waited
+
+    def _wait(self, now: float) -> float:
+        if now >= self._slow_until:
+            self._factor = 1.0
+        ready = self._hold
+        if self._granted:
+            ready = max(ready, self._granted[-1] + self.spacing * self._factor)
+            if len(self._granted) >= self.count:
+                ready = max(ready, self._granted[0] + self.window * self._factor)
+        return ready - now
 
     def penalize(self, pause: float) -> None:
-        """Move the next slot back and widen the spacing for a while."""
+        """Hold every request back ``pause`` seconds and widen the window a while."""
         with self._lock:
             now = time.monotonic()
-            self._tat = max(self._tat, now + pause)
+            self._hold = max(self._hold, now + pause)
             self._factor = min(self._factor * 2, MAX_SLOWDOWN)
             self._slow_until = now + SLOWDOWN_SECONDS
-            self._penalties += 1
 
 
 class RedisRateLimiter:
     """The budget shared through Redis by every process using the same key."""
 
-    def __init__(
-        self, redis: Redis, key: str, rate: float, *, headroom: float = HEADROOM
-    ) -> None:
+    def __init__(self, redis: Redis, key: str, rate: float) -> None:
         self.redis = redis
-        self.key = key
-        self.slow_key = f"{key}:slow"
-        self.penalty_key = f"{key}:penalties"
-        self.interval = 1.0 / (rate * headroom)
+        self.rate = rate
+        self.count, self.window, self.spacing = window_of(rate)
+        # ``<key>:granted`` is a list (the times granted); the ``<key>`` of earlier
+        # versions held a string, and both may run side by side while upgrading.
+        self.keys = [f"{key}:granted", f"{key}:slow", f"{key}:hold"]
         self._acquire = redis.register_script(_ACQUIRE)
         self._penalize = redis.register_script(_PENALIZE)
         self._fallback: LocalRateLimiter | None = None
 
     def acquire(self) -> float:
-        """Reserve the next shared slot (one EVALSHA) and sleep until it."""
+        """Wait until a request may go (one EVALSHA a try); the seconds waited."""
         from redis.exceptions import RedisError
 
-        keys = [self.key, self.slow_key, self.penalty_key]
+        args = [str(self.count), repr(self.window), repr(self.spacing)]
         waited = 0.0
         try:
             while True:
-                wait_text, penalties = self._acquire(
-                    keys=keys, args=[repr(self.interval)]
-                )
-                wait = float(wait_text)
+                wait = float(self._acquire(keys=self.keys, args=args))
                 if wait <= 0:
                     return waited
                 time.sleep(wait)
                 waited += wait
-                if _text(self.redis.get(self.penalty_key)) == _text(penalties):
-                    return waited
         except RedisError as exc:
             # Without Redis the RQ side is down anyway; an inline delivery still
             # deserves a limit, so keep one in this process until Redis is back.
@@ -163,24 +189,18 @@ class RedisRateLimiter:
                 type(exc).__name__,
             )
             if self._fallback is None:
-                self._fallback = LocalRateLimiter(1.0 / self.interval, headroom=1.0)
+                self._fallback = LocalRateLimiter(self.rate)
             return waited + self._fallback.acquire()
 
     def penalize(self, pause: float) -> None:
-        """Move the shared next slot back and widen the shared spacing."""
+        """Hold every process back ``pause`` seconds and widen the shared window."""
         from redis.exceptions import RedisError
 
         try:
             self._penalize(
-                keys=[self.key, self.slow_key, self.penalty_key],
+                keys=self.keys,
                 args=[repr(pause), repr(MAX_SLOWDOWN), repr(SLOWDOWN_SECONDS)],
             )
         except RedisError:
             if self._fallback is not None:
                 self._fallback.penalize(pause)
-
-
-def _text(value: bytes | str | None) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return value or "0"

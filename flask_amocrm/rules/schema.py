@@ -97,6 +97,11 @@ FILES_MODES = ("links", "drive")
 LATER_KEYS: set[str] = set()
 _ENTITIES = ("contact", "company", "lead")
 _KINDS = {"forms": "form", "mails": "mail"}
+#: The tables of the rules: ``defaults``, merged under every rule, and the rules.
+TOP_KEYS = ("defaults", *_KINDS)
+#: Keys a form's or a mail event's own rule takes besides :data:`RULE_KEYS` (never
+#: ``defaults``): ``enabled``, and a mail rule's ``subject``.
+EVENT_RULE_KEYS = {"form": ("enabled",), "mail": ("enabled", "subject")}
 
 
 def _fail(where: str, problem: str) -> RuntimeError:

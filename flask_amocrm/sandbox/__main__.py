@@ -10,10 +10,11 @@ from types import FrameType
 from werkzeug.serving import make_server
 
 from .app import create_app
+from .server import ArrivalHandler
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line."""
+def command_line() -> argparse.ArgumentParser:
+    """The command line's parser (docs/sandbox.md lists its options)."""
     parser = argparse.ArgumentParser(
         prog="python -m flask_amocrm.sandbox",
         description="A local amoCRM that speaks API v4.",
@@ -56,7 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="FILE",
         help="load the account from FILE and save changes to it",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    return command_line().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         seed_contacts=args.seed_contacts,
         seed_companies=args.seed_companies,
     )
-    server = make_server(args.host, args.port, app, threaded=True)
+    server = make_server(
+        args.host, args.port, app, threaded=True, request_handler=ArrivalHandler
+    )
     url = f"http://{args.host}:{server.server_port}"
     print(f"amoCRM sandbox: {url}  token: {args.token}", flush=True)
     if args.client_id:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 from typing import Any
 
@@ -11,9 +12,25 @@ from flask import Flask
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from .app import create_app
+from .limits import ARRIVED
 
 
-class _QuietHandler(WSGIRequestHandler):
+class ArrivalHandler(WSGIRequestHandler):
+    """Notes when each request arrived, as a gateway would, before the request is
+    parsed and routed: in a busy Python process those steps wait their turn, and
+    the rate limit must not count the wait (:mod:`.limits`)."""
+
+    def parse_request(self) -> bool:
+        self.arrived = time.time()
+        return bool(super().parse_request())
+
+    def make_environ(self) -> dict[str, Any]:
+        environ = dict(super().make_environ())
+        environ[ARRIVED] = getattr(self, "arrived", None)
+        return environ
+
+
+class _QuietHandler(ArrivalHandler):
     """No access log on stderr: tests read ``/_sandbox/requests`` instead."""
 
     def log_request(self, *args: Any, **kwargs: Any) -> None:

@@ -32,6 +32,7 @@ from ..errors import (
 )
 from ..hooks import for_events
 from ..i18n import N_, message_of
+from ..meter import count_outcomes
 from ..models import (
     CANCELLED,
     DELIVERED,
@@ -43,7 +44,7 @@ from ..models import (
     EventAttempt,
     utcnow,
 )
-from ..outbox import append_log, claim, cut_reason
+from ..outbox import append_log, claim, claim_due, cut_reason
 from ..progress import Progress
 from ..rules.plan import Plan, PlanEnv
 from ..rules.render import build_plan
@@ -93,11 +94,31 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
     Returns the status each claimed event ended in; events that were not due or that
     another worker holds are left out.
     """
+    return deliver_claimed(claim_events(event_ids))
+
+
+def claim_events(event_ids: list[int]) -> list[int]:
+    """Claim those of these events of the current app that are due and that
+    nobody else holds (:func:`~flask_amocrm.outbox.claim`)."""
     state = get_state()
     reload_rules(state)  # a rules file fixed since the last batch is used now
-    claimed = claim(state, list(dict.fromkeys(event_ids)))
+    return claim(state, list(dict.fromkeys(event_ids)))
+
+
+def deliver_due(limit: int) -> dict[int, str]:
+    """Claim up to ``limit`` of the oldest due events of the current app and
+    deliver them together (:func:`~flask_amocrm.outbox.claim_due`); the status each
+    ended in, nothing when none was due."""
+    state = get_state()
+    reload_rules(state)
+    return deliver_claimed(claim_due(state, limit))
+
+
+def deliver_claimed(claimed: list[int]) -> dict[int, str]:
+    """Deliver the events this worker has just claimed, together."""
     if not claimed:
         return {}
+    state = get_state()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     worker = f"{socket.gethostname()}:{os.getpid()}"
     outcomes: dict[int, tuple[str, str | None]] = {}
@@ -133,7 +154,11 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                 )
                 continue
             except Exception as exc:  # Redis or the database hiccuped: try later
-                log.exception("Unexpected error planning event %s", event.id)
+                log.exception(
+                    "Unexpected error planning event %s",
+                    event.id,
+                    extra={"event_id": event.id},
+                )
                 outcomes[event.id] = (
                     RETRYING,
                     N_("unexpected %(error)s", error=describe(exc)),
@@ -228,6 +253,7 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
             attempt.outcome = outcome
             attempt.error = error
         session.commit()
+    count_outcomes(state, events)
 
     for event in events:
         outcome, error = outcomes[event.id]
@@ -236,25 +262,38 @@ def deliver_events(event_ids: list[int]) -> dict[int, str]:
                 "Event %s delivered: %s",
                 event.id,
                 Progress.from_json(event.remote).ids(),
+                extra={"event_id": event.id},
             )
             event_delivered.send(app, event=event)
         elif outcome == FAILED:
             # The reason may quote what the visitor sent: it stays on the event.
-            log.warning("Event %s failed (%s)", event.id, kinds[event.id])
+            log.warning(
+                "Event %s failed (%s)",
+                event.id,
+                kinds[event.id],
+                extra={"event_id": event.id},
+            )
             event_failed.send(app, event=event, error=error)
         elif outcome == CANCELLED:
             # The reason is the site's own words: it stays on the event.
-            log.info("Event %s cancelled by a hook", event.id)
+            log.info(
+                "Event %s cancelled by a hook", event.id, extra={"event_id": event.id}
+            )
             event_cancelled.send(app, event=event, reason=error)
         elif outcome == SPAM:
             # The reasons may quote the visitor's IP or phone: they stay on the event.
-            log.info("Event %s held as spam; nothing was sent", event.id)
+            log.info(
+                "Event %s held as spam; nothing was sent",
+                event.id,
+                extra={"event_id": event.id},
+            )
         elif outcome == RETRYING:
             log.warning(
                 "Event %s will be retried at %s (%s)",
                 event.id,
                 event.next_attempt_at,
                 kinds[event.id],
+                extra={"event_id": event.id},
             )
     after_push(state, [e for e in events if outcomes[e.id][0] == DELIVERED])
     return {event_id: outcome for event_id, (outcome, _) in outcomes.items()}
@@ -324,7 +363,11 @@ def _run(
             note_failure(state, exc)
             return (RETRYING if exc.retryable else FAILED, failure_reason(exc))
         except Exception as exc:  # a bug or a database hiccup: keep trying, loudly
-            log.exception("Unexpected error delivering events %s", claimed)
+            log.exception(
+                "Unexpected error delivering events %s",
+                claimed,
+                extra={"event_ids": claimed},
+            )
             return (RETRYING, N_("unexpected %(error)s", error=describe(exc)))
         break
     note_success(state)

@@ -45,10 +45,19 @@ class Delivery:
         """Add ``lines`` to the event's log, within its caps, each line once."""
         self.event.log = append_log(self.event.log, lines)
 
+    #: ``event.remote`` and its parse, read again when ``event.remote`` changes.
+    _parsed: tuple[Any, Progress] | None = field(default=None, repr=False)
+
     @property
     def progress(self) -> Progress:
-        """How far this event got (a fresh copy of what ``event.remote`` holds)."""
-        return Progress.from_json(self.event.remote)
+        """How far this event got: what ``event.remote`` holds, read once per change
+        of it (steps ask many times per event). To be read: :meth:`record` changes
+        it."""
+        remote = self.event.remote
+        parsed = self._parsed
+        if parsed is None or parsed[0] is not remote:
+            parsed = self._parsed = (remote, Progress.from_json(remote))
+        return parsed[1]
 
     def ids(self) -> dict[str, int | None]:
         """The lead, contact and company of this event known so far."""
@@ -73,7 +82,7 @@ class Delivery:
 
         ``event.remote`` is reassigned, never changed in place, so SQLAlchemy sees
         it."""
-        progress = self.progress
+        progress = Progress.from_json(self.event.remote)
         for name, value in values.items():
             if name == "extra" or not hasattr(progress, name):
                 raise TypeError(f"{name!r} is not a field of Progress")

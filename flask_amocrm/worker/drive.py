@@ -67,7 +67,7 @@ def upload_files(client: AmoClient, deliveries: list[Delivery]) -> None:
 
 def _put(delivery: Delivery, index: int, **values: Any) -> dict[str, Any]:
     """Merge ``values`` into the progress of file ``index`` and save at once."""
-    files = delivery.progress.files
+    files = dict(delivery.progress.files)
     record = dict(files.get(str(index)) or {})
     record.update(values)
     files[str(index)] = record

@@ -8,7 +8,7 @@ from flask import has_app_context
 
 from ..outbox import batch_with
 from ..state import get_state
-from .deliver import deliver_events
+from .backlog import drain
 from .inbound import handle_changes
 from .job_class import flask_app
 from .queue import drop_jobs
@@ -25,9 +25,15 @@ def deliver(event_id: int) -> str:
 
 
 def _deliver(event_id: int) -> str:
+    """The event's batch, and while events are due, batch after batch, several at
+    once (:func:`~.backlog.drain`): a burst is delivered by the jobs that are
+    running, and the jobs of the events they took are dropped unrun."""
     state = get_state()
-    outcomes = deliver_events(batch_with(state, event_id))
-    drop_jobs(state, [i for i in outcomes if i != event_id])
+
+    def done(ids: list[int]) -> None:
+        drop_jobs(state, [i for i in ids if i != event_id])
+
+    outcomes = drain(state, first=batch_with(state, event_id), after_batch=done)
     return outcomes.get(event_id, "skipped")
 
 

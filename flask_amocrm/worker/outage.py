@@ -29,6 +29,7 @@ from ..errors import (
     failure_reason,
 )
 from ..i18n import gettext, localize, ngettext, site_locale
+from ..meter import count_outage
 from ..models import PENDING, PROCESSING, RETRYING, Event
 from ..state import AppState
 
@@ -117,7 +118,10 @@ def note_failure(state: AppState, exc: BaseException) -> None:
     if alert_auth_failure(state, exc):
         # Its own mail said what to do; the outage starts quietly, and its end is
         # announced as any other.
-        shared.set_once(state, _FLAG, json.dumps({"since": started, "reason": reason}))
+        if shared.set_once(
+            state, _FLAG, json.dumps({"since": started, "reason": reason})
+        ):
+            count_outage(state)
         return
     if isinstance(exc, AccountBlockedError) and shared.set_once(
         state,
@@ -140,6 +144,7 @@ def note_failure(state: AppState, exc: BaseException) -> None:
         state, _FLAG, json.dumps({"since": started, "reason": reason})
     ):
         return
+    count_outage(state)
     host = state.settings.base_url
     log.error("amoCRM outage started at %s: %s", host, english)
     send_alert(

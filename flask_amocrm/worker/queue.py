@@ -127,6 +127,34 @@ def enqueue_event(
     return False
 
 
+def jobs_waiting(
+    state: AppState,
+    event_ids: list[int],
+    *,
+    abandoned: set[int] | frozenset[int] = frozenset(),
+) -> set[int]:
+    """Which of these events have a job waiting (queued, scheduled or running), read
+    in one round trip: the sweeper queues only the others, instead of trying each
+    event's unique enqueue. A running job of an ``abandoned`` event (its lease ran
+    out: its worker died) does not count."""
+    if not event_ids:
+        return set()
+    connection = get_queue(state).connection
+    with connection.pipeline(transaction=False) as pipe:
+        for event_id in event_ids:
+            pipe.hget(Job.key_for(job_id(state, event_id)), "status")
+        statuses = pipe.execute()
+    waiting = set()
+    for event_id, raw in zip(event_ids, statuses, strict=True):
+        status = raw.decode() if isinstance(raw, bytes) else raw
+        if status not in _WAITING:
+            continue
+        if event_id in abandoned and status == JobStatus.STARTED:
+            continue
+        waiting.add(event_id)
+    return waiting
+
+
 def drop_jobs(state: AppState, event_ids: list[int]) -> None:
     """Remove the queued jobs of events a batch already handled, so workers do not
     spend a fork each on jobs that would only find their event done. A job that a

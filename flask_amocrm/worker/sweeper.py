@@ -13,7 +13,7 @@ import logging
 from ..inbox import due_inbound
 from ..outbox import due_ids, lease_expired
 from ..state import AppState
-from .queue import enqueue_change, enqueue_event
+from .queue import enqueue_change, enqueue_event, jobs_waiting
 from .rules_file import reload_rules
 
 log = logging.getLogger("flask_amocrm.worker")
@@ -31,7 +31,11 @@ def sweep(
     # A rule switched on again in the rules file makes its held events due.
     reload_rules(state)
     held = lease_expired(state)
-    for event_id in due_ids(state, limit, include_fresh=include_fresh):
+    due = due_ids(state, limit, include_fresh=include_fresh)
+    waiting = jobs_waiting(state, due, abandoned=held)
+    for event_id in due:
+        if event_id in waiting:
+            continue
         if enqueue_event(state, event_id, abandoned=event_id in held):
             queued += 1
     if queued:

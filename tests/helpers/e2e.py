@@ -17,6 +17,24 @@ from flask_amocrm.worker import index
 #: complete contact index.
 INDEX_MODES = ("search", "index")
 
+#: A callback form that makes a contact, a lead with a note and a task: three calls
+#: a batch, one after the other.
+CALLBACK_NOTE_TASK: dict[str, Any] = {
+    "forms": {
+        "callback": {
+            "contact": {
+                "name": "{{ data.name }}",
+                "fields": {"PHONE": "{{ data.phone }}"},
+            },
+            "lead": {
+                "name": "Callback: {{ data.name }}",
+                "note": "Called from the site",
+            },
+            "task": {"text": "Call {{ data.name }} back", "deadline": "+1h"},
+        }
+    }
+}
+
 
 def form_site(make_app: Any, rules: dict[str, Any] | str, **config: Any) -> Flask:
     """An app with ``rules`` whose ``POST /form/<id>`` sends ``form_submitted``

@@ -1,0 +1,202 @@
+"""A backlog: one job delivers batch after batch, several at once; workers and their
+threads take different events in full batches and share amoCRM's 7 requests a
+second."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections import Counter
+from typing import Any
+
+from flask import Flask
+
+from flask_amocrm import Event
+from flask_amocrm.outbox import claim_due
+from flask_amocrm.state import get_state
+from tests.helpers.client import busiest_second
+from tests.helpers.e2e import CALLBACK_NOTE_TASK
+from tests.helpers.process import FLASK, child_env, site_module
+
+RULES = CALLBACK_NOTE_TASK
+
+
+def _submit(app: Flask, n: int) -> None:
+    amocrm = app.extensions["amocrm"].extension
+    with app.app_context():
+        for i in range(n):
+            amocrm.submit(
+                "callback", {"name": f"Visitor {i:03d}", "phone": f"+7912{i:07d}"}
+            )
+
+
+def _rq_app(make_app: Any, redis_url: str, **config: Any) -> Flask:
+    """A site queueing its events (unless ``config`` says otherwise), delivered 5 a
+    batch, 3 batches at once."""
+    defaults = {
+        "AMOCRM_DELIVERY": "rq",
+        "AMOCRM_REDIS_URL": redis_url,
+        "AMOCRM_RULES": RULES,
+        "AMOCRM_BATCH_SIZE": 5,
+        "AMOCRM_WORKER_THREADS": 3,
+    }
+    app: Flask = make_app(**{**defaults, **config})
+    return app
+
+
+def _statuses(app: Flask) -> Counter[str]:
+    with app.app_context(), app.extensions["amocrm"].session() as session:
+        return Counter(e.status for e in session.query(Event))
+
+
+def _complex_sizes(sandbox: Any) -> list[int]:
+    return [
+        len(r["body"])
+        for r in sandbox.requests()
+        if r["path"] == "/api/v4/leads/complex" and r["status"] == 200
+    ]
+
+
+def test_one_job_drains_the_backlog_in_full_batches(
+    make_app: Any, sandbox: Any, redis_conn: Any, redis_url: str
+) -> None:
+    from rq.registry import FinishedJobRegistry
+
+    from flask_amocrm.worker import AmoWorker
+    from flask_amocrm.worker.queue import get_queue
+
+    sandbox.config(rate_limit=0, latency_ms=30)
+    app = _rq_app(make_app, redis_url, AMOCRM_RATE_LIMIT=50)
+    _submit(app, 40)  # a job each
+    with app.app_context():
+        queue = get_queue(get_state(), for_worker=True)
+        assert queue.count == 40
+        AmoWorker([queue], apps=[app], connection=queue.connection).work(
+            burst=True, with_scheduler=False
+        )
+        finished = FinishedJobRegistry(queue=queue).get_job_ids()
+
+    assert _statuses(app) == {"delivered": 40}
+    leads = Counter(lead["name"] for lead in sandbox.leads())
+    assert len(leads) == 40 and set(leads.values()) == {1}
+    # The first job took every batch; the jobs of the events it took were dropped
+    # unrun, and no batch was split between its threads.
+    assert len(finished) == 1, finished
+    assert queue.count == 0
+    assert _complex_sizes(sandbox) == [5] * 8
+
+
+def test_workers_and_their_threads_share_the_limit_and_deliver_once(
+    make_app: Any, sandbox: Any, redis_conn: Any, redis_url: str, tmp_path: Any
+) -> None:
+    sandbox.config(rate_limit=7, latency_ms=50)
+    app = _rq_app(make_app, redis_url, AMOCRM_LOG_REQUESTS=False)
+    _submit(app, 60)
+    config = {k: v for k, v in app.config.items() if k.startswith("AMOCRM_")}
+    env = child_env(site_module(tmp_path, config), FLASK_APP="site_app")
+    workers = [
+        subprocess.Popen(
+            [FLASK, "amocrm", "worker", "--burst"],
+            env=env,
+            cwd=str(tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        assert worker.wait(timeout=120) == 0
+
+    assert _statuses(app) == {"delivered": 60}
+    leads = Counter(lead["name"] for lead in sandbox.leads())
+    assert len(leads) == 60 and set(leads.values()) == {1}
+    assert len(sandbox.tasks()) == 60
+    log = [r for r in sandbox.requests() if r["path"].startswith("/api/v4")]
+    busiest = busiest_second(log)
+    print(f"2 workers x 3 threads, {len(log)} requests: at most {busiest} a second")
+    assert busiest <= 7
+
+
+def test_threads_claiming_at_once_take_different_events(
+    make_app: Any, database_uri: str
+) -> None:
+    app = make_app(AMOCRM_DATABASE_URI=database_uri)
+    _submit(app, 60)
+    taken: list[list[int]] = []
+    lock = threading.Lock()
+
+    def claimer() -> None:
+        with app.app_context():
+            state = get_state()
+            while batch := claim_due(state, 7):
+                with lock:
+                    taken.append(batch)
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    ids = [i for batch in taken for i in batch]
+    assert len(ids) == len(set(ids)) == 60
+    assert all(batch == sorted(batch) for batch in taken)
+    with app.app_context(), app.extensions["amocrm"].session() as session:
+        events = list(session.query(Event))
+    assert {e.status for e in events} == {"processing"}
+    assert {e.attempts for e in events} == {1}
+
+
+def test_a_job_stops_draining_when_amocrm_takes_nothing(
+    make_app: Any, sandbox: Any, redis_conn: Any, redis_url: str
+) -> None:
+    from flask_amocrm.worker.jobs import deliver
+
+    app = _rq_app(
+        make_app,
+        redis_url,
+        AMOCRM_DELIVERY="deferred",
+        AMOCRM_WORKER_THREADS=1,
+        AMOCRM_RATE_LIMIT=50,
+    )
+    _submit(app, 20)
+    with app.app_context(), app.extensions["amocrm"].session() as session:
+        first = min(e.id for e in session.query(Event))
+    sandbox.faults(status=503, seconds=30)
+    with app.app_context():
+        assert deliver(first) == "retrying"
+    sandbox.faults(clear=True)
+    # amoCRM is down: the job tried its own batch and left the rest to their jobs.
+    assert _statuses(app) == {"retrying": 5, "pending": 15}
+
+
+def test_an_in_memory_database_is_delivered_from_one_thread(
+    sandbox: Any, tmp_path: Any
+) -> None:
+    """A site's own tests often run on Flask-SQLAlchemy's in-memory SQLite: one
+    connection, which threads cannot share."""
+    from flask_sqlalchemy import SQLAlchemy
+
+    from flask_amocrm import AmoCRM
+    from flask_amocrm.testing import deliver_pending
+
+    db = SQLAlchemy()
+    app = Flask("memory_site", instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        TESTING=True,
+        SQLALCHEMY_DATABASE_URI="sqlite://",
+        AMOCRM_BASE_URL=sandbox.url,
+        AMOCRM_TOKEN=sandbox.token,
+        AMOCRM_RULES=RULES,
+        AMOCRM_DELIVERY="deferred",
+        AMOCRM_BATCH_SIZE=5,
+        AMOCRM_RATE_LIMIT=50,
+    )
+    db.init_app(app)
+    AmoCRM(app, db=db)
+    with app.app_context():
+        db.create_all()
+    _submit(app, 12)
+    assert deliver_pending(app).get("delivered") == 12
+    assert _statuses(app) == {"delivered": 12}
+    assert len(sandbox.leads()) == 12
