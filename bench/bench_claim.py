@@ -101,6 +101,13 @@ def fill(database: str) -> None:
                 f"THEN {now} END FROM {series}"
             )
         )
+        if postgres:  # the ids were given: the next capture takes the one after
+            conn.execute(
+                text(
+                    "SELECT setval(pg_get_serial_sequence('amocrm_events', 'id'), "
+                    f"{ROWS})"
+                )
+            )
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         conn.execute(text("VACUUM ANALYZE amocrm_events" if postgres else "ANALYZE"))
