@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
+import signal
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -74,6 +77,8 @@ from .worker.reconcile import listened, read_until
 from .worker.rules_file import rules_age
 from .worker.schedule import ensure_tick, housekeeping, reconcile_due
 from .worker.sources import forget_source
+
+log = logging.getLogger("flask_amocrm.worker")
 
 amocrm_cli = AppGroup("amocrm", help="Flask-AmoCRM: deliver site events to amoCRM.")
 
@@ -260,12 +265,44 @@ def worker(burst: bool, with_scheduler: bool, maintenance_interval: int) -> None
             ensure_tick(state)
     except RedisError as exc:
         raise _redis_down(state, exc) from None
-    AmoWorker(
-        [queue],
-        apps=[app],
-        connection=queue.connection,
-        maintenance_interval=maintenance_interval,
-    ).work(burst=burst, with_scheduler=with_scheduler)
+    while True:
+        rq_worker = AmoWorker(
+            [queue],
+            apps=[app],
+            connection=queue.connection,
+            maintenance_interval=maintenance_interval,
+        )
+        try:
+            rq_worker.work(burst=burst, with_scheduler=with_scheduler)
+        except RedisError as exc:
+            if burst:
+                raise _redis_down(state, exc) from None
+        else:
+            if burst or getattr(rq_worker, "_stop_requested", True):
+                return
+        # RQ's worker quits when Redis goes away under it (while it watches a work
+        # horse, or as it reports its own death): Redis restarted, or failed over.
+        # Wait for it and work again, rather than leave the queue to nobody.
+        _wait_for_redis(state)
+
+
+def _wait_for_redis(state: AppState) -> None:
+    """Sleep until Redis answers again (a SIGTERM or Ctrl-C stops the wait)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # RQ's handlers need its loop
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    log.warning(
+        "The RQ worker of %s stopped when Redis went away; it starts again when "
+        "Redis answers",
+        _safe_url(state.settings.redis_url or ""),
+    )
+    pause = 0.5
+    while True:
+        time.sleep(pause)
+        try:
+            state.redis().ping()
+            return
+        except RedisError:
+            pause = min(pause * 2, 5.0)
 
 
 @amocrm_cli.command("process")

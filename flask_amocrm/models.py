@@ -50,6 +50,12 @@ IGNORED = "ignored"
 CANCELLED = "cancelled"
 SPAM = "spam"
 STATUSES = (PENDING, PROCESSING, RETRYING, DELIVERED, FAILED, IGNORED, CANCELLED, SPAM)
+#: The statuses of an event that still waits for a worker: the claim looks among
+#: these only, through the partial index ``ix_amocrm_events_waiting``.
+WAITING = (PENDING, RETRYING, PROCESSING)
+#: That condition as SQL, as the index has it and the claim's query
+#: (:func:`flask_amocrm.outbox.due`) repeats it, literals and all.
+WAITING_SQL = "status IN ({})".format(", ".join(f"'{s}'" for s in WAITING))
 #: How a person reads each status (``_(STATUS_LABELS[status])``; English: the name).
 STATUS_LABELS = {
     PENDING: N_("pending"),
@@ -131,6 +137,15 @@ class Event(Base):
 
     __table_args__ = (
         Index("ix_amocrm_events_due", "status", "next_attempt_at"),
+        # the claim: the events that still wait, in id order, without a look at the
+        # delivered ones however many they are (a partial index; PostgreSQL reads
+        # it, SQLite mostly its index on status, see outbox.oldest_first)
+        Index(
+            "ix_amocrm_events_waiting",
+            "id",
+            postgresql_where=text(WAITING_SQL),
+            sqlite_where=text(WAITING_SQL),
+        ),
         # the admin's list of one status, newest first, a page at a time
         Index("ix_amocrm_events_status_id", "status", "id"),
         # the spam checks' rates: the events stored within a window

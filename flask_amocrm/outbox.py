@@ -51,7 +51,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import NullType
 
 from .dedup import normalize_email, normalize_phone
 from .i18n import N_, localize, site_locale
@@ -63,6 +66,7 @@ from .models import (
     PROCESSING,
     RETRYING,
     SPAM,
+    WAITING,
     Event,
     InboundChange,
     utcnow,
@@ -685,18 +689,63 @@ def switched_off(state: AppState) -> list[SwitchedOff]:
 # -- due events ------------------------------------------------------------------------
 
 
+class Waiting(ColumnElement[Any]):
+    """``amocrm_events.status IN ('pending', 'retrying', 'processing')``, as the
+    partial index ``ix_amocrm_events_waiting`` has it (PostgreSQL reads that index
+    for it). On SQLite it is wrapped in ``unlikely()``: its statistics cannot tell
+    that few events wait among many delivered, and would have it walk the whole
+    table; told the condition is rare, it reads the waiting events by status."""
+
+    # no Boolean type: SQLAlchemy would compare it with 1 on SQLite
+    type = NullType()
+    inherit_cache = True
+
+
+def _waiting_sql(compiler: SQLCompiler, **kw: Any) -> str:
+    listed: list[ColumnElement[Any]] = [
+        literal_column(f"'{status}'") for status in WAITING
+    ]
+    return str(compiler.process(Event.status.in_(listed), **kw))
+
+
+@compiles(Waiting)
+def _compile_waiting(element: Waiting, compiler: SQLCompiler, **kw: Any) -> str:
+    return _waiting_sql(compiler, **kw)
+
+
+@compiles(Waiting, "sqlite")
+def _compile_waiting_sqlite(element: Waiting, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"unlikely({_waiting_sql(compiler, **kw)})"
+
+
 def due(now: datetime, hold: ColumnElement[bool] | None = None) -> ColumnElement[bool]:
     """The condition of an event that may be claimed at ``now``; ``hold``
-    (:func:`on_hold`) leaves out the events whose delivery is switched off."""
-    ready = or_(
-        Event.status == PENDING,
-        and_(
-            Event.status == RETRYING,
-            or_(Event.next_attempt_at.is_(None), Event.next_attempt_at <= now),
+    (:func:`on_hold`) leaves out the events whose delivery is switched off. It
+    starts with the condition of ``ix_amocrm_events_waiting``, word for word, so
+    PostgreSQL reads that partial index and never the delivered events."""
+    ready = and_(
+        Waiting(),
+        or_(
+            Event.status == PENDING,
+            and_(
+                Event.status == RETRYING,
+                or_(Event.next_attempt_at.is_(None), Event.next_attempt_at <= now),
+            ),
+            and_(Event.status == PROCESSING, Event.locked_until < now),
         ),
-        and_(Event.status == PROCESSING, Event.locked_until < now),
     )
     return ready if hold is None else and_(ready, not_(hold))
+
+
+def oldest_first(state: AppState) -> ColumnElement[int]:
+    """The order of due events, oldest first, as each database reads it cheaply.
+    SQLite may satisfy ``ORDER BY id`` by walking the table in rowid order, reading
+    every delivered event before the waiting ones (the newest); ``id + 0`` is no
+    rowid to its planner: it reads the waiting events by status and sorts those
+    (:class:`Waiting`). PostgreSQL reads them in id order from the partial index
+    ``ix_amocrm_events_waiting``."""
+    column: ColumnElement[int] = Event.id.expression
+    return column if state.engine.dialect.name == "postgresql" else column + 0
 
 
 def due_ids(
@@ -705,7 +754,9 @@ def due_ids(
     """Ids of the events that are due, oldest first. ``include_fresh=False`` leaves
     out pending events so young that their own job is still on the way."""
     now = utcnow()
-    query = select(Event.id).where(due(now, on_hold(state))).order_by(Event.id)
+    query = (
+        select(Event.id).where(due(now, on_hold(state))).order_by(oldest_first(state))
+    )
     if not include_fresh:
         query = query.where(Event.created_at < now - GRACE)
     if limit is not None:
@@ -751,15 +802,25 @@ def claim_rows(
 ) -> list[int]:
     """Take the rows of ``model`` among ``ids`` that are ``ready`` at now, in one
     statement: give them ``status``, hold them for :data:`LEASE` and count an
-    attempt. Returns their ids in the order of ``ids``."""
+    attempt. Returns their ids in the order of ``ids``.
+
+    On PostgreSQL the rows are chosen ``FOR UPDATE SKIP LOCKED``: a row another
+    worker is claiming at this moment is left to it, not waited for (that worker
+    takes it, or it stays due). SQLite has one writer at a time and no row locks;
+    the clause is left out there."""
     if not ids:
         return []
     now = utcnow()
+    free = (
+        select(model.id)
+        .where(model.id.in_(ids), ready(now))
+        .with_for_update(skip_locked=True)
+    )
     with state.session() as session:
         claimed = set(
             session.scalars(
                 update(model)
-                .where(model.id.in_(ids), ready(now))
+                .where(model.id.in_(free), ready(now))
                 .values(
                     status=status,
                     locked_until=now + LEASE,
@@ -784,7 +845,7 @@ def claim_due(state: AppState, limit: int) -> list[int]:
     oldest = (
         select(Event.id)
         .where(ready)
-        .order_by(Event.id)
+        .order_by(oldest_first(state))
         .limit(limit)
         .with_for_update(skip_locked=True)
     )

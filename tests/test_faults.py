@@ -146,3 +146,64 @@ def test_workers_killed_mid_batch_deliver_every_event_exactly_once(
         f"kills {kills}, events tried more than once {retried}, "
         f"leads found again by their marker {found}"
     )
+
+
+def test_a_worker_outlives_redis_restarted_under_it(
+    make_app: Any, sandbox: Any, tmp_path: Any
+) -> None:
+    """Redis goes away while the worker watches its work horse (RQ's own worker quits
+    then), and comes back empty: the same ``flask amocrm worker`` delivers what is
+    captured afterwards, without a supervisor starting it again."""
+    from tests.helpers.redis_server import RedisServer
+
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis").start()
+    sandbox.config(rate_limit=0, latency_ms=1500)  # the horse is busy a while
+    app = make_app(
+        AMOCRM_DELIVERY="rq",
+        AMOCRM_REDIS_URL=f"{server.url}/0",
+        AMOCRM_RULES={"forms": {"callback": {"lead": {"name": "{{ data.name }}"}}}},
+    )
+    amocrm = app.extensions["amocrm"].extension
+    env = _site(tmp_path, app)
+    flask = os.path.join(os.path.dirname(sys.executable), "flask")
+    worker = subprocess.Popen(
+        [flask, "amocrm", "worker"],
+        env=env,
+        cwd=str(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with app.app_context():
+            first = amocrm.submit("callback", {"name": "Before"})
+        assert first is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with app.app_context():
+                event = amocrm.get_event(first.id)
+            if event is not None and event.status == "processing":
+                break
+            time.sleep(0.05)
+        assert server.process is not None
+        server.process.kill()  # no persistence: it comes back empty
+        server.process.wait()
+        time.sleep(10)  # down until after the horse ended and the worker looked
+        server = RedisServer(tmp_path / "redis").start(port=server.port)
+        time.sleep(3)
+        with app.app_context():
+            amocrm.submit("callback", {"name": "After"})
+        deadline = time.monotonic() + 90
+        names: set[str] = set()
+        while time.monotonic() < deadline and "After" not in names:
+            names = {lead["name"] for lead in sandbox.leads()}
+            time.sleep(0.5)
+        assert worker.poll() is None, "the worker exited when Redis restarted"
+        assert names == {"Before", "After"}
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            _kill_tree(worker)
+        server.stop()

@@ -36,8 +36,11 @@ class RedisServer:
     """A ``redis-server`` subprocess without persistence, its files in
     ``directory``; :meth:`start` returns once it answers PING."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, bind: str = "127.0.0.1") -> None:
         self.directory = directory
+        #: The addresses it listens on, space separated (``127.0.0.1`` first: it is
+        #: pinged there); more than loopback turns Redis's protected mode off.
+        self.bind = bind
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -74,7 +77,9 @@ class RedisServer:
                         "--port",
                         str(self.port),
                         "--bind",
-                        "127.0.0.1",
+                        *self.bind.split(),
+                        "--protected-mode",
+                        "yes" if self.bind == "127.0.0.1" else "no",
                         "--save",
                         "",
                         "--appendonly",
