@@ -45,6 +45,9 @@ log = logging.getLogger("flask_amocrm.amo")
 MARGIN = 0.1
 #: Two requests are never closer than this share of the even spacing.
 MIN_SPACING = 0.5
+#: Requests a second each process keeps to while Redis is down (the budget cannot be
+#: shared then): seven processes still stay within amoCRM's 7.
+FALLBACK_RATE = 1.0
 #: How long the window stays widened after a 429.
 SLOWDOWN_SECONDS = 60.0
 #: The most the window is widened after repeated 429s.
@@ -182,14 +185,16 @@ class RedisRateLimiter:
                 time.sleep(wait)
                 waited += wait
         except RedisError as exc:
-            # Without Redis the RQ side is down anyway; an inline delivery still
-            # deserves a limit, so keep one in this process until Redis is back.
+            # The budget cannot be shared without Redis: each process keeps to a
+            # share small enough that several of them stay within amoCRM's limit
+            # (a batch in hand goes on; the RQ side waits for Redis).
             log.warning(
-                "Rate limiter: Redis failed (%s); limiting in-process",
+                "Rate limiter: Redis failed (%s); limiting in-process to %s a second",
                 type(exc).__name__,
+                min(self.rate, FALLBACK_RATE),
             )
             if self._fallback is None:
-                self._fallback = LocalRateLimiter(self.rate)
+                self._fallback = LocalRateLimiter(min(self.rate, FALLBACK_RATE))
             return waited + self._fallback.acquire()
 
     def penalize(self, pause: float) -> None:
