@@ -181,8 +181,16 @@ def known_people(sandbox: str, n: int) -> list[dict[str, Any]]:
 
 
 def burst(
-    sandbox: str, app: Flask, people: list[dict[str, Any]], start: int, label: str
+    sandbox: str,
+    app: Flask,
+    people: list[dict[str, Any]],
+    start: int,
+    label: str,
+    goal_rate: int | None = GOAL_RATE,
 ) -> None:
+    """A burst of ``people``'s events: lookup calls and events/s. The goal of
+    events/s is the issue's for new visitors; returning ones cost more calls (the
+    verification read, their leads, the updates), so theirs is only shown."""
     submit(app, people, start)
     forget(sandbox)
     began = time.monotonic()
@@ -205,8 +213,8 @@ def burst(
         f"{label}: events/s",
         f"{n / took:.1f}",
         f"ceiling {ceiling:.0f} ({RATE:g} requests/s over {per_event:.2f})",
-        f">= {GOAL_RATE}",
-        n / took >= GOAL_RATE,
+        "-" if goal_rate is None else f">= {goal_rate}",
+        None if goal_rate is None else n / took >= goal_rate,
     )
 
 
@@ -279,6 +287,7 @@ def main() -> None:
             returning,
             5000,
             f"index on, a burst of {len(returning)} returning visitors",
+            goal_rate=None,
         )
 
         app = make_site(sandbox, tmp, "searching", 0)
