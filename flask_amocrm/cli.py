@@ -278,12 +278,21 @@ def worker(burst: bool, with_scheduler: bool, maintenance_interval: int) -> None
             if burst:
                 raise _redis_down(state, exc) from None
         else:
-            if burst or getattr(rq_worker, "_stop_requested", True):
+            if burst or _stop_asked(rq_worker):
                 return
         # RQ's worker quits when Redis goes away under it (while it watches a work
         # horse, or as it reports its own death): Redis restarted, or failed over.
         # Wait for it and work again, rather than leave the queue to nobody.
         _wait_for_redis(state)
+
+
+def _stop_asked(rq_worker: AmoWorker) -> bool:
+    """Whether the worker ended because it was asked to (SIGTERM, Ctrl-C): RQ notes
+    when, whether it was idle or busy then; only a busy one sets ``_stop_requested``."""
+    return (
+        getattr(rq_worker, "_shutdown_requested_date", None) is not None
+        or getattr(rq_worker, "_stop_requested", False) is True
+    )
 
 
 def _wait_for_redis(state: AppState) -> None:

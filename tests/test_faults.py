@@ -207,3 +207,23 @@ def test_a_worker_outlives_redis_restarted_under_it(
         except subprocess.TimeoutExpired:
             _kill_tree(worker)
         server.stop()
+
+
+def test_an_idle_worker_stops_when_asked(
+    make_app: Any, sandbox: Any, redis_conn: Any, redis_url: str, tmp_path: Any
+) -> None:
+    """SIGTERM (``systemctl stop``) stops a worker that has nothing to do at once:
+    waiting for Redis to come back is for a worker whose Redis went away."""
+    from rq import Worker
+
+    from tests.helpers.process import start_worker, stop
+
+    app = make_app(AMOCRM_DELIVERY="rq", AMOCRM_REDIS_URL=redis_url)
+    config = {k: v for k, v in app.config.items() if k.startswith("AMOCRM_")}
+    worker = start_worker(tmp_path, config)
+    deadline = time.monotonic() + 60
+    while not Worker.all(connection=redis_conn) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert Worker.all(connection=redis_conn), "the worker did not start"
+    stop(worker)  # SIGTERM, then SIGKILL after 20 s
+    assert worker.returncode == 0
