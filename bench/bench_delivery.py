@@ -279,7 +279,11 @@ def burst(
         for proc in procs:
             proc.terminate()
         for proc in procs:
-            proc.wait(30)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:  # never leave a worker on the queue
+                proc.kill()
+                proc.wait()
     assert last is not None, "the burst was not delivered in 5 minutes"
     elapsed = last - started
     entries = [
