@@ -195,6 +195,9 @@ class RedisRateLimiter:
             )
             if self._fallback is None:
                 self._fallback = LocalRateLimiter(min(self.rate, FALLBACK_RATE))
+                # The window Redis kept is gone with it: let it pass before this
+                # process's first request, or every process sends one at once.
+                self._fallback.penalize(self.window)
             return waited + self._fallback.acquire()
 
     def penalize(self, pause: float) -> None:
