@@ -172,29 +172,23 @@ def test_a_job_stops_draining_when_amocrm_takes_nothing(
 
 
 def test_an_in_memory_database_is_delivered_from_one_thread(
-    sandbox: Any, tmp_path: Any
+    make_app: Any, sandbox: Any
 ) -> None:
     """A site's own tests often run on Flask-SQLAlchemy's in-memory SQLite: one
     connection, which threads cannot share."""
     from flask_sqlalchemy import SQLAlchemy
 
-    from flask_amocrm import AmoCRM
     from flask_amocrm.testing import deliver_pending
 
     db = SQLAlchemy()
-    app = Flask("memory_site", instance_path=str(tmp_path / "instance"))
-    app.config.update(
-        TESTING=True,
+    app = make_app(
+        db=db,
         SQLALCHEMY_DATABASE_URI="sqlite://",
-        AMOCRM_BASE_URL=sandbox.url,
-        AMOCRM_TOKEN=sandbox.token,
         AMOCRM_RULES=RULES,
-        AMOCRM_DELIVERY="deferred",
         AMOCRM_BATCH_SIZE=5,
         AMOCRM_RATE_LIMIT=50,
     )
     db.init_app(app)
-    AmoCRM(app, db=db)
     with app.app_context():
         db.create_all()
     _submit(app, 12)
