@@ -19,6 +19,12 @@ of seven. The clock is Redis's own ``TIME``, so the clocks of the machines never
 matter. Callers waiting for a grant sleep until the earliest moment one could come
 and ask again.
 
+While Redis is down each process keeps to :data:`FALLBACK_RATE` on its own, after
+waiting out the window Redis kept. Every request the fallbacks grant is sent before
+Redis answers again, and Redis comes back without them (empty, after a restart):
+so the first process that reaches it again holds everybody back one window before
+anything more is granted.
+
 After a 429 the limiter holds everybody back: nothing is granted for the back-off
 delay, and the window and the spacing are widened (doubling, up to ``MAX_SLOWDOWN``
 times) for ``SLOWDOWN_SECONDS``. That is what keeps a 429 storm from turning into a
@@ -88,6 +94,20 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
 return '0'
 """
 
+# KEYS as above; ARGV[1] pause in seconds. Nothing is granted for the pause (a hold
+# already longer stays).
+_HOLD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local hold = tonumber(redis.call('GET', KEYS[3]) or '0')
+local pause = now + tonumber(ARGV[1])
+if hold < pause then
+  redis.call('SET', KEYS[3], string.format('%.6f', pause),
+             'PX', math.ceil(tonumber(ARGV[1]) * 1000) + 1000)
+end
+return '0'
+"""
+
 # KEYS as above; ARGV[1] pause in seconds, ARGV[2] max slowdown, ARGV[3] its lifetime.
 _PENALIZE = """
 local t = redis.call('TIME')
@@ -128,15 +148,21 @@ class LocalRateLimiter:
     def acquire(self) -> float:
         """Wait until a request may go; the seconds waited."""
         waited = 0.0
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                wait = self._wait(now)
-                if wait <= 0:
-                    self._granted.append(now)
-                    return waited
+        while (wait := self.try_acquire()) > 0:
             time.sleep(wait)
             waited += wait
+        return waited
+
+    def try_acquire(self) -> float:
+        """0 when a request may go now (it is counted), else the seconds until one
+        could."""
+        with self._lock:
+            now = time.monotonic()
+            wait = self._wait(now)
+            if wait <= 0:
+                self._granted.append(now)
+                return 0.0
+            return wait
 
     def _wait(self, now: float) -> float:
         if now >= self._slow_until:
@@ -168,8 +194,12 @@ class RedisRateLimiter:
         # versions held a string, and both may run side by side while upgrading.
         self.keys = [f"{key}:granted", f"{key}:slow", f"{key}:hold"]
         self._acquire = redis.register_script(_ACQUIRE)
+        self._hold = redis.register_script(_HOLD)
         self._penalize = redis.register_script(_PENALIZE)
         self._fallback: LocalRateLimiter | None = None
+        self._lock = threading.Lock()
+        #: The fallback granted requests Redis does not know of.
+        self._unshared = False
 
     def acquire(self) -> float:
         """Wait until a request may go (one EVALSHA a try); the seconds waited."""
@@ -177,28 +207,43 @@ class RedisRateLimiter:
 
         args = [str(self.count), repr(self.window), repr(self.spacing)]
         waited = 0.0
-        try:
-            while True:
+        while True:
+            try:
+                if self._unshared:
+                    # Back from the fallback. What the fallbacks (this process's
+                    # and the others') granted was sent before Redis answered
+                    # again, and is still in amoCRM's window: one window from now
+                    # covers it all.
+                    self._hold(keys=self.keys, args=[repr(self.window)])
+                    self._unshared = False
                 wait = float(self._acquire(keys=self.keys, args=args))
-                if wait <= 0:
-                    return waited
-                time.sleep(wait)
-                waited += wait
-        except RedisError as exc:
-            # The budget cannot be shared without Redis: each process keeps to a
-            # share small enough that several of them stay within amoCRM's limit
-            # (a batch in hand goes on; the RQ side waits for Redis).
-            log.warning(
-                "Rate limiter: Redis failed (%s); limiting in-process to %s a second",
-                type(exc).__name__,
-                min(self.rate, FALLBACK_RATE),
-            )
-            if self._fallback is None:
-                self._fallback = LocalRateLimiter(min(self.rate, FALLBACK_RATE))
+            except RedisError as exc:
+                wait = self._alone(exc)
+            if wait <= 0:
+                return waited
+            time.sleep(wait)
+            waited += wait
+
+    def _alone(self, exc: Exception) -> float:
+        """Redis failed: the budget cannot be shared, so this process keeps to a
+        share small enough that several of them stay within amoCRM's limit (a batch
+        in hand goes on; the RQ side waits for Redis). 0 when granted, else the
+        seconds to wait before asking (Redis first) again."""
+        with self._lock:
+            if self._fallback is None or not self._unshared:
+                log.warning(
+                    "Rate limiter: Redis failed (%s); limiting in-process to %s a"
+                    " second",
+                    type(exc).__name__,
+                    min(self.rate, FALLBACK_RATE),
+                )
+                if self._fallback is None:
+                    self._fallback = LocalRateLimiter(min(self.rate, FALLBACK_RATE))
                 # The window Redis kept is gone with it: let it pass before this
                 # process's first request, or every process sends one at once.
                 self._fallback.penalize(self.window)
-            return waited + self._fallback.acquire()
+                self._unshared = True
+            return self._fallback.try_acquire()
 
     def penalize(self, pause: float) -> None:
         """Hold every process back ``pause`` seconds and widen the shared window."""

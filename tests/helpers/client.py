@@ -103,9 +103,12 @@ def run_children(
     calls: int,
     path: str = "/api/v4/account",
     start_in: float = 1.5,
+    meanwhile: Callable[[float], None] | None = None,
 ) -> list[list[str]]:
     """Run ``processes`` real Python processes that each build the app and make
-    ``calls`` GETs, all starting at the same moment; return their results."""
+    ``calls`` GETs, all starting at the same moment; return their results.
+    ``meanwhile(start_at)`` runs while they do (``start_at``: ``time.time()`` of
+    their start)."""
     spec = {
         "config": config,
         "instance": instance,
@@ -123,6 +126,8 @@ def run_children(
         )
         for _ in range(processes)
     ]
+    if meanwhile is not None:
+        meanwhile(spec["start_at"])
     results = []
     for child in children:
         out, err = child.communicate(timeout=60)
