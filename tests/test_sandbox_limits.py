@@ -97,3 +97,35 @@ def test_request_log(sandbox):
     assert isinstance(log[0]["time"], float)
     sandbox.reset()
     assert sandbox.requests() == []
+
+
+def test_a_request_is_counted_when_it_reached_the_machine():
+    """A busy sandbox reads a request late; the gateway it stands for counts it when
+    it arrived (the kernel's stamp), or the rate limit would count the wait."""
+    import socket
+
+    from werkzeug.serving import make_server
+
+    from flask_amocrm.sandbox import create_app
+    from flask_amocrm.sandbox.server import ArrivalHandler, stamp_arrivals
+
+    app = create_app(token="sandbox-token", latency_ms=0)
+    server = make_server("127.0.0.1", 0, app, request_handler=ArrivalHandler)
+    if not stamp_arrivals(server.socket):
+        pytest.skip("the kernel does not stamp arrivals here (Linux only)")
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_port)) as conn:
+            conn.sendall(
+                b"GET /api/v4/account HTTP/1.1\r\nHost: sandbox\r\n"
+                b"Authorization: Bearer sandbox-token\r\nConnection: close\r\n\r\n"
+            )
+            sent = time.time()
+            time.sleep(0.3)  # the sandbox is busy: nobody reads the request yet
+            server.handle_request()
+            read = time.time()
+            assert b" 200 OK" in conn.recv(100)
+    finally:
+        server.server_close()
+    (logged,) = app.test_client().get("/_sandbox/requests").get_json()
+    assert sent - 0.05 <= logged["received"] <= sent + 0.05, (logged, sent, read)
+    assert read - logged["received"] >= 0.25

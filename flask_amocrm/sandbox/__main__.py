@@ -10,7 +10,7 @@ from types import FrameType
 from werkzeug.serving import make_server
 
 from .app import create_app
-from .server import ArrivalHandler
+from .server import ArrivalHandler, stamp_arrivals
 
 
 def command_line() -> argparse.ArgumentParser:
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     server = make_server(
         args.host, args.port, app, threaded=True, request_handler=ArrivalHandler
     )
+    stamp_arrivals(server.socket)
     url = f"http://{args.host}:{server.server_port}"
     print(f"amoCRM sandbox: {url}  token: {args.token}", flush=True)
     if args.client_id:

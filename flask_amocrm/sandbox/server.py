@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import socket
+import struct
+import sys
 import threading
 import time
 import urllib.request
@@ -14,14 +18,75 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from .app import create_app
 from .limits import ARRIVED
 
+#: Linux's ``SO_TIMESTAMPNS`` (and ``SCM_TIMESTAMPNS``), which :mod:`socket` does
+#: not name: the kernel stamps each packet when it arrives and ``recvmsg`` hands the
+#: stamp over (``man 7 socket``).
+SO_TIMESTAMPNS = 35
+_STAMP = struct.Struct("qq")
+
+
+def stamp_arrivals(sock: socket.socket) -> bool:
+    """Have the kernel stamp the packets ``sock`` receives (Linux; a listening
+    socket's connections inherit it). False where it cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
+
+
+class _StampedSocket(io.RawIOBase):
+    """The raw reading side of a connection, noting when the kernel received the
+    data of the first read since :attr:`stamp` was cleared (``time.time()``)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+        self._cmsg = socket.CMSG_SPACE(_STAMP.size)
+        self.stamp: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        size, ancillary, _flags, _address = self._sock.recvmsg_into(
+            [buffer], self._cmsg
+        )
+        if self.stamp is None:
+            for level, kind, data in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    seconds, nanoseconds = _STAMP.unpack(data[: _STAMP.size])
+                    self.stamp = seconds + nanoseconds / 1e9
+        return size
+
 
 class ArrivalHandler(WSGIRequestHandler):
     """Notes when each request arrived, as a gateway would, before the request is
     parsed and routed: in a busy Python process those steps wait their turn, and
-    the rate limit must not count the wait (:mod:`.limits`)."""
+    the rate limit must not count the wait (:mod:`.limits`). Where the kernel
+    stamps the packets (:func:`stamp_arrivals`), that is the moment the request's
+    first line reached the machine, however long this process took to read it;
+    else the moment it was read."""
+
+    _stamped: _StampedSocket | None = None
+
+    def setup(self) -> None:
+        super().setup()
+        if stamp_arrivals(self.connection):
+            self.rfile.close()
+            self._stamped = _StampedSocket(self.connection)
+            self.rfile = io.BufferedReader(self._stamped)
+
+    def handle_one_request(self) -> None:
+        if self._stamped is not None:
+            self._stamped.stamp = None
+        super().handle_one_request()
 
     def parse_request(self) -> bool:
-        self.arrived = time.time()
+        stamp = self._stamped.stamp if self._stamped is not None else None
+        self.arrived = stamp or time.time()
         return bool(super().parse_request())
 
     def make_environ(self) -> dict[str, Any]:
@@ -71,6 +136,7 @@ class SandboxServer:
             threaded=True,
             request_handler=_QuietHandler,
         )
+        stamp_arrivals(self._server.socket)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             name=f"amocrm-sandbox-{self._server.server_port}",
