@@ -6,8 +6,11 @@ import threading
 import time
 from typing import Any
 
+import pytest
+import redis
+
 from flask_amocrm.amo import client_for
-from flask_amocrm.amo.ratelimit import LocalRateLimiter
+from flask_amocrm.amo.ratelimit import LocalRateLimiter, RedisRateLimiter
 from flask_amocrm.state import get_state
 from tests.helpers.client import (
     app_config,
@@ -112,3 +115,26 @@ def test_429_gives_up_with_rate_limit_error(sandbox: Any, amo_app: Any) -> None:
             raise AssertionError("no RateLimitError")
     assert len(sandbox.requests()) == 1 + client.retries
     sandbox.faults(clear=True)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "in-process"])
+def test_a_request_that_left_late_is_counted_when_it_left(
+    shared: bool, redis14: str
+) -> None:
+    """A thread granted a slot can wait for a CPU before its request leaves (a busy
+    machine): amoCRM counts it when it arrives, so the seventh request after it
+    must keep a window's distance from that moment, not from the grant."""
+    limiter = (
+        RedisRateLimiter(redis.Redis.from_url(redis14), "amocrm:rl:late", 7)
+        if shared
+        else LocalRateLimiter(7)
+    )
+    limiter.acquire()
+    time.sleep(0.3)  # descheduled between the grant and the send
+    left = time.monotonic()
+    limiter.sent()
+    for _ in range(6):
+        limiter.acquire()
+        limiter.sent()
+    limiter.acquire()  # the eighth: a window after the first request left
+    assert time.monotonic() - left >= limiter.window - 0.01

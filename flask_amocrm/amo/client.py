@@ -358,6 +358,8 @@ class AmoClient:
         # amoCRM counts, give or take the network.
         waited = self.limiter.acquire() if self.limiter is not None else 0.0
         started = time.monotonic()
+        if self.limiter is not None:
+            self.limiter.sent()
         response: requests.Response | None = None
         error: TransportError | None = None
         try:

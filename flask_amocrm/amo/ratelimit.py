@@ -49,6 +49,10 @@ log = logging.getLogger("flask_amocrm.amo")
 #: room for the time between our grant and the gateway's count (the network, a
 #: busy machine), which can crowd two windows' requests into one.
 MARGIN = 0.1
+#: A request that leaves this long after its grant (a busy machine: the thread waited
+#: for a CPU) is counted at the moment it left instead, so the requests granted after
+#: it keep a window's distance from the moment amoCRM saw it.
+LATE = 0.01
 #: Two requests are never closer than this share of the even spacing.
 MIN_SPACING = 0.5
 #: Requests a second each process keeps to while Redis is down (the budget cannot be
@@ -71,8 +75,8 @@ def window_of(rate: float) -> tuple[int, float, float]:
 
 # KEYS[1] the times granted, KEYS[2] slowdown factor, KEYS[3] hold-until;
 # ARGV[1] count, ARGV[2] window, ARGV[3] spacing (seconds). Returns the seconds to
-# wait before asking again, '0' when granted (a string: Lua numbers would be
-# truncated to integers).
+# wait before asking again, or '=' and the time granted (strings: Lua numbers would
+# be truncated to integers).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -88,10 +92,28 @@ if redis.call('LLEN', KEYS[1]) >= count then
   if oldest > ready then ready = oldest end
 end
 if ready > now then return string.format('%.6f', ready - now) end
-redis.call('RPUSH', KEYS[1], string.format('%.6f', now))
+local stamp = string.format('%.6f', now)
+redis.call('RPUSH', KEYS[1], stamp)
 redis.call('LTRIM', KEYS[1], -count, -1)
 redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
-return '0'
+return '=' .. stamp
+"""
+
+# KEYS[1] the times granted; ARGV[1] a time granted, ARGV[2] the time its request
+# left, ARGV[3] the list's lifetime (ms). The list stays in order.
+_LATE = """
+local times = redis.call('LRANGE', KEYS[1], 0, -1)
+for i, v in ipairs(times) do
+  if v == ARGV[1] then
+    times[i] = ARGV[2]
+    table.sort(times, function(a, b) return tonumber(a) < tonumber(b) end)
+    redis.call('DEL', KEYS[1])
+    redis.call('RPUSH', KEYS[1], unpack(times))
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    return 1
+  end
+end
+return 0
 """
 
 # KEYS as above; ARGV[1] pause in seconds. Nothing is granted for the pause (a hold
@@ -130,6 +152,9 @@ class RateLimiter(Protocol):
     def acquire(self) -> float:
         """Wait for this request's slot; return the seconds waited."""
 
+    def sent(self) -> None:
+        """The request this thread was granted last leaves now."""
+
     def penalize(self, pause: float) -> None:
         """amoCRM said 429: hold everybody back ``pause`` seconds and slow down."""
 
@@ -144,6 +169,7 @@ class LocalRateLimiter:
         self._factor = 1.0
         self._slow_until = 0.0
         self._hold = 0.0
+        self._mine = threading.local()
 
     def acquire(self) -> float:
         """Wait until a request may go; the seconds waited."""
@@ -161,8 +187,24 @@ class LocalRateLimiter:
             wait = self._wait(now)
             if wait <= 0:
                 self._granted.append(now)
+                self._mine.granted = now
                 return 0.0
             return wait
+
+    def sent(self) -> None:
+        """Count this thread's last grant when its request left, if that was late."""
+        granted = getattr(self._mine, "granted", None)
+        self._mine.granted = None
+        if granted is None:
+            return
+        now = time.monotonic()
+        if now - granted < LATE:
+            return
+        with self._lock:
+            if granted in self._granted:
+                times = sorted(now if t == granted else t for t in self._granted)
+                self._granted.clear()
+                self._granted.extend(times)
 
     def _wait(self, now: float) -> float:
         if now >= self._slow_until:
@@ -195,6 +237,8 @@ class RedisRateLimiter:
         self.keys = [f"{key}:granted", f"{key}:slow", f"{key}:hold"]
         self._acquire = redis.register_script(_ACQUIRE)
         self._hold = redis.register_script(_HOLD)
+        self._late = redis.register_script(_LATE)
+        self._mine = threading.local()
         self._penalize = redis.register_script(_PENALIZE)
         self._fallback: LocalRateLimiter | None = None
         self._lock = threading.Lock()
@@ -216,8 +260,15 @@ class RedisRateLimiter:
                     # covers it all.
                     self._hold(keys=self.keys, args=[repr(self.window)])
                     self._unshared = False
-                wait = float(self._acquire(keys=self.keys, args=args))
+                answer = self._acquire(keys=self.keys, args=args)
+                if isinstance(answer, bytes):
+                    answer = answer.decode()
+                if answer.startswith("="):
+                    self._mine.granted = (answer[1:], time.monotonic())
+                    return waited
+                wait = float(answer)
             except RedisError as exc:
+                self._mine.granted = None
                 wait = self._alone(exc)
             if wait <= 0:
                 return waited
@@ -244,6 +295,33 @@ class RedisRateLimiter:
                 self._fallback.penalize(self.window)
                 self._unshared = True
             return self._fallback.try_acquire()
+
+    def sent(self) -> None:
+        """Count this thread's last grant when its request left, if that was late:
+        one more round trip to Redis then, none otherwise."""
+        from redis.exceptions import RedisError
+
+        granted = getattr(self._mine, "granted", None)
+        self._mine.granted = None
+        if granted is None:
+            if self._fallback is not None:
+                self._fallback.sent()
+            return
+        stamp, at = granted
+        late = time.monotonic() - at
+        if late < LATE:
+            return
+        try:
+            self._late(
+                keys=self.keys[:1],
+                args=[
+                    stamp,
+                    f"{float(stamp) + late:.6f}",
+                    str(math.ceil(self.window * MAX_SLOWDOWN * 1000) + 1000),
+                ],
+            )
+        except RedisError:
+            pass  # the grant stays counted when it was given
 
     def penalize(self, pause: float) -> None:
         """Hold every process back ``pause`` seconds and widen the shared window."""
