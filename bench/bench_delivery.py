@@ -294,7 +294,7 @@ def burst(
     calls = len(entries)
     rate = BURST / elapsed
     ceiling = RATE * BURST / calls if calls else 0.0
-    count, window, _ = window_of(RATE)
+    count, window, spacing = window_of(RATE)
     ours = count / window  # what the limiter grants: its margin for the network
     row(
         f"burst of {BURST}, {label}, {workers} worker(s), events/s",
@@ -304,6 +304,20 @@ def burst(
         f">= {goal}",
         rate >= goal,
     )
+    received = sorted(e["received"] for e in entries)
+    if received:
+        # the calls' own spread beside the limiter's tightest schedule for as many:
+        # what is left of the elapsed time is start-up (claiming, planning before
+        # the first call) and the end (the last answer, saving it)
+        tightest = ((calls - 1) // count) * window + ((calls - 1) % count) * spacing
+        row(
+            f"... {workers} worker(s), where the time went",
+            f"first call +{received[0] - started:.2f} s after the queueing, last "
+            f"+{received[-1] - started:.2f} s, last delivery +{elapsed:.2f} s",
+            f"{calls} calls need {tightest:.2f} s at the limiter's pace",
+            "",
+            None,
+        )
     rejected = sum(1 for e in entries if e["status"] == 429)
     busiest = worst_window(entries)
     row(
