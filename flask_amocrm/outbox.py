@@ -833,6 +833,37 @@ def claim_rows(
     return [i for i in ids if i in claimed]
 
 
+def renew_leases(
+    state: AppState, leases: dict[int, datetime | None]
+) -> dict[int, datetime]:
+    """Hold on to claimed events for another :data:`LEASE`: ``leases`` maps each
+    event to the ``locked_until`` its claim gave it. An event whose lease ran out
+    and that another worker claimed since has another ``locked_until`` and is left
+    to it. Returns the events still held, with their new ``locked_until``."""
+    by_lease: dict[datetime, list[int]] = {}
+    for event_id, until in leases.items():
+        if until is not None:
+            by_lease.setdefault(until, []).append(event_id)
+    if not by_lease:
+        return {}
+    renewed = utcnow() + LEASE
+    held: dict[int, datetime] = {}
+    with state.engine.begin() as conn:
+        for until, ids in by_lease.items():
+            for (event_id,) in conn.execute(
+                update(Event)
+                .where(
+                    Event.id.in_(ids),
+                    Event.status == PROCESSING,
+                    Event.locked_until == until,
+                )
+                .values(locked_until=renewed)
+                .returning(Event.id)
+            ):
+                held[event_id] = renewed
+    return held
+
+
 def claim_due(state: AppState, limit: int) -> list[int]:
     """Take up to ``limit`` of the oldest due events that nobody else holds, in one
     statement; return their ids, oldest first. Workers claiming at the same time

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -250,3 +252,34 @@ def test_a_worker_asked_to_stop_takes_no_new_batch(
 def test_worker_threads_are_bounded(make_app: Any) -> None:
     with pytest.raises(RuntimeError, match="AMOCRM_WORKER_THREADS must be at most 10"):
         make_app(AMOCRM_WORKER_THREADS=11)
+
+
+def test_a_batch_slower_than_its_lease_keeps_its_events(
+    make_app: Any, sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch can outlast the claim's lease (a 429 storm slows every request down
+    for minutes): its worker renews the lease while it sends, so another worker
+    never takes the events over and creates their leads a second time."""
+    from flask_amocrm import outbox
+    from flask_amocrm.worker.deliver import deliver_due
+
+    monkeypatch.setattr(outbox, "LEASE", timedelta(seconds=2))
+    sandbox.config(rate_limit=0, latency_ms=1000)  # the batch takes 5 s or more
+    app = make_app(AMOCRM_RULES=RULES, AMOCRM_BATCH_SIZE=5, AMOCRM_RATE_LIMIT=50)
+    _submit(app, 5)
+    first: dict[int, str] = {}
+
+    def worker() -> None:
+        with app.app_context():
+            first.update(deliver_due(5))
+
+    sending = threading.Thread(target=worker)
+    sending.start()
+    time.sleep(2.6)  # the first claim's lease would have run out
+    with app.app_context():
+        taken = deliver_due(5)  # another worker
+    sending.join()
+    assert taken == {}
+    assert sorted(first.values()) == ["delivered"] * 5
+    names = Counter(lead["name"] for lead in sandbox.leads())
+    assert len(names) == 5 and set(names.values()) == {1}, names

@@ -55,6 +55,7 @@ from .consent import missing_consent, record_consent
 from .delivery import Delivery
 from .execute import execute
 from .index import contact_index
+from .lease import LeaseKeeper
 from .lookup import key_locks
 from .markers import forget_marker_field, mark
 from .outage import note_failure, note_success, paused
@@ -69,6 +70,10 @@ log = logging.getLogger("flask_amocrm.worker")
 #: date out of range or an integer too large for a float, ``ValueError`` for digits
 #: Python will not read, ``UnicodeError``): the event fails, it is not retried.
 VALUE_ERRORS = (OverflowError, ValueError, UnicodeError, RecursionError)
+
+#: What an attempt says when another worker took its events over (its lease ran out
+#: while this one was stopped): that worker writes their outcome.
+LEASE_LOST = N_("the lease ran out and another worker took the event over")
 
 #: The first retry waits about this long; each next one twice as long, up to the cap.
 RETRY_BASE_SECONDS = 30
@@ -132,108 +137,126 @@ def deliver_claimed(claimed: list[int]) -> dict[int, str]:
         session.add_all(attempts.values())
         session.commit()
 
-        deliveries: list[Delivery] = []
-        for event in events:
-            try:
-                with for_events([event.id]):
-                    held = _screen(state, event)
-                    delivery = None if held else _prepare(state, session, event)
-            except RuleError as exc:
-                outcomes[event.id] = (FAILED, N_("rule error: %(error)s", error=exc))
-                continue
-            except VALUE_ERRORS as exc:
-                # A date out of range, a number too large: this event's data can
-                # never be sent as it is, so it fails now instead of retrying.
-                outcomes[event.id] = (
-                    FAILED,
-                    N_(
-                        "value error: %(kind)s: %(error)s",
-                        kind=type(exc).__name__,
-                        error=str(exc)[:200],
-                    ),
-                )
-                continue
-            except Exception as exc:  # Redis or the database hiccuped: try later
-                log.exception(
-                    "Unexpected error planning event %s",
-                    event.id,
-                    extra={"event_id": event.id},
-                )
-                outcomes[event.id] = (
-                    RETRYING,
-                    N_("unexpected %(error)s", error=describe(exc)),
-                )
-                continue
-            if held:
-                outcomes[event.id] = held
-                continue
-            if delivery is None:
-                outcomes[event.id] = (
-                    (DELIVERED, None)
-                    if Progress.from_json(event.remote).lead_id
-                    else (IGNORED, None)
-                )
-                continue
-            ended = before_push(state, delivery)
-            if ended is not None:
-                outcomes[event.id] = ended
-                continue
-            deliveries.append(delivery)
-
-        batch_error = _run(state, deliveries, claimed)
-        stale = [d for d in deliveries if stale_metadata(d.error)]
-        if batch_error is None and stale and _refresh_caches(state):
-            # amoCRM says a field, enum or status we had cached is gone: with the
-            # metadata read again, these events are planned and sent once more.
-            again: list[Delivery] = []
-            for old in stale:
-                deliveries.remove(old)
+        # Renewed while the batch is sent: another worker takes an event only
+        # when this one stopped holding it (killed, or stopped for longer than
+        # the lease), and then writes its outcome itself.
+        keeper = LeaseKeeper(state, {e.id: e.locked_until for e in events})
+        with keeper:
+            deliveries: list[Delivery] = []
+            for event in events:
                 try:
-                    with for_events([old.event.id]):
-                        delivery = _prepare(state, session, old.event)
-                    if delivery is not None:
-                        reapply(delivery, old.edits)
+                    with for_events([event.id]):
+                        held = _screen(state, event)
+                        delivery = None if held else _prepare(state, session, event)
                 except RuleError as exc:
-                    outcomes[old.event.id] = (
+                    outcomes[event.id] = (
                         FAILED,
                         N_("rule error: %(error)s", error=exc),
                     )
                     continue
-                except Exception:  # noqa: BLE001 - keep the first answer's error
-                    delivery = old
-                if delivery is None:
-                    outcomes[old.event.id] = (IGNORED, None)
+                except VALUE_ERRORS as exc:
+                    # A date out of range, a number too large: this event's data can
+                    # never be sent as it is, so it fails now instead of retrying.
+                    outcomes[event.id] = (
+                        FAILED,
+                        N_(
+                            "value error: %(kind)s: %(error)s",
+                            kind=type(exc).__name__,
+                            error=str(exc)[:200],
+                        ),
+                    )
                     continue
-                again.append(delivery)
-            deliveries += again
-            batch_error = _run(state, [d for d in again if d.error is None], claimed)
-        for delivery in deliveries:
-            event = delivery.event
-            if isinstance(delivery.error, CallVetoed):
-                vetoed = delivery.error
-                outcomes[event.id] = (
-                    CANCELLED if vetoed.cancelled else FAILED,
-                    message_of(vetoed),
-                )
-            elif delivery.error is not None:
-                failure = delivery.error
-                outcomes[event.id] = (
-                    RETRYING if failure.retryable else FAILED,
-                    failure_reason(failure),
-                )
-                if failure.retryable:
-                    note_failure(state, failure)  # e.g. the metadata could not be read
-            elif delivery.plan.done(delivery.progress):
-                outcomes[event.id] = (DELIVERED, None)
-            else:
-                outcomes[event.id] = batch_error or (
-                    RETRYING,
-                    N_("nothing was created; trying again"),
-                )
+                except Exception as exc:  # Redis or the database hiccuped: try later
+                    log.exception(
+                        "Unexpected error planning event %s",
+                        event.id,
+                        extra={"event_id": event.id},
+                    )
+                    outcomes[event.id] = (
+                        RETRYING,
+                        N_("unexpected %(error)s", error=describe(exc)),
+                    )
+                    continue
+                if held:
+                    outcomes[event.id] = held
+                    continue
+                if delivery is None:
+                    outcomes[event.id] = (
+                        (DELIVERED, None)
+                        if Progress.from_json(event.remote).lead_id
+                        else (IGNORED, None)
+                    )
+                    continue
+                ended = before_push(state, delivery)
+                if ended is not None:
+                    outcomes[event.id] = ended
+                    continue
+                deliveries.append(delivery)
 
+            batch_error = _run(state, deliveries, claimed)
+            stale = [d for d in deliveries if stale_metadata(d.error)]
+            if batch_error is None and stale and _refresh_caches(state):
+                # amoCRM says a field, enum or status we had cached is gone: with the
+                # metadata read again, these events are planned and sent once more.
+                again: list[Delivery] = []
+                for old in stale:
+                    deliveries.remove(old)
+                    try:
+                        with for_events([old.event.id]):
+                            delivery = _prepare(state, session, old.event)
+                        if delivery is not None:
+                            reapply(delivery, old.edits)
+                    except RuleError as exc:
+                        outcomes[old.event.id] = (
+                            FAILED,
+                            N_("rule error: %(error)s", error=exc),
+                        )
+                        continue
+                    except Exception:  # noqa: BLE001 - keep the first answer's error
+                        delivery = old
+                    if delivery is None:
+                        outcomes[old.event.id] = (IGNORED, None)
+                        continue
+                    again.append(delivery)
+                deliveries += again
+                batch_error = _run(
+                    state, [d for d in again if d.error is None], claimed
+                )
+            for delivery in deliveries:
+                event = delivery.event
+                if isinstance(delivery.error, CallVetoed):
+                    vetoed = delivery.error
+                    outcomes[event.id] = (
+                        CANCELLED if vetoed.cancelled else FAILED,
+                        message_of(vetoed),
+                    )
+                elif delivery.error is not None:
+                    failure = delivery.error
+                    outcomes[event.id] = (
+                        RETRYING if failure.retryable else FAILED,
+                        failure_reason(failure),
+                    )
+                    if failure.retryable:
+                        note_failure(
+                            state, failure
+                        )  # e.g. the metadata could not be read
+                elif delivery.plan.done(delivery.progress):
+                    outcomes[event.id] = (DELIVERED, None)
+                else:
+                    outcomes[event.id] = batch_error or (
+                        RETRYING,
+                        N_("nothing was created; trying again"),
+                    )
+
+        lost = keeper.renew()
         now = utcnow()
         kinds: dict[int, str] = {}
         for event in events:
+            if event.id in lost:
+                attempts[event.id].finished_at = now
+                attempts[event.id].error = cut_reason(LEASE_LOST)
+                del outcomes[event.id]
+                continue
             outcome, error = outcomes[event.id]
             kinds[event.id] = _kind(error)  # from the English, before translating
             error = cut_reason(error)
@@ -253,6 +276,7 @@ def deliver_claimed(claimed: list[int]) -> dict[int, str]:
             attempt.outcome = outcome
             attempt.error = error
         session.commit()
+    events = [e for e in events if e.id not in lost]
     count_outcomes(state, events)
 
     for event in events:
