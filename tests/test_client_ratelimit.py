@@ -138,3 +138,26 @@ def test_a_request_that_left_late_is_counted_when_it_left(
         limiter.sent()
     limiter.acquire()  # the eighth: a window after the first request left
     assert time.monotonic() - left >= limiter.window - 0.01
+
+
+def test_a_grant_read_late_is_counted_when_its_request_left(redis14: str) -> None:
+    """The thread that asked Redis for a slot may read the answer late (it waited for
+    a CPU): the request is counted from when it left, not from Redis's grant."""
+    limiter = RedisRateLimiter(redis.Redis.from_url(redis14), "amocrm:rl:late", 7)
+    asking = limiter._acquire
+
+    def read_late(**kwargs: Any) -> Any:
+        answer = asking(**kwargs)
+        time.sleep(0.3)  # granted, but the answer is read 0.3 s later
+        return answer
+
+    limiter._acquire = read_late  # type: ignore[assignment]
+    limiter.acquire()
+    limiter._acquire = asking  # type: ignore[method-assign]
+    left = time.monotonic()
+    limiter.sent()
+    for _ in range(6):
+        limiter.acquire()
+        limiter.sent()
+    limiter.acquire()
+    assert time.monotonic() - left >= limiter.window - 0.01

@@ -260,11 +260,14 @@ class RedisRateLimiter:
                     # covers it all.
                     self._hold(keys=self.keys, args=[repr(self.window)])
                     self._unshared = False
+                # Asked at this moment: Redis granted at it or after, and the
+                # thread may wait for a CPU before it reads the answer.
+                asked = time.monotonic()
                 answer = self._acquire(keys=self.keys, args=args)
                 if isinstance(answer, bytes):
                     answer = answer.decode()
                 if answer.startswith("="):
-                    self._mine.granted = (answer[1:], time.monotonic())
+                    self._mine.granted = (answer[1:], asked)
                     return waited
                 wait = float(answer)
             except RedisError as exc:
