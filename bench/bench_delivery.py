@@ -16,7 +16,8 @@ leaves of it) and the goal.
 - API calls per event with and without duplicate control, searching amoCRM
   (``bench_index.py`` measures the contact index).
 
-Sizes can be lowered for a quick look: BENCH_BURST=200 BENCH_BACKLOG=1000.
+Sizes can be lowered for a quick look: BENCH_BURST=200 BENCH_BACKLOG=1000;
+BENCH_THREADS and BENCH_BATCH set AMOCRM_WORKER_THREADS and AMOCRM_BATCH_SIZE.
 """
 
 from __future__ import annotations
@@ -158,6 +159,11 @@ def config_for(sandbox: str, database: str, delivery: str) -> dict[str, Any]:
         # duplicate control as it searches amoCRM; bench_index.py measures the index
         "AMOCRM_INDEX_INTERVAL": 0,
         "AMOCRM_WORKER_THREADS": int(os.environ.get("BENCH_THREADS", "3")),
+        **(
+            {"AMOCRM_BATCH_SIZE": int(os.environ["BENCH_BATCH"])}
+            if os.environ.get("BENCH_BATCH")
+            else {}
+        ),
     }
 
 

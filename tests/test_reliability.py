@@ -4,6 +4,7 @@ Redis lost, workers killed, import, replay, retention, the agent."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -138,6 +139,10 @@ def test_a_rejected_note_fails_its_event_and_the_others_get_theirs(
         (1, 400),
     ]
     assert _writes(fast_sandbox, "/api/v4/tasks") == [(119, 200)]
+    # Before adding them again, a retry reads the notes and tasks its leads have,
+    # 250 leads a call: one read for the batch (and one for the event sent alone).
+    reads = Counter(r["path"] for r in fast_sandbox.requests() if r["method"] == "GET")
+    assert reads["/api/v4/leads/notes"] == 2 and reads["/api/v4/tasks"] == 1
     events = {e.id: e for e in stored_events(app)}
     failed = events[ids[57]]
     assert failed.status == "failed"
