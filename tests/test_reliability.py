@@ -4,6 +4,7 @@ Redis lost, workers killed, import, replay, retention, the agent."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -13,14 +14,16 @@ from flask import Flask
 from flask_amocrm import Event
 from flask_amocrm.models import utcnow
 from flask_amocrm.testing import deliver_pending
-from tests.helpers.e2e import stored_events
+from tests.helpers.e2e import CALLBACK_NOTE_TASK, stored_events
 
 
-def _submit(app: Flask, n: int, form: str = "callback", **extra: Any) -> list[int]:
+def _submit(
+    app: Flask, n: int, form: str = "callback", start: int = 0, **extra: Any
+) -> list[int]:
     amocrm = app.extensions["amocrm"].extension
     ids = []
     with app.app_context():  # as from a CLI command: handed on at once
-        for i in range(n):
+        for i in range(start, start + n):
             data = {"name": f"Visitor {i}", "phone": f"+7912{i:07d}", **extra}
             event = amocrm.submit(form, data)
             assert event is not None
@@ -53,6 +56,104 @@ def test_a_burst_shares_calls_fifty_leads_each(make_app: Any, sandbox: Any) -> N
     assert len(sandbox.leads()) == 120
     assert len({lead["name"] for lead in sandbox.leads()}) == 120
     assert all(e.status == "delivered" for e in stored_events(app))
+
+
+def _writes(sandbox: Any, path: str) -> list[tuple[int, int]]:
+    """``(items, status)`` of every ``POST path`` the sandbox answered, in order."""
+    return [
+        (len(r["body"]), r["status"])
+        for r in sandbox.requests()
+        if r["path"] == path and r["method"] == "POST"
+    ]
+
+
+def _full_rule_site(make_app: Any, sandbox: Any) -> Flask:
+    """A site with the lead + contact + note + task rule whose first event was
+    delivered (the metadata and the marker field are known), the request log
+    cleared; ``AMOCRM_BATCH_SIZE`` is left at its default."""
+    app: Flask = make_app(AMOCRM_RULES=CALLBACK_NOTE_TASK, AMOCRM_RATE_LIMIT=50)
+    _submit(app, 1, start=1000)
+    assert deliver_pending(app)["delivered"] == 1
+    sandbox.clear_requests()
+    return app
+
+
+def test_a_burst_sends_leads_fifty_a_call_and_its_notes_and_tasks_in_one(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    app = _full_rule_site(make_app, fast_sandbox)
+    ids = _submit(app, 120)
+    result = deliver_pending(app)
+    assert result["delivered"] == 120
+    # One batch: its leads go 50 a call (amoCRM's limit of leads/complex), its
+    # notes and tasks (up to 250 a call) in one call each; nothing is read.
+    assert [
+        (r["method"], r["path"], len(r["body"]) if r["body"] else 0)
+        for r in fast_sandbox.requests()
+        if r["path"].startswith("/api/v4")
+    ] == [
+        ("POST", "/api/v4/leads/complex", 50),
+        ("POST", "/api/v4/leads/complex", 50),
+        ("POST", "/api/v4/leads/complex", 20),
+        ("POST", "/api/v4/leads/notes", 120),
+        ("POST", "/api/v4/tasks", 120),
+    ]
+    events = {e.id: e for e in stored_events(app)}
+    leads = {lead["id"]: lead for lead in fast_sandbox.leads()}
+    notes = {n["entity_id"]: n for n in fast_sandbox.notes("leads")}
+    tasks = {t["entity_id"]: t for t in fast_sandbox.tasks()}
+    for event_id in ids:
+        event = events[event_id]
+        assert event.status == "delivered", event.last_error
+        lead_id = event.remote["lead_id"]
+        name = event.data["name"]
+        assert leads[lead_id]["name"] == f"Callback: {name}"
+        assert notes[lead_id]["params"]["text"] == "Called from the site"
+        assert event.remote["note_ids"]["leads"] == [notes[lead_id]["id"]]
+        assert tasks[lead_id]["text"] == f"Call {name} back"
+        assert event.remote["task_ids"] == [tasks[lead_id]["id"]]
+
+
+def test_a_rejected_note_fails_its_event_and_the_others_get_theirs(
+    make_app: Any, fast_sandbox: Any
+) -> None:
+    app = _full_rule_site(make_app, fast_sandbox)
+    ids = _submit(app, 120)
+    # The leads are made, then amoCRM fails the notes call: all 120 wait.
+    fast_sandbox.faults(status=503, count=1, path="/api/v4/leads/notes")
+    assert deliver_pending(app).get("retrying") == 120
+    # Meanwhile someone deletes one lead: amoCRM refuses a note on it.
+    gone = {e.id: e for e in stored_events(app)}[ids[57]]
+    fast_sandbox.delete("leads", gone.remote["lead_id"])
+    fast_sandbox.clear_requests()
+    _make_due(app)
+    result = deliver_pending(app)
+    assert result["delivered"] == 119 and result["failed"] == 1, result
+    # amoCRM refuses the call of 120 notes for the one on the deleted lead; the
+    # other 119 go again in one call. The refused event is planned once more after
+    # the account's metadata was read again (a refused id may be a stale cache),
+    # and refused again.
+    assert _writes(fast_sandbox, "/api/v4/leads/notes") == [
+        (120, 400),
+        (119, 200),
+        (1, 400),
+    ]
+    assert _writes(fast_sandbox, "/api/v4/tasks") == [(119, 200)]
+    # Before adding them again, a retry reads the notes and tasks its leads have,
+    # 250 leads a call: one read for the batch (and one for the event sent alone).
+    reads = Counter(r["path"] for r in fast_sandbox.requests() if r["method"] == "GET")
+    assert reads["/api/v4/leads/notes"] == 2 and reads["/api/v4/tasks"] == 1
+    events = {e.id: e for e in stored_events(app)}
+    failed = events[ids[57]]
+    assert failed.status == "failed"
+    assert "notes" in (failed.last_error or "")
+    assert "entity_id" in (failed.last_error or "")
+    delivered = [events[i] for i in ids if i != ids[57]]
+    assert all(e.status == "delivered" for e in delivered)
+    noted = sorted(n["entity_id"] for n in fast_sandbox.notes("leads"))
+    tasked = sorted(t["entity_id"] for t in fast_sandbox.tasks())
+    first = [stored_events(app)[0].remote["lead_id"]]  # the site's first event
+    assert noted == tasked == sorted(first + [e.remote["lead_id"] for e in delivered])
 
 
 def test_a_poisoned_event_fails_alone(make_app: Any, sandbox: Any) -> None:

@@ -398,3 +398,44 @@ def test_create_custom_field(amo):
         if p.status_code == 200
     )
     assert seen == total
+
+
+def test_notes_tasks_and_links_take_250_a_call_and_complex_50(amo):
+    lead = _lead(amo, name="Many")
+    contact = _contact(amo, "Ann")
+    for path, item, key in (
+        (
+            "/leads/notes",
+            {"entity_id": lead, "note_type": "common", "params": {"text": "n"}},
+            "notes",
+        ),
+        (
+            "/tasks",
+            {
+                "entity_id": lead,
+                "entity_type": "leads",
+                "text": "t",
+                "complete_till": 1900000000,
+            },
+            "tasks",
+        ),
+        (
+            "/leads/link",
+            {"entity_id": lead, "to_entity_id": contact, "to_entity_type": "contacts"},
+            "links",
+        ),
+    ):
+        ok = amo.post(path, json=[item] * 250)
+        assert ok.status_code == 200, (path, ok.text)
+        assert len(ok.json()["_embedded"][key]) == 250
+        refused = amo.post(path, json=[item] * 251)
+        assert refused.status_code == 400, path
+        assert "at most 250" in refused.json()["detail"]
+    listed = amo.get("/leads/notes", params={"limit": 250}).json()
+    assert len(listed["_embedded"]["notes"]) == 250
+    # Leads with their contact: at most 50 a call.
+    leads = [{"name": "x", "_embedded": {"contacts": [{"first_name": "A"}]}}]
+    assert amo.post("/leads/complex", json=leads * 50).status_code == 200
+    refused = amo.post("/leads/complex", json=leads * 51)
+    assert refused.status_code == 400
+    assert "at most 50" in refused.json()["detail"]

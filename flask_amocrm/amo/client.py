@@ -56,8 +56,12 @@ log = logging.getLogger("flask_amocrm.amo")
 
 #: Seconds to wait for a TCP connection to amoCRM.
 CONNECT_TIMEOUT = 5.0
-#: amoCRM takes at most this many entities per batch write (50 is its advice, and the
-#: limit of ``/leads/complex``).
+#: amoCRM takes at most this many entities per write (and 50 is its advice): the
+#: light items, notes, tasks and links, go this many a call.
+WRITE_LIMIT = 250
+#: Entities that carry custom fields (leads, contacts, companies, incoming leads)
+#: go at most this many a write, as amoCRM advises; it is also the limit of
+#: ``/leads/complex``.
 BATCH_SIZE = 50
 #: The API's largest page for lists.
 PAGE_LIMIT = 250
@@ -601,23 +605,30 @@ class AmoClient:
     def link(
         self, entity: str, items: Sequence[dict[str, Any]]
     ) -> list[dict[str, Any] | None]:
-        """Link ``entity`` items (``entity_id``) to others (``to_entity_id``, ...)."""
-        return self.write_many("POST", f"{API}/{entity}/link", items, key="links")
+        """Link ``entity`` items (``entity_id``) to others (``to_entity_id``, ...),
+        :data:`WRITE_LIMIT` a call."""
+        return self.write_many(
+            "POST", f"{API}/{entity}/link", items, key="links", chunk_size=WRITE_LIMIT
+        )
 
     def add_notes(
         self, entity: str, items: Sequence[dict[str, Any]]
     ) -> list[dict[str, Any] | None]:
-        """Add notes to ``entity`` items (``entity_id``); the answer item of each."""
-        return self.write_many("POST", f"{API}/{entity}/notes", items, key="notes")
+        """Add notes to ``entity`` items (``entity_id``), :data:`WRITE_LIMIT` a
+        call; the answer item of each."""
+        return self.write_many(
+            "POST", f"{API}/{entity}/notes", items, key="notes", chunk_size=WRITE_LIMIT
+        )
 
     def list_notes(
         self, entity: str, entity_ids: Sequence[int], *, note_type: str | None = None
     ) -> list[dict[str, Any]]:
-        """Every note (of ``note_type``) of these ``entity`` items, 50 ids per call."""
+        """Every note (of ``note_type``) of these ``entity`` items, :data:`PAGE_LIMIT`
+        ids per call (a batch's entities in one)."""
         notes: list[dict[str, Any]] = []
-        for start in range(0, len(entity_ids), BATCH_SIZE):
+        for start in range(0, len(entity_ids), PAGE_LIMIT):
             params: dict[str, Any] = {
-                "filter[entity_id][]": list(entity_ids[start : start + BATCH_SIZE])
+                "filter[entity_id][]": list(entity_ids[start : start + PAGE_LIMIT])
             }
             if note_type:
                 params["filter[note_type]"] = note_type
@@ -625,21 +636,25 @@ class AmoClient:
         return notes
 
     def add_tasks(self, items: Sequence[dict[str, Any]]) -> list[dict[str, Any] | None]:
-        """Add tasks (each naming ``entity_type`` and ``entity_id``)."""
-        return self.write_many("POST", f"{API}/tasks", items, key="tasks")
+        """Add tasks (each naming ``entity_type`` and ``entity_id``),
+        :data:`WRITE_LIMIT` a call."""
+        return self.write_many(
+            "POST", f"{API}/tasks", items, key="tasks", chunk_size=WRITE_LIMIT
+        )
 
     def list_tasks(
         self, entity: str, entity_ids: Sequence[int]
     ) -> list[dict[str, Any]]:
-        """Every task of these ``entity`` items, 50 ids per call."""
+        """Every task of these ``entity`` items, :data:`PAGE_LIMIT` ids per call (a
+        batch's entities in one)."""
         tasks: list[dict[str, Any]] = []
-        for start in range(0, len(entity_ids), BATCH_SIZE):
+        for start in range(0, len(entity_ids), PAGE_LIMIT):
             tasks += self.get_all(
                 f"{API}/tasks",
                 "tasks",
                 **{
                     "filter[entity_type]": entity,
-                    "filter[entity_id][]": list(entity_ids[start : start + BATCH_SIZE]),
+                    "filter[entity_id][]": list(entity_ids[start : start + PAGE_LIMIT]),
                 },
             )
         return tasks

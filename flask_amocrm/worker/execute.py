@@ -2,10 +2,12 @@
 
 :func:`execute` takes the deliveries of one batch (each an event with its plan) and
 runs the plans' steps (:data:`~flask_amocrm.rules.plan.STEPS`) for all of them
-together, one step after
-the other: each step is one call per entity type for the whole batch, 50 items at a
-time (``leads/complex``, ``leads/unsorted/forms``, ``contacts``, ``notes``, ``tasks``,
-``link``); the ``files`` step (:mod:`.drive`) goes file by file.
+together, one step after the other: each step is one call per entity type for the
+whole batch, as many items a call as amoCRM takes of that kind
+(:data:`~flask_amocrm.amo.client.BATCH_SIZE`, 50, of what carries custom fields:
+``leads/complex``, ``leads/unsorted/forms``, ``contacts``, ``companies`` and their
+``PATCH``; :data:`~flask_amocrm.amo.client.WRITE_LIMIT`, 250, of notes, tasks and
+links); the ``files`` step (:mod:`.drive`) goes file by file.
 
 After each call the ids amoCRM returned are recorded in each event's
 :class:`~flask_amocrm.progress.Progress` and saved at once, with the step marked done,
@@ -28,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, Protocol
 
-from ..amo.client import AmoClient
+from ..amo.client import BATCH_SIZE, WRITE_LIMIT, AmoClient
 from ..errors import AmoCRMError, ValidationError
 from ..hooks import for_events
 from ..i18n import N_
@@ -40,9 +42,6 @@ from .lookup import NoLocks, lock_keys, lookup
 from .markers import find_again_or_mark
 
 log = logging.getLogger("flask_amocrm.worker")
-
-#: amoCRM takes at most 50 items per batch write (and 50 leads per ``complex``).
-CHUNK = 50
 
 
 def _save(deliveries: Sequence[Delivery]) -> None:
@@ -147,7 +146,7 @@ Group = tuple[Delivery, list[dict[str, Any]]]
 Write = Callable[[list[dict[str, Any]]], list[dict[str, Any] | None]]
 
 
-def _chunks(groups: list[Group], size: int = CHUNK) -> Iterator[list[Group]]:
+def _chunks(groups: list[Group], size: int) -> Iterator[list[Group]]:
     """Chunks of at most ``size`` items that never split one delivery's items."""
     chunk: list[Group] = []
     count = 0
@@ -166,16 +165,21 @@ def _send(
     write: Write,
     groups: list[Group],
     done: Callable[[Delivery, list[dict[str, Any] | None]], None],
+    *,
+    per_call: int,
 ) -> None:
-    """Send every group's items with ``write``, chunk by chunk; call
-    ``done(delivery, answers)`` right after the chunk holding them was answered.
-    ``what`` names the call in the errors of rejected items.
+    """Send every group's items with ``write``, chunk by chunk (``per_call`` items a
+    call at most: :data:`BATCH_SIZE` of what carries custom fields,
+    :data:`WRITE_LIMIT` of notes, tasks and links); call ``done(delivery, answers)``
+    right after the chunk holding them was answered. ``what`` names the call in the
+    errors of rejected items.
 
     An event whose items cannot be written as JSON (a lone surrogate, a number too
     large) fails alone before anything is sent. A 400 that names no item is not
     blamed on the whole chunk: the chunk is split in halves, each sent again (as
     for a 504), until the event that amoCRM refuses is alone and fails alone."""
-    for chunk in _chunks([g for g in groups if g[1] and _encodable(what, g)]):
+    sendable = [g for g in groups if g[1] and _encodable(what, g)]
+    for chunk in _chunks(sendable, per_call):
         _send_chunk(what, write, chunk, done)
 
 
@@ -323,7 +327,13 @@ def _update(client: AmoClient, deliveries: list[Delivery]) -> None:
         ) -> None:
             d.record(**{f"{key}_id": d.plan.existing(d.progress)[key]})
 
-        _send(f"PATCH {entity}", partial(client.update, entity), groups, done)
+        _send(
+            f"PATCH {entity}",
+            partial(client.update, entity),
+            groups,
+            done,
+            per_call=BATCH_SIZE,
+        )
     for delivery in deliveries:
         if delivery.error is None:
             delivery.record("update")
@@ -366,6 +376,7 @@ def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
         client.create_unsorted,
         [(d, [d.plan.unsorted_item()]) for d in unsorted],
         unsorted_done,
+        per_call=BATCH_SIZE,
     )
 
     def complex_done(d: Delivery, answers: list[dict[str, Any] | None]) -> None:
@@ -400,6 +411,7 @@ def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
         client.create_complex,
         [(d, [d.plan.complex_item(d.ids())]) for d in complex_],
         complex_done,
+        per_call=BATCH_SIZE,
     )
 
     # Without a new lead, contacts and companies are created on their own.
@@ -423,7 +435,13 @@ def _create(client: AmoClient, deliveries: list[Delivery]) -> None:
             sub = d.plan.entity(key)
             assert sub is not None
             groups.append((d, [sub.create_payload()]))
-        _send(f"POST {entity}", partial(client.create, entity), groups, done)
+        _send(
+            f"POST {entity}",
+            partial(client.create, entity),
+            groups,
+            done,
+            per_call=BATCH_SIZE,
+        )
     for delivery in separate:
         if delivery.error is None:
             delivery.record("create")
@@ -444,6 +462,7 @@ def _link(client: AmoClient, deliveries: list[Delivery]) -> None:
             partial(client.link, entity),
             groups,
             lambda _d, _a: None,
+            per_call=WRITE_LIMIT,
         )
     for delivery in deliveries:
         if delivery.error is None:
@@ -497,7 +516,13 @@ def _notes(client: AmoClient, deliveries: list[Delivery]) -> None:
             ]
             d.record(note_ids=note_ids, notes_done=[*progress.notes_done, entity])
 
-        _send(f"POST {entity}/notes", partial(client.add_notes, entity), groups, done)
+        _send(
+            f"POST {entity}/notes",
+            partial(client.add_notes, entity),
+            groups,
+            done,
+            per_call=WRITE_LIMIT,
+        )
         for d, items in groups:
             if not items and d.error is None:
                 done(d, [])
@@ -547,7 +572,7 @@ def _tasks(client: AmoClient, deliveries: list[Delivery]) -> None:
             not in existing
         ]
         groups.append((d, items))
-    _send("POST tasks", client.add_tasks, groups, done)
+    _send("POST tasks", client.add_tasks, groups, done, per_call=WRITE_LIMIT)
     for d in deliveries:
         if d.error is None and not d.progress.is_done("tasks"):
             d.record("tasks", task_ids=[])
