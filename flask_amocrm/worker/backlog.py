@@ -5,7 +5,9 @@ another (the leads before their notes and tasks), so a worker that sends one bat
 at a time leaves the request budget unused while it waits for an answer and while it
 claims and plans the next batch. :func:`drain` keeps ``AMOCRM_WORKER_THREADS``
 batches on the way in threads of this process: while one waits for amoCRM, the next
-is claimed and planned, and the shared rate limiter
+is claimed and planned (each thread is started once the one before has planned its
+batch: planning at once, they would share the CPU and delay every first call), and
+the shared rate limiter
 (:mod:`flask_amocrm.amo.ratelimit`) hands the account's requests to whichever is
 ready. Each thread claims the oldest due events itself
 (:func:`~flask_amocrm.outbox.claim_due`), so the threads of every worker on every
@@ -68,7 +70,23 @@ def drain(
     errors: list[BaseException] = []
     todo = None if ids is None else list(ids)
 
-    def next_batch() -> dict[int, str] | None:
+    threads: list[threading.Thread] = []
+    others = _threads(state) - 1
+
+    def start_another() -> None:
+        """Start one more lane, up to ``AMOCRM_WORKER_THREADS``: each is started
+        when the one before has planned its batch. Lanes planning at once would
+        share the CPU, and every batch's first call would wait for all of them."""
+        with lock:
+            if len(threads) >= others or errors:
+                return
+            thread = threading.Thread(
+                target=lane, name=f"amocrm-batch-{len(threads) + 1}", daemon=True
+            )
+            threads.append(thread)
+        thread.start()
+
+    def next_batch(planned: Callable[[], None]) -> dict[int, str] | None:
         """The outcomes of the next batch; ``{}`` when it claimed nothing, ``None``
         when there is no more to take."""
         if time.monotonic() >= deadline or (stop is not None and stop()):
@@ -82,16 +100,26 @@ def drain(
                 batch, todo[:size] = todo[:size], []
             else:
                 return None
-        return deliver_due(size) if batch is None else deliver_events(batch)
+        if batch is None:
+            return deliver_due(size, planned=planned)
+        return deliver_events(batch, planned=planned)
 
     def lane(batch: list[int] | None = None) -> None:
+        started = False
+
+        def planned() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                start_another()
+
         with app.app_context():
             try:
                 while True:
                     if batch:
-                        done, batch = deliver_claimed(batch), None
+                        done, batch = deliver_claimed(batch, planned=planned), None
                     else:
-                        found = next_batch()
+                        found = next_batch(planned)
                         if found is None or (not found and todo is None):
                             return  # no more to take, or nothing is due
                         done = found
@@ -108,14 +136,14 @@ def drain(
 
     # Claimed before the other threads claim theirs, so they do not split it.
     claimed = claim_events(first) if first else None
-    threads = [
-        threading.Thread(target=lane, name=f"amocrm-batch-{n}", daemon=True)
-        for n in range(1, _threads(state))
-    ]
-    for thread in threads:
-        thread.start()
-    lane(claimed)  # this thread is one of them
-    for thread in threads:
+    lane(claimed)  # this thread is the first lane; it starts the next
+    joined = 0
+    while True:
+        with lock:
+            if joined == len(threads):
+                break  # a lane starts the next before it ends: none is left out
+            thread = threads[joined]
+        joined += 1
         # The other threads finish the batch in hand before this returns, even if
         # this thread is interrupted meanwhile (RQ's job timeout): with an error
         # recorded they take no new one.

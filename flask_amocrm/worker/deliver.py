@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import socket
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -93,13 +94,15 @@ def deliver_event(event_id: int) -> str:
     return deliver_events([event_id]).get(event_id, "skipped")
 
 
-def deliver_events(event_ids: list[int]) -> dict[int, str]:
+def deliver_events(
+    event_ids: list[int], *, planned: Callable[[], None] | None = None
+) -> dict[int, str]:
     """Deliver a batch of events of the current app together.
 
     Returns the status each claimed event ended in; events that were not due or that
-    another worker holds are left out.
+    another worker holds are left out. ``planned`` as for :func:`deliver_claimed`.
     """
-    return deliver_claimed(claim_events(event_ids))
+    return deliver_claimed(claim_events(event_ids), planned=planned)
 
 
 def claim_events(event_ids: list[int]) -> list[int]:
@@ -110,17 +113,23 @@ def claim_events(event_ids: list[int]) -> list[int]:
     return claim(state, list(dict.fromkeys(event_ids)))
 
 
-def deliver_due(limit: int) -> dict[int, str]:
+def deliver_due(
+    limit: int, *, planned: Callable[[], None] | None = None
+) -> dict[int, str]:
     """Claim up to ``limit`` of the oldest due events of the current app and
     deliver them together (:func:`~flask_amocrm.outbox.claim_due`); the status each
-    ended in, nothing when none was due."""
+    ended in, nothing when none was due. ``planned`` as for
+    :func:`deliver_claimed`."""
     state = get_state()
     reload_rules(state)
-    return deliver_claimed(claim_due(state, limit))
+    return deliver_claimed(claim_due(state, limit), planned=planned)
 
 
-def deliver_claimed(claimed: list[int]) -> dict[int, str]:
-    """Deliver the events this worker has just claimed, together."""
+def deliver_claimed(
+    claimed: list[int], *, planned: Callable[[], None] | None = None
+) -> dict[int, str]:
+    """Deliver the events this worker has just claimed, together. ``planned()`` is
+    called once their plans are built, before the first call to amoCRM."""
     if not claimed:
         return {}
     state = get_state()
@@ -193,6 +202,8 @@ def deliver_claimed(claimed: list[int]) -> dict[int, str]:
                     continue
                 deliveries.append(delivery)
 
+            if planned is not None:
+                planned()
             batch_error = _run(state, deliveries, claimed)
             stale = [d for d in deliveries if stale_metadata(d.error)]
             if batch_error is None and stale and _refresh_caches(state):
