@@ -283,3 +283,28 @@ def test_a_batch_slower_than_its_lease_keeps_its_events(
     assert sorted(first.values()) == ["delivered"] * 5
     names = Counter(lead["name"] for lead in sandbox.leads())
     assert len(names) == 5 and set(names.values()) == {1}, names
+
+
+def test_the_first_batch_of_a_run_is_one_call_of_leads(
+    make_app: Any, sandbox: Any
+) -> None:
+    """A run's first batch is 50 events, so its first request leaves once those are
+    planned; the batches after it are full (their notes go 250 a call)."""
+    from flask_amocrm.testing import deliver_pending
+
+    sandbox.config(rate_limit=0)
+    app = make_app(
+        AMOCRM_RULES=RULES,
+        AMOCRM_BATCH_SIZE=250,
+        AMOCRM_WORKER_THREADS=1,
+        AMOCRM_RATE_LIMIT=50,
+    )
+    _submit(app, 300)
+    assert deliver_pending(app).get("delivered") == 300
+    notes = [
+        len(r["body"])
+        for r in sandbox.requests()
+        if r["path"] == "/api/v4/leads/notes" and r["method"] == "POST"
+    ]
+    assert notes == [50, 250]
+    assert _complex_sizes(sandbox) == [50] * 6

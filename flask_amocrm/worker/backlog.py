@@ -36,6 +36,10 @@ log = logging.getLogger("flask_amocrm.worker")
 
 #: How long one job keeps taking new batches (RQ stops a job after ten minutes).
 DRAIN_SECONDS = 60.0
+#: The first batch of a drain is at most one call's worth of leads (amoCRM takes 50
+#: a call), so its first request leaves as soon as those are planned; the threads
+#: started after it plan full batches while it is sent.
+FIRST_BATCH = 50
 
 
 def drain(
@@ -86,9 +90,11 @@ def drain(
             threads.append(thread)
         thread.start()
 
-    def next_batch(planned: Callable[[], None]) -> dict[int, str] | None:
-        """The outcomes of the next batch; ``{}`` when it claimed nothing, ``None``
-        when there is no more to take."""
+    def next_batch(
+        planned: Callable[[], None], size: int = size
+    ) -> dict[int, str] | None:
+        """The outcomes of the next batch of up to ``size``; ``{}`` when it claimed
+        nothing, ``None`` when there is no more to take."""
         if time.monotonic() >= deadline or (stop is not None and stop()):
             return None
         with lock:
@@ -104,7 +110,7 @@ def drain(
             return deliver_due(size, planned=planned)
         return deliver_events(batch, planned=planned)
 
-    def lane(batch: list[int] | None = None) -> None:
+    def lane(batch: list[int] | None = None, limit: int = size) -> None:
         started = False
 
         def planned() -> None:
@@ -119,10 +125,11 @@ def drain(
                     if batch:
                         done, batch = deliver_claimed(batch, planned=planned), None
                     else:
-                        found = next_batch(planned)
+                        found = next_batch(planned, limit)
                         if found is None or (not found and todo is None):
                             return  # no more to take, or nothing is due
                         done = found
+                    limit = size
                     with lock:
                         outcomes.update(done)
                     if done and after_batch is not None:
@@ -135,8 +142,9 @@ def drain(
                     errors.append(exc)
 
     # Claimed before the other threads claim theirs, so they do not split it.
-    claimed = claim_events(first) if first else None
-    lane(claimed)  # this thread is the first lane; it starts the next
+    quick = min(size, FIRST_BATCH)
+    claimed = claim_events(first[:quick]) if first else None
+    lane(claimed, quick)  # this thread is the first lane; it starts the next
     joined = 0
     while True:
         with lock:
