@@ -143,7 +143,9 @@ def drain(
 
     # Claimed before the other threads claim theirs, so they do not split it.
     quick = min(size, FIRST_BATCH)
-    claimed = claim_events(first[:quick]) if first else None
+    # Workers starting together compute their first batches from the same oldest
+    # events: what another took is made up from the events nobody holds.
+    claimed = claim_events(first[:quick], fill=True) if first else None
     lane(claimed, quick)  # this thread is the first lane; it starts the next
     joined = 0
     while True:

@@ -105,12 +105,18 @@ def deliver_events(
     return deliver_claimed(claim_events(event_ids), planned=planned)
 
 
-def claim_events(event_ids: list[int]) -> list[int]:
+def claim_events(event_ids: list[int], *, fill: bool = False) -> list[int]:
     """Claim those of these events of the current app that are due and that
-    nobody else holds (:func:`~flask_amocrm.outbox.claim`)."""
+    nobody else holds (:func:`~flask_amocrm.outbox.claim`). With ``fill``, as many
+    of the oldest due events nobody holds as another worker took of them
+    (:func:`~flask_amocrm.outbox.claim_due`), so the batch is full anyway."""
     state = get_state()
     reload_rules(state)  # a rules file fixed since the last batch is used now
-    return claim(state, list(dict.fromkeys(event_ids)))
+    wanted = list(dict.fromkeys(event_ids))
+    claimed = claim(state, wanted)
+    if fill and len(claimed) < len(wanted):
+        claimed += claim_due(state, len(wanted) - len(claimed))
+    return claimed
 
 
 def deliver_due(
