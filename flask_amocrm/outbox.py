@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
     Table,
     and_,
@@ -52,7 +53,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import NullType
 
@@ -373,7 +374,24 @@ def store(state: AppState, **fields: Any) -> Event:
     if values["search"] is None:
         values["search"] = search_text(values["data"], state.settings.phone_region)
     event_id = statement.run(engine, values)
-    return Event(id=event_id, **values)
+    return _stored_event(event_id, values)
+
+
+#: The columns of an event that no new one has a value in.
+_UNSET_COLUMNS = ("next_attempt_at", "locked_until", "last_error", "delivered_at")
+
+
+def _stored_event(event_id: int, values: dict[str, Any]) -> Event:
+    """The :class:`Event` just inserted, built as a query loads a row (its values
+    put in place, not set one by one through the ORM's attribute events, which
+    cost more than the insert's own Python): detached, every column loaded."""
+    event: Event = Event.__mapper__.class_manager.new_instance()
+    loaded = event.__dict__
+    loaded.update(values)
+    loaded["id"] = event_id
+    for name in _UNSET_COLUMNS:
+        loaded[name] = None
+    return event
 
 
 class NewEventInsert:
@@ -384,6 +402,9 @@ class NewEventInsert:
     def __init__(self, dialect: Dialect) -> None:
         table = Event.__table__
         assert isinstance(table, Table)
+        # The stored event is built without the ORM's constructor
+        # (:func:`_stored_event`), which is what configures the mappers otherwise.
+        configure_mappers()
         compiled = (
             insert(table)
             .returning(table.c.id)
@@ -394,17 +415,34 @@ class NewEventInsert:
         #: Parameter names in their places (``?``), or ``None`` for named ones.
         self.order = tuple(compiled.positiontup or ()) if compiled.positional else None
         self.processors: list[tuple[str, Callable[[Any], Any]]] = []
+        #: Each processed column's parameter for an empty ``{}`` or ``[]`` (most
+        #: new events' ``files``, ``remote`` and ``log``), made once from values of
+        #: its own (never an event's, which its owner may change later).
+        self.empty: dict[tuple[str, type], Any] = {}
         for key in NEW_COLUMNS:
             process = table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 self.processors.append((key, process))
+                if isinstance(table.c[key].type, JSON):
+                    self.empty[key, dict] = process({})
+                    self.empty[key, list] = process([])
         self.sqlite = dialect.name == "sqlite"
 
     def parameters(self, values: dict[str, Any]) -> Any:
         """The DBAPI parameters of ``values`` (see :func:`new_values`)."""
         params = {key: values[key] for key in NEW_COLUMNS}
+        empty = self.empty
+        last: Any = None
+        last_processed: Any = None
         for key, process in self.processors:
-            params[key] = process(params[key])
+            value = params[key]
+            if not value and (key, value.__class__) in empty:
+                params[key] = empty[key, value.__class__]
+            elif value is last and value is not None:
+                params[key] = last_processed  # updated_at is created_at
+            else:
+                last = value
+                last_processed = params[key] = process(value)
         if self.order is None:
             return params
         return tuple(params[key] for key in self.order)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from flask_amocrm.worker.queue import enqueue_event, job_id
 from flask_amocrm.worker.sweeper import sweep
 from tests.conftest import CALLBACK_RULES
 from tests.helpers.e2e import form_site, stored_events
+from tests.helpers.process import child_env
 from tests.helpers.redis_server import RedisServer
 
 FORM = {"name": 'Анна "Ann" O\'Neil 😀', "phone": "+7 912 000-11-22"}
@@ -92,6 +96,57 @@ def test_the_compiled_insert_writes_the_row_the_orm_writes(
     assert first.attempts == 0
     assert first.created_at == second.created_at == fields["created_at"]
     assert isinstance(first.updated_at, datetime)
+
+
+def test_a_new_process_first_capture_returns_the_event_as_stored(
+    tmp_path: Path,
+) -> None:
+    """The event capture returns (to ``submit``, to ``event_captured``) is built
+    without the ORM's constructor: in a process where nothing has used the ORM yet
+    it reads, column by column, as the row read back does, and a session takes it
+    in and changes it."""
+    script = textwrap.dedent(f"""
+        import json
+        from flask import Flask
+        from flask_amocrm import AmoCRM
+        from flask_amocrm.models import Event
+        from flask_amocrm.state import get_state
+
+        app = Flask("site", instance_path={str(tmp_path / "instance")!r})
+        app.config.update(
+            SECRET_KEY="test", AMOCRM_BASE_URL="http://127.0.0.1:9", AMOCRM_TOKEN="t",
+            AMOCRM_DELIVERY="deferred",
+            AMOCRM_RULES={{"forms": {{"callback": {{}}}}}},
+        )
+        amocrm = AmoCRM(app)
+        with app.app_context():
+            form = {{"name": "Anna", "phone": "89120001122"}}
+            event = amocrm.submit("callback", form)
+            columns = [c.key for c in Event.__table__.columns]
+            returned = {{name: getattr(event, name) for name in columns}}
+            with get_state().session() as session:
+                row = session.get(Event, event.id)
+                stored = {{name: getattr(row, name) for name in columns}}
+                attempts = list(event.attempt_rows)
+                merged = session.merge(event)
+                merged.last_error = "changed"
+                session.commit()
+            with get_state().session() as session:
+                changed = session.get(Event, event.id).last_error
+        print(json.dumps([returned == stored, attempts, changed,
+                          sorted(k for k in columns if returned[k] != stored[k])],
+                         default=str))
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == [True, [], "changed", []]
 
 
 # A connection the server drops is PostgreSQL's case (SQLite has no server).
