@@ -73,7 +73,7 @@ from .models import (
     utcnow,
 )
 from .rules.schema import disabled_rules
-from .state import CAPTURE_BUSY_MS, SQLITE_BUSY_MS
+from .state import CAPTURE_BUSY_MS, SQLITE_BUSY_MS, OwnConnections
 from .vocabulary import DEFAULT_PHONE_REGION, fold
 
 if TYPE_CHECKING:
@@ -361,19 +361,23 @@ def store(state: AppState, **fields: Any) -> Event:
     """Insert one event and commit; return it (detached, fully loaded).
 
     Capture's path, where the visitor waits: the insert compiled once per process
-    (:class:`NewEventInsert`) runs on a pooled connection of
+    (:class:`NewEventInsert`) runs on one of capture's own SQLite connections
+    (:class:`~flask_amocrm.state.OwnConnections`), else on a pooled connection of
     :attr:`~flask_amocrm.state.AppState.capture_engine`. Building the statement, its
     cache key and an execution context per event cost more than the insert and the
     commit themselves.
     """
-    if not state.tables_ready:
-        state.create_tables()
+    state.ensure_tables()
     engine = state.capture_engine
     statement = state.local("new_event_insert", lambda: NewEventInsert(engine.dialect))
     values = new_values(**fields)
     if values["search"] is None:
         values["search"] = search_text(values["data"], state.settings.phone_region)
-    event_id = statement.run(engine, values)
+    own = state.own_connections()
+    if own is not None:
+        event_id = statement.run_own(own, values)
+    else:
+        event_id = statement.run(engine, values)
     return _stored_event(event_id, values)
 
 
@@ -412,6 +416,10 @@ class NewEventInsert:
         )
         self.dialect = dialect
         self.sql = compiled.string
+        #: The same without ``RETURNING``, for SQLite's ``lastrowid``.
+        self.sql_plain = (
+            insert(table).compile(dialect=dialect, column_keys=list(NEW_COLUMNS)).string
+        )
         #: Parameter names in their places (``?``), or ``None`` for named ones.
         self.order = tuple(compiled.positiontup or ()) if compiled.positional else None
         self.processors: list[tuple[str, Callable[[Any], Any]]] = []
@@ -468,6 +476,25 @@ class NewEventInsert:
             finally:
                 connection.close()  # back to the pool, rolled back if unfinished
         raise AssertionError("unreachable")
+
+    def run_own(self, own: OwnConnections, values: dict[str, Any]) -> int:
+        """Insert ``values`` and commit on one of capture's own SQLite connections
+        (it waits for the write lock as long as capture may); return the new id."""
+        params = self.parameters(values)
+        connection = own.take()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(self.sql_plain, params)
+                event_id = cursor.lastrowid
+            finally:
+                cursor.close()
+            connection.commit()
+        except BaseException:
+            own.discard(connection)
+            raise
+        own.give_back(connection)
+        return int(event_id)
 
     def _execute(self, connection: Any, params: Any) -> int:
         cursor = connection.cursor()

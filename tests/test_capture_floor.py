@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from flask import Flask
 from rq.job import Job, JobStatus
 from sqlalchemy import create_engine, text
 
-from flask_amocrm.outbox import add, store
+from flask_amocrm.outbox import add, load_spool, store
 from flask_amocrm.state import SQLITE_BUSY_MS, get_state
 from flask_amocrm.worker.queue import enqueue_event, job_id
 from flask_amocrm.worker.sweeper import sweep
@@ -196,6 +197,44 @@ def test_capture_spools_rather_than_wait_out_a_long_sqlite_lock(
     with app.app_context(), get_state(app).engine.connect() as connection:
         wait = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
     assert wait == SQLITE_BUSY_MS
+    # and once the lock is gone, the next form is stored
+    assert client.post("/form/callback", data={"name": "after"}).status_code == 200
+    assert [e.data["name"] for e in stored_events(app)] == ["first", "after"]
+
+
+def test_forms_posted_at_once_from_many_threads_are_each_stored_once(
+    make_app: Any,
+) -> None:
+    """Threads storing forms together each get a connection of their own: every
+    form is stored once under its own id (or, when the write lock stays busy past
+    capture's wait, spooled and loaded later), none lost, none twice."""
+    app = _site(make_app, AMOCRM_DELIVERY="deferred")
+    returned: list[tuple[int, str]] = []
+
+    def post_forms(thread: int) -> None:
+        with app.test_request_context():
+            for n in range(10):
+                form = {"name": f"{thread}-{n}", "phone": "+7 912 000-11-22"}
+                event = app.extensions["amocrm"].extension.submit("callback", form)
+                if event is not None:
+                    returned.append((event.id, event.data["name"]))
+
+    threads = [threading.Thread(target=post_forms, args=(t,)) for t in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with app.app_context():
+        load_spool(get_state(app), app.instance_path)
+    events = stored_events(app)
+    assert sorted(e.data["name"] for e in events) == sorted(
+        f"{t}-{n}" for t in range(6) for n in range(10)
+    )
+    by_id = {e.id: e for e in events}
+    assert len(by_id) == 60
+    # the id each capture returned is its own row's
+    assert returned
+    assert all(by_id[i].data["name"] == name for i, name in returned)
 
 
 def test_the_hand_off_queues_a_job_rq_and_the_sweeper_know(
