@@ -478,22 +478,40 @@ class NewEventInsert:
         raise AssertionError("unreachable")
 
     def run_own(self, own: OwnConnections, values: dict[str, Any]) -> int:
-        """Insert ``values`` and commit on one of capture's own SQLite connections
-        (it waits for the write lock as long as capture may); return the new id."""
+        """Insert ``values`` on one of capture's own connections and commit (on
+        PostgreSQL it is in autocommit: the insert is its own transaction); return
+        the new id. A connection the server dropped is closed and the insert made
+        once more on a new one, as :meth:`run` does."""
         params = self.parameters(values)
-        connection = own.take()
-        try:
-            cursor = connection.cursor()
+        for attempt in (1, 2):
+            connection = own.take()
             try:
+                event_id = self._insert_own(connection, params)
+            except self.dialect.loaded_dbapi.Error as exc:
+                dropped = self.dialect.is_disconnect(exc, connection, None)
+                own.discard(connection)
+                if not dropped or attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                own.discard(connection)
+                raise
+            own.give_back(connection)
+            return event_id
+        raise AssertionError("unreachable")
+
+    def _insert_own(self, connection: Any, params: Any) -> int:
+        cursor = connection.cursor()
+        try:
+            if self.sqlite:
                 cursor.execute(self.sql_plain, params)
                 event_id = cursor.lastrowid
-            finally:
-                cursor.close()
-            connection.commit()
-        except BaseException:
-            own.discard(connection)
-            raise
-        own.give_back(connection)
+                connection.commit()
+            else:
+                cursor.execute(self.sql, params)
+                event_id = cursor.fetchone()[0]
+        finally:
+            cursor.close()
         return int(event_id)
 
     def _execute(self, connection: Any, params: Any) -> int:

@@ -164,20 +164,18 @@ class AppState:
         return self._capture_engine
 
     def own_connections(self) -> OwnConnections | None:
-        """Capture's own SQLite connections (:class:`OwnConnections`), when the
-        events live in an SQLite file of the extension's own engine; ``None``
-        otherwise (PostgreSQL, an in-memory database, the app's Flask-SQLAlchemy
-        engine): capture takes a connection of :attr:`capture_engine` then."""
-        engine = self.engine
+        """Capture's own connections (:class:`OwnConnections`), made by
+        :attr:`capture_engine` (on PostgreSQL: in autocommit), when it is the
+        extension's own engine; ``None`` for the app's Flask-SQLAlchemy engine and
+        an in-memory SQLite database: capture takes a pooled connection then."""
+        if self.db is not None:
+            return None
+        engine = self.capture_engine
         own = self._own_connections
         if own is not None and own.engine is engine and own.pid == os.getpid():
             return own
-        if (
-            self.db is not None
-            or engine.dialect.name != "sqlite"
-            or not isinstance(engine.pool, QueuePool)  # in memory: one connection
-        ):
-            return None
+        if engine.dialect.name == "sqlite" and not isinstance(engine.pool, QueuePool):
+            return None  # in memory: the pool's one connection is the database
         with self._lock:
             own = self._own_connections
             if own is not None and own.pid != os.getpid():
@@ -300,20 +298,22 @@ class AppState:
 
 
 class OwnConnections:
-    """The SQLite connections capture stores new events with, kept out of the
+    """The DBAPI connections capture stores new events with, kept out of the
     engine's pool: taking one is a ``list.pop`` (the pool's checkout and checkin,
     its locks and its reset on return, cost a visitor about as much as the insert's
-    own Python), and each waits at most :data:`CAPTURE_BUSY_MS` for the write lock
-    for good, so no statement sets and restores it around every insert.
+    own Python). On SQLite each waits at most :data:`CAPTURE_BUSY_MS` for the write
+    lock for good, so no statement sets and restores it around every insert.
 
-    A connection is opened by the engine (its pragmas: WAL, ``synchronous=FULL``)
-    and taken out of its pool; there are never more than captures running at once,
-    and at most :data:`OWN_IDLE` are kept between them. One that failed is closed,
-    never reused. :meth:`close` closes them (:meth:`AppState.dispose`)."""
+    A connection is opened by the engine (SQLite's pragmas: WAL,
+    ``synchronous=FULL``; PostgreSQL's autocommit) and taken out of its pool; there
+    are never more than captures running at once, and at most :data:`OWN_IDLE` are
+    kept between them. One that failed is closed, never reused. :meth:`close`
+    closes them (:meth:`AppState.dispose`)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.pid = os.getpid()
+        self.sqlite = engine.dialect.name == "sqlite"
         self._idle: list[Any] = []
         self._closed = False
 
@@ -327,11 +327,12 @@ class OwnConnections:
         pooled.detach()  # the pool forgets it; it is ours to close
         connection = pooled.dbapi_connection
         assert connection is not None
-        cursor = connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout={CAPTURE_BUSY_MS}")
-        finally:
-            cursor.close()
+        if self.sqlite:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(f"PRAGMA busy_timeout={CAPTURE_BUSY_MS}")
+            finally:
+                cursor.close()
         return connection
 
     def give_back(self, connection: Any) -> None:
@@ -342,11 +343,13 @@ class OwnConnections:
             self._idle.append(connection)
 
     def discard(self, connection: Any) -> None:
-        """Close a connection whose insert failed: its state is not known."""
-        try:
-            connection.rollback()
-        finally:
-            connection.close()
+        """Close a connection whose insert failed: its state is not known (nor
+        whether the server still holds it: what closing it says is not news)."""
+        for end in (connection.rollback, connection.close):
+            try:
+                end()
+            except Exception:  # noqa: BLE001, S110 - dropped or broken: it goes
+                pass
 
     def close(self) -> None:
         """Close the idle connections; those in use are closed when given back."""

@@ -158,13 +158,15 @@ def test_a_dropped_postgresql_connection_costs_no_event(
     app = _site(make_app, AMOCRM_DATABASE_URI=database_uri)
     client = app.test_client()
     assert client.post("/form/callback", data=FORM).status_code == 200
-    with app.app_context():
-        pooled = get_state(app).capture_engine.raw_connection()
-        cursor = pooled.cursor()
+    with app.app_context():  # the connection the next capture takes
+        own = get_state(app).own_connections()
+        assert own is not None
+        held = own.take()
+        cursor = held.cursor()
         cursor.execute("SELECT pg_backend_pid()")
         backend = cursor.fetchone()[0]
-        pooled.commit()
-        pooled.close()  # back to the pool, where the next capture takes it
+        cursor.close()
+        own.give_back(held)
     killer = create_engine(database_uri)
     with killer.begin() as connection:
         connection.execute(text("SELECT pg_terminate_backend(:p)"), {"p": backend})
