@@ -100,6 +100,7 @@ FIELDS = (
     "created_at",
     "search",
 )
+_FIELD_NAMES = frozenset(FIELDS)
 #: The columns a new event is inserted with (:func:`new_values`), in this order.
 NEW_COLUMNS = (
     "uid",
@@ -206,6 +207,8 @@ def bounded(
         return text
 
     def walk(item: Any, path: str, depth: int) -> Any:
+        if isinstance(item, str):  # most values
+            return cut(item, path)
         if item is None or isinstance(item, bool):
             budget[0] -= 5
             return item
@@ -220,8 +223,6 @@ def bounded(
         if isinstance(item, float):
             budget[0] -= 20
             return finite(item)
-        if isinstance(item, str):
-            return cut(item, path)
         if isinstance(item, dict | list | tuple) and depth >= MAX_DEPTH:
             notes.append(
                 N_(
@@ -333,7 +334,7 @@ def blank_context(site_name: str | None, **site: Any) -> dict[str, Any]:
 def new_values(**fields: Any) -> dict[str, Any]:
     """The column values of a new event: ``fields`` (see :data:`FIELDS`) over the
     values every new event starts with."""
-    unknown = set(fields) - set(FIELDS)
+    unknown = fields.keys() - _FIELD_NAMES
     if unknown:
         raise TypeError(f"not fields of a new event: {sorted(unknown)}")
     now = utcnow()
