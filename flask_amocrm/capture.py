@@ -91,6 +91,8 @@ def plain(value: Any, depth: int = 0) -> Any:
     """Make submitted data JSON-safe: MultiDicts keep repeated keys as lists. Past
     :data:`~flask_amocrm.outbox.MAX_DEPTH` levels a value is kept as text (a body
     nested 500 deep must not exhaust the stack)."""
+    if value.__class__ is str:  # most values: kept as they are, no checks
+        return value
     if depth > MAX_DEPTH and isinstance(value, Mapping | list | tuple | set):
         return as_text(value)
     if hasattr(value, "to_dict") and hasattr(value, "getlist"):

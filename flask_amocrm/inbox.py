@@ -42,8 +42,7 @@ log = logging.getLogger("flask_amocrm")
 
 def store_changes(state: AppState, changes: Iterable[Change]) -> list[int]:
     """Store the changes not stored before; return the ids of the new rows."""
-    if not state.tables_ready:
-        state.create_tables()
+    state.ensure_tables()
     new: list[int] = []
     for change in changes:
         row_id = _insert(state, change)

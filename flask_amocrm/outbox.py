@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
     Table,
     and_,
@@ -52,7 +53,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import NullType
 
@@ -72,7 +73,7 @@ from .models import (
     utcnow,
 )
 from .rules.schema import disabled_rules
-from .state import CAPTURE_BUSY_MS, SQLITE_BUSY_MS
+from .state import CAPTURE_BUSY_MS, SQLITE_BUSY_MS, OwnConnections
 from .vocabulary import DEFAULT_PHONE_REGION, fold
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ FIELDS = (
     "created_at",
     "search",
 )
+_FIELD_NAMES = frozenset(FIELDS)
 #: The columns a new event is inserted with (:func:`new_values`), in this order.
 NEW_COLUMNS = (
     "uid",
@@ -205,6 +207,8 @@ def bounded(
         return text
 
     def walk(item: Any, path: str, depth: int) -> Any:
+        if isinstance(item, str):  # most values
+            return cut(item, path)
         if item is None or isinstance(item, bool):
             budget[0] -= 5
             return item
@@ -219,8 +223,6 @@ def bounded(
         if isinstance(item, float):
             budget[0] -= 20
             return finite(item)
-        if isinstance(item, str):
-            return cut(item, path)
         if isinstance(item, dict | list | tuple) and depth >= MAX_DEPTH:
             notes.append(
                 N_(
@@ -332,7 +334,7 @@ def blank_context(site_name: str | None, **site: Any) -> dict[str, Any]:
 def new_values(**fields: Any) -> dict[str, Any]:
     """The column values of a new event: ``fields`` (see :data:`FIELDS`) over the
     values every new event starts with."""
-    unknown = set(fields) - set(FIELDS)
+    unknown = fields.keys() - _FIELD_NAMES
     if unknown:
         raise TypeError(f"not fields of a new event: {sorted(unknown)}")
     now = utcnow()
@@ -360,20 +362,41 @@ def store(state: AppState, **fields: Any) -> Event:
     """Insert one event and commit; return it (detached, fully loaded).
 
     Capture's path, where the visitor waits: the insert compiled once per process
-    (:class:`NewEventInsert`) runs on a pooled connection of
+    (:class:`NewEventInsert`) runs on one of capture's own SQLite connections
+    (:class:`~flask_amocrm.state.OwnConnections`), else on a pooled connection of
     :attr:`~flask_amocrm.state.AppState.capture_engine`. Building the statement, its
     cache key and an execution context per event cost more than the insert and the
     commit themselves.
     """
-    if not state.tables_ready:
-        state.create_tables()
+    state.ensure_tables()
     engine = state.capture_engine
     statement = state.local("new_event_insert", lambda: NewEventInsert(engine.dialect))
     values = new_values(**fields)
     if values["search"] is None:
         values["search"] = search_text(values["data"], state.settings.phone_region)
-    event_id = statement.run(engine, values)
-    return Event(id=event_id, **values)
+    own = state.own_connections()
+    if own is not None:
+        event_id = statement.run_own(own, values)
+    else:
+        event_id = statement.run(engine, values)
+    return _stored_event(event_id, values)
+
+
+#: The columns of an event that no new one has a value in.
+_UNSET_COLUMNS = ("next_attempt_at", "locked_until", "last_error", "delivered_at")
+
+
+def _stored_event(event_id: int, values: dict[str, Any]) -> Event:
+    """The :class:`Event` just inserted, built as a query loads a row (its values
+    put in place, not set one by one through the ORM's attribute events, which
+    cost more than the insert's own Python): detached, every column loaded."""
+    event: Event = Event.__mapper__.class_manager.new_instance()
+    loaded = event.__dict__
+    loaded.update(values)
+    loaded["id"] = event_id
+    for name in _UNSET_COLUMNS:
+        loaded[name] = None
+    return event
 
 
 class NewEventInsert:
@@ -384,6 +407,9 @@ class NewEventInsert:
     def __init__(self, dialect: Dialect) -> None:
         table = Event.__table__
         assert isinstance(table, Table)
+        # The stored event is built without the ORM's constructor
+        # (:func:`_stored_event`), which is what configures the mappers otherwise.
+        configure_mappers()
         compiled = (
             insert(table)
             .returning(table.c.id)
@@ -391,20 +417,41 @@ class NewEventInsert:
         )
         self.dialect = dialect
         self.sql = compiled.string
+        #: The same without ``RETURNING``, for SQLite's ``lastrowid``.
+        self.sql_plain = (
+            insert(table).compile(dialect=dialect, column_keys=list(NEW_COLUMNS)).string
+        )
         #: Parameter names in their places (``?``), or ``None`` for named ones.
         self.order = tuple(compiled.positiontup or ()) if compiled.positional else None
         self.processors: list[tuple[str, Callable[[Any], Any]]] = []
+        #: Each processed column's parameter for an empty ``{}`` or ``[]`` (most
+        #: new events' ``files``, ``remote`` and ``log``), made once from values of
+        #: its own (never an event's, which its owner may change later).
+        self.empty: dict[tuple[str, type], Any] = {}
         for key in NEW_COLUMNS:
             process = table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 self.processors.append((key, process))
+                if isinstance(table.c[key].type, JSON):
+                    self.empty[key, dict] = process({})
+                    self.empty[key, list] = process([])
         self.sqlite = dialect.name == "sqlite"
 
     def parameters(self, values: dict[str, Any]) -> Any:
         """The DBAPI parameters of ``values`` (see :func:`new_values`)."""
         params = {key: values[key] for key in NEW_COLUMNS}
+        empty = self.empty
+        last: Any = None
+        last_processed: Any = None
         for key, process in self.processors:
-            params[key] = process(params[key])
+            value = params[key]
+            if not value and (key, value.__class__) in empty:
+                params[key] = empty[key, value.__class__]
+            elif value is last and value is not None:
+                params[key] = last_processed  # updated_at is created_at
+            else:
+                last = value
+                last_processed = params[key] = process(value)
         if self.order is None:
             return params
         return tuple(params[key] for key in self.order)
@@ -430,6 +477,43 @@ class NewEventInsert:
             finally:
                 connection.close()  # back to the pool, rolled back if unfinished
         raise AssertionError("unreachable")
+
+    def run_own(self, own: OwnConnections, values: dict[str, Any]) -> int:
+        """Insert ``values`` on one of capture's own connections and commit (on
+        PostgreSQL it is in autocommit: the insert is its own transaction); return
+        the new id. A connection the server dropped is closed and the insert made
+        once more on a new one, as :meth:`run` does."""
+        params = self.parameters(values)
+        for attempt in (1, 2):
+            connection = own.take()
+            try:
+                event_id = self._insert_own(connection, params)
+            except self.dialect.loaded_dbapi.Error as exc:
+                dropped = self.dialect.is_disconnect(exc, connection, None)
+                own.discard(connection)
+                if not dropped or attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                own.discard(connection)
+                raise
+            own.give_back(connection)
+            return event_id
+        raise AssertionError("unreachable")
+
+    def _insert_own(self, connection: Any, params: Any) -> int:
+        cursor = connection.cursor()
+        try:
+            if self.sqlite:
+                cursor.execute(self.sql_plain, params)
+                event_id = cursor.lastrowid
+                connection.commit()
+            else:
+                cursor.execute(self.sql, params)
+                event_id = cursor.fetchone()[0]
+        finally:
+            cursor.close()
+        return int(event_id)
 
     def _execute(self, connection: Any, params: Any) -> int:
         cursor = connection.cursor()

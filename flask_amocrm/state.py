@@ -23,6 +23,7 @@ from sqlalchemy import create_engine
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from .config import Settings
 from .hooks import Hooks
@@ -42,6 +43,10 @@ SQLITE_BUSY_MS = 10000
 #: How long, in milliseconds, storing an event at capture waits for SQLite's write
 #: lock before it gives up and spools the event: the visitor is waiting.
 CAPTURE_BUSY_MS = 200
+
+#: How many of capture's own SQLite connections (:class:`OwnConnections`) are kept
+#: open between captures, per process.
+OWN_IDLE = 8
 
 #: How long a Redis health check is trusted, in seconds.
 REDIS_CHECK_SECONDS = 5.0
@@ -72,6 +77,7 @@ class AppState:
         self._engine_pid = 0
         self._capture_engine: Engine | None = None
         self._capture_engine_pid = 0
+        self._own_connections: OwnConnections | None = None
         self._session_factory: sessionmaker[Session] | None = None
         self._redis: dict[str, Redis] = {}
         self._redis_checked = 0.0
@@ -157,6 +163,30 @@ class AppState:
                     self._capture_engine_pid = pid
         return self._capture_engine
 
+    def own_connections(self) -> OwnConnections | None:
+        """Capture's own connections (:class:`OwnConnections`), made by
+        :attr:`capture_engine` (on PostgreSQL: in autocommit), when it is the
+        extension's own engine; ``None`` for the app's Flask-SQLAlchemy engine and
+        an in-memory SQLite database: capture takes a pooled connection then."""
+        if self.db is not None:
+            return None
+        engine = self.capture_engine
+        own = self._own_connections
+        if own is not None and own.engine is engine and own.pid == os.getpid():
+            return own
+        if engine.dialect.name == "sqlite" and not isinstance(engine.pool, QueuePool):
+            return None  # in memory: the pool's one connection is the database
+        with self._lock:
+            own = self._own_connections
+            if own is not None and own.pid != os.getpid():
+                # A forked child never uses nor closes its parent's connections
+                # (closing one could let SQLite think the database unused).
+                _INHERITED.append(own)
+                own = None
+            if own is None or own.engine is not engine:
+                own = self._own_connections = OwnConnections(engine)
+        return own
+
     def _make_engine(self, *, capture: bool = False) -> Engine:
         if self.db is not None:
             return self.db.engine
@@ -183,6 +213,9 @@ class AppState:
         the app's Flask-SQLAlchemy engine); the next use opens new ones."""
         if self.db is not None:
             return
+        if self._own_connections is not None:
+            self._own_connections.close()
+            self._own_connections = None
         for engine in (self._engine, self._capture_engine):
             if engine is not None:
                 engine.dispose()
@@ -195,11 +228,16 @@ class AppState:
             factory = self._session_factory = sessionmaker(
                 engine, expire_on_commit=False
             )
+        self.ensure_tables()
+        return factory()
+
+    def ensure_tables(self) -> None:
+        """:meth:`create_tables` once, on first use: threads that start together
+        (a worker's, a web process's first forms) wait for the one that makes them."""
         if not self.tables_ready:
-            with self._tables_lock:  # threads of one worker start together
+            with self._tables_lock:
                 if not self.tables_ready:
                     self.create_tables()
-        return factory()
 
     def create_tables(self) -> None:
         """Create the ``amocrm_*`` tables that do not exist yet, add what an earlier
@@ -257,6 +295,71 @@ class AppState:
         """A Redis call failed: treat Redis as down until the next health check."""
         self._redis_alive = False
         self._redis_checked = time.monotonic()
+
+
+class OwnConnections:
+    """The DBAPI connections capture stores new events with, kept out of the
+    engine's pool: taking one is a ``list.pop`` (the pool's checkout and checkin,
+    its locks and its reset on return, cost a visitor about as much as the insert's
+    own Python). On SQLite each waits at most :data:`CAPTURE_BUSY_MS` for the write
+    lock for good, so no statement sets and restores it around every insert.
+
+    A connection is opened by the engine (SQLite's pragmas: WAL,
+    ``synchronous=FULL``; PostgreSQL's autocommit) and taken out of its pool; there
+    are never more than captures running at once, and at most :data:`OWN_IDLE` are
+    kept between them. One that failed is closed, never reused. :meth:`close`
+    closes them (:meth:`AppState.dispose`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.pid = os.getpid()
+        self.sqlite = engine.dialect.name == "sqlite"
+        self._idle: list[Any] = []
+        self._closed = False
+
+    def take(self) -> Any:
+        """A DBAPI connection, ready for one insert and its commit."""
+        try:
+            return self._idle.pop()  # atomic: threads never get the same one
+        except IndexError:
+            pass
+        pooled = self.engine.raw_connection()
+        pooled.detach()  # the pool forgets it; it is ours to close
+        connection = pooled.dbapi_connection
+        assert connection is not None
+        if self.sqlite:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(f"PRAGMA busy_timeout={CAPTURE_BUSY_MS}")
+            finally:
+                cursor.close()
+        return connection
+
+    def give_back(self, connection: Any) -> None:
+        """Keep ``connection`` (committed) for the next capture."""
+        if self._closed or len(self._idle) >= OWN_IDLE:
+            connection.close()
+        else:
+            self._idle.append(connection)
+
+    def discard(self, connection: Any) -> None:
+        """Close a connection whose insert failed: its state is not known (nor
+        whether the server still holds it: what closing it says is not news)."""
+        for end in (connection.rollback, connection.close):
+            try:
+                end()
+            except Exception:  # noqa: BLE001, S110 - dropped or broken: it goes
+                pass
+
+    def close(self) -> None:
+        """Close the idle connections; those in use are closed when given back."""
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()
+
+
+#: The capture connections a forked process inherited: kept, never used.
+_INHERITED: list[OwnConnections] = []
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

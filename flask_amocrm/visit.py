@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import hmac
 import json
 import logging
 import re
@@ -44,6 +45,7 @@ from flask import (
     session,
 )
 from itsdangerous import Signer
+from itsdangerous.encoding import base64_decode, base64_encode, want_bytes
 from werkzeug.datastructures import ImmutableMultiDict
 
 from .config import Settings
@@ -196,8 +198,12 @@ def _split_openstat(found: dict[str, str], names: frozenset[str]) -> None:
 
 
 class _Signer(Signer):
-    """itsdangerous' :class:`~itsdangerous.Signer` that derives its key once, not
-    on every signature (a form POST checks two cookies)."""
+    """itsdangerous' :class:`~itsdangerous.Signer` (HMAC-SHA1 under the key it
+    derives from the secret and the salt: what it signs, it accepts, and the other
+    way round) that derives its key once, not for every signature and every check
+    (a form POST checks two cookies and signs one), and makes each HMAC in one call
+    (:func:`hmac.digest`, not a pure-Python ``hmac.new`` over itsdangerous' SHA-1
+    wrapper)."""
 
     def __init__(self, secret: str | bytes, salt: str) -> None:
         super().__init__(secret, salt=salt)
@@ -205,6 +211,18 @@ class _Signer(Signer):
 
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
         return self._key if secret_key is None else super().derive_key(secret_key)
+
+    def get_signature(self, value: str | bytes) -> bytes:
+        return base64_encode(hmac.digest(self._key, want_bytes(value), "sha1"))
+
+    def verify_signature(self, value: str | bytes, sig: str | bytes) -> bool:
+        try:
+            expected = base64_decode(sig)
+        except Exception:  # noqa: BLE001 - not base64: not our signature
+            return False
+        return hmac.compare_digest(
+            expected, hmac.digest(self._key, want_bytes(value), "sha1")
+        )
 
 
 class SignedCookie:
@@ -272,19 +290,20 @@ def read_campaign_cookie(req: Request, cookie: str) -> dict[str, dict[str, str]]
 
 
 def _campaign(
-    cookie: str, marks: tuple[AdMark, ...] = _DEFAULT_MARKS
+    req: Request, cookie: str, marks: tuple[AdMark, ...] = _DEFAULT_MARKS
 ) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-    """The current request's campaign cookie (:func:`read_campaign_cookie`) and
-    query marks (:func:`campaign_from_query`), read once per request: capture and
+    """The request's campaign cookie (:func:`read_campaign_cookie`) and query
+    marks (:func:`campaign_from_query`), read once per request: capture and
     :func:`remember_visit` both need them. Neither is changed by its readers."""
     key = f"flask_amocrm.campaign.{cookie}"
-    found = request.environ.get(key)
+    environ = req.environ
+    found = environ.get(key)
     if found is None:
         found = (
-            read_campaign_cookie(request, cookie),
-            campaign_from_query(request, marks),
+            read_campaign_cookie(req, cookie),
+            campaign_from_query(req, marks),
         )
-        request.environ[key] = found
+        environ[key] = found
     return found
 
 
@@ -312,11 +331,12 @@ def remember_visit(response: Response, settings: Settings) -> Response:
     Registered as an ``after_request`` handler; never fails a page: a cookie it
     cannot write is logged and left as it is.
     """
+    req = request._get_current_object()  # type: ignore[attr-defined]
     try:
-        _remember(response, settings)
+        _remember(req, response, settings)
     except Exception:
         log.exception("Flask-AmoCRM could not update the campaign cookie")
-    if settings.journey_pages and request.method == "GET":
+    if settings.journey_pages and req.method == "GET":
         try:
             remember_page(response, settings)
         except Exception:
@@ -324,18 +344,19 @@ def remember_visit(response: Response, settings: Settings) -> Response:
     return response
 
 
-def _remember(response: Response, settings: Settings) -> None:
+def _remember(req: Request, response: Response, settings: Settings) -> None:
     cookie = settings.utm_cookie
-    stored, tags = _campaign(cookie, settings.ad_marks)
+    stored, tags = _campaign(req, cookie, settings.ad_marks)
     if not tags:
         return
     secret = _secret()
     if secret is None:
         return
     touch = dict(tags)
-    touch["landing"] = _clean(request.base_url, 500)
-    if request.referrer:
-        touch["referrer"] = _clean(request.referrer, 500)
+    touch["landing"] = _clean(_base_url(req), 500)
+    referrer = req.referrer
+    if referrer:
+        touch["referrer"] = _clean(referrer, 500)
     touch["at"] = str(int(time.time()))
     value = {"first": stored["first"] or touch, "last": touch}
     response.set_cookie(
@@ -344,8 +365,16 @@ def _remember(response: Response, settings: Settings) -> None:
         max_age=settings.utm_cookie_days * 86400,
         httponly=True,
         samesite="Lax",
-        secure=request.is_secure,
+        secure=req.is_secure,
     )
+
+
+def _base_url(req: Request) -> str:
+    """``req.base_url``; from ``req.url`` when capture has read it already (the
+    part before the query: werkzeug makes both the same way, and a ``?`` in the
+    path stays ``%3F``), so the address is built and decoded once per request."""
+    url = req.__dict__.get("url")
+    return url.partition("?")[0] if url is not None else req.base_url
 
 
 # -- the visitor's path ---------------------------------------------------------------
@@ -501,9 +530,10 @@ def read_visit(
         context["client"]["visitor_uid"] = _visitor_uid(data, {})
         return context
 
+    req = request._get_current_object()  # type: ignore[attr-defined]
     ad_marks = settings.ad_marks if settings is not None else _DEFAULT_MARKS
     marks = _marks(ad_marks)
-    stored, query = _campaign(cookie, ad_marks)
+    stored, query = _campaign(req, cookie, ad_marks)
     names = marks.names
     last: dict[str, str] = {k: v for k, v in stored["last"].items() if k in names}
     last.update(query)
@@ -519,7 +549,7 @@ def read_visit(
                 extra[name] = _mark_value(name, value)
     jar: dict[str, str] = {}
     by_cookie = marks.by_cookie
-    for name, value in request.cookies.items():
+    for name, value in req.cookies.items():
         if name == cookie:
             continue
         mark = by_cookie.get(name)
@@ -530,30 +560,31 @@ def read_visit(
     for name, value in extra.items():
         last.setdefault(name, value)
         first.setdefault(name, value)
-    headers = request.headers
+    headers = req.headers
     referrer = headers.get("Referer")
 
-    host = request.host.split(":")[0]
-    context["site"]["domain"] = display_domain(host)
-    context["site"]["host"] = host
-    context["site"]["ip"] = request.environ.get("SERVER_ADDR") or server_ip()
+    host = req.host.split(":")[0]
+    site = context["site"]
+    site["domain"] = display_domain(host)
+    site["host"] = host
+    site["ip"] = req.environ.get("SERVER_ADDR") or server_ip()
     context["utm"] = last
     context["utm_first"] = first
     context["page"] = {
-        "url": _clean(request.url, 2000),
+        "url": _clean(req.url, 2000),
         "referrer": _clean(referrer, 2000) if referrer else None,
         "title": _clean(data["page_title"], 500) if data.get("page_title") else None,
         "landing": stored["first"].get("landing"),
         "landing_referrer": stored["first"].get("referrer"),
     }
     context["client"] = {
-        "ip": request.remote_addr,
+        "ip": req.remote_addr,
         "user_agent": _clean(headers.get("User-Agent", ""), 500),
         "visitor_uid": _visitor_uid(data, jar),
     }
     context["cookies"] = jar
     if settings is not None and settings.journey_pages:
-        journey = _journey(request, settings)
+        journey = _journey(req, settings)
         if journey is not None:
             context["journey"] = journey
     return context

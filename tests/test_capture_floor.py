@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,12 +22,13 @@ from flask import Flask
 from rq.job import Job, JobStatus
 from sqlalchemy import create_engine, text
 
-from flask_amocrm.outbox import add, store
+from flask_amocrm.outbox import add, load_spool, store
 from flask_amocrm.state import SQLITE_BUSY_MS, get_state
 from flask_amocrm.worker.queue import enqueue_event, job_id
 from flask_amocrm.worker.sweeper import sweep
 from tests.conftest import CALLBACK_RULES
 from tests.helpers.e2e import form_site, stored_events
+from tests.helpers.process import child_env
 from tests.helpers.redis_server import RedisServer
 
 FORM = {"name": 'Анна "Ann" O\'Neil 😀', "phone": "+7 912 000-11-22"}
@@ -94,6 +99,57 @@ def test_the_compiled_insert_writes_the_row_the_orm_writes(
     assert isinstance(first.updated_at, datetime)
 
 
+def test_a_new_process_first_capture_returns_the_event_as_stored(
+    tmp_path: Path,
+) -> None:
+    """The event capture returns (to ``submit``, to ``event_captured``) is built
+    without the ORM's constructor: in a process where nothing has used the ORM yet
+    it reads, column by column, as the row read back does, and a session takes it
+    in and changes it."""
+    script = textwrap.dedent(f"""
+        import json
+        from flask import Flask
+        from flask_amocrm import AmoCRM
+        from flask_amocrm.models import Event
+        from flask_amocrm.state import get_state
+
+        app = Flask("site", instance_path={str(tmp_path / "instance")!r})
+        app.config.update(
+            SECRET_KEY="test", AMOCRM_BASE_URL="http://127.0.0.1:9", AMOCRM_TOKEN="t",
+            AMOCRM_DELIVERY="deferred",
+            AMOCRM_RULES={{"forms": {{"callback": {{}}}}}},
+        )
+        amocrm = AmoCRM(app)
+        with app.app_context():
+            form = {{"name": "Anna", "phone": "89120001122"}}
+            event = amocrm.submit("callback", form)
+            columns = [c.key for c in Event.__table__.columns]
+            returned = {{name: getattr(event, name) for name in columns}}
+            with get_state().session() as session:
+                row = session.get(Event, event.id)
+                stored = {{name: getattr(row, name) for name in columns}}
+                attempts = list(event.attempt_rows)
+                merged = session.merge(event)
+                merged.last_error = "changed"
+                session.commit()
+            with get_state().session() as session:
+                changed = session.get(Event, event.id).last_error
+        print(json.dumps([returned == stored, attempts, changed,
+                          sorted(k for k in columns if returned[k] != stored[k])],
+                         default=str))
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == [True, [], "changed", []]
+
+
 # A connection the server drops is PostgreSQL's case (SQLite has no server).
 @pytest.mark.parametrize("database_uri", ["postgresql"], indirect=True)
 def test_a_dropped_postgresql_connection_costs_no_event(
@@ -102,13 +158,15 @@ def test_a_dropped_postgresql_connection_costs_no_event(
     app = _site(make_app, AMOCRM_DATABASE_URI=database_uri)
     client = app.test_client()
     assert client.post("/form/callback", data=FORM).status_code == 200
-    with app.app_context():
-        pooled = get_state(app).capture_engine.raw_connection()
-        cursor = pooled.cursor()
+    with app.app_context():  # the connection the next capture takes
+        own = get_state(app).own_connections()
+        assert own is not None
+        held = own.take()
+        cursor = held.cursor()
         cursor.execute("SELECT pg_backend_pid()")
         backend = cursor.fetchone()[0]
-        pooled.commit()
-        pooled.close()  # back to the pool, where the next capture takes it
+        cursor.close()
+        own.give_back(held)
     killer = create_engine(database_uri)
     with killer.begin() as connection:
         connection.execute(text("SELECT pg_terminate_backend(:p)"), {"p": backend})
@@ -141,6 +199,44 @@ def test_capture_spools_rather_than_wait_out_a_long_sqlite_lock(
     with app.app_context(), get_state(app).engine.connect() as connection:
         wait = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
     assert wait == SQLITE_BUSY_MS
+    # and once the lock is gone, the next form is stored
+    assert client.post("/form/callback", data={"name": "after"}).status_code == 200
+    assert [e.data["name"] for e in stored_events(app)] == ["first", "after"]
+
+
+def test_forms_posted_at_once_from_many_threads_are_each_stored_once(
+    make_app: Any,
+) -> None:
+    """Threads storing forms together each get a connection of their own: every
+    form is stored once under its own id (or, when the write lock stays busy past
+    capture's wait, spooled and loaded later), none lost, none twice."""
+    app = _site(make_app, AMOCRM_DELIVERY="deferred")
+    returned: list[tuple[int, str]] = []
+
+    def post_forms(thread: int) -> None:
+        with app.test_request_context():
+            for n in range(10):
+                form = {"name": f"{thread}-{n}", "phone": "+7 912 000-11-22"}
+                event = app.extensions["amocrm"].extension.submit("callback", form)
+                if event is not None:
+                    returned.append((event.id, event.data["name"]))
+
+    threads = [threading.Thread(target=post_forms, args=(t,)) for t in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with app.app_context():
+        load_spool(get_state(app), app.instance_path)
+    events = stored_events(app)
+    assert sorted(e.data["name"] for e in events) == sorted(
+        f"{t}-{n}" for t in range(6) for n in range(10)
+    )
+    by_id = {e.id: e for e in events}
+    assert len(by_id) == 60
+    # the id each capture returned is its own row's
+    assert returned
+    assert all(by_id[i].data["name"] == name for i, name in returned)
 
 
 def test_the_hand_off_queues_a_job_rq_and_the_sweeper_know(
