@@ -31,15 +31,26 @@ from sqlalchemy.pool import SingletonThreadPool, StaticPool
 from ..models import RETRYING
 from ..state import AppState
 from .deliver import claim_events, deliver_claimed, deliver_due, deliver_events
+from .delivery import Delivery
+from .execute import shares_wide_calls
 
 log = logging.getLogger("flask_amocrm.worker")
 
 #: How long one job keeps taking new batches (RQ stops a job after ten minutes).
 DRAIN_SECONDS = 60.0
-#: The first batch of a drain is at most one call's worth of leads (amoCRM takes 50
-#: a call), so its first request leaves as soon as those are planned; the threads
-#: started after it plan full batches while it is sent.
-FIRST_BATCH = 50
+#: A batch after one that had nothing to write 250 a call
+#: (:func:`~.execute.shares_wide_calls`), and the first batch a process delivers, is
+#: at most one call's worth of leads (amoCRM takes 50 a call): its first request
+#: leaves as soon as those are planned, and a larger batch would share no call more.
+#: A batch with notes, tasks or links is followed by a full one
+#: (``AMOCRM_BATCH_SIZE``): they go 250 a call.
+NARROW_BATCH = 50
+
+
+class _LastBatch:
+    """What the last batch this process planned said of the events coming."""
+
+    wide = False
 
 
 def drain(
@@ -69,6 +80,7 @@ def drain(
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     deadline = time.monotonic() + seconds
     size = state.settings.batch_size
+    narrow = min(size, NARROW_BATCH)
     lock = threading.Lock()
     outcomes: dict[int, str] = {}
     errors: list[BaseException] = []
@@ -91,7 +103,7 @@ def drain(
         thread.start()
 
     def next_batch(
-        planned: Callable[[], None], size: int = size
+        planned: Callable[[list[Delivery]], None], size: int = size
     ) -> dict[int, str] | None:
         """The outcomes of the next batch of up to ``size``; ``{}`` when it claimed
         nothing, ``None`` when there is no more to take."""
@@ -110,11 +122,18 @@ def drain(
             return deliver_due(size, planned=planned)
         return deliver_events(batch, planned=planned)
 
-    def lane(batch: list[int] | None = None, limit: int = size) -> None:
+    # The size of the next batch any lane takes: the last batch planned says
+    # whether the events coming write what goes 250 a call.
+    last = state.local("last_batch", _LastBatch)
+    limit = size if last.wide else narrow
+
+    def lane(batch: list[int] | None = None) -> None:
         started = False
 
-        def planned() -> None:
-            nonlocal started
+        def planned(deliveries: list[Delivery]) -> None:
+            nonlocal started, limit
+            last.wide = shares_wide_calls(deliveries)
+            limit = size if last.wide else narrow
             if not started:
                 started = True
                 start_another()
@@ -129,7 +148,6 @@ def drain(
                         if found is None or (not found and todo is None):
                             return  # no more to take, or nothing is due
                         done = found
-                    limit = size
                     with lock:
                         outcomes.update(done)
                     if done and after_batch is not None:
@@ -142,11 +160,10 @@ def drain(
                     errors.append(exc)
 
     # Claimed before the other threads claim theirs, so they do not split it.
-    quick = min(size, FIRST_BATCH)
     # Workers starting together compute their first batches from the same oldest
     # events: what another took is made up from the events nobody holds.
-    claimed = claim_events(first[:quick], fill=True) if first else None
-    lane(claimed, quick)  # this thread is the first lane; it starts the next
+    claimed = claim_events(first[:limit], fill=True) if first else None
+    lane(claimed)  # this thread is the first lane; it starts the next
     joined = 0
     while True:
         with lock:

@@ -44,6 +44,18 @@ from .markers import find_again_or_mark
 log = logging.getLogger("flask_amocrm.worker")
 
 
+#: The steps whose items go :data:`WRITE_LIMIT` (250) a call: a batch that has them
+#: shares more calls the larger it is, up to 250 events; a batch without them shares
+#: nothing more above 50 (one ``leads/complex`` call) and only sends its first call
+#: later.
+WIDE_STEPS = ("link", "notes", "tasks")
+
+
+def shares_wide_calls(deliveries: Sequence[Delivery]) -> bool:
+    """Whether any of these deliveries still has a step of :data:`WIDE_STEPS`."""
+    return any(d.pending(step) for d in deliveries for step in WIDE_STEPS)
+
+
 def _save(deliveries: Sequence[Delivery]) -> None:
     """Commit the progress of these deliveries (they share one session)."""
     if deliveries:
