@@ -934,6 +934,14 @@ def renew_leases(
     held: dict[int, datetime] = {}
     with state.engine.begin() as conn:
         for until, ids in by_lease.items():
+            # Locked in id order first, the order in which the delivering thread's
+            # progress saves update them: no deadlock between the two.
+            conn.execute(
+                select(Event.id)
+                .where(Event.id.in_(ids))
+                .order_by(Event.id)
+                .with_for_update()
+            ).all()
             for (event_id,) in conn.execute(
                 update(Event)
                 .where(

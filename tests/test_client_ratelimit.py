@@ -161,3 +161,25 @@ def test_a_grant_read_late_is_counted_when_its_request_left(redis14: str) -> Non
         limiter.sent()
     limiter.acquire()
     assert time.monotonic() - left >= limiter.window - 0.01
+
+
+def test_without_redis_a_process_keeps_to_its_fallback_rate() -> None:
+    """Redis down: the first request waits out the window Redis kept, then the
+    process keeps to one request a second (the fallback is not slowed down further
+    on each new outage)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from flask_amocrm.amo.ratelimit import FALLBACK_RATE, window_of
+    from tests.helpers.redis_server import free_port
+
+    nobody = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+    limiter = RedisRateLimiter(nobody, "amocrm:rl:down", 7)
+    first = limiter.acquire()
+    assert first == pytest.approx(limiter.window, abs=0.05)
+    _, window, _ = window_of(FALLBACK_RATE)
+    for _ in range(2):
+        limiter._unshared = False  # as if Redis had answered in between
+        limiter.sent()
+        waited = limiter.acquire()
+        assert waited == pytest.approx(window, abs=0.05), waited

@@ -140,9 +140,10 @@ def test_a_rejected_note_fails_its_event_and_the_others_get_theirs(
     ]
     assert _writes(fast_sandbox, "/api/v4/tasks") == [(119, 200)]
     # Before adding them again, a retry reads the notes and tasks its leads have,
-    # 250 leads a call: one read for the batch (and one for the event sent alone).
+    # 100 leads a call (their ids are in the URL): two reads for the batch of 120
+    # (and one for the event sent alone).
     reads = Counter(r["path"] for r in fast_sandbox.requests() if r["method"] == "GET")
-    assert reads["/api/v4/leads/notes"] == 2 and reads["/api/v4/tasks"] == 1
+    assert reads["/api/v4/leads/notes"] == 3 and reads["/api/v4/tasks"] == 2
     events = {e.id: e for e in stored_events(app)}
     failed = events[ids[57]]
     assert failed.status == "failed"

@@ -58,6 +58,7 @@ from ..state import AppState, get_state
 from ..visit import display_domain
 from ..vocabulary import LOCALES
 from ..worker.agent import process
+from ..worker.deliver import next_batch_size
 from ..worker.dispatch import release, retry
 from ..worker.outage import current as current_outage
 from ..worker.outage import paused
@@ -612,7 +613,7 @@ def events_process() -> BaseResponse:
     """Deliver one batch of due events in this request, as the agent run
     (``flask amocrm process``) does, and say how they ended."""
     state = get_state()
-    counts = process(state, state.settings.batch_size)
+    counts = process(state, next_batch_size(state))
     done = {k: v for k, v in counts.items() if k in STATUS_LABELS and v}
     if not done and not counts.get("spooled"):
         flash(gettext("No event was due."), "amocrm-ok")

@@ -216,6 +216,11 @@ class LocalRateLimiter:
                 ready = max(ready, self._granted[0] + self.window * self._factor)
         return ready - now
 
+    def hold(self, pause: float) -> None:
+        """Grant nothing for ``pause`` seconds (the window is not widened)."""
+        with self._lock:
+            self._hold = max(self._hold, time.monotonic() + pause)
+
     def penalize(self, pause: float) -> None:
         """Hold every request back ``pause`` seconds and widen the window a while."""
         with self._lock:
@@ -295,7 +300,7 @@ class RedisRateLimiter:
                     self._fallback = LocalRateLimiter(min(self.rate, FALLBACK_RATE))
                 # The window Redis kept is gone with it: let it pass before this
                 # process's first request, or every process sends one at once.
-                self._fallback.penalize(self.window)
+                self._fallback.hold(self.window)
                 self._unshared = True
             return self._fallback.try_acquire()
 

@@ -20,7 +20,7 @@ from .limits import ARRIVED
 
 #: Linux's ``SO_TIMESTAMPNS`` (and ``SCM_TIMESTAMPNS``), which :mod:`socket` does
 #: not name: the kernel stamps each packet when it arrives and ``recvmsg`` hands the
-#: stamp over (``man 7 socket``).
+#: stamp over, two 64-bit numbers (seconds, nanoseconds) on 64-bit Linux.
 SO_TIMESTAMPNS = 35
 _STAMP = struct.Struct("qq")
 
@@ -56,7 +56,11 @@ class _StampedSocket(io.RawIOBase):
         )
         if self.stamp is None:
             for level, kind, data in ancillary:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                if (
+                    level == socket.SOL_SOCKET
+                    and kind == SO_TIMESTAMPNS
+                    and len(data) == _STAMP.size
+                ):
                     seconds, nanoseconds = _STAMP.unpack(data[: _STAMP.size])
                     self.stamp = seconds + nanoseconds / 1e9
         return size

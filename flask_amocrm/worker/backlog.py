@@ -30,27 +30,19 @@ from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 from ..models import RETRYING
 from ..state import AppState
-from .deliver import claim_events, deliver_claimed, deliver_due, deliver_events
+from .deliver import (
+    claim_events,
+    deliver_claimed,
+    deliver_due,
+    deliver_events,
+    next_batch_size,
+)
 from .delivery import Delivery
-from .execute import shares_wide_calls
 
 log = logging.getLogger("flask_amocrm.worker")
 
 #: How long one job keeps taking new batches (RQ stops a job after ten minutes).
 DRAIN_SECONDS = 60.0
-#: A batch after one that had nothing to write 250 a call
-#: (:func:`~.execute.shares_wide_calls`), and the first batch a process delivers, is
-#: at most one call's worth of leads (amoCRM takes 50 a call): its first request
-#: leaves as soon as those are planned, and a larger batch would share no call more.
-#: A batch with notes, tasks or links is followed by a full one
-#: (``AMOCRM_BATCH_SIZE``): they go 250 a call.
-NARROW_BATCH = 50
-
-
-class _LastBatch:
-    """What the last batch this process planned said of the events coming."""
-
-    wide = False
 
 
 def drain(
@@ -79,8 +71,6 @@ def drain(
     once every thread has finished the batch in hand."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     deadline = time.monotonic() + seconds
-    size = state.settings.batch_size
-    narrow = min(size, NARROW_BATCH)
     lock = threading.Lock()
     outcomes: dict[int, str] = {}
     errors: list[BaseException] = []
@@ -102,11 +92,10 @@ def drain(
             threads.append(thread)
         thread.start()
 
-    def next_batch(
-        planned: Callable[[list[Delivery]], None], size: int = size
-    ) -> dict[int, str] | None:
-        """The outcomes of the next batch of up to ``size``; ``{}`` when it claimed
-        nothing, ``None`` when there is no more to take."""
+    def next_batch(planned: Callable[[list[Delivery]], None]) -> dict[int, str] | None:
+        """The outcomes of the next batch (:func:`~.deliver.next_batch_size`);
+        ``{}`` when it claimed nothing, ``None`` when there is no more to take."""
+        size = next_batch_size(state)
         if time.monotonic() >= deadline or (stop is not None and stop()):
             return None
         with lock:
@@ -122,18 +111,11 @@ def drain(
             return deliver_due(size, planned=planned)
         return deliver_events(batch, planned=planned)
 
-    # The size of the next batch any lane takes: the last batch planned says
-    # whether the events coming write what goes 250 a call.
-    last = state.local("last_batch", _LastBatch)
-    limit = size if last.wide else narrow
-
     def lane(batch: list[int] | None = None) -> None:
         started = False
 
         def planned(deliveries: list[Delivery]) -> None:
-            nonlocal started, limit
-            last.wide = shares_wide_calls(deliveries)
-            limit = size if last.wide else narrow
+            nonlocal started
             if not started:
                 started = True
                 start_another()
@@ -144,7 +126,7 @@ def drain(
                     if batch:
                         done, batch = deliver_claimed(batch, planned=planned), None
                     else:
-                        found = next_batch(planned, limit)
+                        found = next_batch(planned)
                         if found is None or (not found and todo is None):
                             return  # no more to take, or nothing is due
                         done = found
@@ -162,7 +144,9 @@ def drain(
     # Claimed before the other threads claim theirs, so they do not split it.
     # Workers starting together compute their first batches from the same oldest
     # events: what another took is made up from the events nobody holds.
-    claimed = claim_events(first[:limit], fill=True) if first else None
+    claimed = (
+        claim_events(first[: next_batch_size(state)], fill=True) if first else None
+    )
     lane(claimed)  # this thread is the first lane; it starts the next
     joined = 0
     while True:

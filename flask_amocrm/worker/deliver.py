@@ -54,7 +54,7 @@ from ..signals import event_cancelled, event_delivered, event_failed
 from ..state import AppState, get_state
 from .consent import missing_consent, record_consent
 from .delivery import Delivery
-from .execute import execute
+from .execute import execute, shares_wide_calls
 from .index import contact_index
 from .lease import LeaseKeeper
 from .lookup import key_locks
@@ -92,6 +92,31 @@ def deliver_event(event_id: int) -> str:
     Returns ``"skipped"`` when the event is not due or another worker holds it.
     """
     return deliver_events([event_id]).get(event_id, "skipped")
+
+
+#: A batch after one that had nothing to write 250 a call
+#: (:func:`~.execute.shares_wide_calls`), and the first batch a process delivers, is
+#: at most one call's worth of leads (amoCRM takes 50 a call): its first request
+#: leaves as soon as those are planned, and a larger batch would share no call more.
+#: A batch with notes, tasks or links is followed by a full one
+#: (``AMOCRM_BATCH_SIZE``): they go 250 a call.
+NARROW_BATCH = 50
+
+
+class _LastBatch:
+    """What the last batch this process planned said of the events coming."""
+
+    wide = False
+
+
+def next_batch_size(state: AppState) -> int:
+    """How many events the next batch of this process takes: ``AMOCRM_BATCH_SIZE``
+    after a batch that had notes, tasks or links to write, else at most
+    :data:`NARROW_BATCH`."""
+    size = state.settings.batch_size
+    if state.local("last_batch", _LastBatch).wide:
+        return size
+    return min(size, NARROW_BATCH)
 
 
 def deliver_events(
@@ -209,6 +234,9 @@ def deliver_claimed(
                     continue
                 deliveries.append(delivery)
 
+            if deliveries:
+                wide = shares_wide_calls(deliveries)
+                state.local("last_batch", _LastBatch).wide = wide
             if planned is not None:
                 planned(deliveries)
             batch_error = _run(state, deliveries, claimed)

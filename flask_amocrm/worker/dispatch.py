@@ -25,7 +25,7 @@ from flask import after_this_request, current_app, has_request_context
 from ..inbox import due_inbound
 from ..outbox import batch_with, make_due
 from ..state import AppState
-from .deliver import deliver_events
+from .deliver import deliver_events, next_batch_size
 from .inbound import handle_changes
 from .queue import enqueue_change, enqueue_event, enqueue_new_event
 from .spam import mark_released
@@ -44,7 +44,7 @@ def hand_off(state: AppState, event_id: int) -> None:
         if mode == "rq":
             enqueue_new_event(state, event_id)
         elif mode == "inline":
-            deliver_events(batch_with(state, event_id))
+            deliver_events(batch_with(state, event_id)[: next_batch_size(state)])
 
     _soon(run, [event_id])
 
@@ -61,11 +61,13 @@ def hand_off_many(state: AppState, event_ids: Iterable[int]) -> None:
         for event_id in ids:
             enqueue_event(state, event_id)
     elif mode == "inline" and ids and has_request_context():
-        size = state.settings.batch_size
 
         def run() -> None:
-            for start in range(0, len(ids), size):
+            start = 0
+            while start < len(ids):
+                size = next_batch_size(state)
                 deliver_events(ids[start : start + size])
+                start += size
 
         _soon(run, ids)
 
