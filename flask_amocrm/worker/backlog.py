@@ -37,7 +37,6 @@ from .deliver import (
     deliver_events,
     next_batch_size,
 )
-from .delivery import Delivery
 
 log = logging.getLogger("flask_amocrm.worker")
 
@@ -92,7 +91,7 @@ def drain(
             threads.append(thread)
         thread.start()
 
-    def next_batch(planned: Callable[[list[Delivery]], None]) -> dict[int, str] | None:
+    def next_batch(planned: Callable[[], None]) -> dict[int, str] | None:
         """The outcomes of the next batch (:func:`~.deliver.next_batch_size`);
         ``{}`` when it claimed nothing, ``None`` when there is no more to take."""
         size = next_batch_size(state)
@@ -114,7 +113,7 @@ def drain(
     def lane(batch: list[int] | None = None) -> None:
         started = False
 
-        def planned(deliveries: list[Delivery]) -> None:
+        def planned() -> None:
             nonlocal started
             if not started:
                 started = True

@@ -120,7 +120,7 @@ def next_batch_size(state: AppState) -> int:
 
 
 def deliver_events(
-    event_ids: list[int], *, planned: Callable[[list[Delivery]], None] | None = None
+    event_ids: list[int], *, planned: Callable[[], None] | None = None
 ) -> dict[int, str]:
     """Deliver a batch of events of the current app together.
 
@@ -145,7 +145,7 @@ def claim_events(event_ids: list[int], *, fill: bool = False) -> list[int]:
 
 
 def deliver_due(
-    limit: int, *, planned: Callable[[list[Delivery]], None] | None = None
+    limit: int, *, planned: Callable[[], None] | None = None
 ) -> dict[int, str]:
     """Claim up to ``limit`` of the oldest due events of the current app and
     deliver them together (:func:`~flask_amocrm.outbox.claim_due`); the status each
@@ -157,11 +157,10 @@ def deliver_due(
 
 
 def deliver_claimed(
-    claimed: list[int], *, planned: Callable[[list[Delivery]], None] | None = None
+    claimed: list[int], *, planned: Callable[[], None] | None = None
 ) -> dict[int, str]:
-    """Deliver the events this worker has just claimed, together. ``planned`` is
-    given their deliveries once the plans are built, before the first call to
-    amoCRM."""
+    """Deliver the events this worker has just claimed, together. ``planned()`` is
+    called once their plans are built, before the first call to amoCRM."""
     if not claimed:
         return {}
     state = get_state()
@@ -238,7 +237,7 @@ def deliver_claimed(
                 wide = shares_wide_calls(deliveries)
                 state.local("last_batch", _LastBatch).wide = wide
             if planned is not None:
-                planned(deliveries)
+                planned()
             batch_error = _run(state, deliveries, claimed)
             stale = [d for d in deliveries if stale_metadata(d.error)]
             if batch_error is None and stale and _refresh_caches(state):
